@@ -1,0 +1,57 @@
+import type { Template } from '../config/schema';
+import type { Sharing } from '../governance/intent';
+import type { Reason } from '../governance/reasons';
+
+/**
+ * The execution plane's contract with a GPU cluster. The simulated backend and the Kubernetes
+ * backend implement the same states and failures, so the workflow cannot tell them apart.
+ *
+ * Lifecycle (the Kueue way): create suspended → resume → Running → Succeeded | Failed;
+ * suspend (preemption) returns a Running job to Suspended keeping its progress; delete is final.
+ */
+export type JobPhase = 'Suspended' | 'Running' | 'Succeeded' | 'Failed' | 'Deleted';
+
+export interface JobSpec {
+  /** Deterministic, DNS-safe name derived from the task id: re-creating is a no-op. */
+  name: string;
+  taskId: string;
+  gpus: number;
+  gpuType: string;
+  sharing: Sharing;
+  priorityClass: string;
+  labels: Record<string, string>;
+  runtime: Template['runtime'];
+  /** How a simulated job behaves; ignored by real clusters. */
+  simulation: { durationSeconds: number; tokensPerSecond: number; failAfterSeconds: number | null };
+}
+
+export type CreateResult = { ok: true; nodes: string[] } | { ok: false; reason: Reason };
+
+export interface JobStatus {
+  name: string;
+  phase: JobPhase;
+  nodes: string[];
+  /** Job-seconds of work done so far (a checkpointed job keeps this across suspend/resume). */
+  progressSeconds: number;
+  /** Cumulative usage since creation. */
+  gpuSeconds: number;
+  tokens: number;
+  message: string | null;
+}
+
+export interface ClusterBackend {
+  readonly cluster: string;
+  /** Places and creates the job, suspended. Idempotent by name. Fails with a reason when no room. */
+  create(spec: JobSpec): Promise<CreateResult>;
+  resume(name: string): Promise<void>;
+  suspend(name: string): Promise<void>;
+  status(name: string): Promise<JobStatus | null>;
+  /** Deletes the job and frees its GPUs. Idempotent. */
+  delete(name: string): Promise<void>;
+}
+
+/** Deterministic job name: lowercase, DNS-1123, at most 63 characters. */
+export function jobName(taskId: string): string {
+  const safe = taskId.toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '');
+  return `gl-${safe}`.slice(0, 63).replace(/-+$/, '');
+}

@@ -1,0 +1,127 @@
+import type { ClusterConfig } from '../../config/schema';
+import type { Db } from '../../ledger/db';
+import { ReasonCode, reason } from '../../governance/reasons';
+import type { ClusterBackend, CreateResult, JobPhase, JobSpec, JobStatus } from '../backend';
+
+interface JobRow {
+  name: string;
+  node: string | null;
+  gpus: number;
+  phase: JobPhase;
+  duration_s: number;
+  fail_after_s: number | null;
+  tokens_per_second: number;
+  progress_s: number;
+  resumed_at: Date | null;
+}
+
+/**
+ * A GPU cluster that does not need GPUs: nodes from config/cluster.yaml, jobs in the ledger.
+ * A running job advances on the (injected) clock at `speedup` simulated seconds per real second,
+ * so its progress survives worker restarts exactly as a real job's would.
+ */
+export class SimulatedCluster implements ClusterBackend {
+  readonly cluster: string;
+
+  constructor(
+    private readonly db: Db,
+    private readonly config: ClusterConfig,
+    private readonly speedup: number,
+    private readonly clock: () => Date = () => new Date(),
+  ) {
+    this.cluster = config.name;
+  }
+
+  /** Writes the configured nodes into the ledger (idempotent; a node's shape follows the config). */
+  async sync(): Promise<void> {
+    const n = this.config.nodes;
+    await this.db.query(
+      `INSERT INTO sim_nodes (cluster, name, gpu_type, gpus, rack, block)
+       SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::text[])
+       ON CONFLICT (cluster, name) DO UPDATE SET gpu_type = EXCLUDED.gpu_type, gpus = EXCLUDED.gpus, rack = EXCLUDED.rack, block = EXCLUDED.block`,
+      [this.cluster, n.map((x) => x.name), n.map((x) => x.gpuType), n.map((x) => x.gpus), n.map((x) => x.rack), n.map((x) => x.block)],
+    );
+  }
+
+  async create(spec: JobSpec): Promise<CreateResult> {
+    return this.db.tx(async (c) => {
+      const existing = await c.query<{ node: string | null }>('SELECT node FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, spec.name]);
+      if (existing.rows[0]) return { ok: true, nodes: existing.rows[0].node ? [existing.rows[0].node] : [] };
+      // Placement v0: the first node of the type with room. Nodes are locked so no GPU is booked twice.
+      const nodes = await c.query<{ name: string; gpus: number }>(
+        'SELECT name, gpus FROM sim_nodes WHERE cluster = $1 AND gpu_type = $2 ORDER BY name FOR UPDATE',
+        [this.cluster, spec.gpuType],
+      );
+      const used = await c.query<{ node: string; used: number }>(
+        `SELECT node, SUM(gpus)::int AS used FROM sim_jobs WHERE cluster = $1 AND phase IN ('Running', 'Suspended') AND node IS NOT NULL GROUP BY node`,
+        [this.cluster],
+      );
+      const usedBy = new Map(used.rows.map((r) => [r.node, r.used]));
+      const node = nodes.rows.find((n) => n.gpus - (usedBy.get(n.name) ?? 0) >= spec.gpus);
+      if (!node) {
+        const free = nodes.rows.reduce((m, n) => Math.max(m, n.gpus - (usedBy.get(n.name) ?? 0)), 0);
+        return { ok: false, reason: reason(ReasonCode.GpuCapacityBusy, `no ${spec.gpuType} node has ${spec.gpus} free GPUs now (most free on one node: ${free})`, free, spec.gpus, `cluster/${this.cluster}`) };
+      }
+      await c.query(
+        `INSERT INTO sim_jobs (cluster, name, task_id, node, gpus, gpu_type, sharing, phase, duration_s, fail_after_s, tokens_per_second, labels)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Suspended', $8, $9, $10, $11)`,
+        [this.cluster, spec.name, spec.taskId, node.name, spec.gpus, spec.gpuType, spec.sharing, spec.simulation.durationSeconds, spec.simulation.failAfterSeconds, spec.simulation.tokensPerSecond, spec.labels],
+      );
+      return { ok: true, nodes: [node.name] };
+    });
+  }
+
+  async resume(name: string): Promise<void> {
+    await this.db.query(`UPDATE sim_jobs SET phase = 'Running', resumed_at = $3 WHERE cluster = $1 AND name = $2 AND phase = 'Suspended'`, [this.cluster, name, this.clock()]);
+  }
+
+  async suspend(name: string): Promise<void> {
+    await this.settleProgress(name, 'Suspended');
+  }
+
+  async delete(name: string): Promise<void> {
+    await this.settleProgress(name, 'Deleted');
+  }
+
+  async status(name: string): Promise<JobStatus | null> {
+    await this.settleProgress(name);
+    const { rows } = await this.db.query<JobRow>('SELECT * FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, name]);
+    const row = rows[0];
+    if (!row) return null;
+    return {
+      name,
+      phase: row.phase,
+      nodes: row.node ? [row.node] : [],
+      progressSeconds: row.progress_s,
+      gpuSeconds: row.progress_s * row.gpus,
+      tokens: Math.floor(row.progress_s * row.tokens_per_second),
+      message: row.phase === 'Failed' ? `simulated failure after ${row.fail_after_s}s` : null,
+    };
+  }
+
+  /**
+   * Folds the time run since the last resume into progress, ends the job if it is done or failed,
+   * and optionally moves it to `to`. Suspended, finished and deleted jobs hold still.
+   */
+  private async settleProgress(name: string, to?: 'Suspended' | 'Deleted'): Promise<void> {
+    await this.db.tx(async (c) => {
+      const { rows } = await c.query<JobRow>('SELECT * FROM sim_jobs WHERE cluster = $1 AND name = $2 FOR UPDATE', [this.cluster, name]);
+      const row = rows[0];
+      if (!row) return;
+      let phase = row.phase;
+      let progress = row.progress_s;
+      const now = this.clock();
+      if (phase === 'Running' && row.resumed_at) {
+        const end = Math.min(row.duration_s, row.fail_after_s ?? Infinity);
+        progress = Math.min(end, progress + ((now.getTime() - row.resumed_at.getTime()) / 1000) * this.speedup);
+        if (progress >= end) phase = row.fail_after_s !== null && row.fail_after_s < row.duration_s ? 'Failed' : 'Succeeded';
+      }
+      if (to === 'Deleted' || (to === 'Suspended' && phase === 'Running')) phase = to;
+      await c.query(
+        `UPDATE sim_jobs SET progress_s = $3, phase = $4, resumed_at = CASE WHEN $4 = 'Running' THEN $5::timestamptz ELSE NULL END
+         WHERE cluster = $1 AND name = $2`,
+        [this.cluster, name, progress, phase, now],
+      );
+    });
+  }
+}

@@ -1,0 +1,77 @@
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
+import { fieldErrors } from '../governance/intent';
+import {
+  ClusterFile,
+  PoliciesFile,
+  PriceBookFile,
+  SimulationFile,
+  TemplatesFile,
+  type ClusterConfig,
+  type Policies,
+  type PriceBookVersion,
+  type SimulationConfig,
+  type Template,
+} from './schema';
+
+export const defaultConfigDir = dirname(fileURLToPath(import.meta.url));
+
+/** Everything govloop reads from config/: one plain, serializable object (it crosses into workflows). */
+export interface GovConfig {
+  policies: Policies;
+  templates: Template[];
+  priceBook: PriceBookVersion[];
+  cluster: ClusterConfig;
+  simulation: SimulationConfig;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly errors: { path: string; message: string }[],
+  ) {
+    super(`invalid config ${file}:\n${errors.map((e) => `  ${e.path}: ${e.message}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function loadFile<T>(dir: string, file: string, schema: z.ZodType<T>): T {
+  const path = join(dir, file);
+  let doc: unknown;
+  try {
+    doc = parseYaml(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(path, [{ path: '(document)', message: (err as Error).message }]);
+  }
+  const parsed = schema.safeParse(doc);
+  if (!parsed.success) throw new ConfigError(path, fieldErrors(parsed.error));
+  return parsed.data;
+}
+
+/**
+ * Loads config from `dir` (default: $GOVLOOP_CONFIG_DIR, else the shipped config/).
+ * `GOVLOOP_SIM_SPEEDUP` overrides the simulation speed-up so demos and tests finish in seconds.
+ */
+export function loadConfig(dir = process.env.GOVLOOP_CONFIG_DIR ?? defaultConfigDir): GovConfig {
+  const root = resolve(dir);
+  const simulation = loadFile(root, 'simulation.yaml', SimulationFile);
+  const speedup = process.env.GOVLOOP_SIM_SPEEDUP;
+  if (speedup !== undefined) {
+    const n = Number(speedup);
+    if (!(n > 0)) throw new ConfigError('GOVLOOP_SIM_SPEEDUP', [{ path: '(env)', message: `must be a positive number, got "${speedup}"` }]);
+    simulation.speedup = n;
+  }
+  const priceBook = loadFile(root, 'pricebook.yaml', PriceBookFile).versions.sort(
+    (a, b) => Date.parse(a.effectiveFrom) - Date.parse(b.effectiveFrom),
+  );
+  return {
+    policies: loadFile(root, 'policies.yaml', PoliciesFile),
+    templates: loadFile(root, 'templates.yaml', TemplatesFile).templates,
+    priceBook,
+    cluster: loadFile(root, 'cluster.yaml', ClusterFile),
+    simulation,
+  };
+}

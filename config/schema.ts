@@ -1,0 +1,90 @@
+import { z } from 'zod';
+import { RiskClass, WorkloadKind } from '../governance/intent';
+
+/** Schemas of govloop's own config files. Every file is validated on load; errors name file and path. */
+
+const KindLimits = z.strictObject({
+  maxContextTokens: z.number().int().positive(),
+  maxSteps: z.number().int().positive(),
+  maxToolCalls: z.number().int().nonnegative(),
+  maxTokens: z.number().int().positive(),
+  maxUsd: z.number().positive(),
+  maxGpuHours: z.number().nonnegative(),
+  maxGpusPerTask: z.number().int().nonnegative(),
+  maxRiskClass: RiskClass,
+});
+export type KindLimits = z.infer<typeof KindLimits>;
+
+export const GpuQuota = z.strictObject({
+  tenant: z.string(),
+  team: z.string(),
+  gpuType: z.string(),
+  gpus: z.number().int().nonnegative(),
+});
+export type GpuQuota = z.infer<typeof GpuQuota>;
+
+export const PoliciesFile = z.strictObject({
+  name: z.string(),
+  /** Reject work whose scope has no budget at all. */
+  requireBudget: z.boolean(),
+  kinds: z.record(WorkloadKind, KindLimits),
+  /** GPU quota per tenant/team/type; teams with no row have `defaultGpuQuota`. */
+  gpuQuotas: z.array(GpuQuota),
+  defaultGpuQuota: z.number().int().nonnegative(),
+  priorities: z.record(z.string(), z.number().int()),
+});
+export type Policies = z.infer<typeof PoliciesFile>;
+
+export const Template = z.strictObject({
+  name: z.string(),
+  kinds: z.array(WorkloadKind).min(1),
+  runtime: z.strictObject({
+    image: z.string(),
+    command: z.array(z.string()),
+    env: z.record(z.string(), z.string()).default({}),
+  }),
+  /** A cheaper model to degrade to; null when the template has none. */
+  fallbackModel: z.string().nullable(),
+  /** Simulated seconds between usage reports of a running job. */
+  reportEverySeconds: z.number().positive(),
+});
+export type Template = z.infer<typeof Template>;
+export const TemplatesFile = z.strictObject({ templates: z.array(Template).min(1) });
+
+export const PriceBookVersion = z.strictObject({
+  version: z.number().int().positive(),
+  effectiveFrom: z.iso.datetime({ offset: true }),
+  /** USD per GPU-hour, by GPU type then sharing mode ("exclusive", "mps", "timeslice", "mig"). */
+  gpuHourUsd: z.record(z.string(), z.record(z.string(), z.number().nonnegative())),
+  /** USD per million tokens, by model; "default" applies to models not listed. */
+  tokensPerMillionUsd: z.record(z.string(), z.strictObject({ in: z.number().nonnegative(), out: z.number().nonnegative() })),
+});
+export type PriceBookVersion = z.infer<typeof PriceBookVersion>;
+export const PriceBookFile = z.strictObject({ versions: z.array(PriceBookVersion).min(1) });
+
+export const ClusterNode = z.strictObject({
+  name: z.string(),
+  gpuType: z.string(),
+  gpus: z.number().int().nonnegative(),
+  rack: z.string(),
+  block: z.string(),
+});
+export type ClusterNode = z.infer<typeof ClusterNode>;
+export const ClusterFile = z.strictObject({
+  name: z.string().regex(/^[a-z0-9-]+$/),
+  gpuTypes: z.record(z.string(), z.strictObject({ memoryGb: z.number().positive(), migProfiles: z.array(z.string()) })),
+  nodes: z.array(ClusterNode).min(1),
+});
+export type ClusterConfig = z.infer<typeof ClusterFile>;
+
+export const SimulationFile = z.strictObject({
+  /** Simulated seconds that pass per real second. */
+  speedup: z.number().positive(),
+  defaultDurationSeconds: z.number().positive(),
+  defaultTokensPerSecond: z.number().nonnegative(),
+  /** Real milliseconds between two observations of a running job by its workflow. */
+  pollMillis: z.number().int().positive(),
+  /** Real milliseconds a queued task waits before asking for capacity again. */
+  queueRetryMillis: z.number().int().positive(),
+});
+export type SimulationConfig = z.infer<typeof SimulationFile>;

@@ -1,0 +1,131 @@
+import type { GovConfig } from '../config/load';
+import type { Policies } from '../config/schema';
+import { resolveCaps } from './caps';
+import type { Intent, RiskClass } from './intent';
+import { type Plan, pickTemplate, translate } from './plan';
+import { microsToUsd } from './pricing';
+import { type Reason, ReasonCode, reason } from './reasons';
+
+/** What a budget scope has left, read from the ledger just before the decision. */
+export interface BudgetHeadroom {
+  /** e.g. "acme/search/*" */
+  scope: string;
+  period: string;
+  window: string;
+  limitMicros: number;
+  reservedMicros: number;
+  spentMicros: number;
+}
+
+export interface AdmissionContext {
+  config: GovConfig;
+  now: string;
+  /** Every budget whose scope covers the intent's attribution. */
+  budgets: BudgetHeadroom[];
+  /** GPUs of the intent's type the team holds now (running or reserved work). */
+  teamGpusInUse: number;
+}
+
+export type AdmissionResult =
+  | { decision: 'admitted'; plan: Plan; reasons: [] }
+  | { decision: 'queued'; plan: Plan; reasons: Reason[] }
+  | { decision: 'rejected'; reasons: Reason[] };
+
+const riskOrder: RiskClass[] = ['low', 'medium', 'high', 'critical'];
+
+/**
+ * Admission: policy as intent. Pure — every input is in the arguments, the clock included.
+ * Rejections collect every reason that applies, so one answer tells the whole story; a task is
+ * queued only when nothing rejects it and all it lacks is capacity that will free up.
+ */
+export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
+  const { policies } = ctx.config;
+  const policy = `policies/${policies.name}`;
+  const limits = policies.kinds[intent.kind];
+  if (!limits) {
+    return { decision: 'rejected', reasons: [reason(ReasonCode.KindNotAllowed, `no policy admits kind ${intent.kind}`, null, intent.kind, `${policy}#kinds`)] };
+  }
+  const { caps, reasons } = resolveCaps(intent, limits, policies.name);
+
+  if (caps.deadline !== null && Date.parse(caps.deadline) <= Date.parse(ctx.now)) {
+    reasons.push(reason(ReasonCode.CapDeadline, `deadline ${caps.deadline} has passed`, ctx.now, caps.deadline, 'intent#caps.deadline'));
+  }
+  if (policies.priorities[intent.priority] === undefined) {
+    reasons.push(
+      reason(ReasonCode.PriorityUnknown, `priority "${intent.priority}" is not one of ${Object.keys(policies.priorities).join(', ')}`, null, intent.priority, `${policy}#priorities`),
+    );
+  }
+  if (riskOrder.indexOf(intent.riskClass) > riskOrder.indexOf(limits.maxRiskClass)) {
+    reasons.push(
+      reason(ReasonCode.RiskClassNotAllowed, `risk class ${intent.riskClass} is above ${limits.maxRiskClass} for ${intent.kind}`, limits.maxRiskClass, intent.riskClass, `${policy}#kinds.${intent.kind}.maxRiskClass`),
+    );
+  }
+
+  // GPUs: ceiling per task, known type, supported sharing, team quota, cluster size.
+  const { gpus, gpuType, sharing } = intent.resources;
+  let quotaBusy: Reason | undefined;
+  if (gpus > limits.maxGpusPerTask) {
+    reasons.push(reason(ReasonCode.MaxGpusPerTask, `${gpus} GPUs is above the ${intent.kind} ceiling ${limits.maxGpusPerTask}`, limits.maxGpusPerTask, gpus, `${policy}#kinds.${intent.kind}.maxGpusPerTask`));
+  }
+  if (gpus > 0 && gpuType !== undefined) {
+    const typeInfo = ctx.config.cluster.gpuTypes[gpuType];
+    const nodes = ctx.config.cluster.nodes.filter((n) => n.gpuType === gpuType);
+    if (!typeInfo || nodes.length === 0) {
+      reasons.push(reason(ReasonCode.GpuTypeUnknown, `cluster ${ctx.config.cluster.name} has no ${gpuType} GPUs`, Object.keys(ctx.config.cluster.gpuTypes).join('|'), gpuType, `cluster/${ctx.config.cluster.name}#gpuTypes`));
+    } else {
+      if (sharing.startsWith('mig:') && !typeInfo.migProfiles.includes(sharing.slice(4))) {
+        reasons.push(reason(ReasonCode.SharingUnsupported, `${gpuType} has no MIG profile ${sharing.slice(4)}`, typeInfo.migProfiles.join('|'), sharing, `cluster/${ctx.config.cluster.name}#gpuTypes.${gpuType}.migProfiles`));
+      }
+      const largestNode = Math.max(...nodes.map((n) => n.gpus));
+      if (gpus > largestNode) {
+        reasons.push(reason(ReasonCode.GpuCapacityExceeded, `${gpus} ${gpuType} GPUs do not fit on one node (largest has ${largestNode})`, largestNode, gpus, `cluster/${ctx.config.cluster.name}#nodes`));
+      }
+      const { quota, policy: quotaPolicy } = gpuQuotaFor(policies, intent.attribution, gpuType);
+      if (gpus > quota) {
+        reasons.push(reason(ReasonCode.GpuQuotaExceeded, `${gpus} ${gpuType} GPUs is above team ${intent.attribution.team}'s quota ${quota}`, quota, gpus, quotaPolicy));
+      } else if (ctx.teamGpusInUse + gpus > quota) {
+        quotaBusy = reason(ReasonCode.GpuQuotaBusy, `team ${intent.attribution.team} holds ${ctx.teamGpusInUse} of ${quota} ${gpuType} GPUs; ${gpus} more must wait`, quota - ctx.teamGpusInUse, gpus, quotaPolicy);
+      }
+    }
+  }
+
+  const template = pickTemplate(ctx.config.templates, intent.kind);
+  if (!template) {
+    reasons.push(reason(ReasonCode.NoTemplate, `no golden-path template runs ${intent.kind}`, null, intent.kind, 'templates'));
+  }
+  if (reasons.length > 0 || !template) return { decision: 'rejected', reasons };
+
+  const plan = translate(intent, caps, template, ctx.config, ctx.now);
+
+  // Budgets: the worst case must fit the headroom of every scope that covers the task.
+  if (ctx.budgets.length === 0 && policies.requireBudget) {
+    return { decision: 'rejected', reasons: [reason(ReasonCode.BudgetMissing, `no budget covers ${intent.attribution.tenant}/${intent.attribution.team}/${intent.attribution.project}`, null, microsToUsd(plan.worstCaseMicros), `${policy}#requireBudget`)] };
+  }
+  const budgetReasons = ctx.budgets.flatMap((b) => {
+    const headroom = b.limitMicros - b.reservedMicros - b.spentMicros;
+    return plan.worstCaseMicros > headroom ? [budgetReason(b, plan.worstCaseMicros)] : [];
+  });
+  if (budgetReasons.length > 0) return { decision: 'rejected', reasons: budgetReasons };
+
+  if (quotaBusy) return { decision: 'queued', plan, reasons: [quotaBusy] };
+  return { decision: 'admitted', plan, reasons: [] };
+}
+
+/** A team's GPU quota for one type, and the policy line it comes from. */
+export function gpuQuotaFor(policies: Policies, a: { tenant: string; team: string }, gpuType: string): { quota: number; policy: string } {
+  const row = policies.gpuQuotas.find((q) => q.tenant === a.tenant && q.team === a.team && q.gpuType === gpuType);
+  return row
+    ? { quota: row.gpus, policy: `policies/${policies.name}#gpuQuotas[${a.tenant}/${a.team}/${gpuType}]` }
+    : { quota: policies.defaultGpuQuota, policy: `policies/${policies.name}#defaultGpuQuota` };
+}
+
+export function budgetReason(b: BudgetHeadroom, askedMicros: number): Reason {
+  const headroom = Math.max(0, b.limitMicros - b.reservedMicros - b.spentMicros);
+  return reason(
+    ReasonCode.BudgetExceeded,
+    `worst case $${microsToUsd(askedMicros).toFixed(2)} does not fit the $${microsToUsd(headroom).toFixed(2)} left of budget ${b.scope} (${b.period} ${b.window})`,
+    microsToUsd(headroom),
+    microsToUsd(askedMicros),
+    `budget:${b.scope}:${b.period}`,
+  );
+}

@@ -1,0 +1,115 @@
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+/** The intent: what a team wants run. This shape is the public contract. */
+export const WorkloadKind = z.enum(['agent', 'inference', 'training', 'finetune', 'batch']);
+export type WorkloadKind = z.infer<typeof WorkloadKind>;
+
+export const RiskClass = z.enum(['low', 'medium', 'high', 'critical']);
+export type RiskClass = z.infer<typeof RiskClass>;
+
+const name = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/, 'lowercase letters, digits, ".", "_" and "-", starting and ending alphanumeric');
+
+export const Attribution = z.strictObject({
+  tenant: name,
+  team: name,
+  project: name,
+  model: z.string().min(1).max(128),
+  useCase: name,
+});
+export type Attribution = z.infer<typeof Attribution>;
+
+const positiveInt = z.number().int().positive();
+export const Caps = z.strictObject({
+  maxContextTokens: positiveInt.optional(),
+  maxSteps: positiveInt.optional(),
+  maxToolCalls: z.number().int().nonnegative().optional(),
+  maxTokens: positiveInt.optional(),
+  maxUsd: z.number().positive().optional(),
+  maxGpuHours: z.number().nonnegative().optional(),
+  /** YAML turns an unquoted timestamp into a Date; JSON gives a string. Both are accepted. */
+  deadline: z
+    .union([z.date(), z.iso.datetime({ offset: true })])
+    .transform((d) => (d instanceof Date ? d.toISOString() : new Date(d).toISOString()))
+    .optional(),
+});
+export type Caps = z.infer<typeof Caps>;
+
+export const Sharing = z.union([
+  z.literal('exclusive'),
+  z.literal('mps'),
+  z.literal('timeslice'),
+  z.string().regex(/^mig:\d+g\.\d+gb$/, 'exclusive | mps | timeslice | mig:<profile> such as mig:1g.10gb'),
+]);
+export type Sharing = z.infer<typeof Sharing>;
+
+export const Resources = z
+  .strictObject({
+    gpus: z.number().int().nonnegative(),
+    gpuType: z.string().min(1).optional(),
+    sharing: Sharing.default('exclusive'),
+  })
+  .refine((r) => r.gpus === 0 || r.gpuType !== undefined, {
+    message: 'gpuType is required when gpus > 0',
+    path: ['gpuType'],
+  });
+export type Resources = z.infer<typeof Resources>;
+
+export const Simulation = z.strictObject({
+  durationSeconds: z.number().positive().max(30 * 24 * 3600),
+  tokensPerSecond: z.number().nonnegative().default(0),
+  /** Make the simulated job fail after this many simulated seconds (fault drills). */
+  failAfterSeconds: z.number().positive().optional(),
+});
+export type Simulation = z.infer<typeof Simulation>;
+
+export const Intent = z.strictObject({
+  kind: WorkloadKind,
+  name,
+  attribution: Attribution,
+  caps: Caps.default({}),
+  priority: z.string().min(1).default('normal'),
+  riskClass: RiskClass.default('low'),
+  tools: z.array(z.string().min(1)).default([]),
+  resources: Resources.default({ gpus: 0, sharing: 'exclusive' }),
+  simulation: Simulation.optional(),
+  labels: z.record(z.string(), z.string()).default({}),
+});
+export type Intent = z.infer<typeof Intent>;
+/** What a caller writes: defaults not applied yet. */
+export type IntentInput = z.input<typeof Intent>;
+
+export interface FieldError {
+  path: string;
+  message: string;
+}
+
+export type ParseResult<T> = { ok: true; value: T } | { ok: false; errors: FieldError[] };
+
+/** Turns zod issues into `path: message` pairs a person can act on. */
+export function fieldErrors(error: z.ZodError): FieldError[] {
+  return error.issues.map((issue) => ({
+    path: issue.path.length === 0 ? '(root)' : issue.path.map(String).join('.'),
+    message: issue.message,
+  }));
+}
+
+export function validate<T>(schema: z.ZodType<T>, input: unknown): ParseResult<T> {
+  const result = schema.safeParse(input);
+  return result.success ? { ok: true, value: result.data } : { ok: false, errors: fieldErrors(result.error) };
+}
+
+/** Parses an intent document, YAML or JSON (JSON is YAML). */
+export function parseIntentText(text: string): ParseResult<Intent> {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    return { ok: false, errors: [{ path: '(document)', message: `not valid YAML or JSON: ${(err as Error).message}` }] };
+  }
+  return validate(Intent, doc);
+}

@@ -1,0 +1,25 @@
+/** Budget periods and the window a moment falls in. Pure: the caller passes the time. */
+export const Periods = ['day', 'week', 'month', 'total'] as const;
+export type Period = (typeof Periods)[number];
+
+/** The key of the budget window that holds `at` (UTC): 2026-11-22, 2026-W47, 2026-11, total. */
+export function windowKey(period: Period, at: Date): string {
+  const iso = at.toISOString();
+  switch (period) {
+    case 'day':
+      return iso.slice(0, 10);
+    case 'month':
+      return iso.slice(0, 7);
+    case 'total':
+      return 'total';
+    case 'week': {
+      // ISO week: the week with the year's first Thursday is week 1.
+      const d = new Date(Date.UTC(at.getUTCFullYear(), at.getUTCMonth(), at.getUTCDate()));
+      const day = d.getUTCDay() || 7;
+      d.setUTCDate(d.getUTCDate() + 4 - day);
+      const yearStart = Date.UTC(d.getUTCFullYear(), 0, 1);
+      const week = Math.ceil(((d.getTime() - yearStart) / 86_400_000 + 1) / 7);
+      return `${d.getUTCFullYear()}-W${String(week).padStart(2, '0')}`;
+    }
+  }
+}

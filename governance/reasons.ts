@@ -1,0 +1,51 @@
+/**
+ * Every "no" govloop says carries a machine-readable reason (design principle 5):
+ * what was asked, the limit it crossed, and the policy that set the limit.
+ */
+export const ReasonCode = {
+  CapMaxUsd: 'CAP_MAX_USD',
+  CapMaxGpuHours: 'CAP_MAX_GPU_HOURS',
+  CapMaxTokens: 'CAP_MAX_TOKENS',
+  CapMaxContextTokens: 'CAP_MAX_CONTEXT_TOKENS',
+  CapMaxSteps: 'CAP_MAX_STEPS',
+  CapMaxToolCalls: 'CAP_MAX_TOOL_CALLS',
+  CapDeadline: 'CAP_DEADLINE',
+  MaxGpusPerTask: 'MAX_GPUS_PER_TASK',
+  GpuTypeUnknown: 'GPU_TYPE_UNKNOWN',
+  SharingUnsupported: 'SHARING_UNSUPPORTED',
+  GpuQuotaExceeded: 'GPU_QUOTA_EXCEEDED',
+  GpuQuotaBusy: 'GPU_QUOTA_BUSY',
+  GpuCapacityBusy: 'GPU_CAPACITY_BUSY',
+  GpuCapacityExceeded: 'GPU_CAPACITY_EXCEEDED',
+  BudgetExceeded: 'BUDGET_EXCEEDED',
+  BudgetMissing: 'BUDGET_MISSING',
+  RiskClassNotAllowed: 'RISK_CLASS_NOT_ALLOWED',
+  ToolUnknown: 'TOOL_UNKNOWN',
+  PriorityUnknown: 'PRIORITY_UNKNOWN',
+  KindNotAllowed: 'KIND_NOT_ALLOWED',
+  NoTemplate: 'NO_TEMPLATE',
+  Cancelled: 'CANCELLED',
+  NotRunning: 'NOT_RUNNING',
+} as const;
+export type ReasonCode = (typeof ReasonCode)[keyof typeof ReasonCode];
+
+export interface Reason {
+  code: ReasonCode;
+  message: string;
+  /** The limit that was crossed, in the unit of `requested`. */
+  limit: number | string | null;
+  /** What the intent or the step asked for. */
+  requested: number | string | null;
+  /** Where the limit comes from: a config path or a ledger object. */
+  policy: string;
+}
+
+export function reason(
+  code: ReasonCode,
+  message: string,
+  limit: Reason['limit'],
+  requested: Reason['requested'],
+  policy: string,
+): Reason {
+  return { code, message, limit, requested, policy };
+}

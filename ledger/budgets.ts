@@ -1,0 +1,219 @@
+import type { BudgetHeadroom } from '../governance/admission';
+import { budgetReason } from '../governance/admission';
+import type { Attribution } from '../governance/intent';
+import { type Period, windowKey } from '../governance/periods';
+import { microsToUsd, usdToMicros } from '../governance/pricing';
+import { type Reason, ReasonCode, reason } from '../governance/reasons';
+import { appendAudit } from './audit';
+import type { Db, Queryable } from './db';
+import { teamGpusInUse } from './tasks';
+
+export interface BudgetScope {
+  tenant: string;
+  team?: string;
+  project?: string;
+}
+
+export const scopeLabel = (s: { tenant: string; team?: string; project?: string }) => `${s.tenant}/${s.team ?? '*'}/${s.project ?? '*'}`;
+
+interface WindowRow {
+  budget_id: number;
+  tenant: string;
+  team: string;
+  project: string;
+  period: Period;
+  window_key: string;
+  limit_micros: number;
+  reserved_micros: number;
+  spent_micros: number;
+}
+
+export async function setBudget(db: Db, scope: BudgetScope, period: Period, usd: number, actor: string): Promise<void> {
+  await db.tx(async (c) => {
+    await c.query(
+      `INSERT INTO budgets (tenant, team, project, period, limit_micros) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (tenant, team, project, period, unit) DO UPDATE SET limit_micros = EXCLUDED.limit_micros, updated_at = now()`,
+      [scope.tenant, scope.team ?? '*', scope.project ?? '*', period, usdToMicros(usd)],
+    );
+    await appendAudit(c, { actor, taskId: null, action: 'budget.set', decision: 'recorded', detail: { scope: scopeLabel(scope), period, usd } });
+  });
+}
+
+/**
+ * The windows (current period of each budget) that cover an attribution at `at`, created on first
+ * use. With `lock`, the rows are locked in a fixed order so concurrent writers cannot deadlock.
+ */
+async function coveringWindows(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, at: Date, lock: boolean): Promise<WindowRow[]> {
+  const { rows: budgets } = await q.query<{ id: number; period: Period }>(
+    `SELECT id, period FROM budgets
+     WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3))
+     ORDER BY id`,
+    [a.tenant, a.team, a.project],
+  );
+  if (budgets.length === 0) return [];
+  const ids = budgets.map((b) => b.id);
+  const keys = budgets.map((b) => windowKey(b.period, at));
+  await q.query(
+    `INSERT INTO budget_windows (budget_id, window_key) SELECT * FROM unnest($1::bigint[], $2::text[])
+     ON CONFLICT DO NOTHING`,
+    [ids, keys],
+  );
+  const { rows } = await q.query<WindowRow>(
+    `SELECT w.budget_id, b.tenant, b.team, b.project, b.period, w.window_key, b.limit_micros, w.reserved_micros, w.spent_micros
+     FROM budget_windows w JOIN budgets b ON b.id = w.budget_id
+     JOIN unnest($1::bigint[], $2::text[]) AS k(id, key) ON k.id = w.budget_id AND k.key = w.window_key
+     ORDER BY w.budget_id ${lock ? 'FOR UPDATE OF w' : ''}`,
+    [ids, keys],
+  );
+  return rows;
+}
+
+const toHeadroom = (w: WindowRow): BudgetHeadroom => ({
+  scope: scopeLabel({ tenant: w.tenant, team: w.team, project: w.project }),
+  period: w.period,
+  window: w.window_key,
+  limitMicros: w.limit_micros,
+  reservedMicros: w.reserved_micros,
+  spentMicros: w.spent_micros,
+});
+
+export async function budgetHeadroom(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, at: Date): Promise<BudgetHeadroom[]> {
+  return (await coveringWindows(q, a, at, false)).map(toHeadroom);
+}
+
+export interface GpuQuotaCheck {
+  gpuType: string;
+  gpus: number;
+  quota: number;
+  policy: string;
+}
+
+/** `retry`: nothing is wrong with the task, it must wait for the team's GPUs to free up. */
+export type ReserveResult = { ok: true; amountMicros: number } | { ok: false; retry: boolean; reasons: Reason[] };
+
+/**
+ * Reserves a task's worst case against every budget window that covers it, all or nothing, in one
+ * transaction with the windows locked: concurrent reservations can never overspend a budget.
+ * Idempotent by task id. The task moves to Reserved in the same transaction.
+ */
+export async function reserve(db: Db, taskId: string, a: Attribution, amountMicros: number, at: Date, quota?: GpuQuotaCheck): Promise<ReserveResult> {
+  return db.tx(async (c) => {
+    const existing = await c.query<{ amount_micros: number }>('SELECT amount_micros FROM reservations WHERE task_id = $1', [taskId]);
+    if (existing.rows[0]) return { ok: true, amountMicros: existing.rows[0].amount_micros };
+    if (quota) {
+      // The team's GPU quota is checked again under a lock, so two tasks admitted at once cannot both take the last GPUs.
+      await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`quota/${a.tenant}/${a.team}/${quota.gpuType}`]);
+      const inUse = await teamGpusInUse(c, a.tenant, a.team, quota.gpuType, taskId);
+      if (inUse + quota.gpus > quota.quota) {
+        return {
+          ok: false,
+          retry: true,
+          reasons: [reason(ReasonCode.GpuQuotaBusy, `team ${a.team} holds ${inUse} of ${quota.quota} ${quota.gpuType} GPUs; ${quota.gpus} more must wait`, quota.quota - inUse, quota.gpus, quota.policy)],
+        };
+      }
+    }
+    const windows = await coveringWindows(c, a, at, true);
+    const short = windows.filter((w) => w.limit_micros - w.reserved_micros - w.spent_micros < amountMicros);
+    if (short.length > 0) {
+      const reasons = short.map((w) => budgetReason(toHeadroom(w), amountMicros));
+      await appendAudit(c, { actor: 'govloop', taskId, action: 'reserve', decision: 'rejected', detail: { reasons }, dedupeKey: `${taskId}:reserve` });
+      return { ok: false, retry: false, reasons };
+    }
+    for (const w of windows) {
+      await c.query('UPDATE budget_windows SET reserved_micros = reserved_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, amountMicros]);
+    }
+    await c.query(`INSERT INTO reservations (task_id, amount_micros, remaining_micros, state) VALUES ($1, $2, $2, 'held')`, [taskId, amountMicros]);
+    if (windows.length > 0) {
+      await c.query(
+        'INSERT INTO reservation_holds (task_id, budget_id, window_key) SELECT $1, * FROM unnest($2::bigint[], $3::text[])',
+        [taskId, windows.map((w) => w.budget_id), windows.map((w) => w.window_key)],
+      );
+    }
+    await c.query(`UPDATE tasks SET state = 'Reserved' WHERE task_id = $1`, [taskId]);
+    await appendAudit(c, {
+      actor: 'govloop',
+      taskId,
+      action: 'reserve',
+      decision: 'held',
+      detail: { usd: microsToUsd(amountMicros), budgets: windows.map((w) => `${scopeLabel(w)}:${w.period}:${w.window_key}`) },
+      dedupeKey: `${taskId}:reserve`,
+    });
+    return { ok: true, amountMicros };
+  });
+}
+
+/**
+ * Moves `costMicros` of a task's usage from reserved to spent. Called in the transaction that
+ * records the usage. Usage beyond what is still reserved is spent without a hold.
+ */
+export async function chargeBudgets(q: Queryable, taskId: string | null, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, costMicros: number, at: Date): Promise<void> {
+  let consumed = 0;
+  let holds: { budget_id: number; window_key: string }[] = [];
+  if (taskId !== null) {
+    const r = await q.query<{ remaining_micros: number }>(`SELECT remaining_micros FROM reservations WHERE task_id = $1 AND state = 'held' FOR UPDATE`, [taskId]);
+    if (r.rows[0]) {
+      consumed = Math.min(costMicros, r.rows[0].remaining_micros);
+      await q.query('UPDATE reservations SET remaining_micros = remaining_micros - $2 WHERE task_id = $1', [taskId, consumed]);
+      holds = (await q.query<{ budget_id: number; window_key: string }>('SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id', [taskId])).rows;
+    }
+  }
+  const windows = await coveringWindows(q, a, at, true);
+  for (const h of holds) {
+    await q.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [h.budget_id, h.window_key, consumed]);
+  }
+  for (const w of windows) {
+    await q.query('UPDATE budget_windows SET spent_micros = spent_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, costMicros]);
+  }
+}
+
+/** Releases what is left of a task's reservation. Idempotent. Returns the micros released. */
+export async function release(db: Db, taskId: string): Promise<number> {
+  return db.tx(async (c) => {
+    const r = await c.query<{ remaining_micros: number }>(`SELECT remaining_micros FROM reservations WHERE task_id = $1 AND state = 'held' FOR UPDATE`, [taskId]);
+    const row = r.rows[0];
+    if (!row) return 0;
+    const holds = await c.query<{ budget_id: number; window_key: string }>('SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id', [taskId]);
+    for (const h of holds.rows) {
+      await c.query(
+        'SELECT 1 FROM budget_windows WHERE budget_id = $1 AND window_key = $2 FOR UPDATE',
+        [h.budget_id, h.window_key],
+      );
+      await c.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [h.budget_id, h.window_key, row.remaining_micros]);
+    }
+    await c.query(`UPDATE reservations SET state = 'released', remaining_micros = 0, released_at = now() WHERE task_id = $1`, [taskId]);
+    await appendAudit(c, { actor: 'govloop', taskId, action: 'release', decision: 'released', detail: { usd: microsToUsd(row.remaining_micros) }, dedupeKey: `${taskId}:release` });
+    return row.remaining_micros;
+  });
+}
+
+export interface BudgetView {
+  scope: string;
+  period: Period;
+  window: string;
+  limitUsd: number;
+  reservedUsd: number;
+  spentUsd: number;
+}
+
+export async function showBudgets(q: Queryable, filter: BudgetScope & { period?: Period }, at: Date): Promise<BudgetView[]> {
+  const { rows } = await q.query<{ tenant: string; team: string; project: string; period: Period; limit_micros: number; id: number }>(
+    `SELECT id, tenant, team, project, period, limit_micros FROM budgets
+     WHERE tenant = $1 AND ($2::text IS NULL OR team = $2) AND ($3::text IS NULL OR project = $3) AND ($4::text IS NULL OR period = $4)
+     ORDER BY team, project, period`,
+    [filter.tenant, filter.team ?? null, filter.project ?? null, filter.period ?? null],
+  );
+  const out: BudgetView[] = [];
+  for (const b of rows) {
+    const key = windowKey(b.period, at);
+    const w = await q.query<{ reserved_micros: number; spent_micros: number }>('SELECT reserved_micros, spent_micros FROM budget_windows WHERE budget_id = $1 AND window_key = $2', [b.id, key]);
+    out.push({
+      scope: scopeLabel(b),
+      period: b.period,
+      window: key,
+      limitUsd: microsToUsd(b.limit_micros),
+      reservedUsd: microsToUsd(w.rows[0]?.reserved_micros ?? 0),
+      spentUsd: microsToUsd(w.rows[0]?.spent_micros ?? 0),
+    });
+  }
+  return out;
+}

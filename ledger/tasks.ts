@@ -1,0 +1,63 @@
+import type { Intent } from '../governance/intent';
+import type { Plan } from '../governance/plan';
+import type { Reason } from '../governance/reasons';
+import { attributionId } from './attribution';
+import type { Queryable } from './db';
+
+/** States in which a task holds GPUs of its team's quota. */
+export const GPU_HOLDING_STATES = ['Reserved', 'Dispatched', 'Running'];
+
+export async function upsertTask(q: Queryable, t: { taskId: string; intent: Intent; requester: string; state: string }): Promise<void> {
+  const attr = await attributionId(q, t.intent.attribution);
+  await q.query(
+    `INSERT INTO tasks (task_id, kind, name, attribution_id, requester, priority, state, intent)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (task_id) DO NOTHING`,
+    [t.taskId, t.intent.kind, t.intent.name, attr, t.requester, t.intent.priority, t.state, t.intent],
+  );
+}
+
+export async function updateTask(
+  q: Queryable,
+  taskId: string,
+  patch: { state?: string; decision?: string; reasons?: Reason[]; plan?: Plan; finished?: boolean },
+): Promise<void> {
+  await q.query(
+    `UPDATE tasks SET state = COALESCE($2, state), decision = COALESCE($3, decision), reasons = COALESCE($4, reasons),
+       plan = COALESCE($5, plan), finished_at = CASE WHEN $6 THEN COALESCE(finished_at, now()) ELSE finished_at END
+     WHERE task_id = $1`,
+    [taskId, patch.state ?? null, patch.decision ?? null, patch.reasons ? JSON.stringify(patch.reasons) : null, patch.plan ?? null, patch.finished ?? false],
+  );
+}
+
+/** GPUs of one type a team holds now, not counting `exceptTask`. */
+export async function teamGpusInUse(q: Queryable, tenant: string, team: string, gpuType: string, exceptTask: string): Promise<number> {
+  const { rows } = await q.query<{ n: number }>(
+    `SELECT COALESCE(SUM((t.plan->'gpu'->>'count')::int), 0)::int AS n
+     FROM tasks t JOIN attributions a ON a.id = t.attribution_id
+     WHERE a.tenant = $1 AND a.team = $2 AND t.plan->'gpu'->>'type' = $3 AND t.state = ANY($4) AND t.task_id <> $5`,
+    [tenant, team, gpuType, GPU_HOLDING_STATES, exceptTask],
+  );
+  return rows[0]?.n ?? 0;
+}
+
+export interface TaskRow {
+  taskId: string;
+  kind: string;
+  name: string;
+  state: string;
+  decision: string | null;
+  costUsd: number;
+  tenant: string;
+  team: string;
+  project: string;
+}
+
+export async function getTask(q: Queryable, taskId: string): Promise<TaskRow | undefined> {
+  const { rows } = await q.query(
+    `SELECT t.task_id, t.kind, t.name, t.state, t.decision, t.cost_micros, a.tenant, a.team, a.project
+     FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1`,
+    [taskId],
+  );
+  const r = rows[0];
+  return r && { taskId: r.task_id, kind: r.kind, name: r.name, state: r.state, decision: r.decision, costUsd: r.cost_micros / 1e6, tenant: r.tenant, team: r.team, project: r.project };
+}

@@ -1,0 +1,134 @@
+import type { PriceBookVersion } from '../config/schema';
+import type { Attribution } from '../governance/intent';
+import { type Meter, costMicros, priceVersionAt } from '../governance/pricing';
+import { attributionId } from './attribution';
+import { chargeBudgets } from './budgets';
+import type { Db, Queryable } from './db';
+
+/** Meters govloop prices; any other meter is recorded for attribution at no cost. */
+const pricedMeters = new Set<string>(['tokens_in', 'tokens_out', 'gpu_seconds']);
+
+export interface UsageEvent {
+  /** Unique forever: the same key delivered twice is counted once. */
+  key: string;
+  taskId: string | null;
+  attribution: Attribution;
+  tool?: string | null;
+  meter: Meter | 'tokens_processed';
+  /** Model for token meters, `<gpuType>:<sharing>` for GPU meters. */
+  subject: string;
+  quantity: number;
+  occurredAt: Date;
+}
+
+export interface RecordResult {
+  accepted: number;
+  duplicates: number;
+  costMicros: number;
+}
+
+/**
+ * Appends usage and charges it, in one transaction: the events (idempotent by key), the task's
+ * running cost and the budgets' spend move together or not at all.
+ */
+export async function recordUsage(db: Db, priceBook: PriceBookVersion[], events: UsageEvent[]): Promise<RecordResult> {
+  if (events.length === 0) return { accepted: 0, duplicates: 0, costMicros: 0 };
+  return db.tx((c) => recordUsageIn(c, priceBook, events));
+}
+
+export async function recordUsageIn(c: Queryable, priceBook: PriceBookVersion[], events: UsageEvent[]): Promise<RecordResult> {
+  const rows = [];
+  for (const e of events) {
+    const version = priceVersionAt(priceBook, e.occurredAt.toISOString());
+    const cost = pricedMeters.has(e.meter) ? costMicros(version, { meter: e.meter as Meter, quantity: e.quantity, subject: e.subject }) : 0;
+    rows.push({ e, attr: await attributionId(c, e.attribution), version: version.version, cost });
+  }
+  const inserted = await c.query<{ idempotency_key: string }>(
+    `INSERT INTO usage_events (idempotency_key, task_id, attribution_id, tool, meter, subject, quantity, price_version, cost_micros, occurred_at)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::int[], $9::bigint[], $10::timestamptz[])
+     ON CONFLICT (idempotency_key) DO NOTHING
+     RETURNING idempotency_key`,
+    [
+      rows.map((r) => r.e.key),
+      rows.map((r) => r.e.taskId),
+      rows.map((r) => r.attr),
+      rows.map((r) => r.e.tool ?? null),
+      rows.map((r) => r.e.meter),
+      rows.map((r) => r.e.subject),
+      rows.map((r) => r.e.quantity),
+      rows.map((r) => r.version),
+      rows.map((r) => r.cost),
+      rows.map((r) => r.e.occurredAt),
+    ],
+  );
+  const fresh = new Set(inserted.rows.map((r) => r.idempotency_key));
+  let total = 0;
+  // Charge per task and time, so one event's cost lands in its own task and period window.
+  const charges = new Map<string, { taskId: string | null; a: Attribution; at: Date; cost: number }>();
+  for (const r of rows) {
+    if (!fresh.has(r.e.key) || r.cost === 0) continue;
+    fresh.delete(r.e.key);
+    total += r.cost;
+    const k = `${r.e.taskId}|${r.e.attribution.tenant}|${r.e.attribution.team}|${r.e.attribution.project}|${r.e.occurredAt.toISOString().slice(0, 10)}`;
+    const cur = charges.get(k);
+    if (cur) cur.cost += r.cost;
+    else charges.set(k, { taskId: r.e.taskId, a: r.e.attribution, at: r.e.occurredAt, cost: r.cost });
+  }
+  for (const ch of [...charges.values()].sort((x, y) => String(x.taskId).localeCompare(String(y.taskId)))) {
+    await chargeBudgets(c, ch.taskId, ch.a, ch.cost, ch.at);
+    if (ch.taskId !== null) await c.query('UPDATE tasks SET cost_micros = cost_micros + $2 WHERE task_id = $1', [ch.taskId, ch.cost]);
+  }
+  return { accepted: inserted.rows.length, duplicates: events.length - inserted.rows.length, costMicros: total };
+}
+
+export interface TaskUsage {
+  gpuSeconds: number;
+  tokensIn: number;
+  tokensOut: number;
+  tokensProcessed: number;
+  costMicros: number;
+}
+
+export async function taskUsage(q: Queryable, taskId: string): Promise<TaskUsage> {
+  const { rows } = await q.query<{ meter: string; quantity: number; cost: number }>(
+    'SELECT meter, SUM(quantity) AS quantity, SUM(cost_micros)::bigint AS cost FROM usage_events WHERE task_id = $1 GROUP BY meter',
+    [taskId],
+  );
+  const by = (m: string) => rows.find((r) => r.meter === m);
+  return {
+    gpuSeconds: by('gpu_seconds')?.quantity ?? 0,
+    tokensIn: by('tokens_in')?.quantity ?? 0,
+    tokensOut: by('tokens_out')?.quantity ?? 0,
+    tokensProcessed: by('tokens_processed')?.quantity ?? 0,
+    costMicros: rows.reduce((s, r) => s + Number(r.cost), 0),
+  };
+}
+
+export interface UsageRow {
+  [dim: string]: string | number;
+  costUsd: number;
+  gpuHours: number;
+  tokens: number;
+  tasks: number;
+}
+
+export const UsageDims = ['tenant', 'team', 'project', 'model', 'useCase', 'tool', 'meter'] as const;
+export type UsageDim = (typeof UsageDims)[number];
+const dimColumn: Record<UsageDim, string> = { tenant: 'a.tenant', team: 'a.team', project: 'a.project', model: 'a.model', useCase: 'a.use_case', tool: "COALESCE(u.tool, '')", meter: 'u.meter' };
+
+/** Usage and cost grouped by attribution dimensions over [from, to). */
+export async function usageBy(q: Queryable, dims: UsageDim[], from: Date, to: Date, tenant?: string): Promise<UsageRow[]> {
+  const cols = dims.map((d) => `${dimColumn[d]} AS "${d}"`);
+  const { rows } = await q.query(
+    `SELECT ${[...cols, 'SUM(u.cost_micros)::bigint AS cost', "SUM(CASE WHEN u.meter = 'gpu_seconds' THEN u.quantity ELSE 0 END) AS gpu_seconds", "SUM(CASE WHEN u.meter IN ('tokens_in','tokens_out','tokens_processed') THEN u.quantity ELSE 0 END) AS tokens", 'COUNT(DISTINCT u.task_id)::int AS tasks'].join(', ')}
+     FROM usage_events u JOIN attributions a ON a.id = u.attribution_id
+     WHERE u.occurred_at >= $1 AND u.occurred_at < $2 AND ($3::text IS NULL OR a.tenant = $3)
+     ${dims.length ? `GROUP BY ${dims.map((_, i) => i + 1).join(', ')} ORDER BY cost DESC` : ''}`,
+    [from, to, tenant ?? null],
+  );
+  return rows.map((r) => {
+    const out: UsageRow = { costUsd: Number(r.cost ?? 0) / 1e6, gpuHours: Number(r.gpu_seconds ?? 0) / 3600, tokens: Number(r.tokens ?? 0), tasks: r.tasks };
+    for (const d of dims) out[d] = r[d];
+    return out;
+  });
+}

@@ -1,0 +1,96 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdirSync, openSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { Connection } from '@temporalio/client';
+import { searchAttributeTypes } from '../workflows/search-attributes';
+import { findTemporalCli } from './temporal-cli';
+
+export interface DevServer {
+  address: string;
+  uiUrl: string | null;
+  namespace: string;
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts the Temporal dev server (the `temporal` CLI): state in a SQLite file under `dataDir`,
+ * govloop's search attributes registered, UI on `uiPort` unless headless. Resolves once the
+ * server answers on its frontend port.
+ */
+export async function startDevServer(opts: {
+  dataDir: string;
+  port?: number;
+  uiPort?: number;
+  headless?: boolean;
+  namespace?: string;
+  onProgress?: (msg: string) => void;
+}): Promise<DevServer> {
+  const cli = findTemporalCli({ onProgress: opts.onProgress });
+  if (!cli) {
+    throw new Error('no temporal CLI: set TEMPORAL_CLI, put `temporal` on PATH, or install Go so govloop can build it');
+  }
+  mkdirSync(opts.dataDir, { recursive: true });
+  const port = opts.port ?? (await freePort());
+  const uiPort = opts.uiPort ?? 8233;
+  const namespace = opts.namespace ?? 'default';
+  const args = [
+    'server', 'start-dev',
+    '--db-filename', join(opts.dataDir, 'temporal.db'),
+    '--ip', '127.0.0.1',
+    '--port', String(port),
+    '--namespace', namespace,
+    '--log-level', 'error',
+    // Dev-server metrics bind a fixed port by default; a random one lets several servers coexist.
+    '--metrics-port', String(await freePort()),
+    '--http-port', String(await freePort()),
+    ...(opts.headless ? ['--headless'] : ['--ui-port', String(uiPort)]),
+    ...Object.entries(searchAttributeTypes).flatMap(([k, t]) => ['--search-attribute', `${k}=${t}`]),
+  ];
+  const logFd = openSync(join(opts.dataDir, 'temporal.log'), 'a');
+  const child: ChildProcess = spawn(cli.path, args, { stdio: ['ignore', logFd, logFd] });
+  let exited: number | null = null;
+  child.on('exit', (code) => (exited = code ?? -1));
+  const address = `127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (exited !== null) throw new Error(`temporal dev server exited with ${exited}; see ${join(opts.dataDir, 'temporal.log')}`);
+    try {
+      const conn = await Connection.connect({ address, connectTimeout: 1000 });
+      await conn.workflowService.describeNamespace({ namespace });
+      await conn.close();
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) {
+        child.kill('SIGKILL');
+        throw new Error(`temporal dev server did not answer on ${address} within 60s: ${(err as Error).message}`);
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  return {
+    address,
+    uiUrl: opts.headless ? null : `http://127.0.0.1:${uiPort}`,
+    namespace,
+    async stop() {
+      if (exited !== null) return;
+      const done = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await done;
+      clearTimeout(timer);
+    },
+  };
+}

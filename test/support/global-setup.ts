@@ -1,0 +1,51 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import type { TestProject } from 'vitest/node';
+import { startDevServer } from '../../runtime/dev-server';
+import { Db } from '../../ledger/db';
+import { migrate } from '../../ledger/migrate';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    temporalAddress: string;
+    databaseUrl: string;
+    temporalCli: string;
+  }
+}
+
+/**
+ * One real Temporal dev server and one fresh PostgreSQL database for the whole run. Each test
+ * file runs its own workers on its own task queues and uses its own tenants, so files do not meet.
+ * PostgreSQL comes from TEST_DATABASE_URL's server (default: the local one, trust auth).
+ */
+export default async function setup(project: TestProject) {
+  const dataDir = mkdtempSync(join(tmpdir(), 'govloop-test-'));
+  const server = await startDevServer({ dataDir, headless: true, onProgress: (m) => console.log(m) });
+  const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
+  const dbName = `govloop_test_${process.pid}_${Date.now()}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${dbName}`);
+  await admin.end();
+  const url = new URL(adminUrl);
+  url.pathname = `/${dbName}`;
+  const db = new Db(url.toString(), 2);
+  await migrate(db);
+  await db.close();
+
+  project.provide('temporalAddress', server.address);
+  project.provide('databaseUrl', url.toString());
+  const { findTemporalCli } = await import('../../runtime/temporal-cli');
+  project.provide('temporalCli', findTemporalCli({ build: false })?.path ?? '');
+
+  return async () => {
+    await server.stop();
+    const a = new pg.Client({ connectionString: adminUrl });
+    await a.connect();
+    await a.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    await a.end();
+    rmSync(dataDir, { recursive: true, force: true });
+  };
+}

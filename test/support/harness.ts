@@ -1,0 +1,112 @@
+import { randomUUID } from 'node:crypto';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, type Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { inject } from 'vitest';
+import { type GovConfig, loadConfig } from '../../config/load';
+import { SimulatedCluster } from '../../cluster/simulated/backend';
+import { Db } from '../../ledger/db';
+import type { IntentInput } from '../../governance/intent';
+import { Intent } from '../../governance/intent';
+import { createWorkers } from '../../workers/worker';
+import { governedTask } from '../../workflows';
+import type { TaskStatus } from '../../workflows/messages';
+
+/** A fast config: simulated jobs run 2000x real time and are observed every 100 ms. */
+export function testConfig(overrides: Partial<GovConfig['simulation']> = {}): GovConfig {
+  const config = loadConfig();
+  config.simulation = { ...config.simulation, speedup: 2000, pollMillis: 100, queueRetryMillis: 200, ...overrides };
+  return config;
+}
+
+export interface Harness {
+  db: Db;
+  client: Client;
+  connection: NativeConnection;
+  config: GovConfig;
+  backend: SimulatedCluster;
+  controlQueue: string;
+  dispatchQueue: string;
+  workers: Worker[];
+  /** A tenant name unique to this harness, so budgets and quotas of different files never meet. */
+  tenant: string;
+  startWorkers(): Promise<void>;
+  stopWorkers(): Promise<void>;
+  submit(intent: IntentInput, opts?: { taskId?: string; requester?: string }): Promise<{ taskId: string; result: () => Promise<TaskStatus> }>;
+  close(): Promise<void>;
+}
+
+export async function createHarness(opts: { bundle: WorkflowBundleWithSourceMap; config?: GovConfig; clusterName?: string }): Promise<Harness> {
+  const suffix = randomUUID().slice(0, 8);
+  const config = opts.config ?? testConfig();
+  // Each harness gets its own simulated cluster, so tests never compete for GPUs.
+  config.cluster = { ...config.cluster, name: opts.clusterName ?? `sim-${suffix}` };
+  const db = new Db(inject('databaseUrl'), 10);
+  const backend = new SimulatedCluster(db, config.cluster, config.simulation.speedup);
+  await backend.sync();
+  const address = inject('temporalAddress');
+  const connection = await NativeConnection.connect({ address });
+  const clientConnection = await Connection.connect({ address });
+  const client = new Client({ connection: clientConnection, namespace: 'default' });
+  const controlQueue = `govloop-control-${suffix}`;
+  const dispatchQueue = `govloop-cluster-${config.cluster.name}`;
+  const h: Harness = {
+    db,
+    client,
+    connection,
+    config,
+    backend,
+    controlQueue,
+    dispatchQueue,
+    workers: [],
+    tenant: `t-${suffix}`,
+    async startWorkers() {
+      h.workers = await createWorkers({ connection, namespace: 'default', db, config, backend, controlQueue, dispatchQueue, bundle: opts.bundle });
+      for (const w of h.workers) void w.run();
+    },
+    async stopWorkers() {
+      await Promise.all(
+        h.workers.map(async (w) => {
+          if (w.getState() === 'RUNNING') w.shutdown();
+          await waitStopped(w);
+        }),
+      );
+      h.workers = [];
+    },
+    async submit(input, o = {}) {
+      const intent = Intent.parse(input);
+      const taskId = o.taskId ?? `${intent.name}-${randomUUID().slice(0, 8)}`;
+      const handle = await client.workflow.start(governedTask, {
+        taskQueue: controlQueue,
+        workflowId: taskId,
+        args: [{ taskId, intent, requester: o.requester ?? 'test' }],
+      });
+      return { taskId, result: () => handle.result() };
+    },
+    async close() {
+      await h.stopWorkers();
+      await clientConnection.close();
+      await connection.close();
+      await db.close();
+    },
+  };
+  return h;
+}
+
+async function waitStopped(w: Worker): Promise<void> {
+  while (w.getState() !== 'STOPPED' && w.getState() !== 'FAILED') await new Promise((r) => setTimeout(r, 50));
+}
+
+/** An intent with everything required filled in; override what the test is about. */
+export function intent(tenant: string, over: Partial<IntentInput> = {}): IntentInput {
+  return {
+    kind: 'training',
+    name: 'job',
+    attribution: { tenant, team: 'search', project: 'ranker', model: 'llama-3-8b', useCase: 'relevance' },
+    caps: { maxUsd: 100, maxGpuHours: 10 },
+    priority: 'normal',
+    riskClass: 'low',
+    resources: { gpus: 2, gpuType: 'H100', sharing: 'exclusive' },
+    simulation: { durationSeconds: 600, tokensPerSecond: 100 },
+    ...over,
+  };
+}

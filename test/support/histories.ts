@@ -1,0 +1,27 @@
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Client } from '@temporalio/client';
+
+export const fixturesDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'histories');
+export const runHistoriesDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'artifacts', 'histories');
+
+/**
+ * Saves the histories of the closed workflows a test file ran (its own task queue) as replay
+ * fixtures, in the JSON that `temporal workflow show --output json` writes: under
+ * test/fixtures/histories/ when GOVLOOP_RECORD_HISTORIES=1 (committed), else under
+ * test/artifacts/histories/, where the replay test of the same run picks them up.
+ */
+export async function saveHistories(client: Client, opts: { cli: string; address: string; taskQueue: string; prefix: string }): Promise<number> {
+  const dir = process.env.GOVLOOP_RECORD_HISTORIES === '1' ? fixturesDir : runHistoriesDir;
+  mkdirSync(dir, { recursive: true });
+  let n = 0;
+  for await (const wf of client.workflow.list({ query: `TaskQueue = '${opts.taskQueue}' AND ExecutionStatus != 'Running'` })) {
+    const json = execFileSync(opts.cli, ['workflow', 'show', '--address', opts.address, '--workflow-id', wf.workflowId, '--run-id', wf.runId, '--output', 'json'], { maxBuffer: 64 << 20 });
+    const name = wf.workflowId.replace(/-[0-9a-f]{8}$/, '');
+    writeFileSync(join(dir, `${opts.prefix}--${name}.json`), json);
+    n++;
+  }
+  return n;
+}

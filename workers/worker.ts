@@ -1,0 +1,67 @@
+import { fileURLToPath } from 'node:url';
+import { NativeConnection, Worker, type WorkflowBundleWithSourceMap, bundleWorkflowCode } from '@temporalio/worker';
+import { createActivities } from '../activities';
+import type { GovConfig } from '../config/load';
+import type { ClusterBackend } from '../cluster/backend';
+import type { Db } from '../ledger/db';
+import { TASK_QUEUE_CONTROL, clusterTaskQueue } from '../workflows/messages';
+
+export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+
+/** Bundles the workflow code once; workers reuse the bundle (tests: once per file). */
+export async function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
+  return bundleWorkflowCode({ workflowsPath, logger: quietBundlerLogger });
+}
+
+const quietBundlerLogger = {
+  log: () => undefined,
+  trace: () => undefined,
+  debug: () => undefined,
+  info: () => undefined,
+  warn: (m: string, meta?: unknown) => console.warn(m, meta ?? ''),
+  error: (m: string, meta?: unknown) => console.error(m, meta ?? ''),
+};
+
+export interface GovWorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  db: Db;
+  config: GovConfig;
+  backend: ClusterBackend;
+  /** Control queue name; tests use their own so files can run side by side. */
+  controlQueue?: string;
+  dispatchQueue?: string;
+  bundle?: WorkflowBundleWithSourceMap;
+}
+
+/**
+ * The two workers of one govloop deployment: control (workflows + ledger/policy activities) and
+ * dispatch for one cluster (the cluster's activities, next to its API server).
+ */
+export async function createWorkers(opts: GovWorkerOptions): Promise<Worker[]> {
+  const controlQueue = opts.controlQueue ?? TASK_QUEUE_CONTROL;
+  const dispatchQueue = opts.dispatchQueue ?? clusterTaskQueue(opts.backend.cluster);
+  const activities = createActivities({ db: opts.db, config: opts.config, backend: opts.backend, dispatchQueue });
+  const bundle = opts.bundle ?? (await bundleWorkflows());
+  const control = await Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: controlQueue,
+    workflowBundle: bundle,
+    activities,
+  });
+  const dispatch = await Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: dispatchQueue,
+    activities: { dispatchJob: activities.dispatchJob, observeJob: activities.observeJob, deleteJob: activities.deleteJob },
+  });
+  return [control, dispatch];
+}
+
+/** Runs the workers until `signal` aborts, then shuts them down gracefully. */
+export async function runWorkers(workers: Worker[], signal?: AbortSignal): Promise<void> {
+  if (signal) signal.addEventListener('abort', () => workers.forEach((w) => w.getState() === 'RUNNING' && w.shutdown()), { once: true });
+  await Promise.all(workers.map((w) => w.run()));
+}
+

@@ -1,0 +1,1 @@
+export { governedTask } from './governed-task';
