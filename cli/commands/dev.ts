@@ -1,0 +1,82 @@
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { loadConfig } from '../../config/load';
+import { dataDir, openLedger, readDevState } from '../../runtime/environment';
+import { installLogging } from '../../runtime/logging';
+import { startStack } from '../../runtime/stack';
+import { SimulatedCluster } from '../../cluster/simulated/backend';
+import { createWorkers, runWorkers } from '../../workers/worker';
+import { NativeConnection } from '@temporalio/worker';
+import { loadClientConnectConfig } from '@temporalio/envconfig';
+import { TASK_QUEUE_CONTROL } from '../../workflows/messages';
+import { join } from 'node:path';
+import { CliExit, Exit, parseOptions } from '../util';
+
+const port = z.coerce.number({ error: 'must be a port number' }).int().min(1).max(65535);
+const DevOptions = z.strictObject({ port: port.default(7233), uiPort: port.default(8233), ledgerPort: port.optional(), headless: z.boolean().default(false) });
+const WorkerOptions = z.strictObject({ taskQueue: z.string().min(1).default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL), cluster: z.string().regex(/^[a-z0-9-]+$/).optional() });
+
+/** Resolves on the first SIGINT/SIGTERM. */
+const untilSignal = () => new Promise<string>((resolve) => {
+  process.once('SIGINT', () => resolve('SIGINT'));
+  process.once('SIGTERM', () => resolve('SIGTERM'));
+});
+
+export function register(program: Command): void {
+  program
+    .command('dev')
+    .description('run everything on this machine: Temporal dev server, ledger, simulated cluster, workers (Ctrl-C stops all)')
+    .option('--port <n>', 'Temporal frontend port', '7233')
+    .option('--ui-port <n>', 'Temporal UI port', '8233')
+    .option('--ledger-port <n>', 'port of the embedded ledger (default: any free port)')
+    .option('--headless', 'no Temporal UI')
+    .action(async (raw) => {
+      const o = parseOptions(DevOptions, raw);
+      const dir = dataDir(program.opts().dataDir);
+      if (readDevState(dir)) throw new CliExit(Exit.Failure, `govloop dev is already running for ${dir}`);
+      const config = loadConfig();
+      installLogging({ file: join(dir, 'worker.log') });
+      const stack = await startStack({ dataDir: dir, config, port: o.port, uiPort: o.uiPort, ...(o.ledgerPort ? { ledgerPort: o.ledgerPort } : {}), headless: o.headless, onProgress: (m) => console.log(m) });
+      console.log(`govloop dev is up (data in ${dir})
+  Temporal   ${stack.address}  namespace ${stack.namespace}
+  UI         ${stack.uiUrl ?? '(headless)'}
+  ledger     ${stack.ledgerSource === 'embedded' ? `${stack.databaseUrl} (embedded PGlite)` : 'DATABASE_URL'}
+  logs       ${join(dir, 'worker.log')}
+Other terminals: govloop submit config/examples/llama-ft-nightly.yaml --wait
+Ctrl-C stops everything.`);
+      const why = await Promise.race([untilSignal(), stack.running.then(() => 'workers stopped')]);
+      console.log(`\n${why}: stopping ...`);
+      await stack.stop();
+    });
+
+  program
+    .command('worker')
+    .description('run the control and dispatch workers against TEMPORAL_ADDRESS and DATABASE_URL (or a running govloop dev)')
+    .option('--task-queue <name>', 'control task queue', process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL)
+    .option('--cluster <name>', 'simulated cluster name (default: config/cluster.yaml)')
+    .action(async (raw) => {
+      const o = parseOptions(WorkerOptions, raw);
+      const logger = installLogging();
+      const config = loadConfig();
+      if (o.cluster) config.cluster = { ...config.cluster, name: o.cluster };
+      const dev = process.env.TEMPORAL_ADDRESS ? undefined : readDevState(dataDir(program.opts().dataDir));
+      const cfg = loadClientConnectConfig();
+      const address = dev?.temporalAddress ?? cfg.connectionOptions.address ?? 'localhost:7233';
+      const namespace = process.env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? cfg.namespace ?? 'default';
+      const ledger = await openLedger(program.opts().dataDir);
+      const connection = await NativeConnection.connect({ ...cfg.connectionOptions, address });
+      try {
+        const backend = new SimulatedCluster(ledger.db, config.cluster, config.simulation.speedup);
+        await backend.sync();
+        const workers = await createWorkers({ connection, namespace, db: ledger.db, config, backend, controlQueue: o.taskQueue });
+        const abort = new AbortController();
+        void untilSignal().then(() => abort.abort());
+        logger.info({ address, namespace, taskQueue: o.taskQueue, ledger: ledger.source }, 'worker started');
+        console.error(`worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name}; ledger ${ledger.source}`);
+        await runWorkers(workers, abort.signal);
+      } finally {
+        await connection.close();
+        await ledger.close();
+      }
+    });
+}

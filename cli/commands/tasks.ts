@@ -1,0 +1,117 @@
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { GovloopClient, outcomeOf } from '../../sdk';
+import { withContext } from '../context';
+import { Exit, parseOptions, printJson, table, usd } from '../util';
+import { printOutcome } from './submit';
+
+const int = (name: string) => z.coerce.number({ error: `${name} must be a number` }).int().nonnegative();
+
+const StatusOptions = z.strictObject({ json: z.boolean().default(false) });
+const ListOptions = z.strictObject({ state: z.string().optional(), tenant: z.string().optional(), team: z.string().optional(), kind: z.string().optional(), limit: z.coerce.number().int().positive().default(50), json: z.boolean().default(false) });
+const CancelOptions = z.strictObject({ as: z.string().min(1).default(process.env.USER ?? 'cli'), reason: z.string().min(1).default('cancelled from the CLI') });
+const StepOptions = z.strictObject({
+  tokensIn: int('tokens-in'),
+  tokensOut: int('tokens-out'),
+  context: int('context'),
+  model: z.string().min(1).optional(),
+  tool: z.string().min(1).optional(),
+  latencyMs: int('latency-ms').optional(),
+  json: z.boolean().default(false),
+});
+
+export function register(program: Command): void {
+  const dataDir = () => program.opts().dataDir as string | undefined;
+
+  program
+    .command('status')
+    .description("a task's governance state, usage and cost")
+    .argument('<taskId>')
+    .option('--json', 'print JSON')
+    .action(async (taskId: string, raw) => {
+      const opts = parseOptions(StatusOptions, raw);
+      await withContext(dataDir(), async (ctx) => {
+        const s = await new GovloopClient(await ctx.client()).status(taskId);
+        if (opts.json) return printJson(s);
+        printOutcome(outcomeOf(s), false);
+        console.log(`  kind ${s.kind}, ${s.attribution.tenant}/${s.attribution.team}/${s.attribution.project}, model ${s.attribution.model}`);
+        if (s.plan) console.log(`  plan ${s.plan.template}: ${s.plan.gpu.count} x ${s.plan.gpu.type ?? 'hosted'} (${s.plan.gpu.sharing}), worst case ${usd(s.plan.worstCaseMicros / 1e6)}`);
+        if (s.nodes.length) console.log(`  nodes ${s.nodes.join(', ')}`);
+        console.log(`  usage: ${s.usage.gpuHours.toFixed(3)} GPU-h, ${s.usage.tokensIn + s.usage.tokensOut + s.usage.tokensProcessed} tokens, ${s.usage.steps} steps${s.progress !== null ? `, ${(s.progress * 100).toFixed(0)}% done` : ''}`);
+      });
+    });
+
+  program
+    .command('list')
+    .description('tasks by governance state and attribution (a Temporal visibility query)')
+    .option('--state <state>', 'GovState, e.g. Running, Queued, Rejected')
+    .option('--tenant <tenant>')
+    .option('--team <team>')
+    .option('--kind <kind>')
+    .option('--limit <n>', 'at most this many', '50')
+    .option('--json', 'print JSON')
+    .action(async (raw) => {
+      const opts = parseOptions(ListOptions, raw);
+      await withContext(dataDir(), async (ctx) => {
+        const rows = await new GovloopClient(await ctx.client()).list({ state: opts.state, tenant: opts.tenant, team: opts.team, kind: opts.kind, limit: opts.limit });
+        if (opts.json) return printJson(rows);
+        console.log(table(['task', 'state', 'tenant', 'team', 'kind', 'started'], rows.map((r) => [r.taskId, r.state, r.tenant, r.team, r.kind, r.startTime.toISOString()])));
+      });
+    });
+
+  program
+    .command('cancel')
+    .description('cancel a task: its job is deleted, what it used is charged, the rest of its reservation released')
+    .argument('<taskId>')
+    .option('--as <user>', 'who cancels')
+    .option('--reason <text>', 'why')
+    .action(async (taskId: string, raw) => {
+      const opts = parseOptions(CancelOptions, raw);
+      await withContext(dataDir(), async (ctx) => {
+        await new GovloopClient(await ctx.client()).cancel(taskId, opts.as, opts.reason);
+        console.log(`cancel requested for ${taskId}`);
+      });
+    });
+
+  program
+    .command('step')
+    .description("an agent step through the gate: answers allow or deny (with the reason)")
+    .argument('<taskId>')
+    .requiredOption('--tokens-in <n>')
+    .requiredOption('--tokens-out <n>')
+    .requiredOption('--context <n>', 'context tokens of the call')
+    .option('--model <model>')
+    .option('--tool <name>')
+    .option('--latency-ms <n>')
+    .option('--json', 'print JSON')
+    .action(async (taskId: string, raw) => {
+      const opts = parseOptions(StepOptions, raw);
+      await withContext(dataDir(), async (ctx) => {
+        const a = await new GovloopClient(await ctx.client()).step(taskId, {
+          tokensIn: opts.tokensIn,
+          tokensOut: opts.tokensOut,
+          contextTokens: opts.context,
+          ...(opts.model ? { model: opts.model } : {}),
+          ...(opts.tool ? { tool: opts.tool } : {}),
+          ...(opts.latencyMs !== undefined ? { latencyMs: opts.latencyMs } : {}),
+        });
+        const out = { answer: a.answer, reason: a.reason, approvalId: null, fallbackModel: null, step: a.step, costUsd: a.costUsd };
+        if (opts.json) printJson(out);
+        else console.log(`${a.answer}${a.reason ? `: ${a.reason.code} ${a.reason.message}` : ''} (step ${a.step}, cost so far ${usd(a.costUsd)})`);
+        if (a.answer === 'deny') process.exitCode = Exit.Rejected;
+      });
+    });
+
+  program
+    .command('finish')
+    .description('mark a hosted agent/inference task done; it settles and releases its reservation')
+    .argument('<taskId>')
+    .option('--as <user>', 'who finishes')
+    .action(async (taskId: string, raw) => {
+      const opts = parseOptions(CancelOptions.pick({ as: true }), raw);
+      await withContext(dataDir(), async (ctx) => {
+        await new GovloopClient(await ctx.client()).finish(taskId, opts.as);
+        console.log(`finish requested for ${taskId}`);
+      });
+    });
+}

@@ -1,0 +1,24 @@
+import { DefaultLogger, type LogLevel, Runtime } from '@temporalio/worker';
+import pino from 'pino';
+
+let installed = false;
+
+/**
+ * One log sink for the process: pino JSON lines (to stdout, or to `file`), with Temporal's
+ * worker, workflow and activity logs routed into it (Runtime.install).
+ */
+export function installLogging(opts: { file?: string; level?: string } = {}): pino.Logger {
+  const level = (opts.level ?? process.env.GOVLOOP_LOG_LEVEL ?? 'info').toLowerCase();
+  const logger = pino({ level, base: { svc: 'govloop' } }, opts.file ? pino.destination({ dest: opts.file, mkdir: true, sync: false }) : undefined);
+  if (!installed) {
+    installed = true;
+    const temporalLevel = level.toUpperCase() as LogLevel;
+    Runtime.install({
+      logger: new DefaultLogger(['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'].includes(temporalLevel) ? temporalLevel : 'INFO', (entry) => {
+        const fn = entry.level === 'ERROR' ? 'error' : entry.level === 'WARN' ? 'warn' : entry.level === 'DEBUG' || entry.level === 'TRACE' ? 'debug' : 'info';
+        logger[fn]({ ...entry.meta }, entry.message);
+      }),
+    });
+  }
+  return logger;
+}
