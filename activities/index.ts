@@ -131,7 +131,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
           const cur = await c.query<{ metered: number }>('SELECT metered FROM meter_cursors WHERE task_id = $1 AND meter = $2 FOR UPDATE', [taskId, meter]);
           const metered = cur.rows[0]!.metered;
           if (cumulative > metered) {
-            events.push({ key: `${taskId}:${meter}:${metered}-${cumulative}`, taskId, attribution: intent.attribution, meter, subject, quantity: cumulative - metered, occurredAt: now });
+            events.push({ key: `${taskId}:${meter}:${metered}-${cumulative}`, taskId, attribution: intent.attribution, meter, subject, quantity: cumulative - metered, cumulativeBefore: metered, occurredAt: now });
             await c.query('UPDATE meter_cursors SET metered = $3 WHERE task_id = $1 AND meter = $2', [taskId, meter, cumulative]);
           }
         }

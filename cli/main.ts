@@ -4,6 +4,7 @@ import { ConfigError } from '../config/load';
 import { CliExit, Exit } from './util';
 import * as demo from './commands/demo';
 import * as dev from './commands/dev';
+import * as doctor from './commands/doctor';
 import * as ledger from './commands/ledger';
 import * as submit from './commands/submit';
 import * as tasks from './commands/tasks';
@@ -14,7 +15,7 @@ const program = new Command('govloop')
   .showHelpAfterError()
   .exitOverride();
 
-for (const m of [dev, demo, submit, tasks, ledger]) m.register(program);
+for (const m of [dev, demo, submit, tasks, ledger, doctor]) m.register(program);
 
 function wantsJson(): boolean {
   return process.argv.includes('--json');

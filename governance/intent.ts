@@ -113,3 +113,8 @@ export function parseIntentText(text: string): ParseResult<Intent> {
   }
   return validate(Intent, doc);
 }
+
+// A missing field reads "required" rather than zod's "expected string, received undefined".
+z.config({
+  customError: (issue) => (issue.code === 'invalid_type' && issue.input === undefined ? 'required' : undefined),
+});

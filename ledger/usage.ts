@@ -18,6 +18,12 @@ export interface UsageEvent {
   /** Model for token meters, `<gpuType>:<sharing>` for GPU meters. */
   subject: string;
   quantity: number;
+  /**
+   * For one stream of partial events (a running job's meter): the stream's total before this
+   * event. Cost is then priced on the running total (round(after) - round(before)), so the parts
+   * add up to exactly the cost of the whole, with no rounding drift.
+   */
+  cumulativeBefore?: number;
   occurredAt: Date;
 }
 
@@ -40,7 +46,11 @@ export async function recordUsageIn(c: Queryable, priceBook: PriceBookVersion[],
   const rows = [];
   for (const e of events) {
     const version = priceVersionAt(priceBook, e.occurredAt.toISOString());
-    const cost = pricedMeters.has(e.meter) ? costMicros(version, { meter: e.meter as Meter, quantity: e.quantity, subject: e.subject }) : 0;
+    let cost = 0;
+    if (pricedMeters.has(e.meter)) {
+      const price = (quantity: number) => costMicros(version, { meter: e.meter as Meter, quantity, subject: e.subject });
+      cost = e.cumulativeBefore === undefined ? price(e.quantity) : price(e.cumulativeBefore + e.quantity) - price(e.cumulativeBefore);
+    }
     rows.push({ e, attr: await attributionId(c, e.attribution), version: version.version, cost });
   }
   const inserted = await c.query<{ idempotency_key: string }>(

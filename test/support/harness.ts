@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
-import { NativeConnection, type Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime, type Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { inject } from 'vitest';
 import { type GovConfig, loadConfig } from '../../config/load';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
@@ -35,7 +35,14 @@ export interface Harness {
   close(): Promise<void>;
 }
 
+let runtimeInstalled = false;
+
 export async function createHarness(opts: { bundle: WorkflowBundleWithSourceMap; config?: GovConfig; clusterName?: string }): Promise<Harness> {
+  if (!runtimeInstalled) {
+    // Worker lifecycle chatter off; warnings and errors still show.
+    Runtime.install({ logger: new DefaultLogger('WARN') });
+    runtimeInstalled = true;
+  }
   const suffix = randomUUID().slice(0, 8);
   const config = opts.config ?? testConfig();
   // Each harness gets its own simulated cluster, so tests never compete for GPUs.
