@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The test command: type-check, run every vitest file against the real Temporal dev server and
+// The test command: type-check, lint, run every vitest file against the real Temporal dev server and
 // PostgreSQL, then print one closing line "N passed, N failed[, N skipped]" that CI reads.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 const run = (cmd, args) => spawnSync(cmd, args, { stdio: 'inherit' }).status ?? 1;
 const npx = process.platform === 'win32' ? 'npx.cmd' : 'npx';
 
-if (run(npx, ['tsc', '-p', '.']) !== 0) {
+if (run(npx, ['tsc', '-p', '.']) !== 0 || run(npx, ['eslint', '.']) !== 0) {
   console.log('0 passed, 1 failed');
   process.exit(1);
 }
