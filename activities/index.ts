@@ -1,4 +1,5 @@
-import { log } from '@temporalio/activity';
+import { createHash } from 'node:crypto';
+import { ApplicationFailure, Context, log } from '@temporalio/activity';
 import type { GovConfig } from '../config/load';
 import { type AdmissionResult, admit, gpuQuotaFor } from '../governance/admission';
 import type { Intent } from '../governance/intent';
@@ -7,11 +8,14 @@ import { costMicros, priceVersionAt } from '../governance/pricing';
 import type { Reason } from '../governance/reasons';
 import { type StepTotals, type StepUsage, evaluateStep } from '../governance/step-gate';
 import { type ClusterBackend, type CreateResult, jobName } from '../cluster/backend';
-import { appendAudit } from '../ledger/audit';
+import { type DecideResult, decideApproval, escalateApproval, requestApproval } from '../ledger/approvals';
+import { appendAudit, canonicalJson } from '../ledger/audit';
 import { budgetHeadroom, release, reserve, type ReserveResult } from '../ledger/budgets';
-import type { Db } from '../ledger/db';
+import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
-import { type TaskUsage, type UsageEvent, recordUsage, recordUsageIn, taskUsage } from '../ledger/usage';
+import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
+import { approverRoles } from '../governance/tools';
+import { callTool } from '../tools/executor';
 
 export interface ActivityDeps {
   db: Db;
@@ -27,6 +31,35 @@ export interface Timing {
   pollMillis: number;
   queueRetryMillis: number;
   dispatchQueue: string;
+  /** Retry policy of compensations (absent in histories from before agent rollback). */
+  compensation?: { maxAttempts: number; initialIntervalMs: number };
+}
+
+/** The gate's answer, as the workflow sees it. */
+export type GateOutcome =
+  | { answer: 'allow' | 'degrade'; totals: StepTotals; model: string; costMicros: number; sideEffect: boolean; argsDigest: string | null }
+  | { answer: 'deny'; reason: Reason }
+  | { answer: 'await-approval'; approvalId: string; argsDigest: string; requestedAt: number; escalateAfterMs: number; expiresAt: number; tiers: number };
+
+const digest = (v: unknown) => `sha256:${createHash('sha256').update(canonicalJson(v)).digest('hex')}`;
+
+async function upsertCompensation(q: Queryable, r: { taskId: string; seq: number; tool: string; compensation: string; args: unknown; state: 'done' | 'failed'; attempts: number; error: string | null }): Promise<void> {
+  await q.query(
+    `INSERT INTO compensations (task_id, seq, tool, compensation, args, state, attempts, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (task_id, seq) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts, error = EXCLUDED.error, updated_at = now()`,
+    [r.taskId, r.seq, r.tool, r.compensation, JSON.stringify(r.args ?? null), r.state, r.attempts, r.error],
+  );
+}
+
+/** Best effort: POSTs an event to the configured webhook. The audit log, not this, is the record. */
+async function notify(config: GovConfig, event: Record<string, unknown>): Promise<void> {
+  log.warn('notification', event);
+  if (!config.policies.notifyUrl) return;
+  try {
+    await fetch(config.policies.notifyUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(event), signal: AbortSignal.timeout(10_000) });
+  } catch (err) {
+    log.warn('notification webhook failed', { url: config.policies.notifyUrl, error: String(err) });
+  }
 }
 
 export interface Observation {
@@ -43,7 +76,7 @@ export interface Observation {
  * Every write is idempotent by task id plus a step or sequence number (design principle 2).
  */
 export function createActivities({ db, config, backend, dispatchQueue, clock = () => new Date() }: ActivityDeps) {
-  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue };
+  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation };
 
   return {
     /** Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log. */
@@ -155,28 +188,137 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
     },
 
     /**
-     * The agent step gate: prices the step, checks every cap with it, and commits its usage if
-     * allowed. Idempotent by (task, seq): a retried activity answers the same and charges once.
+     * The agent step gate: prices the step (on its model and on the fallback), checks every cap
+     * and the tool catalog, and commits its usage if allowed or degraded. A tool call that needs a
+     * human opens an approval request instead and commits nothing until `approved` names it.
+     * Idempotent by (task, seq): a retried activity answers the same and charges once.
      */
-    async gateStep(input: { taskId: string; seq: number; intent: Intent; plan: Plan; totals: StepTotals; step: StepUsage }): Promise<{ answer: 'allow'; totals: StepTotals; costMicros: number } | { answer: 'deny'; reason: Reason; costMicros: number }> {
+    async gateStep(input: { taskId: string; seq: number; intent: Intent; plan: Plan; totals: StepTotals; step: StepUsage; requester?: string; approved?: string }): Promise<GateOutcome> {
       const { taskId, seq, intent, plan, totals, step } = input;
       const now = clock();
-      const model = step.model ?? intent.attribution.model;
       const version = priceVersionAt(config.priceBook, now.toISOString());
-      const cost =
-        costMicros(version, { meter: 'tokens_in', quantity: step.tokensIn, subject: model }) +
-        costMicros(version, { meter: 'tokens_out', quantity: step.tokensOut, subject: model });
-      const decision = evaluateStep(plan.caps, totals, step, cost, intent.tools, now.toISOString());
+      const price = (model: string) =>
+        costMicros(version, { meter: 'tokens_in', quantity: step.tokensIn, subject: model }) + costMicros(version, { meter: 'tokens_out', quantity: step.tokensOut, subject: model });
+      const model = step.model ?? intent.attribution.model;
+      const decision = evaluateStep({
+        caps: plan.caps,
+        totals,
+        step,
+        primaryModel: intent.attribution.model,
+        fallbackModel: plan.fallbackModel,
+        costMicros: price(model),
+        fallbackCostMicros: plan.fallbackModel === null ? null : price(plan.fallbackModel),
+        tools: { catalog: config.tools, declared: intent.tools },
+        toolOverheadTokens: plan.toolOverheadTokens ?? 0,
+        degradeAtFraction: config.policies.stepGate.degradeAtFraction,
+        now: now.toISOString(),
+      });
+      const argsDigest = step.tool !== undefined ? digest(step.toolArgs ?? null) : null;
+      const dedupeKey = `${taskId}:step:${seq}${input.approved ? ':approved' : ''}`;
+      const auditStep = (q: Queryable, answer: string, detail: Record<string, unknown>) =>
+        appendAudit(q, { actor: 'govloop', taskId, action: 'step', decision: answer, detail: { seq, tool: step.tool ?? null, argsDigest, tokensIn: step.tokensIn, tokensOut: step.tokensOut, contextTokens: step.contextTokens, ...detail }, dedupeKey });
       if (decision.answer === 'deny') {
-        await appendAudit(db, { actor: 'govloop', taskId, action: 'step', decision: 'deny', detail: { seq, reason: decision.reason, step }, dedupeKey: `${taskId}:step:${seq}` });
-        return { answer: 'deny', reason: decision.reason, costMicros: cost };
+        await auditStep(db, 'deny', { reason: decision.reason });
+        return { answer: 'deny', reason: decision.reason };
       }
-      const attribution = { ...intent.attribution, model };
-      await recordUsage(db, config.priceBook, [
-        { key: `${taskId}:step:${seq}:tokens_in`, taskId, attribution, tool: step.tool ?? null, meter: 'tokens_in', subject: model, quantity: step.tokensIn, occurredAt: now },
-        { key: `${taskId}:step:${seq}:tokens_out`, taskId, attribution, tool: step.tool ?? null, meter: 'tokens_out', subject: model, quantity: step.tokensOut, occurredAt: now },
-      ]);
-      return { answer: 'allow', totals: decision.totals, costMicros: cost };
+      if (decision.needsApproval && !input.approved) {
+        const entry = config.tools.tools[step.tool!]!;
+        const approvalId = `${taskId}.a${seq}`;
+        const row = await db.tx(async (c) => {
+          const r = await requestApproval(c, {
+            approvalId,
+            taskId,
+            tenant: intent.attribution.tenant,
+            tool: step.tool!,
+            argsDigest: argsDigest!,
+            requester: input.requester ?? 'unknown',
+            costSoFarMicros: totals.costMicros,
+            requestedAt: now,
+            escalateAt: new Date(now.getTime() + entry.escalateAfterSeconds * 1000),
+            expiresAt: new Date(now.getTime() + entry.approvalTtlSeconds * 1000),
+          });
+          await auditStep(c, 'await-approval', { approvalId, approverRoles: approverRoles(entry, 0) });
+          return r;
+        });
+        return {
+          answer: 'await-approval',
+          approvalId,
+          argsDigest: argsDigest!,
+          requestedAt: row.requestedAt.getTime(),
+          escalateAfterMs: entry.escalateAfterSeconds * 1000,
+          expiresAt: row.expiresAt.getTime(),
+          tiers: entry.approvers.length,
+        };
+      }
+      const attribution = { ...intent.attribution, model: decision.model };
+      await db.tx(async (c) => {
+        await recordUsageIn(c, config.priceBook, [
+          { key: `${taskId}:step:${seq}:tokens_in`, taskId, attribution, tool: step.tool ?? null, meter: 'tokens_in', subject: decision.model, quantity: step.tokensIn, occurredAt: now },
+          { key: `${taskId}:step:${seq}:tokens_out`, taskId, attribution, tool: step.tool ?? null, meter: 'tokens_out', subject: decision.model, quantity: step.tokensOut, occurredAt: now },
+        ]);
+        await auditStep(c, decision.answer, { model: decision.model, costUsd: decision.costMicros / 1e6, ...(input.approved ? { approvalId: input.approved } : {}) });
+      });
+      return { answer: decision.answer, totals: decision.totals, model: decision.model, costMicros: decision.costMicros, sideEffect: decision.sideEffect, argsDigest };
+    },
+
+    /** An approver's (or the TTL's) decision on a tool call, recorded exactly once in the ledger. */
+    async decideApproval(input: { approvalId: string; tool: string; decision: 'approve' | 'reject' | 'expire'; by: string; reason: string; force?: boolean }): Promise<DecideResult> {
+      const entry = config.tools.tools[input.tool];
+      const r = await decideApproval(db, { ...input, tiers: entry ? entry.approvers.map((t) => t.roles) : [], now: clock() });
+      log.info('approval decision', { approvalId: input.approvalId, decision: input.decision, by: input.by, recorded: r.recorded, ...(r.recorded ? {} : { code: r.code }) });
+      return r;
+    },
+
+    /** No answer in time: the request moves to the next approver tier, who is notified. */
+    async escalateApproval(input: { approvalId: string; tool: string; fromTier: number }): Promise<{ escalated: boolean; tier: number; state: string }> {
+      const entry = config.tools.tools[input.tool];
+      const roles = entry?.approvers[input.fromTier + 1]?.roles ?? [];
+      const { escalated, row } = await escalateApproval(db, { approvalId: input.approvalId, fromTier: input.fromTier, roles, now: clock() });
+      if (escalated && row) {
+        await notify(config, { event: 'approval.escalated', approvalId: row.approvalId, taskId: row.taskId, tenant: row.tenant, tool: row.tool, tier: row.tier, notifyRoles: roles, expiresAt: row.expiresAt.toISOString(), runbook: 'runbooks/escalated.md' });
+      }
+      return { escalated, tier: row?.tier ?? input.fromTier, state: row?.state ?? 'pending' };
+    },
+
+    /**
+     * Undoes one side-effecting step with the catalog's compensation. Throws on failure, so
+     * Temporal retries it; every attempt is recorded. Idempotent: a step already undone is not undone twice.
+     */
+    async compensateStep(input: { taskId: string; seq: number; tool: string; args: unknown }): Promise<{ compensation: string; detail: string }> {
+      const entry = config.tools.tools[input.tool];
+      const compensation = entry?.compensation ?? null;
+      if (compensation === null) throw ApplicationFailure.nonRetryable(`${input.tool} has no compensation in the tool catalog`, 'NoCompensation');
+      const done = await db.query("SELECT 1 FROM compensations WHERE task_id = $1 AND seq = $2 AND state = 'done'", [input.taskId, input.seq]);
+      if (done.rowCount) return { compensation, detail: 'already compensated' };
+      const attempt = Context.current().info.attempt;
+      try {
+        const r = await callTool(config.tools.tools[compensation]!, { tool: compensation, args: input.args, taskId: input.taskId, step: input.seq, undoes: input.tool });
+        await db.tx(async (c) => {
+          await upsertCompensation(c, { ...input, compensation, state: 'done', attempts: attempt, error: null });
+          await appendAudit(c, { actor: 'govloop', taskId: input.taskId, action: 'compensation', decision: 'done', detail: { seq: input.seq, tool: input.tool, compensation, detail: r.detail }, dedupeKey: `${input.taskId}:compensate:${input.seq}` });
+        });
+        return { compensation, detail: r.detail };
+      } catch (err) {
+        await upsertCompensation(db, { ...input, compensation, state: 'failed', attempts: attempt, error: String((err as Error).message ?? err) });
+        throw err;
+      }
+    },
+
+    /** A compensation that cannot succeed: recorded and audited; the task waits for an operator. */
+    async compensationFailed(input: { taskId: string; seq: number; tool: string; error: string }): Promise<void> {
+      await db.tx(async (c) => {
+        await updateTask(c, input.taskId, { state: 'NeedsOperator' });
+        await appendAudit(c, { actor: 'govloop', taskId: input.taskId, action: 'compensation', decision: 'failed', detail: input, dedupeKey: `${input.taskId}:compensate:${input.seq}:failed` });
+      });
+      await notify(config, { event: 'task.needs-operator', taskId: input.taskId, tool: input.tool, step: input.seq, error: input.error, runbook: 'runbooks/needsoperator.md' });
+    },
+
+    /** An operator says the side effects a failed compensation left behind are dealt with. */
+    async resolveTask(input: { taskId: string; by: string; reason: string; state: string }): Promise<void> {
+      await db.tx(async (c) => {
+        await updateTask(c, input.taskId, { state: input.state });
+        await appendAudit(c, { actor: input.by, taskId: input.taskId, action: 'operator.resolve', decision: input.state, detail: { reason: input.reason }, dedupeKey: `${input.taskId}:resolve` });
+      });
     },
 
     /** Settle: release what is left of the reservation, close the task, audit the charge. Idempotent. */

@@ -1,7 +1,8 @@
 import { Command, CommanderError } from 'commander';
-import { GovloopInputError } from '../sdk';
+import { GovloopInputError, GovloopNotFoundError, GovloopStateError } from '../sdk';
 import { ConfigError } from '../config/load';
 import { CliExit, Exit } from './util';
+import * as agents from './commands/agents';
 import * as demo from './commands/demo';
 import * as dev from './commands/dev';
 import * as doctor from './commands/doctor';
@@ -15,7 +16,7 @@ const program = new Command('govloop')
   .showHelpAfterError()
   .exitOverride();
 
-for (const m of [dev, demo, submit, tasks, ledger, doctor]) m.register(program);
+for (const m of [dev, demo, submit, tasks, agents, ledger, doctor]) m.register(program);
 
 function wantsJson(): boolean {
   return process.argv.includes('--json');
@@ -35,6 +36,10 @@ try {
     if (wantsJson()) console.log(JSON.stringify({ error: 'invalid input', errors: err.errors }, null, 2));
     console.error(err.message);
     process.exitCode = Exit.BadInput;
+  } else if (err instanceof GovloopNotFoundError || err instanceof GovloopStateError) {
+    if (wantsJson()) console.log(JSON.stringify({ error: err.message }, null, 2));
+    console.error(err.message);
+    process.exitCode = Exit.Failure;
   } else if (err instanceof ConfigError) {
     console.error(err.message);
     process.exitCode = Exit.BadInput;

@@ -10,6 +10,8 @@ import {
   PriceBookFile,
   SimulationFile,
   TemplatesFile,
+  ToolsFile,
+  type ToolCatalog,
   type ClusterConfig,
   type Policies,
   type PriceBookVersion,
@@ -26,6 +28,7 @@ export interface GovConfig {
   priceBook: PriceBookVersion[];
   cluster: ClusterConfig;
   simulation: SimulationConfig;
+  tools: ToolCatalog;
 }
 
 export class ConfigError extends Error {
@@ -67,11 +70,14 @@ export function loadConfig(dir = process.env.GOVLOOP_CONFIG_DIR ?? defaultConfig
   const priceBook = loadFile(root, 'pricebook.yaml', PriceBookFile).versions.sort(
     (a, b) => Date.parse(a.effectiveFrom) - Date.parse(b.effectiveFrom),
   );
+  const policies = loadFile(root, 'policies.yaml', PoliciesFile);
+  if (process.env.GOVLOOP_NOTIFY_URL) policies.notifyUrl = process.env.GOVLOOP_NOTIFY_URL;
   return {
-    policies: loadFile(root, 'policies.yaml', PoliciesFile),
+    policies,
     templates: loadFile(root, 'templates.yaml', TemplatesFile).templates,
     priceBook,
     cluster: loadFile(root, 'cluster.yaml', ClusterFile),
     simulation,
+    tools: loadFile(root, 'tools.yaml', ToolsFile),
   };
 }

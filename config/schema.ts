@@ -32,6 +32,21 @@ export const PoliciesFile = z.strictObject({
   gpuQuotas: z.array(GpuQuota),
   defaultGpuQuota: z.number().int().nonnegative(),
   priorities: z.record(z.string(), z.number().int()),
+  stepGate: z
+    .strictObject({
+      /** Past this share of maxUsd or maxTokens, steps on the primary model are degraded to the plan's fallback. */
+      degradeAtFraction: z.number().gt(0).max(1).default(0.8),
+    })
+    .default({ degradeAtFraction: 0.8 }),
+  compensation: z
+    .strictObject({
+      /** Tries of one compensation before the task needs an operator. */
+      maxAttempts: z.number().int().positive().default(5),
+      initialIntervalMs: z.number().int().positive().default(500),
+    })
+    .default({ maxAttempts: 5, initialIntervalMs: 500 }),
+  /** Where escalations and other notifications are POSTed (JSON); $GOVLOOP_NOTIFY_URL overrides. */
+  notifyUrl: z.url().nullable().default(null),
 });
 export type Policies = z.infer<typeof PoliciesFile>;
 
@@ -88,3 +103,45 @@ export const SimulationFile = z.strictObject({
   queueRetryMillis: z.number().int().positive(),
 });
 export type SimulationConfig = z.infer<typeof SimulationFile>;
+
+/**
+ * The tool risk catalog: every tool an agent may call, how risky it is, who may approve it and
+ * what undoes it. A tool that is not in the catalog is denied.
+ */
+export const SideEffect = z.enum(['none', 'read', 'write', 'external']);
+export const ToolEntry = z.strictObject({
+  risk: RiskClass,
+  sideEffect: SideEffect,
+  /** Approver tiers, first tier first: an unanswered request escalates to the next tier. */
+  approvers: z.array(z.strictObject({ roles: z.array(z.string().min(1)).min(1) })).default([]),
+  approvalTtlSeconds: z.number().positive().default(3600),
+  escalateAfterSeconds: z.number().positive().default(900),
+  /** The catalog tool that undoes this one's side effect; null when nothing can. */
+  compensation: z.string().min(1).nullable().default(null),
+  /** Tokens the tool's definition adds to every model call of a task that declares it. */
+  definitionTokens: z.number().int().nonnegative().default(0),
+  /** Where govloop calls the tool (used for compensations); without it, the simulated tool system. */
+  endpoint: z.url().optional(),
+});
+export type ToolEntry = z.infer<typeof ToolEntry>;
+export const ToolsFile = z
+  .strictObject({
+    /** Tool calls at or above this risk wait for a human approval. */
+    approvalAtOrAbove: RiskClass.default('high'),
+    tools: z.record(z.string().regex(/^[a-z0-9_-]+(\.[a-z0-9_-]+)*$/, 'dotted lowercase name such as payments.refund'), ToolEntry),
+  })
+  .superRefine((file, ctx) => {
+    const order = RiskClass.options;
+    for (const [name, t] of Object.entries(file.tools)) {
+      if (t.compensation !== null && !(t.compensation in file.tools)) {
+        ctx.addIssue({ code: 'custom', path: ['tools', name, 'compensation'], message: `${t.compensation} is not in the catalog` });
+      }
+      if (order.indexOf(t.risk) >= order.indexOf(file.approvalAtOrAbove) && t.approvers.length === 0) {
+        ctx.addIssue({ code: 'custom', path: ['tools', name, 'approvers'], message: `a ${t.risk}-risk tool needs at least one approver tier` });
+      }
+      if (t.escalateAfterSeconds > t.approvalTtlSeconds) {
+        ctx.addIssue({ code: 'custom', path: ['tools', name, 'escalateAfterSeconds'], message: `escalation after ${t.escalateAfterSeconds}s comes after the approval TTL ${t.approvalTtlSeconds}s` });
+      }
+    }
+  });
+export type ToolCatalog = z.infer<typeof ToolsFile>;

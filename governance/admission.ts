@@ -5,6 +5,7 @@ import type { Intent, RiskClass } from './intent';
 import { type Plan, pickTemplate, translate } from './plan';
 import { microsToUsd } from './pricing';
 import { type Reason, ReasonCode, reason } from './reasons';
+import { admitTools, toolOverheadTokens } from './tools';
 
 /** What a budget scope has left, read from the ledger just before the decision. */
 export interface BudgetHeadroom {
@@ -59,6 +60,13 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
     reasons.push(
       reason(ReasonCode.RiskClassNotAllowed, `risk class ${intent.riskClass} is above ${limits.maxRiskClass} for ${intent.kind}`, limits.maxRiskClass, intent.riskClass, `${policy}#kinds.${intent.kind}.maxRiskClass`),
     );
+  }
+
+  // Tools: each in the catalog, none above the kind's risk ceiling, their definitions leave room in the context.
+  reasons.push(...admitTools(ctx.config.tools, intent.tools, limits.maxRiskClass, `${policy}#kinds.${intent.kind}`));
+  const overhead = toolOverheadTokens(ctx.config.tools, intent.tools);
+  if (intent.tools.length > 0 && overhead >= caps.maxContextTokens) {
+    reasons.push(reason(ReasonCode.CapMaxContextTokens, `the declared tools' definitions take ${overhead} tokens, leaving no room under maxContextTokens ${caps.maxContextTokens}`, caps.maxContextTokens, overhead, 'tools#definitionTokens'));
   }
 
   // GPUs: ceiling per task, known type, supported sharing, team quota, cluster size.

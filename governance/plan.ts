@@ -3,6 +3,7 @@ import type { Template } from '../config/schema';
 import type { EffectiveCaps } from './caps';
 import type { Intent, Sharing } from './intent';
 import { costMicros, priceVersionAt } from './pricing';
+import { toolOverheadTokens } from './tools';
 
 /** The executable plan translation makes of an admitted intent. Plain data; it is stored with the task. */
 export interface Plan {
@@ -13,6 +14,8 @@ export interface Plan {
   gpu: { count: number; type: string | null; sharing: Sharing };
   caps: EffectiveCaps;
   fallbackModel: string | null;
+  /** Tokens the declared tools' definitions add to every model call. */
+  toolOverheadTokens: number;
   priority: { name: string; value: number };
   /** The most this task can cost under its caps; reserved against the budget before dispatch. */
   worstCaseMicros: number;
@@ -59,6 +62,7 @@ export function translate(intent: Intent, caps: EffectiveCaps, template: Templat
     gpu: { count: intent.resources.gpus, type: intent.resources.gpuType ?? null, sharing: intent.resources.sharing },
     caps,
     fallbackModel: template.fallbackModel,
+    toolOverheadTokens: toolOverheadTokens(config.tools, intent.tools),
     priority: { name: intent.priority, value: config.policies.priorities[intent.priority] ?? 0 },
     worstCaseMicros: worstCaseMicros(intent, caps, config, now),
     simulation: {

@@ -2,68 +2,108 @@ import { z } from 'zod';
 import type { EffectiveCaps } from './caps';
 import { microsToUsd } from './pricing';
 import { type Reason, ReasonCode, reason } from './reasons';
+import { type ToolPolicy, checkTool, hasSideEffect, needsApproval } from './tools';
 
-/** One agent step as the agent reports it before committing it: a model call, or a tool call. */
-export interface StepUsage {
-  tokensIn: number;
-  tokensOut: number;
-  contextTokens: number;
-  model?: string;
-  tool?: string;
-  latencyMs?: number;
-}
-
-export interface StepTotals {
-  steps: number;
-  toolCalls: number;
-  tokens: number;
-  costMicros: number;
-}
-
-export const zeroTotals: StepTotals = { steps: 0, toolCalls: 0, tokens: 0, costMicros: 0 };
-
-export type StepDecision = { answer: 'allow'; totals: StepTotals } | { answer: 'deny'; reason: Reason };
-
-/**
- * The per-step gate. A step is allowed only if, with it, every cap still holds; the step that
- * would cross a cap is denied, so a cap stops the agent at exactly that step and nothing past a
- * cap is ever charged.
- */
-export function evaluateStep(
-  caps: EffectiveCaps,
-  totals: StepTotals,
-  step: StepUsage,
-  stepCostMicros: number,
-  declaredTools: string[],
-  now: string,
-): StepDecision {
-  const cap = (code: Reason['code'], what: string, limit: number, requested: number) =>
-    ({ answer: 'deny', reason: reason(code, `${what} ${requested} would cross the cap ${limit}`, limit, requested, `task#caps`) }) as const;
-
-  if (caps.deadline !== null && Date.parse(now) > Date.parse(caps.deadline)) {
-    return { answer: 'deny', reason: reason(ReasonCode.CapDeadline, `deadline ${caps.deadline} has passed`, caps.deadline, now, 'task#caps.deadline') };
-  }
-  if (step.tool !== undefined && !declaredTools.includes(step.tool)) {
-    return { answer: 'deny', reason: reason(ReasonCode.ToolUnknown, `tool ${step.tool} is not declared by the task`, declaredTools.join('|') || null, step.tool, 'intent#tools') };
-  }
-  if (step.contextTokens > caps.maxContextTokens) return cap(ReasonCode.CapMaxContextTokens, 'context tokens', caps.maxContextTokens, step.contextTokens);
-  const steps = totals.steps + 1;
-  if (steps > caps.maxSteps) return cap(ReasonCode.CapMaxSteps, 'steps', caps.maxSteps, steps);
-  const toolCalls = totals.toolCalls + (step.tool !== undefined ? 1 : 0);
-  if (toolCalls > caps.maxToolCalls) return cap(ReasonCode.CapMaxToolCalls, 'tool calls', caps.maxToolCalls, toolCalls);
-  const tokens = totals.tokens + step.tokensIn + step.tokensOut;
-  if (tokens > caps.maxTokens) return cap(ReasonCode.CapMaxTokens, 'tokens', caps.maxTokens, tokens);
-  const costMicros = totals.costMicros + stepCostMicros;
-  if (costMicros > Math.round(caps.maxUsd * 1_000_000)) return cap(ReasonCode.CapMaxUsd, 'USD', caps.maxUsd, microsToUsd(costMicros));
-  return { answer: 'allow', totals: { steps, toolCalls, tokens, costMicros } };
-}
+/** JSON a tool call was made with; kept small, since it travels in workflow history. */
+const Json: z.ZodType<unknown> = z.lazy(() => z.union([z.string(), z.number(), z.boolean(), z.null(), z.array(Json), z.record(z.string(), Json)]));
 
 /** What a step update carries; validated before the workflow accepts the update. */
 export const StepUsageSchema = z.strictObject({
   tokensIn: z.number().int().nonnegative(),
   tokensOut: z.number().int().nonnegative(),
   contextTokens: z.number().int().nonnegative(),
-  model: z.string().min(1).optional(),
-  tool: z.string().min(1).optional(),
+  model: z.string().min(1).max(128).optional(),
+  tool: z.string().min(1).max(128).optional(),
+  /** The tool call's arguments: digested for the approval request, replayed to its compensation. */
+  toolArgs: Json.refine((v) => JSON.stringify(v).length <= 16_384, 'at most 16 KiB of JSON').optional(),
   latencyMs: z.number().nonnegative().optional(),
 });
+/** One agent step as the agent reports it before committing it: a model call, or a tool call. */
+export type StepUsage = z.infer<typeof StepUsageSchema>;
+
+export interface StepTotals {
+  steps: number;
+  toolCalls: number;
+  tokens: number;
+  costMicros: number;
+  /** Once a task is degraded to its fallback model it stays there. */
+  degraded: boolean;
+}
+
+export const zeroTotals: StepTotals = { steps: 0, toolCalls: 0, tokens: 0, costMicros: 0, degraded: false };
+
+export interface StepContext {
+  caps: EffectiveCaps;
+  totals: StepTotals;
+  step: StepUsage;
+  /** The model the task runs on when the step names none. */
+  primaryModel: string;
+  fallbackModel: string | null;
+  /** Price of the step on the model it asks for, and on the fallback (null without one). */
+  costMicros: number;
+  fallbackCostMicros: number | null;
+  tools: ToolPolicy;
+  /** Tokens the declared tools' definitions add to the step's context. */
+  toolOverheadTokens: number;
+  degradeAtFraction: number;
+  now: string;
+}
+
+export type StepDecision =
+  | {
+      answer: 'allow' | 'degrade';
+      totals: StepTotals;
+      /** The model the step is charged at: the fallback when degraded. */
+      model: string;
+      costMicros: number;
+      /** The tool call waits for a human before it may run. */
+      needsApproval: boolean;
+      sideEffect: boolean;
+    }
+  | { answer: 'deny'; reason: Reason };
+
+/**
+ * The per-step gate. A step is allowed only if, with it, every cap still holds; the step that
+ * would cross a cap is denied, so a cap stops the agent at exactly that step and nothing past a
+ * cap is ever charged. Near the USD or token cap (or when the step only fits on the cheaper
+ * model), a task with a fallback model is answered `degrade` before it is ever denied.
+ */
+export function evaluateStep(ctx: StepContext): StepDecision {
+  const { caps, totals, step } = ctx;
+  const cap = (code: Reason['code'], what: string, limit: number, requested: number, name: string) =>
+    ({ answer: 'deny', reason: reason(code, `${what} ${requested} would cross the cap ${limit}`, limit, requested, `task#caps.${name}`) }) as const;
+
+  if (caps.deadline !== null && Date.parse(ctx.now) > Date.parse(caps.deadline)) {
+    return { answer: 'deny', reason: reason(ReasonCode.CapDeadline, `deadline ${caps.deadline} has passed`, caps.deadline, ctx.now, 'task#caps.deadline') };
+  }
+  let approval = false;
+  let sideEffect = false;
+  if (step.tool !== undefined) {
+    const t = checkTool(ctx.tools, step.tool);
+    if (!t.ok) return { answer: 'deny', reason: t.reason };
+    approval = needsApproval(ctx.tools.catalog, t.entry);
+    sideEffect = hasSideEffect(t.entry);
+  }
+  const context = step.contextTokens + ctx.toolOverheadTokens;
+  if (context > caps.maxContextTokens) return cap(ReasonCode.CapMaxContextTokens, 'context tokens (with tool definitions)', caps.maxContextTokens, context, 'maxContextTokens');
+  const steps = totals.steps + 1;
+  if (steps > caps.maxSteps) return cap(ReasonCode.CapMaxSteps, 'steps', caps.maxSteps, steps, 'maxSteps');
+  const toolCalls = totals.toolCalls + (step.tool !== undefined ? 1 : 0);
+  if (toolCalls > caps.maxToolCalls) return cap(ReasonCode.CapMaxToolCalls, 'tool calls', caps.maxToolCalls, toolCalls, 'maxToolCalls');
+  const tokens = totals.tokens + step.tokensIn + step.tokensOut;
+  if (tokens > caps.maxTokens) return cap(ReasonCode.CapMaxTokens, 'tokens', caps.maxTokens, tokens, 'maxTokens');
+
+  const maxMicros = Math.round(caps.maxUsd * 1_000_000);
+  const model = step.model ?? ctx.primaryModel;
+  const primaryTotal = totals.costMicros + ctx.costMicros;
+  const canDegrade = ctx.fallbackModel !== null && ctx.fallbackCostMicros !== null && model !== ctx.fallbackModel;
+  const near = totals.degraded || primaryTotal > maxMicros * ctx.degradeAtFraction || tokens > caps.maxTokens * ctx.degradeAtFraction;
+  const next = (costMicros: number, degraded: boolean): StepTotals => ({ steps, toolCalls, tokens, costMicros, degraded });
+  if (canDegrade && (near || primaryTotal > maxMicros)) {
+    const fallbackTotal = totals.costMicros + ctx.fallbackCostMicros!;
+    if (fallbackTotal > maxMicros) return cap(ReasonCode.CapMaxUsd, 'USD (on the fallback model)', caps.maxUsd, microsToUsd(fallbackTotal), 'maxUsd');
+    return { answer: 'degrade', totals: next(fallbackTotal, true), model: ctx.fallbackModel!, costMicros: ctx.fallbackCostMicros!, needsApproval: approval, sideEffect };
+  }
+  if (primaryTotal > maxMicros) return cap(ReasonCode.CapMaxUsd, 'USD', caps.maxUsd, microsToUsd(primaryTotal), 'maxUsd');
+  return { answer: 'allow', totals: next(primaryTotal, totals.degraded), model, costMicros: ctx.costMicros, needsApproval: approval, sideEffect };
+}

@@ -6,19 +6,25 @@ import { type StepUsage, StepUsageSchema } from '../governance/step-gate';
 import { governedTask } from '../workflows';
 import {
   type AdmissionAnswer,
+  type ApprovalAnswer,
+  type ApprovalOutcome,
   type GovState,
   type StepAnswer,
   TASK_QUEUE_CONTROL,
   type TaskStatus,
   admissionUpdate,
+  approvalOutcomeUpdate,
+  approveUpdate,
   cancelSignal,
+  rejectUpdate,
+  resolveUpdate,
   finishSignal,
   statusQuery,
   stepUpdate,
 } from '../workflows/messages';
 import { GovState as GovStateKey } from '../workflows/search-attributes';
 
-export type { AdmissionAnswer, StepAnswer, TaskStatus, StepUsage };
+export type { AdmissionAnswer, ApprovalAnswer, ApprovalOutcome, StepAnswer, TaskStatus, StepUsage };
 
 /** Bad input: nothing was started or changed. `errors` name each field and what is wrong with it. */
 export class GovloopInputError extends Error {
@@ -26,6 +32,29 @@ export class GovloopInputError extends Error {
     super(`invalid input:\n${errors.map((e) => `  ${e.path}: ${e.message}`).join('\n')}`);
     this.name = 'GovloopInputError';
   }
+}
+
+/** The task (or approval request) does not exist, or has closed and takes no more messages. */
+export class GovloopNotFoundError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'GovloopNotFoundError';
+  }
+}
+
+/** The task refused the message in its present state (e.g. a step after it ended). */
+export class GovloopStateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'GovloopStateError';
+  }
+}
+
+/** Approval ids are `<taskId>.a<step>`: the task is found from the id alone. */
+export function taskOfApproval(approvalId: string): string {
+  const m = /^(.+)\.a\d+$/.exec(approvalId);
+  if (!m) throw new GovloopInputError([{ path: 'approvalId', message: 'expected <taskId>.a<step>, as the step gate answered' }]);
+  return m[1]!;
 }
 
 /** The one-line outcome of a task, as `govloop submit --json` prints it. */
@@ -42,6 +71,7 @@ export const outcomeOf = (s: TaskStatus): TaskOutcome => ({ taskId: s.taskId, de
 
 const Requester = z.string().min(1).max(128);
 const TaskId = z.string().min(1).max(200).regex(/^[A-Za-z0-9._:-]+$/, 'letters, digits, ".", "_", ":" and "-"');
+const Decision = z.strictObject({ by: Requester, reason: z.string().min(1).max(1000) });
 const ListFilter = z.strictObject({ state: z.string().min(1).optional(), tenant: z.string().min(1).optional(), team: z.string().min(1).optional(), kind: z.string().min(1).optional(), limit: z.number().int().positive().max(10_000).default(100) });
 
 function check<T>(schema: z.ZodType<T>, value: unknown, prefix?: string): T {
@@ -103,10 +133,56 @@ export class GovloopClient {
   /** The per-step gate. The usage is validated here first; bad usage never reaches the workflow. */
   async step(taskId: string, usage: StepUsage): Promise<StepAnswer> {
     const step = check(StepUsageSchema, usage, 'step');
+    return this.update(taskId, () => this.handle(taskId).executeUpdate(stepUpdate, { args: [step] }));
+  }
+
+  /**
+   * Waits until a held tool call is decided (approved, rejected, or expired at its TTL) and
+   * returns the gate's answer to the step it held: allow/degrade means go ahead with the call.
+   */
+  async waitForApproval(approvalId: string): Promise<ApprovalOutcome> {
+    const taskId = taskOfApproval(check(z.string().min(1), approvalId, 'approvalId'));
+    return this.update(taskId, () => this.handle(taskId).executeUpdate(approvalOutcomeUpdate, { args: [{ approvalId }] }));
+  }
+
+  /**
+   * Approves a held tool call. Answers `{recorded: true}` or a refusal with its code:
+   * self-approval | missing-role | expired | already-decided.
+   */
+  async approve(approvalId: string, d: { by: string; reason: string }): Promise<ApprovalAnswer> {
+    return this.decide('approve', approvalId, d);
+  }
+
+  async reject(approvalId: string, d: { by: string; reason: string }): Promise<ApprovalAnswer> {
+    return this.decide('reject', approvalId, d);
+  }
+
+  private async decide(kind: 'approve' | 'reject', approvalId: string, d: { by: string; reason: string }): Promise<ApprovalAnswer> {
+    const taskId = taskOfApproval(check(z.string().min(1), approvalId, 'approvalId'));
+    const decision = check(Decision, d);
+    const def = kind === 'approve' ? approveUpdate : rejectUpdate;
+    return this.update(taskId, () => this.handle(taskId).executeUpdate(def, { args: [{ approvalId, ...decision }] }));
+  }
+
+  /** After a failed compensation (NeedsOperator): the operator says the side effect is dealt with. */
+  async resolve(taskId: string, d: { by: string; reason: string }): Promise<{ state: GovState }> {
+    const decision = check(Decision, d);
+    return this.update(taskId, () => this.handle(taskId).executeUpdate(resolveUpdate, { args: [decision] }));
+  }
+
+  /** Runs an update and turns the workflow's refusals into typed errors. */
+  private async update<T>(taskId: string, fn: () => Promise<T>): Promise<T> {
     try {
-      return await this.handle(taskId).executeUpdate(stepUpdate, { args: [step] });
+      return await fn();
     } catch (err) {
-      if (err instanceof WorkflowUpdateFailedError && err.cause) throw new Error(err.cause.message);
+      const cause = err instanceof WorkflowUpdateFailedError ? (err.cause as { type?: string; message: string } | undefined) : undefined;
+      if (cause?.type === 'InvalidStep' || cause?.type === 'InvalidDecision') {
+        throw new GovloopInputError(cause.message.split('; ').map((m) => ({ path: m.split(': ')[0] ?? '(root)', message: m.split(': ').slice(1).join(': ') || m })));
+      }
+      if (cause?.type === 'UnknownApproval') throw new GovloopNotFoundError(cause.message);
+      if (cause) throw new GovloopStateError(cause.message);
+      const name = (err as Error).name;
+      if (name === 'WorkflowNotFoundError') throw new GovloopNotFoundError(`task ${taskId} not found, or it has ended`);
       throw err;
     }
   }

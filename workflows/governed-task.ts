@@ -3,17 +3,23 @@ import {
   allHandlersFinished,
   condition,
   log,
+  patched,
   proxyActivities,
+  proxyLocalActivities,
   setHandler,
   upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { Activities, Observation } from '../activities';
+import type { Activities, GateOutcome, Observation, Timing } from '../activities';
 import type { Plan } from '../governance/plan';
 import type { Reason } from '../governance/reasons';
-import { type StepTotals, StepUsageSchema, zeroTotals } from '../governance/step-gate';
+import { type StepTotals, type StepUsage, StepUsageSchema, zeroTotals } from '../governance/step-gate';
 import {
+  type ApprovalAnswer,
+  type ApprovalDecision,
+  type ApprovalView,
+  type CompensationView,
   type Decision,
   FINAL_STATES,
   GovState,
@@ -21,8 +27,12 @@ import {
   type TaskInput,
   type TaskStatus,
   admissionUpdate,
+  approvalOutcomeUpdate,
+  approveUpdate,
   cancelSignal,
   finishSignal,
+  rejectUpdate,
+  resolveUpdate,
   statusQuery,
   stepUpdate,
 } from './messages';
@@ -34,6 +44,18 @@ const ledger = proxyActivities<Activities>({
   retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '10 seconds' },
 });
 /**
+ * The step gate on the agent's hot path runs as a local activity: one ledger transaction inside
+ * the workflow task that took the update, no round trip through the server's activity queue. It
+ * is idempotent by (task, seq), so the re-run a local activity may get after a crash is harmless.
+ */
+const localLedger = proxyLocalActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '10 seconds' },
+});
+/** Histories from before the local step gate replay with the activity they recorded. */
+const gateStep: Activities['gateStep'] = (input) => (patched('step-gate-local-activity') ? localLedger.gateStep(input) : ledger.gateStep(input));
+
+/**
  * Cluster calls go to the cluster's own task queue, where its dispatcher runs: a bit more time,
  * same unlimited retry (a cluster outage must not lose the task).
  */
@@ -44,7 +66,34 @@ const clusterActivities = (taskQueue: string) =>
     retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
   });
 
-export const TaskErrors = { InvalidStep: 'InvalidStep', NotAcceptingSteps: 'NotAcceptingSteps' } as const;
+export const TaskErrors = {
+  InvalidStep: 'InvalidStep',
+  NotAcceptingSteps: 'NotAcceptingSteps',
+  InvalidDecision: 'InvalidDecision',
+  UnknownApproval: 'UnknownApproval',
+  NotNeedingOperator: 'NotNeedingOperator',
+} as const;
+
+/** A tool call held for a human, with what the workflow needs to time it. */
+interface HeldApproval extends ApprovalView {
+  seq: number;
+  step: StepUsage;
+  requestedAtMs: number;
+  escalateAfterMs: number;
+  expiresAtMs: number;
+  tiers: number;
+  /** The gate's answer to the held step once decided. */
+  outcome: StepAnswer | null;
+}
+
+const DecisionSchema = (d: ApprovalDecision): string[] => {
+  const errors: string[] = [];
+  if (typeof d !== 'object' || d === null) return ['(root): an object {approvalId, by, reason} is required'];
+  if (typeof d.approvalId !== 'string' || d.approvalId.length === 0) errors.push('approvalId: required');
+  if (typeof d.by !== 'string' || d.by.length === 0 || d.by.length > 128) errors.push('by: 1 to 128 characters');
+  if (typeof d.reason !== 'string' || d.reason.length === 0 || d.reason.length > 1000) errors.push('reason: 1 to 1000 characters');
+  return errors;
+};
 
 /**
  * One governed workload: admission → translation → reservation → dispatch → run → settle → audit.
@@ -65,6 +114,25 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   let lastObservation: Observation | null = null;
   let usage = { gpuSeconds: 0, tokensIn: 0, tokensOut: 0, tokensProcessed: 0, costMicros: 0 };
   let gate: Promise<unknown> = Promise.resolve();
+  const approvals = new Map<string, HeldApproval>();
+  let approval: HeldApproval | null = null;
+  /** Completed side-effecting tool steps, oldest first: what rollback undoes, newest first. */
+  const sideEffects: { seq: number; tool: string; args: unknown }[] = [];
+  const compensations: CompensationView[] = [];
+  let resolution: { by: string; reason: string } | null = null;
+  const awaiting = () => state === GovState.AwaitingApproval || state === GovState.Escalated;
+  const costUsd = () => usage.costMicros / 1e6;
+  const view = (a: HeldApproval): ApprovalView => ({
+    approvalId: a.approvalId,
+    tool: a.tool,
+    argsDigest: a.argsDigest,
+    requester: a.requester,
+    costSoFarUsd: a.costSoFarUsd,
+    state: a.state,
+    tier: a.tier,
+    expiresAt: a.expiresAt,
+    decidedBy: a.decidedBy,
+  });
 
   const setState = (next: GovState) => {
     state = next;
@@ -96,6 +164,8 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     },
     costUsd: usage.costMicros / 1e6,
     progress,
+    approval: approval && view(approval),
+    compensations: [...compensations],
   });
 
   setHandler(statusQuery, status);
@@ -109,28 +179,73 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     await condition(() => decision !== 'pending' || FINAL_STATES.includes(state));
     return { taskId, decision, reasons, state };
   });
+  const answer = (a: StepAnswer['answer'], reason: Reason | null, extra: Partial<StepAnswer> = {}): StepAnswer => ({
+    answer: a,
+    reason,
+    approvalId: null,
+    fallbackModel: null,
+    step: totals.steps,
+    costUsd: costUsd(),
+    ...extra,
+  });
+
+  /** Applies the gate's answer to the task: totals, usage, rollback stack, approval hold, cap stop. */
+  const applyGate = (out: GateOutcome, seq: number, step: StepUsage, approvalId: string | null): StepAnswer => {
+    if (out.answer === 'deny') {
+      if (out.reason.code.startsWith('CAP_') && (state === GovState.Running || awaiting())) {
+        reasons = [out.reason];
+        setState(GovState.CapExceeded);
+      }
+      return answer('deny', out.reason, { approvalId });
+    }
+    if (out.answer === 'await-approval') {
+      approval = {
+        approvalId: out.approvalId,
+        tool: step.tool!,
+        argsDigest: out.argsDigest,
+        requester: input.requester,
+        costSoFarUsd: costUsd(),
+        state: 'pending',
+        tier: 0,
+        expiresAt: new Date(out.expiresAt).toISOString(),
+        decidedBy: null,
+        seq,
+        step,
+        requestedAtMs: out.requestedAt,
+        escalateAfterMs: out.escalateAfterMs,
+        expiresAtMs: out.expiresAt,
+        tiers: out.tiers,
+        outcome: null,
+      };
+      approvals.set(out.approvalId, approval);
+      setState(GovState.AwaitingApproval);
+      upsertMemo({ approval: view(approval) });
+      const r: Reason = { code: 'AWAITING_APPROVAL', message: `${step.tool} needs a human approval (${out.approvalId})`, limit: null, requested: step.tool!, policy: `tools#${step.tool}.risk` };
+      return answer('await-approval', r, { approvalId: out.approvalId });
+    }
+    totals = out.totals;
+    usage = { ...usage, tokensIn: usage.tokensIn + step.tokensIn, tokensOut: usage.tokensOut + step.tokensOut, costMicros: out.totals.costMicros };
+    if (out.sideEffect && step.tool !== undefined) sideEffects.push({ seq, tool: step.tool, args: step.toolArgs ?? null });
+    return answer(out.answer, null, { approvalId, fallbackModel: out.answer === 'degrade' ? out.model : null });
+  };
+
   setHandler(
     stepUpdate,
     async (step): Promise<StepAnswer> => {
-      await condition(() => state === GovState.Running || FINAL_STATES.includes(state));
+      await condition(() => state === GovState.Running || awaiting() || FINAL_STATES.includes(state));
       // One step at a time: each is judged against the totals the previous one left.
       const run = gate.then(async (): Promise<StepAnswer> => {
+        if (awaiting()) {
+          const r: Reason = { code: 'AWAITING_APPROVAL', message: `task waits for approval ${approval?.approvalId}; no step until it is decided`, limit: null, requested: null, policy: 'task#state' };
+          return answer('deny', r, { approvalId: approval?.approvalId ?? null });
+        }
         if (state !== GovState.Running) {
           const r: Reason = { code: 'NOT_RUNNING', message: `task is ${state}`, limit: null, requested: null, policy: 'task#state' };
-          return { answer: 'deny', reason: r, step: totals.steps, costUsd: usage.costMicros / 1e6 };
+          return answer('deny', r);
         }
         const seq = ++stepSeq;
-        const out = await ledger.gateStep({ taskId, seq, intent, plan: plan!, totals, step });
-        if (out.answer === 'allow') {
-          totals = out.totals;
-          usage = { ...usage, tokensIn: usage.tokensIn + step.tokensIn, tokensOut: usage.tokensOut + step.tokensOut, costMicros: out.totals.costMicros };
-          return { answer: 'allow', reason: null, step: totals.steps, costUsd: usage.costMicros / 1e6 };
-        }
-        if (out.reason.code.startsWith('CAP_') && state === GovState.Running) {
-          reasons = [out.reason];
-          setState(GovState.CapExceeded);
-        }
-        return { answer: 'deny', reason: out.reason, step: totals.steps, costUsd: usage.costMicros / 1e6 };
+        const out = await gateStep({ taskId, seq, intent, plan: plan!, totals, step, requester: input.requester });
+        return applyGate(out, seq, step, null);
       });
       gate = run.catch(() => undefined);
       return run;
@@ -144,9 +259,65 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
         if (plan !== null && plan.placement !== 'hosted') {
           throw ApplicationFailure.nonRetryable(`task ${taskId} runs on the cluster; only hosted agent/inference tasks take steps`, TaskErrors.NotAcceptingSteps);
         }
-        if (FINAL_STATES.includes(state)) {
+        if (FINAL_STATES.includes(state) || state === GovState.NeedsOperator || state === GovState.Settling) {
           throw ApplicationFailure.nonRetryable(`task ${taskId} is ${state} and takes no more steps`, TaskErrors.NotAcceptingSteps);
         }
+      },
+    },
+  );
+
+  /** Applies a ledger decision to the held approval (the ledger is the judge; this only follows it). */
+  const follow = (a: HeldApproval, r: { recorded: boolean; state: string | null; by?: string }) => {
+    if (a.state !== 'pending') return;
+    if (r.state === 'approved' || r.state === 'rejected' || r.state === 'expired') {
+      a.state = r.state;
+      a.decidedBy = r.recorded ? (r.by ?? null) : a.decidedBy;
+      upsertMemo({ approval: view(a) });
+    }
+  };
+
+  const decide = async (kind: 'approve' | 'reject', d: ApprovalDecision): Promise<ApprovalAnswer> => {
+    const a = approvals.get(d.approvalId)!;
+    const r = await ledger.decideApproval({ approvalId: d.approvalId, tool: a.tool, decision: kind, by: d.by, reason: d.reason });
+    follow(a, r);
+    return r.recorded
+      ? { recorded: true, approvalId: r.approvalId, state: r.state, by: r.by, idempotent: r.idempotent }
+      : { recorded: false, approvalId: r.approvalId, code: r.code, message: r.message, state: r.state };
+  };
+  const decisionValidator = (d: ApprovalDecision) => {
+    const errors = DecisionSchema(d);
+    if (errors.length) throw ApplicationFailure.nonRetryable(errors.join('; '), TaskErrors.InvalidDecision);
+    if (!approvals.has(d.approvalId)) throw ApplicationFailure.nonRetryable(`task ${taskId} has no approval request ${d.approvalId}`, TaskErrors.UnknownApproval);
+  };
+  setHandler(approveUpdate, (d) => decide('approve', d), { validator: decisionValidator });
+  setHandler(rejectUpdate, (d) => decide('reject', d), { validator: decisionValidator });
+  setHandler(
+    approvalOutcomeUpdate,
+    async ({ approvalId }) => {
+      const a = approvals.get(approvalId)!;
+      await condition(() => a.outcome !== null || FINAL_STATES.includes(state) || state === GovState.NeedsOperator);
+      return { approvalId, state: a.state === 'pending' ? 'expired' : a.state, decidedBy: a.decidedBy, step: a.outcome };
+    },
+    {
+      validator: (q) => {
+        if (typeof q?.approvalId !== 'string' || !approvals.has(q.approvalId)) {
+          throw ApplicationFailure.nonRetryable(`task ${taskId} has no approval request ${String(q?.approvalId)}`, TaskErrors.UnknownApproval);
+        }
+      },
+    },
+  );
+  setHandler(
+    resolveUpdate,
+    async (r) => {
+      resolution = r;
+      await condition(() => state !== GovState.NeedsOperator);
+      return { state };
+    },
+    {
+      validator: (r) => {
+        const errors = DecisionSchema({ approvalId: '-', ...r });
+        if (errors.length) throw ApplicationFailure.nonRetryable(errors.join('; '), TaskErrors.InvalidDecision);
+        if (state !== GovState.NeedsOperator) throw ApplicationFailure.nonRetryable(`task ${taskId} is ${state}, not NeedsOperator`, TaskErrors.NotNeedingOperator);
       },
     },
   );
@@ -163,7 +334,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   setState(GovState.Admitting);
 
   // Admission: rejected, admitted, or queued until the team's quota frees up.
-  let timing = { pollMillis: 1000, queueRetryMillis: 1000, dispatchQueue: '' };
+  let timing: Timing = { pollMillis: 1000, queueRetryMillis: 1000, dispatchQueue: '' };
   for (let attempt = 1; ; attempt++) {
     const admitted = await ledger.admitTask({ taskId, intent, requester: input.requester, attempt });
     timing = admitted.timing;
@@ -240,12 +411,29 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     }
     // Hosted work (agent steps, hosted inference): runs until finished, cancelled, a cap, or its deadline.
     setState(GovState.Running);
-    const deadlineMs = plan.caps.deadline === null ? undefined : Math.max(0, Date.parse(plan.caps.deadline) - Date.now());
-    const ended = () => finished || cancelled !== null || state !== GovState.Running;
-    const inTime = deadlineMs === undefined ? (await condition(ended), true) : await condition(ended, deadlineMs);
+    const deadlineAt = plan.caps.deadline === null ? null : Date.parse(plan.caps.deadline);
+    const ended = () => finished || cancelled !== null || !(state === GovState.Running || awaiting());
+    const held = () => approval !== null && approval.state === 'pending' && approval.outcome === null;
+    let inTime = true;
+    let approvalEnd: Reason | null = null;
+    for (;;) {
+      const waitMs = deadlineAt === null ? undefined : Math.max(0, deadlineAt - Date.now());
+      inTime = waitMs === undefined ? (await condition(() => ended() || held()), true) : await condition(() => ended() || held(), waitMs);
+      if (!inTime || ended()) break;
+      approvalEnd = await holdForApproval(approval!, deadlineAt);
+      if (approvalEnd !== null) break;
+      if (deadlineAt !== null && Date.now() >= deadlineAt) {
+        inTime = false;
+        break;
+      }
+    }
     await gate;
     if (cancelled) return finish(GovState.Cancelled);
     if ((state as GovState) === GovState.CapExceeded) return finish(GovState.CapExceeded);
+    if (approvalEnd !== null) {
+      reasons = [approvalEnd];
+      return finish(GovState.Rejected);
+    }
     if (!inTime) {
       reasons = [{ code: 'CAP_DEADLINE', message: `deadline ${plan.caps.deadline} passed`, limit: plan.caps.deadline, requested: null, policy: 'task#caps.deadline' }];
       return finish(GovState.CapExceeded);
@@ -259,11 +447,105 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     return finish(GovState.Failed);
   }
 
+  /**
+   * Holds a tool call until a human decides it: escalates to the next approver tier when nobody
+   * answers in time, expires it at its TTL (through the ledger, so a racing approval and the
+   * expiry are decided exactly once), then gates the approved step. Returns the reason the task
+   * must stop (rejected or expired), or null to carry on.
+   */
+  async function holdForApproval(a: HeldApproval, deadlineAt: number | null): Promise<Reason | null> {
+    while (a.state === 'pending') {
+      const nextEscalation = a.tier + 1 < a.tiers ? a.requestedAtMs + (a.tier + 1) * a.escalateAfterMs : Infinity;
+      const wakeAt = Math.min(nextEscalation, a.expiresAtMs, deadlineAt ?? Infinity);
+      const stop = await condition(() => a.state !== 'pending' || finished || cancelled !== null, Math.max(1, wakeAt - Date.now()));
+      if (stop && a.state === 'pending') return null;
+      if (stop) break;
+      const now = Date.now();
+      if (deadlineAt !== null && now >= deadlineAt) return null;
+      if (now >= a.expiresAtMs) {
+        const r = await ledger.decideApproval({ approvalId: a.approvalId, tool: a.tool, decision: 'expire', by: 'govloop', reason: 'approval TTL passed' });
+        follow(a, r);
+        if (a.state === 'pending') await condition(() => a.state !== 'pending', 250);
+      } else if (now >= nextEscalation) {
+        const e = await ledger.escalateApproval({ approvalId: a.approvalId, tool: a.tool, fromTier: a.tier });
+        a.tier = e.tier;
+        if (a.state === 'pending' && e.state === 'pending') {
+          setState(GovState.Escalated);
+          upsertMemo({ approval: view(a) });
+        }
+      }
+    }
+    if (a.state === 'approved') {
+      const run = gate.then(async () => {
+        const out = await gateStep({ taskId, seq: a.seq, intent, plan: plan!, totals, step: a.step, requester: input.requester, approved: a.approvalId });
+        if (awaiting()) setState(GovState.Running);
+        a.outcome = applyGate(out, a.seq, a.step, a.approvalId);
+      });
+      gate = run.catch(() => undefined);
+      await run;
+      return null;
+    }
+    const code = a.state === 'rejected' ? 'APPROVAL_REJECTED' : 'APPROVAL_EXPIRED';
+    const r: Reason = {
+      code,
+      message: a.state === 'rejected' ? `${a.tool} call ${a.approvalId} rejected by ${a.decidedBy}` : `${a.tool} call ${a.approvalId} was not approved before ${a.expiresAt}`,
+      limit: null,
+      requested: a.tool,
+      policy: `tools#${a.tool}.approvers`,
+    };
+    a.outcome = answer('deny', r, { approvalId: a.approvalId });
+    return r;
+  }
+
+  /**
+   * Undoes the completed side-effecting steps, newest first, with the catalog's compensations.
+   * One that cannot succeed after its retries hands the task to an operator (NeedsOperator), who
+   * deals with it by hand and resolves; then rollback goes on with the older steps.
+   */
+  async function rollBack(): Promise<void> {
+    const policy = timing.compensation ?? { maxAttempts: 5, initialIntervalMs: 500 };
+    const compensator = proxyActivities<Activities>({
+      startToCloseTimeout: '60 seconds',
+      retry: { initialInterval: policy.initialIntervalMs, backoffCoefficient: 2, maximumInterval: '30 seconds', maximumAttempts: policy.maxAttempts, nonRetryableErrorTypes: ['NoCompensation'] },
+    });
+    for (const s of [...sideEffects].reverse()) {
+      const c: CompensationView = { step: s.seq, tool: s.tool, state: 'pending', error: null };
+      compensations.push(c);
+    }
+    for (const c of compensations) {
+      const s = sideEffects.find((x) => x.seq === c.step)!;
+      try {
+        await compensator.compensateStep({ taskId, seq: s.seq, tool: s.tool, args: s.args });
+        c.state = 'done';
+      } catch (err) {
+        c.state = 'failed';
+        const e = err instanceof Error ? err : new Error(String(err));
+        c.error = e.cause instanceof Error ? e.cause.message : e.message;
+        reasons = [...reasons, { code: 'COMPENSATION_FAILED', message: `undoing ${s.tool} (step ${s.seq}) failed: ${c.error}`, limit: null, requested: s.tool, policy: `tools#${s.tool}.compensation` }];
+        await ledger.compensationFailed({ taskId, seq: s.seq, tool: s.tool, error: c.error ?? 'unknown' });
+        setState(GovState.NeedsOperator);
+        await condition(() => resolution !== null);
+        const r: { by: string; reason: string } = resolution!;
+        resolution = null;
+        await ledger.resolveTask({ taskId, by: r.by, reason: r.reason, state: GovState.Settling });
+        state = GovState.Settling;
+      }
+    }
+  }
+
   async function finish(final: GovState): Promise<TaskStatus> {
     if (cancelled) {
       const c: { by: string; reason: string } = cancelled;
       reasons = [{ code: 'CANCELLED', message: `cancelled by ${c.by}: ${c.reason}`, limit: null, requested: null, policy: 'operator' }];
     }
+    // A request nobody decided closes with the task.
+    if (approval !== null && approval.state === 'pending') {
+      const a: HeldApproval = approval;
+      const r = await ledger.decideApproval({ approvalId: a.approvalId, tool: a.tool, decision: 'expire', by: 'govloop', reason: `task ended ${final}`, force: true });
+      follow(a, r);
+      if (a.outcome === null) a.outcome = answer('deny', { code: 'NOT_RUNNING', message: `task ended ${final}`, limit: null, requested: null, policy: 'task#state' }, { approvalId: a.approvalId });
+    }
+    if (final !== GovState.Succeeded && sideEffects.length > 0) await rollBack();
     state = GovState.Settling;
     const settled = await ledger.settleTask({ taskId, state: final, reasons });
     usage = settled;

@@ -19,6 +19,11 @@ export const GovState = {
   Reserved: 'Reserved',
   Dispatched: 'Dispatched',
   Running: 'Running',
+  /** A high-risk tool call waits for a human; Escalated once the next approver tier was notified. */
+  AwaitingApproval: 'AwaitingApproval',
+  Escalated: 'Escalated',
+  /** A compensation failed for good: an operator must undo by hand and resolve the task. */
+  NeedsOperator: 'NeedsOperator',
   Settling: 'Settling',
   Succeeded: 'Succeeded',
   CapExceeded: 'CapExceeded',
@@ -59,9 +64,63 @@ export interface TaskStatus {
   usage: UsageSummary;
   costUsd: number;
   progress: number | null;
+  /** The approval request in force or last decided (agent tasks). */
+  approval?: ApprovalView | null;
+  compensations?: CompensationView[];
 }
 
-export type StepAnswer = { answer: 'allow' | 'deny'; reason: Reason | null; step: number; costUsd: number };
+/**
+ * The gate's answer to one step. `degrade`: run the step on `fallbackModel` (it is charged so);
+ * `await-approval`: the tool call waits for a human, see `approvalOutcomeUpdate(approvalId)`.
+ */
+export interface StepAnswer {
+  answer: 'allow' | 'degrade' | 'deny' | 'await-approval';
+  reason: Reason | null;
+  approvalId: string | null;
+  fallbackModel: string | null;
+  step: number;
+  costUsd: number;
+}
+
+/** A tool call waiting for (or decided by) a human, as the task shows it. */
+export interface ApprovalView {
+  approvalId: string;
+  tool: string;
+  argsDigest: string;
+  requester: string;
+  costSoFarUsd: number;
+  state: 'pending' | 'approved' | 'rejected' | 'expired';
+  tier: number;
+  expiresAt: string;
+  decidedBy: string | null;
+}
+
+/** What an approver sends. */
+export interface ApprovalDecision {
+  approvalId: string;
+  by: string;
+  reason: string;
+}
+
+/** Recorded, or refused with a code: self-approval | missing-role | expired | already-decided | not-found. */
+export type ApprovalAnswer =
+  | { recorded: true; approvalId: string; state: 'approved' | 'rejected' | 'expired'; by: string; idempotent: boolean }
+  | { recorded: false; approvalId: string; code: string; message: string; state: string | null };
+
+/** How an approval ended for the agent: the decision, and the gate's answer to the step it held. */
+export interface ApprovalOutcome {
+  approvalId: string;
+  state: 'approved' | 'rejected' | 'expired';
+  decidedBy: string | null;
+  step: StepAnswer | null;
+}
+
+export interface CompensationView {
+  step: number;
+  tool: string;
+  state: 'pending' | 'done' | 'failed';
+  error: string | null;
+}
 
 export interface AdmissionAnswer {
   taskId: string;
@@ -76,5 +135,11 @@ export const admissionUpdate = defineUpdate<AdmissionAnswer>('admission');
 /** The per-step gate: an agent reports the step it is about to commit and gets allow | deny. */
 export const stepUpdate = defineUpdate<StepAnswer, [StepUsage]>('step');
 /** An agent or hosted-inference task says it is done. */
+export const approveUpdate = defineUpdate<ApprovalAnswer, [ApprovalDecision]>('approve');
+export const rejectUpdate = defineUpdate<ApprovalAnswer, [ApprovalDecision]>('reject');
+/** Waits until the approval is decided; answers with the held step's fate. */
+export const approvalOutcomeUpdate = defineUpdate<ApprovalOutcome, [{ approvalId: string }]>('approvalOutcome');
+/** An operator declares the side effects a failed compensation left behind handled (NeedsOperator → final state). */
+export const resolveUpdate = defineUpdate<{ state: GovState }, [{ by: string; reason: string }]>('resolve');
 export const finishSignal = defineSignal<[{ by: string }]>('finish');
 export const cancelSignal = defineSignal<[{ by: string; reason: string }]>('cancel');

@@ -16,6 +16,17 @@ const StepOptions = z.strictObject({
   context: int('context'),
   model: z.string().min(1).optional(),
   tool: z.string().min(1).optional(),
+  toolArgs: z
+    .string()
+    .transform((t, ctx) => {
+      try {
+        return JSON.parse(t) as unknown;
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'must be JSON, e.g. \'{"amountUsd": 40}\'' });
+        return z.NEVER;
+      }
+    })
+    .optional(),
   latencyMs: int('latency-ms').optional(),
   json: z.boolean().default(false),
 });
@@ -38,6 +49,10 @@ export function register(program: Command): void {
         if (s.plan) console.log(`  plan ${s.plan.template}: ${s.plan.gpu.count} x ${s.plan.gpu.type ?? 'hosted'} (${s.plan.gpu.sharing}), worst case ${usd(s.plan.worstCaseMicros / 1e6)}`);
         if (s.nodes.length) console.log(`  nodes ${s.nodes.join(', ')}`);
         console.log(`  usage: ${s.usage.gpuHours.toFixed(3)} GPU-h, ${s.usage.tokensIn + s.usage.tokensOut + s.usage.tokensProcessed} tokens, ${s.usage.steps} steps${s.progress !== null ? `, ${(s.progress * 100).toFixed(0)}% done` : ''}`);
+        const a = s.approval;
+        if (a) console.log(`  approval ${a.approvalId}: ${a.tool} ${a.state}${a.decidedBy ? ` by ${a.decidedBy}` : ''}, tier ${a.tier}, requested by ${a.requester}, expires ${a.expiresAt}, args ${a.argsDigest}`);
+        for (const c of s.compensations ?? []) console.log(`  compensation of step ${c.step} (${c.tool}): ${c.state}${c.error ? `: ${c.error}` : ''}`);
+        if (s.state === 'NeedsOperator') console.log(`  runbook: runbooks/needsoperator.md — undo by hand, then: govloop resolve ${s.taskId} --as YOU --reason "..."`);
       });
     });
 
@@ -75,13 +90,14 @@ export function register(program: Command): void {
 
   program
     .command('step')
-    .description("an agent step through the gate: answers allow or deny (with the reason)")
+    .description("an agent step through the gate: answers allow, degrade (use the fallback model), deny (with the reason) or await-approval")
     .argument('<taskId>')
     .requiredOption('--tokens-in <n>')
     .requiredOption('--tokens-out <n>')
     .requiredOption('--context <n>', 'context tokens of the call')
     .option('--model <model>')
     .option('--tool <name>')
+    .option('--tool-args <json>', "the tool call's arguments (digested for approval, replayed to its compensation)")
     .option('--latency-ms <n>')
     .option('--json', 'print JSON')
     .action(async (taskId: string, raw) => {
@@ -93,11 +109,14 @@ export function register(program: Command): void {
           contextTokens: opts.context,
           ...(opts.model ? { model: opts.model } : {}),
           ...(opts.tool ? { tool: opts.tool } : {}),
+          ...(opts.toolArgs !== undefined ? { toolArgs: opts.toolArgs } : {}),
           ...(opts.latencyMs !== undefined ? { latencyMs: opts.latencyMs } : {}),
         });
-        const out = { answer: a.answer, reason: a.reason, approvalId: null, fallbackModel: null, step: a.step, costUsd: a.costUsd };
-        if (opts.json) printJson(out);
-        else console.log(`${a.answer}${a.reason ? `: ${a.reason.code} ${a.reason.message}` : ''} (step ${a.step}, cost so far ${usd(a.costUsd)})`);
+        if (opts.json) printJson(a);
+        else {
+          const extra = a.answer === 'degrade' ? ` on ${a.fallbackModel}` : a.answer === 'await-approval' ? ` ${a.approvalId}` : '';
+          console.log(`${a.answer}${extra}${a.reason ? `: ${a.reason.code} ${a.reason.message}` : ''} (step ${a.step}, cost so far ${usd(a.costUsd)})`);
+        }
         if (a.answer === 'deny') process.exitCode = Exit.Rejected;
       });
     });

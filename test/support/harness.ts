@@ -56,6 +56,8 @@ export async function createHarness(opts: { bundle: WorkflowBundleWithSourceMap;
   const client = new Client({ connection: clientConnection, namespace: 'default' });
   const controlQueue = `govloop-control-${suffix}`;
   const dispatchQueue = `govloop-cluster-${config.cluster.name}`;
+  // run() resolves only after the worker has released the connection; closing before that throws.
+  let running: Promise<void>[] = [];
   const h: Harness = {
     db,
     client,
@@ -68,15 +70,12 @@ export async function createHarness(opts: { bundle: WorkflowBundleWithSourceMap;
     tenant: `t-${suffix}`,
     async startWorkers() {
       h.workers = await createWorkers({ connection, namespace: 'default', db, config, backend, controlQueue, dispatchQueue, bundle: opts.bundle });
-      for (const w of h.workers) void w.run();
+      running = h.workers.map((w) => w.run().catch(() => undefined));
     },
     async stopWorkers() {
-      await Promise.all(
-        h.workers.map(async (w) => {
-          if (w.getState() === 'RUNNING') w.shutdown();
-          await waitStopped(w);
-        }),
-      );
+      for (const w of h.workers) if (w.getState() === 'RUNNING') w.shutdown();
+      await Promise.all(running);
+      running = [];
       h.workers = [];
     },
     async submit(input, o = {}) {
@@ -97,10 +96,6 @@ export async function createHarness(opts: { bundle: WorkflowBundleWithSourceMap;
     },
   };
   return h;
-}
-
-async function waitStopped(w: Worker): Promise<void> {
-  while (w.getState() !== 'STOPPED' && w.getState() !== 'FAILED') await new Promise((r) => setTimeout(r, 50));
 }
 
 /** An intent with everything required filled in; override what the test is about. */

@@ -1,0 +1,137 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { type FieldError, parseIntentText } from '../../governance/intent';
+import { stringify } from 'yaml';
+import { defaultConfigDir } from '../../config/load';
+import { anIntent } from '../support/builders';
+
+const example = (file: string) => readFileSync(join(defaultConfigDir, 'examples', file), 'utf8');
+
+function errorsOf(text: string): FieldError[] {
+  const r = parseIntentText(text);
+  if (r.ok) throw new Error(`expected ${JSON.stringify(text)} to be refused, got ${JSON.stringify(r.value)}`);
+  return r.errors;
+}
+
+/** A valid intent as a plain object, to break one field of. */
+const valid = () => anIntent().toInput() as Record<string, unknown> & { attribution: Record<string, unknown>; resources: Record<string, unknown>; caps: Record<string, unknown> };
+
+describe('parseIntentText', () => {
+  it('reads a YAML intent, with an unquoted timestamp deadline normalised to ISO UTC', () => {
+    const r = parseIntentText(example('llama-ft-nightly.yaml'));
+    expect(r).toEqual({
+      ok: true,
+      value: {
+        kind: 'training',
+        name: 'llama-ft-nightly',
+        attribution: { tenant: 'acme', team: 'search', project: 'ranker', model: 'llama-3-8b', useCase: 'relevance' },
+        caps: { maxContextTokens: 32000, maxSteps: 1, maxToolCalls: 0, maxTokens: 2_000_000, maxUsd: 250, maxGpuHours: 64, deadline: '2099-12-01T00:00:00.000Z' },
+        priority: 'normal',
+        riskClass: 'low',
+        tools: [],
+        resources: { gpus: 8, gpuType: 'H100', sharing: 'exclusive' },
+        simulation: { durationSeconds: 5400, tokensPerSecond: 2000 },
+        labels: {},
+      },
+    });
+  });
+
+  it('reads the same intent written as JSON to the same value', () => {
+    const yaml = parseIntentText(example('llama-ft-nightly.yaml'));
+    const asJson = JSON.stringify({ ...valid(), name: 'llama-ft-nightly', caps: { maxContextTokens: 32000, maxSteps: 1, maxToolCalls: 0, maxTokens: 2_000_000, maxUsd: 250, maxGpuHours: 64, deadline: '2099-12-01T00:00:00Z' }, resources: { gpus: 8, gpuType: 'H100', sharing: 'exclusive' }, simulation: { durationSeconds: 5400, tokensPerSecond: 2000 } });
+    expect(parseIntentText(asJson)).toEqual(yaml);
+  });
+
+  it('fills in the defaults of a minimal intent', () => {
+    const r = parseIntentText('kind: agent\nname: a\nattribution: { tenant: t, team: x, project: p, model: m, useCase: u }\n');
+    expect(r).toEqual({
+      ok: true,
+      value: {
+        kind: 'agent',
+        name: 'a',
+        attribution: { tenant: 't', team: 'x', project: 'p', model: 'm', useCase: 'u' },
+        caps: {},
+        priority: 'normal',
+        riskClass: 'low',
+        tools: [],
+        resources: { gpus: 0, sharing: 'exclusive' },
+        labels: {},
+      },
+    });
+  });
+
+  it('parses every shipped example except the one that is malformed on purpose', () => {
+    for (const f of ['chat-inference.yaml', 'globex-finetune.yaml', 'llama-ft-nightly.yaml', 'ranker-eval-batch.yaml', 'support-agent.yaml', 'too-big-pretrain.yaml']) {
+      expect(parseIntentText(example(f)).ok, f).toBe(true);
+    }
+  });
+
+  it.each(['tenant', 'team', 'project', 'model', 'useCase'])('a missing attribution.%s is reported as required', (field) => {
+    const doc = valid();
+    delete doc.attribution[field];
+    expect(errorsOf(stringify(doc))).toEqual([{ path: `attribution.${field}`, message: 'required' }]);
+  });
+
+  it('a missing attribution is reported as required', () => {
+    const doc = valid();
+    delete (doc as Record<string, unknown>).attribution;
+    expect(errorsOf(stringify(doc))).toEqual([{ path: 'attribution', message: 'required' }]);
+  });
+
+  it.each<{ name: string; change: (d: ReturnType<typeof valid>) => void; want: FieldError[] }>([
+    { name: 'GPUs without a GPU type', change: (d) => void (d.resources = { gpus: 2 }), want: [{ path: 'resources.gpuType', message: 'gpuType is required when gpus > 0' }] },
+    {
+      name: 'a sharing mode that does not exist',
+      change: (d) => void (d.resources.sharing = 'shared'),
+      want: [{ path: 'resources.sharing', message: 'exclusive | mps | timeslice | mig:<profile> such as mig:1g.10gb' }],
+    },
+    {
+      name: 'a MIG sharing mode without a well-formed profile',
+      change: (d) => void (d.resources.sharing = 'mig:big'),
+      want: [{ path: 'resources.sharing', message: 'exclusive | mps | timeslice | mig:<profile> such as mig:1g.10gb' }],
+    },
+    { name: 'an unknown top-level key', change: (d) => void (d.gpu = 2), want: [{ path: '(root)', message: 'Unrecognized key: "gpu"' }] },
+    { name: 'an unknown cap', change: (d) => void (d.caps.maxDollars = 5), want: [{ path: 'caps', message: 'Unrecognized key: "maxDollars"' }] },
+    { name: 'an unknown attribution field', change: (d) => void (d.attribution.owner = 'bob'), want: [{ path: 'attribution', message: 'Unrecognized key: "owner"' }] },
+    { name: 'an unknown resources field', change: (d) => void (d.resources.cpus = 4), want: [{ path: 'resources', message: 'Unrecognized key: "cpus"' }] },
+    { name: 'a deadline without a time zone', change: (d) => void (d.caps.deadline = '2099-12-01T00:00:00'), want: [{ path: 'caps.deadline', message: 'Invalid ISO datetime' }] },
+  ])('refuses $name, naming the path', ({ change, want }) => {
+    const doc = valid();
+    change(doc);
+    expect(errorsOf(stringify(doc))).toEqual(want);
+  });
+
+  it('refuses a negative cap and a fractional GPU count, naming each path', () => {
+    const doc = valid();
+    doc.caps.maxUsd = -5;
+    doc.resources.gpus = 1.5;
+    expect(errorsOf(stringify(doc)).map((e) => e.path)).toEqual(['caps.maxUsd', 'resources.gpus']);
+  });
+
+  it('normalises a deadline with an offset to UTC', () => {
+    const doc = valid();
+    doc.caps.deadline = '2099-12-01T02:00:00+02:00';
+    const r = parseIntentText(JSON.stringify(doc));
+    expect(r.ok && r.value.caps.deadline).toBe('2099-12-01T00:00:00.000Z');
+  });
+
+  it.each([
+    { name: 'an unclosed flow sequence', text: 'kind: [training\nname: x\n' },
+    { name: 'a tab-indented mapping', text: 'kind: training\nattribution:\n\ttenant: acme\n' },
+    { name: 'truncated JSON', text: '{"kind": "training", "name": ' },
+  ])('refuses malformed YAML ($name) as a whole document', ({ text }) => {
+    const errors = errorsOf(text);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]!.path).toBe('(document)');
+    expect(errors[0]!.message).toMatch(/^not valid YAML or JSON: /);
+  });
+
+  it('refuses an empty document at the root', () => {
+    expect(errorsOf('').map((e) => e.path)).toEqual(['(root)']);
+  });
+
+  it('lists every error of the malformed example at once', () => {
+    expect(errorsOf(example('bad-intent.yaml')).map((e) => e.path)).toEqual(['name', 'attribution.team', 'caps.maxUsd', 'resources.gpuType']);
+  });
+});
