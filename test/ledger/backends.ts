@@ -93,11 +93,7 @@ export const attributionOf = (tenant: string, over: Partial<Attribution> = {}): 
 /** Every usage, reservation and audit entry in these tests happens at this moment. */
 export const AT = new Date('2026-06-15T12:00:00.000Z');
 
-/**
- * A task row (reservations and charges need one), in the attribution of `tenant`/`team`. Create a
- * tenant's tasks one after the other: the first use of an attribution tuple does not survive a
- * concurrent first use on PostgreSQL (see attribution.test.ts).
- */
+/** A task row (reservations and charges need one), in the attribution of `tenant`/`team`. */
 export async function newTask(db: Db, tenant: string, opts: { team?: string; state?: string } = {}): Promise<string> {
   const taskId = `task-${randomUUID()}`;
   const intent = anIntent().tenant(tenant).team(opts.team ?? 'search').build();
