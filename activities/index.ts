@@ -14,6 +14,7 @@ import { budgetHeadroom, release, reserve, type ReserveResult } from '../ledger/
 import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
 import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
+import { type RollupRun, rollUp } from '../ledger/rollups';
 import { approverRoles } from '../governance/tools';
 import { callTool } from '../tools/executor';
 
@@ -331,6 +332,11 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         await appendAudit(c, { actor: 'govloop', taskId, action: 'settle', decision: state, detail: { costUsd: usage.costMicros / 1e6, releasedUsd: released / 1e6, gpuSeconds: usage.gpuSeconds, reasons }, dedupeKey: `${taskId}:settle` });
       });
       return usage;
+    },
+
+    /** The meteringRollup schedule's one step: hourly and daily rollups up to date (idempotent). */
+    async rollupUsage(): Promise<RollupRun[]> {
+      return rollUp(db, { lateArrivalSeconds: config.policies.metering.lateArrivalSeconds });
     },
 
     async recordState(input: { taskId: string; state: string; reasons?: Reason[] }): Promise<void> {

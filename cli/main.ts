@@ -7,6 +7,7 @@ import * as demo from './commands/demo';
 import * as dev from './commands/dev';
 import * as doctor from './commands/doctor';
 import * as ledger from './commands/ledger';
+import * as serve from './commands/serve';
 import * as submit from './commands/submit';
 import * as tasks from './commands/tasks';
 
@@ -16,7 +17,7 @@ const program = new Command('govloop')
   .showHelpAfterError()
   .exitOverride();
 
-for (const m of [dev, demo, submit, tasks, agents, ledger, doctor]) m.register(program);
+for (const m of [dev, demo, submit, tasks, agents, ledger, serve, doctor]) m.register(program);
 
 function wantsJson(): boolean {
   return process.argv.includes('--json');

@@ -47,6 +47,14 @@ export const PoliciesFile = z.strictObject({
     .default({ maxAttempts: 5, initialIntervalMs: 500 }),
   /** Where escalations and other notifications are POSTed (JSON); $GOVLOOP_NOTIFY_URL overrides. */
   notifyUrl: z.url().nullable().default(null),
+  metering: z
+    .strictObject({
+      /** How often the meteringRollup schedule brings the hourly and daily rollups up to date. */
+      rollupEverySeconds: z.number().int().min(10).max(86_400).default(300),
+      /** Events recorded up to this long before a rollup run are looked at again by the next one. */
+      lateArrivalSeconds: z.number().int().min(0).max(86_400).default(600),
+    })
+    .default({ rollupEverySeconds: 300, lateArrivalSeconds: 600 }),
 });
 export type Policies = z.infer<typeof PoliciesFile>;
 

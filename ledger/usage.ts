@@ -25,6 +25,8 @@ export interface UsageEvent {
    */
   cumulativeBefore?: number;
   occurredAt: Date;
+  /** The attribution's row id when the caller has already resolved it (saves a lookup per event). */
+  attributionId?: number;
 }
 
 export interface RecordResult {
@@ -44,6 +46,8 @@ export async function recordUsage(db: Db, priceBook: PriceBookVersion[], events:
 
 export async function recordUsageIn(c: Queryable, priceBook: PriceBookVersion[], events: UsageEvent[]): Promise<RecordResult> {
   const rows = [];
+  // One lookup per distinct attribution tuple, not per event.
+  const attributionIds = new Map<string, number>();
   for (const e of events) {
     const version = priceVersionAt(priceBook, e.occurredAt.toISOString());
     let cost = 0;
@@ -51,7 +55,11 @@ export async function recordUsageIn(c: Queryable, priceBook: PriceBookVersion[],
       const price = (quantity: number) => costMicros(version, { meter: e.meter as Meter, quantity, subject: e.subject });
       cost = e.cumulativeBefore === undefined ? price(e.quantity) : price(e.cumulativeBefore + e.quantity) - price(e.cumulativeBefore);
     }
-    rows.push({ e, attr: await attributionId(c, e.attribution), version: version.version, cost });
+    const a = e.attribution;
+    const tuple = `${a.tenant}|${a.team}|${a.project}|${a.model}|${a.useCase}`;
+    let attr = e.attributionId ?? attributionIds.get(tuple);
+    if (attr === undefined) attributionIds.set(tuple, (attr = await attributionId(c, a)));
+    rows.push({ e, attr, version: version.version, cost });
   }
   const inserted = await c.query<{ idempotency_key: string }>(
     `INSERT INTO usage_events (idempotency_key, task_id, attribution_id, tool, meter, subject, quantity, price_version, cost_micros, occurred_at)

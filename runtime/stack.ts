@@ -7,6 +7,7 @@ import { Db } from '../ledger/db';
 import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
 import { createWorkers } from '../workers/worker';
+import { ensureRollupSchedule } from './schedules';
 import { type DevServer, startDevServer } from './dev-server';
 import { clearDevState, writeDevState } from './environment';
 
@@ -73,6 +74,7 @@ export async function startStack(opts: {
     const client = new Client({ connection: clientConnection, namespace: server.namespace });
     opts.onProgress?.('bundling workflows and starting workers ...');
     const workers = await createWorkers({ connection, namespace: server.namespace, db, config: opts.config, backend });
+    await ensureRollupSchedule(client, { everySeconds: opts.config.policies.metering.rollupEverySeconds });
     const running = Promise.all(workers.map((w) => w.run())).then(() => undefined);
     stops.push(async () => {
       for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();

@@ -1,1 +1,2 @@
 export { governedTask } from './governed-task';
+export { meteringRollup } from './metering-rollup';

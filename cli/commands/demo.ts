@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { loadConfig } from '../../config/load';
 import { parseIntentText, type Intent } from '../../governance/intent';
 import { setBudget } from '../../ledger/budgets';
-import { usageBy } from '../../ledger/usage';
+import { rollUp, rollupUsageBy } from '../../ledger/rollups';
 import { installLogging } from '../../runtime/logging';
 import { startStack } from '../../runtime/stack';
 import { GovloopClient, type TaskStatus } from '../../sdk';
@@ -89,9 +89,10 @@ export function register(program: Command): void {
 
         console.log('\nOutcomes');
         console.log(table(['task', 'kind', 'decision', 'state', 'reason', 'GPU-hours', 'tokens', 'cost'], statuses.map((s) => [s.name, s.kind, s.decision, s.state, s.reasons.map((r) => r.code).join(', ') || '-', s.usage.gpuHours, s.usage.tokensIn + s.usage.tokensOut + s.usage.tokensProcessed, usd(s.costUsd)])));
-        const rows = await usageBy(stack.db, ['tenant', 'team'], new Date(0), new Date(8.64e15));
-        console.log('\nShowback by team (from the ledger)');
-        console.log(table(['tenant', 'team', 'tasks', 'GPU-hours', 'tokens', 'cost'], rows.map((r) => [String(r.tenant), String(r.team), r.tasks, r.gpuHours, r.tokens, usd(r.costUsd)])));
+        await rollUp(stack.db, { lateArrivalSeconds: config.policies.metering.lateArrivalSeconds });
+        const rows = await rollupUsageBy(stack.db, ['tenant', 'team'], new Date(0), new Date(8.64e15));
+        console.log('\nShowback by team (from the ledger\'s usage rollups; `govloop report` for unit costs)');
+        console.log(table(['tenant', 'team', 'tasks', 'GPU-hours', 'tokens', 'cost'], rows.map((r) => [String(r.tenant), String(r.team), r.tasks ?? '-', r.gpuHours, r.tokens, usd(r.costUsd)])));
         const expected = new Map(intents.map((i, k) => [ids[k], i.name]));
         const failed = statuses.filter((s) => s.state === 'Failed');
         if (failed.length) throw new CliExit(Exit.Failure, `demo tasks failed: ${failed.map((s) => expected.get(s.taskId)).join(', ')}`);

@@ -1,9 +1,10 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../../config/load';
-import { dataDir, openLedger, readDevState } from '../../runtime/environment';
+import { connectTemporal, dataDir, openLedger, readDevState } from '../../runtime/environment';
 import { installLogging } from '../../runtime/logging';
 import { startStack } from '../../runtime/stack';
+import { ensureRollupSchedule } from '../../runtime/schedules';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { createWorkers, runWorkers } from '../../workers/worker';
 import { NativeConnection } from '@temporalio/worker';
@@ -69,6 +70,12 @@ Ctrl-C stops everything.`);
         const backend = new SimulatedCluster(ledger.db, config.cluster, config.simulation.speedup);
         await backend.sync();
         const workers = await createWorkers({ connection, namespace, db: ledger.db, config, backend, controlQueue: o.taskQueue });
+        const temporal = await connectTemporal(program.opts().dataDir);
+        try {
+          await ensureRollupSchedule(temporal.client, { everySeconds: config.policies.metering.rollupEverySeconds, taskQueue: o.taskQueue });
+        } finally {
+          await temporal.connection.close();
+        }
         const abort = new AbortController();
         void untilSignal().then(() => abort.abort());
         logger.info({ address, namespace, taskQueue: o.taskQueue, ledger: ledger.source }, 'worker started');

@@ -3,7 +3,11 @@ import { z } from 'zod';
 import { Periods } from '../../governance/periods';
 import { showBudgets, setBudget } from '../../ledger/budgets';
 import { verifyAudit } from '../../ledger/audit';
-import { UsageDims, type UsageDim, usageBy } from '../../ledger/usage';
+import { UsageDims, type UsageDim } from '../../ledger/usage';
+import { type Capacity, rollUp, rollupUsageBy, showback } from '../../ledger/rollups';
+import type { GovConfig } from '../../config/load';
+import { priceVersionAt } from '../../governance/pricing';
+import { stringify } from 'csv-stringify/sync';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 
@@ -43,6 +47,23 @@ const UsageOptions = z.strictObject({
   tenant: scopeName.optional(),
   json: z.boolean().default(false),
 });
+
+const ReportOptions = z.strictObject({
+  by: UsageOptions.shape.by,
+  period: UsageOptions.shape.period,
+  tenant: scopeName.optional(),
+  format: z.enum(['table', 'csv', 'json']).default('table'),
+});
+
+/** The configured cluster's GPUs per type, at the exclusive GPU-hour price in force now. */
+export function clusterCapacity(config: GovConfig): Capacity {
+  const prices = priceVersionAt(config.priceBook, new Date().toISOString());
+  const gpus = new Map<string, number>();
+  for (const n of config.cluster.nodes) gpus.set(n.gpuType, (gpus.get(n.gpuType) ?? 0) + n.gpus);
+  return { gpuTypes: [...gpus].map(([gpuType, n]) => ({ gpuType, gpus: n, usdPerGpuHour: prices.gpuHourUsd[gpuType]?.exclusive ?? 0 })) };
+}
+
+const fmtUnit = (v: number | null) => (v === null ? '—' : usd(v));
 
 export function register(program: Command): void {
   const dataDir = () => program.opts().dataDir as string | undefined;
@@ -95,9 +116,43 @@ export function register(program: Command): void {
       const o = parseOptions(UsageOptions, raw);
       const { from, to } = periodRange(o.period)!;
       await withContext(dataDir(), async (ctx) => {
-        const rows = await usageBy(await ctx.db(), o.by as UsageDim[], from, to, o.tenant);
+        const db = await ctx.db();
+        // The rollups are what the meteringRollup schedule keeps; catch up first so the answer
+        // includes usage recorded since its last run (idempotent, recomputes whole buckets).
+        await rollUp(db, { lateArrivalSeconds: ctx.config().policies.metering.lateArrivalSeconds });
+        const rows = await rollupUsageBy(db, o.by as UsageDim[], from, to, o.tenant);
         if (o.json) return printJson(rows);
-        console.log(table([...o.by, 'cost', 'GPU-hours', 'tokens', 'tasks'], rows.map((r) => [...o.by.map((d) => String(r[d])), usd(r.costUsd), r.gpuHours, r.tokens, r.tasks])));
+        console.log(table([...o.by, 'cost', 'GPU-hours', 'tokens', 'tasks'], rows.map((r) => [...o.by.map((d) => String(r[d])), usd(r.costUsd), r.gpuHours, r.tokens, r.tasks ?? '—'])));
+      });
+    });
+
+  program
+    .command('report')
+    .description('showback / chargeback: cost by dimensions, unit costs, unattributed and idle cost')
+    .option('--by <dims>', `comma-separated: ${UsageDims.join(', ')}`, 'team')
+    .option('--period <period>', 'today | week | month | all | YYYY-MM | YYYY-MM-DD', 'month')
+    .option('--tenant <tenant>', 'one tenant only (idle capacity is reported for the whole cluster only)')
+    .option('--format <format>', 'table | csv | json', 'table')
+    .action(async (raw) => {
+      const o = parseOptions(ReportOptions, raw);
+      const { from, to } = periodRange(o.period)!;
+      await withContext(dataDir(), async (ctx) => {
+        const db = await ctx.db();
+        await rollUp(db, { lateArrivalSeconds: ctx.config().policies.metering.lateArrivalSeconds });
+        const r = await showback(db, { by: o.by as UsageDim[], from, to, ...(o.tenant ? { tenant: o.tenant } : {}), capacity: clusterCapacity(ctx.config()) });
+        if (o.format === 'json') return printJson(r);
+        const header = [...o.by, 'costUsd', 'gpuHours', 'tokensIn', 'tokensOut', 'events', 'tasks'];
+        const rows = r.rows.map((x) => [...o.by.map((d) => String(x[d])), x.costUsd, x.gpuHours, x.tokensIn, x.tokensOut, x.events, x.tasks ?? '']);
+        if (o.format === 'csv') return process.stdout.write(stringify([header, ...rows]));
+        console.log(`showback ${o.period} (${r.period.from.slice(0, 10)} – ${r.period.to.slice(0, 10)})${o.tenant ? ` tenant ${o.tenant}` : ''}: ${usd(r.totalCostUsd)}`);
+        console.log(table(header, rows.map((x) => x.map((v, i) => (i === o.by.length ? usd(Number(v)) : v)))));
+        const u = r.unitCosts;
+        console.log(
+          table(
+            ['per 1M tokens', 'per GPU-hour', 'per agent task', 'per training job', 'unattributed', 'idle GPU-hours', 'idle cost'],
+            [[fmtUnit(u.per1MTokensUsd), fmtUnit(u.perGpuHourUsd), fmtUnit(u.perAgentTaskUsd), fmtUnit(u.perTrainingJobUsd), `${usd(r.unattributed.costUsd)} (${r.unattributed.events} events)`, r.idle ? r.idle.gpuHours.toFixed(1) : '—', r.idle ? usd(r.idle.costUsd) : '—']],
+          ),
+        );
       });
     });
 

@@ -107,6 +107,45 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
     expect(audit.json()).toMatchObject({ ok: true });
   });
 
+  it('report: showback by team and project from the rollups as json and csv, unit costs included; a bad format exits 2', async () => {
+    const job = await govloop(['submit', file('report.yaml', intent(h.tenant, { name: 'cli-report', attribution: { ...intent(h.tenant).attribution, project: 'reports' }, simulation: { durationSeconds: 900, tokensPerSecond: 10 } })), '--wait', '--json'], env);
+    expect(job.code, job.stderr).toBe(0);
+    const r = await govloop(['report', '--by', 'team,project', '--period', 'month', '--tenant', h.tenant, '--format', 'json'], env);
+    expect(r.code, r.stderr).toBe(0);
+    const report = r.json();
+    // What the ledger holds for this tenant this month, read from the raw events, not the rollups.
+    const { rows } = await h.db.query<{ team: string; project: string; cost: number; gpu: number }>(
+      `SELECT a.team, a.project, SUM(u.cost_micros)::bigint AS cost, SUM(CASE WHEN u.meter = 'gpu_seconds' THEN u.quantity ELSE 0 END) AS gpu
+       FROM usage_events u JOIN attributions a ON a.id = u.attribution_id
+       WHERE a.tenant = $1 AND u.occurred_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' GROUP BY 1, 2`,
+      [h.tenant],
+    );
+    expect(rows.length).toBeGreaterThan(0);
+    for (const want of rows) {
+      const got = report.rows.find((x: { team: string; project: string }) => x.team === want.team && x.project === want.project);
+      expect(got, `${want.team}/${want.project}`).toBeDefined();
+      expect(Math.round(got.costUsd * 1e6)).toBe(want.cost);
+      expect(got.gpuHours * 3600).toBeCloseTo(want.gpu, 6);
+    }
+    const totalMicros = rows.reduce((s, x) => s + Number(x.cost), 0);
+    expect(Math.round(report.totalCostUsd * 1e6)).toBe(totalMicros);
+    // Every GPU-second of this tenant is H100 exclusive at $4/hour (each event rounded to a micro-dollar).
+    expect(report.unitCosts.perGpuHourUsd).toBeCloseTo(4, 5);
+    expect(report.unitCosts.perTrainingJobUsd).toBeGreaterThan(0);
+    expect(report.unattributed).toEqual({ costUsd: 0, events: 0 });
+
+    const csv = await govloop(['report', '--by', 'team,project', '--period', 'month', '--tenant', h.tenant, '--format', 'csv'], env);
+    expect(csv.code, csv.stderr).toBe(0);
+    const lines = csv.stdout.trim().split('\n');
+    expect(lines[0]).toBe('team,project,costUsd,gpuHours,tokensIn,tokensOut,events,tasks');
+    expect(lines).toHaveLength(report.rows.length + 1);
+
+    const bad = await govloop(['report', '--format', 'pdf', '--by', 'team,colour'], env);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--format: /);
+    expect(bad.stderr).toMatch(/--by/);
+  });
+
   it('without DATABASE_URL the same commands run on the embedded PGlite ledger in the data dir, and it persists', async () => {
     const local = { ...env, DATABASE_URL: undefined as unknown as string, GOVLOOP_DATA_DIR: join(dir, 'embedded') };
     delete (local as Record<string, unknown>).DATABASE_URL;

@@ -1,0 +1,123 @@
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { loadConfig } from '../../config/load';
+import { createKey, listKeys, revokeKey } from '../../ledger/keys';
+import { openLedger } from '../../runtime/environment';
+import { apiConfigDefaults, buildApi } from '../../server/app';
+import { withContext } from '../context';
+import { CliExit, Exit, parseOptions, printJson, table } from '../util';
+
+const tenant = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/, 'lowercase letters, digits, ".", "_" and "-", starting and ending alphanumeric');
+const actor = z.string().min(1).max(128).default(process.env.USER ?? 'cli');
+const positive = z.coerce.number({ error: 'must be a number' }).positive();
+
+const ServeOptions = z.strictObject({
+  port: z.coerce.number({ error: 'must be a port number' }).int().min(0).max(65535).default(8080),
+  host: z.string().min(1).default('127.0.0.1'),
+  maxAgeHours: positive.max(24 * 366).default(apiConfigDefaults.maxAgeHours),
+  futureSkewSeconds: z.coerce.number({ error: 'must be a number' }).nonnegative().max(86_400).default(apiConfigDefaults.futureSkewSeconds),
+});
+const KeysCreate = z.strictObject({ tenant, as: actor, json: z.boolean().default(false) });
+const KeysList = z.strictObject({ tenant, json: z.boolean().default(false) });
+const KeysRevoke = z.strictObject({ tenant, prefix: z.string().regex(/^glk_[A-Za-z0-9_-]{8}$/, 'the 12-character prefix shown by keys list, e.g. glk_AbC123xY'), as: actor, json: z.boolean().default(false) });
+
+/** Resolves on the first SIGINT/SIGTERM. */
+const untilSignal = () =>
+  new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+
+export function register(program: Command): void {
+  const dataDir = () => program.opts().dataDir as string | undefined;
+
+  program
+    .command('serve')
+    .description('run the HTTP API: POST /v1/usage, GET /v1/usage, GET /v1/budgets (tenant API keys), /metrics (GOVLOOP_METRICS_TOKEN), /healthz')
+    .option('--port <n>', 'port to listen on (0: any free port)', '8080')
+    .option('--host <host>', 'address to bind', '127.0.0.1')
+    .option('--max-age-hours <n>', `usage events older than this are rejected as stale (default $GOVLOOP_INGEST_MAX_AGE_HOURS or ${apiConfigDefaults.maxAgeHours})`)
+    .option('--future-skew-seconds <n>', `how far ahead of this clock an event may be (default ${apiConfigDefaults.futureSkewSeconds})`)
+    .action(async (raw) => {
+      const env = process.env.GOVLOOP_INGEST_MAX_AGE_HOURS;
+      const o = parseOptions(ServeOptions, { ...(env ? { maxAgeHours: env } : {}), ...raw });
+      const config = loadConfig();
+      const metricsToken = process.env.GOVLOOP_METRICS_TOKEN || undefined;
+      const ledger = await openLedger(dataDir());
+      try {
+        const { app } = await buildApi({
+          db: ledger.db,
+          config: { priceBook: config.priceBook, maxAgeHours: o.maxAgeHours, futureSkewSeconds: o.futureSkewSeconds, ...(metricsToken ? { metricsToken } : {}) },
+          logger: { level: (process.env.GOVLOOP_LOG_LEVEL ?? 'warn').toLowerCase() },
+        });
+        const address = await app.listen({ port: o.port, host: o.host });
+        // Tests and scripts read this line for the port when --port 0.
+        console.log(`govloop API listening on ${address} (ledger ${ledger.source}; stale after ${o.maxAgeHours} h; /metrics ${metricsToken ? 'on' : 'off: set GOVLOOP_METRICS_TOKEN'})`);
+        const why = await untilSignal();
+        console.error(`${why}: stopping ...`);
+        await app.close();
+      } finally {
+        await ledger.close();
+      }
+    });
+
+  const keys = program.command('keys').description('API keys of the HTTP API: one tenant each, stored hashed');
+
+  keys
+    .command('create')
+    .description('create an API key for a tenant; the key is printed once and cannot be shown again')
+    .requiredOption('--tenant <tenant>')
+    .option('--as <user>', 'who creates it (audited)')
+    .option('--json', 'print {key, prefix, tenant, id}')
+    .action(async (raw) => {
+      const o = parseOptions(KeysCreate, raw);
+      await withContext(dataDir(), async (ctx) => {
+        const k = await createKey(await ctx.db(), o.tenant, o.as);
+        if (o.json) return printJson({ key: k.key, prefix: k.prefix, tenant: k.tenant, id: k.id });
+        console.log(k.key);
+        console.error(`API key ${k.prefix}… for tenant ${k.tenant}: shown once, keep it now (revoke: govloop keys revoke --tenant ${k.tenant} --prefix ${k.prefix})`);
+      });
+    });
+
+  keys
+    .command('list')
+    .description("a tenant's keys: prefixes and dates, never the keys")
+    .requiredOption('--tenant <tenant>')
+    .option('--json', 'print JSON')
+    .action(async (raw) => {
+      const o = parseOptions(KeysList, raw);
+      await withContext(dataDir(), async (ctx) => {
+        const list = await listKeys(await ctx.db(), o.tenant);
+        if (o.json) return printJson(list);
+        if (list.length === 0) return console.log(`no API keys for ${o.tenant}`);
+        console.log(table(['prefix', 'created', 'by', 'revoked'], list.map((k) => [k.prefix, k.createdAt.toISOString(), k.createdBy, k.revokedAt?.toISOString() ?? '—'])));
+      });
+    });
+
+  keys
+    .command('revoke')
+    .description('revoke a key by its prefix (from keys list); requests with it are refused at once')
+    .requiredOption('--tenant <tenant>')
+    .requiredOption('--prefix <prefix>')
+    .option('--as <user>', 'who revokes it (audited)')
+    .option('--json', 'print JSON')
+    .action(async (raw) => {
+      const o = parseOptions(KeysRevoke, raw);
+      await withContext(dataDir(), async (ctx) => {
+        const r = await revokeKey(await ctx.db(), o.tenant, o.prefix, o.as);
+        if (r.revoked) {
+          if (o.json) return printJson(r);
+          return console.log(`revoked ${o.prefix}… of ${o.tenant}`);
+        }
+        if (r.reason === 'already-revoked') {
+          if (o.json) return printJson(r);
+          return console.log(`${o.prefix}… of ${o.tenant} was already revoked`);
+        }
+        throw new CliExit(Exit.Failure, r.reason === 'not-found' ? `no API key ${o.prefix}… for tenant ${o.tenant}` : `more than one live key of ${o.tenant} starts with ${o.prefix}: revoke them in the ledger`, r);
+      });
+    });
+}

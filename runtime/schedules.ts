@@ -1,0 +1,35 @@
+import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
+import { TASK_QUEUE_CONTROL } from '../workflows/messages';
+import { meteringRollup } from '../workflows';
+
+export const METERING_ROLLUP_SCHEDULE = 'govloop-metering-rollup';
+
+/**
+ * Creates the meteringRollup Temporal Schedule, or brings an existing one to the given interval
+ * and task queue. Every worker start calls it: the first creates, the others find it there.
+ * Overlaps are skipped (a rollup is idempotent, a second one at the same time is wasted work);
+ * missed runs are caught up once, not one by one.
+ */
+export async function ensureRollupSchedule(
+  client: Client,
+  opts: { everySeconds: number; taskQueue?: string; scheduleId?: string },
+): Promise<{ scheduleId: string; created: boolean }> {
+  const scheduleId = opts.scheduleId ?? METERING_ROLLUP_SCHEDULE;
+  const taskQueue = opts.taskQueue ?? TASK_QUEUE_CONTROL;
+  const spec = { intervals: [{ every: opts.everySeconds * 1000 }] };
+  const action = { type: 'startWorkflow' as const, workflowType: meteringRollup, workflowId: `${scheduleId}-run`, taskQueue, args: [] as [] };
+  try {
+    await client.schedule.create({
+      scheduleId,
+      spec,
+      action,
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
+      memo: { what: 'hourly and daily usage rollups (govloop usage / report read them)' },
+    });
+    return { scheduleId, created: true };
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+    await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
+    return { scheduleId, created: false };
+  }
+}
