@@ -219,7 +219,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
       const auditStep = (q: Queryable, answer: string, detail: Record<string, unknown>) =>
         appendAudit(q, { actor: 'govloop', taskId, action: 'step', decision: answer, detail: { seq, tool: step.tool ?? null, argsDigest, tokensIn: step.tokensIn, tokensOut: step.tokensOut, contextTokens: step.contextTokens, ...detail }, dedupeKey });
       if (decision.answer === 'deny') {
-        await auditStep(db, 'deny', { reason: decision.reason });
+        await db.tx((c) => auditStep(c, 'deny', { reason: decision.reason }));
         return { answer: 'deny', reason: decision.reason };
       }
       if (decision.needsApproval && !input.approved) {

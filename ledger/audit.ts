@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Queryable } from './db';
+import { Db, type Queryable } from './db';
 
 /**
  * The audit log is a hash chain: each row's hash covers its own content and the previous row's
@@ -36,8 +36,13 @@ function rowHash(prev: string, row: { id: number; at: Date; actor: string; taskI
     .digest('hex');
 }
 
-/** Appends one entry. Call inside the transaction that makes the decision it records. */
+/**
+ * Appends one entry. Call inside the transaction that makes the decision it records. Given the
+ * pool itself (no transaction), it opens one: the chain's advisory lock is transaction-scoped, and
+ * appends in autocommit statements could both link to the same tip.
+ */
 export async function appendAudit(q: Queryable, entry: AuditEntry): Promise<void> {
+  if (q instanceof Db) return q.tx((c) => appendAudit(c, entry));
   await q.query('SELECT pg_advisory_xact_lock($1)', [AUDIT_LOCK]);
   if (entry.dedupeKey !== undefined) {
     const seen = await q.query('SELECT 1 FROM audit_log WHERE dedupe_key = $1', [entry.dedupeKey]);

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AuditEntry, type AuditVerdict, appendAudit, verifyAudit } from '../../ledger/audit';
-import type { Queryable } from '../../ledger/db';
+import { Db, type Queryable } from '../../ledger/db';
 import { migrate } from '../../ledger/migrate';
 import { type Ledger, backends, newTenant, sleep } from './backends';
 
@@ -117,21 +117,22 @@ describe.each(backends)('audit chain on $name', (backend) => {
     expect((await verifyAudit(db)).ok).toBe(true);
   });
 
-  // BUG: appendAudit's advisory lock is transaction-scoped, so it protects the chain only when the
-  // caller passes a client inside a transaction. activities/index.ts (gateStep, deny path:
-  // `await auditStep(db, 'deny', ...)`) passes the pool: each query then runs in its own
-  // autocommit transaction, the lock is released as soon as it is taken, and two appends can read
-  // the same tip and both link to it. verifyAudit then names the second as broken (problem
-  // 'inserted') although nothing was tampered with, and `govloop audit verify` exits 4. Shown here
-  // on a scratch ledger, with two pool-based appends that meet after reading the tip.
-  it.fails('keeps the chain intact when an entry is appended through the pool, as gateStep does for a denied step', async () => {
+  // appendAudit's advisory lock is transaction-scoped: given the pool, appendAudit must open a
+  // transaction itself, or two appends could read the same tip and both link to it.
+  it('keeps the chain intact when an entry is appended through the pool', async () => {
     const scratch = await backend.scratch();
     try {
       await migrate(scratch.db);
       const tenant = newTenant();
       await scratch.db.tx((c) => appendAudit(c, entry(tenant, 0)));
+      // A pool whose own queries stop right after reading the chain's tip, for the other append to catch up.
       const gate = barrier(2, 2000);
-      await Promise.all([appendAudit(pausing(scratch.db, gate), entry(tenant, 1)), appendAudit(pausing(scratch.db, gate), entry(tenant, 2))]);
+      const pool = new PausingDb(scratch.db.url, gate);
+      try {
+        await Promise.all([appendAudit(pool, entry(tenant, 1)), appendAudit(pool, entry(tenant, 2))]);
+      } finally {
+        await pool.close();
+      }
       expect(await verifyAudit(scratch.db)).toEqual({ ok: true, rows: 3 });
     } finally {
       await scratch.close();
@@ -161,4 +162,20 @@ function pausing(q: Queryable, gate: { arrive(): Promise<void> }): Queryable {
       return r;
     },
   } as Queryable;
+}
+
+/** A pool whose own queries wait at the barrier right after reading the chain's tip. */
+class PausingDb extends Db {
+  constructor(
+    url: string,
+    private readonly gate: { arrive(): Promise<void> },
+  ) {
+    super(url, 4);
+  }
+
+  override async query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>> {
+    const r = await super.query<R>(sql, params);
+    if (/SELECT hash FROM audit_log/.test(sql)) await this.gate.arrive();
+    return r;
+  }
 }
