@@ -68,9 +68,9 @@ describe('govloop keys + govloop serve, as separate processes', () => {
     const send = (k: string, body: unknown) => fetch(`${base}/v1/usage`, { method: 'POST', headers: { authorization: `Bearer ${k}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
     const first = await send(key, { events: [usageEvent('cli-1', tenant), usageEvent('cli-2', tenant)] });
     expect(first.status).toBe(200);
-    expect(await first.json()).toEqual({ accepted: 2, duplicates: 0, rejected: [] });
+    expect(await first.json()).toEqual({ accepted: 2, duplicates: 0, rejected: [], unattributed: 0 });
     const again = await send(key, { events: [usageEvent('cli-1', tenant)] });
-    expect(await again.json()).toEqual({ accepted: 0, duplicates: 1, rejected: [] });
+    expect(await again.json()).toEqual({ accepted: 0, duplicates: 1, rejected: [], unattributed: 0 });
     const foreign = await send(key, { events: [usageEvent('cli-3', 'someone-else')] });
     expect(foreign.status).toBe(403);
 
