@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { DEFAULT_LADDER, LadderConfig } from '../governance/ladder';
 import { RiskClass, WorkloadKind } from '../governance/intent';
 
 /** Schemas of govloop's own config files. Every file is validated on load; errors name file and path. */
@@ -47,6 +48,17 @@ export const PoliciesFile = z.strictObject({
     .default({ maxAttempts: 5, initialIntervalMs: 500 }),
   /** Where escalations and other notifications are POSTed (JSON); $GOVLOOP_NOTIFY_URL overrides. */
   notifyUrl: z.url().nullable().default(null),
+  /** The budget enforcement ladder (governance/ladder.ts): thresholds in per cent of a budget. */
+  ladder: LadderConfig.default(DEFAULT_LADDER),
+  /** Priority classes that are degraded last and never preempted while other work runs. */
+  criticalPriorities: z.array(z.string()).default(['critical']),
+  /** The budget controller: how often it reads the ledger, and how many rounds before it continues as new. */
+  budgetController: z
+    .strictObject({
+      pollMillis: z.number().int().min(50).max(600_000).default(5000),
+      roundsPerRun: z.number().int().min(10).max(10_000).default(500),
+    })
+    .default({ pollMillis: 5000, roundsPerRun: 500 }),
   metering: z
     .strictObject({
       /** How often the meteringRollup schedule brings the hourly and daily rollups up to date. */

@@ -9,6 +9,7 @@ import type { Db } from '../ledger/db';
 import { DEFAULT_FUTURE_SKEW_SECONDS, DEFAULT_MAX_AGE_HOURS, ingestUsage } from '../ledger/ingest';
 import { authenticate } from '../ledger/keys';
 import { type ApiMetrics, createMetrics } from './metrics';
+import { type DashboardConfig, registerDashboard } from './dashboard';
 import { ReportDims, usageReport } from './usage-report';
 
 /**
@@ -17,7 +18,8 @@ import { ReportDims, usageReport } from './usage-report';
  * Every /v1 route authenticates the caller with a tenant API key (`Authorization: Bearer glk_…`)
  * and serves that tenant only: a body or query that names another tenant is answered 403 and
  * changes nothing. /metrics spans all tenants, so it takes the operator's metrics token instead
- * and refuses tenant keys. /healthz says only that the process and the ledger answer.
+ * and refuses tenant keys. /healthz says only that the process and the ledger answer. /dashboard
+ * is the cost and usage page; its data comes from /v1/dashboard with a tenant key (./dashboard.ts).
  *
  * Errors are JSON: `{error, errors?: [{path, message}]}`. 400: the input is malformed (every
  * field named, nothing written); 401: no or a bad key; 403: another tenant; 404; 413: body too big.
@@ -32,6 +34,8 @@ export interface ApiConfig {
   metricsToken?: string;
   /** Largest request body in bytes (default 8 MiB: 5,000 events fit). */
   bodyLimitBytes?: number;
+  /** Temporal UI links of the dashboard's tasks (server/dashboard.ts). */
+  dashboard?: DashboardConfig;
 }
 
 export interface ApiDeps {
@@ -176,6 +180,8 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
     }
     return reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics());
   });
+
+  registerDashboard(app, { db, clock, config: config.dashboard ?? {}, callerTenant, parse });
 
   await app.ready();
   return { app, metrics };

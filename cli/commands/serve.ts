@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../../config/load';
 import { createKey, listKeys, revokeKey } from '../../ledger/keys';
-import { openLedger } from '../../runtime/environment';
+import { dataDir as resolveDataDir, openLedger, readDevState } from '../../runtime/environment';
 import { apiConfigDefaults, buildApi } from '../../server/app';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
@@ -20,6 +20,7 @@ const ServeOptions = z.strictObject({
   host: z.string().min(1).default('127.0.0.1'),
   maxAgeHours: positive.max(24 * 366).default(apiConfigDefaults.maxAgeHours),
   futureSkewSeconds: z.coerce.number({ error: 'must be a number' }).nonnegative().max(86_400).default(apiConfigDefaults.futureSkewSeconds),
+  temporalUi: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL, e.g. http://localhost:8233' }).optional(),
 });
 const KeysCreate = z.strictObject({ tenant, as: actor, json: z.boolean().default(false) });
 const KeysList = z.strictObject({ tenant, json: z.boolean().default(false) });
@@ -37,26 +38,38 @@ export function register(program: Command): void {
 
   program
     .command('serve')
-    .description('run the HTTP API: POST /v1/usage, GET /v1/usage, GET /v1/budgets (tenant API keys), /metrics (GOVLOOP_METRICS_TOKEN), /healthz')
+    .description('run the HTTP API: POST /v1/usage, GET /v1/usage, GET /v1/budgets (tenant API keys), the /dashboard page, /metrics (GOVLOOP_METRICS_TOKEN), /healthz')
     .option('--port <n>', 'port to listen on (0: any free port)', '8080')
     .option('--host <host>', 'address to bind', '127.0.0.1')
     .option('--max-age-hours <n>', `usage events older than this are rejected as stale (default $GOVLOOP_INGEST_MAX_AGE_HOURS or ${apiConfigDefaults.maxAgeHours})`)
     .option('--future-skew-seconds <n>', `how far ahead of this clock an event may be (default ${apiConfigDefaults.futureSkewSeconds})`)
+    .option('--temporal-ui <url>', "Temporal UI that the dashboard's task ids link to (default $GOVLOOP_TEMPORAL_UI, or the UI of a running govloop dev)")
     .action(async (raw) => {
       const env = process.env.GOVLOOP_INGEST_MAX_AGE_HOURS;
-      const o = parseOptions(ServeOptions, { ...(env ? { maxAgeHours: env } : {}), ...raw });
+      const ui = process.env.GOVLOOP_TEMPORAL_UI;
+      const o = parseOptions(ServeOptions, { ...(env ? { maxAgeHours: env } : {}), ...(ui ? { temporalUi: ui } : {}), ...raw });
+      const dev = readDevState(resolveDataDir(dataDir()));
+      const temporalUiUrl = o.temporalUi ?? dev?.uiUrl ?? undefined;
+      const temporalNamespace = process.env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? 'default';
       const config = loadConfig();
       const metricsToken = process.env.GOVLOOP_METRICS_TOKEN || undefined;
       const ledger = await openLedger(dataDir());
       try {
         const { app } = await buildApi({
           db: ledger.db,
-          config: { priceBook: config.priceBook, maxAgeHours: o.maxAgeHours, futureSkewSeconds: o.futureSkewSeconds, ...(metricsToken ? { metricsToken } : {}) },
+          config: {
+            priceBook: config.priceBook,
+            maxAgeHours: o.maxAgeHours,
+            futureSkewSeconds: o.futureSkewSeconds,
+            ...(metricsToken ? { metricsToken } : {}),
+            dashboard: { ...(temporalUiUrl ? { temporalUiUrl } : {}), temporalNamespace, ladder: config.policies.ladder },
+          },
           logger: { level: (process.env.GOVLOOP_LOG_LEVEL ?? 'warn').toLowerCase() },
         });
         const address = await app.listen({ port: o.port, host: o.host });
         // Tests and scripts read this line for the port when --port 0.
         console.log(`govloop API listening on ${address} (ledger ${ledger.source}; stale after ${o.maxAgeHours} h; /metrics ${metricsToken ? 'on' : 'off: set GOVLOOP_METRICS_TOKEN'})`);
+        console.log(`dashboard: ${address}/dashboard (asks for a tenant API key; Temporal UI links ${temporalUiUrl ? `to ${temporalUiUrl}` : 'off: --temporal-ui URL'})`);
         const why = await untilSignal();
         console.error(`${why}: stopping ...`);
         await app.close();
