@@ -3,6 +3,7 @@ import { ApplicationFailure, Context, log } from '@temporalio/activity';
 import type { GovConfig } from '../config/load';
 import { type AdmissionResult, admit, gpuQuotaFor } from '../governance/admission';
 import type { Intent } from '../governance/intent';
+import type { BudgetKey } from '../workflows/messages';
 import type { Plan } from '../governance/plan';
 import { costMicros, priceVersionAt } from '../governance/pricing';
 import type { Reason } from '../governance/reasons';
@@ -15,6 +16,8 @@ import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
 import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
 import { type RollupRun, rollUp } from '../ledger/rollups';
+import { type BudgetSnapshot, applyLadderChange, budgetIdOf, budgetSnapshot, recordPreemption, runningGpuWork, scopeLadder } from '../ledger/ladder';
+import { type LadderMove, type LadderStep, ladderMove, preemptionVictim, shouldDegrade } from '../governance/ladder';
 import { approverRoles } from '../governance/tools';
 import { callTool } from '../tools/executor';
 
@@ -201,7 +204,11 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
       const price = (model: string) =>
         costMicros(version, { meter: 'tokens_in', quantity: step.tokensIn, subject: model }) + costMicros(version, { meter: 'tokens_out', quantity: step.tokensOut, subject: model });
       const model = step.model ?? intent.attribution.model;
+      // The budget ladder: past its degrade threshold, steps run on the fallback model (critical work last).
+      const ladder = await scopeLadder(db, intent.attribution, now);
+      const budgetDegrade = shouldDegrade(ladder.step, ladder.sharePct, config.policies.criticalPriorities.includes(intent.priority), config.policies.ladder);
       const decision = evaluateStep({
+        budgetDegrade,
         caps: plan.caps,
         totals,
         step,
@@ -337,6 +344,38 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
     /** The meteringRollup schedule's one step: hourly and daily rollups up to date (idempotent). */
     async rollupUsage(): Promise<RollupRun[]> {
       return rollUp(db, { lateArrivalSeconds: config.policies.metering.lateArrivalSeconds });
+    },
+
+    /**
+     * The budget controller's round: the budget's current window and the ladder move from the
+     * step the controller holds (pure: governance/ladder.ts), plus its timing.
+     */
+    async observeBudget(input: { budget: BudgetKey; step: LadderStep; window: string | null }): Promise<{ snapshot: BudgetSnapshot | null; move: LadderMove | null; pollMillis: number; roundsPerRun: number }> {
+      const timingOut = { pollMillis: config.policies.budgetController.pollMillis, roundsPerRun: config.policies.budgetController.roundsPerRun };
+      const budgetId = await budgetIdOf(db, input.budget);
+      const snapshot = budgetId === null ? null : await budgetSnapshot(db, budgetId, clock());
+      if (!snapshot) return { snapshot, move: null, ...timingOut };
+      // A new window starts at the step the ledger holds for it (ok for a fresh one).
+      const from = input.window === snapshot.window ? input.step : snapshot.step;
+      return { snapshot, move: ladderMove(from, snapshot.sharePct, config.policies.ladder), ...timingOut };
+    },
+
+    /** Records a ladder move (each step fires once per crossing) and notifies for the steps that fired. */
+    async applyLadder(input: { budgetId: number; window: string; crossing: number; from: LadderStep; to: LadderStep; fired: LadderStep[]; sharePct: number; scope: string }): Promise<LadderStep[]> {
+      const fresh = await applyLadderChange(db, input);
+      for (const step of fresh) {
+        await notify(config, { event: 'budget.ladder', step, scope: input.scope, window: input.window, sharePct: Math.round(input.sharePct * 100) / 100, runbook: 'runbooks/budget-ladder.md' });
+      }
+      log.info('budget ladder', { budgetId: input.budgetId, from: input.from, to: input.to, fired: fresh });
+      return fresh;
+    },
+
+    /** The preempt step's victim: the lowest-priority running GPU work of the budget's scope (recorded once per crossing). */
+    async choosePreemptionVictim(input: { budgetId: number; window: string; crossing: number; sharePct: number }): Promise<string | null> {
+      const victim = preemptionVictim(await runningGpuWork(db, input.budgetId, config.policies.priorities, config.policies.criticalPriorities));
+      if (!victim) return null;
+      const fresh = await recordPreemption(db, { ...input, taskId: victim.taskId });
+      return fresh ? victim.taskId : null;
     },
 
     async recordState(input: { taskId: string; state: string; reasons?: Reason[] }): Promise<void> {

@@ -56,7 +56,7 @@ export const PoliciesFile = z.strictObject({
   budgetController: z
     .strictObject({
       pollMillis: z.number().int().min(50).max(600_000).default(5000),
-      roundsPerRun: z.number().int().min(10).max(10_000).default(500),
+      roundsPerRun: z.number().int().min(2).max(10_000).default(500),
     })
     .default({ pollMillis: 5000, roundsPerRun: 500 }),
   metering: z

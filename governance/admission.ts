@@ -16,6 +16,8 @@ export interface BudgetHeadroom {
   limitMicros: number;
   reservedMicros: number;
   spentMicros: number;
+  /** The step of the enforcement ladder its budget controller set (governance/ladder.ts); ok when absent. */
+  ladderStep?: string;
 }
 
 export interface AdmissionContext {
@@ -109,6 +111,9 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
   if (ctx.budgets.length === 0 && policies.requireBudget) {
     return { decision: 'rejected', reasons: [reason(ReasonCode.BudgetMissing, `no budget covers ${intent.attribution.tenant}/${intent.attribution.team}/${intent.attribution.project}`, null, microsToUsd(plan.worstCaseMicros), `${policy}#requireBudget`)] };
   }
+  // The ladder at its queue step (the hard limit): new work in the scope waits instead of being refused.
+  const held = ctx.budgets.filter((b) => b.ladderStep === 'queue' || b.ladderStep === 'preempt');
+  if (held.length > 0) return { decision: 'queued', plan, reasons: held.map((b) => ladderQueueReason(b, plan.worstCaseMicros)) };
   const budgetReasons = ctx.budgets.flatMap((b) => {
     const headroom = b.limitMicros - b.reservedMicros - b.spentMicros;
     return plan.worstCaseMicros > headroom ? [budgetReason(b, plan.worstCaseMicros)] : [];
@@ -135,5 +140,15 @@ export function budgetReason(b: BudgetHeadroom, askedMicros: number): Reason {
     microsToUsd(headroom),
     microsToUsd(askedMicros),
     `budget:${b.scope}:${b.period}`,
+  );
+}
+
+export function ladderQueueReason(b: BudgetHeadroom, askedMicros: number): Reason {
+  return reason(
+    ReasonCode.BudgetLadderQueue,
+    `budget ${b.scope} (${b.period} ${b.window}) is at its ${b.ladderStep} step: new work waits until it is raised, its window resets or spend is released`,
+    microsToUsd(b.limitMicros),
+    microsToUsd(b.spentMicros + b.reservedMicros + askedMicros),
+    `policies#ladder.queueAt`,
   );
 }

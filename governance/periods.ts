@@ -23,3 +23,22 @@ export function windowKey(period: Period, at: Date): string {
     }
   }
 }
+
+/** The window of `period` that holds `at` (UTC), as [start, end); `total` has no end. */
+export function windowBounds(period: Period, at: Date): { start: Date; end: Date | null } {
+  const y = at.getUTCFullYear();
+  const m = at.getUTCMonth();
+  const d = at.getUTCDate();
+  switch (period) {
+    case 'day':
+      return { start: new Date(Date.UTC(y, m, d)), end: new Date(Date.UTC(y, m, d + 1)) };
+    case 'month':
+      return { start: new Date(Date.UTC(y, m, 1)), end: new Date(Date.UTC(y, m + 1, 1)) };
+    case 'week': {
+      const monday = d - ((at.getUTCDay() + 6) % 7);
+      return { start: new Date(Date.UTC(y, m, monday)), end: new Date(Date.UTC(y, m, monday + 7)) };
+    }
+    case 'total':
+      return { start: new Date(0), end: null };
+  }
+}

@@ -19,6 +19,8 @@ export const ReasonCode = {
   GpuCapacityExceeded: 'GPU_CAPACITY_EXCEEDED',
   BudgetExceeded: 'BUDGET_EXCEEDED',
   BudgetMissing: 'BUDGET_MISSING',
+  /** The budget controller's ladder is at its queue step: new work in the scope waits. */
+  BudgetLadderQueue: 'BUDGET_LADDER_QUEUE',
   RiskClassNotAllowed: 'RISK_CLASS_NOT_ALLOWED',
   ToolUnknown: 'TOOL_UNKNOWN',
   ToolNotAllowed: 'TOOL_NOT_ALLOWED',

@@ -46,6 +46,8 @@ export interface StepContext {
   /** Tokens the declared tools' definitions add to the step's context. */
   toolOverheadTokens: number;
   degradeAtFraction: number;
+  /** The budget ladder says degrade (a covering budget is past its degrade threshold for this priority). */
+  budgetDegrade?: boolean;
   now: string;
 }
 
@@ -99,10 +101,12 @@ export function evaluateStep(ctx: StepContext): StepDecision {
   const canDegrade = ctx.fallbackModel !== null && ctx.fallbackCostMicros !== null && model !== ctx.fallbackModel;
   const near = totals.degraded || primaryTotal > maxMicros * ctx.degradeAtFraction || tokens > caps.maxTokens * ctx.degradeAtFraction;
   const next = (costMicros: number, degraded: boolean): StepTotals => ({ steps, toolCalls, tokens, costMicros, degraded });
-  if (canDegrade && (near || primaryTotal > maxMicros)) {
+  if (canDegrade && (near || primaryTotal > maxMicros || ctx.budgetDegrade === true)) {
     const fallbackTotal = totals.costMicros + ctx.fallbackCostMicros!;
     if (fallbackTotal > maxMicros) return cap(ReasonCode.CapMaxUsd, 'USD (on the fallback model)', caps.maxUsd, microsToUsd(fallbackTotal), 'maxUsd');
-    return { answer: 'degrade', totals: next(fallbackTotal, true), model: ctx.fallbackModel!, costMicros: ctx.fallbackCostMicros!, needsApproval: approval, sideEffect };
+    // Near a cap, degrading sticks for the rest of the task; a budget degrade lasts while the ladder says so.
+    const sticky = near || primaryTotal > maxMicros;
+    return { answer: 'degrade', totals: next(fallbackTotal, sticky || totals.degraded), model: ctx.fallbackModel!, costMicros: ctx.fallbackCostMicros!, needsApproval: approval, sideEffect };
   }
   if (primaryTotal > maxMicros) return cap(ReasonCode.CapMaxUsd, 'USD', caps.maxUsd, microsToUsd(primaryTotal), 'maxUsd');
   return { answer: 'allow', totals: next(primaryTotal, totals.degraded), model, costMicros: ctx.costMicros, needsApproval: approval, sideEffect };

@@ -1,5 +1,5 @@
 import type { BudgetHeadroom } from '../governance/admission';
-import { budgetReason } from '../governance/admission';
+import { budgetReason, ladderQueueReason } from '../governance/admission';
 import type { Attribution } from '../governance/intent';
 import { type Period, windowKey } from '../governance/periods';
 import { microsToUsd, usdToMicros } from '../governance/pricing';
@@ -26,6 +26,7 @@ interface WindowRow {
   limit_micros: number;
   reserved_micros: number;
   spent_micros: number;
+  ladder_step: string;
 }
 
 export async function setBudget(db: Db, scope: BudgetScope, period: Period, usd: number, actor: string): Promise<void> {
@@ -59,7 +60,7 @@ async function coveringWindows(q: Queryable, a: Pick<Attribution, 'tenant' | 'te
     [ids, keys],
   );
   const { rows } = await q.query<WindowRow>(
-    `SELECT w.budget_id, b.tenant, b.team, b.project, b.period, w.window_key, b.limit_micros, w.reserved_micros, w.spent_micros
+    `SELECT w.budget_id, b.tenant, b.team, b.project, b.period, w.window_key, b.limit_micros, w.reserved_micros, w.spent_micros, w.ladder_step
      FROM budget_windows w JOIN budgets b ON b.id = w.budget_id
      JOIN unnest($1::bigint[], $2::text[]) AS k(id, key) ON k.id = w.budget_id AND k.key = w.window_key
      ORDER BY w.budget_id ${lock ? 'FOR UPDATE OF w' : ''}`,
@@ -75,6 +76,7 @@ const toHeadroom = (w: WindowRow): BudgetHeadroom => ({
   limitMicros: w.limit_micros,
   reservedMicros: w.reserved_micros,
   spentMicros: w.spent_micros,
+  ladderStep: w.ladder_step,
 });
 
 export async function budgetHeadroom(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, at: Date): Promise<BudgetHeadroom[]> {
@@ -113,6 +115,9 @@ export async function reserve(db: Db, taskId: string, a: Attribution, amountMicr
       }
     }
     const windows = await coveringWindows(c, a, at, true);
+    // The budget controller's ladder at its queue step (or above): new work waits, however much is left.
+    const held = windows.filter((w) => w.ladder_step === 'queue' || w.ladder_step === 'preempt');
+    if (held.length > 0) return { ok: false, retry: true, reasons: held.map((w) => ladderQueueReason(toHeadroom(w), amountMicros)) };
     const short = windows.filter((w) => w.limit_micros - w.reserved_micros - w.spent_micros < amountMicros);
     if (short.length > 0) {
       const reasons = short.map((w) => budgetReason(toHeadroom(w), amountMicros));
@@ -187,6 +192,7 @@ export async function release(db: Db, taskId: string): Promise<number> {
 }
 
 export interface BudgetView {
+  budgetId: number;
   scope: string;
   period: Period;
   window: string;
@@ -207,6 +213,7 @@ export async function showBudgets(q: Queryable, filter: BudgetScope & { period?:
     const key = windowKey(b.period, at);
     const w = await q.query<{ reserved_micros: number; spent_micros: number }>('SELECT reserved_micros, spent_micros FROM budget_windows WHERE budget_id = $1 AND window_key = $2', [b.id, key]);
     out.push({
+      budgetId: b.id,
       scope: scopeLabel(b),
       period: b.period,
       window: key,
@@ -216,4 +223,65 @@ export async function showBudgets(q: Queryable, filter: BudgetScope & { period?:
     });
   }
   return out;
+}
+
+export type BudgetChange =
+  | { applied: true; budgetId: number; limitUsd: number }
+  /** A raise of an existing budget waits for someone other than the requester. */
+  | { applied: false; raiseId: number; budgetId: number; fromUsd: number; toUsd: number };
+
+/**
+ * What `govloop budget set` does: a new budget, or a lower limit, applies at once; a raise of an
+ * existing limit is recorded as pending until another person approves it (four eyes).
+ */
+export async function requestBudgetChange(db: Db, scope: BudgetScope, period: Period, usd: number, actor: string, why: string): Promise<BudgetChange> {
+  const micros = usdToMicros(usd);
+  return db.tx(async (c) => {
+    const cur = await c.query<{ id: number; limit_micros: number }>(
+      `SELECT id, limit_micros FROM budgets WHERE tenant = $1 AND team = $2 AND project = $3 AND period = $4 AND unit = 'usd' FOR UPDATE`,
+      [scope.tenant, scope.team ?? '*', scope.project ?? '*', period],
+    );
+    const row = cur.rows[0];
+    if (row && micros > row.limit_micros) {
+      const r = await c.query<{ id: number }>(
+        `INSERT INTO budget_raises (budget_id, from_micros, to_micros, requested_by, reason) VALUES ($1, $2, $3, $4, $5) RETURNING id`,
+        [row.id, row.limit_micros, micros, actor, why],
+      );
+      const raiseId = r.rows[0]!.id;
+      await appendAudit(c, { actor, taskId: null, action: 'budget.raise', decision: 'requested', detail: { raiseId, scope: scopeLabel(scope), period, fromUsd: microsToUsd(row.limit_micros), toUsd: usd, reason: why } });
+      return { applied: false, raiseId, budgetId: row.id, fromUsd: microsToUsd(row.limit_micros), toUsd: usd };
+    }
+    const up = await c.query<{ id: number }>(
+      `INSERT INTO budgets (tenant, team, project, period, limit_micros) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (tenant, team, project, period, unit) DO UPDATE SET limit_micros = EXCLUDED.limit_micros, updated_at = now()
+       RETURNING id`,
+      [scope.tenant, scope.team ?? '*', scope.project ?? '*', period, micros],
+    );
+    await appendAudit(c, { actor, taskId: null, action: 'budget.set', decision: 'recorded', detail: { scope: scopeLabel(scope), period, usd, reason: why } });
+    return { applied: true, budgetId: up.rows[0]!.id, limitUsd: usd };
+  });
+}
+
+export type RaiseDecision =
+  | { recorded: true; raiseId: number; budgetId: number; budget: { tenant: string; team: string; project: string; period: Period }; state: 'approved' | 'rejected'; limitUsd: number }
+  | { recorded: false; raiseId: number; code: 'not-found' | 'self-approval' | 'already-decided'; message: string };
+
+/** Approves or rejects a pending raise; the requester cannot decide their own. */
+export async function decideRaise(db: Db, raiseId: number, decision: 'approve' | 'reject', by: string, why: string): Promise<RaiseDecision> {
+  return db.tx(async (c) => {
+    const r = await c.query<{ budget_id: number; to_micros: number; from_micros: number; requested_by: string; state: string; tenant: string; team: string; project: string; period: Period }>(
+      `SELECT r.budget_id, r.to_micros, r.from_micros, r.requested_by, r.state, b.tenant, b.team, b.project, b.period
+         FROM budget_raises r JOIN budgets b ON b.id = r.budget_id WHERE r.id = $1 FOR UPDATE OF r`,
+      [raiseId],
+    );
+    const row = r.rows[0];
+    if (!row) return { recorded: false, raiseId, code: 'not-found', message: `no budget raise ${raiseId}` };
+    if (row.state !== 'pending') return { recorded: false, raiseId, code: 'already-decided', message: `budget raise ${raiseId} was already ${row.state}` };
+    if (row.requested_by === by) return { recorded: false, raiseId, code: 'self-approval', message: `${by} requested raise ${raiseId} and cannot decide it` };
+    const state = decision === 'approve' ? 'approved' : 'rejected';
+    await c.query('UPDATE budget_raises SET state = $2, decided_by = $3, decided_at = now() WHERE id = $1', [raiseId, state, by]);
+    if (state === 'approved') await c.query('UPDATE budgets SET limit_micros = $2, updated_at = now() WHERE id = $1', [row.budget_id, row.to_micros]);
+    await appendAudit(c, { actor: by, taskId: null, action: 'budget.raise', decision: state, detail: { raiseId, budgetId: row.budget_id, fromUsd: microsToUsd(row.from_micros), toUsd: microsToUsd(row.to_micros), reason: why } });
+    return { recorded: true, raiseId, budgetId: row.budget_id, budget: { tenant: row.tenant, team: row.team, project: row.project, period: row.period }, state, limitUsd: microsToUsd(state === 'approved' ? row.to_micros : row.from_micros) };
+  });
 }

@@ -1,6 +1,8 @@
 import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
-import { TASK_QUEUE_CONTROL } from '../workflows/messages';
-import { meteringRollup } from '../workflows';
+import type { Queryable } from '../ledger/db';
+import { listBudgets } from '../ledger/ladder';
+import { type BudgetKey, TASK_QUEUE_CONTROL, budgetControllerId, budgetNudgeSignal } from '../workflows/messages';
+import { budgetController, meteringRollup } from '../workflows';
 
 export const METERING_ROLLUP_SCHEDULE = 'govloop-metering-rollup';
 
@@ -32,4 +34,21 @@ export async function ensureRollupSchedule(
     await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
     return { scheduleId, created: false };
   }
+}
+
+/**
+ * Starts the budget's controller, or nudges the running one to look at the ledger now
+ * (signal-with-start: exactly one controller per budget, whoever calls first).
+ */
+export async function startBudgetController(client: Client, budget: BudgetKey, taskQueue = TASK_QUEUE_CONTROL): Promise<{ workflowId: string; runId: string }> {
+  const workflowId = budgetControllerId(budget);
+  const handle = await client.workflow.signalWithStart(budgetController, { workflowId, taskQueue, args: [{ budget }], signal: budgetNudgeSignal, signalArgs: [] });
+  return { workflowId, runId: handle.signaledRunId };
+}
+
+/** A controller for every budget in the ledger (worker start: budgets set while no worker ran get one too). */
+export async function ensureBudgetControllers(client: Client, db: Queryable, taskQueue = TASK_QUEUE_CONTROL): Promise<number> {
+  const budgets = await listBudgets(db);
+  for (const b of budgets) await startBudgetController(client, b, taskQueue);
+  return budgets.length;
 }

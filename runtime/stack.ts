@@ -7,7 +7,7 @@ import { Db } from '../ledger/db';
 import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
 import { createWorkers } from '../workers/worker';
-import { ensureRollupSchedule } from './schedules';
+import { ensureBudgetControllers, ensureRollupSchedule } from './schedules';
 import { type DevServer, startDevServer } from './dev-server';
 import { clearDevState, writeDevState } from './environment';
 
@@ -75,6 +75,7 @@ export async function startStack(opts: {
     opts.onProgress?.('bundling workflows and starting workers ...');
     const workers = await createWorkers({ connection, namespace: server.namespace, db, config: opts.config, backend });
     await ensureRollupSchedule(client, { everySeconds: opts.config.policies.metering.rollupEverySeconds });
+    await ensureBudgetControllers(client, db);
     const running = Promise.all(workers.map((w) => w.run())).then(() => undefined);
     stops.push(async () => {
       for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();

@@ -1,2 +1,3 @@
 export { governedTask } from './governed-task';
 export { meteringRollup } from './metering-rollup';
+export { budgetController } from './budget-controller';

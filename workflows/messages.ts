@@ -143,3 +143,26 @@ export const approvalOutcomeUpdate = defineUpdate<ApprovalOutcome, [{ approvalId
 export const resolveUpdate = defineUpdate<{ state: GovState }, [{ by: string; reason: string }]>('resolve');
 export const finishSignal = defineSignal<[{ by: string }]>('finish');
 export const cancelSignal = defineSignal<[{ by: string; reason: string }]>('cancel');
+
+/** A budget's key: its scope (`*` for a level it does not narrow) and period. */
+export interface BudgetKey {
+  tenant: string;
+  team: string;
+  project: string;
+  period: 'day' | 'week' | 'month' | 'total';
+}
+/** The budget controller: one long-lived workflow per budget, id `budget:<tenant>/<team>/<project>:<period>`. */
+export const budgetControllerId = (k: BudgetKey) => `budget:${k.tenant}/${k.team}/${k.project}:${k.period}`;
+/** Something changed (a budget set, a large charge): look at the ledger now instead of at the next poll. */
+export const budgetNudgeSignal = defineSignal('budgetNudge');
+export interface BudgetControllerState {
+  budget: BudgetKey;
+  scope: string | null;
+  window: string | null;
+  step: 'ok' | 'notify' | 'throttle' | 'queue' | 'preempt';
+  sharePct: number | null;
+  crossing: number;
+  rounds: number;
+  preempted: string[];
+}
+export const budgetStatusQuery = defineQuery<BudgetControllerState>('budgetStatus');

@@ -4,7 +4,7 @@ import { loadConfig } from '../../config/load';
 import { connectTemporal, dataDir, openLedger, readDevState } from '../../runtime/environment';
 import { installLogging } from '../../runtime/logging';
 import { startStack } from '../../runtime/stack';
-import { ensureRollupSchedule } from '../../runtime/schedules';
+import { ensureBudgetControllers, ensureRollupSchedule } from '../../runtime/schedules';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { createWorkers, runWorkers } from '../../workers/worker';
 import { NativeConnection } from '@temporalio/worker';
@@ -15,7 +15,11 @@ import { CliExit, Exit, parseOptions } from '../util';
 
 const port = z.coerce.number({ error: 'must be a port number' }).int().min(1).max(65535);
 const DevOptions = z.strictObject({ port: port.default(7233), uiPort: port.default(8233), ledgerPort: port.optional(), headless: z.boolean().default(false) });
-const WorkerOptions = z.strictObject({ taskQueue: z.string().min(1).default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL), cluster: z.string().regex(/^[a-z0-9-]+$/).optional() });
+const WorkerOptions = z.strictObject({
+  taskQueue: z.string().min(1).default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
+  cluster: z.string().regex(/^[a-z0-9-]+$/).optional(),
+  controllers: z.boolean().default(true),
+});
 
 /** Resolves on the first SIGINT/SIGTERM. */
 const untilSignal = () => new Promise<string>((resolve) => {
@@ -55,6 +59,7 @@ Ctrl-C stops everything.`);
     .description('run the control and dispatch workers against TEMPORAL_ADDRESS and DATABASE_URL (or a running govloop dev)')
     .option('--task-queue <name>', 'control task queue', process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL)
     .option('--cluster <name>', 'simulated cluster name (default: config/cluster.yaml)')
+    .option('--no-controllers', 'start no budget controllers and no rollup schedule (another worker pool owns them)')
     .action(async (raw) => {
       const o = parseOptions(WorkerOptions, raw);
       const logger = installLogging();
@@ -70,11 +75,14 @@ Ctrl-C stops everything.`);
         const backend = new SimulatedCluster(ledger.db, config.cluster, config.simulation.speedup);
         await backend.sync();
         const workers = await createWorkers({ connection, namespace, db: ledger.db, config, backend, controlQueue: o.taskQueue });
-        const temporal = await connectTemporal(program.opts().dataDir);
-        try {
-          await ensureRollupSchedule(temporal.client, { everySeconds: config.policies.metering.rollupEverySeconds, taskQueue: o.taskQueue });
-        } finally {
-          await temporal.connection.close();
+        if (o.controllers) {
+          const temporal = await connectTemporal(program.opts().dataDir);
+          try {
+            await ensureRollupSchedule(temporal.client, { everySeconds: config.policies.metering.rollupEverySeconds, taskQueue: o.taskQueue });
+            await ensureBudgetControllers(temporal.client, ledger.db, o.taskQueue);
+          } finally {
+            await temporal.connection.close();
+          }
         }
         const abort = new AbortController();
         void untilSignal().then(() => abort.abort());

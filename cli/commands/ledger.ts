@@ -1,14 +1,18 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { Periods } from '../../governance/periods';
-import { showBudgets, setBudget } from '../../ledger/budgets';
+import { decideRaise, requestBudgetChange, showBudgets } from '../../ledger/budgets';
+import { budgetSnapshot } from '../../ledger/ladder';
+import { startBudgetController } from '../../runtime/schedules';
+import { type BudgetKey, TASK_QUEUE_CONTROL } from '../../workflows/messages';
 import { verifyAudit } from '../../ledger/audit';
 import { UsageDims, type UsageDim } from '../../ledger/usage';
 import { type Capacity, rollUp, rollupUsageBy, showback } from '../../ledger/rollups';
 import type { GovConfig } from '../../config/load';
 import { priceVersionAt } from '../../governance/pricing';
 import { stringify } from 'csv-stringify/sync';
-import { withContext } from '../context';
+import { type CommandContext, withContext } from '../context';
+import { dataDir as dataDirOf, readDevState } from '../../runtime/environment';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 
 const scopeName = z.string().min(1).max(63);
@@ -19,7 +23,10 @@ const BudgetSet = z.strictObject({
   usd: z.coerce.number({ error: 'must be a number' }).nonnegative().max(1e12),
   period: z.enum(Periods).default('month'),
   as: z.string().min(1).default(process.env.USER ?? 'cli'),
+  reason: z.string().min(1).max(1000).default('budget set'),
 }).refine((o) => o.project === undefined || o.team !== undefined, { message: 'a project budget needs --team', path: ['project'] });
+const RaiseDecision = z.strictObject({ as: z.string().min(1).max(128), reason: z.string().min(1).max(1000) });
+const RaiseId = z.coerce.number({ error: 'must be a number' }).int().positive();
 const BudgetShow = z.strictObject({ tenant: scopeName, team: scopeName.optional(), project: scopeName.optional(), period: z.enum(Periods).optional(), json: z.boolean().default(false) });
 
 /** `--period` of usage: today | week | month | all | YYYY-MM | YYYY-MM-DD, as a [from, to) range in UTC. */
@@ -65,27 +72,68 @@ export function clusterCapacity(config: GovConfig): Capacity {
 
 const fmtUnit = (v: number | null) => (v === null ? '—' : usd(v));
 
+/**
+ * Starts the budget's controller, or nudges it to read the ledger now, where a Temporal server is
+ * configured (TEMPORAL_ADDRESS or a running govloop dev). Without one the budget still applies:
+ * the next worker start gives it a controller.
+ */
+async function nudgeController(ctx: CommandContext, budget: BudgetKey): Promise<void> {
+  if (!process.env.TEMPORAL_ADDRESS && !readDevState(dataDirOf(ctx.dataDir))) return;
+  try {
+    await startBudgetController(await ctx.client(), budget, process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL);
+  } catch (err) {
+    console.error(`note: budget controller not started (${(err as Error).message}); the next worker start starts it`);
+  }
+}
+
 export function register(program: Command): void {
   const dataDir = () => program.opts().dataDir as string | undefined;
   const budget = program.command('budget').description('budgets per tenant / team / project and period');
 
   budget
     .command('set')
-    .description('set (or change) a budget limit in USD')
+    .description('set a budget limit in USD; raising an existing limit waits for another person (budget approve)')
     .requiredOption('--tenant <tenant>')
     .option('--team <team>')
     .option('--project <project>')
     .requiredOption('--usd <amount>')
     .option('--period <period>', 'day | week | month | total', 'month')
     .option('--as <user>', 'who sets it (audited)')
+    .option('--reason <text>', 'why (audited)')
     .action(async (raw) => {
       const o = parseOptions(BudgetSet, raw);
       await withContext(dataDir(), async (ctx) => {
         const db = await ctx.db();
-        await setBudget(db, { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}) }, o.period, o.usd, o.as);
-        console.log(`budget ${o.tenant}/${o.team ?? '*'}/${o.project ?? '*'} ${o.period}: ${usd(o.usd)}`);
+        const scope = { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}) };
+        const r = await requestBudgetChange(db, scope, o.period, o.usd, o.as, o.reason);
+        const label = `${o.tenant}/${o.team ?? '*'}/${o.project ?? '*'} ${o.period}`;
+        if (!r.applied) {
+          console.log(`budget ${label}: raise ${usd(r.fromUsd)} → ${usd(r.toUsd)} is pending as raise ${r.raiseId}; someone other than ${o.as} approves it: govloop budget approve ${r.raiseId} --as USER --reason TEXT`);
+          return;
+        }
+        console.log(`budget ${label}: ${usd(o.usd)}`);
+        await nudgeController(ctx, { tenant: o.tenant, team: o.team ?? '*', project: o.project ?? '*', period: o.period });
       });
     });
+
+  for (const kind of ['approve', 'reject'] as const) {
+    budget
+      .command(kind)
+      .description(`${kind} a pending budget raise (not the person who asked for it)`)
+      .argument('<raiseId>')
+      .requiredOption('--as <user>')
+      .requiredOption('--reason <text>')
+      .action(async (id: string, raw) => {
+        const raiseId = parseOptions(z.strictObject({ raiseId: RaiseId }), { raiseId: id }).raiseId;
+        const o = parseOptions(RaiseDecision, raw);
+        await withContext(dataDir(), async (ctx) => {
+          const r = await decideRaise(await ctx.db(), raiseId, kind, o.as, o.reason);
+          if (!r.recorded) throw new CliExit(Exit.Rejected, `${r.code}: ${r.message}`);
+          console.log(`budget raise ${raiseId} ${r.state} by ${o.as}; limit ${usd(r.limitUsd)}`);
+          if (r.state === 'approved') await nudgeController(ctx, r.budget);
+        });
+      });
+  }
 
   budget
     .command('show')
@@ -98,10 +146,23 @@ export function register(program: Command): void {
     .action(async (raw) => {
       const o = parseOptions(BudgetShow, raw);
       await withContext(dataDir(), async (ctx) => {
-        const views = await showBudgets(await ctx.db(), { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}), ...(o.period ? { period: o.period } : {}) }, new Date());
-        if (o.json) return printJson(views.length === 1 && (o.team !== undefined || o.period !== undefined) ? views[0] : views);
-        if (views.length === 0) return console.log(`no budget for ${o.tenant}`);
-        console.log(table(['scope', 'period', 'window', 'limit', 'reserved', 'spent', 'left'], views.map((v) => [v.scope, v.period, v.window, usd(v.limitUsd), usd(v.reservedUsd), usd(v.spentUsd), usd(v.limitUsd - v.reservedUsd - v.spentUsd)])));
+        const db = await ctx.db();
+        const now = new Date();
+        const views = await showBudgets(db, { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}), ...(o.period ? { period: o.period } : {}) }, now);
+        const full = [];
+        for (const v of views) {
+          const snap = await budgetSnapshot(db, v.budgetId, now);
+          const { budgetId: _id, ...rest } = v;
+          full.push({ ...rest, sharePct: snap ? Math.round(snap.sharePct * 100) / 100 : null, step: snap?.step ?? 'ok', burnUsdPerHour: snap ? Math.round(snap.burnUsdPerHour * 1e6) / 1e6 : 0, forecastUsd: snap?.forecastUsd == null ? null : Math.round(snap.forecastUsd * 100) / 100 });
+        }
+        if (o.json) return printJson(full.length === 1 && (o.team !== undefined || o.period !== undefined) ? full[0] : full);
+        if (full.length === 0) return console.log(`no budget for ${o.tenant}`);
+        console.log(
+          table(
+            ['scope', 'period', 'window', 'limit', 'reserved', 'spent', 'left', 'used', 'step', 'burn /h', 'forecast'],
+            full.map((v) => [v.scope, v.period, v.window, usd(v.limitUsd), usd(v.reservedUsd), usd(v.spentUsd), usd(v.limitUsd - v.reservedUsd - v.spentUsd), v.sharePct === null ? '—' : `${v.sharePct} %`, v.step, usd(v.burnUsdPerHour), v.forecastUsd === null ? '—' : usd(v.forecastUsd)]),
+          ),
+        );
       });
     });
 

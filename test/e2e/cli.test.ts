@@ -96,6 +96,23 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
     expect(bad.stderr).toMatch(/--period: /);
     expect((await govloop(['budget', 'show', '--tenant', tenant, '--team', 'search', '--json'], env)).json().limitUsd).toBe(120);
 
+    // A raise waits for a second person; the requester cannot approve it.
+    const raise = await govloop(['budget', 'set', '--tenant', tenant, '--team', 'search', '--usd', '200', '--as', 'alice', '--reason', 'launch week'], env);
+    expect(raise.code, raise.stderr).toBe(0);
+    const raiseId = /as raise (\d+)/.exec(raise.stdout)?.[1];
+    expect(raiseId, raise.stdout).toBeDefined();
+    expect((await govloop(['budget', 'show', '--tenant', tenant, '--team', 'search', '--json'], env)).json().limitUsd).toBe(120);
+    const self = await govloop(['budget', 'approve', raiseId!, '--as', 'alice', '--reason', 'mine'], env);
+    expect(self.code).toBe(3);
+    expect(self.stderr).toMatch(/self-approval/);
+    expect((await govloop(['budget', 'approve', raiseId!, '--as', 'bob', '--reason', 'ok for launch'], env)).code).toBe(0);
+    expect((await govloop(['budget', 'approve', raiseId!, '--as', 'carol', '--reason', 'again'], env)).stderr).toMatch(/already-decided/);
+    const raised = (await govloop(['budget', 'show', '--tenant', tenant, '--team', 'search', '--json'], env)).json();
+    expect(raised).toMatchObject({ limitUsd: 200, step: 'ok', sharePct: 0, burnUsdPerHour: 0, forecastUsd: 0 });
+    // Lowering applies at once.
+    expect((await govloop(['budget', 'set', '--tenant', tenant, '--team', 'search', '--usd', '150', '--as', 'alice'], env)).stdout).toMatch(/: \$150\.00/);
+    expect((await govloop(['budget', 'approve', 'x', '--as', 'bob', '--reason', 'r'], env)).code).toBe(2);
+
     const usage = await govloop(['usage', '--by', 'tenant,team', '--period', 'all', '--tenant', h.tenant, '--json'], env);
     expect(usage.code, usage.stderr).toBe(0);
     const search = usage.json().find((r: { team: string }) => r.team === 'search');

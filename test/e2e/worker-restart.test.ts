@@ -21,7 +21,7 @@ let connection: Connection;
 let gov: GovloopClient;
 
 function startWorker(): ChildProcess {
-  const child = spawn(process.execPath, [govloopBin, 'worker', '--task-queue', taskQueue, '--cluster', `sim-restart-${suffix}`], {
+  const child = spawn(process.execPath, [govloopBin, 'worker', '--task-queue', taskQueue, '--cluster', `sim-restart-${suffix}`, '--no-controllers'], {
     cwd: repoRoot,
     env: { ...process.env, TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_SIM_SPEEDUP: '300', GOVLOOP_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'ignore', 'pipe'],

@@ -33,7 +33,7 @@ describe.each(backends)('budget reservations on $name', (backend) => {
       expect(r).toEqual({ ok: false, retry: false, reasons: [expect.objectContaining({ code: 'BUDGET_EXCEEDED', limit: 0, requested: 3, policy: `budget:${tenant}/*/*:total` })] });
     }
     expect(await windows(db, tenant)).toEqual({ '*/*': { limit: worst * 5, reserved: worst * 5, spent: 0 } });
-    expect(await showBudgets(db, { tenant }, AT)).toEqual([{ scope: `${tenant}/*/*`, period: 'total', window: 'total', limitUsd: 15, reservedUsd: 15, spentUsd: 0 }]);
+    expect(await showBudgets(db, { tenant }, AT)).toEqual([{ budgetId: expect.any(Number), scope: `${tenant}/*/*`, period: 'total', window: 'total', limitUsd: 15, reservedUsd: 15, spentUsd: 0 }]);
     const rows = await db.query<{ task_id: string; state: string }>("SELECT task_id, state FROM tasks WHERE task_id = ANY($1) AND state = 'Reserved'", [tasks]);
     expect(rows.rows.map((r) => r.task_id).sort()).toEqual([...held].sort());
     const reservations = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM reservations WHERE task_id = ANY($1) AND state = 'held'", [tasks]);

@@ -45,7 +45,7 @@ describe.each(backends)('usage on $name', (backend) => {
     expect(await recordUsage(db, priceBook, [e])).toEqual({ accepted: 1, duplicates: 0, costMicros: 1_000_000 });
     expect(await recordUsage(db, priceBook, [e])).toEqual({ accepted: 0, duplicates: 1, costMicros: 0 });
     expect(await f.state()).toEqual({ events: 1, taskCost: 1_000_000, spent: 1_000_000, reserved: 9_000_000 });
-    expect(await showBudgets(db, { tenant: f.tenant }, AT)).toEqual([{ scope: `${f.tenant}/*/*`, period: 'total', window: 'total', limitUsd: 100, reservedUsd: 9, spentUsd: 1 }]);
+    expect(await showBudgets(db, { tenant: f.tenant }, AT)).toEqual([{ budgetId: expect.any(Number), scope: `${f.tenant}/*/*`, period: 'total', window: 'total', limitUsd: 100, reservedUsd: 9, spentUsd: 1 }]);
   });
 
   it('stores and charges a key repeated within one batch once', async () => {
