@@ -1,0 +1,268 @@
+/**
+ * Pure translation between govloop's cluster contract (`JobSpec`, `JobPhase`) and Kubernetes
+ * batch/v1 Jobs. No I/O and no wall clock here: the backend (`./backend.ts`) reads and writes the
+ * objects, these functions only build and read them, so the whole mapping is table-testable.
+ *
+ * The Job is the Kueue-style unit of admission (docs/decisions/0012-kubernetes-backend.md):
+ * created with `spec.suspend: true`, so no pod exists until govloop admits it and flips
+ * `spec.suspend` to false; preemption flips it back (the Job controller deletes the pods, the
+ * Job and its accounting annotations stay).
+ */
+import type { V1Affinity, V1Job, V1NodeSelectorRequirement, V1ResourceRequirements } from '@kubernetes/client-node';
+import type { JobPhase, JobSpec } from '../backend';
+
+/** Annotations govloop owns on a Job. Values are exact (labels may be sanitized, these are not). */
+export const Annotation = {
+  /** The task id, verbatim. */
+  taskId: 'govloop.io/task-id',
+  cluster: 'govloop.io/cluster',
+  /** GPUs (or MIG instances, or shared-GPU replicas) the whole Job holds while it runs. */
+  gpus: 'govloop.io/gpus',
+  /** `exclusive`, `mps`, `timeslice` or `mig:<profile>`. */
+  sharing: 'govloop.io/sharing',
+  /** Comma-separated node names the placement chose; absent when Kubernetes chooses. */
+  nodes: 'govloop.io/nodes',
+  /** Seconds the Job ran in earlier run segments, folded in by `suspend()` (a decimal number). */
+  settledSeconds: 'govloop.io/settled-seconds',
+  /** ISO time of the last `resume()`: the start of the current run segment. */
+  resumedAt: 'govloop.io/resumed-at',
+  /** Cumulative tokens, written by the workload's runner if it reports them here (optional). */
+  tokens: 'govloop.io/tokens',
+} as const;
+
+export const LABEL_TASK = 'govloop.io/task';
+export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
+export const MANAGED_BY = 'govloop';
+
+/** Where the job must run, decided by govloop's placement (or nothing: the kube-scheduler decides). */
+export type Placement =
+  | { kind: 'any' }
+  /** Exactly these nodes, one pod per node for a gang. */
+  | { kind: 'nodes'; nodes: string[] }
+  /** Any node inside one topology domain, e.g. `{ label: 'topology.govloop.io/rack', value: 'rack-1' }`. */
+  | { kind: 'domain'; label: string; value: string };
+
+export interface ManifestOptions {
+  namespace: string;
+  /** The govloop cluster name (annotation only). */
+  cluster: string;
+  /** Pod failures before the Job fails. Default 0: a failed training run is the task's failure. */
+  backoffLimit?: number;
+  /** Largest number of GPUs one pod gets when Kubernetes chooses the nodes. Default 8. */
+  gpusPerNode?: number;
+  /** Node label holding the node name. Default `kubernetes.io/hostname`. */
+  hostnameLabel?: string;
+  /**
+   * Node label that holds the govloop GPU type (`H100`, `A100`…). Default `govloop.io/gpu-type`
+   * (set by the operator: NVIDIA's own `nvidia.com/gpu.product` holds long product strings).
+   * `null` leaves the GPU type out of the node affinity.
+   */
+  gpuTypeLabel?: string | null;
+  /** Extended resource for MPS / time-sliced GPUs. Default `nvidia.com/gpu` (the device plugin's default). */
+  sharedGpuResource?: string;
+  /** Seconds a finished Job is kept before Kubernetes garbage-collects it. Default: not set (kept). */
+  ttlSecondsAfterFinished?: number;
+}
+
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+const LABEL_KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+
+/** A short, stable digest (FNV-1a, 32 bits, base 36) to keep sanitized label values distinct. */
+function shortHash(s: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(36).padStart(7, '0');
+}
+
+/**
+ * A value Kubernetes accepts as a label value: at most 63 characters of `[A-Za-z0-9_.-]`, starting
+ * and ending alphanumeric. A valid value is kept as is; any other gets its bad characters replaced
+ * by `-`, is cut, and ends with `-<hash of the original>` so that two different values never
+ * collapse into one selector. The exact value is always in the annotations too.
+ */
+export function labelValue(value: string): string {
+  if (value.length <= 63 && LABEL_VALUE.test(value)) return value;
+  const suffix = shortHash(value);
+  const body = value
+    .replace(/[^A-Za-z0-9_.-]/g, '-')
+    .slice(0, 63 - suffix.length - 1)
+    .replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, '');
+  return body ? `${body}-${suffix}` : suffix;
+}
+
+/** How the spec's GPUs become pods: `pods` pods of `perPod` resources each. */
+export interface GangShape {
+  pods: number;
+  perPod: number;
+  resource: string | null;
+}
+
+/**
+ * The extended resource a sharing mode asks for, and how the Job's GPUs split into pods.
+ * exclusive → `nvidia.com/gpu`; `mig:<p>` → `nvidia.com/mig-<p>` (one pod: a MIG instance never
+ * spans nodes); mps / timeslice → the shared-GPU resource (one pod). A multi-node exclusive gang
+ * has one pod per node with an equal share each; an uneven split cannot be one Job and is refused.
+ */
+export function gangShape(spec: Pick<JobSpec, 'gpus' | 'sharing'>, placement: Placement, opts: Pick<ManifestOptions, 'gpusPerNode' | 'sharedGpuResource'> = {}): GangShape {
+  if (spec.gpus === 0) return { pods: 1, perPod: 0, resource: null };
+  if (spec.sharing.startsWith('mig:')) return { pods: 1, perPod: spec.gpus, resource: `nvidia.com/mig-${spec.sharing.slice(4)}` };
+  if (spec.sharing === 'mps' || spec.sharing === 'timeslice') return { pods: 1, perPod: spec.gpus, resource: opts.sharedGpuResource ?? 'nvidia.com/gpu' };
+  const pods = placement.kind === 'nodes' ? placement.nodes.length : Math.ceil(spec.gpus / (opts.gpusPerNode ?? 8));
+  if (pods < 1) throw new Error(`job needs ${spec.gpus} GPUs but the placement names no node`);
+  if (spec.gpus % pods !== 0) {
+    throw new Error(`${spec.gpus} GPUs do not split evenly over ${pods} nodes; one Job gives every pod the same resources`);
+  }
+  return { pods, perPod: spec.gpus / pods, resource: 'nvidia.com/gpu' };
+}
+
+/** GPU Feature Discovery's label for how a node's GPUs are shared. */
+const SHARING_STRATEGY_LABEL = 'nvidia.com/gpu.sharing-strategy';
+
+/** The batch/v1 Job for a task: suspended, attributed, pinned to its placement. */
+export function jobManifest(spec: JobSpec, placement: Placement, opts: ManifestOptions): V1Job {
+  if (!DNS1123_LABEL.test(spec.name) || spec.name.length > 63) {
+    throw new Error(`job name "${spec.name}" is not a DNS-1123 label of at most 63 characters (use jobName())`);
+  }
+  if (placement.kind === 'nodes' && new Set(placement.nodes).size !== placement.nodes.length) {
+    throw new Error(`placement names a node twice: ${placement.nodes.join(', ')}`);
+  }
+  const shape = gangShape(spec, placement, opts);
+  const labels: Record<string, string> = { [LABEL_MANAGED_BY]: MANAGED_BY };
+  for (const [k, v] of Object.entries(spec.labels)) {
+    if (!LABEL_KEY.test(k)) throw new Error(`label key "${k}" is not a valid Kubernetes label key`);
+    labels[k] = labelValue(v);
+  }
+  labels[LABEL_TASK] = labelValue(spec.taskId);
+
+  const annotations: Record<string, string> = {
+    [Annotation.taskId]: spec.taskId,
+    [Annotation.cluster]: opts.cluster,
+    [Annotation.gpus]: String(spec.gpus),
+    [Annotation.sharing]: spec.sharing,
+    [Annotation.settledSeconds]: '0',
+  };
+  if (placement.kind === 'nodes') annotations[Annotation.nodes] = placement.nodes.join(',');
+
+  const resources: V1ResourceRequirements = {};
+  if (shape.resource !== null) {
+    // Extended resources cannot be overcommitted: requests equal limits, so limits alone suffice.
+    resources.limits = { [shape.resource]: String(shape.perPod) };
+  }
+
+  const required: V1NodeSelectorRequirement[] = [];
+  if (placement.kind === 'nodes') required.push({ key: opts.hostnameLabel ?? 'kubernetes.io/hostname', operator: 'In', values: [...placement.nodes] });
+  if (placement.kind === 'domain') required.push({ key: placement.label, operator: 'In', values: [placement.value] });
+  const gpuTypeLabel = opts.gpuTypeLabel === undefined ? 'govloop.io/gpu-type' : opts.gpuTypeLabel;
+  if (gpuTypeLabel !== null && spec.gpus > 0 && spec.gpuType) required.push({ key: gpuTypeLabel, operator: 'In', values: [spec.gpuType] });
+  if (spec.sharing === 'mps' || spec.sharing === 'timeslice') {
+    required.push({ key: SHARING_STRATEGY_LABEL, operator: 'In', values: [spec.sharing === 'mps' ? 'mps' : 'time-slicing'] });
+  }
+
+  const affinity: V1Affinity = {};
+  if (required.length) affinity.nodeAffinity = { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: required }] } };
+  if (shape.pods > 1) {
+    // One pod per node: no two pods of this Job on one host.
+    affinity.podAntiAffinity = {
+      requiredDuringSchedulingIgnoredDuringExecution: [
+        { labelSelector: { matchLabels: { 'batch.kubernetes.io/job-name': spec.name } }, topologyKey: opts.hostnameLabel ?? 'kubernetes.io/hostname' },
+      ],
+    };
+  }
+
+  const env = [
+    ...Object.entries(spec.runtime.env ?? {}).map(([name, value]) => ({ name, value })),
+    { name: 'GOVLOOP_TASK_ID', value: spec.taskId },
+    // The torchrun template's command refers to $(NNODES) and $(GPUS_PER_NODE); Kubernetes expands them.
+    { name: 'NNODES', value: String(shape.pods) },
+    { name: 'GPUS_PER_NODE', value: String(shape.perPod) },
+  ];
+
+  return {
+    apiVersion: 'batch/v1',
+    kind: 'Job',
+    metadata: { name: spec.name, namespace: opts.namespace, labels, annotations },
+    spec: {
+      suspend: true,
+      backoffLimit: opts.backoffLimit ?? 0,
+      ...(shape.pods > 1 ? { completionMode: 'Indexed', completions: shape.pods, parallelism: shape.pods } : { completions: 1, parallelism: 1 }),
+      ...(opts.ttlSecondsAfterFinished !== undefined ? { ttlSecondsAfterFinished: opts.ttlSecondsAfterFinished } : {}),
+      template: {
+        metadata: { labels: { ...labels }, annotations: { [Annotation.taskId]: spec.taskId } },
+        spec: {
+          restartPolicy: 'Never',
+          priorityClassName: spec.priorityClass,
+          ...(Object.keys(affinity).length ? { affinity } : {}),
+          containers: [{ name: 'task', image: spec.runtime.image, command: [...spec.runtime.command], env, resources }],
+        },
+      },
+    },
+  };
+}
+
+/** What a Job's object says about it, in govloop's terms. */
+export interface PhaseReading {
+  phase: JobPhase;
+  message: string | null;
+}
+
+const conditionTrue = (job: V1Job, type: string) => job.status?.conditions?.find((c) => c.type === type && c.status === 'True');
+const toDate = (d: Date | string | undefined | null): Date | null => (d == null ? null : d instanceof Date ? d : new Date(d));
+
+/**
+ * JobPhase from a Job object, first match wins:
+ * 1. `metadata.deletionTimestamp` set → Deleted (foreground deletion keeps the Job until its pods are gone);
+ * 2. condition `Failed` or `FailureTarget` True → Failed, with the condition's reason and message;
+ * 3. condition `Complete` or `SuccessCriteriaMet` True → Succeeded;
+ * 4. `spec.suspend` true → Suspended (also while the Job controller is still deleting the pods
+ *    and before the `Suspended` condition appears);
+ * 5. otherwise → Running (resumed; pods pending, active or ready, or a `Suspended` condition the
+ *    controller has not flipped yet).
+ */
+export function jobPhase(job: V1Job): PhaseReading {
+  if (job.metadata?.deletionTimestamp) return { phase: 'Deleted', message: 'job is being deleted' };
+  const failed = conditionTrue(job, 'Failed') ?? conditionTrue(job, 'FailureTarget');
+  if (failed) {
+    const why = [failed.reason, failed.message].filter(Boolean).join(': ');
+    return { phase: 'Failed', message: why || 'job failed' };
+  }
+  const done = conditionTrue(job, 'Complete') ?? conditionTrue(job, 'SuccessCriteriaMet');
+  if (done) return { phase: 'Succeeded', message: null };
+  if (job.spec?.suspend) {
+    const s = conditionTrue(job, 'Suspended');
+    return { phase: 'Suspended', message: s?.message ?? null };
+  }
+  return { phase: 'Running', message: null };
+}
+
+/**
+ * Run-time seconds of a Job: earlier segments (folded into an annotation by `suspend()`) plus the
+ * open one, from the last `resume()` to the first of: completion, failure, a suspension govloop did
+ * not make (Kueue, kubectl), deletion, or `now`.
+ */
+export function runSeconds(job: V1Job, now: Date): number {
+  const a = job.metadata?.annotations ?? {};
+  const settled = Number(a[Annotation.settledSeconds] ?? 0) || 0;
+  const resumedRaw = a[Annotation.resumedAt];
+  const resumedAt = resumedRaw ? new Date(resumedRaw) : null;
+  if (!resumedAt || Number.isNaN(resumedAt.getTime())) return settled;
+  const ends = [
+    toDate(job.status?.completionTime),
+    toDate(conditionTrue(job, 'Complete')?.lastTransitionTime),
+    toDate(conditionTrue(job, 'SuccessCriteriaMet')?.lastTransitionTime),
+    toDate(conditionTrue(job, 'Failed')?.lastTransitionTime),
+    toDate(conditionTrue(job, 'FailureTarget')?.lastTransitionTime),
+    toDate(conditionTrue(job, 'Suspended')?.lastTransitionTime),
+    toDate(job.metadata?.deletionTimestamp),
+  ].filter((d): d is Date => d !== null && d.getTime() >= resumedAt.getTime());
+  const end = ends.reduce((m, d) => (d.getTime() < m.getTime() ? d : m), now);
+  return settled + Math.max(0, (end.getTime() - resumedAt.getTime()) / 1000);
+}
+
+/** The task a Job belongs to: the exact annotation, else the (possibly sanitized) label. */
+export function taskIdOf(job: V1Job): string | null {
+  return job.metadata?.annotations?.[Annotation.taskId] ?? job.metadata?.labels?.[LABEL_TASK] ?? null;
+}
