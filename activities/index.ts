@@ -5,7 +5,7 @@ import { type AdmissionResult, admit, gpuQuotaFor } from '../governance/admissio
 import type { Intent } from '../governance/intent';
 import type { BudgetKey } from '../workflows/messages';
 import type { Plan } from '../governance/plan';
-import { costMicros, priceVersionAt } from '../governance/pricing';
+import { costMicros, priceVersionAt, usdToMicros } from '../governance/pricing';
 import type { Reason } from '../governance/reasons';
 import { type StepTotals, type StepUsage, evaluateStep } from '../governance/step-gate';
 import { type ClusterBackend, type CreateResult, jobName } from '../cluster/backend';
@@ -16,6 +16,7 @@ import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
 import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
 import { type RollupRun, rollUp } from '../ledger/rollups';
+import { type LeaseGrant, type LeaseReport, type LeaseScope, closeLease, expireLeases, grantLease, reportLease, scopeBurnMicrosPerHour } from '../ledger/leases';
 import { type BudgetSnapshot, applyLadderChange, budgetIdOf, budgetSnapshot, recordPreemption, runningGpuWork, scopeLadder } from '../ledger/ladder';
 import { type LadderMove, type LadderStep, ladderMove, preemptionVictim, shouldDegrade } from '../governance/ladder';
 import { approverRoles } from '../governance/tools';
@@ -376,6 +377,31 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
       if (!victim) return null;
       const fresh = await recordPreemption(db, { ...input, taskId: victim.taskId });
       return fresh ? victim.taskId : null;
+    },
+
+    /** A budget lease for an in-process spender (sized by burn rate and the ladder; held on every covering window). */
+    async grantLease(input: { leaseId: string; scope: LeaseScope; holder: string; usd?: number; tokens?: number; model?: string; ttlSeconds: number }): Promise<LeaseGrant> {
+      const now = clock();
+      let requestedMicros = usdToMicros(input.usd ?? 0);
+      if (input.tokens !== undefined) {
+        // Tokens are leased at the model's output price (the dearer side), in force now.
+        const v = priceVersionAt(config.priceBook, now.toISOString());
+        requestedMicros = costMicros(v, { meter: 'tokens_out', quantity: input.tokens, subject: input.model ?? 'default' });
+      }
+      const burn = await scopeBurnMicrosPerHour(db, input.scope, now);
+      return grantLease(db, { leaseId: input.leaseId, scope: input.scope, holder: input.holder, requestedMicros, ttlSeconds: input.ttlSeconds, burnMicrosPerHour: burn, now, ladder: config.policies.ladder });
+    },
+
+    async reportLeaseSpend(input: { leaseId: string; seq: number; micros: number; model?: string; useCase?: string }): Promise<LeaseReport> {
+      return reportLease(db, { ...input, at: clock(), priceBook: config.priceBook });
+    },
+
+    async closeLease(input: { leaseId: string; state: 'returned' | 'expired'; by: string }): Promise<{ closed: boolean; releasedMicros: number }> {
+      return closeLease(db, input.leaseId, input.state, input.by);
+    },
+
+    async expireLeases(input: { leaseIds: string[] }): Promise<string[]> {
+      return expireLeases(db, input.leaseIds, clock());
     },
 
     async recordState(input: { taskId: string; state: string; reasons?: Reason[] }): Promise<void> {

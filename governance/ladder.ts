@@ -116,3 +116,16 @@ export function forecast(w: { spentUsd: number; windowStart: Date; windowEnd: Da
   const leftH = Math.max(0, (w.windowEnd.getTime() - w.now.getTime()) / 3_600_000);
   return { burnUsdPerHour: burn, forecastUsd: w.spentUsd + burn * leftH };
 }
+
+/**
+ * The size of a budget lease: what was asked, no more than the scope burns in two lease
+ * lifetimes at its current rate (when it burns at all), shrunk under throttle, and never more than
+ * a quarter of the headroom left (so several holders can lease at once). Micro-dollars.
+ */
+export function leaseSize(x: { requestedMicros: number; burnMicrosPerHour: number; ttlSeconds: number; step: LadderStep; headroomMicros: number }, l: LadderConfig = DEFAULT_LADDER): number {
+  if (stepRank(x.step) >= stepRank('queue')) return 0;
+  let size = x.requestedMicros;
+  if (x.burnMicrosPerHour > 0) size = Math.min(size, Math.max(1, Math.round((x.burnMicrosPerHour * x.ttlSeconds * 2) / 3600)));
+  size = Math.floor(size * leaseFactor(x.step, l));
+  return Math.max(0, Math.min(size, Math.floor(x.headroomMicros / 4)));
+}

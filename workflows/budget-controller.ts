@@ -1,6 +1,18 @@
-import { allHandlersFinished, condition, continueAsNew, getExternalWorkflowHandle, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, allHandlersFinished, condition, continueAsNew, getExternalWorkflowHandle, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { type BudgetControllerState, type BudgetKey, budgetNudgeSignal, budgetStatusQuery, cancelSignal } from './messages';
+import {
+  type BudgetControllerState,
+  type BudgetKey,
+  type LeaseRequest,
+  type LeaseSpend,
+  LeaseErrors,
+  budgetNudgeSignal,
+  budgetStatusQuery,
+  cancelSignal,
+  leaseReturnUpdate,
+  leaseSpendUpdate,
+  leaseUpdate,
+} from './messages';
 
 /** Ledger reads and writes of the controller: quick, retried until the ledger answers. */
 const ledger = proxyActivities<Activities>({
@@ -11,7 +23,25 @@ const ledger = proxyActivities<Activities>({
 export interface BudgetControllerInput {
   budget: BudgetKey;
   /** Carried over continue-as-new. */
-  state?: Pick<BudgetControllerState, 'window' | 'step' | 'crossing' | 'preempted'>;
+  state?: Pick<BudgetControllerState, 'window' | 'step' | 'crossing' | 'preempted'> & { leases?: string[] };
+}
+
+const fail = (msg: string, type: string = LeaseErrors.InvalidLeaseRequest) => ApplicationFailure.nonRetryable(msg, type);
+
+/** Plain checks (workflow code): every field error, with its path. */
+function leaseRequestErrors(r: LeaseRequest): string[] {
+  const e: string[] = [];
+  if (typeof r !== 'object' || r === null) return ['(root): an object is required'];
+  if (typeof r.requestId !== 'string' || !/^[A-Za-z0-9._:-]{1,100}$/.test(r.requestId)) e.push('requestId: 1 to 100 of A-Z a-z 0-9 . _ : -');
+  if (typeof r.holder !== 'string' || r.holder.length === 0 || r.holder.length > 128) e.push('holder: 1 to 128 characters');
+  const hasUsd = r.usd !== undefined;
+  const hasTokens = r.tokens !== undefined;
+  if (hasUsd === hasTokens) e.push('usd: give exactly one of usd or tokens');
+  if (hasUsd && (typeof r.usd !== 'number' || !Number.isFinite(r.usd) || r.usd <= 0 || r.usd > 1e9)) e.push('usd: a number above 0');
+  if (hasTokens && (typeof r.tokens !== 'number' || !Number.isInteger(r.tokens) || r.tokens <= 0)) e.push('tokens: a whole number above 0');
+  if (r.model !== undefined && (typeof r.model !== 'string' || r.model.length === 0)) e.push('model: a model name');
+  if (typeof r.ttlSeconds !== 'number' || !Number.isFinite(r.ttlSeconds) || r.ttlSeconds < 1 || r.ttlSeconds > 86_400) e.push('ttlSeconds: 1 to 86400');
+  return e;
 }
 
 /**
@@ -38,6 +68,56 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     nudged = true;
   });
   setHandler(budgetStatusQuery, () => ({ ...s, preempted: [...s.preempted] }));
+
+  // Leases of this budget's scope: granted and closed through the ledger; expired by the loop.
+  const leases = new Set<string>(input.state?.leases ?? []);
+  const scopeOf = () => ({ tenant: s.budget.tenant, ...(s.budget.team !== '*' ? { team: s.budget.team } : {}), ...(s.budget.project !== '*' ? { project: s.budget.project } : {}) });
+  setHandler(
+    leaseUpdate,
+    async (r) => {
+      const leaseId = `${s.budget.tenant}/${s.budget.team}/${s.budget.project}:${r.requestId}`;
+      const g = await ledger.grantLease({ leaseId, scope: scopeOf(), holder: r.holder, ttlSeconds: r.ttlSeconds, ...(r.usd !== undefined ? { usd: r.usd } : {}), ...(r.tokens !== undefined ? { tokens: r.tokens } : {}), ...(r.model !== undefined ? { model: r.model } : {}) });
+      if (!g.granted) return g;
+      leases.add(leaseId);
+      return { granted: true, leaseId, amountUsd: g.amountMicros / 1e6, expiresAt: g.expiresAt, step: g.step };
+    },
+    {
+      validator: (r) => {
+        const errors = leaseRequestErrors(r);
+        if (errors.length) throw fail(errors.join('; '));
+      },
+    },
+  );
+  setHandler(
+    leaseSpendUpdate,
+    async (x: LeaseSpend) => {
+      const r = await ledger.reportLeaseSpend({ leaseId: x.leaseId, seq: x.seq, micros: Math.round(x.usd * 1e6), ...(x.model !== undefined ? { model: x.model } : {}), ...(x.useCase !== undefined ? { useCase: x.useCase } : {}) });
+      return r.recorded ? { recorded: true, spentUsd: r.spentMicros / 1e6, leftUsd: r.leftMicros / 1e6, duplicate: r.duplicate } : { recorded: false, code: r.code };
+    },
+    {
+      validator: (x) => {
+        const e: string[] = [];
+        if (typeof x?.leaseId !== 'string' || !x.leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`)) e.push(`leaseId: not a lease of ${s.budget.tenant}/${s.budget.team}/${s.budget.project}`);
+        if (typeof x?.seq !== 'number' || !Number.isInteger(x.seq) || x.seq < 1) e.push('seq: a whole number from 1');
+        if (typeof x?.usd !== 'number' || !Number.isFinite(x.usd) || x.usd < 0 || x.usd > 1e9) e.push('usd: a number from 0');
+        if (e.length) throw fail(e.join('; '), LeaseErrors.UnknownLease);
+      },
+    },
+  );
+  setHandler(
+    leaseReturnUpdate,
+    async (x) => {
+      const r = await ledger.closeLease({ leaseId: x.leaseId, state: 'returned', by: x.by });
+      leases.delete(x.leaseId);
+      return { closed: r.closed, returnedUsd: r.releasedMicros / 1e6 };
+    },
+    {
+      validator: (x) => {
+        if (typeof x?.leaseId !== 'string' || !x.leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`)) throw fail(`leaseId: not a lease of this budget`, LeaseErrors.UnknownLease);
+        if (typeof x?.by !== 'string' || x.by.length === 0) throw fail('by: required');
+      },
+    },
+  );
 
   let roundsPerRun = 500;
   while (s.rounds < roundsPerRun) {
@@ -70,10 +150,11 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
           .catch(() => undefined); // the task already ended: nothing to stop
       }
     }
+    if (leases.size > 0) for (const id of await ledger.expireLeases({ leaseIds: [...leases] })) leases.delete(id);
     if (workflowInfo().continueAsNewSuggested) break;
     await condition(() => nudged, o.pollMillis);
     nudged = false;
   }
   await condition(allHandlersFinished);
-  return continueAsNew<typeof budgetController>({ budget: s.budget, state: { window: s.window, step: s.step, crossing: s.crossing, preempted: s.preempted.slice(-100) } });
+  return continueAsNew<typeof budgetController>({ budget: s.budget, state: { window: s.window, step: s.step, crossing: s.crossing, preempted: s.preempted.slice(-100), leases: [...leases] } });
 }

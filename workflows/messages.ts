@@ -166,3 +166,30 @@ export interface BudgetControllerState {
   preempted: string[];
 }
 export const budgetStatusQuery = defineQuery<BudgetControllerState>('budgetStatus');
+
+/** Budget leases, through the budget controller of the scope's budget (sdk `lease()`). */
+export interface LeaseRequest {
+  /** The caller's id for this request: a retried request gets the same lease. */
+  requestId: string;
+  holder: string;
+  /** Exactly one of usd or tokens (tokens are leased at `model`'s output price). */
+  usd?: number;
+  tokens?: number;
+  model?: string;
+  ttlSeconds: number;
+}
+export type LeaseAnswer =
+  | { granted: true; leaseId: string; amountUsd: number; expiresAt: string; step: string }
+  | { granted: false; leaseId: string; reason: Reason };
+export const leaseUpdate = defineUpdate<LeaseAnswer, [LeaseRequest]>('lease');
+export interface LeaseSpend {
+  leaseId: string;
+  /** 1, 2, 3 … per lease: a re-sent report is counted once. */
+  seq: number;
+  usd: number;
+  model?: string;
+  useCase?: string;
+}
+export const leaseSpendUpdate = defineUpdate<{ recorded: boolean; spentUsd?: number; leftUsd?: number; duplicate?: boolean; code?: string }, [LeaseSpend]>('leaseSpend');
+export const leaseReturnUpdate = defineUpdate<{ closed: boolean; returnedUsd: number }, [{ leaseId: string; by: string }]>('leaseReturn');
+export const LeaseErrors = { InvalidLeaseRequest: 'InvalidLeaseRequest', UnknownLease: 'UnknownLease' } as const;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_LADDER, LadderConfig, type LadderStep, burnShare, forecast, ladderMove, ladderStep, leaseFactor, preemptionVictim, queuesAdmissions, shouldDegrade } from '../../governance/ladder';
+import { DEFAULT_LADDER, LadderConfig, type LadderStep, burnShare, forecast, ladderMove, ladderStep, leaseFactor, leaseSize, preemptionVictim, queuesAdmissions, shouldDegrade } from '../../governance/ladder';
 
 describe('ladderStep (default thresholds 50 / 80 / 100 / 110 %)', () => {
   const cases: { share: number; want: LadderStep }[] = [
@@ -78,4 +78,16 @@ describe('forecast', () => {
     expect(f).toEqual({ burnUsdPerHour: 0.5, forecastUsd: 10 + 0.5 * 20 * 24 });
     expect(forecast({ spentUsd: 10, windowStart: new Date(0), windowEnd: null, now: new Date(3_600_000 * 10), recentUsdPerHour: null })).toEqual({ burnUsdPerHour: 1, forecastUsd: null });
   });
+});
+
+describe('leaseSize', () => {
+  const base = { requestedMicros: 10_000_000, burnMicrosPerHour: 0, ttlSeconds: 300, step: 'ok' as LadderStep, headroomMicros: 1_000_000_000 };
+  const cases: { name: string; over: Partial<typeof base>; want: number }[] = [
+    { name: 'what was asked, with room and no burn history', over: {}, want: 10_000_000 },
+    { name: 'no more than two lease lifetimes of the burn rate', over: { burnMicrosPerHour: 12_000_000 }, want: 2_000_000 },
+    { name: 'halved under throttle', over: { step: 'throttle' }, want: 5_000_000 },
+    { name: 'a quarter of the headroom at most', over: { headroomMicros: 8_000_000 }, want: 2_000_000 },
+    { name: 'nothing at the queue step', over: { step: 'queue' }, want: 0 },
+  ];
+  it.each(cases)('$name', ({ over, want }) => expect(leaseSize({ ...base, ...over })).toBe(want));
 });
