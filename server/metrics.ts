@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { LadderSteps } from '../governance/ladder';
 import { Periods, windowKey } from '../governance/periods';
 import type { Queryable } from '../ledger/db';
 import { type IngestResult, RejectCodes } from '../ledger/ingest';
@@ -69,7 +70,7 @@ export function createMetrics(db: Queryable, clock: () => Date = () => new Date(
 
   // One query for the four budget gauges of a scrape: prom-client collects them concurrently,
   // so they share the query in flight.
-  type BudgetRow = { tenant: string; team: string; project: string; period: string; limit_micros: number; reserved_micros: number; spent_micros: number };
+  type BudgetRow = { tenant: string; team: string; project: string; period: string; limit_micros: number; reserved_micros: number; spent_micros: number; ladder_step: string };
   let inFlight: Promise<BudgetRow[]> | undefined;
   const budgetRows = (): Promise<BudgetRow[]> => {
     if (inFlight) return inFlight;
@@ -78,7 +79,8 @@ export function createMetrics(db: Queryable, clock: () => Date = () => new Date(
     inFlight = db
       .query<BudgetRow>(
         `SELECT b.tenant, b.team, b.project, b.period, b.limit_micros,
-                COALESCE(w.reserved_micros, 0) AS reserved_micros, COALESCE(w.spent_micros, 0) AS spent_micros
+                COALESCE(w.reserved_micros, 0) AS reserved_micros, COALESCE(w.spent_micros, 0) AS spent_micros,
+                COALESCE(w.ladder_step, 'ok') AS ladder_step
          FROM budgets b LEFT JOIN budget_windows w ON w.budget_id = b.id
            AND w.window_key = CASE b.period WHEN 'day' THEN $1 WHEN 'week' THEN $2 WHEN 'month' THEN $3 ELSE 'total' END`,
         [keys.day, keys.week, keys.month],
@@ -107,6 +109,48 @@ export function createMetrics(db: Queryable, clock: () => Date = () => new Date(
   budgetGauge('govloop_budget_utilization_ratio', '(spent + reserved) / limit in the current window of each budget; 1 for a zero limit with any use', (r) => {
     const used = r.spent_micros + r.reserved_micros;
     return r.limit_micros > 0 ? used / r.limit_micros : used > 0 ? 1 : 0;
+  });
+
+  budgetGauge('govloop_budget_ladder_step', 'The enforcement ladder step in force per budget (its controller sets it): 0 ok, 1 notify, 2 throttle, 3 queue, 4 preempt', (r) =>
+    Math.max(0, LadderSteps.indexOf(r.ladder_step as (typeof LadderSteps)[number])),
+  );
+
+  new Gauge({
+    name: 'govloop_enforcement_actions',
+    help: 'Enforcement actions recorded in the ledger, by action: ladder steps fired (notify, throttle, queue, preempt), preemptions, step denials and degrades, budget and admission rejections, held tool calls, compensations',
+    labelNames: ['action'],
+    registers: [registry],
+    async collect() {
+      const { rows } = await db.query<{ action: string; n: number }>(
+        `SELECT 'ladder_' || step AS action, count(*)::bigint AS n FROM ladder_events WHERE action = step GROUP BY step
+         UNION ALL SELECT 'budget_preemption', count(*)::bigint FROM ladder_events WHERE action LIKE 'preempt:%'
+         UNION ALL SELECT CASE WHEN action = 'step' THEN 'step_' || replace(decision, '-', '_') WHEN action = 'reserve' THEN 'budget_rejected' WHEN action = 'admission' THEN 'admission_' || decision ELSE action || '_' || decision END, count(*)::bigint
+           FROM audit_log WHERE (action = 'step' AND decision IN ('deny', 'degrade', 'await-approval')) OR (action = 'reserve' AND decision = 'rejected')
+              OR (action = 'admission' AND decision IN ('rejected', 'queued')) OR action IN ('compensation', 'preempt')
+           GROUP BY 1`,
+      );
+      this.reset();
+      for (const r of rows) this.set({ action: r.action }, Number(r.n));
+    },
+  });
+
+  new Gauge({
+    name: 'govloop_leases',
+    help: 'Budget leases granted, by state (held, returned, expired), and the USD they hold or held',
+    labelNames: ['state', 'measure'],
+    registers: [registry],
+    async collect() {
+      const { rows } = await db.query<{ state: string; n: number; usd: number; spent: number }>(
+        'SELECT state, count(*)::bigint AS n, COALESCE(SUM(amount_micros), 0)::bigint AS usd, COALESCE(SUM(spent_micros), 0)::bigint AS spent FROM leases GROUP BY state',
+      );
+      this.reset();
+      for (const st of ['held', 'returned', 'expired']) {
+        const r = rows.find((x) => x.state === st);
+        this.set({ state: st, measure: 'count' }, Number(r?.n ?? 0));
+        this.set({ state: st, measure: 'granted_usd' }, Number(r?.usd ?? 0) / 1e6);
+        this.set({ state: st, measure: 'spent_usd' }, Number(r?.spent ?? 0) / 1e6);
+      }
+    },
   });
 
   return {

@@ -382,6 +382,12 @@ describe('GET /metrics and /healthz', () => {
     expect(counter(after, `govloop_budget_spent_usd{${scope}}`)).toBe(2.5);
     expect(counter(after, `govloop_budget_utilization_ratio{${scope}}`)).toBe(0.25);
     expect(after).toMatch(/^# TYPE govloop_admission_decisions gauge$/m);
+    // The ladder step its controller set (none runs here: ok = 0), enforcement and leases from the ledger.
+    expect(counter(after, `govloop_budget_ladder_step{${scope}}`)).toBe(0);
+    await db.query(`UPDATE budget_windows w SET ladder_step = 'throttle' FROM budgets b WHERE b.id = w.budget_id AND b.tenant = $1`, [tenant]);
+    expect(counter(await scrape(), `govloop_budget_ladder_step{${scope}}`)).toBe(2);
+    expect(after).toMatch(/^# TYPE govloop_enforcement_actions gauge$/m);
+    expect(counter(after, 'govloop_leases{state="held",measure="count"}')).toBeGreaterThanOrEqual(0);
     expect(after).toMatch(/^govloop_http_request_duration_seconds_count\{method="POST",route="\/v1\/usage",status="200"\} \d+$/m);
 
     expect((await get({ authorization: 'Bearer wrong' }, '/metrics')).statusCode).toBe(401);
