@@ -16,11 +16,14 @@ import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
 import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
 import { type RollupRun, rollUp } from '../ledger/rollups';
+import { nudgeCrossed } from '../runtime/schedules';
 import { type LeaseGrant, type LeaseReport, type LeaseScope, closeLease, expireLeases, grantLease, reportLease, scopeBurnMicrosPerHour } from '../ledger/leases';
 import { type BudgetSnapshot, applyLadderChange, budgetIdOf, budgetSnapshot, recordPreemption, runningGpuWork, scopeLadder } from '../ledger/ladder';
 import { type LadderMove, type LadderStep, ladderMove, preemptionVictim, shouldDegrade } from '../governance/ladder';
 import { approverRoles } from '../governance/tools';
 import { callTool } from '../tools/executor';
+import { type QuotaDecision, type Victim, admitQuota } from '../governance/quota';
+import { closePreemption, openPreemption, quotaLockKey, quotaState } from '../ledger/quota';
 
 export interface ActivityDeps {
   db: Db;
@@ -38,6 +41,8 @@ export interface Timing {
   dispatchQueue: string;
   /** Retry policy of compensations (absent in histories from before agent rollback). */
   compensation?: { maxAttempts: number; initialIntervalMs: number };
+  /** How long a preempted job has to checkpoint before it is suspended (absent in older histories). */
+  preemptGraceMillis?: number;
 }
 
 /** The gate's answer, as the workflow sees it. */
@@ -81,19 +86,48 @@ export interface Observation {
  * Every write is idempotent by task id plus a step or sequence number (design principle 2).
  */
 export function createActivities({ db, config, backend, dispatchQueue, clock = () => new Date() }: ActivityDeps) {
-  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation };
+  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation, preemptGraceMillis: config.policies.preemption.graceMillis };
+
+  /** Usage or a reservation may have pushed a budget past a threshold: its controller looks now (best effort). */
+  const nudgeBudgets = async (a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>) => {
+    try {
+      await nudgeCrossed(Context.current().client, db, a, config.policies.ladder, clock());
+    } catch (err) {
+      log.warn('budget controller nudge failed (its next poll catches up)', { error: String(err) });
+    }
+  };
+
+  /**
+   * The quota decision (governance/quota.ts) over a ledger snapshot and the cluster's nodes, for a
+   * GPU intent whose type the cluster has; null otherwise (admission then rejects or needs none).
+   */
+  async function decideQuota(taskId: string, intent: Intent, q: Queryable = db): Promise<QuotaDecision | null> {
+    const { gpus, gpuType } = intent.resources;
+    if (gpus <= 0 || !gpuType || !config.cluster.gpuTypes[gpuType]) return null;
+    const a = intent.attribution;
+    const capacity = backend.capacity ? await backend.capacity(gpuType) : undefined;
+    const state = await quotaState(q, config.policies, { taskId, tenant: a.tenant, team: a.team, gpuType }, gpuQuotaFor(config.policies, a, gpuType), capacity);
+    const created = await q.query<{ created_at: Date }>('SELECT created_at FROM tasks WHERE task_id = $1', [taskId]);
+    return admitQuota(state, { taskId, tenant: a.tenant, team: a.team, gpus, priority: config.policies.priorities[intent.priority] ?? 0, queuedAt: (created.rows[0]?.created_at ?? clock()).toISOString() });
+  }
 
   return {
     /** Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log. */
-    async admitTask(input: { taskId: string; intent: Intent; requester: string; attempt: number }): Promise<{ result: AdmissionResult; timing: Timing }> {
+    async admitTask(input: { taskId: string; intent: Intent; requester: string; attempt: number }): Promise<{ result: AdmissionResult; timing: Timing; preempt?: Victim[] }> {
       const { taskId, intent } = input;
       const now = clock();
       await upsertTask(db, { taskId, intent, requester: input.requester, state: 'Admitting' });
       const budgets = await budgetHeadroom(db, intent.attribution, now);
       const gpuType = intent.resources.gpuType;
       const teamGpus = gpuType ? await teamGpusInUse(db, intent.attribution.tenant, intent.attribution.team, gpuType, taskId) : 0;
-      const result = admit(intent, { config, now: now.toISOString(), budgets, teamGpusInUse: teamGpus });
+      const quota = await decideQuota(taskId, intent);
+      const result = admit(intent, { config, now: now.toISOString(), budgets, teamGpusInUse: teamGpus, ...(quota ? { quota } : {}) });
+      // Quota says preempt, and nothing else holds the task back: the victims are told (by the workflow) to make room.
+      const preempt = quota?.decision === 'preempt' && result.decision === 'queued' && result.reasons.every((r) => r.code === 'PREEMPTION_PENDING') ? quota.victims : undefined;
       await db.tx(async (c) => {
+        for (const v of preempt ?? []) {
+          await openPreemption(c, { victimTaskId: v.taskId, preemptorTaskId: taskId, by: 'govloop', reason: `${v.why}: ${taskId} of ${intent.attribution.tenant}/${intent.attribution.team} needs ${intent.resources.gpus} ${gpuType} GPUs`, preemptorTenant: intent.attribution.tenant, preemptorTeam: intent.attribution.team, gpuType: gpuType ?? null, gpus: v.gpus });
+        }
         await updateTask(c, taskId, {
           decision: result.decision,
           reasons: result.reasons,
@@ -105,22 +139,46 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
           taskId,
           action: 'admission',
           decision: result.decision,
-          detail: { requester: input.requester, reasons: result.reasons, worstCaseUsd: result.decision !== 'rejected' ? result.plan.worstCaseMicros / 1e6 : null },
+          detail: {
+            requester: input.requester,
+            reasons: result.reasons,
+            worstCaseUsd: result.decision !== 'rejected' ? result.plan.worstCaseMicros / 1e6 : null,
+            ...(quota?.decision === 'admitted' ? { quota: quota.mode, borrowed: quota.borrowed } : {}),
+            ...(preempt ? { preempt: preempt.map((v) => ({ taskId: v.taskId, why: v.why, gpus: v.gpus, lostGpuSeconds: v.lostGpuSeconds })) } : {}),
+          },
           dedupeKey: `${taskId}:admission:${input.attempt}`,
         });
       });
-      log.info('admission', { taskId, decision: result.decision, reasons: result.reasons.map((r) => r.code) });
-      return { result, timing };
+      log.info('admission', { taskId, decision: result.decision, reasons: result.reasons.map((r) => r.code), ...(preempt ? { preempt: preempt.map((v) => v.taskId) } : {}) });
+      return { result, timing, ...(preempt ? { preempt } : {}) };
     },
 
     /** Reserves the plan's worst case against every covering budget, atomically; re-checks GPU quota. */
-    async reserveBudget(input: { taskId: string; intent: Intent; plan: Plan }): Promise<ReserveResult> {
+    async reserveBudget(input: { taskId: string; intent: Intent; plan: Plan; requeued?: boolean }): Promise<ReserveResult> {
       const { intent, plan } = input;
+      const gpuType = plan.gpu.type;
+      const cohortQuota = gpuType !== null && config.policies.cohorts.some((c) => c.gpuType === gpuType);
       const quota =
-        plan.gpu.count > 0 && plan.gpu.type
-          ? { gpuType: plan.gpu.type, gpus: plan.gpu.count, ...gpuQuotaFor(config.policies, intent.attribution, plan.gpu.type) }
+        plan.gpu.count > 0 && gpuType
+          ? {
+              gpuType,
+              gpus: plan.gpu.count,
+              ...gpuQuotaFor(config.policies, intent.attribution, gpuType),
+              lockKey: quotaLockKey(config.policies, intent.attribution, gpuType),
+              // Cohorts (and a task back from preemption): the whole quota decision again, under the lock.
+              ...(cohortQuota || input.requeued
+                ? {
+                    recheck: async (q: Queryable) => {
+                      const d = await decideQuota(input.taskId, intent, q);
+                      return d === null || d.decision === 'admitted' ? null : d.reason;
+                    },
+                  }
+                : {}),
+            }
           : undefined;
-      return reserve(db, input.taskId, intent.attribution, plan.worstCaseMicros, clock(), quota);
+      const r = await reserve(db, input.taskId, intent.attribution, plan.worstCaseMicros, clock(), quota, { requeued: input.requeued ?? false });
+      if (r.ok) await nudgeBudgets(intent.attribution);
+      return r;
     },
 
     /** Creates the job suspended on the cluster and resumes it. No room: answers with a reason (the task queues). */
@@ -175,6 +233,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         }
         await recordUsageIn(c, config.priceBook, events);
       });
+      await nudgeBudgets(intent.attribution);
       const usage = await taskUsage(db, taskId);
       let capBreach: Reason | null = null;
       const maxUsdMicros = Math.round(plan.caps.maxUsd * 1e6);
@@ -190,6 +249,40 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
 
     async deleteJob(input: { job: string }): Promise<void> {
       await backend.delete(input.job);
+    },
+
+    /** Preemption, step 1: the checkpoint signal (a cluster that cannot checkpoint ignores it). */
+    async checkpointJob(input: { job: string }): Promise<void> {
+      await backend.checkpoint?.(input.job);
+    },
+
+    /** Preemption, step 2 (after the grace period): suspend; answers the GPU-seconds the job has lost to preemptions so far. */
+    async suspendJob(input: { job: string; gpus: number }): Promise<{ lostGpuSecondsTotal: number }> {
+      await backend.suspend(input.job);
+      const status = await backend.status(input.job);
+      return { lostGpuSecondsTotal: (status?.lostSeconds ?? 0) * input.gpus };
+    },
+
+    /** Preemption, step 3: the ledger record (lost GPU-seconds against the preemptor's team), the task Preempted, the audit row naming the preemptor. */
+    async recordPreemption(input: { taskId: string; round: number; by: string; reason: string; preemptor: string | null; lostGpuSecondsTotal: number; gpuType: string | null; gpus: number }): Promise<{ round: number; lostGpuSeconds: number }> {
+      const preemptor = input.preemptor ? await db.query<{ tenant: string; team: string }>('SELECT a.tenant, a.team FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1', [input.preemptor]) : null;
+      const team = preemptor?.rows[0] ?? null;
+      const r = await db.tx((c) =>
+        closePreemption(c, {
+          victimTaskId: input.taskId,
+          round: input.round,
+          preemptorTaskId: input.preemptor,
+          by: input.by,
+          reason: input.reason,
+          preemptorTenant: team?.tenant ?? null,
+          preemptorTeam: team?.team ?? null,
+          gpuType: input.gpuType,
+          gpus: input.gpus,
+          lostGpuSecondsTotal: input.lostGpuSecondsTotal,
+        }),
+      );
+      log.info('preempted', { taskId: input.taskId, by: input.by, preemptor: input.preemptor, round: r.round, lostGpuSeconds: r.lostGpuSeconds });
+      return r;
     },
 
     /**
@@ -389,7 +482,9 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         requestedMicros = costMicros(v, { meter: 'tokens_out', quantity: input.tokens, subject: input.model ?? 'default' });
       }
       const burn = await scopeBurnMicrosPerHour(db, input.scope, now);
-      return grantLease(db, { leaseId: input.leaseId, scope: input.scope, holder: input.holder, requestedMicros, ttlSeconds: input.ttlSeconds, burnMicrosPerHour: burn, now, ladder: config.policies.ladder });
+      const g = await grantLease(db, { leaseId: input.leaseId, scope: input.scope, holder: input.holder, requestedMicros, ttlSeconds: input.ttlSeconds, burnMicrosPerHour: burn, now, ladder: config.policies.ladder });
+      if (g.granted && !g.idempotent) await nudgeBudgets({ tenant: input.scope.tenant, team: input.scope.team ?? '', project: input.scope.project ?? '' });
+      return g;
     },
 
     async reportLeaseSpend(input: { leaseId: string; seq: number; micros: number; model?: string; useCase?: string }): Promise<LeaseReport> {

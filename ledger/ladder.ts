@@ -1,5 +1,5 @@
 import type { Attribution } from '../governance/intent';
-import { type LadderConfig, type LadderStep, LadderSteps, burnShare, forecast, stepRank } from '../governance/ladder';
+import { type LadderConfig, type LadderStep, LadderSteps, burnShare, forecast, ladderStep, stepRank } from '../governance/ladder';
 import { type Period, windowBounds, windowKey } from '../governance/periods';
 import { microsToUsd } from '../governance/pricing';
 import { appendAudit } from './audit';
@@ -181,3 +181,24 @@ export async function budgetIdOf(q: Queryable, k: { tenant: string; team: string
 
 export const isLadderStep = (s: string): s is LadderStep => (LadderSteps as readonly string[]).includes(s);
 export type { LadderConfig };
+
+/**
+ * Budgets covering an attribution whose share has passed the next threshold above the step their
+ * controller last recorded: their controllers should look now rather than at their next poll.
+ */
+export async function crossedBudgets(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date, ladder: LadderConfig): Promise<{ tenant: string; team: string; project: string; period: Period }[]> {
+  const { rows } = await q.query<{ id: number; period: Period; tenant: string; team: string; project: string; limit_micros: number }>(
+    `SELECT id, period, tenant, team, project, limit_micros FROM budgets
+      WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3))`,
+    [a.tenant, a.team, a.project],
+  );
+  const out: { tenant: string; team: string; project: string; period: Period }[] = [];
+  for (const b of rows) {
+    const w = await q.query<{ ladder_step: LadderStep; reserved_micros: number; spent_micros: number }>('SELECT ladder_step, reserved_micros, spent_micros FROM budget_windows WHERE budget_id = $1 AND window_key = $2', [b.id, windowKey(b.period, now)]);
+    const row = w.rows[0];
+    if (!row) continue;
+    const share = burnShare({ limitMicros: b.limit_micros, spentMicros: row.spent_micros, reservedMicros: row.reserved_micros });
+    if (stepRank(ladderStep(share, ladder)) > stepRank(row.ladder_step)) out.push({ tenant: b.tenant, team: b.team, project: b.project, period: b.period });
+  }
+  return out;
+}

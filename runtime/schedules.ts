@@ -1,6 +1,7 @@
 import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
 import type { Queryable } from '../ledger/db';
-import { listBudgets } from '../ledger/ladder';
+import type { LadderConfig } from '../governance/ladder';
+import { crossedBudgets, listBudgets } from '../ledger/ladder';
 import { type BudgetKey, TASK_QUEUE_CONTROL, budgetControllerId, budgetNudgeSignal } from '../workflows/messages';
 import { budgetController, meteringRollup } from '../workflows';
 
@@ -51,4 +52,15 @@ export async function ensureBudgetControllers(client: Client, db: Queryable, tas
   const budgets = await listBudgets(db);
   for (const b of budgets) await startBudgetController(client, b, taskQueue);
   return budgets.length;
+}
+
+/**
+ * Nudges the controllers of the budgets an attribution's usage just pushed past a threshold, so
+ * the ladder moves now instead of at their next poll. Best effort: a controller not running (or
+ * a signal that fails) is caught by its next poll or the next worker start.
+ */
+export async function nudgeCrossed(client: Client, db: Queryable, a: { tenant: string; team: string; project: string }, ladder: LadderConfig, now = new Date()): Promise<number> {
+  const crossed = await crossedBudgets(db, a, now, ladder);
+  for (const b of crossed) await client.workflow.getHandle(budgetControllerId(b)).signal(budgetNudgeSignal).catch(() => undefined);
+  return crossed.length;
 }

@@ -45,6 +45,11 @@ export interface ApiDeps {
   clock?: () => Date;
   /** Fastify's logger option (pino); off by default. */
   logger?: boolean | { level: string };
+  /**
+   * Called after usage was recorded, with the tenant and the team/project pairs it touched: `govloop
+   * serve` nudges the budget controllers whose thresholds it crossed (runtime/schedules.ts).
+   */
+  onRecorded?: (scopes: { tenant: string; team: string; project: string }[]) => Promise<void>;
 }
 
 export interface Api {
@@ -148,6 +153,14 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
     if (r.outcome === 'invalid') throw badInput(r.errors);
     if (r.outcome === 'forbidden') throw new ApiError(403, `this API key is for tenant ${tenant} only`, r.errors);
     metrics.recordIngest(r);
+    if (r.accepted > 0 && deps.onRecorded && Array.isArray((req.body as { events?: unknown })?.events)) {
+      const seen = new Map<string, { tenant: string; team: string; project: string }>();
+      for (const e of (req.body as { events: { attribution?: { team?: string; project?: string } }[] }).events) {
+        const sc = { tenant, team: e.attribution?.team ?? '', project: e.attribution?.project ?? '' };
+        seen.set(`${sc.team}/${sc.project}`, sc);
+      }
+      await deps.onRecorded([...seen.values()]).catch((err: unknown) => req.log.warn({ err }, 'budget controller nudge failed'));
+    }
     return reply.send({ accepted: r.accepted, duplicates: r.duplicates, rejected: r.rejected, unattributed: r.unattributed });
   });
 

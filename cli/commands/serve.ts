@@ -2,7 +2,8 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../../config/load';
 import { createKey, listKeys, revokeKey } from '../../ledger/keys';
-import { dataDir as resolveDataDir, openLedger, readDevState } from '../../runtime/environment';
+import { connectTemporal, dataDir as resolveDataDir, openLedger, readDevState } from '../../runtime/environment';
+import { nudgeCrossed } from '../../runtime/schedules';
 import { apiConfigDefaults, buildApi } from '../../server/app';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
@@ -54,8 +55,11 @@ export function register(program: Command): void {
       const config = loadConfig();
       const metricsToken = process.env.GOVLOOP_METRICS_TOKEN || undefined;
       const ledger = await openLedger(dataDir());
+      // With a Temporal server configured, usage that crosses a budget threshold nudges its controller now.
+      const temporal = process.env.TEMPORAL_ADDRESS || dev ? await connectTemporal(dataDir()).catch(() => undefined) : undefined;
       try {
         const { app } = await buildApi({
+          ...(temporal ? { onRecorded: async (scopes: { tenant: string; team: string; project: string }[]) => void (await Promise.all(scopes.map((sc) => nudgeCrossed(temporal.client, ledger.db, sc, config.policies.ladder)))) } : {}),
           db: ledger.db,
           config: {
             priceBook: config.priceBook,
@@ -74,6 +78,7 @@ export function register(program: Command): void {
         console.error(`${why}: stopping ...`);
         await app.close();
       } finally {
+        await temporal?.connection.close();
         await ledger.close();
       }
     });
