@@ -106,7 +106,8 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
     if (gpus <= 0 || !gpuType || !config.cluster.gpuTypes[gpuType]) return null;
     const a = intent.attribution;
     const capacity = backend.capacity ? await backend.capacity(gpuType) : undefined;
-    const state = await quotaState(q, config.policies, { taskId, tenant: a.tenant, team: a.team, gpuType }, gpuQuotaFor(config.policies, a, gpuType), capacity);
+    const staleAfterMs = config.policies.preemption.graceMillis + 60_000;
+    const state = await quotaState(q, config.policies, { taskId, tenant: a.tenant, team: a.team, gpuType }, gpuQuotaFor(config.policies, a, gpuType), capacity, staleAfterMs);
     const created = await q.query<{ created_at: Date }>('SELECT created_at FROM tasks WHERE task_id = $1', [taskId]);
     return admitQuota(state, { taskId, tenant: a.tenant, team: a.team, gpus, priority: config.policies.priorities[intent.priority] ?? 0, queuedAt: (created.rows[0]?.created_at ?? clock()).toISOString() });
   }
@@ -299,8 +300,8 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         costMicros(version, { meter: 'tokens_in', quantity: step.tokensIn, subject: model }) + costMicros(version, { meter: 'tokens_out', quantity: step.tokensOut, subject: model });
       const model = step.model ?? intent.attribution.model;
       // The budget ladder: past its degrade threshold, steps run on the fallback model (critical work last).
-      const ladder = await scopeLadder(db, intent.attribution, now);
-      const budgetDegrade = shouldDegrade(ladder.step, ladder.sharePct, config.policies.criticalPriorities.includes(intent.priority), config.policies.ladder);
+      const critical = config.policies.criticalPriorities.includes(intent.priority);
+      const budgetDegrade = (await scopeLadder(db, intent.attribution, now)).some((w) => shouldDegrade(w.step, w.sharePct, critical, config.policies.ladder));
       const decision = evaluateStep({
         budgetDegrade,
         caps: plan.caps,
@@ -466,7 +467,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
 
     /** The preempt step's victim: the lowest-priority running GPU work of the budget's scope (recorded once per crossing). */
     async choosePreemptionVictim(input: { budgetId: number; window: string; crossing: number; sharePct: number }): Promise<string | null> {
-      const victim = preemptionVictim(await runningGpuWork(db, input.budgetId, config.policies.priorities, config.policies.criticalPriorities));
+      const victim = preemptionVictim(await runningGpuWork(db, input.budgetId, config.policies.priorities, config.policies.criticalPriorities, clock()));
       if (!victim) return null;
       const fresh = await recordPreemption(db, { ...input, taskId: victim.taskId });
       return fresh ? victim.taskId : null;

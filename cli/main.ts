@@ -3,6 +3,7 @@ import { GovloopInputError, GovloopNotFoundError, GovloopStateError } from '../s
 import { ConfigError } from '../config/load';
 import { CliExit, Exit } from './util';
 import * as agents from './commands/agents';
+import * as capacity from './commands/capacity';
 import * as demo from './commands/demo';
 import * as dev from './commands/dev';
 import * as doctor from './commands/doctor';
@@ -17,7 +18,7 @@ const program = new Command('govloop')
   .showHelpAfterError()
   .exitOverride();
 
-for (const m of [dev, demo, submit, tasks, agents, ledger, serve, doctor]) m.register(program);
+for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, serve, doctor]) m.register(program);
 
 function wantsJson(): boolean {
   return process.argv.includes('--json');

@@ -33,10 +33,20 @@ export interface JobStatus {
   nodes: string[];
   /** Job-seconds of work done so far (a checkpointed job keeps this across suspend/resume). */
   progressSeconds: number;
-  /** Cumulative usage since creation. */
+  /** Job-seconds of work kept by the job's last checkpoint (a suspend goes back to it); absent: not known. */
+  checkpointSeconds?: number;
+  /** Job-seconds run and then lost to preemptions (they were metered, since they ran). */
+  lostSeconds?: number;
+  /** Cumulative usage since creation (every second that ran, lost work included). */
   gpuSeconds: number;
   tokens: number;
   message: string | null;
+}
+
+export interface ClusterCapacity {
+  nodes: { name: string; gpus: number; used: number }[];
+  /** Jobs holding GPUs of the type, with what suspending each now would lose since its checkpoint. */
+  jobs: { taskId: string; node: string | null; gpus: number; lostSecondsIfSuspended: number }[];
 }
 
 export interface ClusterBackend {
@@ -44,7 +54,12 @@ export interface ClusterBackend {
   /** Places and creates the job, suspended. Idempotent by name. Fails with a reason when no room. */
   create(spec: JobSpec): Promise<CreateResult>;
   resume(name: string): Promise<void>;
+  /** Preemption: back to Suspended, frees its GPUs; a checkpointed job keeps its progress up to its checkpoint. */
   suspend(name: string): Promise<void>;
+  /** The preemption checkpoint signal: the job saves its progress now. Optional: not every cluster can. */
+  checkpoint?(name: string): Promise<void>;
+  /** GPUs per node of a type and the jobs on them, for victim selection (node-level fit). Optional. */
+  capacity?(gpuType: string): Promise<ClusterCapacity>;
   status(name: string): Promise<JobStatus | null>;
   /** Deletes the job and frees its GPUs. Idempotent. */
   delete(name: string): Promise<void>;

@@ -24,6 +24,30 @@ export const GpuQuota = z.strictObject({
 });
 export type GpuQuota = z.infer<typeof GpuQuota>;
 
+/** One team's share of a cohort (governance/quota.ts): nominal quota, what it may borrow and lend, fair-share weight. */
+export const CohortTeam = z.strictObject({
+  tenant: z.string().min(1),
+  team: z.string().min(1),
+  nominal: z.number().int().nonnegative(),
+  /** GPUs above nominal the team may borrow from the cohort's idle quota; null: no limit. */
+  borrowingLimit: z.number().int().nonnegative().nullable().default(null),
+  /** GPUs of its nominal quota the team lends to the cohort; null: all of it. */
+  lendingLimit: z.number().int().nonnegative().nullable().default(null),
+  weight: z.number().positive().default(1),
+});
+export const Cohort = z
+  .strictObject({ name: z.string().min(1), gpuType: z.string().min(1), teams: z.array(CohortTeam).min(1) })
+  .superRefine((c, ctx) => {
+    const seen = new Set<string>();
+    c.teams.forEach((t, i) => {
+      const k = `${t.tenant}/${t.team}`;
+      if (seen.has(k)) ctx.addIssue({ code: 'custom', path: ['teams', i], message: `${k} is twice in cohort ${c.name}` });
+      seen.add(k);
+      if (t.lendingLimit !== null && t.lendingLimit > t.nominal) ctx.addIssue({ code: 'custom', path: ['teams', i, 'lendingLimit'], message: `lends ${t.lendingLimit}, more than its nominal ${t.nominal}` });
+    });
+  });
+export type Cohort = z.infer<typeof Cohort>;
+
 export const PoliciesFile = z.strictObject({
   name: z.string(),
   /** Reject work whose scope has no budget at all. */
@@ -32,6 +56,22 @@ export const PoliciesFile = z.strictObject({
   /** GPU quota per tenant/team/type; teams with no row have `defaultGpuQuota`. */
   gpuQuotas: z.array(GpuQuota),
   defaultGpuQuota: z.number().int().nonnegative(),
+  /** Quota cohorts per GPU type: teams listed here borrow and lend; their gpuQuotas rows do not apply for that type. */
+  cohorts: z
+    .array(Cohort)
+    .default([])
+    .superRefine((cs, ctx) => {
+      const seen = new Map<string, string>();
+      cs.forEach((c, i) =>
+        c.teams.forEach((t, j) => {
+          const k = `${t.tenant}/${t.team}/${c.gpuType}`;
+          if (seen.has(k)) ctx.addIssue({ code: 'custom', path: [i, 'teams', j], message: `${k} is already in cohort ${seen.get(k)}` });
+          seen.set(k, c.name);
+        }),
+      );
+    }),
+  /** Preemption: how long a victim has to checkpoint after the signal before it is suspended. */
+  preemption: z.strictObject({ graceMillis: z.number().int().nonnegative().max(3_600_000).default(30_000) }).default({ graceMillis: 30_000 }),
   priorities: z.record(z.string(), z.number().int()),
   stepGate: z
     .strictObject({

@@ -4,6 +4,7 @@ import { resolveCaps } from './caps';
 import type { Intent, RiskClass } from './intent';
 import { type Plan, pickTemplate, translate } from './plan';
 import { microsToUsd } from './pricing';
+import type { QuotaDecision } from './quota';
 import { type Reason, ReasonCode, reason } from './reasons';
 import { admitTools, toolOverheadTokens } from './tools';
 
@@ -27,6 +28,11 @@ export interface AdmissionContext {
   budgets: BudgetHeadroom[];
   /** GPUs of the intent's type the team holds now (running or reserved work). */
   teamGpusInUse: number;
+  /**
+   * The quota decision of governance/quota.ts (cohorts, borrowing, preemption), when the caller made
+   * one; it replaces the flat check against `gpuQuotaFor` and `teamGpusInUse`.
+   */
+  quota?: QuotaDecision;
 }
 
 export type AdmissionResult =
@@ -91,7 +97,10 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
         reasons.push(reason(ReasonCode.GpuCapacityExceeded, `${gpus} ${gpuType} GPUs do not fit on one node (largest has ${largestNode})`, largestNode, gpus, `cluster/${ctx.config.cluster.name}#nodes`));
       }
       const { quota, policy: quotaPolicy } = gpuQuotaFor(policies, intent.attribution, gpuType);
-      if (gpus > quota) {
+      if (ctx.quota) {
+        if (ctx.quota.decision === 'rejected') reasons.push(ctx.quota.reason);
+        else if (ctx.quota.decision !== 'admitted') quotaBusy = ctx.quota.reason;
+      } else if (gpus > quota) {
         reasons.push(reason(ReasonCode.GpuQuotaExceeded, `${gpus} ${gpuType} GPUs is above team ${intent.attribution.team}'s quota ${quota}`, quota, gpus, quotaPolicy));
       } else if (ctx.teamGpusInUse + gpus > quota) {
         quotaBusy = reason(ReasonCode.GpuQuotaBusy, `team ${intent.attribution.team} holds ${ctx.teamGpusInUse} of ${quota} ${gpuType} GPUs; ${gpus} more must wait`, quota - ctx.teamGpusInUse, gpus, quotaPolicy);

@@ -77,10 +77,15 @@ export function ladderMove(from: LadderStep, sharePct: number, l: LadderConfig =
   return { kind: 'up', from, step, fired: LadderSteps.slice(a + 1, b + 1) };
 }
 
-/** What the step gate does for a priority class at a step (critical work is degraded last). */
+/**
+ * Whether the step gate degrades a step, from the step its controller recorded for a budget (and
+ * that budget's share, when `degradeAt` sets degrading apart from throttle): non-critical work from
+ * throttle on, critical work only from the hard limit (degraded last).
+ */
 export function shouldDegrade(step: LadderStep, sharePct: number, critical: boolean, l: LadderConfig = DEFAULT_LADDER): boolean {
   if (critical) return stepRank(step) >= stepRank('queue');
-  return sharePct >= (l.degradeAt ?? l.throttleAt);
+  if (l.degradeAt !== undefined) return stepRank(step) >= stepRank('notify') && sharePct >= l.degradeAt;
+  return stepRank(step) >= stepRank('throttle');
 }
 
 /** Whether new admissions in the scope wait in the queue. */

@@ -16,6 +16,12 @@ export const ReasonCode = {
   GpuQuotaExceeded: 'GPU_QUOTA_EXCEEDED',
   GpuQuotaBusy: 'GPU_QUOTA_BUSY',
   GpuCapacityBusy: 'GPU_CAPACITY_BUSY',
+  /** A borrowing request waits: a request ahead of it by priority and fair share fits now. */
+  FairShareWait: 'FAIR_SHARE_WAIT',
+  /** The request's GPUs come free once the workloads being preempted for it are suspended. */
+  PreemptionPending: 'PREEMPTION_PENDING',
+  /** The task was preempted (suspended and requeued) for another task or by an operator. */
+  Preempted: 'PREEMPTED',
   GpuCapacityExceeded: 'GPU_CAPACITY_EXCEEDED',
   BudgetExceeded: 'BUDGET_EXCEEDED',
   BudgetMissing: 'BUDGET_MISSING',

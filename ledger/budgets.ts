@@ -88,6 +88,10 @@ export interface GpuQuotaCheck {
   gpus: number;
   quota: number;
   policy: string;
+  /** Serializes the check (default: the team's flat quota); a cohort's quota takes the cohort's key. */
+  lockKey?: string;
+  /** Replaces the flat check (cohorts: governance/quota.ts over a fresh snapshot); a reason means wait. */
+  recheck?: (q: Queryable) => Promise<Reason | null>;
 }
 
 /** `retry`: nothing is wrong with the task, it must wait for the team's GPUs to free up. */
@@ -98,21 +102,28 @@ export type ReserveResult = { ok: true; amountMicros: number } | { ok: false; re
  * transaction with the windows locked: concurrent reservations can never overspend a budget.
  * Idempotent by task id. The task moves to Reserved in the same transaction.
  */
-export async function reserve(db: Db, taskId: string, a: Attribution, amountMicros: number, at: Date, quota?: GpuQuotaCheck): Promise<ReserveResult> {
+export async function reserve(db: Db, taskId: string, a: Attribution, amountMicros: number, at: Date, quota?: GpuQuotaCheck, opts: { requeued?: boolean } = {}): Promise<ReserveResult> {
   return db.tx(async (c) => {
     const existing = await c.query<{ amount_micros: number }>('SELECT amount_micros FROM reservations WHERE task_id = $1', [taskId]);
-    if (existing.rows[0]) return { ok: true, amountMicros: existing.rows[0].amount_micros };
+    // A preempted task keeps its budget reservation while it waits; its quota is checked again.
+    if (existing.rows[0] && !opts.requeued) return { ok: true, amountMicros: existing.rows[0].amount_micros };
     if (quota) {
       // The team's GPU quota is checked again under a lock, so two tasks admitted at once cannot both take the last GPUs.
-      await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`quota/${a.tenant}/${a.team}/${quota.gpuType}`]);
-      const inUse = await teamGpusInUse(c, a.tenant, a.team, quota.gpuType, taskId);
-      if (inUse + quota.gpus > quota.quota) {
+      await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [quota.lockKey ?? `quota/${a.tenant}/${a.team}/${quota.gpuType}`]);
+      const busy = quota.recheck ? await quota.recheck(c) : null;
+      if (busy) return { ok: false, retry: true, reasons: [busy] };
+      const inUse = quota.recheck ? null : await teamGpusInUse(c, a.tenant, a.team, quota.gpuType, taskId);
+      if (inUse !== null && inUse + quota.gpus > quota.quota) {
         return {
           ok: false,
           retry: true,
           reasons: [reason(ReasonCode.GpuQuotaBusy, `team ${a.team} holds ${inUse} of ${quota.quota} ${quota.gpuType} GPUs; ${quota.gpus} more must wait`, quota.quota - inUse, quota.gpus, quota.policy)],
         };
       }
+    }
+    if (existing.rows[0]) {
+      await c.query(`UPDATE tasks SET state = 'Reserved' WHERE task_id = $1`, [taskId]);
+      return { ok: true, amountMicros: existing.rows[0].amount_micros };
     }
     const windows = await coveringWindows(c, a, at, true);
     // The budget controller's ladder at its queue step (or above): new work waits, however much is left.

@@ -126,14 +126,14 @@ export async function recordPreemption(db: Db, p: { budgetId: number; window: st
   });
 }
 
-/** The highest step in force over the budget windows that cover an attribution now, with its share. */
-export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date): Promise<{ step: LadderStep; sharePct: number; scope: string | null }> {
+/** The step in force (as its controller recorded it) and the share of each budget window that covers an attribution now. */
+export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date): Promise<{ step: LadderStep; sharePct: number; scope: string }[]> {
   const { rows } = await q.query<{ id: number; period: Period; tenant: string; team: string; project: string; limit_micros: number }>(
     `SELECT id, period, tenant, team, project, limit_micros FROM budgets
       WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3))`,
     [a.tenant, a.team, a.project],
   );
-  let best: { step: LadderStep; sharePct: number; scope: string | null } = { step: 'ok', sharePct: 0, scope: null };
+  const out: { step: LadderStep; sharePct: number; scope: string }[] = [];
   for (const b of rows) {
     const w = await q.query<{ ladder_step: LadderStep; reserved_micros: number; spent_micros: number }>(
       'SELECT ladder_step, reserved_micros, spent_micros FROM budget_windows WHERE budget_id = $1 AND window_key = $2',
@@ -141,16 +141,13 @@ export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 
     );
     const row = w.rows[0];
     if (!row) continue;
-    const share = burnShare({ limitMicros: b.limit_micros, spentMicros: row.spent_micros, reservedMicros: row.reserved_micros });
-    if (stepRank(row.ladder_step) > stepRank(best.step) || (row.ladder_step === best.step && share > best.sharePct)) {
-      best = { step: row.ladder_step, sharePct: share, scope: `${scopeLabel(b)}:${b.period}` };
-    }
+    out.push({ step: row.ladder_step, sharePct: burnShare({ limitMicros: b.limit_micros, spentMicros: row.spent_micros, reservedMicros: row.reserved_micros }), scope: `${scopeLabel(b)}:${b.period}` });
   }
-  return best;
+  return out;
 }
 
 /** Running GPU work of a budget's scope, for the preempt step. */
-export async function runningGpuWork(q: Queryable, budgetId: number, priorities: Record<string, number>, critical: string[]): Promise<{ taskId: string; priority: number; critical: boolean; gpuHoursAtRisk: number }[]> {
+export async function runningGpuWork(q: Queryable, budgetId: number, priorities: Record<string, number>, critical: string[], now: Date): Promise<{ taskId: string; priority: number; critical: boolean; gpuHoursAtRisk: number }[]> {
   const { rows } = await q.query<{ task_id: string; priority: string; gpus: number; started: Date }>(
     `SELECT t.task_id, t.priority, COALESCE((t.plan->'gpu'->>'count')::int, 0) AS gpus, t.created_at AS started
        FROM tasks t JOIN attributions a ON a.id = t.attribution_id JOIN budgets b ON b.id = $1
@@ -158,12 +155,11 @@ export async function runningGpuWork(q: Queryable, budgetId: number, priorities:
         AND a.tenant = b.tenant AND (b.team = '*' OR a.team = b.team) AND (b.project = '*' OR a.project = b.project)`,
     [budgetId],
   );
-  const now = Date.now();
   return rows.map((r) => ({
     taskId: r.task_id,
     priority: priorities[r.priority] ?? 0,
     critical: critical.includes(r.priority),
-    gpuHoursAtRisk: (r.gpus * Math.max(0, now - r.started.getTime())) / 3_600_000,
+    gpuHoursAtRisk: (r.gpus * Math.max(0, now.getTime() - r.started.getTime())) / 3_600_000,
   }));
 }
 
@@ -201,4 +197,29 @@ export async function crossedBudgets(q: Queryable, a: Pick<Attribution, 'tenant'
     if (stepRank(ladderStep(share, ladder)) > stepRank(row.ladder_step)) out.push({ tenant: b.tenant, team: b.team, project: b.project, period: b.period });
   }
   return out;
+}
+
+export interface RaiseView {
+  raiseId: number;
+  scope: string;
+  period: string;
+  fromUsd: number;
+  toUsd: number;
+  requestedBy: string;
+  reason: string;
+  state: string;
+  decidedBy: string | null;
+  requestedAt: string;
+}
+
+/** Budget raises of a tenant, pending first then newest (what `govloop budget raises` lists). */
+export async function listRaises(q: Queryable, tenant: string, pendingOnly: boolean): Promise<RaiseView[]> {
+  const { rows } = await q.query<{ id: number; tenant: string; team: string; project: string; period: string; from_micros: number; to_micros: number; requested_by: string; reason: string; state: string; decided_by: string | null; requested_at: Date }>(
+    `SELECT r.id, b.tenant, b.team, b.project, b.period, r.from_micros, r.to_micros, r.requested_by, r.reason, r.state, r.decided_by, r.requested_at
+       FROM budget_raises r JOIN budgets b ON b.id = r.budget_id
+      WHERE b.tenant = $1 AND (NOT $2 OR r.state = 'pending')
+      ORDER BY (r.state = 'pending') DESC, r.id DESC LIMIT 200`,
+    [tenant, pendingOnly],
+  );
+  return rows.map((r) => ({ raiseId: r.id, scope: scopeLabel(r), period: r.period, fromUsd: microsToUsd(r.from_micros), toUsd: microsToUsd(r.to_micros), requestedBy: r.requested_by, reason: r.reason, state: r.state, decidedBy: r.decided_by, requestedAt: r.requested_at.toISOString() }));
 }

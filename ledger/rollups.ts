@@ -1,3 +1,5 @@
+import type { PriceBookVersion } from '../config/schema';
+import { priceVersionAt } from '../governance/pricing';
 import type { Db, Queryable } from './db';
 import type { UsageDim } from './usage';
 
@@ -176,6 +178,11 @@ export interface ShowbackReport {
   unattributed: { costUsd: number; events: number };
   /** Configured GPU capacity that no usage covered over the elapsed part of the period. */
   idle: { gpuHours: number; costUsd: number } | null;
+  /**
+   * GPU work lost to preemption (since each victim's last checkpoint) in the period, charged to
+   * the preemptor's team (the victim's task paid for it as it ran; this is the chargeback view).
+   */
+  preemptionLosses: { tenant: string; team: string; preemptions: number; gpuHours: number; costUsd: number }[];
 }
 
 export interface Capacity {
@@ -187,7 +194,7 @@ export interface Capacity {
  * Showback: cost by dimensions from the rollups, unit costs, unattributed usage, and idle
  * capacity (when the cluster's capacity is given), for [from, to).
  */
-export async function showback(q: Queryable, opts: { by: UsageDim[]; from: Date; to: Date; tenant?: string; capacity?: Capacity; now?: Date }): Promise<ShowbackReport> {
+export async function showback(q: Queryable, opts: { by: UsageDim[]; from: Date; to: Date; tenant?: string; capacity?: Capacity; now?: Date; priceBook?: PriceBookVersion[] }): Promise<ShowbackReport> {
   const { by, from, to, tenant } = opts;
   const rows = await rollupUsageBy(q, by, from, to, tenant);
   const grain = grainFor(from, to);
@@ -239,7 +246,25 @@ export async function showback(q: Queryable, opts: { by: UsageDim[]; from: Date;
     }
     idle = { gpuHours: idleHours, costUsd: Math.round(idleUsd * 100) / 100 };
   }
+  const lost = await q.query<{ tenant: string; team: string; gpu_type: string | null; n: number; gpu_seconds: number; at: Date }>(
+    `SELECT preemptor_tenant AS tenant, preemptor_team AS team, gpu_type, count(*)::int AS n, SUM(lost_gpu_seconds) AS gpu_seconds, max(decided_at) AS at
+       FROM preemptions WHERE preemptor_team IS NOT NULL AND decided_at >= $1 AND decided_at < $2 AND ($3::text IS NULL OR preemptor_tenant = $3)
+      GROUP BY 1, 2, 3`,
+    [from, to, tenant ?? null],
+  );
+  const losses = new Map<string, { tenant: string; team: string; preemptions: number; gpuHours: number; costUsd: number }>();
+  for (const r of lost.rows) {
+    const key = `${r.tenant}/${r.team}`;
+    const l = losses.get(key) ?? { tenant: r.tenant, team: r.team, preemptions: 0, gpuHours: 0, costUsd: 0 };
+    const hours = Number(r.gpu_seconds) / 3600;
+    const price = opts.priceBook && r.gpu_type ? (priceVersionAt(opts.priceBook, r.at.toISOString()).gpuHourUsd[r.gpu_type]?.exclusive ?? 0) : 0;
+    l.preemptions += Number(r.n);
+    l.gpuHours += hours;
+    l.costUsd = Math.round((l.costUsd + hours * price) * 1e6) / 1e6;
+    losses.set(key, l);
+  }
   return {
+    preemptionLosses: [...losses.values()].sort((a, b) => b.gpuHours - a.gpuHours),
     period: { from: from.toISOString(), to: to.toISOString() },
     tenant: tenant ?? null,
     by,

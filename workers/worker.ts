@@ -54,7 +54,7 @@ export async function createWorkers(opts: GovWorkerOptions): Promise<Worker[]> {
     connection: opts.connection,
     namespace: opts.namespace,
     taskQueue: dispatchQueue,
-    activities: { dispatchJob: activities.dispatchJob, observeJob: activities.observeJob, deleteJob: activities.deleteJob },
+    activities: { dispatchJob: activities.dispatchJob, observeJob: activities.observeJob, deleteJob: activities.deleteJob, checkpointJob: activities.checkpointJob, suspendJob: activities.suspendJob },
   });
   return [control, dispatch];
 }

@@ -2,6 +2,7 @@ import {
   ApplicationFailure,
   allHandlersFinished,
   condition,
+  getExternalWorkflowHandle,
   log,
   patched,
   proxyActivities,
@@ -22,6 +23,7 @@ import {
   type CompensationView,
   type Decision,
   FINAL_STATES,
+  type PreemptRequest,
   GovState,
   type StepAnswer,
   type TaskInput,
@@ -31,6 +33,7 @@ import {
   approveUpdate,
   cancelSignal,
   finishSignal,
+  preemptSignal,
   rejectUpdate,
   resolveUpdate,
   statusQuery,
@@ -120,6 +123,9 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   const sideEffects: { seq: number; tool: string; args: unknown }[] = [];
   const compensations: CompensationView[] = [];
   let resolution: { by: string; reason: string } | null = null;
+  /** A preemption asked for and not yet carried out; how many this task has had. */
+  let preemptReq: PreemptRequest | null = null;
+  let preemptions = 0;
   const awaiting = () => state === GovState.AwaitingApproval || state === GovState.Escalated;
   const costUsd = () => usage.costMicros / 1e6;
   const view = (a: HeldApproval): ApprovalView => ({
@@ -174,6 +180,11 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   });
   setHandler(finishSignal, () => {
     finished = true;
+  });
+  setHandler(preemptSignal, (p) => {
+    // Only a cluster job that holds GPUs can be preempted; one preemption at a time.
+    const holding = state === GovState.Reserved || state === GovState.Dispatched || state === GovState.Running;
+    if (preemptReq === null && holding && plan?.placement === 'cluster' && cancelled === null) preemptReq = p;
   });
   setHandler(admissionUpdate, async () => {
     await condition(() => decision !== 'pending' || FINAL_STATES.includes(state));
@@ -333,43 +344,60 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   ]);
   setState(GovState.Admitting);
 
-  // Admission: rejected, admitted, or queued until the team's quota frees up.
+  // Admission: rejected, admitted, or queued until the team's quota frees up (again after a preemption).
   let timing: Timing = { pollMillis: 1000, queueRetryMillis: 1000, dispatchQueue: '' };
-  for (let attempt = 1; ; attempt++) {
-    const admitted = await ledger.admitTask({ taskId, intent, requester: input.requester, attempt });
-    timing = admitted.timing;
-    const result = admitted.result;
-    reasons = result.reasons;
-    if (result.decision === 'rejected') {
-      decision = 'rejected';
-      return finish(GovState.Rejected);
+  let attempt = 0;
+  /** Admitted and reserved: null; else the final state to finish with. */
+  const admission = async (): Promise<GovState | null> => {
+    for (;;) {
+      const admitted = await ledger.admitTask({ taskId, intent, requester: input.requester, attempt: ++attempt });
+      timing = admitted.timing;
+      const result = admitted.result;
+      reasons = result.reasons;
+      if (result.decision === 'rejected') {
+        decision = 'rejected';
+        return GovState.Rejected;
+      }
+      plan = result.plan;
+      // Quota is taken by borrowers or lower-priority work: tell the victims to make room, then wait for it.
+      if (admitted.preempt && patched('preemption')) {
+        for (const v of admitted.preempt) {
+          await getExternalWorkflowHandle(v.taskId)
+            .signal(preemptSignal, { by: 'govloop', reason: `${v.why}: ${taskId} needs ${intent.resources.gpus} ${intent.resources.gpuType} GPUs`, preemptor: taskId })
+            .catch(() => undefined); // the victim already ended: its GPUs are free anyway
+        }
+      }
+      const reserved = await ledger.reserveBudget({ taskId, intent, plan, ...(preemptions > 0 ? { requeued: true } : {}) });
+      if (reserved.ok) {
+        decision = 'admitted';
+        reasons = [];
+        return null;
+      }
+      reasons = reserved.reasons;
+      if (!reserved.retry) {
+        decision = 'rejected';
+        return GovState.Rejected;
+      }
+      if (result.decision === 'queued' || reserved.retry) {
+        decision = 'queued';
+        setState(GovState.Queued);
+        await ledger.recordState({ taskId, state: GovState.Queued, reasons });
+        if (await condition(() => cancelled !== null, timing.queueRetryMillis)) return GovState.Cancelled;
+      }
     }
-    plan = result.plan;
-    const reserved = await ledger.reserveBudget({ taskId, intent, plan });
-    if (reserved.ok) {
-      decision = 'admitted';
-      reasons = [];
-      break;
-    }
-    reasons = reserved.reasons;
-    if (!reserved.retry) {
-      decision = 'rejected';
-      return finish(GovState.Rejected);
-    }
-    if (result.decision === 'queued' || reserved.retry) {
-      decision = 'queued';
-      setState(GovState.Queued);
-      await ledger.recordState({ taskId, state: GovState.Queued, reasons });
-      if (await condition(() => cancelled !== null, timing.queueRetryMillis)) return finish(GovState.Cancelled);
-    }
-  }
+  };
+  const ended = await admission();
+  if (ended) return finish(ended);
+  plan = plan as Plan | null; // assigned inside admission(), which the compiler does not follow
+  if (plan === null) throw ApplicationFailure.nonRetryable(`task ${taskId} was admitted without a plan`);
   setState(GovState.Reserved);
 
   // From here on the task holds a reservation: every way out goes through settle.
   let job: string | null = null;
   const cluster = clusterActivities(timing.dispatchQueue);
   try {
-    if (plan.placement === 'cluster') {
+    // A preempted job comes back here once readmitted: placed again and resumed from its checkpoint.
+    while (plan.placement === 'cluster') {
       for (;;) {
         const d = await cluster.dispatchJob({ taskId, intent, plan });
         job = d.job;
@@ -387,7 +415,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       reasons = [];
       setState(GovState.Running);
       for (;;) {
-        await condition(() => cancelled !== null, timing.pollMillis);
+        await condition(() => cancelled !== null || preemptReq !== null, timing.pollMillis);
         lastObservation = await cluster.observeJob({ taskId, job, intent, plan });
         usage = lastObservation.usage;
         progress = lastObservation.progress;
@@ -407,7 +435,17 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
           await cluster.deleteJob({ job });
           return finish(GovState.Failed);
         }
+        if (preemptReq !== null && patched('preemption')) {
+          if (await preempt(preemptReq, job, cluster)) break;
+        }
       }
+      // Preempted: back to the queue, with the reservation kept and the quota checked again.
+      const notReadmitted = await admission();
+      if (notReadmitted) {
+        await cluster.deleteJob({ job }); // the suspended job will not run again
+        return finish(notReadmitted);
+      }
+      setState(GovState.Reserved);
     }
     // Hosted work (agent steps, hosted inference): runs until finished, cancelled, a cap, or its deadline.
     setState(GovState.Running);
@@ -445,6 +483,32 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     if (job !== null) await cluster.deleteJob({ job });
     reasons = [{ code: 'NOT_RUNNING', message: `task failed: ${String(err)}`, limit: null, requested: null, policy: 'workflow' }];
     return finish(GovState.Failed);
+  }
+
+  /**
+   * Preemption of the running job: the checkpoint signal, the grace period, suspend (the job frees
+   * its GPUs and keeps its progress up to the checkpoint), the last metering of what ran, then the
+   * ledger record — lost GPU-seconds against the preemptor's team, the audit row naming the
+   * preemptor — and GovState Preempted. False when a cancel came during the grace period.
+   */
+  async function preempt(p: PreemptRequest, job: string, cluster: ReturnType<typeof clusterActivities>): Promise<boolean> {
+    await cluster.checkpointJob({ job });
+    if (await condition(() => cancelled !== null, timing.preemptGraceMillis ?? 30_000)) {
+      preemptReq = null;
+      return false;
+    }
+    const suspended = await cluster.suspendJob({ job, gpus: plan!.gpu.count });
+    lastObservation = await cluster.observeJob({ taskId, job, intent, plan: plan! });
+    usage = lastObservation.usage;
+    progress = lastObservation.progress;
+    preemptions++;
+    const r = await ledger.recordPreemption({ taskId, round: preemptions, by: p.by, reason: p.reason, preemptor: p.preemptor, lostGpuSecondsTotal: suspended.lostGpuSecondsTotal, gpuType: plan!.gpu.type, gpus: plan!.gpu.count });
+    reasons = [{ code: 'PREEMPTED', message: `preempted by ${p.preemptor ?? p.by} (${p.reason}); ${r.lostGpuSeconds} GPU-seconds since the checkpoint lost`, limit: null, requested: null, policy: p.preemptor ? `task/${p.preemptor}` : 'operator' }];
+    nodes = [];
+    preemptReq = null;
+    decision = 'queued';
+    setState(GovState.Preempted);
+    return true;
   }
 
   /**

@@ -19,6 +19,8 @@ export const GovState = {
   Reserved: 'Reserved',
   Dispatched: 'Dispatched',
   Running: 'Running',
+  /** Suspended for another task (or by an operator) after a checkpoint; requeued, resumes from the checkpoint. */
+  Preempted: 'Preempted',
   /** A high-risk tool call waits for a human; Escalated once the next approver tier was notified. */
   AwaitingApproval: 'AwaitingApproval',
   Escalated: 'Escalated',
@@ -143,6 +145,15 @@ export const approvalOutcomeUpdate = defineUpdate<ApprovalOutcome, [{ approvalId
 export const resolveUpdate = defineUpdate<{ state: GovState }, [{ by: string; reason: string }]>('resolve');
 export const finishSignal = defineSignal<[{ by: string }]>('finish');
 export const cancelSignal = defineSignal<[{ by: string; reason: string }]>('cancel');
+
+/** Who preempts a task and why: `preemptor` is the task it makes room for (null: an operator). */
+export interface PreemptRequest {
+  by: string;
+  reason: string;
+  preemptor: string | null;
+}
+/** Checkpoint, suspend after the grace period, requeue; the task resumes from its checkpoint when readmitted. */
+export const preemptSignal = defineSignal<[PreemptRequest]>('preempt');
 
 /** A budget's key: its scope (`*` for a level it does not narrow) and period. */
 export interface BudgetKey {

@@ -5,6 +5,9 @@ import { connectTemporal, dataDir, openLedger, readDevState } from '../../runtim
 import { installLogging } from '../../runtime/logging';
 import { startStack } from '../../runtime/stack';
 import { ensureBudgetControllers, ensureRollupSchedule } from '../../runtime/schedules';
+import { KubeConfig } from '@kubernetes/client-node';
+import type { ClusterBackend } from '../../cluster/backend';
+import { KubernetesCluster } from '../../cluster/kubernetes/backend';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { createWorkers, runWorkers } from '../../workers/worker';
 import { NativeConnection } from '@temporalio/worker';
@@ -19,6 +22,8 @@ const WorkerOptions = z.strictObject({
   taskQueue: z.string().min(1).default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
   cluster: z.string().regex(/^[a-z0-9-]+$/).optional(),
   controllers: z.boolean().default(true),
+  backend: z.enum(['simulated', 'kubernetes']).default((process.env.GOVLOOP_CLUSTER_BACKEND as 'simulated' | 'kubernetes' | undefined) ?? 'simulated'),
+  k8sNamespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a Kubernetes namespace name').max(63).default(process.env.GOVLOOP_K8S_NAMESPACE ?? 'govloop'),
 });
 
 /** Resolves on the first SIGINT/SIGTERM. */
@@ -60,6 +65,8 @@ Ctrl-C stops everything.`);
     .option('--task-queue <name>', 'control task queue', process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL)
     .option('--cluster <name>', 'simulated cluster name (default: config/cluster.yaml)')
     .option('--no-controllers', 'start no budget controllers and no rollup schedule (another worker pool owns them)')
+    .option('--backend <kind>', 'cluster backend: simulated | kubernetes (KUBECONFIG, ~/.kube/config or in-cluster); default $GOVLOOP_CLUSTER_BACKEND or simulated')
+    .option('--k8s-namespace <ns>', 'namespace of the Jobs (kubernetes backend); default $GOVLOOP_K8S_NAMESPACE or govloop')
     .action(async (raw) => {
       const o = parseOptions(WorkerOptions, raw);
       const logger = installLogging();
@@ -72,8 +79,16 @@ Ctrl-C stops everything.`);
       const ledger = await openLedger(program.opts().dataDir);
       const connection = await NativeConnection.connect({ ...cfg.connectionOptions, address });
       try {
-        const backend = new SimulatedCluster(ledger.db, config.cluster, config.simulation.speedup);
-        await backend.sync();
+        let backend: ClusterBackend;
+        if (o.backend === 'kubernetes') {
+          const kc = new KubeConfig();
+          kc.loadFromDefault();
+          backend = new KubernetesCluster(kc, { cluster: config.cluster.name, namespace: o.k8sNamespace });
+        } else {
+          const sim = new SimulatedCluster(ledger.db, config.cluster, config.simulation.speedup);
+          await sim.sync();
+          backend = sim;
+        }
         const workers = await createWorkers({ connection, namespace, db: ledger.db, config, backend, controlQueue: o.taskQueue });
         if (o.controllers) {
           const temporal = await connectTemporal(program.opts().dataDir);
@@ -87,7 +102,7 @@ Ctrl-C stops everything.`);
         const abort = new AbortController();
         void untilSignal().then(() => abort.abort());
         logger.info({ address, namespace, taskQueue: o.taskQueue, ledger: ledger.source }, 'worker started');
-        console.error(`worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name}; ledger ${ledger.source}`);
+        console.error(`worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name} (${o.backend}${o.backend === 'kubernetes' ? ` namespace ${o.k8sNamespace}` : ''}); ledger ${ledger.source}`);
         await runWorkers(workers, abort.signal);
       } finally {
         await connection.close();

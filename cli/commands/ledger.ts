@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { Periods } from '../../governance/periods';
 import { decideRaise, requestBudgetChange, showBudgets } from '../../ledger/budgets';
-import { budgetSnapshot } from '../../ledger/ladder';
+import { budgetSnapshot, listRaises } from '../../ledger/ladder';
 import { startBudgetController } from '../../runtime/schedules';
 import { type BudgetKey, TASK_QUEUE_CONTROL } from '../../workflows/messages';
 import { verifyAudit } from '../../ledger/audit';
@@ -116,6 +116,22 @@ export function register(program: Command): void {
       });
     });
 
+  budget
+    .command('raises')
+    .description('budget raises waiting for a second person (pending first), with --all the decided ones too')
+    .requiredOption('--tenant <tenant>')
+    .option('--all', 'decided raises too')
+    .option('--json', 'print JSON')
+    .action(async (raw) => {
+      const o = parseOptions(z.strictObject({ tenant: scopeName, all: z.boolean().default(false), json: z.boolean().default(false) }), raw);
+      await withContext(dataDir(), async (ctx) => {
+        const rows = await listRaises(await ctx.db(), o.tenant, !o.all);
+        if (o.json) return printJson(rows);
+        if (rows.length === 0) return console.log(`no ${o.all ? '' : 'pending '}budget raises for ${o.tenant}`);
+        console.log(table(['raise', 'scope', 'period', 'from', 'to', 'requested by', 'reason', 'state', 'decided by'], rows.map((r) => [r.raiseId, r.scope, r.period, usd(r.fromUsd), usd(r.toUsd), r.requestedBy, r.reason, r.state, r.decidedBy ?? '—'])));
+      });
+    });
+
   for (const kind of ['approve', 'reject'] as const) {
     budget
       .command(kind)
@@ -200,7 +216,7 @@ export function register(program: Command): void {
       await withContext(dataDir(), async (ctx) => {
         const db = await ctx.db();
         await rollUp(db, { lateArrivalSeconds: ctx.config().policies.metering.lateArrivalSeconds });
-        const r = await showback(db, { by: o.by as UsageDim[], from, to, ...(o.tenant ? { tenant: o.tenant } : {}), capacity: clusterCapacity(ctx.config()) });
+        const r = await showback(db, { by: o.by as UsageDim[], from, to, ...(o.tenant ? { tenant: o.tenant } : {}), capacity: clusterCapacity(ctx.config()), priceBook: ctx.config().priceBook });
         if (o.format === 'json') return printJson(r);
         const header = [...o.by, 'costUsd', 'gpuHours', 'tokensIn', 'tokensOut', 'events', 'tasks'];
         const rows = r.rows.map((x) => [...o.by.map((d) => String(x[d])), x.costUsd, x.gpuHours, x.tokensIn, x.tokensOut, x.events, x.tasks ?? '']);
@@ -214,6 +230,10 @@ export function register(program: Command): void {
             [[fmtUnit(u.per1MTokensUsd), fmtUnit(u.perGpuHourUsd), fmtUnit(u.perAgentTaskUsd), fmtUnit(u.perTrainingJobUsd), `${usd(r.unattributed.costUsd)} (${r.unattributed.events} events)`, r.idle ? r.idle.gpuHours.toFixed(1) : '—', r.idle ? usd(r.idle.costUsd) : '—']],
           ),
         );
+        if (r.preemptionLosses.length > 0) {
+          console.log('GPU work lost to preemption, charged to the preemptor’s team');
+          console.log(table(['tenant', 'team', 'preemptions', 'GPU-hours lost', 'cost'], r.preemptionLosses.map((l) => [l.tenant, l.team, l.preemptions, l.gpuHours.toFixed(3), usd(l.costUsd)])));
+        }
       });
     });
 

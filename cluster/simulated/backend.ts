@@ -1,7 +1,8 @@
 import type { ClusterConfig } from '../../config/schema';
 import type { Db } from '../../ledger/db';
 import { ReasonCode, reason } from '../../governance/reasons';
-import type { ClusterBackend, CreateResult, JobPhase, JobSpec, JobStatus } from '../backend';
+import type { Queryable } from '../../ledger/db';
+import type { ClusterBackend, ClusterCapacity, CreateResult, JobPhase, JobSpec, JobStatus } from '../backend';
 
 interface JobRow {
   name: string;
@@ -12,6 +13,9 @@ interface JobRow {
   fail_after_s: number | null;
   tokens_per_second: number;
   progress_s: number;
+  checkpoint_s: number;
+  ran_s: number;
+  lost_s: number;
   resumed_at: Date | null;
 }
 
@@ -19,6 +23,10 @@ interface JobRow {
  * A GPU cluster that does not need GPUs: nodes from config/cluster.yaml, jobs in the ledger.
  * A running job advances on the (injected) clock at `speedup` simulated seconds per real second,
  * so its progress survives worker restarts exactly as a real job's would.
+ *
+ * Preemption: `checkpoint` saves the progress; `suspend` frees the job's node and sets its progress
+ * back to the last checkpoint (what ran after it is lost, but was metered: it ran). `create` on a
+ * job suspended that way places it again, and `resume` continues from the checkpoint.
  */
 export class SimulatedCluster implements ClusterBackend {
   readonly cluster: string;
@@ -45,22 +53,16 @@ export class SimulatedCluster implements ClusterBackend {
 
   async create(spec: JobSpec): Promise<CreateResult> {
     return this.db.tx(async (c) => {
-      const existing = await c.query<{ node: string | null }>('SELECT node FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, spec.name]);
-      if (existing.rows[0]) return { ok: true, nodes: existing.rows[0].node ? [existing.rows[0].node] : [] };
-      // Placement v0: the first node of the type with room. Nodes are locked so no GPU is booked twice.
-      const nodes = await c.query<{ name: string; gpus: number }>(
-        'SELECT name, gpus FROM sim_nodes WHERE cluster = $1 AND gpu_type = $2 ORDER BY name FOR UPDATE',
-        [this.cluster, spec.gpuType],
-      );
-      const used = await c.query<{ node: string; used: number }>(
-        `SELECT node, SUM(gpus)::int AS used FROM sim_jobs WHERE cluster = $1 AND phase IN ('Running', 'Suspended') AND node IS NOT NULL GROUP BY node`,
-        [this.cluster],
-      );
-      const usedBy = new Map(used.rows.map((r) => [r.node, r.used]));
-      const node = nodes.rows.find((n) => n.gpus - (usedBy.get(n.name) ?? 0) >= spec.gpus);
-      if (!node) {
-        const free = nodes.rows.reduce((m, n) => Math.max(m, n.gpus - (usedBy.get(n.name) ?? 0)), 0);
-        return { ok: false, reason: reason(ReasonCode.GpuCapacityBusy, `no ${spec.gpuType} node has ${spec.gpus} free GPUs now (most free on one node: ${free})`, free, spec.gpus, `cluster/${this.cluster}`) };
+      const existing = await c.query<{ node: string | null; phase: JobPhase }>('SELECT node, phase FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, spec.name]);
+      const prior = existing.rows[0];
+      if (prior && (prior.node !== null || prior.phase !== 'Suspended')) return { ok: true, nodes: prior.node ? [prior.node] : [] };
+      const placed = await this.placeIn(c, spec.gpuType, spec.gpus);
+      if (!placed.ok) return placed;
+      const node = { name: placed.nodes[0]! };
+      if (prior) {
+        // A preempted job placed again: it keeps its progress (from its checkpoint) and its meters.
+        await c.query('UPDATE sim_jobs SET node = $3 WHERE cluster = $1 AND name = $2', [this.cluster, spec.name, node.name]);
+        return placed;
       }
       await c.query(
         `INSERT INTO sim_jobs (cluster, name, task_id, node, gpus, gpu_type, sharing, phase, duration_s, fail_after_s, tokens_per_second, labels)
@@ -71,12 +73,51 @@ export class SimulatedCluster implements ClusterBackend {
     });
   }
 
+  /** Placement v0: the first node of the type with room. Nodes are locked so no GPU is booked twice. */
+  private async placeIn(c: Queryable, gpuType: string, gpus: number): Promise<CreateResult> {
+    const nodes = await c.query<{ name: string; gpus: number }>('SELECT name, gpus FROM sim_nodes WHERE cluster = $1 AND gpu_type = $2 ORDER BY name FOR UPDATE', [this.cluster, gpuType]);
+    const used = await c.query<{ node: string; used: number }>(
+      `SELECT node, SUM(gpus)::int AS used FROM sim_jobs WHERE cluster = $1 AND phase IN ('Running', 'Suspended') AND node IS NOT NULL GROUP BY node`,
+      [this.cluster],
+    );
+    const usedBy = new Map(used.rows.map((r) => [r.node, r.used]));
+    const node = nodes.rows.find((n) => n.gpus - (usedBy.get(n.name) ?? 0) >= gpus);
+    if (!node) {
+      const free = nodes.rows.reduce((m, n) => Math.max(m, n.gpus - (usedBy.get(n.name) ?? 0)), 0);
+      return { ok: false, reason: reason(ReasonCode.GpuCapacityBusy, `no ${gpuType} node has ${gpus} free GPUs now (most free on one node: ${free})`, free, gpus, `cluster/${this.cluster}`) };
+    }
+    return { ok: true, nodes: [node.name] };
+  }
+
   async resume(name: string): Promise<void> {
     await this.db.query(`UPDATE sim_jobs SET phase = 'Running', resumed_at = $3 WHERE cluster = $1 AND name = $2 AND phase = 'Suspended'`, [this.cluster, name, this.clock()]);
   }
 
   async suspend(name: string): Promise<void> {
     await this.settleProgress(name, 'Suspended');
+  }
+
+  async checkpoint(name: string): Promise<void> {
+    await this.settleProgress(name);
+    await this.db.query(`UPDATE sim_jobs SET checkpoint_s = progress_s WHERE cluster = $1 AND name = $2 AND phase = 'Running'`, [this.cluster, name]);
+  }
+
+  async capacity(gpuType: string): Promise<ClusterCapacity> {
+    const nodes = await this.db.query<{ name: string; gpus: number; used: number }>(
+      `SELECT n.name, n.gpus, COALESCE(SUM(j.gpus) FILTER (WHERE j.phase IN ('Running', 'Suspended')), 0)::int AS used
+       FROM sim_nodes n LEFT JOIN sim_jobs j ON j.cluster = n.cluster AND j.node = n.name
+       WHERE n.cluster = $1 AND n.gpu_type = $2 GROUP BY n.name, n.gpus ORDER BY n.name`,
+      [this.cluster, gpuType],
+    );
+    const now = this.clock().getTime();
+    const jobs = await this.db.query<JobRow & { task_id: string }>(`SELECT * FROM sim_jobs WHERE cluster = $1 AND gpu_type = $2 AND phase = 'Running'`, [this.cluster, gpuType]);
+    return {
+      nodes: nodes.rows,
+      jobs: jobs.rows.map((j) => {
+        const progress = Math.min(j.duration_s, j.progress_s + (j.resumed_at ? ((now - j.resumed_at.getTime()) / 1000) * this.speedup : 0));
+        return { taskId: j.task_id, node: j.node, gpus: j.gpus, lostSecondsIfSuspended: Math.max(0, progress - j.checkpoint_s) };
+      }),
+    };
   }
 
   async delete(name: string): Promise<void> {
@@ -93,8 +134,10 @@ export class SimulatedCluster implements ClusterBackend {
       phase: row.phase,
       nodes: row.node ? [row.node] : [],
       progressSeconds: row.progress_s,
-      gpuSeconds: row.progress_s * row.gpus,
-      tokens: Math.floor(row.progress_s * row.tokens_per_second),
+      checkpointSeconds: row.checkpoint_s,
+      lostSeconds: row.lost_s,
+      gpuSeconds: row.ran_s * row.gpus,
+      tokens: Math.floor(row.ran_s * row.tokens_per_second),
       message: row.phase === 'Failed' ? `simulated failure after ${row.fail_after_s}s` : null,
     };
   }
@@ -110,17 +153,29 @@ export class SimulatedCluster implements ClusterBackend {
       if (!row) return;
       let phase = row.phase;
       let progress = row.progress_s;
+      let ran = row.ran_s;
+      let lost = row.lost_s;
+      let node = row.node;
       const now = this.clock();
       if (phase === 'Running' && row.resumed_at) {
         const end = Math.min(row.duration_s, row.fail_after_s ?? Infinity);
-        progress = Math.min(end, progress + ((now.getTime() - row.resumed_at.getTime()) / 1000) * this.speedup);
+        const next = Math.min(end, progress + ((now.getTime() - row.resumed_at.getTime()) / 1000) * this.speedup);
+        ran += Math.max(0, next - progress);
+        progress = next;
         if (progress >= end) phase = row.fail_after_s !== null && row.fail_after_s < row.duration_s ? 'Failed' : 'Succeeded';
+      }
+      if (to === 'Suspended' && phase === 'Running') {
+        // Preempted: back to the last checkpoint, and off its node until placed again.
+        lost += Math.max(0, progress - row.checkpoint_s);
+        progress = Math.min(progress, row.checkpoint_s);
+        node = null;
       }
       if (to === 'Deleted' || (to === 'Suspended' && phase === 'Running')) phase = to;
       await c.query(
-        `UPDATE sim_jobs SET progress_s = $3, phase = $4, resumed_at = CASE WHEN $4 = 'Running' THEN $5::timestamptz ELSE NULL END
+        `UPDATE sim_jobs SET progress_s = $3, phase = $4, resumed_at = CASE WHEN $4 = 'Running' THEN $5::timestamptz ELSE NULL END,
+           ran_s = $6, lost_s = $7, node = $8
          WHERE cluster = $1 AND name = $2`,
-        [this.cluster, name, progress, phase, now],
+        [this.cluster, name, progress, phase, now, ran, lost, node],
       );
     });
   }

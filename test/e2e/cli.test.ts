@@ -102,6 +102,8 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
     const raiseId = /as raise (\d+)/.exec(raise.stdout)?.[1];
     expect(raiseId, raise.stdout).toBeDefined();
     expect((await govloop(['budget', 'show', '--tenant', tenant, '--team', 'search', '--json'], env)).json().limitUsd).toBe(120);
+    const pending = (await govloop(['budget', 'raises', '--tenant', tenant, '--json'], env)).json();
+    expect(pending).toMatchObject([{ raiseId: Number(raiseId), scope: `${tenant}/search/*`, fromUsd: 120, toUsd: 200, requestedBy: 'alice', reason: 'launch week', state: 'pending' }]);
     const self = await govloop(['budget', 'approve', raiseId!, '--as', 'alice', '--reason', 'mine'], env);
     expect(self.code).toBe(3);
     expect(self.stderr).toMatch(/self-approval/);

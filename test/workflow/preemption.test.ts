@@ -1,0 +1,211 @@
+import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { preemptionLosses } from '../../ledger/quota';
+import { showback } from '../../ledger/rollups';
+import { taskUsage } from '../../ledger/usage';
+import { bundleWorkflows } from '../../workers/worker';
+import { cancelSignal, statusQuery } from '../../workflows/messages';
+import { govloop } from '../support/cli';
+import { type Harness, createHarness, intent, testConfig } from '../support/harness';
+import { saveHistories } from '../support/histories';
+
+let bundle: WorkflowBundleWithSourceMap;
+let h: Harness;
+
+/**
+ * A small cohort on a small cluster: two H100 nodes of 4 GPUs; teams a and b of one tenant with a
+ * nominal quota of 4 H100 each. b borrows a's idle 4 for a low-priority job; a then asks for its 4.
+ */
+beforeAll(async () => {
+  bundle = await bundleWorkflows();
+  const config = testConfig();
+  config.cluster = {
+    ...config.cluster,
+    nodes: [
+      { name: 'h100-a', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
+      { name: 'h100-b', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
+    ],
+  };
+  config.policies.preemption = { graceMillis: 200 };
+  h = await createHarness({ bundle, config });
+  h.config.policies.cohorts = [
+    {
+      name: `cohort-${h.tenant}`,
+      gpuType: 'H100',
+      teams: [
+        { tenant: h.tenant, team: 'a', nominal: 4, borrowingLimit: null, lendingLimit: null, weight: 1 },
+        { tenant: h.tenant, team: 'b', nominal: 4, borrowingLimit: null, lendingLimit: null, weight: 1 },
+      ],
+    },
+  ];
+  await h.startWorkers();
+});
+
+afterAll(async () => {
+  await saveHistories(h.client, { cli: inject('temporalCli'), address: inject('temporalAddress'), taskQueue: h.controlQueue, prefix: 'preemption' });
+  await h.close();
+});
+
+const job = (team: string, name: string, priority: string, durationSeconds: number) =>
+  intent(h.tenant, {
+    name,
+    priority,
+    attribution: { tenant: h.tenant, team, project: 'p', model: 'llama-3-8b', useCase: 'u' },
+    caps: { maxUsd: 1000, maxGpuHours: 100 },
+    resources: { gpus: 4, gpuType: 'H100', sharing: 'exclusive' },
+    simulation: { durationSeconds, tokensPerSecond: 0 },
+  });
+
+async function until(taskId: string, ok: (s: Awaited<ReturnType<typeof status>>) => boolean, timeoutMs = 30_000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await status(taskId);
+    if (ok(s)) return s;
+    if (Date.now() > end) throw new Error(`${taskId} did not get there: ${JSON.stringify({ state: s.state, reasons: s.reasons })}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+const status = (taskId: string) => h.client.workflow.getHandle(taskId).query(statusQuery);
+
+/** The GovState values a task went through, from its history (consecutive repeats folded). */
+async function govStates(taskId: string): Promise<string[]> {
+  const history = await h.client.workflow.getHandle(taskId).fetchHistory();
+  const out: string[] = [];
+  for (const e of history.events ?? []) {
+    const p = e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.GovState;
+    if (!p?.data) continue;
+    const v = JSON.parse(Buffer.from(p.data).toString()) as string | string[];
+    const s = Array.isArray(v) ? v[0]! : v;
+    if (out.at(-1) !== s) out.push(s);
+  }
+  return out;
+}
+
+async function simJob(taskId: string) {
+  const r = await h.db.query<{ progress_s: number; checkpoint_s: number; ran_s: number; lost_s: number; gpus: number; phase: string }>(
+    'SELECT progress_s, checkpoint_s, ran_s, lost_s, gpus, phase FROM sim_jobs WHERE task_id = $1',
+    [taskId],
+  );
+  return r.rows[0]!;
+}
+
+describe('quotas and preemption on a real Temporal server and PostgreSQL', () => {
+  it('borrowing, then reclaim: the borrower (not the higher-priority job) is preempted, resumes from its checkpoint and finishes; GPU-seconds charged equal what ran', async () => {
+    // Long enough (15 s and 8 s at the test speed-up) that both still run when a asks, however busy the machine.
+    const high = await h.submit(job('b', 'b-high', 'high', 30_000));
+    await until(high.taskId, (s) => s.state === 'Running');
+    const low = await h.submit(job('b', 'b-low', 'low', 16_000));
+    // b borrows a's idle quota for its low-priority job.
+    await until(low.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
+    const admission = await h.db.query<{ detail: { quota?: string; borrowed?: number } }>(`SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'admission' AND decision = 'admitted'`, [low.taskId]);
+    expect(admission.rows.at(-1)?.detail).toMatchObject({ quota: 'borrowing', borrowed: 4 });
+
+    const a = await h.submit(job('a', 'a-reclaim', 'normal', 2_000));
+    const [aDone, lowDone, highDone] = await Promise.all([a.result(), low.result(), high.result()]);
+    expect([aDone.state, lowDone.state, highDone.state]).toEqual(['Succeeded', 'Succeeded', 'Succeeded']);
+
+    // The GovState trail: the victim went Running → Preempted → (Queued) → Reserved → Running → Succeeded.
+    const lowStates = await govStates(low.taskId);
+    expect(lowStates.join(',')).toMatch(/Running,Preempted,(Queued,)?Reserved,Running,Succeeded$/);
+    expect(lowStates.filter((s) => s === 'Preempted')).toHaveLength(1);
+    expect(await govStates(high.taskId)).not.toContain('Preempted');
+    const aStates = await govStates(a.taskId);
+    expect(aStates).toContain('Queued');
+    expect(aStates.at(-1)).toBe('Succeeded');
+
+    // The audit trail names the preemptor; a's admission says whom it preempted and why.
+    const audit = await h.db.query<{ actor: string; detail: { preemptor: string; preemptorTeam: string; lostGpuSeconds: number; round: number } }>(
+      `SELECT actor, detail FROM audit_log WHERE task_id = $1 AND action = 'preempt' ORDER BY id`,
+      [low.taskId],
+    );
+    expect(audit.rows).toHaveLength(1);
+    expect(audit.rows[0]).toMatchObject({ actor: 'govloop', detail: { preemptor: a.taskId, preemptorTeam: `${h.tenant}/a`, round: 1 } });
+    const aAdmission = await h.db.query<{ detail: { preempt?: { taskId: string; why: string }[] } }>(`SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'admission' ORDER BY id`, [a.taskId]);
+    const preempted = aAdmission.rows.flatMap((r) => r.detail.preempt ?? []);
+    expect(new Set(preempted.map((p) => p.taskId))).toEqual(new Set([low.taskId]));
+    expect(preempted[0]?.why).toBe('reclaim');
+    const none = await h.db.query('SELECT 1 FROM preemptions WHERE victim_task_id = $1', [high.taskId]);
+    expect(none.rowCount).toBe(0);
+
+    // Resumed from its checkpoint: all of its work done once, plus only what ran after the checkpoint.
+    const sim = await simJob(low.taskId);
+    expect(sim.phase).toBe('Succeeded');
+    expect(sim.progress_s).toBe(16_000);
+    expect(sim.checkpoint_s).toBeGreaterThan(0);
+    expect(sim.lost_s).toBeGreaterThan(0);
+    expect(sim.lost_s).toBeLessThan(sim.checkpoint_s + 4_000);
+    expect(sim.ran_s).toBeCloseTo(16_000 + sim.lost_s, 6);
+
+    // GPU-seconds charged equal what ran, for every task; the lost part is shown against team a.
+    const lowUsage = await taskUsage(h.db, low.taskId);
+    expect(lowUsage.gpuSeconds).toBeCloseTo(sim.ran_s * 4, 3);
+    expect(lowDone.usage.gpuSeconds).toBeCloseTo(sim.ran_s * 4, 3);
+    expect((await taskUsage(h.db, a.taskId)).gpuSeconds).toBe(2_000 * 4);
+    expect((await taskUsage(h.db, high.taskId)).gpuSeconds).toBe(30_000 * 4);
+    const row = await h.db.query<{ lost_gpu_seconds: number; preemptor_task_id: string; preemptor_team: string }>('SELECT lost_gpu_seconds, preemptor_task_id, preemptor_team FROM preemptions WHERE victim_task_id = $1', [low.taskId]);
+    expect(row.rows[0]).toMatchObject({ preemptor_task_id: a.taskId, preemptor_team: 'a' });
+    expect(row.rows[0]!.lost_gpu_seconds).toBeCloseTo(sim.lost_s * 4, 3);
+    expect(audit.rows[0]!.detail.lostGpuSeconds).toBeCloseTo(sim.lost_s * 4, 3);
+    const losses = await preemptionLosses(h.db, h.tenant);
+    expect(losses).toEqual([{ preemptorTeam: `${h.tenant}/a`, preemptions: 1, lostGpuHours: expect.closeTo((sim.lost_s * 4) / 3600, 6) }]);
+    // Chargeback: the showback report puts the lost work on the preemptor's team, at the GPU-hour price.
+    const day = new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate()));
+    const report = await showback(h.db, { by: ['team'], from: day, to: new Date(day.getTime() + 86_400_000), tenant: h.tenant, priceBook: h.config.priceBook });
+    expect(report.preemptionLosses).toEqual([{ tenant: h.tenant, team: 'a', preemptions: 1, gpuHours: expect.closeTo((sim.lost_s * 4) / 3600, 6), costUsd: expect.closeTo(((sim.lost_s * 4) / 3600) * 4, 5) }]);
+    // Nothing stays reserved or open.
+    const open = await h.db.query('SELECT 1 FROM preemptions WHERE victim_task_id = ANY($1) AND suspended_at IS NULL', [[low.taskId, high.taskId, a.taskId]]);
+    expect(open.rowCount).toBe(0);
+  });
+
+  const cliEnv = () => ({ TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_TASK_QUEUE: h.controlQueue });
+
+  it('govloop preempt: an operator preempts a running job, audited with who and why; it is requeued and resumes from its checkpoint', async () => {
+    const bad = await govloop(['preempt', 'no-such-task', '--as', 'alice'], cliEnv());
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--reason: required/);
+    // Runs until cancelled, so the CLI (a separate process, slow to start on a busy machine) is never late.
+    const t = await h.submit(job('a', 'op-preempt', 'normal', 2_000_000));
+    await until(t.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
+    const r = await govloop(['preempt', t.taskId, '--as', 'alice', '--reason', 'node maintenance', '--json'], cliEnv());
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json()).toMatchObject({ taskId: t.taskId, requested: true, by: 'alice' });
+    // Back to Running, on from its checkpoint.
+    await until(t.taskId, (s) => s.state === 'Running' && s.reasons.length === 0 && s.nodes.length > 0, 60_000);
+    for (let sim = await simJob(t.taskId); !(sim.phase === 'Running' && sim.lost_s > 0 && sim.progress_s > sim.checkpoint_s); sim = await simJob(t.taskId)) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await h.client.workflow.getHandle(t.taskId).signal(cancelSignal, { by: 'test', reason: 'done' });
+    const done = await t.result();
+    expect(done.state).toBe('Cancelled');
+    expect((await govStates(t.taskId)).join(',')).toMatch(/Running,Preempted,(Queued,)?Reserved,Running,Cancelled$/);
+    const audit = await h.db.query<{ actor: string; action: string; detail: { reason: string; preemptor?: string | null } }>(`SELECT actor, action, detail FROM audit_log WHERE task_id = $1 AND action LIKE 'preempt%' ORDER BY id`, [t.taskId]);
+    expect(audit.rows).toEqual([
+      expect.objectContaining({ actor: 'alice', action: 'preempt.request', detail: { reason: 'node maintenance' } }),
+      expect.objectContaining({ actor: 'alice', action: 'preempt', detail: expect.objectContaining({ reason: 'node maintenance', preemptor: null }) }),
+    ]);
+    // A finished task cannot be preempted: exit 3 with the state.
+    const late = await govloop(['preempt', t.taskId, '--as', 'alice', '--reason', 'again'], cliEnv());
+    expect(late.code).toBe(3);
+    expect(late.stderr).toMatch(/is Cancelled/);
+    const sim = await simJob(t.taskId);
+    expect(sim.ran_s).toBeCloseTo(sim.progress_s + sim.lost_s, 6);
+    expect((await taskUsage(h.db, t.taskId)).gpuSeconds).toBeCloseTo(sim.ran_s * 4, 3);
+  });
+
+  it('govloop queue: a request that fits no quota waits with its position and reason', async () => {
+    // a and b each use their nominal 4; a second job of a can neither borrow nor preempt (same priority).
+    const a1 = await h.submit(job('a', 'q-a1', 'normal', 2_000_000));
+    const b1 = await h.submit(job('b', 'q-b1', 'normal', 2_000_000));
+    await until(a1.taskId, (s) => s.state === 'Running');
+    await until(b1.taskId, (s) => s.state === 'Running');
+    const a2 = await h.submit(job('a', 'q-a2', 'normal', 600));
+    await until(a2.taskId, (s) => s.state === 'Queued');
+    const r = await govloop(['queue', '--tenant', h.tenant, '--json'], cliEnv());
+    expect(r.code, r.stderr).toBe(0);
+    const rows = r.json() as { taskId: string; position: number; state: string; reasons: { code: string }[] }[];
+    expect(rows).toEqual([expect.objectContaining({ taskId: a2.taskId, state: 'Queued', position: 1, reasons: [expect.objectContaining({ code: 'GPU_QUOTA_BUSY' })] })]);
+    for (const t of [a2, a1, b1]) await h.client.workflow.getHandle(t.taskId).signal(cancelSignal, { by: 'test', reason: 'done' });
+    expect((await a2.result()).state).toBe('Cancelled');
+    await Promise.all([a1.result(), b1.result()]);
+  });
+});
