@@ -202,7 +202,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         await backend.resume(name);
         await db.tx(async (c) => {
           await updateTask(c, taskId, { state: 'Running' });
-          await appendAudit(c, { actor: 'govloop', taskId, action: 'dispatch', decision: 'running', detail: { cluster: backend.cluster, job: name, nodes: created.nodes }, dedupeKey: `${taskId}:dispatch` });
+          await appendAudit(c, { actor: 'govloop', taskId, action: 'dispatch', decision: 'running', detail: { cluster: backend.cluster, job: name, nodes: created.nodes, placement: created.explanation ?? null }, dedupeKey: `${taskId}:dispatch` });
         });
       }
       return { ...created, job: name };

@@ -25,7 +25,8 @@ export interface JobSpec {
   simulation: { durationSeconds: number; tokensPerSecond: number; failAfterSeconds: number | null };
 }
 
-export type CreateResult = { ok: true; nodes: string[] } | { ok: false; reason: Reason };
+/** `explanation`: why the placement is where it is (domain chosen, why not smaller, fragmentation after), when the backend placed it. */
+export type CreateResult = { ok: true; nodes: string[]; explanation?: string } | { ok: false; reason: Reason };
 
 export interface JobStatus {
   name: string;

@@ -2,7 +2,9 @@ import type { ClusterConfig } from '../../config/schema';
 import type { Db } from '../../ledger/db';
 import { ReasonCode, reason } from '../../governance/reasons';
 import type { Queryable } from '../../ledger/db';
+import { type Placement, commit, emptyState, place } from '../../governance/placement';
 import type { ClusterBackend, ClusterCapacity, CreateResult, JobPhase, JobSpec, JobStatus } from '../backend';
+import { clusterIndex } from './topology';
 
 interface JobRow {
   name: string;
@@ -69,11 +71,16 @@ export class SimulatedCluster implements ClusterBackend {
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'Suspended', $8, $9, $10, $11)`,
         [this.cluster, spec.name, spec.taskId, node.name, spec.gpus, spec.gpuType, spec.sharing, spec.simulation.durationSeconds, spec.simulation.failAfterSeconds, spec.simulation.tokensPerSecond, spec.labels],
       );
-      return { ok: true, nodes: [node.name] };
+      return placed;
     });
   }
 
-  /** Placement v0: the first node of the type with room. Nodes are locked so no GPU is booked twice. */
+  /**
+   * Where a job goes: governance/placement.ts `place()` over the cluster's topology and the GPUs
+   * its jobs hold now, on one node (the simulated cluster runs a job on one node): best fit by the
+   * fragmentation gradient, so large free domains stay whole. Nodes are locked so no GPU is booked
+   * twice. The placement's explanation comes back with the result (the dispatch audit row keeps it).
+   */
   private async placeIn(c: Queryable, gpuType: string, gpus: number): Promise<CreateResult> {
     const nodes = await c.query<{ name: string; gpus: number }>('SELECT name, gpus FROM sim_nodes WHERE cluster = $1 AND gpu_type = $2 ORDER BY name FOR UPDATE', [this.cluster, gpuType]);
     const used = await c.query<{ node: string; used: number }>(
@@ -81,12 +88,20 @@ export class SimulatedCluster implements ClusterBackend {
       [this.cluster],
     );
     const usedBy = new Map(used.rows.map((r) => [r.node, r.used]));
-    const node = nodes.rows.find((n) => n.gpus - (usedBy.get(n.name) ?? 0) >= gpus);
-    if (!node) {
+    const index = clusterIndex(this.config);
+    let state = emptyState(index);
+    for (const [node, n] of usedBy) {
+      const ix = index.nodes.findIndex((x) => x.name === node);
+      if (ix < 0 || n <= 0) continue;
+      const held = Math.min(n, index.nodes[ix]!.gpus);
+      state = commit(state, heldPlacement(node, held));
+    }
+    const p = gpus > 0 ? place(state, { gpus, gpuType, topology: { level: 'node', mode: 'required' } }) : null;
+    if (p === null || !p.placed) {
       const free = nodes.rows.reduce((m, n) => Math.max(m, n.gpus - (usedBy.get(n.name) ?? 0)), 0);
       return { ok: false, reason: reason(ReasonCode.GpuCapacityBusy, `no ${gpuType} node has ${gpus} free GPUs now (most free on one node: ${free})`, free, gpus, `cluster/${this.cluster}`) };
     }
-    return { ok: true, nodes: [node.name] };
+    return { ok: true, nodes: [p.assignments[0]!.node], explanation: p.explanation.summary };
   }
 
   async resume(name: string): Promise<void> {
@@ -179,4 +194,16 @@ export class SimulatedCluster implements ClusterBackend {
       );
     });
   }
+}
+
+/** What a node's running jobs hold, as a placement to commit: its first `gpus` GPUs, whole. */
+function heldPlacement(node: string, gpus: number): Placement {
+  return {
+    placed: true,
+    policy: 'govloop',
+    requestId: null,
+    assignments: [{ kind: 'whole', node, gpus: Array.from({ length: gpus }, (_, i) => i), cpuMilli: 0, memoryMib: 0 }],
+    domain: { level: 'node', id: node },
+    explanation: { chosenLevel: 'node', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'node', mode: 'required', satisfied: true }, summary: 'held' },
+  };
 }
