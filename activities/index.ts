@@ -8,7 +8,7 @@ import type { Plan } from '../governance/plan';
 import { costMicros, priceVersionAt, usdToMicros } from '../governance/pricing';
 import type { Reason } from '../governance/reasons';
 import { type StepTotals, type StepUsage, evaluateStep } from '../governance/step-gate';
-import { type ClusterBackend, type CreateResult, jobName } from '../cluster/backend';
+import { type ClusterBackend, type ClusterCapacity, type CreateResult, jobName } from '../cluster/backend';
 import { type DecideResult, decideApproval, escalateApproval, requestApproval } from '../ledger/approvals';
 import { appendAudit, canonicalJson } from '../ledger/audit';
 import { budgetHeadroom, release, reserve, type ReserveResult } from '../ledger/budgets';
@@ -101,11 +101,17 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
    * The quota decision (governance/quota.ts) over a ledger snapshot and the cluster's nodes, for a
    * GPU intent whose type the cluster has; null otherwise (admission then rejects or needs none).
    */
-  async function decideQuota(taskId: string, intent: Intent, q: Queryable = db): Promise<QuotaDecision | null> {
+  /**
+   * `q`: the transaction to read the quota state in. `capacity`: the cluster's capacity, read
+   * before that transaction — the backend reads through its own connections, and the embedded
+   * ledger has one session: a read on another connection inside the transaction would wait for it
+   * forever.
+   */
+  async function decideQuota(taskId: string, intent: Intent, q: Queryable = db, known?: { capacity: ClusterCapacity | undefined }): Promise<QuotaDecision | null> {
     const { gpus, gpuType } = intent.resources;
     if (gpus <= 0 || !gpuType || !config.cluster.gpuTypes[gpuType]) return null;
     const a = intent.attribution;
-    const capacity = backend.capacity ? await backend.capacity(gpuType) : undefined;
+    const capacity = known ? known.capacity : backend.capacity ? await backend.capacity(gpuType) : undefined;
     const staleAfterMs = config.policies.preemption.graceMillis + 60_000;
     const state = await quotaState(q, config.policies, { taskId, tenant: a.tenant, team: a.team, gpuType }, gpuQuotaFor(config.policies, a, gpuType), capacity, staleAfterMs);
     const created = await q.query<{ created_at: Date }>('SELECT created_at FROM tasks WHERE task_id = $1', [taskId]);
@@ -159,6 +165,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
       const { intent, plan } = input;
       const gpuType = plan.gpu.type;
       const cohortQuota = gpuType !== null && config.policies.cohorts.some((c) => c.gpuType === gpuType);
+      const capacity = gpuType && (cohortQuota || input.requeued) && backend.capacity ? await backend.capacity(gpuType) : undefined;
       const quota =
         plan.gpu.count > 0 && gpuType
           ? {
@@ -170,7 +177,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
               ...(cohortQuota || input.requeued
                 ? {
                     recheck: async (q: Queryable) => {
-                      const d = await decideQuota(input.taskId, intent, q);
+                      const d = await decideQuota(input.taskId, intent, q, { capacity });
                       return d === null || d.decision === 'admitted' ? null : d.reason;
                     },
                   }
