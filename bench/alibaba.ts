@@ -22,6 +22,7 @@
 import { readFileSync } from 'node:fs';
 import type { PlacementRequest, WorkloadProfile } from '../governance/placement';
 import { type Topology, type TopologyInput, parseTopology } from '../governance/topology';
+import { rng } from './lib';
 
 export const TRACE_DIR = '/work/shared/traces/alibaba-gpu-v2023';
 export const DEFAULT_NODES = `${TRACE_DIR}/openb_node_list_gpu_node.csv`;
@@ -171,17 +172,6 @@ export function alibabaWorkload(pods: readonly AlibabaPod[]): WorkloadProfile {
   });
 }
 
-/** Small, fast, seeded PRNG (mulberry32): the same seed gives the same pod sequence everywhere. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * FGD's arrival process: pods drawn uniformly with replacement from the list, no departures,

@@ -22,7 +22,7 @@ import { Db } from '../ledger/db';
 import { createKey } from '../ledger/keys';
 import { migrate } from '../ledger/migrate';
 import { buildApi } from '../server/app';
-import { describeMachine, fail, fmt, machine, median, nowMs, parseFlags, round, table } from './lib';
+import { describeMachine, fail, fmt, machine, median, nowMs, parseFlags, rng, round, table } from './lib';
 
 const usage = `usage: tsx bench/ingest.ts [--events N] [--resent F] [--batch B] [--concurrency C] [--rounds R] [--json]
   --events       events sent per path per round, re-sends included (default 10000)
@@ -41,17 +41,6 @@ interface Event {
   gpuType?: string;
 }
 
-/** A deterministic stream of pseudo-random integers (mulberry32): the same events every run. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** `n` events of `tenant`, `resent` of them copies of earlier ones, shuffled. */
 function makeEvents(tenant: string, n: number, resent: number, now: Date, seed: number): { events: Event[]; unique: number } {

@@ -140,3 +140,15 @@ export function table(head: string[], rows: (string | number)[][]): string {
   for (const r of rows) t.push(r.map(String));
   return t.toString();
 }
+
+/** Small, fast, seeded PRNG (mulberry32): the same seed gives the same pod sequence everywhere. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

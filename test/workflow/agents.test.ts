@@ -1,5 +1,3 @@
-import { type Server, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { ToolEntry } from '../../config/schema';
@@ -9,14 +7,15 @@ import { type StepUsage, GovloopClient, GovloopInputError } from '../../sdk';
 import { bundleWorkflows } from '../../workers/worker';
 import { statusQuery } from '../../workflows/messages';
 import { GovState as GovStateKey } from '../../workflows/search-attributes';
+import { type Webhook, startWebhook } from '../support/webhook';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
 import { saveHistories } from '../support/histories';
 
 let bundle: WorkflowBundleWithSourceMap;
 let h: Harness;
 let gov: GovloopClient;
-let hook: Server;
-const notifications: Record<string, unknown>[] = [];
+let hook: Webhook<Record<string, unknown>>;
+let notifications: Record<string, unknown>[] = [];
 
 const refund = (over: Partial<ToolEntry>): ToolEntry => ({
   risk: 'high',
@@ -30,18 +29,11 @@ const refund = (over: Partial<ToolEntry>): ToolEntry => ({
 });
 
 beforeAll(async () => {
-  hook = createServer((req, res) => {
-    let body = '';
-    req.on('data', (d) => (body += d));
-    req.on('end', () => {
-      notifications.push(JSON.parse(body));
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+  hook = await startWebhook<Record<string, unknown>>();
+  notifications = hook.received;
   const config = testConfig();
   config.policies.compensation = { maxAttempts: 2, initialIntervalMs: 100 };
-  config.policies.notifyUrl = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`;
+  config.policies.notifyUrl = hook.url;
   // Test tools with short clocks: escalation after 1.5 s and expiry after 4 s; expiry after 1.5 s.
   config.tools.tools['payments.quick_refund'] = refund({ approvalTtlSeconds: 4, escalateAfterSeconds: 1.5 });
   config.tools.tools['payments.flash_refund'] = refund({ approvalTtlSeconds: 1.5, escalateAfterSeconds: 1.5 });

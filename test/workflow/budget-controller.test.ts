@@ -1,5 +1,3 @@
-import { type Server, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Attribution } from '../../governance/intent';
 import { setBudget } from '../../ledger/budgets';
@@ -8,28 +6,22 @@ import { startBudgetController } from '../../runtime/schedules';
 import { GovloopClient } from '../../sdk';
 import { bundleWorkflows } from '../../workers/worker';
 import { budgetStatusQuery } from '../../workflows/messages';
+import { type Webhook, startWebhook } from '../support/webhook';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
 
 let h: Harness;
 let gov: GovloopClient;
-let hook: Server;
-const notifications: { event: string; step?: string; scope?: string }[] = [];
+let hook: Webhook<{ event: string; step?: string; scope?: string }>;
+let notifications: { event: string; step?: string; scope?: string }[] = [];
 let spendSeq = 0;
 
 beforeAll(async () => {
-  hook = createServer((req, res) => {
-    let body = '';
-    req.on('data', (d) => (body += d));
-    req.on('end', () => {
-      notifications.push(JSON.parse(body));
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+  hook = await startWebhook<{ event: string; step?: string; scope?: string }>();
+  notifications = hook.received;
   // Slow simulated time (100x): GPU jobs cost $0.11 a real second, so they outlive the test.
   const config = testConfig({ speedup: 100, pollMillis: 100, queueRetryMillis: 200 });
   config.policies.budgetController = { pollMillis: 100, roundsPerRun: 3 };
-  config.policies.notifyUrl = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`;
+  config.policies.notifyUrl = hook.url;
   h = await createHarness({ bundle: await bundleWorkflows(), config });
   await h.startWorkers();
   gov = new GovloopClient(h.client, h.controlQueue);
