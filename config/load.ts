@@ -3,7 +3,9 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
+import { clusterTopology } from '../cluster/simulated/topology';
 import { fieldErrors } from '../governance/intent';
+import { TopologyError } from '../governance/topology';
 import {
   ClusterFile,
   PoliciesFile,
@@ -72,11 +74,19 @@ export function loadConfig(dir = process.env.GOVLOOP_CONFIG_DIR ?? defaultConfig
   );
   const policies = loadFile(root, 'policies.yaml', PoliciesFile);
   if (process.env.GOVLOOP_NOTIFY_URL) policies.notifyUrl = process.env.GOVLOOP_NOTIFY_URL;
+  const cluster = loadFile(root, 'cluster.yaml', ClusterFile);
+  try {
+    // The nodes must form a valid placement topology too (NVLink domains in one rack, MIG on MIG types …).
+    clusterTopology(cluster);
+  } catch (err) {
+    if (err instanceof TopologyError) throw new ConfigError(join(root, 'cluster.yaml'), err.errors);
+    throw err;
+  }
   return {
     policies,
     templates: loadFile(root, 'templates.yaml', TemplatesFile).templates,
     priceBook,
-    cluster: loadFile(root, 'cluster.yaml', ClusterFile),
+    cluster,
     simulation,
     tools: loadFile(root, 'tools.yaml', ToolsFile),
   };

@@ -143,6 +143,12 @@ export const ClusterNode = z.strictObject({
   gpus: z.number().int().nonnegative(),
   rack: z.string(),
   block: z.string(),
+  /** The NVLink domain id; default: the node's name (a domain of one node). */
+  nvlinkDomain: z.string().optional(),
+  cpuMilli: z.number().int().positive().default(192_000),
+  memoryMib: z.number().int().positive().default(2_097_152),
+  /** Ways of sharing a GPU the node allows (whole GPUs always). */
+  sharing: z.strictObject({ mig: z.boolean().default(false), mps: z.boolean().default(false), timeslice: z.boolean().default(false) }).default({ mig: false, mps: false, timeslice: false }),
 });
 export type ClusterNode = z.infer<typeof ClusterNode>;
 export const ClusterFile = z.strictObject({

@@ -297,7 +297,7 @@ export function domainOfNode(index: TopologyIndex, level: TopologyLevel, node: n
 }
 
 // ---------------------------------------------------------------------------------------------
-// A default cluster for tests and demos. It is not config/cluster.yaml (the simulation reads that file, in its own schema).
+// The default cluster: the same topology config/cluster.yaml ships (a test checks they agree).
 
 /** H100 and A100 80GB: 7 compute slices, 8 memory slices, NVIDIA's MIG profiles. */
 export const MIG_80GB: MigProfile[] = [

@@ -3,19 +3,27 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { JobSpec } from '../../cluster/backend';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { clusterTopology } from '../../cluster/simulated/topology';
-import type { ClusterConfig } from '../../config/schema';
+import { type ClusterConfig, ClusterFile } from '../../config/schema';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
+import { ConfigError, loadConfig } from '../../config/load';
+import { repoRoot } from '../support/cli';
+import { defaultTopology } from '../../governance/topology';
 import { type Ledger, backends } from './backends';
 
 /** Three 8-GPU H100 nodes in two racks of one block. */
-const cluster = (name: string): ClusterConfig => ({
-  name,
-  gpuTypes: { H100: { memoryGb: 80, migProfiles: [] } },
-  nodes: [
-    { name: 'n0', gpuType: 'H100', gpus: 8, rack: 'r0', block: 'b0' },
-    { name: 'n1', gpuType: 'H100', gpus: 8, rack: 'r0', block: 'b0' },
-    { name: 'n2', gpuType: 'H100', gpus: 8, rack: 'r1', block: 'b0' },
-  ],
-});
+const cluster = (name: string): ClusterConfig =>
+  ClusterFile.parse({
+    name,
+    gpuTypes: { H100: { memoryGb: 80, migProfiles: [] } },
+    nodes: [
+      { name: 'n0', gpuType: 'H100', gpus: 8, rack: 'r0', block: 'b0' },
+      { name: 'n1', gpuType: 'H100', gpus: 8, rack: 'r0', block: 'b0' },
+      { name: 'n2', gpuType: 'H100', gpus: 8, rack: 'r1', block: 'b0' },
+    ],
+  });
 
 const spec = (gpus: number): JobSpec => {
   const taskId = `t-${randomUUID().slice(0, 8)}`;
@@ -31,9 +39,31 @@ describe.each(backends)('the simulated cluster places with governance/placement 
     await ledger?.close();
   });
 
-  it('turns config/cluster.yaml into a topology: blocks, racks, one NVLink domain per node', () => {
+  it('turns a cluster config into a topology: blocks, racks, one NVLink domain per node', () => {
     const t = clusterTopology(cluster('c'));
     expect(t.blocks.map((b) => [b.name, b.racks.map((r) => [r.name, r.nodes.map((n) => n.name)])])).toEqual([['b0', [['r0', ['n0', 'n1']], ['r1', ['n2']]]]]);
+  });
+
+  it('refuses a cluster.yaml whose nodes do not form a topology, naming the node as the file lists it', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'govloop-config-'));
+    try {
+      cpSync(join(repoRoot, 'config'), dir, { recursive: true });
+      const doc = parseYaml(readFileSync(join(dir, 'cluster.yaml'), 'utf8')) as { gpuTypes: Record<string, { migProfiles: string[] }> };
+      doc.gpuTypes.H100!.migProfiles = []; // the last H100 rack is MIG-partitioned: its nodes become invalid
+      writeFileSync(join(dir, 'cluster.yaml'), stringifyYaml(doc));
+      expect(() => loadConfig(dir)).toThrow(ConfigError);
+      try {
+        loadConfig(dir);
+      } catch (e) {
+        expect((e as ConfigError).errors[0]).toEqual({ path: 'nodes.18.sharing.mig', message: 'GPU type "H100" has no MIG profiles' });
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('ships config/cluster.yaml as the default topology: 320 GPUs, MIG, MPS and time-slicing where the racks allow them', () => {
+    expect(clusterTopology(loadConfig().cluster)).toEqual({ ...defaultTopology() });
   });
 
   it('fills a partly used node before cutting into an empty one (first fit would take n0), and explains where', async () => {

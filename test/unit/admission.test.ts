@@ -115,7 +115,7 @@ const cases: Case[] = [
     name: 'SHARING_UNSUPPORTED: a MIG profile the GPU type does not offer',
     intent: anIntent().gpus(1, 'H100', 'mig:9g.90gb'),
     want: 'rejected',
-    wantReasons: [{ code: 'SHARING_UNSUPPORTED', limit: '1g.10gb|2g.20gb|3g.40gb|4g.40gb|7g.80gb', requested: 'mig:9g.90gb', policy: 'cluster/sim#gpuTypes.H100.migProfiles' }],
+    wantReasons: [{ code: 'SHARING_UNSUPPORTED', limit: '1g.10gb|1g.20gb|2g.20gb|3g.40gb|4g.40gb|7g.80gb', requested: 'mig:9g.90gb', policy: 'cluster/sim#gpuTypes.H100.migProfiles' }],
   },
   {
     name: 'SHARING_UNSUPPORTED: MIG on a GPU type without MIG profiles',

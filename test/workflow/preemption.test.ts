@@ -1,5 +1,6 @@
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { ClusterNode } from '../../config/schema';
 import { preemptionLosses } from '../../ledger/quota';
 import { showback } from '../../ledger/rollups';
 import { taskUsage } from '../../ledger/usage';
@@ -22,8 +23,8 @@ beforeAll(async () => {
   config.cluster = {
     ...config.cluster,
     nodes: [
-      { name: 'h100-a', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
-      { name: 'h100-b', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
+      ClusterNode.parse({ name: 'h100-a', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' }),
+      ClusterNode.parse({ name: 'h100-b', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' }),
     ],
   };
   config.policies.preemption = { graceMillis: 200 };
