@@ -34,6 +34,7 @@ import {
   cancelSignal,
   finishSignal,
   preemptSignal,
+  jobChangedSignal,
   rejectUpdate,
   resolveUpdate,
   statusQuery,
@@ -180,6 +181,10 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   });
   setHandler(finishSignal, () => {
     finished = true;
+  });
+  let jobChanged = false;
+  setHandler(jobChangedSignal, () => {
+    jobChanged = true;
   });
   setHandler(preemptSignal, (p) => {
     // Only a cluster job that holds GPUs can be preempted; one preemption at a time.
@@ -415,7 +420,8 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       reasons = [];
       setState(GovState.Running);
       for (;;) {
-        await condition(() => cancelled !== null || preemptReq !== null, timing.pollMillis);
+        await condition(() => cancelled !== null || preemptReq !== null || jobChanged, timing.pollMillis);
+        jobChanged = false;
         lastObservation = await cluster.observeJob({ taskId, job, intent, plan });
         usage = lastObservation.usage;
         progress = lastObservation.progress;

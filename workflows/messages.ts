@@ -154,6 +154,8 @@ export interface PreemptRequest {
 }
 /** Checkpoint, suspend after the grace period, requeue; the task resumes from its checkpoint when readmitted. */
 export const preemptSignal = defineSignal<[PreemptRequest]>('preempt');
+/** The cluster's watch saw the task's job change (Kubernetes backend): observe it now, not at the next poll. */
+export const jobChangedSignal = defineSignal<[{ job: string; phase: string }]>('jobChanged');
 
 /** A budget's key: its scope (`*` for a level it does not narrow) and period. */
 export interface BudgetKey {

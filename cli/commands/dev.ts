@@ -12,7 +12,7 @@ import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { createWorkers, runWorkers } from '../../workers/worker';
 import { NativeConnection } from '@temporalio/worker';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
-import { TASK_QUEUE_CONTROL } from '../../workflows/messages';
+import { TASK_QUEUE_CONTROL, jobChangedSignal } from '../../workflows/messages';
 import { join } from 'node:path';
 import { CliExit, Exit, parseOptions } from '../util';
 
@@ -80,10 +80,23 @@ Ctrl-C stops everything.`);
       const connection = await NativeConnection.connect({ ...cfg.connectionOptions, address });
       try {
         let backend: ClusterBackend;
+        let stopWatch = () => {};
         if (o.backend === 'kubernetes') {
           const kc = new KubeConfig();
           kc.loadFromDefault();
-          backend = new KubernetesCluster(kc, { cluster: config.cluster.name, namespace: o.k8sNamespace });
+          const k8s = new KubernetesCluster(kc, { cluster: config.cluster.name, namespace: o.k8sNamespace });
+          backend = k8s;
+          // Job changes seen by the watch wake the task's workflow (it observes the job at once);
+          // the workflow's poll stays the fallback when a watch event is missed.
+          const temporal = await connectTemporal(program.opts().dataDir);
+          const w = k8s.watchJobs(
+            (e) => void temporal.client.workflow.getHandle(e.taskId).signal(jobChangedSignal, { job: e.job, phase: e.phase }).catch(() => undefined),
+            (err) => logger.warn({ err: String(err) }, 'kubernetes job watch failed; reconnecting'),
+          );
+          stopWatch = () => {
+            w.stop();
+            void temporal.connection.close();
+          };
         } else {
           const sim = new SimulatedCluster(ledger.db, config.cluster, config.simulation.speedup);
           await sim.sync();
@@ -104,6 +117,7 @@ Ctrl-C stops everything.`);
         logger.info({ address, namespace, taskQueue: o.taskQueue, ledger: ledger.source }, 'worker started');
         console.error(`worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name} (${o.backend}${o.backend === 'kubernetes' ? ` namespace ${o.k8sNamespace}` : ''}); ledger ${ledger.source}`);
         await runWorkers(workers, abort.signal);
+        stopWatch();
       } finally {
         await connection.close();
         await ledger.close();

@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
@@ -49,9 +49,14 @@ beforeAll(async () => {
       'current-context: fake',
     ].join('\n'),
   );
+  // The workflow polls its job only every 10 minutes here: the job's completion must reach it
+  // through the worker's Kubernetes watch (a jobChanged signal), or the test times out.
+  const configDir = join(dir, 'config');
+  cpSync(join(repoRoot, 'config'), configDir, { recursive: true });
+  writeFileSync(join(configDir, 'simulation.yaml'), readFileSync(join(configDir, 'simulation.yaml'), 'utf8').replace(/^pollMillis: .*$/m, 'pollMillis: 600000'));
   worker = spawn(process.execPath, [govloopBin, 'worker', '--task-queue', taskQueue, '--cluster', cluster, '--backend', 'kubernetes', '--no-controllers'], {
     cwd: repoRoot,
-    env: { ...process.env, KUBECONFIG: kubeconfig, TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_LOG_LEVEL: 'warn' },
+    env: { ...process.env, KUBECONFIG: kubeconfig, GOVLOOP_CONFIG_DIR: configDir, TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   worker.stderr!.on('data', (d) => (stderr += String(d)));
@@ -79,7 +84,7 @@ const waitFor = async <T>(what: string, fn: () => T | undefined | Promise<T | un
 };
 
 describe('govloop worker --backend kubernetes', () => {
-  it('creates the Job suspended, resumes it, and settles the task when the Job completes', async () => {
+  it('creates the Job suspended, resumes it, and settles the task as soon as the watch sees the Job complete', async () => {
     const tenant = `t-k8s-${suffix}`;
     const a = await gov.submit(intent(tenant, { name: 'k8s-train', resources: { gpus: 2, gpuType: 'H100', sharing: 'exclusive' }, priority: 'high' }), { requester: 'test' });
     expect(a.decision).toBe('admitted');
@@ -100,8 +105,11 @@ describe('govloop worker --backend kubernetes', () => {
     await waitFor('the task running', async () => ((await gov.status(a.taskId)).state === 'Running' ? true : undefined));
 
     await new Promise((r) => setTimeout(r, 1500)); // GPU time accrues while the Job runs
+    expect(api.watching).toBeGreaterThan(0);
+    const completedAt = Date.now();
     api.setStatus('govloop', name, { succeeded: 1, conditions: [{ type: 'Complete', status: 'True' }] });
     const done = await gov.result(a.taskId);
+    expect(Date.now() - completedAt).toBeLessThan(30_000); // the watch, not the 10-minute poll
     expect(done.state).toBe('Succeeded');
     const usage = await taskUsage(db, a.taskId);
     expect(usage.gpuSeconds).toBeGreaterThan(0);
