@@ -12,6 +12,12 @@ import { GPU_HOLDING_STATES } from './tasks';
 
 /** States of a task that waits for quota (or capacity): the queue. */
 export const QUEUED_STATES = ['Queued', 'Preempted'];
+/**
+ * Requests that wait for quota, as the guard against lending sees them: queued and preempted
+ * tasks, and tasks between admission and reservation ('Admitting': a preemptor that was just
+ * admitted holds no GPUs until it reserves; a borrower let in during that gap is preempted twice).
+ */
+export const WAITING_STATES = [...QUEUED_STATES, 'Admitting'];
 
 /** The cohort a team is in for a GPU type, if any. */
 export function cohortOf(policies: Policies, t: { tenant: string; team: string }, gpuType: string): Cohort | null {
@@ -83,7 +89,7 @@ export async function quotaState(
       ...(preempting.has(r.task_id) ? { preempting: true } : {}),
     };
   });
-  const waiting = await gpuTasks(q, teams, req.gpuType, QUEUED_STATES, req.taskId);
+  const waiting = await gpuTasks(q, teams, req.gpuType, WAITING_STATES, req.taskId);
   const pending: QuotaRequest[] = waiting.map((r) => ({ taskId: r.task_id, tenant: r.tenant, team: r.team, gpus: r.gpus, priority: prio(r.priority), queuedAt: r.created_at.toISOString() }));
   return {
     gpuType: req.gpuType,
