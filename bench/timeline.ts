@@ -43,6 +43,11 @@ import { describeMachine, fmt, machine, nowMs, parseFlags, percentile, round, ta
 export interface TimelineOptions {
   tenants: number;
   load: number;
+  /**
+   * Damping: a running pod may be preempted only after it has run this long (compressed
+   * seconds), so pods are not restarted over and over (the gpushare100 replay without it).
+   */
+  minRunSeconds?: number;
 }
 
 /**
@@ -198,6 +203,8 @@ interface Sim {
   running: Set<Job>;
   tenantUse: number[];
   decisions: number;
+  /** A running pod is a preemption victim only after it has run this long. */
+  minRun: number;
   events: Events;
 }
 
@@ -234,7 +241,8 @@ function advance(sim: Sim, t: number): void {
  */
 function preempt(sim: Sim, index: TopologyIndex, job: Job, quota: number): Job[] | null {
   const ownWithin = sim.tenantUse[job.tenant]! + job.gpus <= quota + 1e-9;
-  const eligible = (v: Job) => (ownWithin && v.tenant !== job.tenant && sim.tenantUse[v.tenant]! > quota + 1e-9) || (v.tenant === job.tenant && v.priority < job.priority);
+  const eligible = (v: Job) =>
+    sim.time - v.startedAt >= sim.minRun && ((ownWithin && v.tenant !== job.tenant && sim.tenantUse[v.tenant]! > quota + 1e-9) || (v.tenant === job.tenant && v.priority < job.priority));
   const byNode = new Map<string, Job[]>();
   for (const v of sim.running) {
     if (!eligible(v)) continue;
@@ -302,7 +310,7 @@ function shapeKey(pod: AlibabaPod): string {
   return `${pod.cpuMilli}|${pod.memoryMib}|${pod.numGpu}|${pod.gpuMilli}|${pod.gpuSpec.join('|')}`;
 }
 
-function simulate(policy: 'govloop' | 'fifo', index: TopologyIndex, jobsIn: readonly Job[], tenants: number, workload: ReturnType<typeof alibabaWorkload>): TimelineFigures {
+function simulate(policy: 'govloop' | 'fifo', index: TopologyIndex, jobsIn: readonly Job[], tenants: number, workload: ReturnType<typeof alibabaWorkload>, minRun = 0): TimelineFigures {
   const jobs: Job[] = jobsIn.map((j) => ({ ...j }));
   const events = new Events();
   for (const j of jobs) events.push(j.arrival, j, -1);
@@ -319,6 +327,7 @@ function simulate(policy: 'govloop' | 'fifo', index: TopologyIndex, jobsIn: read
     running: new Set(),
     tenantUse: new Array<number>(tenants).fill(0),
     decisions: 0,
+    minRun,
     events,
   };
   const windowStart = sim.time;
@@ -506,7 +515,7 @@ export function replayTimeline(index: TopologyIndex, pods: readonly AlibabaPod[]
     windowS: Math.round(span / compression),
     offeredLoad: round(demand / index.totalGpus, 3),
     capacityGpus: index.totalGpus,
-    govloop: simulate('govloop', index, jobs, options.tenants, workload),
+    govloop: simulate('govloop', index, jobs, options.tenants, workload, options.minRunSeconds ?? 0),
     fifo: simulate('fifo', index, jobs, options.tenants, workload),
   };
 }
@@ -535,24 +544,25 @@ export function printTimeline(r: TimelineResult, nodesFile: string, podsFile: st
   console.log(table(['tenant', 'pods', 'offered GPU-s', 'govloop mean s', 'govloop p99 s', 'govloop preempted', 'FIFO mean s', 'FIFO p99 s'], tenantRows));
 }
 
-const usageText = `usage: tsx bench/timeline.ts [--nodes FILE] [--pods FILE] [--tenants T] [--load L] [--json]
+const usageText = `usage: tsx bench/timeline.ts [--nodes FILE] [--pods FILE] [--tenants T] [--load L] [--min-run S] [--json]
   --nodes    node list CSV (default ${DEFAULT_NODES})
   --pods     pod list CSV with creation/deletion times (default ${DEFAULT_PODS})
   --tenants  tenants the pods are split into (default 4)
   --load     mean GPU demand over the compressed arrival window, as a share of capacity (default 0.9)
   --scale    share of each GPU model's nodes the cluster keeps (default 0.1)
+  --min-run  damping: a pod may be preempted only after running this many (compressed) seconds (default 0)
   --json     print one JSON object {pods, unschedulable, compression, capacityGpus, govloop, fifo}`;
 
 /** The command: also reached from bench/placement.ts --timeline. */
 export function timelineMain(argv = process.argv.slice(2)): void {
-  const flags = parseFlags({ nodes: DEFAULT_NODES, pods: DEFAULT_PODS, tenants: 4, load: 0.9, scale: 0.1, json: false, timeline: false }, usageText, argv);
+  const flags = parseFlags({ nodes: DEFAULT_NODES, pods: DEFAULT_PODS, tenants: 4, load: 0.9, scale: 0.1, 'min-run': 0, json: false, timeline: false }, usageText, argv);
   const pods = loadPods(flags.pods);
   if (pods.every((p) => p.creationTime === 0 && p.deletionTime === 0)) {
     console.error(`${flags.pods} has no creation/deletion times: the timeline replay needs them`);
     process.exit(2);
   }
   const index = buildTopologyIndex(alibabaTopology(scaleNodes(loadNodes(flags.nodes), flags.scale)));
-  const result = replayTimeline(index, pods, { tenants: Math.max(1, Math.floor(flags.tenants)), load: flags.load });
+  const result = replayTimeline(index, pods, { tenants: Math.max(1, Math.floor(flags.tenants)), load: flags.load, minRunSeconds: flags['min-run'] });
   if (flags.json) console.log(JSON.stringify(result));
   else printTimeline(result, flags.nodes, flags.pods);
 }
