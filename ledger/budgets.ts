@@ -1,6 +1,7 @@
 import type { BudgetHeadroom } from '../governance/admission';
 import { budgetReason, ladderQueueReason } from '../governance/admission';
 import type { Attribution } from '../governance/intent';
+import type { LadderStep } from '../governance/ladder';
 import { type Period, windowKey } from '../governance/periods';
 import { microsToUsd, usdToMicros } from '../governance/pricing';
 import { type Reason, ReasonCode, reason } from '../governance/reasons';
@@ -16,7 +17,7 @@ export interface BudgetScope {
 
 export const scopeLabel = (s: { tenant: string; team?: string; project?: string }) => `${s.tenant}/${s.team ?? '*'}/${s.project ?? '*'}`;
 
-interface WindowRow {
+export interface WindowRow {
   budget_id: number;
   tenant: string;
   team: string;
@@ -26,7 +27,7 @@ interface WindowRow {
   limit_micros: number;
   reserved_micros: number;
   spent_micros: number;
-  ladder_step: string;
+  ladder_step: LadderStep;
 }
 
 export async function setBudget(db: Db, scope: BudgetScope, period: Period, usd: number, actor: string): Promise<void> {
@@ -44,7 +45,7 @@ export async function setBudget(db: Db, scope: BudgetScope, period: Period, usd:
  * The windows (current period of each budget) that cover an attribution at `at`, created on first
  * use. With `lock`, the rows are locked in a fixed order so concurrent writers cannot deadlock.
  */
-async function coveringWindows(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, at: Date, lock: boolean): Promise<WindowRow[]> {
+export async function coveringWindows(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, at: Date, lock: boolean): Promise<WindowRow[]> {
   const { rows: budgets } = await q.query<{ id: number; period: Period }>(
     `SELECT id, period FROM budgets
      WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3))

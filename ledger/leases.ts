@@ -4,9 +4,8 @@ import { type Reason, ReasonCode, reason } from '../governance/reasons';
 import type { PriceBookVersion } from '../config/schema';
 import { attributionId } from './attribution';
 import { appendAudit } from './audit';
-import { scopeLabel } from './budgets';
+import { coveringWindows, scopeLabel } from './budgets';
 import type { Db, Queryable } from './db';
-import { windowKey, type Period } from '../governance/periods';
 
 /**
  * Budget leases: a slice of a scope's budget held, like a task's reservation, on every budget
@@ -30,40 +29,7 @@ export type LeaseGrant =
   | { granted: true; leaseId: string; amountMicros: number; expiresAt: string; step: LadderStep; idempotent: boolean }
   | { granted: false; leaseId: string; reason: Reason };
 
-interface Win {
-  budget_id: number;
-  window_key: string;
-  limit_micros: number;
-  reserved_micros: number;
-  spent_micros: number;
-  ladder_step: LadderStep;
-  tenant: string;
-  team: string;
-  project: string;
-  period: Period;
-}
-
 const attributionOf = (s: LeaseScope) => ({ tenant: s.tenant, team: s.team ?? '', project: s.project ?? '' });
-
-async function windowsFor(c: Queryable, s: LeaseScope, at: Date): Promise<Win[]> {
-  const a = attributionOf(s);
-  const { rows: budgets } = await c.query<{ id: number; period: Period }>(
-    `SELECT id, period FROM budgets WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3)) ORDER BY id`,
-    [a.tenant, a.team, a.project],
-  );
-  if (budgets.length === 0) return [];
-  const ids = budgets.map((b) => b.id);
-  const keys = budgets.map((b) => windowKey(b.period, at));
-  await c.query('INSERT INTO budget_windows (budget_id, window_key) SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING', [ids, keys]);
-  const { rows } = await c.query<Win>(
-    `SELECT w.budget_id, w.window_key, b.limit_micros, w.reserved_micros, w.spent_micros, w.ladder_step, b.tenant, b.team, b.project, b.period
-       FROM budget_windows w JOIN budgets b ON b.id = w.budget_id
-       JOIN unnest($1::bigint[], $2::text[]) AS k(id, key) ON k.id = w.budget_id AND k.key = w.window_key
-      ORDER BY w.budget_id FOR UPDATE OF w`,
-    [ids, keys],
-  );
-  return rows;
-}
 
 /** Grants a lease (idempotent by lease id), sized by governance/ladder.ts `leaseSize`. */
 export async function grantLease(
@@ -73,7 +39,7 @@ export async function grantLease(
   return db.tx(async (c) => {
     const existing = await c.query<{ amount_micros: number; expires_at: Date }>('SELECT amount_micros, expires_at FROM leases WHERE lease_id = $1', [x.leaseId]);
     if (existing.rows[0]) return { granted: true, leaseId: x.leaseId, amountMicros: existing.rows[0].amount_micros, expiresAt: existing.rows[0].expires_at.toISOString(), step: 'ok', idempotent: true };
-    const windows = await windowsFor(c, x.scope, x.now);
+    const windows = await coveringWindows(c, attributionOf(x.scope), x.now, true);
     const label = scopeLabel(x.scope);
     if (windows.length === 0) return { granted: false, leaseId: x.leaseId, reason: reason(ReasonCode.BudgetMissing, `no budget covers ${label}: a lease is a slice of a budget`, null, microsToUsd(x.requestedMicros), 'budgets') };
     const step = windows.reduce<LadderStep>((s, w) => (stepRank(w.ladder_step) > stepRank(s) ? w.ladder_step : s), 'ok');
