@@ -18,7 +18,7 @@ import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../le
 import { type RollupRun, rollUp } from '../ledger/rollups';
 import { nudgeCrossed } from '../runtime/schedules';
 import { type LeaseGrant, type LeaseReport, type LeaseScope, closeLease, expireLeases, grantLease, reportLease, scopeBurnMicrosPerHour } from '../ledger/leases';
-import { type BudgetSnapshot, applyLadderChange, budgetIdOf, budgetSnapshot, recordPreemption, runningGpuWork, scopeLadder } from '../ledger/ladder';
+import { type BudgetSnapshot, applyLadderChange, budgetIdOf, budgetSnapshot, recordBudgetPreemption, runningGpuWork, scopeLadder } from '../ledger/ladder';
 import { type LadderMove, type LadderStep, ladderMove, preemptionVictim, shouldDegrade } from '../governance/ladder';
 import { approverRoles } from '../governance/tools';
 import { callTool } from '../tools/executor';
@@ -476,7 +476,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
     async choosePreemptionVictim(input: { budgetId: number; window: string; crossing: number; sharePct: number }): Promise<string | null> {
       const victim = preemptionVictim(await runningGpuWork(db, input.budgetId, config.policies.priorities, config.policies.criticalPriorities, clock()));
       if (!victim) return null;
-      const fresh = await recordPreemption(db, { ...input, taskId: victim.taskId });
+      const fresh = await recordBudgetPreemption(db, { ...input, taskId: victim.taskId });
       return fresh ? victim.taskId : null;
     },
 

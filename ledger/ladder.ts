@@ -113,7 +113,7 @@ export async function applyLadderChange(db: Db, c: LadderChange, actor = 'budget
 const round = (x: number) => (Number.isFinite(x) ? Math.round(x * 100) / 100 : x);
 
 /** Records a preemption the controller made (idempotent per crossing and victim). */
-export async function recordPreemption(db: Db, p: { budgetId: number; window: string; crossing: number; taskId: string; sharePct: number }): Promise<boolean> {
+export async function recordBudgetPreemption(db: Db, p: { budgetId: number; window: string; crossing: number; taskId: string; sharePct: number }): Promise<boolean> {
   return db.tx(async (q) => {
     const r = await q.query(
       `INSERT INTO ladder_events (budget_id, window_key, crossing, step, action, share_pct, detail) VALUES ($1, $2, $3, 'preempt', $4, $5, $6)
@@ -127,23 +127,30 @@ export async function recordPreemption(db: Db, p: { budgetId: number; window: st
 }
 
 /** The step in force (as its controller recorded it) and the share of each budget window that covers an attribution now. */
-export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date): Promise<{ step: LadderStep; sharePct: number; scope: string }[]> {
-  const { rows } = await q.query<{ id: number; period: Period; tenant: string; team: string; project: string; limit_micros: number }>(
-    `SELECT id, period, tenant, team, project, limit_micros FROM budgets
-      WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3))`,
-    [a.tenant, a.team, a.project],
+export interface WindowLadder {
+  budget: { tenant: string; team: string; project: string; period: Period };
+  step: LadderStep;
+  sharePct: number;
+  scope: string;
+}
+
+export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date): Promise<WindowLadder[]> {
+  // One query (the step gate runs this on every agent step): each covering budget joined to its
+  // current window; a budget whose window has no row yet has nothing spent or reserved in it.
+  const { rows } = await q.query<{ tenant: string; team: string; project: string; period: Period; limit_micros: number; ladder_step: LadderStep; reserved_micros: number; spent_micros: number }>(
+    `SELECT b.tenant, b.team, b.project, b.period, b.limit_micros, w.ladder_step, w.reserved_micros, w.spent_micros
+       FROM budgets b JOIN budget_windows w ON w.budget_id = b.id
+        AND w.window_key = CASE b.period WHEN 'day' THEN $4 WHEN 'week' THEN $5 WHEN 'month' THEN $6 ELSE 'total' END
+      WHERE b.tenant = $1 AND (b.team = '*' OR b.team = $2) AND (b.project = '*' OR (b.team = $2 AND b.project = $3))
+      ORDER BY b.id`,
+    [a.tenant, a.team, a.project, windowKey('day', now), windowKey('week', now), windowKey('month', now)],
   );
-  const out: { step: LadderStep; sharePct: number; scope: string }[] = [];
-  for (const b of rows) {
-    const w = await q.query<{ ladder_step: LadderStep; reserved_micros: number; spent_micros: number }>(
-      'SELECT ladder_step, reserved_micros, spent_micros FROM budget_windows WHERE budget_id = $1 AND window_key = $2',
-      [b.id, windowKey(b.period, now)],
-    );
-    const row = w.rows[0];
-    if (!row) continue;
-    out.push({ step: row.ladder_step, sharePct: burnShare({ limitMicros: b.limit_micros, spentMicros: row.spent_micros, reservedMicros: row.reserved_micros }), scope: `${scopeLabel(b)}:${b.period}` });
-  }
-  return out;
+  return rows.map((r) => ({
+    budget: { tenant: r.tenant, team: r.team, project: r.project, period: r.period },
+    step: r.ladder_step,
+    sharePct: burnShare({ limitMicros: r.limit_micros, spentMicros: r.spent_micros, reservedMicros: r.reserved_micros }),
+    scope: `${scopeLabel(r)}:${r.period}`,
+  }));
 }
 
 /** Running GPU work of a budget's scope, for the preempt step. */
@@ -182,21 +189,9 @@ export type { LadderConfig };
  * Budgets covering an attribution whose share has passed the next threshold above the step their
  * controller last recorded: their controllers should look now rather than at their next poll.
  */
-export async function crossedBudgets(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date, ladder: LadderConfig): Promise<{ tenant: string; team: string; project: string; period: Period }[]> {
-  const { rows } = await q.query<{ id: number; period: Period; tenant: string; team: string; project: string; limit_micros: number }>(
-    `SELECT id, period, tenant, team, project, limit_micros FROM budgets
-      WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3))`,
-    [a.tenant, a.team, a.project],
-  );
-  const out: { tenant: string; team: string; project: string; period: Period }[] = [];
-  for (const b of rows) {
-    const w = await q.query<{ ladder_step: LadderStep; reserved_micros: number; spent_micros: number }>('SELECT ladder_step, reserved_micros, spent_micros FROM budget_windows WHERE budget_id = $1 AND window_key = $2', [b.id, windowKey(b.period, now)]);
-    const row = w.rows[0];
-    if (!row) continue;
-    const share = burnShare({ limitMicros: b.limit_micros, spentMicros: row.spent_micros, reservedMicros: row.reserved_micros });
-    if (stepRank(ladderStep(share, ladder)) > stepRank(row.ladder_step)) out.push({ tenant: b.tenant, team: b.team, project: b.project, period: b.period });
-  }
-  return out;
+export async function crossedBudgets(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date, ladder: LadderConfig): Promise<WindowLadder['budget'][]> {
+  const windows = await scopeLadder(q, a, now);
+  return windows.filter((w) => stepRank(ladderStep(w.sharePct, ladder)) > stepRank(w.step)).map((w) => w.budget);
 }
 
 export interface RaiseView {
