@@ -1,5 +1,6 @@
 import { ApplicationFailure, allHandlersFinished, condition, continueAsNew, getExternalWorkflowHandle, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities';
+import { LEDGER_ACTIVITY } from './activity-options';
 import {
   type BudgetControllerState,
   type BudgetKey,
@@ -14,11 +15,7 @@ import {
   leaseUpdate,
 } from './messages';
 
-/** Ledger reads and writes of the controller: quick, retried until the ledger answers. */
-const ledger = proxyActivities<Activities>({
-  startToCloseTimeout: '30 seconds',
-  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '10 seconds' },
-});
+const ledger = proxyActivities<Activities>(LEDGER_ACTIVITY);
 
 export interface BudgetControllerInput {
   budget: BudgetKey;

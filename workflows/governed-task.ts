@@ -41,21 +41,15 @@ import {
   stepUpdate,
 } from './messages';
 import * as SA from './search-attributes';
+import { LEDGER_ACTIVITY } from './activity-options';
 
-/** Ledger and policy calls: quick, retried until the ledger answers (it is the source of truth). */
-const ledger = proxyActivities<Activities>({
-  startToCloseTimeout: '30 seconds',
-  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '10 seconds' },
-});
+const ledger = proxyActivities<Activities>(LEDGER_ACTIVITY);
 /**
  * The step gate on the agent's hot path runs as a local activity: one ledger transaction inside
  * the workflow task that took the update, no round trip through the server's activity queue. It
  * is idempotent by (task, seq), so the re-run a local activity may get after a crash is harmless.
  */
-const localLedger = proxyLocalActivities<Activities>({
-  startToCloseTimeout: '30 seconds',
-  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '10 seconds' },
-});
+const localLedger = proxyLocalActivities<Activities>(LEDGER_ACTIVITY);
 /** Histories from before the local step gate replay with the activity they recorded. */
 const gateStep: Activities['gateStep'] = (input) => (patched('step-gate-local-activity') ? localLedger.gateStep(input) : ledger.gateStep(input));
 
