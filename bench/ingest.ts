@@ -13,12 +13,12 @@
  *
  *   npm run bench:ingest -- [--events 10000] [--resent 0.3] [--batch 500] [--concurrency 4] [--rounds 5] [--json]
  */
-import pg from 'pg';
 import { loadConfig } from '../config/load';
 import { type Meter, costMicros, priceVersionAt } from '../governance/pricing';
 import { attributionId } from '../ledger/attribution';
 import { setBudget } from '../ledger/budgets';
 import { Db } from '../ledger/db';
+import { createDatabase } from '../ledger/scratch';
 import { createKey } from '../ledger/keys';
 import { migrate } from '../ledger/migrate';
 import { buildApi } from '../server/app';
@@ -89,14 +89,10 @@ async function main() {
 
   const adminUrl = process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
   const dbName = `govloop_bench_ingest_${process.pid}_${Date.now()}`;
-  const admin = new pg.Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  await admin.end();
-  const url = new URL(adminUrl);
-  url.pathname = `/${dbName}`;
+  const database = await createDatabase(adminUrl, dbName);
+  const url = new URL(database.url);
   // Room for the API's connections and the baseline's, never both at once.
-  const db = new Db(url.toString(), Math.max(10, concurrency * 2));
+  const db = new Db(database.url, Math.max(10, concurrency * 2));
   const api = await buildApi({ db, config: { priceBook, maxAgeHours: 72, futureSkewSeconds: 300 } });
   try {
     await migrate(db);
@@ -216,10 +212,7 @@ async function main() {
   } finally {
     await api.app.close();
     await db.close();
-    const a = new pg.Client({ connectionString: adminUrl });
-    await a.connect();
-    await a.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await a.end();
+    await database.drop();
   }
 }
 

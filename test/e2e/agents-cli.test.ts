@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createDatabase } from '../../ledger/scratch';
 import { bundleWorkflows } from '../../workers/worker';
 import { govloop } from '../support/cli';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
@@ -115,16 +116,8 @@ describe('agent commands of the CLI, as a separate process', () => {
 
   it('audit verify exits 0 on an intact chain and 4 naming the first row edited with SQL', async () => {
     // A database of its own: the shared one must never be tampered with while other files use it.
-    const admin = new URL(inject('databaseUrl'));
-    const name = `govloop_audit_${process.pid}_${Date.now()}`;
-    const adminUrl = new URL(admin);
-    adminUrl.pathname = '/postgres';
-    const a = new pg.Client({ connectionString: adminUrl.toString() });
-    await a.connect();
-    await a.query(`CREATE DATABASE ${name}`);
-    const url = new URL(admin);
-    url.pathname = `/${name}`;
-    const local = { ...env, DATABASE_URL: url.toString() };
+    const database = await createDatabase(inject('databaseUrl'), `govloop_audit_${process.pid}_${Date.now()}`);
+    const local = { ...env, DATABASE_URL: database.url };
     try {
       for (const user of ['u1', 'u2', 'u3', 'u4']) {
         expect((await govloop(['access', 'grant', '--tenant', 'acme', '--user', user, '--role', 'payments-approver', '--as', 'admin'], local)).code).toBe(0);
@@ -133,7 +126,7 @@ describe('agent commands of the CLI, as a separate process', () => {
       expect(intact.code).toBe(0);
       expect(intact.json()).toEqual({ ok: true, rows: 4 });
 
-      const c = new pg.Client({ connectionString: url.toString() });
+      const c = new pg.Client({ connectionString: database.url });
       await c.connect();
       const { rows } = await c.query<{ id: number }>('SELECT id FROM audit_log ORDER BY id');
       await c.query(`UPDATE audit_log SET detail = jsonb_set(detail, '{role}', '"payments-lead"') WHERE id = $1`, [rows[2]!.id]);
@@ -142,8 +135,7 @@ describe('agent commands of the CLI, as a separate process', () => {
       expect(broken.code).toBe(4);
       expect(broken.stdout).toMatch(new RegExp(`broken at row ${rows[2]!.id} \\(altered\\)`));
     } finally {
-      await a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await a.end();
+      await database.drop();
     }
   });
 });

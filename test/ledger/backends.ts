@@ -4,11 +4,11 @@
  * uses tenants of its own) and PGlite, the embedded ledger `govloop dev` runs (fresh and in memory).
  */
 import { randomUUID } from 'node:crypto';
-import pg from 'pg';
 import { inject } from 'vitest';
 import type { Attribution } from '../../governance/intent';
 import { Db, type Queryable } from '../../ledger/db';
 import { startEmbeddedLedger } from '../../ledger/embedded';
+import { createDatabase } from '../../ledger/scratch';
 import { migrate } from '../../ledger/migrate';
 import { upsertTask } from '../../ledger/tasks';
 import { anIntent } from '../support/builders';
@@ -51,22 +51,8 @@ const postgresql: Backend = {
     return ledgerAt(inject('databaseUrl'), async () => undefined);
   },
   async scratch() {
-    const shared = new URL(inject('databaseUrl'));
-    const admin = new URL(shared);
-    admin.pathname = '/postgres';
-    const name = `govloop_scratch_${process.pid}_${randomUUID().slice(0, 8)}`;
-    const a = new pg.Client({ connectionString: admin.toString() });
-    await a.connect();
-    await a.query(`CREATE DATABASE ${name}`);
-    await a.end();
-    const url = new URL(shared);
-    url.pathname = `/${name}`;
-    return ledgerAt(url.toString(), async () => {
-      const c = new pg.Client({ connectionString: admin.toString() });
-      await c.connect();
-      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await c.end();
-    });
+    const scratch = await createDatabase(inject('databaseUrl'), `govloop_scratch_${process.pid}_${randomUUID().slice(0, 8).replace(/-/g, '_')}`);
+    return ledgerAt(scratch.url, scratch.drop);
   },
 };
 

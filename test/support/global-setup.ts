@@ -1,10 +1,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { startDevServer } from '../../runtime/dev-server';
 import { Db } from '../../ledger/db';
+import { createDatabase } from '../../ledger/scratch';
 import { migrate } from '../../ledger/migrate';
 
 declare module 'vitest' {
@@ -24,28 +24,19 @@ export default async function setup(project: TestProject) {
   const dataDir = mkdtempSync(join(tmpdir(), 'govloop-test-'));
   const server = await startDevServer({ dataDir, headless: true, onProgress: (m) => console.log(m) });
   const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
-  const dbName = `govloop_test_${process.pid}_${Date.now()}`;
-  const admin = new pg.Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  await admin.end();
-  const url = new URL(adminUrl);
-  url.pathname = `/${dbName}`;
-  const db = new Db(url.toString(), 2);
+  const database = await createDatabase(adminUrl, `govloop_test_${process.pid}_${Date.now()}`);
+  const db = new Db(database.url, 2);
   await migrate(db);
   await db.close();
 
   project.provide('temporalAddress', server.address);
-  project.provide('databaseUrl', url.toString());
+  project.provide('databaseUrl', database.url);
   const { findTemporalCli } = await import('../../runtime/temporal-cli');
   project.provide('temporalCli', findTemporalCli({ build: false })?.path ?? '');
 
   return async () => {
     await server.stop();
-    const a = new pg.Client({ connectionString: adminUrl });
-    await a.connect();
-    await a.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await a.end();
+    await database.drop();
     rmSync(dataDir, { recursive: true, force: true });
   };
 }
