@@ -4,11 +4,11 @@ import type { GovConfig } from '../config/load';
 import { type AdmissionResult, admit, gpuQuotaFor } from '../governance/admission';
 import type { Intent } from '../governance/intent';
 import type { BudgetKey } from '../workflows/messages';
-import type { Plan } from '../governance/plan';
+import { type Plan, quotaGpus, quotaGpusOf } from '../governance/plan';
 import { costMicros, priceVersionAt, usdToMicros } from '../governance/pricing';
 import type { Reason } from '../governance/reasons';
 import { type StepTotals, type StepUsage, evaluateStep } from '../governance/step-gate';
-import { type ClusterBackend, type ClusterCapacity, type CreateResult, jobName } from '../cluster/backend';
+import { type ClusterBackend, type ClusterCapacity, type CreateResult, type GpuRequest, jobName } from '../cluster/backend';
 import { type DecideResult, decideApproval, escalateApproval, requestApproval } from '../ledger/approvals';
 import { appendAudit, canonicalJson } from '../ledger/audit';
 import { budgetHeadroom, release, reserve, type ReserveResult } from '../ledger/budgets';
@@ -97,21 +97,26 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
     }
   };
 
+  /** The GPU part of an intent, as the cluster places it. */
+  function gpuRequest(intent: Intent): GpuRequest {
+    const r = intent.resources;
+    return { gpus: r.gpus, gpuType: r.gpuType ?? '', sharing: r.sharing, ...(r.gpuMilli !== undefined ? { gpuMilli: r.gpuMilli } : {}), ...(r.topology ? { topology: r.topology } : {}) };
+  }
+
   /**
    * The quota decision (governance/quota.ts) over a ledger snapshot and the cluster's nodes, for a
    * GPU intent whose type the cluster has; null otherwise (admission then rejects or needs none).
-   */
-  /**
    * `q`: the transaction to read the quota state in. `capacity`: the cluster's capacity, read
    * before that transaction — the backend reads through its own connections, and the embedded
    * ledger has one session: a read on another connection inside the transaction would wait for it
    * forever.
    */
   async function decideQuota(taskId: string, intent: Intent, q: Queryable = db, known?: { capacity: ClusterCapacity | undefined }): Promise<QuotaDecision | null> {
-    const { gpus, gpuType } = intent.resources;
+    const { gpuType } = intent.resources;
+    const gpus = quotaGpus(intent.resources);
     if (gpus <= 0 || !gpuType || !config.cluster.gpuTypes[gpuType]) return null;
     const a = intent.attribution;
-    const capacity = known ? known.capacity : backend.capacity ? await backend.capacity(gpuType) : undefined;
+    const capacity = known ? known.capacity : backend.capacity ? await backend.capacity(gpuType, gpuRequest(intent)) : undefined;
     const staleAfterMs = config.policies.preemption.graceMillis + 60_000;
     const state = await quotaState(q, config.policies, { taskId, tenant: a.tenant, team: a.team, gpuType }, gpuQuotaFor(config.policies, a, gpuType), capacity, staleAfterMs);
     const created = await q.query<{ created_at: Date }>('SELECT created_at FROM tasks WHERE task_id = $1', [taskId]);
@@ -165,12 +170,12 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
       const { intent, plan } = input;
       const gpuType = plan.gpu.type;
       const cohortQuota = gpuType !== null && config.policies.cohorts.some((c) => c.gpuType === gpuType);
-      const capacity = gpuType && (cohortQuota || input.requeued) && backend.capacity ? await backend.capacity(gpuType) : undefined;
+      const capacity = gpuType && (cohortQuota || input.requeued) && backend.capacity ? await backend.capacity(gpuType, gpuRequest(intent)) : undefined;
       const quota =
         plan.gpu.count > 0 && gpuType
           ? {
               gpuType,
-              gpus: plan.gpu.count,
+              gpus: quotaGpusOf(plan.gpu),
               ...gpuQuotaFor(config.policies, intent.attribution, gpuType),
               lockKey: quotaLockKey(config.policies, intent.attribution, gpuType),
               // Cohorts (and a task back from preemption): the whole quota decision again, under the lock.
@@ -200,6 +205,8 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         gpus: plan.gpu.count,
         gpuType: plan.gpu.type ?? '',
         sharing: plan.gpu.sharing,
+        ...(plan.gpu.milli !== undefined ? { gpuMilli: plan.gpu.milli } : {}),
+        ...(plan.gpu.topology ? { topology: plan.gpu.topology } : {}),
         priorityClass: `govloop-${plan.priority.name}`,
         labels: { 'govloop.io/tenant': a.tenant, 'govloop.io/team': a.team, 'govloop.io/project': a.project, 'govloop.io/task': taskId },
         runtime: plan.runtime,

@@ -1,5 +1,5 @@
 import type { Template } from '../config/schema';
-import type { Sharing } from '../governance/intent';
+import type { GpuTopology, Sharing } from '../governance/intent';
 import type { Reason } from '../governance/reasons';
 
 /**
@@ -18,6 +18,10 @@ export interface JobSpec {
   gpus: number;
   gpuType: string;
   sharing: Sharing;
+  /** With sharing mps / timeslice: the share of the one GPU, in thousandths (1–999). */
+  gpuMilli?: number;
+  /** How far a gang may spread (absent: as close as it fits, anywhere). */
+  topology?: GpuTopology;
   priorityClass: string;
   labels: Record<string, string>;
   runtime: Template['runtime'];
@@ -48,7 +52,16 @@ export interface ClusterCapacity {
   nodes: { name: string; gpus: number; used: number }[];
   /** Jobs holding GPUs of the type, with what suspending each now would lose since its checkpoint. */
   jobs: { taskId: string; node: string | null; gpus: number; lostSecondsIfSuspended: number }[];
+  /**
+   * Given when `capacity` was asked about a request and the cluster can place in memory: whether
+   * the request could be placed (gang, topology, sharing) once these tasks' jobs are gone.
+   * Victim selection uses it, so the GPUs it frees form a domain the preemptor fits in.
+   */
+  fits?: (freedTaskIds: readonly string[]) => boolean;
 }
+
+/** What a job asks the cluster for: the GPU part of a JobSpec. */
+export type GpuRequest = Pick<JobSpec, 'gpus' | 'gpuType' | 'sharing' | 'gpuMilli' | 'topology'>;
 
 export interface ClusterBackend {
   readonly cluster: string;
@@ -59,8 +72,11 @@ export interface ClusterBackend {
   suspend(name: string): Promise<void>;
   /** The preemption checkpoint signal: the job saves its progress now. Optional: not every cluster can. */
   checkpoint?(name: string): Promise<void>;
-  /** GPUs per node of a type and the jobs on them, for victim selection (node-level fit). Optional. */
-  capacity?(gpuType: string): Promise<ClusterCapacity>;
+  /**
+   * GPUs per node of a type and the jobs on them, for victim selection. With `request`, a cluster
+   * that can place in memory also answers `fits`. Optional.
+   */
+  capacity?(gpuType: string, request?: GpuRequest): Promise<ClusterCapacity>;
   status(name: string): Promise<JobStatus | null>;
   /** Deletes the job and frees its GPUs. Idempotent. */
   delete(name: string): Promise<void>;

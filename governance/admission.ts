@@ -1,10 +1,10 @@
 import type { GovConfig } from '../config/load';
-import type { Policies } from '../config/schema';
+import type { ClusterNode, Policies } from '../config/schema';
 import { resolveCaps } from './caps';
 import type { Intent, RiskClass } from './intent';
-import { type Plan, pickTemplate, translate } from './plan';
+import { type Plan, pickTemplate, quotaGpus, translate } from './plan';
 import { microsToUsd } from './pricing';
-import type { QuotaDecision } from './quota';
+import { type QuotaDecision, addGpus } from './quota';
 import { type Reason, ReasonCode, reason } from './reasons';
 import { admitTools, toolOverheadTokens } from './tools';
 
@@ -92,18 +92,28 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
       if (sharing.startsWith('mig:') && !typeInfo.migProfiles.includes(sharing.slice(4))) {
         reasons.push(reason(ReasonCode.SharingUnsupported, `${gpuType} has no MIG profile ${sharing.slice(4)}`, typeInfo.migProfiles.join('|'), sharing, `cluster/${ctx.config.cluster.name}#gpuTypes.${gpuType}.migProfiles`));
       }
-      const largestNode = Math.max(...nodes.map((n) => n.gpus));
-      if (gpus > largestNode) {
-        reasons.push(reason(ReasonCode.GpuCapacityExceeded, `${gpus} ${gpuType} GPUs do not fit on one node (largest has ${largestNode})`, largestNode, gpus, `cluster/${ctx.config.cluster.name}#nodes`));
+      const mode = sharing.startsWith('mig:') ? 'mig' : sharing === 'mps' || sharing === 'timeslice' ? sharing : null;
+      const able = mode === null ? nodes : nodes.filter((n) => n.sharing[mode]);
+      if (mode !== null && able.length === 0) {
+        reasons.push(reason(ReasonCode.SharingUnsupported, `no ${gpuType} node of cluster ${ctx.config.cluster.name} allows ${mode}`, null, sharing, `cluster/${ctx.config.cluster.name}#nodes`));
+      } else if (sharing === 'exclusive') {
+        // A gang may span nodes, but never wider than a required level; the largest domain of that level bounds it.
+        const level = intent.resources.topology?.mode === 'required' ? intent.resources.topology.level : 'cluster';
+        const largest = largestDomain(able, level);
+        if (gpus > largest) {
+          const where = level === 'cluster' ? `the cluster has ${largest}` : `the largest ${level} has ${largest} and the job requires one ${level}`;
+          reasons.push(reason(ReasonCode.GpuCapacityExceeded, `${gpus} ${gpuType} GPUs do not fit: ${where}`, largest, gpus, `cluster/${ctx.config.cluster.name}#nodes`));
+        }
       }
+      const asked = quotaGpus(intent.resources);
       const { quota, policy: quotaPolicy } = gpuQuotaFor(policies, intent.attribution, gpuType);
       if (ctx.quota) {
         if (ctx.quota.decision === 'rejected') reasons.push(ctx.quota.reason);
         else if (ctx.quota.decision !== 'admitted') quotaBusy = ctx.quota.reason;
-      } else if (gpus > quota) {
-        reasons.push(reason(ReasonCode.GpuQuotaExceeded, `${gpus} ${gpuType} GPUs is above team ${intent.attribution.team}'s quota ${quota}`, quota, gpus, quotaPolicy));
-      } else if (ctx.teamGpusInUse + gpus > quota) {
-        quotaBusy = reason(ReasonCode.GpuQuotaBusy, `team ${intent.attribution.team} holds ${ctx.teamGpusInUse} of ${quota} ${gpuType} GPUs; ${gpus} more must wait`, quota - ctx.teamGpusInUse, gpus, quotaPolicy);
+      } else if (asked > quota) {
+        reasons.push(reason(ReasonCode.GpuQuotaExceeded, `${asked} ${gpuType} GPUs is above team ${intent.attribution.team}'s quota ${quota}`, quota, asked, quotaPolicy));
+      } else if (addGpus(ctx.teamGpusInUse, asked) > quota) {
+        quotaBusy = reason(ReasonCode.GpuQuotaBusy, `team ${intent.attribution.team} holds ${ctx.teamGpusInUse} of ${quota} ${gpuType} GPUs; ${asked} more must wait`, quota - ctx.teamGpusInUse, asked, quotaPolicy);
       }
     }
   }
@@ -160,4 +170,12 @@ export function ladderQueueReason(b: BudgetHeadroom, askedMicros: number): Reaso
     microsToUsd(b.spentMicros + b.reservedMicros + askedMicros),
     `policies#ladder.queueAt`,
   );
+}
+
+/** GPUs of the largest domain at `level` among `nodes` (whole GPUs; an NVLink domain defaults to its node). */
+function largestDomain(nodes: readonly ClusterNode[], level: 'node' | 'nvlink' | 'rack' | 'block' | 'cluster'): number {
+  const key = (n: ClusterNode) => (level === 'node' ? n.name : level === 'nvlink' ? (n.nvlinkDomain ?? n.name) : level === 'rack' ? n.rack : level === 'block' ? n.block : '');
+  const total = new Map<string, number>();
+  for (const n of nodes) total.set(key(n), (total.get(key(n)) ?? 0) + n.gpus);
+  return Math.max(0, ...total.values());
 }

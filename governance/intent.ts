@@ -47,15 +47,37 @@ export const Sharing = z.union([
 ]);
 export type Sharing = z.infer<typeof Sharing>;
 
+/** How far a gang may spread: `required` never wider than the level, `preferred` may (and says so). */
+export const GpuTopology = z.strictObject({
+  // governance/topology.ts TOPOLOGY_LEVELS (not imported: topology.ts imports this module).
+  level: z.enum(['node', 'nvlink', 'rack', 'block', 'cluster']),
+  mode: z.enum(['required', 'preferred']),
+});
+export type GpuTopology = z.infer<typeof GpuTopology>;
+
+/**
+ * What GPUs a task asks for. `sharing` says how: `exclusive` is `gpus` whole GPUs (a gang, placed
+ * all or nothing, as close together as `topology` allows); `mig:<profile>` is `gpus` MIG instances
+ * of that profile; `mps` / `timeslice` is a share of one GPU, `gpuMilli` thousandths of it
+ * (docs/decisions/0017-gpu-requests.md).
+ */
 export const Resources = z
   .strictObject({
     gpus: z.number().int().nonnegative(),
     gpuType: z.string().min(1).optional(),
     sharing: Sharing.default('exclusive'),
+    gpuMilli: z.number().int().min(1).max(999).optional(),
+    topology: GpuTopology.optional(),
   })
-  .refine((r) => r.gpus === 0 || r.gpuType !== undefined, {
-    message: 'gpuType is required when gpus > 0',
-    path: ['gpuType'],
+  .superRefine((r, ctx) => {
+    if (r.gpus > 0 && r.gpuType === undefined) ctx.addIssue({ code: 'custom', message: 'gpuType is required when gpus > 0', path: ['gpuType'] });
+    const shared = r.sharing === 'mps' || r.sharing === 'timeslice';
+    if (shared && r.gpus > 0) {
+      if (r.gpus !== 1) ctx.addIssue({ code: 'custom', message: `sharing ${r.sharing} is a share of one GPU: gpus must be 1 (ask for gpuMilli thousandths of it)`, path: ['gpus'] });
+      if (r.gpuMilli === undefined) ctx.addIssue({ code: 'custom', message: `required with sharing ${r.sharing}: the share of the GPU in thousandths, 1–999`, path: ['gpuMilli'] });
+    }
+    if (!shared && r.gpuMilli !== undefined) ctx.addIssue({ code: 'custom', message: `gpuMilli is a share of one GPU through mps or timeslice, not with sharing ${r.sharing}`, path: ['gpuMilli'] });
+    if (r.gpus === 0 && r.topology !== undefined) ctx.addIssue({ code: 'custom', message: 'topology applies to GPU work only (gpus > 0)', path: ['topology'] });
   });
 export type Resources = z.infer<typeof Resources>;
 

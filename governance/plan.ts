@@ -1,7 +1,7 @@
 import type { GovConfig } from '../config/load';
 import type { Template } from '../config/schema';
 import type { EffectiveCaps } from './caps';
-import type { Intent, Sharing } from './intent';
+import type { GpuTopology, Intent, Resources, Sharing } from './intent';
 import { costMicros, priceVersionAt } from './pricing';
 import { toolOverheadTokens } from './tools';
 
@@ -11,7 +11,13 @@ export interface Plan {
   runtime: Template['runtime'];
   /** Where the work runs: on our GPUs (cluster) or against a hosted model API (hosted). */
   placement: 'cluster' | 'hosted';
-  gpu: { count: number; type: string | null; sharing: Sharing };
+  /**
+   * `milli`: the share of one GPU (mps / timeslice); `topology`: how far the gang may spread;
+   * `quotaGpus`: what the task counts against GPU quota, in GPUs (a share by its fraction, a MIG
+   * instance by its compute slices of 7). Plans stored before these fields lack them: read with
+   * `quotaGpusOf`.
+   */
+  gpu: { count: number; type: string | null; sharing: Sharing; milli?: number; topology?: GpuTopology; quotaGpus?: number };
   caps: EffectiveCaps;
   fallbackModel: string | null;
   /** Tokens the declared tools' definitions add to every model call. */
@@ -59,7 +65,14 @@ export function translate(intent: Intent, caps: EffectiveCaps, template: Templat
     template: template.name,
     runtime: template.runtime,
     placement: intent.resources.gpus > 0 ? 'cluster' : 'hosted',
-    gpu: { count: intent.resources.gpus, type: intent.resources.gpuType ?? null, sharing: intent.resources.sharing },
+    gpu: {
+      count: intent.resources.gpus,
+      type: intent.resources.gpuType ?? null,
+      sharing: intent.resources.sharing,
+      ...(intent.resources.gpuMilli !== undefined ? { milli: intent.resources.gpuMilli } : {}),
+      ...(intent.resources.topology ? { topology: intent.resources.topology } : {}),
+      quotaGpus: quotaGpus(intent.resources),
+    },
     caps,
     fallbackModel: template.fallbackModel,
     toolOverheadTokens: toolOverheadTokens(config.tools, intent.tools),
@@ -73,4 +86,24 @@ export function translate(intent: Intent, caps: EffectiveCaps, template: Templat
     reportEverySeconds: template.reportEverySeconds,
     priceVersion: priceVersionAt(config.priceBook, now).version,
   };
+}
+
+/** MIG compute slices of a whole 80 GB A100/H100 GPU: a `<c>g.<m>gb` instance is c of them. */
+const MIG_COMPUTE_SLICES = 7;
+
+/**
+ * What a GPU request counts against quota, in GPUs: whole GPUs one each, a share by its fraction
+ * (`gpuMilli` / 1000), a MIG instance by its compute slices of 7 (1g.10gb = 1/7). Three decimals.
+ */
+export function quotaGpus(r: Pick<Resources, 'gpus' | 'sharing' | 'gpuMilli'>): number {
+  if (r.gpus <= 0) return 0;
+  let each = 1;
+  if (r.sharing === 'mps' || r.sharing === 'timeslice') each = (r.gpuMilli ?? 1000) / 1000;
+  else if (r.sharing.startsWith('mig:')) each = Math.min(1, Number(/^mig:(\d+)g\./.exec(r.sharing)?.[1] ?? MIG_COMPUTE_SLICES) / MIG_COMPUTE_SLICES);
+  return Math.round(r.gpus * each * 1000) / 1000;
+}
+
+/** A plan's quota GPUs, for plans stored before `quotaGpus` existed too. */
+export function quotaGpusOf(gpu: Plan['gpu']): number {
+  return gpu.quotaGpus ?? quotaGpus({ gpus: gpu.count, sharing: gpu.sharing, gpuMilli: gpu.milli });
 }

@@ -84,6 +84,12 @@ export interface QuotaState {
   pending: QuotaRequest[];
   /** Nodes of the GPU type, when the cluster tells; without them there is no node-level check. */
   nodes?: NodeCapacity[];
+  /**
+   * Can the request be placed (topology, sharing, gang) once the GPUs of these tasks are free?
+   * Given by a cluster that can place in memory; it replaces the node-level check, so a victim set
+   * is valid only if the preemptor then actually fits somewhere (kueue #5243).
+   */
+  fits?: (freedTaskIds: readonly string[]) => boolean;
   /** Where the cohort is configured, for reasons. */
   policy?: string;
 }
@@ -107,7 +113,7 @@ export type QuotaDecision =
   | { decision: 'rejected'; reason: Reason };
 
 const key = (t: { tenant: string; team: string }) => `${t.tenant}/${t.team}`;
-const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
+const sum = (xs: readonly number[]) => xs.reduce(addGpus, 0);
 /** Exhaustive search over victim sets up to this many candidates; greedy above (documented in 0013). */
 export const EXHAUSTIVE_CANDIDATES = 12;
 
@@ -118,8 +124,13 @@ export function memberOf(cohort: Cohort | null, t: { tenant: string; team: strin
 /** GPUs each team of the state holds, by `tenant/team`. */
 function usageByTeam(running: readonly Workload[]): Map<string, number> {
   const u = new Map<string, number>();
-  for (const w of running) u.set(key(w), (u.get(key(w)) ?? 0) + w.gpus);
+  for (const w of running) u.set(key(w), addGpus(u.get(key(w)) ?? 0, w.gpus));
   return u;
+}
+
+/** GPU counts are whole or thousandths (shares, MIG slices): sums are kept to three decimals so 7 × 1/7 is 1. */
+export function addGpus(a: number, b: number): number {
+  return Math.round((a + b) * 1000) / 1000;
 }
 
 /** A team's dominant share in fair sharing: GPUs held divided by its weight. */
@@ -189,16 +200,16 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
 
   const usage = usageByTeam(s.running);
   const held = usage.get(team) ?? 0;
-  const withReq = new Map(usage).set(team, held + req.gpus);
-  const borrows = member ? Math.max(0, held + req.gpus - member.nominal) - Math.max(0, held - member.nominal) : 0;
+  const withReq = new Map(usage).set(team, addGpus(held, req.gpus));
+  const borrows = member ? Math.max(0, addGpus(held, req.gpus) - member.nominal) - Math.max(0, held - member.nominal) : 0;
   // Quota other teams are waiting for (within their nominal) is not idle: it is not lent.
   const asked = new Map<string, number>();
-  if (borrows > 0) for (const p of s.pending) if (key(p) !== team) asked.set(key(p), (asked.get(key(p)) ?? 0) + p.gpus);
+  if (borrows > 0) for (const p of s.pending) if (key(p) !== team) asked.set(key(p), addGpus(asked.get(key(p)) ?? 0, p.gpus));
 
   if (fitsQuota(s, withReq, asked)) {
     if (borrows > 0) {
       // Fair share: a request ahead of this one, from another team, that fits now goes first.
-      const ahead = ordered.slice(0, position - 1).find((p) => key(p) !== team && fitsQuota(s, new Map(usage).set(key(p), (usage.get(key(p)) ?? 0) + p.gpus), new Map()));
+      const ahead = ordered.slice(0, position - 1).find((p) => key(p) !== team && fitsQuota(s, new Map(usage).set(key(p), addGpus(usage.get(key(p)) ?? 0, p.gpus)), new Map()));
       if (ahead) {
         return {
           decision: 'queued',
@@ -220,7 +231,7 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
   const settled = s.running.filter((w) => !w.preempting);
   if (inFlight.length > 0) {
     const after = usageByTeam(settled);
-    if (fitsQuota(s, after.set(team, (after.get(team) ?? 0) + req.gpus), new Map())) {
+    if (fitsQuota(s, after.set(team, addGpus(after.get(team) ?? 0, req.gpus)), new Map())) {
       return { decision: 'queued', position, reason: reason(ReasonCode.PreemptionPending, `${describe}; waiting for ${inFlight.length} preempted workload(s) to free their GPUs`, null, req.gpus, policy) };
     }
   }
@@ -241,7 +252,7 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
 export function preemptionCandidates(state: QuotaState, req: QuotaRequest, running: readonly Workload[]): Victim[] {
   const member = memberOf(state.cohort, req);
   const usage = usageByTeam(running);
-  const ownAfter = (usage.get(key(req)) ?? 0) + req.gpus;
+  const ownAfter = addGpus(usage.get(key(req)) ?? 0, req.gpus);
   const out: Victim[] = [];
   for (const w of running) {
     if (w.priority > req.priority) continue; // never a job of higher priority
@@ -275,7 +286,7 @@ export function chooseVictims(state: QuotaState, req: QuotaRequest, running: rea
   const valid = (set: readonly Victim[]): boolean => {
     const ids = new Set(set.map((v) => v.taskId));
     const after = usageByTeam(running.filter((w) => !ids.has(w.taskId)));
-    after.set(key(req), (after.get(key(req)) ?? 0) + req.gpus);
+    after.set(key(req), addGpus(after.get(key(req)) ?? 0, req.gpus));
     if (!fitsQuota(state, after, new Map())) return false;
     // A reclaim victim is taken only while its team borrows: taking the largest of a team last, it still did.
     const byTeam = new Map<string, Victim[]>();
@@ -285,7 +296,7 @@ export function chooseVictims(state: QuotaState, req: QuotaRequest, running: rea
       if ((usage.get(t) ?? 0) - sum(vs.map((v) => v.gpus)) + Math.max(...vs.map((v) => v.gpus)) <= m.nominal) return false;
     }
     const freed = running.filter((w) => ids.has(w.taskId));
-    return fitsNode(state, req.gpus, freed);
+    return state.fits ? state.fits(freed.map((w) => w.taskId)) : fitsNode(state, req.gpus, freed);
   };
   const cost = (set: readonly Victim[]) => [sum(set.map((v) => v.lostGpuSeconds)), set.length, sum(set.map((v) => v.priority))] as const;
   const better = (a: readonly Victim[], b: readonly Victim[] | null) => {

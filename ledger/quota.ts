@@ -8,7 +8,7 @@ import { type Cohort, type QuotaRequest, type QuotaState, type Workload, memberO
 import type { Reason } from '../governance/reasons';
 import { appendAudit } from './audit';
 import type { Queryable } from './db';
-import { GPU_HOLDING_STATES } from './tasks';
+import { GPU_HOLDING_STATES, PLAN_QUOTA_GPUS } from './tasks';
 
 /** States of a task that waits for quota (or capacity): the queue. */
 export const QUEUED_STATES = ['Queued', 'Preempted'];
@@ -43,7 +43,7 @@ interface TaskGpuRow {
 
 async function gpuTasks(q: Queryable, teams: string[], gpuType: string, states: string[], except: string): Promise<TaskGpuRow[]> {
   const { rows } = await q.query<TaskGpuRow>(
-    `SELECT t.task_id, a.tenant, a.team, t.priority, (t.plan->'gpu'->>'count')::int AS gpus, t.created_at, t.state, t.reasons
+    `SELECT t.task_id, a.tenant, a.team, t.priority, ${PLAN_QUOTA_GPUS} AS gpus, t.created_at, t.state, t.reasons
      FROM tasks t JOIN attributions a ON a.id = t.attribution_id
      WHERE (a.tenant || '/' || a.team) = ANY($1) AND t.plan->'gpu'->>'type' = $2 AND t.state = ANY($3)
        AND t.finished_at IS NULL AND t.task_id <> $4 AND (t.plan->'gpu'->>'count')::int > 0
@@ -98,6 +98,7 @@ export async function quotaState(
     running,
     pending,
     ...(capacity ? { nodes: capacity.nodes } : {}),
+    ...(capacity?.fits ? { fits: capacity.fits } : {}),
     ...(cohort ? { policy: `policies/${policies.name}#cohorts[${cohort.name}]` } : {}),
   };
 }
@@ -177,7 +178,7 @@ export interface QueuedTask {
 /** The queue, oldest first, each task with its position among those waiting for the same quota and why it waits. */
 export async function queuedTasks(q: Queryable, policies: Policies, tenant?: string): Promise<QueuedTask[]> {
   const { rows } = await q.query<TaskGpuRow & { project: string; gpu_type: string | null }>(
-    `SELECT t.task_id, a.tenant, a.team, a.project, t.priority, COALESCE((t.plan->'gpu'->>'count')::int, 0) AS gpus, t.plan->'gpu'->>'type' AS gpu_type,
+    `SELECT t.task_id, a.tenant, a.team, a.project, t.priority, ${PLAN_QUOTA_GPUS} AS gpus, t.plan->'gpu'->>'type' AS gpu_type,
             t.created_at, t.state, t.reasons
      FROM tasks t JOIN attributions a ON a.id = t.attribution_id
      WHERE t.state = ANY($1) AND t.finished_at IS NULL AND ($2::text IS NULL OR a.tenant = $2)

@@ -29,10 +29,16 @@ export async function updateTask(
   );
 }
 
-/** GPUs of one type a team holds now, not counting `exceptTask`. */
+/**
+ * A task's GPUs as quota counts them (governance/plan.ts `quotaGpus`: a share by its fraction, a
+ * MIG instance by its slices), as SQL over `tasks t`; plans stored before `quotaGpus` count `count`.
+ */
+export const PLAN_QUOTA_GPUS = `COALESCE((t.plan->'gpu'->>'quotaGpus')::float8, (t.plan->'gpu'->>'count')::float8, 0)`;
+
+/** GPUs of one type a team holds now (as quota counts them), not counting `exceptTask`. */
 export async function teamGpusInUse(q: Queryable, tenant: string, team: string, gpuType: string, exceptTask: string): Promise<number> {
   const { rows } = await q.query<{ n: number }>(
-    `SELECT COALESCE(SUM((t.plan->'gpu'->>'count')::int), 0)::int AS n
+    `SELECT COALESCE(SUM(${PLAN_QUOTA_GPUS}), 0)::float8 AS n
      FROM tasks t JOIN attributions a ON a.id = t.attribution_id
      WHERE a.tenant = $1 AND a.team = $2 AND t.plan->'gpu'->>'type' = $3 AND t.state = ANY($4) AND t.task_id <> $5`,
     [tenant, team, gpuType, GPU_HOLDING_STATES, exceptTask],

@@ -2,13 +2,16 @@ import type { ClusterConfig } from '../../config/schema';
 import type { Db } from '../../ledger/db';
 import { ReasonCode, reason } from '../../governance/reasons';
 import type { Queryable } from '../../ledger/db';
-import { type Placement, commit, emptyState, place } from '../../governance/placement';
-import type { ClusterBackend, ClusterCapacity, CreateResult, JobPhase, JobSpec, JobStatus } from '../backend';
+import { type Assignment, type Placement, type PlacementRequest, type PlacementState, PlacementStateError, commit, emptyState, enclosingDomain, place, release } from '../../governance/placement';
+import { TOPOLOGY_LEVELS, type TopologyIndex } from '../../governance/topology';
+import type { ClusterBackend, ClusterCapacity, CreateResult, GpuRequest, JobPhase, JobSpec, JobStatus } from '../backend';
+import { heldPlacement } from '../held';
 import { clusterIndex } from './topology';
 
 interface JobRow {
   name: string;
   node: string | null;
+  assignments: Assignment[] | null;
   gpus: number;
   phase: JobPhase;
   duration_s: number;
@@ -55,53 +58,62 @@ export class SimulatedCluster implements ClusterBackend {
 
   async create(spec: JobSpec): Promise<CreateResult> {
     return this.db.tx(async (c) => {
-      const existing = await c.query<{ node: string | null; phase: JobPhase }>('SELECT node, phase FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, spec.name]);
+      const existing = await c.query<{ node: string | null; phase: JobPhase; assignments: Assignment[] | null }>('SELECT node, phase, assignments FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, spec.name]);
       const prior = existing.rows[0];
-      if (prior && (prior.node !== null || prior.phase !== 'Suspended')) return { ok: true, nodes: prior.node ? [prior.node] : [] };
-      const placed = await this.placeIn(c, spec.gpuType, spec.gpus);
+      if (prior && (prior.node !== null || prior.phase !== 'Suspended')) return { ok: true, nodes: nodesOf(prior) };
+      const placed = await this.placeIn(c, spec);
       if (!placed.ok) return placed;
-      const node = { name: placed.nodes[0]! };
+      const assignments = JSON.stringify(placed.assignments);
       if (prior) {
         // A preempted job placed again: it keeps its progress (from its checkpoint) and its meters.
-        await c.query('UPDATE sim_jobs SET node = $3 WHERE cluster = $1 AND name = $2', [this.cluster, spec.name, node.name]);
-        return placed;
+        await c.query('UPDATE sim_jobs SET node = $3, assignments = $4 WHERE cluster = $1 AND name = $2', [this.cluster, spec.name, placed.nodes[0], assignments]);
+        return { ok: true, nodes: placed.nodes, explanation: placed.explanation };
       }
       await c.query(
-        `INSERT INTO sim_jobs (cluster, name, task_id, node, gpus, gpu_type, sharing, phase, duration_s, fail_after_s, tokens_per_second, labels)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Suspended', $8, $9, $10, $11)`,
-        [this.cluster, spec.name, spec.taskId, node.name, spec.gpus, spec.gpuType, spec.sharing, spec.simulation.durationSeconds, spec.simulation.failAfterSeconds, spec.simulation.tokensPerSecond, spec.labels],
+        `INSERT INTO sim_jobs (cluster, name, task_id, node, assignments, gpus, gpu_type, sharing, phase, duration_s, fail_after_s, tokens_per_second, labels)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'Suspended', $9, $10, $11, $12)`,
+        [this.cluster, spec.name, spec.taskId, placed.nodes[0], assignments, spec.gpus, spec.gpuType, spec.sharing, spec.simulation.durationSeconds, spec.simulation.failAfterSeconds, spec.simulation.tokensPerSecond, spec.labels],
       );
-      return placed;
+      return { ok: true, nodes: placed.nodes, explanation: placed.explanation };
     });
   }
 
   /**
-   * Where a job goes: governance/placement.ts `place()` over the cluster's topology and the GPUs
-   * its jobs hold now, on one node (the simulated cluster runs a job on one node): best fit by the
-   * fragmentation gradient, so large free domains stay whole. Nodes are locked so no GPU is booked
-   * twice. The placement's explanation comes back with the result (the dispatch audit row keeps it).
+   * Where a job goes: governance/placement.ts `place()` over the cluster's topology and what its
+   * jobs hold now (whole GPUs, MIG slices, MPS / time-slice shares): a gang in the smallest domain
+   * that holds it, fractional work packed, best fit by the fragmentation gradient so large free
+   * domains stay whole. The cluster's nodes are locked so no GPU is booked twice. The placement's
+   * explanation comes back with the result (the dispatch audit row keeps it).
    */
-  private async placeIn(c: Queryable, gpuType: string, gpus: number): Promise<CreateResult> {
-    const nodes = await c.query<{ name: string; gpus: number }>('SELECT name, gpus FROM sim_nodes WHERE cluster = $1 AND gpu_type = $2 ORDER BY name FOR UPDATE', [this.cluster, gpuType]);
-    const used = await c.query<{ node: string; used: number }>(
-      `SELECT node, SUM(gpus)::int AS used FROM sim_jobs WHERE cluster = $1 AND phase IN ('Running', 'Suspended') AND node IS NOT NULL GROUP BY node`,
+  private async placeIn(c: Queryable, spec: JobSpec): Promise<{ ok: true; nodes: string[]; assignments: Assignment[]; explanation: string } | { ok: false; reason: ReturnType<typeof reason> }> {
+    await c.query('SELECT name FROM sim_nodes WHERE cluster = $1 ORDER BY name FOR UPDATE', [this.cluster]);
+    const { state } = await this.held(c);
+    const p = placeRequest(state, spec);
+    if (!p.placed) return { ok: false, reason: reason(ReasonCode.GpuCapacityBusy, `cluster ${this.cluster} cannot place it now: ${p.message}`, null, describe(spec), `cluster/${this.cluster}`) };
+    return { ok: true, nodes: [...new Set(p.assignments.map((a) => a.node))], assignments: p.assignments, explanation: p.summary };
+  }
+
+  /** The placement state of what the cluster's jobs hold now, and each holding task's assignments. */
+  private async held(q: Queryable): Promise<{ index: TopologyIndex; state: PlacementState; byTask: Map<string, Placement> }> {
+    const { rows } = await q.query<{ task_id: string; node: string; gpus: number; assignments: Assignment[] | null }>(
+      `SELECT task_id, node, gpus, assignments FROM sim_jobs WHERE cluster = $1 AND phase IN ('Running', 'Suspended') AND node IS NOT NULL ORDER BY created_at, name`,
       [this.cluster],
     );
-    const usedBy = new Map(used.rows.map((r) => [r.node, r.used]));
     const index = clusterIndex(this.config);
     let state = emptyState(index);
-    for (const [node, n] of usedBy) {
-      const ix = index.nodes.findIndex((x) => x.name === node);
-      if (ix < 0 || n <= 0) continue;
-      const held = Math.min(n, index.nodes[ix]!.gpus);
-      state = commit(state, heldPlacement(node, held));
+    const byTask = new Map<string, Placement>();
+    for (const r of rows) {
+      if (!index.nodeIndex.has(r.node)) continue; // a node no longer in the config
+      const p = heldPlacement(r.assignments ?? [wholeOn(r.node, Math.min(r.gpus, index.nodes[index.nodeIndex.get(r.node)!]!.gpus))]);
+      try {
+        state = commit(state, p);
+      } catch (err) {
+        if (!(err instanceof PlacementStateError)) throw err;
+        continue; // held on GPUs the config no longer has: nothing to count
+      }
+      byTask.set(r.task_id, p);
     }
-    const p = gpus > 0 ? place(state, { gpus, gpuType, topology: { level: 'node', mode: 'required' } }) : null;
-    if (p === null || !p.placed) {
-      const free = nodes.rows.reduce((m, n) => Math.max(m, n.gpus - (usedBy.get(n.name) ?? 0)), 0);
-      return { ok: false, reason: reason(ReasonCode.GpuCapacityBusy, `no ${gpuType} node has ${gpus} free GPUs now (most free on one node: ${free})`, free, gpus, `cluster/${this.cluster}`) };
-    }
-    return { ok: true, nodes: [p.assignments[0]!.node], explanation: p.explanation.summary };
+    return { index, state, byTask };
   }
 
   async resume(name: string): Promise<void> {
@@ -117,22 +129,36 @@ export class SimulatedCluster implements ClusterBackend {
     await this.db.query(`UPDATE sim_jobs SET checkpoint_s = progress_s WHERE cluster = $1 AND name = $2 AND phase = 'Running'`, [this.cluster, name]);
   }
 
-  async capacity(gpuType: string): Promise<ClusterCapacity> {
-    const nodes = await this.db.query<{ name: string; gpus: number; used: number }>(
-      `SELECT n.name, n.gpus, COALESCE(SUM(j.gpus) FILTER (WHERE j.phase IN ('Running', 'Suspended')), 0)::int AS used
-       FROM sim_nodes n LEFT JOIN sim_jobs j ON j.cluster = n.cluster AND j.node = n.name
-       WHERE n.cluster = $1 AND n.gpu_type = $2 GROUP BY n.name, n.gpus ORDER BY n.name`,
-      [this.cluster, gpuType],
-    );
+  /**
+   * Nodes of the type with the GPUs booked on them (a GPU cut into MIG slices or shared counts as
+   * booked), the running jobs with what suspending them would lose, and, given a request, `fits`:
+   * whether `place()` finds room for it once some tasks' jobs are gone.
+   */
+  async capacity(gpuType: string, request?: GpuRequest): Promise<ClusterCapacity> {
+    const { index, state, byTask } = await this.held(this.db);
+    const booked = new Map<string, Set<number>>();
+    for (const p of byTask.values()) for (const a of p.assignments) for (const g of a.gpus) booked.set(a.node, (booked.get(a.node) ?? new Set()).add(g));
+    const nodes = index.nodes.filter((n) => index.gpuTypes[n.type]?.name === gpuType).map((n) => ({ name: n.name, gpus: n.gpus, used: booked.get(n.name)?.size ?? 0 }));
     const now = this.clock().getTime();
     const jobs = await this.db.query<JobRow & { task_id: string }>(`SELECT * FROM sim_jobs WHERE cluster = $1 AND gpu_type = $2 AND phase = 'Running'`, [this.cluster, gpuType]);
-    return {
-      nodes: nodes.rows,
+    const out: ClusterCapacity = {
+      nodes,
       jobs: jobs.rows.map((j) => {
         const progress = Math.min(j.duration_s, j.progress_s + (j.resumed_at ? ((now - j.resumed_at.getTime()) / 1000) * this.speedup : 0));
         return { taskId: j.task_id, node: j.node, gpus: j.gpus, lostSecondsIfSuspended: Math.max(0, progress - j.checkpoint_s) };
       }),
     };
+    if (request && request.gpus > 0) {
+      out.fits = (freed) => {
+        let st = state;
+        for (const id of freed) {
+          const p = byTask.get(id);
+          if (p) st = release(st, p);
+        }
+        return placeRequest(st, request).placed;
+      };
+    }
+    return out;
   }
 
   async delete(name: string): Promise<void> {
@@ -147,7 +173,7 @@ export class SimulatedCluster implements ClusterBackend {
     return {
       name,
       phase: row.phase,
-      nodes: row.node ? [row.node] : [],
+      nodes: nodesOf(row),
       progressSeconds: row.progress_s,
       checkpointSeconds: row.checkpoint_s,
       lostSeconds: row.lost_s,
@@ -188,7 +214,7 @@ export class SimulatedCluster implements ClusterBackend {
       if (to === 'Deleted' || (to === 'Suspended' && phase === 'Running')) phase = to;
       await c.query(
         `UPDATE sim_jobs SET progress_s = $3, phase = $4, resumed_at = CASE WHEN $4 = 'Running' THEN $5::timestamptz ELSE NULL END,
-           ran_s = $6, lost_s = $7, node = $8
+           ran_s = $6, lost_s = $7, node = $8, assignments = CASE WHEN $8::text IS NULL THEN NULL ELSE assignments END
          WHERE cluster = $1 AND name = $2`,
         [this.cluster, name, progress, phase, now, ran, lost, node],
       );
@@ -196,14 +222,50 @@ export class SimulatedCluster implements ClusterBackend {
   }
 }
 
-/** What a node's running jobs hold, as a placement to commit: its first `gpus` GPUs, whole. */
-function heldPlacement(node: string, gpus: number): Placement {
-  return {
-    placed: true,
-    policy: 'govloop',
-    requestId: null,
-    assignments: [{ kind: 'whole', node, gpus: Array.from({ length: gpus }, (_, i) => i), cpuMilli: 0, memoryMib: 0 }],
-    domain: { level: 'node', id: node },
-    explanation: { chosenLevel: 'node', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'node', mode: 'required', satisfied: true }, summary: 'held' },
-  };
+/** Whole GPUs 0..n-1 of a node: what a job row written before assignments were kept holds. */
+function wholeOn(node: string, gpus: number): Assignment {
+  return { kind: 'whole', node, gpus: Array.from({ length: gpus }, (_, i) => i), cpuMilli: 0, memoryMib: 0 };
+}
+
+function nodesOf(row: { node: string | null; assignments: Assignment[] | null }): string[] {
+  if (row.assignments && row.assignments.length > 0) return [...new Set(row.assignments.map((a) => a.node))];
+  return row.node ? [row.node] : [];
+}
+
+function describe(r: GpuRequest): string {
+  if (r.sharing === 'exclusive') return `${r.gpus} x ${r.gpuType}`;
+  if (r.sharing.startsWith('mig:')) return `${r.gpus} x ${r.gpuType} ${r.sharing}`;
+  return `${r.gpuMilli ?? 1000}/1000 of a ${r.gpuType} (${r.sharing})`;
+}
+
+/**
+ * A job's GPU request as placements: whole GPUs are one gang (all or nothing, as close together as
+ * its topology allows); `mig:<profile>` is one placement per instance, all or nothing, and a
+ * `required` level holds for all of them together; an mps / timeslice share is one placement.
+ */
+export function placeRequest(state: PlacementState, r: GpuRequest): { placed: true; assignments: Assignment[]; summary: string } | { placed: false; message: string } {
+  const topology = r.topology;
+  if (r.sharing === 'exclusive') {
+    const p = place(state, { gpus: r.gpus, gpuType: r.gpuType, ...(topology ? { topology } : {}) });
+    return p.placed ? { placed: true, assignments: p.assignments, summary: p.explanation.summary } : { placed: false, message: p.reason.message };
+  }
+  if (r.sharing === 'mps' || r.sharing === 'timeslice') {
+    const p = place(state, { gpuMilli: r.gpuMilli ?? 999, sharing: r.sharing, gpuType: r.gpuType });
+    return p.placed ? { placed: true, assignments: p.assignments, summary: p.explanation.summary } : { placed: false, message: p.reason.message };
+  }
+  const migProfile = r.sharing.slice('mig:'.length);
+  let st = state;
+  const assignments: Assignment[] = [];
+  for (let i = 0; i < r.gpus; i++) {
+    const req: PlacementRequest = { migProfile, gpuType: r.gpuType };
+    const p = place(st, req);
+    if (!p.placed) return { placed: false, message: `MIG instance ${i + 1} of ${r.gpus}: ${p.reason.message}` };
+    st = commit(st, p);
+    assignments.push(...p.assignments);
+  }
+  const domain = enclosingDomain(st.index, assignments);
+  if (topology?.mode === 'required' && TOPOLOGY_LEVELS.indexOf(domain.level) > TOPOLOGY_LEVELS.indexOf(topology.level)) {
+    return { placed: false, message: `${r.gpus} ${migProfile} instances do not fit in one ${topology.level} now (they would spread over a ${domain.level})` };
+  }
+  return { placed: true, assignments, summary: `${r.gpus} x MIG ${migProfile} packed in ${domain.level} ${domain.id}` };
 }

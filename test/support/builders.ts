@@ -84,6 +84,18 @@ export class IntentBuilder {
     return this;
   }
 
+  /** A share of one GPU through `sharing` (mps or timeslice), in thousandths. */
+  share(gpuMilli: number, gpuType = 'A100', sharing: 'mps' | 'timeslice' = 'mps'): this {
+    this.input.resources = { gpus: 1, gpuType, sharing, gpuMilli };
+    return this;
+  }
+
+  /** How far the gang may spread. */
+  topology(level: 'node' | 'nvlink' | 'rack' | 'block' | 'cluster', mode: 'required' | 'preferred' = 'required'): this {
+    this.input.resources = { gpus: 0, ...this.input.resources, topology: { level, mode } };
+    return this;
+  }
+
   /** Runs against a hosted model: no GPUs. */
   hosted(): this {
     this.input.resources = { gpus: 0 };

@@ -9,7 +9,7 @@ import type { IntentInput } from '../../governance/intent';
 import { Intent } from '../../governance/intent';
 import { createWorkers } from '../../workers/worker';
 import { governedTask } from '../../workflows';
-import type { TaskStatus } from '../../workflows/messages';
+import { type TaskStatus, statusQuery } from '../../workflows/messages';
 
 /** A fast config: simulated jobs run 2000x real time and are observed every 100 ms. */
 export function testConfig(overrides: Partial<GovConfig['simulation']> = {}): GovConfig {
@@ -32,6 +32,10 @@ export interface Harness {
   startWorkers(): Promise<void>;
   stopWorkers(): Promise<void>;
   submit(intent: IntentInput, opts?: { taskId?: string; requester?: string }): Promise<{ taskId: string; result: () => Promise<TaskStatus> }>;
+  /** The task's status query. */
+  status(taskId: string): Promise<TaskStatus>;
+  /** Polls the status query until `ok` holds; fails naming the state and reasons it saw last. */
+  until(taskId: string, ok: (s: TaskStatus) => boolean, timeoutMs?: number): Promise<TaskStatus>;
   close(): Promise<void>;
 }
 
@@ -87,6 +91,16 @@ export async function createHarness(opts: { bundle: WorkflowBundleWithSourceMap;
         args: [{ taskId, intent, requester: o.requester ?? 'test' }],
       });
       return { taskId, result: () => handle.result() };
+    },
+    status: (taskId) => client.workflow.getHandle(taskId).query(statusQuery),
+    async until(taskId, ok, timeoutMs = 30_000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const s = await h.status(taskId);
+        if (ok(s)) return s;
+        if (Date.now() > end) throw new Error(`${taskId} did not get there: ${JSON.stringify({ state: s.state, reasons: s.reasons })}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
     },
     async close() {
       await h.stopWorkers();

@@ -127,10 +127,33 @@ const cases: Case[] = [
   // 10 GPU-hours of an H100 MIG slice at $0.60.
   { name: 'a MIG profile the GPU type offers is admitted', intent: anIntent().gpus(1, 'H100', 'mig:1g.10gb'), want: 'admitted', wantReasons: [], wantWorstCaseUsd: 6 },
   {
-    name: 'GPU_CAPACITY_EXCEEDED: more GPUs than the largest node has',
-    intent: anIntent().gpus(12),
+    name: 'GPU_CAPACITY_EXCEEDED: a gang required on one node, more GPUs than the largest node has',
+    intent: anIntent().gpus(12).topology('node'),
     want: 'rejected',
     wantReasons: [{ code: 'GPU_CAPACITY_EXCEEDED', limit: 8, requested: 12, policy: 'cluster/sim#nodes' }],
+  },
+  {
+    name: 'GPU_CAPACITY_EXCEEDED: a gang required in one rack, more GPUs than the largest rack has',
+    intent: anIntent().gpus(56).topology('rack'),
+    config: aConfig().gpuQuota('acme', 'search', 'H100', 64),
+    want: 'rejected',
+    wantReasons: [{ code: 'GPU_CAPACITY_EXCEEDED', limit: 48, requested: 56, policy: 'cluster/sim#nodes' }],
+  },
+  // 12 GPU-hours cap of training on 12 H100s; the gang spans two nodes.
+  { name: 'a gang larger than a node may span nodes', intent: anIntent().gpus(12), config: aConfig().gpuQuota('acme', 'search', 'H100', 16), want: 'admitted', wantReasons: [] },
+  {
+    name: 'SHARING_UNSUPPORTED: no node of the type allows the sharing mode',
+    intent: anIntent().share(250, 'H100', 'mps'),
+    want: 'rejected',
+    wantReasons: [{ code: 'SHARING_UNSUPPORTED', limit: null, requested: 'mps', policy: 'cluster/sim#nodes' }],
+  },
+  {
+    name: 'GPU_QUOTA_BUSY: a share counts against quota by its fraction',
+    intent: anIntent().share(500, 'A100', 'mps'),
+    config: aConfig().gpuQuota('acme', 'search', 'A100', 2),
+    teamGpusInUse: 1.75,
+    want: 'queued',
+    wantReasons: [{ code: 'GPU_QUOTA_BUSY', limit: 0.25, requested: 0.5, policy: 'policies/default#gpuQuotas[acme/search/A100]' }],
   },
   {
     name: "GPU_QUOTA_EXCEEDED: more GPUs than the team's quota row",

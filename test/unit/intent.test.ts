@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type FieldError, parseIntentText } from '../../governance/intent';
@@ -35,6 +35,18 @@ describe('parseIntentText', () => {
         labels: {},
       },
     });
+  });
+
+  it.each(readdirSync(join(defaultConfigDir, 'examples')).filter((f) => f.endsWith('.yaml') && f !== 'bad-intent.yaml'))('the shipped example %s is a valid intent', (file) => {
+    const r = parseIntentText(example(file));
+    expect(r.ok ? 'ok' : r.errors).toBe('ok');
+  });
+
+  it('reads a gang with a topology and a share with its size', () => {
+    const gang = parseIntentText(example('pretrain-gang.yaml'));
+    expect(gang.ok && gang.value.resources).toEqual({ gpus: 32, gpuType: 'H100', sharing: 'exclusive', topology: { level: 'rack', mode: 'required' } });
+    const share = parseIntentText(example('embeddings-share.yaml'));
+    expect(share.ok && share.value.resources).toEqual({ gpus: 1, gpuType: 'A100', sharing: 'mps', gpuMilli: 250 });
   });
 
   it('reads the same intent written as JSON to the same value', () => {
@@ -81,6 +93,36 @@ describe('parseIntentText', () => {
 
   it.each<{ name: string; change: (d: ReturnType<typeof valid>) => void; want: FieldError[] }>([
     { name: 'GPUs without a GPU type', change: (d) => void (d.resources = { gpus: 2 }), want: [{ path: 'resources.gpuType', message: 'gpuType is required when gpus > 0' }] },
+    {
+      name: 'an MPS share without its size',
+      change: (d) => void (d.resources = { gpus: 1, gpuType: 'A100', sharing: 'mps' }),
+      want: [{ path: 'resources.gpuMilli', message: 'required with sharing mps: the share of the GPU in thousandths, 1–999' }],
+    },
+    {
+      name: 'a time-slice share of two GPUs',
+      change: (d) => void (d.resources = { gpus: 2, gpuType: 'A100', sharing: 'timeslice', gpuMilli: 300 }),
+      want: [{ path: 'resources.gpus', message: 'sharing timeslice is a share of one GPU: gpus must be 1 (ask for gpuMilli thousandths of it)' }],
+    },
+    {
+      name: 'a share of a whole GPU',
+      change: (d) => void (d.resources = { gpus: 1, gpuType: 'A100', sharing: 'exclusive', gpuMilli: 300 }),
+      want: [{ path: 'resources.gpuMilli', message: 'gpuMilli is a share of one GPU through mps or timeslice, not with sharing exclusive' }],
+    },
+    {
+      name: 'a share of 1000 thousandths',
+      change: (d) => void (d.resources = { gpus: 1, gpuType: 'A100', sharing: 'mps', gpuMilli: 1000 }),
+      want: [{ path: 'resources.gpuMilli', message: 'Too big: expected number to be <=999' }],
+    },
+    {
+      name: 'a topology level that does not exist',
+      change: (d) => void (d.resources = { gpus: 16, gpuType: 'H100', topology: { level: 'zone', mode: 'required' } }),
+      want: [{ path: 'resources.topology.level', message: 'Invalid option: expected one of "node"|"nvlink"|"rack"|"block"|"cluster"' }],
+    },
+    {
+      name: 'a topology for hosted work',
+      change: (d) => void (d.resources = { gpus: 0, topology: { level: 'rack', mode: 'preferred' } }),
+      want: [{ path: 'resources.topology', message: 'topology applies to GPU work only (gpus > 0)' }],
+    },
     {
       name: 'a sharing mode that does not exist',
       change: (d) => void (d.resources.sharing = 'shared'),

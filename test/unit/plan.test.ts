@@ -33,7 +33,7 @@ describe('worstCaseMicros', () => {
     { name: 'on the cluster: the GPU-hour cap at the GPU price', intent: anIntent().caps({ maxGpuHours: 10, maxUsd: 100 }), wantUsd: 40 },
     { name: 'on the cluster: maxGpuHours is the whole task, whatever the GPU count', intent: anIntent().gpus(8).caps({ maxGpuHours: 10, maxUsd: 100 }), wantUsd: 40 },
     { name: 'on the cluster: never more than maxUsd', intent: anIntent().caps({ maxGpuHours: 10, maxUsd: 25 }), wantUsd: 25 },
-    { name: 'on the cluster: at the price of the sharing mode (MPS)', intent: anIntent().gpus(1, 'H100', 'mps').caps({ maxGpuHours: 10, maxUsd: 100 }), wantUsd: 15 },
+    { name: 'on the cluster: at the price of the sharing mode (MPS)', intent: anIntent().share(500, 'H100', 'mps').caps({ maxGpuHours: 10, maxUsd: 100 }), wantUsd: 15 },
     { name: 'on the cluster: at the price of the sharing mode (MIG)', intent: anIntent().gpus(1, 'A100', 'mig:3g.40gb').caps({ maxGpuHours: 10, maxUsd: 100 }), wantUsd: 3 },
     { name: 'on the cluster: a zero GPU-hour cap costs nothing', intent: anIntent().caps({ maxGpuHours: 0, maxUsd: 100 }), wantUsd: 0 },
     { name: 'on the cluster: at the version in force at `now`', intent: anIntent().caps({ maxGpuHours: 10, maxUsd: 100 }), now: '2026-07-01T00:00:00Z', wantUsd: 80 },

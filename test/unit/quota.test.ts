@@ -28,8 +28,14 @@ class StateBuilder {
     this.s.nodes = n;
     return this;
   }
+  /** The cluster's placement answer: can the request be placed once these tasks are gone? */
+  fits(f: (freed: readonly string[]) => boolean): this {
+    this.fitsFn = f;
+    return this;
+  }
+  private fitsFn: QuotaState['fits'];
   build(): QuotaState {
-    return structuredClone(this.s);
+    return { ...structuredClone(this.s), ...(this.fitsFn ? { fits: this.fitsFn } : {}) };
   }
 }
 const aState = () => new StateBuilder();
@@ -164,6 +170,39 @@ const cases: Case[] = [
     want: 'preempt',
     wantVictims: ['z'],
   },
+  {
+    // Team b borrows 32 of team a's; a 16-GPU gang of team a needs one rack. Freeing w and x
+    // (cheapest) frees 16 GPUs over racks r1 and r2; only y and z share a rack (the cluster's
+    // placement says so).
+    name: 'gang fit (kueue #5243): victims must free one domain the gang is placed in, even if dearer',
+    state: aState()
+      .cohort({ team: 'a', nominal: 32 }, { team: 'b', nominal: 16 })
+      .run('b-own', 'b', 16, P.high)
+      .run('w', 'b', 8, P.low, { node: 'r1n1', lostGpuSeconds: 10 })
+      .run('x', 'b', 8, P.low, { node: 'r2n1', lostGpuSeconds: 10 })
+      .run('y', 'b', 8, P.low, { node: 'r3n1', lostGpuSeconds: 500 })
+      .run('z', 'b', 8, P.low, { node: 'r3n2', lostGpuSeconds: 500 })
+      .fits((freed) => freed.includes('y') && freed.includes('z')),
+    req: ask('a', 16),
+    want: 'preempt',
+    wantVictims: ['y', 'z'],
+  },
+  {
+    name: 'no victim set lets the gang be placed: it waits instead of preempting for nothing',
+    state: aState()
+      .cohort({ team: 'a', nominal: 32 }, { team: 'b', nominal: 16 })
+      .run('b-own', 'b', 16, P.high)
+      .run('w', 'b', 8, P.low, { node: 'r1n1' })
+      .run('x', 'b', 8, P.low, { node: 'r2n1' })
+      .run('y', 'b', 8, P.low, { node: 'r3n1' })
+      .run('z', 'b', 8, P.low, { node: 'r4n1' })
+      .fits(() => false),
+    req: ask('a', 16),
+    want: 'queued',
+    wantCode: 'GPU_QUOTA_BUSY',
+  },
+  { name: 'shares count by their fraction: seven 1/7 MIG slices fill a nominal of one', state: ab().run('a1', 'a', 3, P.normal).run('s1', 'a', 0.143 * 6, P.normal), req: ask('a', 0.142), want: 'admitted', wantMode: 'nominal', wantBorrowed: 0 },
+  { name: 'shares count by their fraction: a quarter more borrows a quarter', state: ab().run('a1', 'a', 3.75, P.normal), req: ask('a', 0.5), want: 'admitted', wantMode: 'borrowing', wantBorrowed: 0.25 },
   {
     name: 'a preemption under way: wait for it, choose no more victims',
     state: ab().run('b-high', 'b', 4, P.high).run('b-low', 'b', 4, P.low, { preempting: true }),

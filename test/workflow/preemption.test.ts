@@ -5,7 +5,7 @@ import { preemptionLosses } from '../../ledger/quota';
 import { showback } from '../../ledger/rollups';
 import { taskUsage } from '../../ledger/usage';
 import { bundleWorkflows } from '../../workers/worker';
-import { cancelSignal, statusQuery } from '../../workflows/messages';
+import { cancelSignal } from '../../workflows/messages';
 import { govloop } from '../support/cli';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
 import { saveHistories } from '../support/histories';
@@ -57,16 +57,6 @@ const job = (team: string, name: string, priority: string, durationSeconds: numb
     simulation: { durationSeconds, tokensPerSecond: 0 },
   });
 
-async function until(taskId: string, ok: (s: Awaited<ReturnType<typeof status>>) => boolean, timeoutMs = 30_000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const s = await status(taskId);
-    if (ok(s)) return s;
-    if (Date.now() > end) throw new Error(`${taskId} did not get there: ${JSON.stringify({ state: s.state, reasons: s.reasons })}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-const status = (taskId: string) => h.client.workflow.getHandle(taskId).query(statusQuery);
 
 /** The GovState values a task went through, from its history (consecutive repeats folded). */
 async function govStates(taskId: string): Promise<string[]> {
@@ -92,12 +82,12 @@ async function simJob(taskId: string) {
 
 describe('quotas and preemption on a real Temporal server and PostgreSQL', () => {
   it('borrowing, then reclaim: the borrower (not the higher-priority job) is preempted, resumes from its checkpoint and finishes; GPU-seconds charged equal what ran', async () => {
-    // Long enough (15 s and 8 s at the test speed-up) that both still run when a asks, however busy the machine.
-    const high = await h.submit(job('b', 'b-high', 'high', 30_000));
-    await until(high.taskId, (s) => s.state === 'Running');
-    const low = await h.submit(job('b', 'b-low', 'low', 16_000));
+    // Long enough (25 s and 15 s at the test speed-up) that both still run when a asks, however busy the machine.
+    const high = await h.submit(job('b', 'b-high', 'high', 50_000));
+    await h.until(high.taskId, (s) => s.state === 'Running');
+    const low = await h.submit(job('b', 'b-low', 'low', 30_000));
     // b borrows a's idle quota for its low-priority job.
-    await until(low.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
+    await h.until(low.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
     const admission = await h.db.query<{ detail: { quota?: string; borrowed?: number } }>(`SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'admission' AND decision = 'admitted'`, [low.taskId]);
     expect(admission.rows.at(-1)?.detail).toMatchObject({ quota: 'borrowing', borrowed: 4 });
 
@@ -131,18 +121,18 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     // Resumed from its checkpoint: all of its work done once, plus only what ran after the checkpoint.
     const sim = await simJob(low.taskId);
     expect(sim.phase).toBe('Succeeded');
-    expect(sim.progress_s).toBe(16_000);
+    expect(sim.progress_s).toBe(30_000);
     expect(sim.checkpoint_s).toBeGreaterThan(0);
     expect(sim.lost_s).toBeGreaterThan(0);
     expect(sim.lost_s).toBeLessThan(sim.checkpoint_s + 4_000);
-    expect(sim.ran_s).toBeCloseTo(16_000 + sim.lost_s, 6);
+    expect(sim.ran_s).toBeCloseTo(30_000 + sim.lost_s, 6);
 
     // GPU-seconds charged equal what ran, for every task; the lost part is shown against team a.
     const lowUsage = await taskUsage(h.db, low.taskId);
     expect(lowUsage.gpuSeconds).toBeCloseTo(sim.ran_s * 4, 3);
     expect(lowDone.usage.gpuSeconds).toBeCloseTo(sim.ran_s * 4, 3);
     expect((await taskUsage(h.db, a.taskId)).gpuSeconds).toBe(2_000 * 4);
-    expect((await taskUsage(h.db, high.taskId)).gpuSeconds).toBe(30_000 * 4);
+    expect((await taskUsage(h.db, high.taskId)).gpuSeconds).toBe(50_000 * 4);
     const row = await h.db.query<{ lost_gpu_seconds: number; preemptor_task_id: string; preemptor_team: string }>('SELECT lost_gpu_seconds, preemptor_task_id, preemptor_team FROM preemptions WHERE victim_task_id = $1', [low.taskId]);
     expect(row.rows[0]).toMatchObject({ preemptor_task_id: a.taskId, preemptor_team: 'a' });
     expect(row.rows[0]!.lost_gpu_seconds).toBeCloseTo(sim.lost_s * 4, 3);
@@ -166,12 +156,12 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     expect(bad.stderr).toMatch(/--reason: required/);
     // Runs until cancelled, so the CLI (a separate process, slow to start on a busy machine) is never late.
     const t = await h.submit(job('a', 'op-preempt', 'normal', 2_000_000));
-    await until(t.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
+    await h.until(t.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
     const r = await govloop(['preempt', t.taskId, '--as', 'alice', '--reason', 'node maintenance', '--json'], cliEnv());
     expect(r.code, r.stderr).toBe(0);
     expect(r.json()).toMatchObject({ taskId: t.taskId, requested: true, by: 'alice' });
     // Back to Running, on from its checkpoint.
-    await until(t.taskId, (s) => s.state === 'Running' && s.reasons.length === 0 && s.nodes.length > 0, 60_000);
+    await h.until(t.taskId, (s) => s.state === 'Running' && s.reasons.length === 0 && s.nodes.length > 0, 60_000);
     for (let sim = await simJob(t.taskId); !(sim.phase === 'Running' && sim.lost_s > 0 && sim.progress_s > sim.checkpoint_s); sim = await simJob(t.taskId)) {
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -197,10 +187,10 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     // a and b each use their nominal 4; a second job of a can neither borrow nor preempt (same priority).
     const a1 = await h.submit(job('a', 'q-a1', 'normal', 2_000_000));
     const b1 = await h.submit(job('b', 'q-b1', 'normal', 2_000_000));
-    await until(a1.taskId, (s) => s.state === 'Running');
-    await until(b1.taskId, (s) => s.state === 'Running');
+    await h.until(a1.taskId, (s) => s.state === 'Running');
+    await h.until(b1.taskId, (s) => s.state === 'Running');
     const a2 = await h.submit(job('a', 'q-a2', 'normal', 600));
-    await until(a2.taskId, (s) => s.state === 'Queued');
+    await h.until(a2.taskId, (s) => s.state === 'Queued');
     const r = await govloop(['queue', '--tenant', h.tenant, '--json'], cliEnv());
     expect(r.code, r.stderr).toBe(0);
     const rows = r.json() as { taskId: string; position: number; state: string; reasons: { code: string }[] }[];
