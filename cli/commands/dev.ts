@@ -24,6 +24,7 @@ const WorkerOptions = z.strictObject({
   controllers: z.boolean().default(true),
   backend: z.enum(['simulated', 'kubernetes']).default((process.env.GOVLOOP_CLUSTER_BACKEND as 'simulated' | 'kubernetes' | undefined) ?? 'simulated'),
   k8sNamespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a Kubernetes namespace name').max(63).default(process.env.GOVLOOP_K8S_NAMESPACE ?? 'govloop'),
+  k8sPlacement: z.enum(['govloop', 'scheduler']).default((process.env.GOVLOOP_K8S_PLACEMENT as 'govloop' | 'scheduler' | undefined) ?? 'govloop'),
 });
 
 /** Resolves on the first SIGINT/SIGTERM. */
@@ -67,6 +68,7 @@ Ctrl-C stops everything.`);
     .option('--no-controllers', 'start no budget controllers and no rollup schedule (another worker pool owns them)')
     .option('--backend <kind>', 'cluster backend: simulated | kubernetes (KUBECONFIG, ~/.kube/config or in-cluster); default $GOVLOOP_CLUSTER_BACKEND or simulated')
     .option('--k8s-namespace <ns>', 'namespace of the Jobs (kubernetes backend); default $GOVLOOP_K8S_NAMESPACE or govloop')
+    .option('--k8s-placement <mode>', 'who picks the nodes (kubernetes backend): govloop (pins each Job to the nodes governance/placement.ts chooses from the Nodes\' govloop.io/* labels) | scheduler (the kube-scheduler); default $GOVLOOP_K8S_PLACEMENT or govloop')
     .action(async (raw) => {
       const o = parseOptions(WorkerOptions, raw);
       const logger = installLogging();
@@ -84,7 +86,16 @@ Ctrl-C stops everything.`);
         if (o.backend === 'kubernetes') {
           const kc = new KubeConfig();
           kc.loadFromDefault();
-          const k8s = new KubernetesCluster(kc, { cluster: config.cluster.name, namespace: o.k8sNamespace });
+          // govloop placement: topology from the Nodes' labels, pinned with node affinity; it falls
+          // back to the kube-scheduler (and says why here) where the Nodes carry no govloop.io/gpu-type.
+          const k8s = new KubernetesCluster(kc, {
+            cluster: config.cluster.name,
+            namespace: o.k8sNamespace,
+            placement: o.k8sPlacement,
+            // Pods that may report their checkpoint on their Job (deploy/rbac.yaml govloop-trainer).
+            ...(process.env.GOVLOOP_K8S_SERVICE_ACCOUNT ? { serviceAccountName: process.env.GOVLOOP_K8S_SERVICE_ACCOUNT } : {}),
+            onPlacementNote: (note) => logger.warn({ placement: o.k8sPlacement }, note),
+          });
           backend = k8s;
           // Job changes seen by the watch wake the task's workflow (it observes the job at once);
           // the workflow's poll stays the fallback when a watch event is missed.
@@ -115,7 +126,7 @@ Ctrl-C stops everything.`);
         const abort = new AbortController();
         void untilSignal().then(() => abort.abort());
         logger.info({ address, namespace, taskQueue: o.taskQueue, ledger: ledger.source }, 'worker started');
-        console.error(`worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name} (${o.backend}${o.backend === 'kubernetes' ? ` namespace ${o.k8sNamespace}` : ''}); ledger ${ledger.source}`);
+        console.error(`worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name} (${o.backend}${o.backend === 'kubernetes' ? ` namespace ${o.k8sNamespace}, placement ${o.k8sPlacement}` : ''}); ledger ${ledger.source}`);
         await runWorkers(workers, abort.signal);
         stopWatch();
       } finally {

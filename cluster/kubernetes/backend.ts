@@ -11,47 +11,126 @@
  * meters (docs/decisions/0012-kubernetes-backend.md). Every read-modify-write sends the
  * `resourceVersion` it read, so a concurrent change makes the API server answer 409 and the
  * operation is retried on a fresh read instead of overwriting it.
+ *
+ * Preemption follows the simulated cluster (`SimulatedCluster.settleProgress`): `checkpoint()`
+ * stamps `govloop.io/checkpoint-requested-at` on the Job and its pods (the checkpoint protocol of
+ * docs/decisions/0012), the trainer answers with `govloop.io/checkpoint-seconds` on the Job, and
+ * `suspend()` sets the progress back to that checkpoint and counts the rest as lost. A multi-pod
+ * gang gets a headless Service (owned by its Job) for torchrun's rendezvous. `capacity()` and the
+ * govloop placement (`placement: 'govloop'`) read Nodes, govloop Jobs and pods (`./placement.ts`).
  */
 import { ApplicationFailure } from '@temporalio/common';
 import {
   ApiException,
   BatchV1Api,
+  CoreV1Api,
   KubeConfig,
   PatchStrategy,
   Watch,
   setHeaderOptions,
   type BatchV1ApiCreateNamespacedJobRequest,
   type BatchV1ApiDeleteNamespacedJobRequest,
+  type BatchV1ApiListNamespacedJobRequest,
   type BatchV1ApiPatchNamespacedJobRequest,
+  type BatchV1ApiPatchNamespacedJobStatusRequest,
   type BatchV1ApiReadNamespacedJobRequest,
   type ConfigurationOptions,
+  type CoreV1ApiCreateNamespacedServiceRequest,
+  type CoreV1ApiDeleteNamespacedServiceRequest,
+  type CoreV1ApiListNamespacedPodRequest,
+  type CoreV1ApiListNodeRequest,
+  type CoreV1ApiListPodForAllNamespacesRequest,
+  type CoreV1ApiPatchNamespacedPodRequest,
+  type CoreV1ApiPatchNamespacedServiceRequest,
+  type CoreV1ApiReadNamespacedServiceRequest,
   type V1Job,
+  type V1JobList,
+  type V1Node,
+  type V1NodeList,
+  type V1Pod,
+  type V1PodList,
+  type V1Service,
   type V1Status,
 } from '@kubernetes/client-node';
-import type { ClusterBackend, CreateResult, JobPhase, JobSpec, JobStatus } from '../backend';
-import type { Reason } from '../../governance/reasons';
-import { Annotation, LABEL_TASK, type ManifestOptions, type Placement, jobManifest, jobPhase, runSeconds, taskIdOf } from './manifests';
+import type { ClusterBackend, ClusterCapacity, CreateResult, JobPhase, JobSpec, JobStatus } from '../backend';
+import { ReasonCode, type Reason, reason } from '../../governance/reasons';
+import {
+  Annotation,
+  LABEL_JOB_NAME,
+  LABEL_MANAGED_BY,
+  LABEL_TASK,
+  MANAGED_BY,
+  type ManifestOptions,
+  type Placement,
+  gangServiceManifest,
+  isGang,
+  jobAccounting,
+  jobManifest,
+  jobPhase,
+  nodesOf,
+  suspendAnnotations,
+  taskIdOf,
+} from './manifests';
+import { type GpuAsk, type HeldGpus, type NodeLabelOptions, type TopologyReading, decidePlacement, heldByJobs, heldByPods, holdsNodes, readTopology, usedGpus } from './placement';
 
-/** The four BatchV1Api calls the backend makes (client-node's object-parameter API); tests inject their own. */
+/** The BatchV1Api calls the backend makes (client-node's object-parameter API); tests may inject their own. */
 export interface JobsApi {
   createNamespacedJob(param: BatchV1ApiCreateNamespacedJobRequest, options?: ConfigurationOptions): Promise<V1Job>;
   readNamespacedJob(param: BatchV1ApiReadNamespacedJobRequest, options?: ConfigurationOptions): Promise<V1Job>;
   patchNamespacedJob(param: BatchV1ApiPatchNamespacedJobRequest, options?: ConfigurationOptions): Promise<V1Job>;
+  patchNamespacedJobStatus(param: BatchV1ApiPatchNamespacedJobStatusRequest, options?: ConfigurationOptions): Promise<V1Job>;
   deleteNamespacedJob(param: BatchV1ApiDeleteNamespacedJobRequest, options?: ConfigurationOptions): Promise<V1Status>;
+  listNamespacedJob(param: BatchV1ApiListNamespacedJobRequest, options?: ConfigurationOptions): Promise<V1JobList>;
 }
 
-/** What a placement hook answers: where the job goes, or why it cannot go now (the task queues). */
-export type PlaceResult = Placement | { kind: 'none'; reason: Reason };
+/** The CoreV1Api calls: the gang's Service, the Job's pods (checkpoint), Nodes and pods (capacity, placement). */
+export interface CoreApi {
+  createNamespacedService(param: CoreV1ApiCreateNamespacedServiceRequest, options?: ConfigurationOptions): Promise<V1Service>;
+  readNamespacedService(param: CoreV1ApiReadNamespacedServiceRequest, options?: ConfigurationOptions): Promise<V1Service>;
+  patchNamespacedService(param: CoreV1ApiPatchNamespacedServiceRequest, options?: ConfigurationOptions): Promise<V1Service>;
+  deleteNamespacedService(param: CoreV1ApiDeleteNamespacedServiceRequest, options?: ConfigurationOptions): Promise<unknown>;
+  listNamespacedPod(param: CoreV1ApiListNamespacedPodRequest, options?: ConfigurationOptions): Promise<V1PodList>;
+  patchNamespacedPod(param: CoreV1ApiPatchNamespacedPodRequest, options?: ConfigurationOptions): Promise<V1Pod>;
+  listPodForAllNamespaces(param?: CoreV1ApiListPodForAllNamespacesRequest, options?: ConfigurationOptions): Promise<V1PodList>;
+  listNode(param?: CoreV1ApiListNodeRequest, options?: ConfigurationOptions): Promise<V1NodeList>;
+}
+
+export interface KubernetesApis {
+  jobs: JobsApi;
+  core: CoreApi;
+}
+
+/** What a placement hook answers: where the job goes (with why, for the dispatch audit), or why it cannot go now (the task queues). */
+export type PlaceResult = (Placement & { explanation?: string }) | { kind: 'none'; reason: Reason };
+
+/** Pods that may hold GPUs: not finished. */
+const ACTIVE_PODS = 'status.phase!=Succeeded,status.phase!=Failed';
 
 export interface KubernetesClusterOptions extends Omit<ManifestOptions, 'namespace' | 'cluster'> {
   /** govloop's name for the cluster; the dispatch task queue is `govloop-cluster-<cluster>`. */
   cluster: string;
   namespace: string;
   /**
-   * govloop's placement for a job (nodes or a topology domain). Default: `{ kind: 'any' }`, the
-   * kube-scheduler chooses (and Kueue, if installed, may hold the Job further).
+   * A placement hook for a job (nodes or a topology domain); when given it decides, whatever
+   * `placement` says.
    */
   place?: (spec: JobSpec) => PlaceResult | Promise<PlaceResult>;
+  /**
+   * Without a hook: `govloop` places with governance/placement.ts over the Nodes' topology labels
+   * and pins the Job to the chosen nodes (`./placement.ts`; it falls back to the kube-scheduler,
+   * saying why through `onPlacementNote`, when the Nodes carry no GPU-type label); `scheduler`
+   * (default) leaves the nodes to the kube-scheduler (and Kueue, if installed).
+   */
+  placement?: 'govloop' | 'scheduler';
+  /** Topology labels of the Nodes (defaults in ./placement.ts `NodeLabel`). */
+  nodeLabels?: Omit<NodeLabelOptions, 'gpuTypeLabel' | 'sharedGpuResource'>;
+  /**
+   * Count GPUs held by pods that are not govloop's (any namespace) in capacity and placement.
+   * Default true; needs `list pods` cluster-wide. False: only govloop's own pods in the namespace.
+   */
+  countOtherPods?: boolean;
+  /** Why govloop placement fell back to the kube-scheduler, or held GPUs it could not count (each said at most every 10 minutes). */
+  onPlacementNote?: (note: string) => void;
   clock?: () => Date;
   /** `fieldManager` on every write. Default `govloop`. */
   fieldManager?: string;
@@ -93,14 +172,14 @@ function statusBody(err: unknown): Partial<V1Status> | null {
 }
 
 /** Turns an API failure into an ApplicationFailure whose message says what was asked and what the server said. */
-export function kubernetesFailure(what: string, err: unknown): ApplicationFailure {
+export function kubernetesFailure(what: string, err: unknown, need = 'create/get/patch/delete on jobs.batch in this namespace'): ApplicationFailure {
   const code = apiStatusCode(err);
   if (code === null) {
     return ApplicationFailure.create({ type: KubernetesErrorType.Api, message: `kubernetes: ${what}: ${(err as Error)?.message ?? String(err)}`, cause: err instanceof Error ? err : undefined });
   }
   const s = statusBody(err);
   const said = [s?.reason, s?.message].filter(Boolean).join(': ') || (code === 401 ? 'Unauthorized' : 'no Status in the answer');
-  const hint = code === 401 ? ' (check the kubeconfig credentials)' : code === 403 ? ' (the service account needs create/get/patch/delete on jobs.batch in this namespace)' : '';
+  const hint = code === 401 ? ' (check the kubeconfig credentials)' : code === 403 ? ` (the service account needs ${need}; deploy/rbac.yaml has all govloop needs)` : '';
   return ApplicationFailure.create({
     type: code === 400 || code === 422 ? KubernetesErrorType.Invalid : KubernetesErrorType.Api,
     message: `kubernetes: ${what}: HTTP ${code}: ${said}${hint}`,
@@ -123,26 +202,31 @@ export interface JobEvent {
 export class KubernetesCluster implements ClusterBackend {
   readonly cluster: string;
   readonly namespace: string;
-  private readonly api: JobsApi;
+  private readonly jobs: JobsApi;
+  private readonly core: CoreApi;
   private readonly kubeConfig: KubeConfig | null;
   private readonly clock: () => Date;
   /** Last status of jobs this process deleted, answered once the Job is gone (404). */
   private readonly tombstones = new Map<string, JobStatus>();
+  /** Placement and the create that books it run one at a time in this process, so no GPU is booked twice. */
+  private booking: Promise<unknown> = Promise.resolve();
+  private readonly notesSaid = new Map<string, number>();
 
-  /** `source`: a KubeConfig (e.g. `kc.loadFromDefault()`: $KUBECONFIG, ~/.kube/config, or in-cluster), or an injected API. */
+  /** `source`: a KubeConfig (e.g. `kc.loadFromDefault()`: $KUBECONFIG, ~/.kube/config, or in-cluster), or injected APIs. */
   constructor(
-    source: KubeConfig | JobsApi,
+    source: KubeConfig | KubernetesApis,
     private readonly opts: KubernetesClusterOptions,
   ) {
     this.cluster = opts.cluster;
     this.namespace = opts.namespace;
     this.kubeConfig = source instanceof KubeConfig ? source : null;
-    this.api = source instanceof KubeConfig ? source.makeApiClient(BatchV1Api) : source;
+    this.jobs = source instanceof KubeConfig ? source.makeApiClient(BatchV1Api) : source.jobs;
+    this.core = source instanceof KubeConfig ? source.makeApiClient(CoreV1Api) : source.core;
     this.clock = opts.clock ?? (() => new Date());
   }
 
   private manifestOptions(): ManifestOptions {
-    const { place: _p, clock: _c, fieldManager: _f, conflictRetries: _r, ...rest } = this.opts;
+    const { place: _p, clock: _c, fieldManager: _f, conflictRetries: _r, placement: _pl, nodeLabels: _n, countOtherPods: _o, onPlacementNote: _on, ...rest } = this.opts;
     return { ...rest, namespace: this.namespace, cluster: this.cluster };
   }
 
@@ -150,30 +234,185 @@ export class KubernetesCluster implements ClusterBackend {
     return this.opts.fieldManager ?? 'govloop';
   }
 
-  /** Creates the Job suspended. Idempotent: 409 AlreadyExists reads the existing Job instead. */
+  private get gpuTypeLabel(): string | null {
+    return this.opts.gpuTypeLabel === undefined ? 'govloop.io/gpu-type' : this.opts.gpuTypeLabel;
+  }
+
+  private serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.booking.then(fn, fn);
+    this.booking = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Places and creates the Job suspended. Idempotent: 409 AlreadyExists reads the existing Job
+   * instead (it keeps the placement it has). A Job preempted earlier (suspended, its nodes given
+   * up) is placed again: its pod template's node affinity is rewritten to the new placement, which
+   * Kubernetes allows while the Job is suspended and `status.startTime` is unset (reset first, as
+   * Kueue does). A multi-pod gang gets its headless Service.
+   */
   async create(spec: JobSpec): Promise<CreateResult> {
-    const placed = this.opts.place ? await this.opts.place(spec) : ({ kind: 'any' } as const);
-    if (placed.kind === 'none') return { ok: false, reason: placed.reason };
-    const body = jobManifest(spec, placed, this.manifestOptions());
-    let job: V1Job;
-    try {
-      job = await this.api.createNamespacedJob({ namespace: this.namespace, body, fieldManager: this.fieldManager });
-    } catch (err) {
-      if (apiStatusCode(err) !== 409) throw kubernetesFailure(`create job ${spec.name} in namespace ${this.namespace}`, err);
-      const existing = await this.read(spec.name, 'read existing job');
-      // Created and deleted in between: the next attempt creates it again.
-      if (!existing) throw kubernetesFailure(`create job ${spec.name} in namespace ${this.namespace}`, err);
-      job = existing;
-      const owner = taskIdOf(job);
-      if (owner !== spec.taskId) {
-        throw ApplicationFailure.create({
-          type: KubernetesErrorType.NameTaken,
-          nonRetryable: true,
-          message: `kubernetes: job ${spec.name} in namespace ${this.namespace} belongs to task ${owner ?? '(no govloop annotation)'}, not ${spec.taskId}`,
-        });
+    return this.serially(async () => {
+      const placed = await this.decide(spec);
+      if (placed.kind === 'none') {
+        // No room now; but a Job created earlier (a retried activity) already has its place.
+        const existing = await this.read(spec.name, 'read existing job');
+        if (existing && taskIdOf(existing) === spec.taskId && !needsPlacement(existing)) return this.created(existing);
+        return { ok: false, reason: placed.reason };
+      }
+      const { explanation, ...placement } = placed;
+      const body = jobManifest(spec, placement, this.manifestOptions());
+      let job: V1Job;
+      let applied = true;
+      try {
+        job = await this.jobs.createNamespacedJob({ namespace: this.namespace, body, fieldManager: this.fieldManager });
+      } catch (err) {
+        if (apiStatusCode(err) !== 409) throw kubernetesFailure(`create job ${spec.name} in namespace ${this.namespace}`, err);
+        const existing = await this.read(spec.name, 'read existing job');
+        // Created and deleted in between: the next attempt creates it again.
+        if (!existing) throw kubernetesFailure(`create job ${spec.name} in namespace ${this.namespace}`, err);
+        const owner = taskIdOf(existing);
+        if (owner !== spec.taskId) {
+          throw ApplicationFailure.create({
+            type: KubernetesErrorType.NameTaken,
+            nonRetryable: true,
+            message: `kubernetes: job ${spec.name} in namespace ${this.namespace} belongs to task ${owner ?? '(no govloop annotation)'}, not ${spec.taskId}`,
+          });
+        }
+        if (needsPlacement(existing)) {
+          const again = await this.placeAgain(spec, placement, body);
+          if (!again.ok) return again;
+          job = again.job;
+        } else {
+          job = existing;
+          applied = false;
+        }
+      }
+      return this.created(job, applied ? explanation : undefined);
+    });
+  }
+
+  private async created(job: V1Job, explanation?: string): Promise<CreateResult> {
+    await this.ensureService(job);
+    return { ok: true, nodes: nodesOf(job), ...(explanation ? { explanation } : {}) };
+  }
+
+  /** Where a job goes: the hook, govloop's placement, or the kube-scheduler. */
+  private async decide(spec: JobSpec): Promise<PlaceResult> {
+    if (this.opts.place) return this.opts.place(spec);
+    if (this.opts.placement === 'govloop') return this.placeByGovloop(spec);
+    return { kind: 'any' };
+  }
+
+  /**
+   * govloop's placement (governance/placement.ts `place()`) over the Nodes' topology and what the
+   * govloop Jobs and other pods hold now; `{kind: 'any'}` (the kube-scheduler chooses) when the
+   * Nodes carry no GPU-type label or the request is one govloop does not model here (MIG).
+   */
+  async placeByGovloop(spec: GpuAsk): Promise<PlaceResult> {
+    const view = await this.view();
+    const { decision, note, stateNotes } = decidePlacement(view.reading, view.held, spec, this.cluster);
+    if (note) this.note(`govloop placement: the kube-scheduler places ${spec.gpus} ${spec.gpuType} (${spec.sharing}): ${note}`);
+    for (const n of [...view.reading.notes, ...stateNotes]) this.note(`govloop placement: ${n}`);
+    return decision;
+  }
+
+  private note(text: string): void {
+    const now = Date.now();
+    const last = this.notesSaid.get(text);
+    if (last !== undefined && now - last < 600_000) return;
+    this.notesSaid.set(text, now);
+    if (this.notesSaid.size > 500) this.notesSaid.delete(this.notesSaid.keys().next().value!);
+    this.opts.onPlacementNote?.(text);
+  }
+
+  /**
+   * Places a preempted Job again: the new placement must give the same pods (Kubernetes keeps a
+   * Job's pod count and resources), else the task waits; the node affinity is rewritten when it
+   * changed (after resetting `status.startTime`, which Kubernetes requires for it) and the Job
+   * takes its nodes again.
+   */
+  private async placeAgain(spec: JobSpec, placement: Placement, want: V1Job): Promise<{ ok: true; job: V1Job } | { ok: false; reason: Reason }> {
+    const attempts = this.opts.conflictRetries ?? 5;
+    for (let attempt = 1; ; attempt++) {
+      const job = await this.read(spec.name, 'read job to place it again');
+      if (!job) throw ApplicationFailure.create({ type: KubernetesErrorType.Api, message: `kubernetes: place job ${spec.name} again: not found in namespace ${this.namespace}` });
+      if (!needsPlacement(job)) return { ok: true, job };
+      const had = podShape(job);
+      const gets = podShape(want);
+      if (canonical(had) !== canonical(gets)) {
+        return {
+          ok: false,
+          reason: reason(
+            ReasonCode.GpuCapacityBusy,
+            `job ${spec.name} runs ${had.pods} pod(s) with ${canonical(had.limits)} each; the placement now would give ${gets.pods} pod(s) with ${canonical(gets.limits)}, and a Job's pods cannot change: waiting until that shape fits`,
+            null,
+            spec.gpus,
+            `cluster/${this.cluster}`,
+          ),
+        };
+      }
+      const affinity = want.spec?.template.spec?.affinity ?? null;
+      const changed = canonical(job.spec?.template.spec?.affinity ?? null) !== canonical(affinity);
+      if (changed && job.status?.startTime) {
+        try {
+          await this.jobs.patchNamespacedJobStatus({ name: spec.name, namespace: this.namespace, body: { status: { startTime: null } }, fieldManager: this.fieldManager }, mergePatch);
+        } catch (err) {
+          throw kubernetesFailure(`reset status.startTime of job ${spec.name} in namespace ${this.namespace}`, err, 'patch on jobs.batch/status in this namespace');
+        }
+        continue; // read again: the status write changed the resourceVersion
+      }
+      const annotations: Record<string, string | null> = { [Annotation.nodes]: placement.kind === 'nodes' ? placement.nodes.join(',') : null, [Annotation.preemptedAt]: null };
+      const body = { metadata: { annotations, resourceVersion: job.metadata?.resourceVersion }, ...(changed ? { spec: { template: { spec: { affinity } } } } : {}) };
+      try {
+        const patched = await this.jobs.patchNamespacedJob({ name: spec.name, namespace: this.namespace, body, fieldManager: this.fieldManager }, mergePatch);
+        return { ok: true, job: patched };
+      } catch (err) {
+        if (apiStatusCode(err) === 409 && attempt < attempts) continue;
+        throw kubernetesFailure(`place job ${spec.name} again in namespace ${this.namespace}`, err);
       }
     }
-    return { ok: true, nodes: nodesOf(job) };
+  }
+
+  /**
+   * The headless Service of a multi-pod gang (torchrun rendezvous), owned by the Job. Idempotent:
+   * an existing one is kept, and adopted by this Job if an earlier Job of the same name owned it.
+   */
+  private async ensureService(job: V1Job): Promise<void> {
+    if (!isGang(job)) return;
+    const name = job.metadata!.name!;
+    const body = gangServiceManifest(job, { namespace: this.namespace, ...(this.opts.rendezvousPort !== undefined ? { rendezvousPort: this.opts.rendezvousPort } : {}) });
+    const what = `create service ${name} in namespace ${this.namespace}`;
+    const need = 'create/get/patch/delete on services in this namespace';
+    try {
+      await this.core.createNamespacedService({ namespace: this.namespace, body, fieldManager: this.fieldManager });
+      return;
+    } catch (err) {
+      if (apiStatusCode(err) !== 409) throw kubernetesFailure(what, err, need);
+    }
+    let existing: V1Service;
+    try {
+      existing = await this.core.readNamespacedService({ name, namespace: this.namespace });
+    } catch (err) {
+      throw kubernetesFailure(`read existing service ${name} in namespace ${this.namespace}`, err, need);
+    }
+    const owner = existing.metadata?.annotations?.[Annotation.taskId];
+    if (existing.metadata?.labels?.[LABEL_MANAGED_BY] !== MANAGED_BY || owner !== taskIdOf(job)) {
+      throw ApplicationFailure.create({
+        type: KubernetesErrorType.NameTaken,
+        nonRetryable: true,
+        message: `kubernetes: service ${name} in namespace ${this.namespace} is not the rendezvous Service of task ${taskIdOf(job)} (${owner ? `task ${owner}` : 'not govloop\'s'}); delete it or rename`,
+      });
+    }
+    if (existing.metadata?.ownerReferences?.some((r) => r.uid === job.metadata?.uid)) return;
+    try {
+      await this.core.patchNamespacedService(
+        { name, namespace: this.namespace, body: { metadata: { ownerReferences: body.metadata!.ownerReferences, resourceVersion: existing.metadata?.resourceVersion } }, fieldManager: this.fieldManager },
+        mergePatch,
+      );
+    } catch (err) {
+      throw kubernetesFailure(`adopt service ${name} in namespace ${this.namespace}`, err, need);
+    }
   }
 
   /** Unsuspends a suspended Job and opens a run segment. A running, finished or deleting Job is left alone. */
@@ -185,15 +424,129 @@ export class KubernetesCluster implements ClusterBackend {
   }
 
   /**
-   * Preemption: suspends a running Job (the Job controller deletes its pods; the Job, its progress
-   * and its accounting stay) and folds the open run segment into the settled seconds.
+   * Preemption: suspends a running Job (the Job controller deletes its pods; the Job and its
+   * accounting stay). The open run segment is folded into the settled seconds; with a checkpoint
+   * reported, progress goes back to it and the work after it counts as lost; the Job gives up its
+   * nodes until it is placed again (`create`).
    */
   async suspend(name: string): Promise<void> {
     await this.readModifyWrite(name, 'suspend', (job) => {
       if (jobPhase(job).phase !== 'Running') return null;
-      const seconds = runSeconds(job, this.clock());
-      return { metadata: { annotations: { [Annotation.settledSeconds]: String(seconds), [Annotation.resumedAt]: null } }, spec: { suspend: true } };
+      return { metadata: { annotations: suspendAnnotations(job, this.clock()) }, spec: { suspend: true } };
     });
+  }
+
+  /**
+   * The preemption checkpoint signal: stamps `govloop.io/checkpoint-requested-at` on the running
+   * Job and on each of its pods that is not finished (they see it in
+   * /etc/govloop/podinfo/annotations). The trainer saves and reports `govloop.io/checkpoint-seconds`
+   * on the Job. A Job that is not running is left alone.
+   */
+  async checkpoint(name: string): Promise<void> {
+    const job = await this.read(name, 'read job to checkpoint');
+    if (!job || jobPhase(job).phase !== 'Running') return;
+    const stamp = { metadata: { annotations: { [Annotation.checkpointRequestedAt]: this.clock().toISOString() } } };
+    try {
+      await this.jobs.patchNamespacedJob({ name, namespace: this.namespace, body: stamp, fieldManager: this.fieldManager }, mergePatch);
+    } catch (err) {
+      if (apiStatusCode(err) === 404) return;
+      throw kubernetesFailure(`checkpoint job ${name} in namespace ${this.namespace}`, err);
+    }
+    const need = 'list/patch on pods in this namespace';
+    let pods: V1Pod[];
+    try {
+      pods = (await this.core.listNamespacedPod({ namespace: this.namespace, labelSelector: `${LABEL_JOB_NAME}=${name}` })).items;
+    } catch (err) {
+      throw kubernetesFailure(`list pods of job ${name} in namespace ${this.namespace}`, err, need);
+    }
+    for (const pod of pods) {
+      const phase = pod.status?.phase;
+      if (phase === 'Succeeded' || phase === 'Failed' || pod.metadata?.deletionTimestamp || !pod.metadata?.name) continue;
+      try {
+        await this.core.patchNamespacedPod({ name: pod.metadata.name, namespace: this.namespace, body: stamp, fieldManager: this.fieldManager }, mergePatch);
+      } catch (err) {
+        if (apiStatusCode(err) === 404) continue; // gone in between
+        throw kubernetesFailure(`checkpoint pod ${pod.metadata.name} of job ${name} in namespace ${this.namespace}`, err, need);
+      }
+    }
+  }
+
+  /**
+   * GPU nodes of a type (Nodes labelled with it, cordoned and NotReady ones left out) with the GPUs
+   * in use on each (held by govloop Jobs that hold their nodes, by their annotations, or by other
+   * pods, by their GPU limits; a GPU with a share on it is in use, as the simulated cluster counts),
+   * and the running govloop Jobs of the type with their GPUs and the work suspending each would
+   * lose (all of it when it never reported a checkpoint). With `request` and govloop placement, `fits`
+   * answers whether the request could be placed once some tasks' Jobs are gone.
+   */
+  async capacity(gpuType: string, request?: GpuAsk): Promise<ClusterCapacity> {
+    const view = await this.view();
+    const now = this.clock();
+    const used = usedGpus(view.reading, view.held);
+    const anyType = this.gpuTypeLabel === null;
+    const nodes = view.reading.nodes.filter((n) => anyType || n.gpuType === gpuType).map((n) => ({ name: n.name, gpus: n.gpus, used: used.get(n.name) ?? 0 }));
+    const podNode = new Map<string, string>();
+    for (const p of view.pods) {
+      const job = p.metadata?.labels?.[LABEL_JOB_NAME];
+      if (job && p.spec?.nodeName && p.metadata?.namespace === this.namespace && !podNode.has(job)) podNode.set(job, p.spec.nodeName);
+    }
+    const jobs = view.jobs
+      .filter((j) => (anyType || this.gpuTypeOf(j) === gpuType) && jobPhase(j).phase === 'Running' && taskIdOf(j) !== null)
+      .map((j) => {
+        const acc = jobAccounting(j, now);
+        return {
+          taskId: taskIdOf(j)!,
+          node: nodesOf(j)[0] ?? podNode.get(j.metadata?.name ?? '') ?? null,
+          gpus: Number(j.metadata?.annotations?.[Annotation.gpus] ?? 0) || 0,
+          lostSecondsIfSuspended: Math.max(0, acc.progressSeconds - (acc.checkpointSeconds ?? 0)),
+        };
+      });
+    const cap: ClusterCapacity = { nodes, jobs };
+    if (request && !this.opts.place && this.opts.placement === 'govloop' && view.reading.index !== null) {
+      const { reading, held } = view;
+      const cluster = this.cluster;
+      cap.fits = (freed) => {
+        const gone = new Set(freed);
+        return decidePlacement(reading, held.filter((h) => h.taskId === null || !gone.has(h.taskId)), request, cluster).decision.kind !== 'none';
+      };
+    }
+    return cap;
+  }
+
+  /** The GPU type of a govloop Job: its annotation, or (Jobs from before it) its node affinity. */
+  private gpuTypeOf(job: V1Job): string | null {
+    const a = job.metadata?.annotations?.[Annotation.gpuType];
+    if (a) return a;
+    const key = this.gpuTypeLabel;
+    const terms = job.spec?.template.spec?.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? [];
+    for (const t of terms) for (const e of t.matchExpressions ?? []) if (e.key === key && e.values?.length) return e.values[0]!;
+    return null;
+  }
+
+  /** Nodes, govloop Jobs and active pods, read together, as the placement sees them. */
+  private async view(): Promise<{ reading: TopologyReading; held: HeldGpus[]; jobs: V1Job[]; pods: V1Pod[] }> {
+    const typeLabel = this.gpuTypeLabel;
+    const others = this.opts.countOtherPods ?? true;
+    // All three at once; a failure is reported in this order, whichever came back first.
+    const [n, j, p] = await Promise.allSettled([
+      this.core.listNode(typeLabel ? { labelSelector: typeLabel } : {}),
+      this.jobs.listNamespacedJob({ namespace: this.namespace, labelSelector: LABEL_TASK }),
+      others
+        ? this.core.listPodForAllNamespaces({ fieldSelector: ACTIVE_PODS })
+        : this.core.listNamespacedPod({ namespace: this.namespace, labelSelector: `${LABEL_MANAGED_BY}=${MANAGED_BY}`, fieldSelector: ACTIVE_PODS }),
+    ]);
+    if (n.status === 'rejected') throw kubernetesFailure(`list nodes${typeLabel ? ` labelled ${typeLabel}` : ''}`, n.reason, 'get/list on nodes (a ClusterRole)');
+    if (j.status === 'rejected') throw kubernetesFailure(`list jobs in namespace ${this.namespace}`, j.reason, 'list on jobs.batch in this namespace');
+    if (p.status === 'rejected') {
+      throw kubernetesFailure(others ? 'list pods in all namespaces' : `list pods in namespace ${this.namespace}`, p.reason, others ? 'list on pods in all namespaces (a ClusterRole), or countOtherPods: false' : 'list on pods in this namespace');
+    }
+    const nodes: V1Node[] = n.value.items;
+    const jobs = j.value.items;
+    const pods = p.value.items;
+    const reading = readTopology(nodes, this.cluster, { ...this.opts.nodeLabels, gpuTypeLabel: typeLabel });
+    const counted = new Set(jobs.filter(holdsNodes).map((j) => `${j.metadata?.namespace ?? this.namespace}/${j.metadata?.name ?? ''}`));
+    const held = [...heldByJobs(jobs), ...heldByPods(pods, counted, reading.nodes, { ...(this.opts.sharedGpuResource ? { sharedGpuResource: this.opts.sharedGpuResource } : {}) })];
+    return { reading, held, jobs, pods };
   }
 
   /**
@@ -209,18 +562,28 @@ export class KubernetesCluster implements ClusterBackend {
     return this.statusOf(job);
   }
 
-  /** Deletes the Job and its pods (foreground propagation). A Job already gone is success. */
+  /**
+   * Deletes the Job and its pods (foreground propagation), then a gang's headless Service. The
+   * Service is owned by the Job, so the garbage collector would delete it too; deleting it here
+   * does not wait for the collector (and works where none runs). A Job already gone is success
+   * (its Service, if one is left, is the collector's).
+   */
   async delete(name: string): Promise<void> {
     const job = await this.read(name, 'read job before delete');
     if (!job) return;
     this.remember(name, { ...this.statusOf(job), phase: 'Deleted', message: `job ${name} deleted` });
     try {
-      await this.api.deleteNamespacedJob({ name, namespace: this.namespace, propagationPolicy: 'Foreground' });
+      await this.jobs.deleteNamespacedJob({ name, namespace: this.namespace, propagationPolicy: 'Foreground' });
     } catch (err) {
       if (apiStatusCode(err) !== 404) throw kubernetesFailure(`delete job ${name} in namespace ${this.namespace}`, err);
     }
+    if (!isGang(job)) return;
+    try {
+      await this.core.deleteNamespacedService({ name, namespace: this.namespace });
+    } catch (err) {
+      if (apiStatusCode(err) !== 404) throw kubernetesFailure(`delete service ${name} in namespace ${this.namespace}`, err, 'delete on services in this namespace');
+    }
   }
-
   /**
    * Watches the namespace's govloop Jobs and reports each change as a `JobEvent`. A dispatch worker
    * turns these into signals to the task workflows (`job` → workflow id = task id); the workflow's
@@ -285,14 +648,17 @@ export class KubernetesCluster implements ClusterBackend {
     const name = job.metadata?.name ?? '';
     const { phase, message } = jobPhase(job);
     const a = job.metadata?.annotations ?? {};
-    const seconds = runSeconds(job, this.clock());
+    const acc = jobAccounting(job, this.clock());
     const gpus = Number(a[Annotation.gpus] ?? 0) || 0;
     const st: JobStatus = {
       name,
       phase,
       nodes: nodesOf(job),
-      progressSeconds: seconds,
-      gpuSeconds: seconds * gpus,
+      progressSeconds: acc.progressSeconds,
+      // Known only once the trainer reported a checkpoint (the checkpoint protocol); absent otherwise.
+      ...(acc.checkpointSeconds !== null ? { checkpointSeconds: acc.checkpointSeconds } : {}),
+      ...(acc.lostSeconds !== null ? { lostSeconds: acc.lostSeconds } : {}),
+      gpuSeconds: acc.ranSeconds * gpus,
       tokens: Math.max(0, Math.floor(Number(a[Annotation.tokens] ?? 0) || 0)),
       message,
     };
@@ -309,7 +675,7 @@ export class KubernetesCluster implements ClusterBackend {
   /** Reads a Job; null when it does not exist. */
   private async read(name: string, what: string): Promise<V1Job | null> {
     try {
-      return await this.api.readNamespacedJob({ name, namespace: this.namespace });
+      return await this.jobs.readNamespacedJob({ name, namespace: this.namespace });
     } catch (err) {
       if (apiStatusCode(err) === 404) return null;
       throw kubernetesFailure(`${what} ${name} in namespace ${this.namespace}`, err);
@@ -320,7 +686,7 @@ export class KubernetesCluster implements ClusterBackend {
    * Reads the Job, asks `change` for a merge patch (null: nothing to do), and sends it with the
    * resourceVersion it read; 409 Conflict means someone else wrote in between, so it reads again.
    */
-  private async readModifyWrite(name: string, verb: string, change: (job: V1Job) => { metadata: { annotations: Record<string, string | null> }; spec: { suspend: boolean } } | null): Promise<void> {
+  private async readModifyWrite(name: string, verb: string, change: (job: V1Job) => { metadata: { annotations: Record<string, string | null> }; spec?: { suspend: boolean } } | null): Promise<void> {
     const attempts = this.opts.conflictRetries ?? 5;
     for (let attempt = 1; ; attempt++) {
       const job = await this.read(name, `read job to ${verb}`);
@@ -329,7 +695,7 @@ export class KubernetesCluster implements ClusterBackend {
       if (patch === null) return;
       const body = { ...patch, metadata: { ...patch.metadata, resourceVersion: job.metadata?.resourceVersion } };
       try {
-        await this.api.patchNamespacedJob({ name, namespace: this.namespace, body, fieldManager: this.fieldManager }, mergePatch);
+        await this.jobs.patchNamespacedJob({ name, namespace: this.namespace, body, fieldManager: this.fieldManager }, mergePatch);
         return;
       } catch (err) {
         if (apiStatusCode(err) === 409 && attempt < attempts) continue;
@@ -339,7 +705,21 @@ export class KubernetesCluster implements ClusterBackend {
   }
 }
 
-function nodesOf(job: V1Job): string[] {
-  const v = job.metadata?.annotations?.[Annotation.nodes];
-  return v ? v.split(',').filter(Boolean) : [];
+/** A Job preempted earlier: suspended, its nodes given up, waiting to be placed again. */
+function needsPlacement(job: V1Job): boolean {
+  return jobPhase(job).phase === 'Suspended' && !!job.metadata?.annotations?.[Annotation.preemptedAt] && nodesOf(job).length === 0;
+}
+
+/** What Kubernetes does not let a Job change: how many pods, and each pod's resources. */
+function podShape(job: V1Job): { pods: number; indexed: boolean; limits: Record<string, string> } {
+  return {
+    pods: job.spec?.completions ?? 1,
+    indexed: job.spec?.completionMode === 'Indexed',
+    limits: Object.fromEntries(Object.entries(job.spec?.template.spec?.containers[0]?.resources?.limits ?? {}).map(([k, v]) => [k, String(v)])),
+  };
+}
+
+/** JSON with sorted keys, to compare objects the API server may have re-ordered. */
+function canonical(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => (x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b))) : x));
 }

@@ -8,7 +8,7 @@
  * `spec.suspend` to false; preemption flips it back (the Job controller deletes the pods, the
  * Job and its accounting annotations stay).
  */
-import type { V1Affinity, V1Job, V1NodeSelectorRequirement, V1ResourceRequirements } from '@kubernetes/client-node';
+import type { V1Affinity, V1EnvVar, V1Job, V1NodeSelectorRequirement, V1ResourceRequirements, V1Service } from '@kubernetes/client-node';
 import type { JobPhase, JobSpec } from '../backend';
 
 /** Annotations govloop owns on a Job. Values are exact (labels may be sanitized, these are not). */
@@ -28,7 +28,38 @@ export const Annotation = {
   resumedAt: 'govloop.io/resumed-at',
   /** Cumulative tokens, written by the workload's runner if it reports them here (optional). */
   tokens: 'govloop.io/tokens',
+  /** The govloop GPU type (`H100`): capacity() selects a type's Jobs by it. */
+  gpuType: 'govloop.io/gpu-type',
+  /** With sharing mps / timeslice: the share of the one GPU, in thousandths. */
+  gpuMilli: 'govloop.io/gpu-milli',
+  /**
+   * Work done (run-seconds) at the start of the current run segment: `suspend()` sets it back to
+   * the checkpoint. Absent on a Job never suspended: then it equals the settled seconds.
+   */
+  progressSeconds: 'govloop.io/progress-seconds',
+  /** Run-seconds lost to preemptions so far (work after the checkpoint), cumulative. */
+  lostSeconds: 'govloop.io/lost-seconds',
+  /** ISO time of the last preemption (`suspend()`); removed when the Job is placed again. */
+  preemptedAt: 'govloop.io/preempted-at',
+  /** Nodes the Job held when it was last preempted (for people; placement ignores it). */
+  preemptedFrom: 'govloop.io/preempted-from',
+  /**
+   * The checkpoint protocol (docs/decisions/0012): `checkpoint()` stamps this ISO time on the Job
+   * and on its pods (the pods see it in /etc/govloop/podinfo/annotations).
+   */
+  checkpointRequestedAt: 'govloop.io/checkpoint-requested-at',
+  /** Written by the trainer on the Job: run-seconds of work its latest saved checkpoint holds. */
+  checkpointSeconds: 'govloop.io/checkpoint-seconds',
 } as const;
+
+/** Label the Job controller puts on a Job's pods (Kubernetes 1.27+). */
+export const LABEL_JOB_NAME = 'batch.kubernetes.io/job-name';
+/** Annotation the Job controller puts on an Indexed Job's pods: the pod's index. */
+export const ANNOTATION_COMPLETION_INDEX = 'batch.kubernetes.io/job-completion-index';
+/** Where every pod sees its own labels and annotations (a downward-API volume). */
+export const PODINFO_DIR = '/etc/govloop/podinfo';
+/** torchrun's default rendezvous port. */
+export const DEFAULT_RENDEZVOUS_PORT = 29500;
 
 export const LABEL_TASK = 'govloop.io/task';
 export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
@@ -62,6 +93,13 @@ export interface ManifestOptions {
   sharedGpuResource?: string;
   /** Seconds a finished Job is kept before Kubernetes garbage-collects it. Default: not set (kept). */
   ttlSecondsAfterFinished?: number;
+  /** MASTER_PORT of a multi-pod gang (torchrun's c10d/static rendezvous). Default 29500. */
+  rendezvousPort?: number;
+  /**
+   * ServiceAccount the pods run as: one allowed to get/patch Jobs (deploy/rbac.yaml
+   * `govloop-trainer`) lets the trainer report its checkpoint. Default: not set (the namespace's `default`).
+   */
+  serviceAccountName?: string;
 }
 
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -145,6 +183,9 @@ export function jobManifest(spec: JobSpec, placement: Placement, opts: ManifestO
     [Annotation.sharing]: spec.sharing,
     [Annotation.settledSeconds]: '0',
   };
+  if (spec.gpuType) annotations[Annotation.gpuType] = spec.gpuType;
+  const milli = gpuMilliOf(spec);
+  if (milli !== undefined) annotations[Annotation.gpuMilli] = String(milli);
   if (placement.kind === 'nodes') annotations[Annotation.nodes] = placement.nodes.join(',');
 
   const resources: V1ResourceRequirements = {};
@@ -173,13 +214,36 @@ export function jobManifest(spec: JobSpec, placement: Placement, opts: ManifestO
     };
   }
 
-  const env = [
-    ...Object.entries(spec.runtime.env ?? {}).map(([name, value]) => ({ name, value })),
+  const gang = shape.pods > 1;
+  const port = opts.rendezvousPort ?? DEFAULT_RENDEZVOUS_PORT;
+  const userEnv = spec.runtime.env ?? {};
+  const env: V1EnvVar[] = [
+    ...Object.entries(userEnv).map(([name, value]) => ({ name, value })),
     { name: 'GOVLOOP_TASK_ID', value: spec.taskId },
+    // The checkpoint protocol: the Job to report on, and where the pod sees the request.
+    { name: 'GOVLOOP_JOB_NAME', value: spec.name },
+    { name: 'GOVLOOP_NAMESPACE', value: opts.namespace },
+    { name: 'GOVLOOP_PODINFO_DIR', value: PODINFO_DIR },
     // The torchrun template's command refers to $(NNODES) and $(GPUS_PER_NODE); Kubernetes expands them.
     { name: 'NNODES', value: String(shape.pods) },
     { name: 'GPUS_PER_NODE', value: String(shape.perPod) },
   ];
+  if (gang) {
+    // Rendezvous: pod i of an Indexed Job is host `<job>-<i>`; with `subdomain` = the headless
+    // Service of the same name, `<job>-0.<job>` resolves to rank 0 inside the namespace.
+    // torchrun reads --master-addr/--master-port/--node-rank from PET_* when not given as flags.
+    const rank = { fieldRef: { fieldPath: `metadata.annotations['${ANNOTATION_COMPLETION_INDEX}']` } };
+    const rendezvous: V1EnvVar[] = [
+      { name: 'MASTER_ADDR', value: `${spec.name}-0.${spec.name}` },
+      { name: 'MASTER_PORT', value: String(port) },
+      { name: 'NODE_RANK', valueFrom: rank },
+      { name: 'PET_MASTER_ADDR', value: `${spec.name}-0.${spec.name}` },
+      { name: 'PET_MASTER_PORT', value: String(port) },
+      { name: 'PET_NODE_RANK', valueFrom: rank },
+    ];
+    // The template's own values win.
+    env.push(...rendezvous.filter((e) => !(e.name in userEnv)));
+  }
 
   return {
     apiVersion: 'batch/v1',
@@ -188,17 +252,83 @@ export function jobManifest(spec: JobSpec, placement: Placement, opts: ManifestO
     spec: {
       suspend: true,
       backoffLimit: opts.backoffLimit ?? 0,
-      ...(shape.pods > 1 ? { completionMode: 'Indexed', completions: shape.pods, parallelism: shape.pods } : { completions: 1, parallelism: 1 }),
+      ...(gang ? { completionMode: 'Indexed', completions: shape.pods, parallelism: shape.pods } : { completions: 1, parallelism: 1 }),
       ...(opts.ttlSecondsAfterFinished !== undefined ? { ttlSecondsAfterFinished: opts.ttlSecondsAfterFinished } : {}),
       template: {
         metadata: { labels: { ...labels }, annotations: { [Annotation.taskId]: spec.taskId } },
         spec: {
           restartPolicy: 'Never',
           priorityClassName: spec.priorityClass,
+          ...(opts.serviceAccountName ? { serviceAccountName: opts.serviceAccountName } : {}),
+          ...(gang ? { subdomain: spec.name } : {}),
           ...(Object.keys(affinity).length ? { affinity } : {}),
-          containers: [{ name: 'task', image: spec.runtime.image, command: [...spec.runtime.command], env, resources }],
+          containers: [
+            {
+              name: 'task',
+              image: spec.runtime.image,
+              command: [...spec.runtime.command],
+              env,
+              resources,
+              volumeMounts: [{ name: PODINFO_VOLUME, mountPath: PODINFO_DIR, readOnly: true }],
+            },
+          ],
+          volumes: [
+            {
+              name: PODINFO_VOLUME,
+              downwardAPI: {
+                items: [
+                  { path: 'annotations', fieldRef: { fieldPath: 'metadata.annotations' } },
+                  { path: 'labels', fieldRef: { fieldPath: 'metadata.labels' } },
+                ],
+              },
+            },
+          ],
         },
       },
+    },
+  };
+}
+
+const PODINFO_VOLUME = 'govloop-podinfo';
+
+/** The GPU share of a JobSpec (mps / timeslice), when the spec carries one. */
+export function gpuMilliOf(spec: Pick<JobSpec, 'sharing'> & { gpuMilli?: number }): number | undefined {
+  return (spec.sharing === 'mps' || spec.sharing === 'timeslice') && typeof spec.gpuMilli === 'number' ? spec.gpuMilli : undefined;
+}
+
+/** Does a Job (as built by `jobManifest`) run more than one pod, so that it needs its headless Service? */
+export function isGang(job: V1Job): boolean {
+  return (job.spec?.completions ?? 1) > 1 || !!job.spec?.template.spec?.subdomain;
+}
+
+/**
+ * The headless Service of a multi-pod gang: same name as the Job, selecting its pods by the Job
+ * controller's `batch.kubernetes.io/job-name` label, publishing addresses before the pods are
+ * Ready (rank 0 must be resolvable while the others start), and owned by the Job (its uid), so
+ * deleting the Job deletes the Service (`blockOwnerDeletion`: foreground deletion of the Job waits
+ * for it). `job` must be the Job as stored (it needs `metadata.uid`).
+ */
+export function gangServiceManifest(job: V1Job, opts: Pick<ManifestOptions, 'namespace' | 'rendezvousPort'>): V1Service {
+  const name = job.metadata?.name;
+  const uid = job.metadata?.uid;
+  if (!name || !uid) throw new Error('gangServiceManifest needs a stored Job (name and uid)');
+  const port = opts.rendezvousPort ?? DEFAULT_RENDEZVOUS_PORT;
+  const taskId = job.metadata?.annotations?.[Annotation.taskId];
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: {
+      name,
+      namespace: opts.namespace,
+      labels: { ...(job.metadata?.labels ?? {}) },
+      ...(taskId ? { annotations: { [Annotation.taskId]: taskId } } : {}),
+      ownerReferences: [{ apiVersion: 'batch/v1', kind: 'Job', name, uid, controller: true, blockOwnerDeletion: true }],
+    },
+    spec: {
+      clusterIP: 'None',
+      selector: { [LABEL_JOB_NAME]: name },
+      publishNotReadyAddresses: true,
+      ports: [{ name: 'rendezvous', port, targetPort: port, protocol: 'TCP' }],
     },
   };
 }
@@ -260,6 +390,75 @@ export function runSeconds(job: V1Job, now: Date): number {
   ].filter((d): d is Date => d !== null && d.getTime() >= resumedAt.getTime());
   const end = ends.reduce((m, d) => (d.getTime() < m.getTime() ? d : m), now);
   return settled + Math.max(0, (end.getTime() - resumedAt.getTime()) / 1000);
+}
+
+/** A non-negative decimal from an annotation, or null when absent or not a number. */
+function seconds(v: string | undefined): number | null {
+  if (v === undefined || v.trim() === '') return null;
+  const n = Number(v);
+  return Number.isFinite(n) && n >= 0 ? n : null;
+}
+
+/** What a Job has done, in the terms of `JobStatus` (the simulated cluster's `settleProgress` on annotations). */
+export interface JobAccounting {
+  /** Every second the Job ran, lost work included: what GPU-seconds meter. */
+  ranSeconds: number;
+  /** Work done: the progress the current run segment started from, plus the segment. */
+  progressSeconds: number;
+  /** Work the trainer's latest checkpoint holds (at most `progressSeconds`); null: it never reported one. */
+  checkpointSeconds: number | null;
+  /** Work lost to preemptions so far; null while the Job never reported a checkpoint (nothing is known to be lost). */
+  lostSeconds: number | null;
+}
+
+/**
+ * The accounting of a Job at `now`, from its annotations: run-seconds as `runSeconds`, progress =
+ * `govloop.io/progress-seconds` (the settled seconds when absent: never preempted) + the open
+ * segment, the checkpoint the trainer reported (`govloop.io/checkpoint-seconds`, capped at the
+ * progress: a checkpoint cannot hold work not done), and the lost seconds `suspend()` folded in.
+ */
+export function jobAccounting(job: V1Job, now: Date): JobAccounting {
+  const a = job.metadata?.annotations ?? {};
+  const ran = runSeconds(job, now);
+  const settled = seconds(a[Annotation.settledSeconds]) ?? 0;
+  const base = seconds(a[Annotation.progressSeconds]) ?? settled;
+  const progress = base + Math.max(0, ran - settled);
+  const reported = seconds(a[Annotation.checkpointSeconds]);
+  const checkpoint = reported === null ? null : Math.min(reported, progress);
+  const lost = seconds(a[Annotation.lostSeconds]);
+  return { ranSeconds: ran, progressSeconds: progress, checkpointSeconds: checkpoint, lostSeconds: lost ?? (checkpoint === null ? null : 0) };
+}
+
+/**
+ * The annotations `suspend()` writes when it preempts a running Job at `now`: the open segment
+ * folded into the settled seconds; with a reported checkpoint, progress set back to it and the
+ * work after it added to the lost seconds (exactly `SimulatedCluster.settleProgress`); without
+ * one, progress kept (nothing is known to be lost). The Job gives up its nodes: it holds no GPUs
+ * until it is placed again.
+ */
+export function suspendAnnotations(job: V1Job, now: Date): Record<string, string | null> {
+  const acc = jobAccounting(job, now);
+  const a = job.metadata?.annotations ?? {};
+  const out: Record<string, string | null> = {
+    [Annotation.settledSeconds]: String(acc.ranSeconds),
+    [Annotation.resumedAt]: null,
+    [Annotation.preemptedAt]: now.toISOString(),
+    [Annotation.nodes]: null,
+    [Annotation.preemptedFrom]: a[Annotation.nodes] ?? null,
+  };
+  if (acc.checkpointSeconds === null) {
+    out[Annotation.progressSeconds] = String(acc.progressSeconds);
+  } else {
+    out[Annotation.lostSeconds] = String((acc.lostSeconds ?? 0) + Math.max(0, acc.progressSeconds - acc.checkpointSeconds));
+    out[Annotation.progressSeconds] = String(Math.min(acc.progressSeconds, acc.checkpointSeconds));
+  }
+  return out;
+}
+
+/** Nodes a Job was pinned to (`govloop.io/nodes`); empty when Kubernetes chooses or it was preempted. */
+export function nodesOf(job: V1Job): string[] {
+  const v = job.metadata?.annotations?.[Annotation.nodes];
+  return v ? v.split(',').filter(Boolean) : [];
 }
 
 /** The task a Job belongs to: the exact annotation, else the (possibly sanitized) label. */

@@ -5,10 +5,14 @@
  * ./kubernetes.test.ts cover the same calls there. The fidelity block checks that the recorded
  * server answers the backend's error cases with the same codes and Status bodies as the real one.
  */
-import { ApiException, BatchV1Api, CoreV1Api, PatchStrategy, type V1Job, setHeaderOptions } from '@kubernetes/client-node';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ApiException, BatchV1Api, CoreV1Api, KubernetesObjectApi, type KubernetesObject, PatchStrategy, type V1Job, type V1Pod, setHeaderOptions } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
 import { KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
 import { Annotation, jobManifest } from '../../cluster/kubernetes/manifests';
+import { repoRoot } from '../support/cli';
 import { FakeApiServer } from './fake-apiserver';
 import { findBinaries, startRealApiServer, type RealApiServer } from './real-apiserver';
 import { ManualClock, aJob, kubeConfigFor } from './support';
@@ -32,12 +36,43 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
   /** Plays the garbage collector: drops the foregroundDeletion finalizer, so the Job goes. */
   const finishDeletion = (name: string) => batch.patchNamespacedJob({ name, namespace: NS, body: { metadata: { finalizers: null } } }, mergePatch);
 
+  let core: CoreV1Api;
+  /** Plays the Job controller: the pod it would make for index `i` of an Indexed Job (or its one pod), bound to `node`. */
+  const podFromTemplate = async (job: V1Job, i: number | null, node: string): Promise<V1Pod> => {
+    const name = job.metadata!.name!;
+    const t = job.spec!.template;
+    return core.createNamespacedPod({
+      namespace: NS,
+      body: {
+        metadata: {
+          name: `${name}-${i ?? 0}-x${i ?? 0}`,
+          labels: t.metadata!.labels,
+          annotations: { ...t.metadata!.annotations, ...(i !== null ? { 'batch.kubernetes.io/job-completion-index': String(i) } : {}) },
+          ownerReferences: [{ apiVersion: 'batch/v1', kind: 'Job', name, uid: job.metadata!.uid!, controller: true, blockOwnerDeletion: true }],
+        },
+        spec: { ...t.spec!, ...(i !== null ? { hostname: `${name}-${i}` } : {}), nodeName: node },
+      },
+    });
+  };
+
   beforeAll(async () => {
     if ('missing' in bins) return;
     server = await startRealApiServer(bins);
     const kc = kubeConfigFor(server.url, server.adminToken);
     batch = kc.makeApiClient(BatchV1Api);
-    await kc.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: NS } } });
+    core = kc.makeApiClient(CoreV1Api);
+    await core.createNamespace({ body: { metadata: { name: NS } } });
+    await core.createNamespace({ body: { metadata: { name: 'ml' } } });
+    // What a cluster has that this bare API server lacks: the namespaces' default ServiceAccounts
+    // (the controller-manager makes them) and the PriorityClasses the operator creates.
+    for (const ns of [NS, 'ml']) await core.createNamespacedServiceAccount({ namespace: ns, body: { metadata: { name: 'default' } } });
+    const objects = KubernetesObjectApi.makeApiClient(kc);
+    await objects.create({ apiVersion: 'scheduling.k8s.io/v1', kind: 'PriorityClass', metadata: { name: 'govloop-normal' }, value: 500 } as KubernetesObject);
+    // deploy/rbac.yaml, as an operator applies it.
+    for (const doc of parseAllDocuments(readFileSync(join(repoRoot, 'deploy/rbac.yaml'), 'utf8'))) {
+      const obj = doc.toJS() as KubernetesObject | null;
+      if (obj) await objects.create(obj);
+    }
     backend = new KubernetesCluster(kc, { cluster: 'real', namespace: NS, clock: clock.fn, place: (s) => (s.gpus > 8 ? { kind: 'nodes', nodes: ['h100-04', 'h100-05'] } : { kind: 'nodes', nodes: ['h100-03'] }) });
   }, 90_000);
   afterAll(async () => {
@@ -120,7 +155,7 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
     const err = await nobody.create(aJob('real-forbidden').build()).catch((e: unknown) => e);
     expect(err).toMatchObject({ type: KubernetesErrorType.Api, nonRetryable: false });
     expect((err as Error).message).toBe(
-      'kubernetes: create job gl-real-forbidden in namespace govloop: HTTP 403: Forbidden: jobs.batch is forbidden: User "nobody" cannot create resource "jobs" in API group "batch" in the namespace "govloop" (the service account needs create/get/patch/delete on jobs.batch in this namespace)',
+      'kubernetes: create job gl-real-forbidden in namespace govloop: HTTP 403: Forbidden: jobs.batch is forbidden: User "nobody" cannot create resource "jobs" in API group "batch" in the namespace "govloop" (the service account needs create/get/patch/delete on jobs.batch in this namespace; deploy/rbac.yaml has all govloop needs)',
     );
   });
 
@@ -140,6 +175,146 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
     } finally {
       w.stop();
     }
+  });
+
+
+  describe('gang Service, checkpoint protocol, placement again, capacity and RBAC on the real server', () => {
+    /** The backend as the ServiceAccount deploy/rbac.yaml makes for the worker. */
+    let worker: KubernetesCluster;
+    let nodes = ['h100-03'];
+    beforeAll(() => {
+      if ('missing' in bins) return;
+      worker = new KubernetesCluster(kubeConfigFor(server.url, server.workerToken), {
+        cluster: 'real',
+        namespace: NS,
+        clock: clock.fn,
+        serviceAccountName: 'govloop-trainer',
+        place: (s) => ({ kind: 'nodes', nodes: s.gpus > 8 ? ['h100-04', 'h100-05'] : nodes }),
+      });
+    });
+
+    it('a gang: the headless Service owned by the Job is stored as sent, its pods pass pod validation (subdomain, rank from the downward API, podinfo volume), delete() removes the Service without a garbage collector', async () => {
+      const spec = aJob('real-gang-svc').gpus(16).build();
+      const { name } = spec;
+      expect(await worker.create(spec)).toEqual({ ok: true, nodes: ['h100-04', 'h100-05'] });
+      const job = await read(name);
+      const svc = await core.readNamespacedService({ name, namespace: NS });
+      expect(svc.spec).toMatchObject({ clusterIP: 'None', clusterIPs: ['None'], selector: { 'batch.kubernetes.io/job-name': name }, publishNotReadyAddresses: true, ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }] });
+      expect(svc.metadata!.ownerReferences).toEqual([{ apiVersion: 'batch/v1', kind: 'Job', name, uid: job.metadata!.uid, controller: true, blockOwnerDeletion: true }]);
+      expect(job.spec!.template.spec!.subdomain).toBe(name);
+      expect(await worker.create(spec)).toEqual({ ok: true, nodes: ['h100-04', 'h100-05'] }); // idempotent, Service included
+
+      // The pods the Job controller would make: the server validates them (env from the completion-index annotation, the podinfo volume, subdomain, the trainer's ServiceAccount).
+      const pods = [await podFromTemplate(job, 0, 'h100-04'), await podFromTemplate(job, 1, 'h100-05')];
+      const env = pods[1]!.spec!.containers[0]!.env!;
+      expect(env.find((e) => e.name === 'MASTER_ADDR')).toEqual({ name: 'MASTER_ADDR', value: `${name}-0.${name}` });
+      expect(env.find((e) => e.name === 'NODE_RANK')!.valueFrom!.fieldRef).toMatchObject({ fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']" });
+      expect(pods[1]!.spec).toMatchObject({ hostname: `${name}-1`, subdomain: name, serviceAccountName: 'govloop-trainer' });
+      expect(pods[1]!.spec!.volumes!.find((v) => v.name === 'govloop-podinfo')!.downwardAPI!.items).toEqual([
+        { path: 'annotations', fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.annotations' } },
+        { path: 'labels', fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.labels' } },
+      ]);
+
+      await worker.delete(name);
+      await expect(core.readNamespacedService({ name, namespace: NS })).rejects.toMatchObject({ code: 404 });
+      // The Job waits for its pods (foreground deletion; no garbage collector here).
+      expect((await read(name)).metadata!.deletionTimestamp).toBeDefined();
+    });
+
+    it('the checkpoint protocol round trip, as the worker and the trainer ServiceAccounts of deploy/rbac.yaml', async () => {
+      nodes = ['h100-03'];
+      const spec = aJob('real-ckpt').gpus(8).build();
+      const { name } = spec;
+      await worker.create(spec);
+      await worker.resume(name);
+      const pod = await podFromTemplate(await read(name), null, 'h100-03');
+      clock.advance(100);
+      await worker.checkpoint(name);
+      const requested = clock.now.toISOString();
+      expect((await core.readNamespacedPod({ name: pod.metadata!.name!, namespace: NS })).metadata!.annotations).toMatchObject({ [Annotation.checkpointRequestedAt]: requested, [Annotation.taskId]: 'real-ckpt' });
+      expect((await read(name)).metadata!.annotations![Annotation.checkpointRequestedAt]).toBe(requested);
+
+      // The trainer, as its ServiceAccount, reports the work its checkpoint holds on its Job.
+      const trainer = kubeConfigFor(server.url, server.trainerToken).makeApiClient(BatchV1Api);
+      await trainer.patchNamespacedJob({ name, namespace: NS, body: { metadata: { annotations: { [Annotation.checkpointSeconds]: '90' } } } }, mergePatch);
+      // It may do no more than get and patch Jobs.
+      await expect(trainer.deleteNamespacedJob({ name, namespace: NS })).rejects.toMatchObject({ code: 403 });
+      clock.advance(10);
+      expect(await worker.status(name)).toMatchObject({ phase: 'Running', progressSeconds: 110, checkpointSeconds: 90, lostSeconds: 0, gpuSeconds: 880 });
+      await worker.suspend(name);
+      expect(await worker.status(name)).toMatchObject({ phase: 'Suspended', nodes: [], progressSeconds: 90, checkpointSeconds: 90, lostSeconds: 20, gpuSeconds: 880 });
+      const stored = (await read(name)).metadata!.annotations!;
+      expect(stored).toMatchObject({ [Annotation.progressSeconds]: '90', [Annotation.lostSeconds]: '20', [Annotation.settledSeconds]: '110', [Annotation.preemptedFrom]: 'h100-03' });
+      expect(stored[Annotation.nodes]).toBeUndefined();
+    });
+
+    it('placed again after the Job controller started it: the real server takes the new node affinity once status.startTime is reset (and refuses it before)', async () => {
+      nodes = ['h100-03'];
+      const spec = aJob('real-move').gpus(8).build();
+      const { name } = spec;
+      await worker.create(spec);
+      await worker.resume(name);
+      const started = new Date(Math.floor(Date.now() / 1000) * 1000);
+      await setStatus(name, { startTime: started, active: 1 });
+      clock.advance(10);
+      await worker.suspend(name);
+      // What the reset is for: with startTime set, the pod template is immutable.
+      const refused = await batch.patchNamespacedJob({ name, namespace: NS, body: { spec: { template: { spec: { affinity: null } } } } }, mergePatch).catch((e: unknown) => e);
+      expect(refused).toMatchObject({ code: 422 });
+      expect(JSON.parse((refused as ApiException<string>).body)).toMatchObject({ reason: 'Invalid', details: { causes: [expect.objectContaining({ field: 'spec.template' })] } });
+
+      nodes = ['h100-07'];
+      expect(await worker.create(spec)).toEqual({ ok: true, nodes: ['h100-07'] });
+      const job = await read(name);
+      expect(job.status!.startTime).toBeUndefined();
+      expect(job.spec!.template.spec!.affinity!.nodeAffinity!.requiredDuringSchedulingIgnoredDuringExecution!.nodeSelectorTerms[0]!.matchExpressions![0]).toEqual({ key: 'kubernetes.io/hostname', operator: 'In', values: ['h100-07'] });
+      await worker.resume(name);
+      expect(await worker.status(name)).toMatchObject({ phase: 'Running', nodes: ['h100-07'], progressSeconds: 10 });
+    });
+
+    it('capacity and govloop placement from real Node objects, with GPUs held by another namespace\'s pods', async () => {
+      const node = async (name: string, labels: Record<string, string>, gpus: number) => {
+        await core.createNode({ body: { metadata: { name, labels: { 'kubernetes.io/hostname': name, ...labels } } } });
+        await core.patchNodeStatus({ name, body: { status: { capacity: { cpu: '96', memory: '1Ti', pods: '110', 'nvidia.com/gpu': String(gpus) }, allocatable: { cpu: '96', memory: '1Ti', pods: '110', 'nvidia.com/gpu': String(gpus) }, conditions: [{ type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'ok', lastHeartbeatTime: new Date(), lastTransitionTime: new Date() }] } } }, mergePatch);
+      };
+      await node('gpu-a', { 'govloop.io/gpu-type': 'B200', 'govloop.io/rack': 'r1' }, 8);
+      await node('gpu-b', { 'govloop.io/gpu-type': 'B200', 'govloop.io/rack': 'r1' }, 8);
+      await node('gpu-c', { 'govloop.io/gpu-type': 'B200', 'govloop.io/rack': 'r2' }, 4);
+      await node('cpu-1', {}, 0);
+      // A notebook in another namespace holds 3 GPUs of gpu-a; a finished pod holds none.
+      await core.createNamespacedPod({ namespace: 'ml', body: { metadata: { name: 'notebook' }, spec: { nodeName: 'gpu-a', containers: [{ name: 'c', image: 'x', resources: { limits: { 'nvidia.com/gpu': '3' } } }] } } });
+      const placing = new KubernetesCluster(kubeConfigFor(server.url, server.workerToken), { cluster: 'real', namespace: NS, clock: clock.fn, placement: 'govloop' });
+      const spec = { ...aJob('real-placed').gpus(5).build(), gpuType: 'B200' };
+      // Best fit: the 5 free GPUs of gpu-a.
+      expect(await placing.create(spec)).toMatchObject({ ok: true, nodes: ['gpu-a'], explanation: expect.stringMatching(/node/) });
+      const job = await read(spec.name);
+      expect(job.spec!.template.spec!.affinity!.nodeAffinity!.requiredDuringSchedulingIgnoredDuringExecution!.nodeSelectorTerms[0]!.matchExpressions).toEqual([
+        { key: 'kubernetes.io/hostname', operator: 'In', values: ['gpu-a'] },
+        { key: 'govloop.io/gpu-type', operator: 'In', values: ['B200'] },
+      ]);
+      await placing.resume(spec.name);
+      // A 16-GPU gang has no room (gpu-a is full, 8 + 4 are left): it waits.
+      expect(await placing.create({ ...aJob('real-gang-wait').gpus(16).build(), gpuType: 'B200' })).toMatchObject({ ok: false, reason: { code: 'GPU_CAPACITY_BUSY' } });
+      await expect(read('gl-real-gang-wait')).rejects.toMatchObject({ code: 404 });
+      clock.advance(40);
+      const cap = await placing.capacity('B200', { gpus: 8, gpuType: 'B200', sharing: 'exclusive' });
+      expect({ nodes: cap.nodes, jobs: cap.jobs }).toEqual({
+        nodes: [
+          { name: 'gpu-a', gpus: 8, used: 8 },
+          { name: 'gpu-b', gpus: 8, used: 0 },
+          { name: 'gpu-c', gpus: 4, used: 0 },
+        ],
+        jobs: [{ taskId: 'real-placed', node: 'gpu-a', gpus: 5, lostSecondsIfSuspended: 40 }],
+      });
+      const fits = (cap as typeof cap & { fits: (freed: readonly string[]) => boolean }).fits;
+      expect(fits([])).toBe(true); // gpu-b is free
+      // Who may not read Nodes is told so.
+      const nobody = new KubernetesCluster(kubeConfigFor(server.url, server.nobodyToken), { cluster: 'real', namespace: NS });
+      const err = await nobody.capacity('B200').catch((e: unknown) => e);
+      expect((err as Error).message).toBe(
+          'kubernetes: list nodes labelled govloop.io/gpu-type: HTTP 403: Forbidden: nodes is forbidden: User "nobody" cannot list resource "nodes" in API group "" at the cluster scope (the service account needs get/list on nodes (a ClusterRole); deploy/rbac.yaml has all govloop needs)',
+      );
+    });
   });
 
   describe('the recorded server answers like the real one', () => {
@@ -184,6 +359,32 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       expect(created.fake).toEqual(created.real);
       const stale = await both((api) => api.patchNamespacedJob({ name: spec.name, namespace: NS, body: { metadata: { resourceVersion: '1' }, spec: { suspend: false } } }, mergePatch));
       expect(stale.fake).toEqual(stale.real);
+    });
+
+    it('Services: 404 NotFound on read and delete, 409 AlreadyExists on create', async () => {
+      const core = (api: BatchV1Api) => (api === batch ? kubeConfigFor(server.url, server.adminToken) : kubeConfigFor(fake.url, 'x')).makeApiClient(CoreV1Api);
+      for (const call of [
+        (api: BatchV1Api) => core(api).readNamespacedService({ name: 'gl-missing', namespace: NS }),
+        (api: BatchV1Api) => core(api).deleteNamespacedService({ name: 'gl-missing', namespace: NS }),
+      ]) {
+        const { real, fake: f } = await both(call);
+        expect(f).toEqual(real);
+      }
+      const body = { metadata: { name: 'gl-fidelity-svc' }, spec: { clusterIP: 'None', selector: { app: 'x' } } };
+      for (const api of [batch, kubeConfigFor(fake.url, 'x').makeApiClient(BatchV1Api)]) await core(api).createNamespacedService({ namespace: NS, body });
+      const created = await both((api) => core(api).createNamespacedService({ namespace: NS, body }));
+      expect(created.fake).toEqual(created.real);
+    });
+
+    it('422 when the pod template of a started Job changes (code, reason, the field)', async () => {
+      const spec = aJob('fidelity-immutable').build();
+      await backend.create(spec);
+      const fakeApi = kubeConfigFor(fake.url, 'x').makeApiClient(BatchV1Api);
+      await fakeApi.createNamespacedJob({ namespace: NS, body: jobManifest(spec, { kind: 'any' }, { namespace: NS, cluster: 'fake' }) });
+      for (const api of [batch, fakeApi]) await api.patchNamespacedJobStatus({ name: spec.name, namespace: NS, body: { status: { startTime: new Date(Math.floor(Date.now() / 1000) * 1000) } } }, mergePatch);
+      const change = await both((api) => api.patchNamespacedJob({ name: spec.name, namespace: NS, body: { spec: { template: { spec: { affinity: null } } } } }, mergePatch));
+      const shape = (a: typeof change.real) => ({ code: a.code, reason: a.reason, fields: (a.details as { causes: { field: string }[] }).causes.map((c) => c.field) });
+      expect(shape(change.fake)).toEqual(shape(change.real));
     });
 
     it('namespace that does not exist: 404 on read', async () => {

@@ -71,6 +71,13 @@ export interface RealApiServer {
   adminToken: string;
   /** Authenticated, but granted nothing by RBAC. */
   nobodyToken: string;
+  /**
+   * Tokens of the ServiceAccounts `govloop/govloop-worker` and `govloop/govloop-trainer` (their
+   * user names and groups, as the ServiceAccount authenticator would give them): RBAC grants them
+   * what deploy/rbac.yaml grants, once a test applies it.
+   */
+  workerToken: string;
+  trainerToken: string;
   stop(): Promise<void>;
 }
 
@@ -81,7 +88,10 @@ export async function startRealApiServer(bins: { kubeApiserver: string; etcd: st
   writeFileSync(join(dir, 'sa.key'), privateKey.export({ type: 'pkcs1', format: 'pem' }));
   const adminToken = 'govloop-admin-token';
   const nobodyToken = 'govloop-nobody-token';
-  writeFileSync(join(dir, 'tokens.csv'), `${adminToken},admin,admin-uid,system:masters\n${nobodyToken},nobody,nobody-uid\n`);
+  const workerToken = 'govloop-worker-token';
+  const trainerToken = 'govloop-trainer-token';
+  const sa = (name: string) => `system:serviceaccount:govloop:${name},${name}-uid,"system:serviceaccounts,system:serviceaccounts:govloop"`;
+  writeFileSync(join(dir, 'tokens.csv'), `${adminToken},admin,admin-uid,system:masters\n${nobodyToken},nobody,nobody-uid\n${workerToken},${sa('govloop-worker')}\n${trainerToken},${sa('govloop-trainer')}\n`);
 
   const children: ChildProcess[] = [];
   const logs: string[] = [];
@@ -139,7 +149,7 @@ export async function startRealApiServer(bins: { kubeApiserver: string; etcd: st
       if (Date.now() > deadline) throw new Error(`kube-apiserver not ready after ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 250));
     }
-    return { url, adminToken, nobodyToken, stop };
+    return { url, adminToken, nobodyToken, workerToken, trainerToken, stop };
   } catch (err) {
     await stop();
     throw new Error(`${(err as Error).message}\n--- last output ---\n${logs.slice(-20).join('')}`);

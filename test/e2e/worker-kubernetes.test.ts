@@ -35,6 +35,15 @@ let db: Db;
 beforeAll(async () => {
   api = new FakeApiServer({ token: TOKEN });
   const url = await api.start();
+  // Two labelled 8-GPU H100 nodes, one of them half taken by another namespace's pod: the worker's
+  // govloop placement (the default) pins the Job by best fit to the half-used one.
+  for (const name of ['h100-a', 'h100-b']) {
+    api.addNode({
+      metadata: { name, labels: { 'kubernetes.io/hostname': name, 'govloop.io/gpu-type': 'H100', 'govloop.io/rack': 'r1' } },
+      status: { allocatable: { cpu: '96', memory: '1Ti', 'nvidia.com/gpu': '8' }, conditions: [{ type: 'Ready', status: 'True' }] },
+    });
+  }
+  api.addPod({ metadata: { name: 'notebook', namespace: 'default' }, spec: { nodeName: 'h100-b', containers: [{ name: 'c', image: 'x', resources: { limits: { 'nvidia.com/gpu': '4' } } }] }, status: { phase: 'Running' } });
   dir = mkdtempSync(join(tmpdir(), 'govloop-k8s-'));
   const kubeconfig = join(dir, 'kubeconfig.yaml');
   writeFileSync(
@@ -91,9 +100,12 @@ describe('govloop worker --backend kubernetes', () => {
     const name = jobName(a.taskId);
     stateOf = async () => JSON.stringify(await gov.status(a.taskId));
     const job = await waitFor('the Job created and resumed', () => {
-      const j = api.jobs.get(`govloop/${name}`) as { spec: { suspend: boolean }; metadata: { labels: Record<string, string> } } | undefined;
+      const j = api.jobs.get(`govloop/${name}`) as { spec: { suspend: boolean }; metadata: { labels: Record<string, string>; annotations: Record<string, string> } } | undefined;
       return j && j.spec.suspend === false ? j : undefined;
     });
+    // Placed by govloop from the Nodes' labels, around the notebook's GPUs: pinned to h100-b.
+    expect(job.metadata.annotations['govloop.io/nodes']).toBe('h100-b');
+    expect(JSON.stringify(job)).toContain('{"key":"kubernetes.io/hostname","operator":"In","values":["h100-b"]}');
     // Created suspended, then unsuspended (the Kueue way): a POST with suspend true, then a PATCH.
     const creates = api.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/jobs'));
     expect(creates).toHaveLength(1);
@@ -103,6 +115,7 @@ describe('govloop worker --backend kubernetes', () => {
     expect(JSON.stringify(job)).toMatch(/"nvidia.com\/gpu":"?2"?/);
     expect(JSON.stringify(job)).toMatch(/"priorityClassName":"govloop-high"/);
     await waitFor('the task running', async () => ((await gov.status(a.taskId)).state === 'Running' ? true : undefined));
+    expect((await gov.status(a.taskId)).nodes).toEqual(['h100-b']);
 
     await new Promise((r) => setTimeout(r, 1500)); // GPU time accrues while the Job runs
     expect(api.watching).toBeGreaterThan(0);
