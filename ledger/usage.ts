@@ -107,17 +107,23 @@ export interface TaskUsage {
   costMicros: number;
 }
 
+/**
+ * A meter's deltas are differences of cumulative doubles, so their sum can miss the cumulative by
+ * an ulp (12000.000000000002 GPU-seconds). Quantities are reported to a millionth of a unit.
+ */
+const toMillionths = (x: number): number => Math.round(x * 1e6) / 1e6;
+
 export async function taskUsage(q: Queryable, taskId: string): Promise<TaskUsage> {
   const { rows } = await q.query<{ meter: string; quantity: number; cost: number }>(
     'SELECT meter, SUM(quantity) AS quantity, SUM(cost_micros)::bigint AS cost FROM usage_events WHERE task_id = $1 GROUP BY meter',
     [taskId],
   );
-  const by = (m: string) => rows.find((r) => r.meter === m);
+  const by = (m: string) => toMillionths(Number(rows.find((r) => r.meter === m)?.quantity ?? 0));
   return {
-    gpuSeconds: by('gpu_seconds')?.quantity ?? 0,
-    tokensIn: by('tokens_in')?.quantity ?? 0,
-    tokensOut: by('tokens_out')?.quantity ?? 0,
-    tokensProcessed: by('tokens_processed')?.quantity ?? 0,
+    gpuSeconds: by('gpu_seconds'),
+    tokensIn: by('tokens_in'),
+    tokensOut: by('tokens_out'),
+    tokensProcessed: by('tokens_processed'),
     costMicros: rows.reduce((s, r) => s + Number(r.cost), 0),
   };
 }

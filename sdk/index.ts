@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Client, Connection, WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
+import { Client, Connection, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError, type WorkflowHandle } from '@temporalio/client';
 import { z } from 'zod';
 import { type FieldError, Intent, fieldErrors } from '../governance/intent';
 import { type StepUsage, StepUsageSchema } from '../governance/step-gate';
@@ -29,6 +29,9 @@ import {
   leaseUpdate,
 } from '../workflows/messages';
 import { GovState as GovStateKey } from '../workflows/search-attributes';
+
+/** The admission update's id: one admission per task, so a retried submit attaches to it. */
+const ADMISSION_UPDATE_ID = 'admission';
 
 export type { AdmissionAnswer, ApprovalAnswer, ApprovalOutcome, StepAnswer, TaskStatus, StepUsage };
 
@@ -287,7 +290,15 @@ export class GovloopClient {
       args: [{ taskId, intent: parsed, requester }],
       memo: { requester, runbook: 'runbooks/admitting.md', intent: parsed.name },
     });
-    return handle.executeUpdate(admissionUpdate);
+    // The update has a fixed id, so asking again after the server's long poll gave up (a busy
+    // server answers DEADLINE_EXCEEDED) attaches to the same admission instead of admitting twice.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await handle.executeUpdate(admissionUpdate, { updateId: ADMISSION_UPDATE_ID });
+      } catch (err) {
+        if (!(err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) || attempt >= 5) throw err;
+      }
+    }
   }
 
   /** Waits for the task to end and returns its final status. */

@@ -102,7 +102,7 @@ describe('agent commands of the CLI, as a separate process', () => {
       { action: 'access.grant', actor: 'admin' },
       { action: 'access.revoke', actor: 'admin' },
     ]);
-  });
+  }, 300_000); // a dozen CLI processes, each started by tsx: minutes on a loaded 2-core machine
 
   it('approve after the request expired exits 3 with the code expired, read from the ledger once the task has ended', async () => {
     const { taskId } = (await govloop(['submit', agentFile('cli-expire'), '--as', 'carol', '--json'], env)).json();

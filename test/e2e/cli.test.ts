@@ -124,7 +124,7 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
     const audit = await govloop(['audit', 'verify', '--json'], env);
     expect(audit.code, audit.stdout).toBe(0);
     expect(audit.json()).toMatchObject({ ok: true });
-  });
+  }, 300_000); // a dozen CLI processes, each started by tsx: minutes on a loaded 2-core machine
 
   it('report: showback by team and project from the rollups as json and csv, unit costs included; a bad format exits 2', async () => {
     const job = await govloop(['submit', file('report.yaml', intent(h.tenant, { name: 'cli-report', attribution: { ...intent(h.tenant).attribution, project: 'reports' }, simulation: { durationSeconds: 900, tokensPerSecond: 10 } })), '--wait', '--json'], env);
