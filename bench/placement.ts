@@ -4,12 +4,14 @@
  * cluster's capacity; then we count the GPUs actually allocated. Pods that do not fit are
  * refused and the arrivals go on. Every policy sees the same pod sequence in a run.
  *
- *   npm run bench:placement -- [--nodes FILE] [--pods FILE] [--seed N] [--runs R] [--spread] [--json]
+ *   npm run bench:placement -- [--nodes FILE] [--pods FILE] [--seed N] [--runs R] [--spread] [--baselines paper] [--json]
  *   npm run bench:placement -- --timeline [...]   the timeline replay, bench/timeline.ts
  *
  * Policies: govloop (`place`: smallest domain, best fit, fragmentation-gradient node choice against
- * the pod list's own shape distribution), bestFit and firstFit (per-node baselines). Per policy,
- * averaged over the runs:
+ * the pod list's own shape distribution), bestFit and firstFit (per-node baselines). With
+ * `--baselines paper`, also the FGD paper's schedulers (bench/baselines.ts): random, dotProd,
+ * gpuClustering, gpuPacking, paperBestFit and the paper's own fgd, each with a random stream of its
+ * own per run (seeded from the run's seed). Per policy, averaged over the runs:
  *   allocatedGpuShare  GPUs allocated / GPUs in the cluster (shares count by their fraction)
  *   unallocatedGpus    GPUs in the cluster − GPUs allocated
  *   singleDomainShare  placed multi-GPU pods whose GPUs are in one NVLink domain (1 when none)
@@ -20,20 +22,24 @@ import { basename } from 'node:path';
 import { type PlaceResult, type Placement, type PlacementRequest, type PlacementState, audit, bestFit, commit, emptyState, firstFit, place, usage } from '../governance/placement';
 import { buildTopologyIndex } from '../governance/topology';
 import { DEFAULT_NODES, DEFAULT_PODS, alibabaTopology, alibabaWorkload, loadNodes, loadPods, podRequest, samplePods } from './alibaba';
-import { describeMachine, fmt, machine, nowMs, parseFlags, round, table } from './lib';
+import { type Decider, PAPER_POLICIES, type PaperPolicyName, paperPolicy } from './baselines';
+import { describeMachine, fail, fmt, machine, nowMs, parseFlags, round, table } from './lib';
 import { timelineMain } from './timeline';
 
-const usageText = `usage: tsx bench/placement.ts [--nodes FILE] [--pods FILE] [--seed N] [--runs R] [--spread] [--json]
+const usageText = `usage: tsx bench/placement.ts [--nodes FILE] [--pods FILE] [--seed N] [--runs R] [--spread] [--baselines paper] [--json]
   --nodes   node list CSV (default ${DEFAULT_NODES})
   --pods    pod list CSV (default ${DEFAULT_PODS})
   --seed    first seed; run i uses seed + i (default 1)
   --runs    runs to average (default 5)
   --spread  let multi-GPU pods span nodes (preferred NVLink domain) instead of one node (required)
-  --json    print one JSON object {govloop, bestFit, firstFit}
+  --baselines paper  also run the FGD paper's schedulers (bench/baselines.ts): random, dotProd,
+            gpuClustering, gpuPacking, paperBestFit and the paper's own fgd; pods stay on one node
+  --json    print one JSON object {govloop, bestFit, firstFit} (plus the paper's, with --baselines paper)
   --timeline  replay the pod list's timeline instead (tenants, quotas, preemption); see bench/timeline.ts --help`;
 
-type PolicyName = 'govloop' | 'bestFit' | 'firstFit';
-const POLICIES: Record<PolicyName, (s: PlacementState, r: PlacementRequest) => PlaceResult> = { govloop: place, bestFit, firstFit };
+type OwnPolicy = 'govloop' | 'bestFit' | 'firstFit';
+type PolicyName = OwnPolicy | PaperPolicyName;
+const POLICIES: Record<OwnPolicy, (s: PlacementState, r: PlacementRequest) => PlaceResult> = { govloop: place, bestFit, firstFit };
 
 export interface PolicyFigures {
   allocatedGpuShare: number;
@@ -53,7 +59,10 @@ if (process.argv.slice(2).includes('--timeline')) timelineMain();
 else placementMain();
 
 function placementMain(): void {
-  const flags = parseFlags({ nodes: DEFAULT_NODES, pods: DEFAULT_PODS, seed: 1, runs: 5, spread: false, json: false }, usageText);
+  const flags = parseFlags({ nodes: DEFAULT_NODES, pods: DEFAULT_PODS, seed: 1, runs: 5, spread: false, baselines: '', json: false }, usageText);
+  if (flags.baselines !== '' && flags.baselines !== 'paper') fail(`--baselines takes "paper", got "${flags.baselines}"\n${usageText}`);
+  if (flags.baselines === 'paper' && flags.spread) fail(`--baselines paper places every pod on one node, as Kubernetes does; leave out --spread\n${usageText}`);
+  const policies: PolicyName[] = ['govloop', 'bestFit', 'firstFit', ...(flags.baselines === 'paper' ? PAPER_POLICIES : [])];
 
   const nodes = loadNodes(flags.nodes);
   const pods = loadPods(flags.pods);
@@ -63,16 +72,24 @@ function placementMain(): void {
   const requests = pods.map((p) => podRequest(p, flags.spread ? 'spread' : 'node'));
   const runs = Math.max(1, Math.floor(flags.runs));
 
-  function runOnce(policy: PolicyName, seq: readonly number[]): RunFigures {
-    const decide = POLICIES[policy];
+  function decider(policy: PolicyName, seed: number): Decider {
+    if (policy === 'govloop' || policy === 'bestFit' || policy === 'firstFit') return { decide: POLICIES[policy], committed: () => {} };
+    // The paper's schedulers draw their random choices from a stream of their own, one per run.
+    return paperPolicy(policy, { seed: seed * 1_000_003 + PAPER_POLICIES.indexOf(policy) + 1, requests });
+  }
+
+  function runOnce(policy: PolicyName, seq: readonly number[], seed: number): RunFigures {
+    const d = decider(policy, seed);
     let state = emptyState(index, { workload });
     const placed: Placement[] = [];
     let refused = 0;
     const t0 = nowMs();
     for (const i of seq) {
-      const r = decide(state, requests[i]!);
+      const req = requests[i]!;
+      const r = d.decide(state, req);
       if (r.placed) {
         state = commit(state, r);
+        d.committed(r, req);
         placed.push(r);
       } else refused++;
     }
@@ -93,12 +110,12 @@ function placementMain(): void {
     };
   }
 
-  const perRun: Record<PolicyName, RunFigures[]> = { govloop: [], bestFit: [], firstFit: [] };
+  const perRun = Object.fromEntries(policies.map((p) => [p, [] as RunFigures[]])) as Record<PolicyName, RunFigures[]>;
   let arrivals = 0;
   for (let r = 0; r < runs; r++) {
     const seq = samplePods(pods, index.totalGpus, flags.seed + r);
     arrivals += seq.length;
-    for (const p of Object.keys(POLICIES) as PolicyName[]) perRun[p].push(runOnce(p, seq));
+    for (const p of policies) perRun[p].push(runOnce(p, seq, flags.seed + r));
   }
 
   const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
@@ -111,9 +128,9 @@ function placementMain(): void {
       doubleBooked: rs.reduce((s, r) => s + r.doubleBooked, 0),
     };
   }
-  const result = { govloop: summarize(perRun.govloop), bestFit: summarize(perRun.bestFit), firstFit: summarize(perRun.firstFit) };
+  const result = Object.fromEntries(policies.map((p) => [p, summarize(perRun[p])])) as Partial<Record<PolicyName, PolicyFigures>> & Record<OwnPolicy, PolicyFigures>;
 
-  const broken = (Object.keys(perRun) as PolicyName[]).filter((p) => perRun[p].some((r) => r.doubleBooked > 0 || r.overcommittedNodes > 0 || r.stateMismatch > 0));
+  const broken = policies.filter((p) => perRun[p].some((r) => r.doubleBooked > 0 || r.overcommittedNodes > 0 || r.stateMismatch > 0));
   if (broken.length > 0) console.error(`placement bench: accounting check FAILED for ${broken.join(', ')} (double-booked GPUs, over-committed nodes or state ≠ recount)`);
 
   if (flags.json) {
@@ -127,19 +144,24 @@ function placementMain(): void {
     );
     console.log(`${runs} run(s), seeds ${flags.seed}…${flags.seed + runs - 1}, ${fmt(arrivals / runs, 0)} arrivals per run on average (until asked GPUs ≥ capacity)\n`);
     const base = result.bestFit.unallocatedGpus;
+    const gov = result.govloop.unallocatedGpus;
     console.log(
       table(
-        ['policy', 'allocated share', 'unallocated GPUs', 'vs bestFit', 'refused pods', 'single-domain', 'decisions/s', 'double-booked'],
-        (Object.keys(result) as PolicyName[]).map((p) => [
-          p,
-          `${(result[p].allocatedGpuShare * 100).toFixed(2)}%`,
-          result[p].unallocatedGpus.toFixed(1),
-          p === 'bestFit' ? '—' : `${(((result[p].unallocatedGpus - base) / base) * 100).toFixed(1)}%`,
-          fmt(mean(perRun[p].map((r) => r.refused)), 0),
-          result[p].singleDomainShare.toFixed(3),
-          fmt(result[p].decisionsPerSec, 0),
-          result[p].doubleBooked,
-        ]),
+        ['policy', 'allocated share', 'unallocated GPUs', 'vs bestFit', 'govloop fewer unallocated', 'refused pods', 'single-domain', 'decisions/s', 'double-booked'],
+        policies.map((p) => {
+          const f = result[p]!;
+          return [
+            p,
+            `${(f.allocatedGpuShare * 100).toFixed(2)}%`,
+            f.unallocatedGpus.toFixed(1),
+            p === 'bestFit' ? '—' : `${(((f.unallocatedGpus - base) / base) * 100).toFixed(1)}%`,
+            p === 'govloop' ? '—' : `${(((f.unallocatedGpus - gov) / f.unallocatedGpus) * 100).toFixed(1)}%`,
+            fmt(mean(perRun[p].map((r) => r.refused)), 0),
+            f.singleDomainShare.toFixed(3),
+            fmt(f.decisionsPerSec, 0),
+            f.doubleBooked,
+          ];
+        }),
       ),
     );
   }
