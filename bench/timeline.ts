@@ -81,8 +81,8 @@ export interface TimelineOptions {
   tenants: number;
   load: number;
   /**
-   * Damping: a running pod may be preempted only after it has run this long (compressed
-   * seconds). Default 0.
+   * Damping: a running pod may be preempted only after it has run this long since it last
+   * started (compressed seconds), as policies.preemption.minRunSeconds does. Default 0.
    */
   minRunSeconds?: number;
   /** A running pod checkpoints every this many run-seconds; 0: never (an evicted pod restarts from zero). */

@@ -51,7 +51,14 @@ export interface JobStatus {
 export interface ClusterCapacity {
   nodes: { name: string; gpus: number; used: number }[];
   /** Jobs holding GPUs of the type, with what suspending each now would lose since its checkpoint. */
-  jobs: { taskId: string; node: string | null; gpus: number; lostSecondsIfSuspended: number }[];
+  jobs: {
+    taskId: string;
+    node: string | null;
+    gpus: number;
+    lostSecondsIfSuspended: number;
+    /** Job-seconds since it last started or resumed (policies.preemption.minRunSeconds shields young jobs). */
+    runSeconds?: number;
+  }[];
   /**
    * Given when `capacity` was asked about a request and the cluster can place in memory: whether
    * the request could be placed (gang, topology, sharing) once these tasks' jobs are gone.

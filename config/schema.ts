@@ -70,8 +70,17 @@ export const PoliciesFile = z.strictObject({
         }),
       );
     }),
-  /** Preemption: how long a victim has to checkpoint after the signal before it is suspended. */
-  preemption: z.strictObject({ graceMillis: z.number().int().nonnegative().max(3_600_000).default(30_000) }).default({ graceMillis: 30_000 }),
+  preemption: z
+    .strictObject({
+      /** How long a victim has to checkpoint after the signal before it is suspended. */
+      graceMillis: z.number().int().nonnegative().max(3_600_000).default(30_000),
+      /**
+       * A job that has run less than this (job-seconds) since it last started or resumed is not
+       * chosen as a victim; operators' `govloop preempt` is not held back. 0: no shield.
+       */
+      minRunSeconds: z.number().nonnegative().max(86_400).default(0),
+    })
+    .default({ graceMillis: 30_000, minRunSeconds: 0 }),
   priorities: z.record(z.string(), z.number().int()),
   stepGate: z
     .strictObject({

@@ -52,6 +52,8 @@ export interface Workload {
   lostGpuSeconds: number;
   /** A preemption of this workload is under way: its GPUs are about to come free. */
   preempting?: boolean;
+  /** Job-seconds it has run since it last started or resumed; absent: not known (then never shielded). */
+  runSeconds?: number;
 }
 
 /** A request waiting for quota, or the request being decided. */
@@ -92,6 +94,12 @@ export interface QuotaState {
   fits?: (freedTaskIds: readonly string[]) => boolean;
   /** Where the cohort is configured, for reasons. */
   policy?: string;
+  /**
+   * policies.preemption.minRunSeconds: a workload that has run less than this since it last
+   * started or resumed is not a victim, so a job is not evicted again and again before it gets
+   * anything done. 0 or absent: no shield.
+   */
+  minRunSeconds?: number;
 }
 
 export interface Victim {
@@ -237,7 +245,11 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
   }
 
   const victims = chooseVictims(s, req, settled);
-  if (victims === null) return busy(describe);
+  if (victims === null) {
+    const young = (s.minRunSeconds ?? 0) > 0 ? preemptionCandidates({ ...s, minRunSeconds: 0 }, req, settled).filter((v) => shielded(s, settled.find((w) => w.taskId === v.taskId)!)) : [];
+    if (young.length === 0) return busy(describe);
+    return busy(`${describe}; ${young.length} workload(s) it could preempt started less than ${s.minRunSeconds} s ago (preemption.minRunSeconds): ${young.map((v) => v.taskId).join(', ')}`);
+  }
   const lost = sum(victims.map((v) => v.lostGpuSeconds));
   return {
     decision: 'preempt',
@@ -256,6 +268,7 @@ export function preemptionCandidates(state: QuotaState, req: QuotaRequest, runni
   const out: Victim[] = [];
   for (const w of running) {
     if (w.priority > req.priority) continue; // never a job of higher priority
+    if (shielded(state, w)) continue; // too recently (re)started
     const v: Omit<Victim, 'why'> = { taskId: w.taskId, tenant: w.tenant, team: w.team, gpus: w.gpus, priority: w.priority, node: w.node, lostGpuSeconds: w.lostGpuSeconds };
     if (key(w) === key(req)) {
       if (w.priority < req.priority) out.push({ ...v, why: 'priority' });
@@ -266,6 +279,11 @@ export function preemptionCandidates(state: QuotaState, req: QuotaRequest, runni
     }
   }
   return out;
+}
+
+/** Has the workload run less than the state's minRunSeconds since it last started or resumed? */
+function shielded(state: QuotaState, w: Workload): boolean {
+  return (state.minRunSeconds ?? 0) > 0 && w.runSeconds !== undefined && w.runSeconds < state.minRunSeconds!;
 }
 
 /** GPUs of the request's team held by lower-priority work it may preempt itself. */

@@ -87,6 +87,7 @@ export async function quotaState(
       node: j?.node ?? null,
       lostGpuSeconds: j ? j.lostSecondsIfSuspended * j.gpus : 0,
       ...(preempting.has(r.task_id) ? { preempting: true } : {}),
+      ...(j?.runSeconds !== undefined ? { runSeconds: j.runSeconds } : {}),
     };
   });
   const waiting = await gpuTasks(q, teams, req.gpuType, WAITING_STATES, req.taskId);
@@ -99,6 +100,7 @@ export async function quotaState(
     pending,
     ...(capacity ? { nodes: capacity.nodes } : {}),
     ...(capacity?.fits ? { fits: capacity.fits } : {}),
+    ...(policies.preemption.minRunSeconds > 0 ? { minRunSeconds: policies.preemption.minRunSeconds } : {}),
     ...(cohort ? { policy: `policies/${policies.name}#cohorts[${cohort.name}]` } : {}),
   };
 }

@@ -65,6 +65,7 @@ import {
   gangServiceManifest,
   isGang,
   jobAccounting,
+  sinceResumed,
   jobManifest,
   jobPhase,
   nodesOf,
@@ -499,6 +500,7 @@ export class KubernetesCluster implements ClusterBackend {
           node: nodesOf(j)[0] ?? podNode.get(j.metadata?.name ?? '') ?? null,
           gpus: Number(j.metadata?.annotations?.[Annotation.gpus] ?? 0) || 0,
           lostSecondsIfSuspended: Math.max(0, acc.progressSeconds - (acc.checkpointSeconds ?? 0)),
+          ...sinceResumed(j, now),
         };
       });
     const cap: ClusterCapacity = { nodes, jobs };

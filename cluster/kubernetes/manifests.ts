@@ -417,6 +417,13 @@ export interface JobAccounting {
  * segment, the checkpoint the trainer reported (`govloop.io/checkpoint-seconds`, capped at the
  * progress: a checkpoint cannot hold work not done), and the lost seconds `suspend()` folded in.
  */
+/** Seconds since `resume()` last unsuspended the Job (its govloop.io/resumed-at), when it says. */
+export function sinceResumed(job: V1Job, now: Date): { runSeconds?: number } {
+  const raw = job.metadata?.annotations?.[Annotation.resumedAt];
+  const at = raw ? new Date(raw).getTime() : Number.NaN;
+  return Number.isNaN(at) ? {} : { runSeconds: Math.max(0, (now.getTime() - at) / 1000) };
+}
+
 export function jobAccounting(job: V1Job, now: Date): JobAccounting {
   const a = job.metadata?.annotations ?? {};
   const ran = runSeconds(job, now);

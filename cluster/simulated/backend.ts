@@ -22,6 +22,7 @@ interface JobRow {
   ran_s: number;
   lost_s: number;
   resumed_at: Date | null;
+  running_since: Date | null;
 }
 
 /**
@@ -117,7 +118,7 @@ export class SimulatedCluster implements ClusterBackend {
   }
 
   async resume(name: string): Promise<void> {
-    await this.db.query(`UPDATE sim_jobs SET phase = 'Running', resumed_at = $3 WHERE cluster = $1 AND name = $2 AND phase = 'Suspended'`, [this.cluster, name, this.clock()]);
+    await this.db.query(`UPDATE sim_jobs SET phase = 'Running', resumed_at = $3, running_since = $3 WHERE cluster = $1 AND name = $2 AND phase = 'Suspended'`, [this.cluster, name, this.clock()]);
   }
 
   async suspend(name: string): Promise<void> {
@@ -145,7 +146,13 @@ export class SimulatedCluster implements ClusterBackend {
       nodes,
       jobs: jobs.rows.map((j) => {
         const progress = Math.min(j.duration_s, j.progress_s + (j.resumed_at ? ((now - j.resumed_at.getTime()) / 1000) * this.speedup : 0));
-        return { taskId: j.task_id, node: j.node, gpus: j.gpus, lostSecondsIfSuspended: Math.max(0, progress - j.checkpoint_s) };
+        return {
+          taskId: j.task_id,
+          node: j.node,
+          gpus: j.gpus,
+          lostSecondsIfSuspended: Math.max(0, progress - j.checkpoint_s),
+          ...(j.running_since ? { runSeconds: Math.max(0, ((now - j.running_since.getTime()) / 1000) * this.speedup) } : {}),
+        };
       }),
     };
     if (request && request.gpus > 0) {
@@ -214,6 +221,7 @@ export class SimulatedCluster implements ClusterBackend {
       if (to === 'Deleted' || (to === 'Suspended' && phase === 'Running')) phase = to;
       await c.query(
         `UPDATE sim_jobs SET progress_s = $3, phase = $4, resumed_at = CASE WHEN $4 = 'Running' THEN $5::timestamptz ELSE NULL END,
+           running_since = CASE WHEN $4 = 'Running' THEN running_since ELSE NULL END,
            ran_s = $6, lost_s = $7, node = $8, assignments = CASE WHEN $8::text IS NULL THEN NULL ELSE assignments END
          WHERE cluster = $1 AND name = $2`,
         [this.cluster, name, progress, phase, now, ran, lost, node],

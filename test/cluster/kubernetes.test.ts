@@ -918,9 +918,10 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
         { name: 'n2', gpus: 8, used: 7 },
       ],
       jobs: [
-        { taskId: 'cap-run', node: 'n1', gpus: 8, lostSecondsIfSuspended: 60 },
+        // runSeconds: since resume() stamped govloop.io/resumed-at (policies.preemption.minRunSeconds).
+        { taskId: 'cap-run', node: 'n1', gpus: 8, lostSecondsIfSuspended: 60, runSeconds: 100 },
         // No checkpoint reported: suspending would lose all of it.
-        { taskId: 'cap-any', node: 'n2', gpus: 2, lostSecondsIfSuspended: 100 },
+        { taskId: 'cap-any', node: 'n2', gpus: 2, lostSecondsIfSuspended: 100, runSeconds: 100 },
       ],
     });
     expect(server.calls().sort()).toEqual([

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../config/load';
 import { admit } from '../../governance/admission';
+import { admitQuota } from '../../governance/quota';
 import { closePreemption, openPreemption, preemptionLosses, queuedTasks, quotaState } from '../../ledger/quota';
 import { updateTask } from '../../ledger/tasks';
 import { anIntent } from '../support/builders';
@@ -54,6 +55,35 @@ describe.each(backends)('preemption records and the queue on $name', (backend) =
     expect(await preemptionLosses(db, tenant)).toEqual([{ preemptorTeam: `${tenant}/a`, preemptions: 1, lostGpuHours: 1600 / 3600 }]);
     const all = (await preemptionLosses(db)).filter((r) => r.preemptorTeam === 'operator:alice' || r.preemptorTeam === `${tenant}/a`);
     expect(all.map((r) => r.preemptorTeam)).toContain('operator:alice');
+  });
+
+  it('shields a job that started less than preemption.minRunSeconds ago: the cluster tells how long each has run', async () => {
+    const { db } = ledger;
+    const tenant = newTenant();
+    const young = await gpuTask(db, tenant, 'a', 4, 'Running');
+    const old = await gpuTask(db, tenant, 'a', 4, 'Running');
+    const req = { taskId: 'req', tenant, team: 'a', gpuType: 'H100' };
+    const flat = { quota: 8, policy: 'p' };
+    const capacity = (youngRan: number) => ({
+      nodes: [{ name: 'n0', gpus: 8, used: 8 }],
+      jobs: [
+        { taskId: young, node: 'n0', gpus: 4, lostSecondsIfSuspended: 10, runSeconds: youngRan },
+        { taskId: old, node: 'n0', gpus: 4, lostSecondsIfSuspended: 900, runSeconds: 5000 },
+      ],
+    });
+    await db.query(`UPDATE tasks SET priority = 'low' WHERE task_id = ANY($1)`, [[young, old]]);
+    const ask = { taskId: 'req', tenant, team: 'a', gpus: 4, priority: config.policies.priorities.high!, queuedAt: AT.toISOString() };
+    const shielded = { ...config.policies, preemption: { ...config.policies.preemption, minRunSeconds: 600 } };
+
+    const state = await quotaState(db, shielded, req, flat, capacity(60));
+    expect(state.minRunSeconds).toBe(600);
+    expect(state.running).toEqual(expect.arrayContaining([expect.objectContaining({ taskId: young, runSeconds: 60 })]));
+    // The young job would lose least, but it is shielded: the old one goes.
+    expect(admitQuota(state, ask)).toMatchObject({ decision: 'preempt', victims: [{ taskId: old }] });
+    // Without the shield (the shipped default), the cheapest victim is the young one.
+    expect(admitQuota(await quotaState(db, config.policies, req, flat, capacity(60)), ask)).toMatchObject({ decision: 'preempt', victims: [{ taskId: young }] });
+    // Once it has run long enough it is a victim again.
+    expect(admitQuota(await quotaState(db, shielded, req, flat, capacity(600)), ask)).toMatchObject({ decision: 'preempt', victims: [{ taskId: young }] });
   });
 
   it('lists the queue oldest first, with positions per quota by priority', async () => {

@@ -177,6 +177,30 @@ describe.each(backends)('the simulated cluster places with governance/placement 
     expect(await sim.create(shareE)).toMatchObject({ ok: true, nodes: ['mps0'] });
   });
 
+  it('tells each running job how long it has run since it last started or resumed, in job-seconds', async () => {
+    let now = Date.parse('2026-11-24T10:00:00Z');
+    const sim = new SimulatedCluster(ledger.db, cluster(`sim-run-${randomUUID().slice(0, 8)}`), 10, () => new Date(now));
+    await sim.sync();
+    const j = spec(2, { simulation: { durationSeconds: 100_000, tokensPerSecond: 0, failAfterSeconds: null } });
+    expect(await sim.create(j)).toMatchObject({ ok: true });
+    await sim.resume(j.name);
+    now += 30_000;
+    await sim.status(j.name); // folding progress in (as metering does) does not restart the clock
+    now += 30_000;
+    const run = async () => (await sim.capacity('H100')).jobs.find((x) => x.taskId === j.taskId);
+    expect(await run()).toMatchObject({ runSeconds: 600, lostSecondsIfSuspended: 600 });
+    await sim.checkpoint(j.name);
+    now += 10_000;
+    expect(await run()).toMatchObject({ runSeconds: 700, lostSecondsIfSuspended: 100 });
+    // Preempted and resumed: the run starts again from the resume.
+    await sim.suspend(j.name);
+    expect(await run()).toBeUndefined();
+    expect(await sim.create(j)).toMatchObject({ ok: true }); // placed again, as dispatch does after a preemption
+    await sim.resume(j.name);
+    now += 5_000;
+    expect(await run()).toMatchObject({ runSeconds: 50, lostSecondsIfSuspended: 50 });
+  });
+
   it('answers, for a request, whether freeing some jobs would let it be placed (victims must free one domain)', async () => {
     const name = `sim-fits-${randomUUID().slice(0, 8)}`;
     const sim = new SimulatedCluster(ledger.db, gangCluster(name), 1);

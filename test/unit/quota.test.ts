@@ -1,5 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { PoliciesFile } from '../../config/schema';
 import { type Cohort, type CohortMember, type NodeCapacity, type QuotaDecision, type QuotaRequest, type QuotaState, type Workload, admitQuota, queueOrder } from '../../governance/quota';
 
 const P = { low: 100, normal: 500, high: 1000 };
@@ -22,6 +26,11 @@ class StateBuilder {
   }
   wait(taskId: string, team: string, gpus: number, priority = P.normal, queuedAt = '2026-01-01T00:00:00Z'): this {
     this.s.pending.push({ taskId, tenant: 'acme', team, gpus, priority, queuedAt });
+    return this;
+  }
+  /** policies.preemption.minRunSeconds */
+  minRun(seconds: number): this {
+    this.s.minRunSeconds = seconds;
     return this;
   }
   nodes(...n: NodeCapacity[]): this {
@@ -52,6 +61,7 @@ interface Case {
   wantVictims?: string[];
   wantPosition?: number;
   wantLimit?: number | null;
+  wantMessage?: RegExp;
 }
 
 // Cohort "c" of H100: team a (nominal 4) and team b (nominal 4) unless a case says otherwise.
@@ -99,6 +109,35 @@ const cases: Case[] = [
     want: 'queued',
     wantCode: 'GPU_QUOTA_BUSY',
     wantPosition: 2,
+  },
+  {
+    name: 'minRunSeconds: a borrower that (re)started 60 s ago is shielded; the older one goes, though it loses more',
+    state: ab().minRun(300).run('b-young', 'b', 4, P.low, { runSeconds: 60, lostGpuSeconds: 10 }).run('b-old', 'b', 4, P.low, { runSeconds: 1000, lostGpuSeconds: 4000 }),
+    req: ask('a', 4),
+    want: 'preempt',
+    wantVictims: ['b-old'],
+  },
+  {
+    name: 'minRunSeconds: every candidate too young: queued, and the reason names them',
+    state: ab().minRun(300).run('b1', 'b', 8, P.low, { runSeconds: 60 }),
+    req: ask('a', 4),
+    want: 'queued',
+    wantCode: 'GPU_QUOTA_BUSY',
+    wantMessage: /1 workload\(s\) it could preempt started less than 300 s ago \(preemption\.minRunSeconds\): b1$/,
+  },
+  {
+    name: 'minRunSeconds: a workload whose run time the cluster does not tell is not shielded',
+    state: ab().minRun(300).run('b1', 'b', 8, P.low),
+    req: ask('a', 4),
+    want: 'preempt',
+    wantVictims: ['b1'],
+  },
+  {
+    name: 'minRunSeconds: a same-team lower-priority job past it is taken',
+    state: aState().flat(4).minRun(300).run('a-low', 'a', 4, P.low, { runSeconds: 300 }),
+    req: ask('a', 4, P.high),
+    want: 'preempt',
+    wantVictims: ['a-low'],
   },
   {
     name: 'reclaim: the borrower is preempted, not the higher-priority job of its team',
@@ -247,6 +286,7 @@ describe('admitQuota', () => {
     if (got.decision !== 'admitted') {
       if (c.wantCode) expect(got.reason.code).toBe(c.wantCode);
       if (c.wantLimit !== undefined) expect(got.reason.limit).toBe(c.wantLimit);
+      if (c.wantMessage) expect(got.reason.message).toMatch(c.wantMessage);
       expect(got.reason.policy).toMatch(/^policies\/t#/);
     }
     if (got.decision === 'preempt') expect(got.victims.map((v) => v.taskId).sort()).toEqual(c.wantVictims);
@@ -293,5 +333,18 @@ describe('admitQuota invariants (fast-check)', () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('policies.preemption', () => {
+  // The shipped policies, with only `preemption` changed.
+  const base = parseYaml(readFileSync(join(__dirname, '../../config/policies.yaml'), 'utf8')) as Record<string, unknown>;
+  it('defaults minRunSeconds to 0 (no shield) and keeps graceMillis', () => {
+    expect(PoliciesFile.parse({ ...base, preemption: { graceMillis: 1000 } }).preemption).toEqual({ graceMillis: 1000, minRunSeconds: 0 });
+  });
+  it('refuses a negative minRunSeconds and names the field', () => {
+    const r = PoliciesFile.safeParse({ ...base, preemption: { minRunSeconds: -5 } });
+    expect(r.success).toBe(false);
+    expect(r.error!.issues.map((i) => i.path.join('.'))).toEqual(['preemption.minRunSeconds']);
   });
 });

@@ -26,7 +26,7 @@ beforeAll(async () => {
       ClusterNode.parse({ name: 'a100-mps', gpuType: 'A100', gpus: 2, rack: 'r2', block: 'b1', sharing: { mps: true } }),
     ],
   };
-  config.policies.preemption = { graceMillis: 200 };
+  config.policies.preemption = { graceMillis: 200, minRunSeconds: 0 };
   h = await createHarness({ bundle, config });
   h.config.policies.cohorts = [
     {

@@ -27,7 +27,7 @@ beforeAll(async () => {
       ClusterNode.parse({ name: 'h100-b', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' }),
     ],
   };
-  config.policies.preemption = { graceMillis: 200 };
+  config.policies.preemption = { graceMillis: 200, minRunSeconds: 0 };
   h = await createHarness({ bundle, config });
   h.config.policies.cohorts = [
     {
