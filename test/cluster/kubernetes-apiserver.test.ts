@@ -304,7 +304,7 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
           { name: 'gpu-b', gpus: 8, used: 0 },
           { name: 'gpu-c', gpus: 4, used: 0 },
         ],
-        jobs: [{ taskId: 'real-placed', node: 'gpu-a', gpus: 5, lostSecondsIfSuspended: 40 }],
+        jobs: [{ taskId: 'real-placed', node: 'gpu-a', gpus: 5, lostSecondsIfSuspended: 40, runSeconds: 40 }],
       });
       const fits = (cap as typeof cap & { fits: (freed: readonly string[]) => boolean }).fits;
       expect(fits([])).toBe(true); // gpu-b is free
