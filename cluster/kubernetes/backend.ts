@@ -23,6 +23,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import {
   ApiException,
   BatchV1Api,
+  CoordinationV1Api,
   CoreV1Api,
   KubeConfig,
   PatchStrategy,
@@ -72,6 +73,7 @@ import {
   suspendAnnotations,
   taskIdOf,
 } from './manifests';
+import { type LeasesApi, PlacementLease, type PlacementLeaseOptions } from './lease';
 import { type GpuAsk, type HeldGpus, type NodeLabelOptions, type TopologyReading, decidePlacement, heldByJobs, heldByPods, holdsNodes, readTopology, usedGpus } from './placement';
 
 /** The BatchV1Api calls the backend makes (client-node's object-parameter API); tests may inject their own. */
@@ -99,6 +101,8 @@ export interface CoreApi {
 export interface KubernetesApis {
   jobs: JobsApi;
   core: CoreApi;
+  /** The placement lease (govloop placement across worker processes); without it, placement is serialized in this process only. */
+  leases?: LeasesApi;
 }
 
 /** What a placement hook answers: where the job goes (with why, for the dispatch audit), or why it cannot go now (the task queues). */
@@ -137,6 +141,12 @@ export interface KubernetesClusterOptions extends Omit<ManifestOptions, 'namespa
   fieldManager?: string;
   /** Attempts of a read-modify-write that keeps meeting 409 Conflict. Default 5. */
   conflictRetries?: number;
+  /**
+   * govloop placement holds the Lease `govloop-placement-<cluster>` in the namespace while it
+   * places and creates a Job, so several worker processes on one cluster never book a GPU twice
+   * (./lease.ts). Options, or false to rely on one worker per cluster.
+   */
+  placementLease?: PlacementLeaseOptions | false;
 }
 
 /** Error types (Temporal `ApplicationFailure.type`) the backend throws. */
@@ -212,6 +222,8 @@ export class KubernetesCluster implements ClusterBackend {
   /** Placement and the create that books it run one at a time in this process, so no GPU is booked twice. */
   private booking: Promise<unknown> = Promise.resolve();
   private readonly notesSaid = new Map<string, number>();
+  /** Held around placement and create when govloop places (null: this process only). */
+  private readonly lease: PlacementLease | null;
 
   /** `source`: a KubeConfig (e.g. `kc.loadFromDefault()`: $KUBECONFIG, ~/.kube/config, or in-cluster), or injected APIs. */
   constructor(
@@ -224,10 +236,12 @@ export class KubernetesCluster implements ClusterBackend {
     this.jobs = source instanceof KubeConfig ? source.makeApiClient(BatchV1Api) : source.jobs;
     this.core = source instanceof KubeConfig ? source.makeApiClient(CoreV1Api) : source.core;
     this.clock = opts.clock ?? (() => new Date());
+    const leases = source instanceof KubeConfig ? source.makeApiClient(CoordinationV1Api) : source.leases;
+    this.lease = leases && opts.placementLease !== false ? new PlacementLease(leases, this.namespace, `govloop-placement-${this.cluster}`.slice(0, 253), opts.placementLease || {}) : null;
   }
 
   private manifestOptions(): ManifestOptions {
-    const { place: _p, clock: _c, fieldManager: _f, conflictRetries: _r, placement: _pl, nodeLabels: _n, countOtherPods: _o, onPlacementNote: _on, ...rest } = this.opts;
+    const { place: _p, clock: _c, fieldManager: _f, conflictRetries: _r, placement: _pl, nodeLabels: _n, countOtherPods: _o, onPlacementNote: _on, placementLease: _l, ...rest } = this.opts;
     return { ...rest, namespace: this.namespace, cluster: this.cluster };
   }
 
@@ -253,44 +267,48 @@ export class KubernetesCluster implements ClusterBackend {
    * Kueue does). A multi-pod gang gets its headless Service.
    */
   async create(spec: JobSpec): Promise<CreateResult> {
-    return this.serially(async () => {
-      const placed = await this.decide(spec);
-      if (placed.kind === 'none') {
-        // No room now; but a Job created earlier (a retried activity) already has its place.
-        const existing = await this.read(spec.name, 'read existing job');
-        if (existing && taskIdOf(existing) === spec.taskId && !needsPlacement(existing)) return this.created(existing);
-        return { ok: false, reason: placed.reason };
+    // Only govloop's own placement reads free GPUs and pins to them; the kube-scheduler and a hook need no lease.
+    const across = this.lease !== null && !this.opts.place && this.opts.placement === 'govloop' ? this.lease : null;
+    return this.serially(() => (across ? across.hold(() => this.createHere(spec)) : this.createHere(spec)));
+  }
+
+  private async createHere(spec: JobSpec): Promise<CreateResult> {
+    const placed = await this.decide(spec);
+    if (placed.kind === 'none') {
+      // No room now; but a Job created earlier (a retried activity) already has its place.
+      const existing = await this.read(spec.name, 'read existing job');
+      if (existing && taskIdOf(existing) === spec.taskId && !needsPlacement(existing)) return this.created(existing);
+      return { ok: false, reason: placed.reason };
+    }
+    const { explanation, ...placement } = placed;
+    const body = jobManifest(spec, placement, this.manifestOptions());
+    let job: V1Job;
+    let applied = true;
+    try {
+      job = await this.jobs.createNamespacedJob({ namespace: this.namespace, body, fieldManager: this.fieldManager });
+    } catch (err) {
+      if (apiStatusCode(err) !== 409) throw kubernetesFailure(`create job ${spec.name} in namespace ${this.namespace}`, err);
+      const existing = await this.read(spec.name, 'read existing job');
+      // Created and deleted in between: the next attempt creates it again.
+      if (!existing) throw kubernetesFailure(`create job ${spec.name} in namespace ${this.namespace}`, err);
+      const owner = taskIdOf(existing);
+      if (owner !== spec.taskId) {
+        throw ApplicationFailure.create({
+          type: KubernetesErrorType.NameTaken,
+          nonRetryable: true,
+          message: `kubernetes: job ${spec.name} in namespace ${this.namespace} belongs to task ${owner ?? '(no govloop annotation)'}, not ${spec.taskId}`,
+        });
       }
-      const { explanation, ...placement } = placed;
-      const body = jobManifest(spec, placement, this.manifestOptions());
-      let job: V1Job;
-      let applied = true;
-      try {
-        job = await this.jobs.createNamespacedJob({ namespace: this.namespace, body, fieldManager: this.fieldManager });
-      } catch (err) {
-        if (apiStatusCode(err) !== 409) throw kubernetesFailure(`create job ${spec.name} in namespace ${this.namespace}`, err);
-        const existing = await this.read(spec.name, 'read existing job');
-        // Created and deleted in between: the next attempt creates it again.
-        if (!existing) throw kubernetesFailure(`create job ${spec.name} in namespace ${this.namespace}`, err);
-        const owner = taskIdOf(existing);
-        if (owner !== spec.taskId) {
-          throw ApplicationFailure.create({
-            type: KubernetesErrorType.NameTaken,
-            nonRetryable: true,
-            message: `kubernetes: job ${spec.name} in namespace ${this.namespace} belongs to task ${owner ?? '(no govloop annotation)'}, not ${spec.taskId}`,
-          });
-        }
-        if (needsPlacement(existing)) {
-          const again = await this.placeAgain(spec, placement, body);
-          if (!again.ok) return again;
-          job = again.job;
-        } else {
-          job = existing;
-          applied = false;
-        }
+      if (needsPlacement(existing)) {
+        const again = await this.placeAgain(spec, placement, body);
+        if (!again.ok) return again;
+        job = again.job;
+      } else {
+        job = existing;
+        applied = false;
       }
-      return this.created(job, applied ? explanation : undefined);
-    });
+    }
+    return this.created(job, applied ? explanation : undefined);
   }
 
   private async created(job: V1Job, explanation?: string): Promise<CreateResult> {

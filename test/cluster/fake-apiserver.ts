@@ -11,6 +11,7 @@
  *   /api/v1/namespaces/{ns}/services[/{name}]               Services
  *   /api/v1/namespaces/{ns}/pods[/{name}], /api/v1/pods     Pods (list in a namespace or in all)
  *   /api/v1/nodes[/{name}]                                  Nodes
+ *   /apis/coordination.k8s.io/v1/namespaces/{ns}/leases[/{name}]   Leases (the placement lease)
  *   POST   collection          201 | 409 AlreadyExists | 422 Invalid | 404 namespace
  *   GET    collection          list (labelSelector: k, !k, k=v, k==v, k!=v; fieldSelector: a.b=v, a.b!=v), or a Job watch
  *   GET    …/{name}            200 | 404 NotFound
@@ -57,6 +58,7 @@ const RESOURCES: Record<string, Resource> = {
   services: { group: '', plural: 'services', kind: 'Service', namespaced: true },
   pods: { group: '', plural: 'pods', kind: 'Pod', namespaced: true },
   nodes: { group: '', plural: 'nodes', kind: 'Node', namespaced: false },
+  leases: { group: 'coordination.k8s.io', plural: 'leases', kind: 'Lease', namespaced: true },
 };
 const qualified = (r: Resource) => (r.group ? `${r.plural}.${r.group}` : r.plural);
 
@@ -152,6 +154,8 @@ export class FakeApiServer {
   readonly pods = new Map<string, Obj>();
   /** By name (cluster-scoped). */
   readonly nodes = new Map<string, Obj>();
+  /** coordination.k8s.io/v1 Leases, by namespace/name. */
+  readonly leases = new Map<string, Obj>();
   private readonly namespaces: Set<string>;
   private readonly failures: { method: string; code: number; resource?: string }[] = [];
   private readonly watchers = new Set<{ ns: string; selector: string | null; res: ServerResponse }>();
@@ -261,13 +265,15 @@ export class FakeApiServer {
     if (m) return { r: RESOURCES.jobs!, ns: decodeURIComponent(m[1]!), ...(m[2] ? { name: decodeURIComponent(m[2]) } : {}), status: !!m[3] };
     m = /^\/api\/v1\/namespaces\/([^/]+)\/(services|pods)(?:\/([^/]+))?$/.exec(path);
     if (m) return { r: RESOURCES[m[2]!]!, ns: decodeURIComponent(m[1]!), ...(m[3] ? { name: decodeURIComponent(m[3]) } : {}), status: false };
+    m = /^\/apis\/coordination\.k8s\.io\/v1\/namespaces\/([^/]+)\/leases(?:\/([^/]+))?$/.exec(path);
+    if (m) return { r: RESOURCES.leases!, ns: decodeURIComponent(m[1]!), ...(m[2] ? { name: decodeURIComponent(m[2]) } : {}), status: false };
     m = /^\/api\/v1\/(pods|nodes)(?:\/([^/]+))?$/.exec(path);
     if (m && !(m[1] === 'pods' && m[2])) return { r: RESOURCES[m[1]!]!, ns: null, ...(m[2] ? { name: decodeURIComponent(m[2]) } : {}), status: false };
     return null;
   }
 
   private store(r: Resource): Map<string, Obj> {
-    return r.plural === 'jobs' ? (this.jobs as Map<string, Obj>) : r.plural === 'services' ? this.services : r.plural === 'pods' ? this.pods : this.nodes;
+    return r.plural === 'jobs' ? (this.jobs as Map<string, Obj>) : r.plural === 'services' ? this.services : r.plural === 'pods' ? this.pods : r.plural === 'leases' ? this.leases : this.nodes;
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {

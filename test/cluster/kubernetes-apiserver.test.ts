@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ApiException, BatchV1Api, CoreV1Api, KubernetesObjectApi, type KubernetesObject, PatchStrategy, type V1Job, type V1Pod, setHeaderOptions } from '@kubernetes/client-node';
+import { ApiException, BatchV1Api, CoordinationV1Api, CoreV1Api, KubernetesObjectApi, type KubernetesObject, PatchStrategy, type V1Job, type V1Pod, setHeaderOptions } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
@@ -314,6 +314,16 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       expect((err as Error).message).toBe(
           'kubernetes: list nodes labelled govloop.io/gpu-type: HTTP 403: Forbidden: nodes is forbidden: User "nobody" cannot list resource "nodes" in API group "" at the cluster scope (the service account needs get/list on nodes (a ClusterRole); deploy/rbac.yaml has all govloop needs)',
       );
+      // Two worker processes place at once, as the worker ServiceAccount (deploy/rbac.yaml lets it
+      // hold the placement Lease). 8 B200 GPUs are free on gpu-b and 4 on gpu-c: of four 6-GPU Jobs
+      // exactly one is placed, on gpu-b.
+      const racer = (identity: string) => new KubernetesCluster(kubeConfigFor(server.url, server.workerToken), { cluster: 'real', namespace: NS, placement: 'govloop', placementLease: { identity } });
+      const [r1, r2] = [racer('worker-1'), racer('worker-2')];
+      const raced = await Promise.all([0, 1, 2, 3].map((i) => (i % 2 ? r1 : r2).create({ ...aJob(`real-race-${i}`).gpus(6).build(), gpuType: 'B200' })));
+      expect(raced.filter((r) => r.ok).map((r) => (r.ok ? r.nodes : []))).toEqual([['gpu-b']]);
+      const lease = await kubeConfigFor(server.url, server.adminToken).makeApiClient(CoordinationV1Api).readNamespacedLease({ name: 'govloop-placement-real', namespace: NS });
+      expect(lease.spec?.holderIdentity).toBeUndefined();
+      expect(lease.spec?.leaseTransitions).toBeGreaterThanOrEqual(5); // the placements above, then these four
     });
   });
 

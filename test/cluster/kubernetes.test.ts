@@ -4,7 +4,7 @@
  * (./fake-apiserver.ts). The same lifecycle against a real kube-apiserver + etcd is in
  * ./kubernetes-apiserver.test.ts (skipped where those binaries are absent).
  */
-import { BatchV1Api, CoreV1Api, PatchStrategy, type V1Job, setHeaderOptions } from '@kubernetes/client-node';
+import { BatchV1Api, CoordinationV1Api, CoreV1Api, PatchStrategy, type V1Job, setHeaderOptions } from '@kubernetes/client-node';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -14,6 +14,7 @@ import { ClusterFile } from '../../config/schema';
 import { type Ledger, backends } from '../ledger/backends';
 import { KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
 import { Annotation, type ManifestOptions, type Placement, gangServiceManifest, isGang, jobAccounting, jobManifest, jobPhase, labelValue, runSeconds, suspendAnnotations } from '../../cluster/kubernetes/manifests';
+import { PlacementLease } from '../../cluster/kubernetes/lease';
 import { FakeApiServer } from './fake-apiserver';
 import { ManualClock, aJob, kubeConfigFor } from './support';
 
@@ -854,7 +855,7 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
 });
 
 describe('KubernetesCluster: capacity and govloop placement from the Nodes (recorded API server)', () => {
-  const server = new FakeApiServer({ namespaces: ['cap', 'place', 'bare', 'ml'], token: 't' });
+  const server = new FakeApiServer({ namespaces: ['cap', 'place', 'bare', 'ml', 'race'], token: 't' });
   const clock = new ManualClock();
   let kc: ReturnType<typeof kubeConfigFor>;
   const node = (name: string, labels: Record<string, string>, gpus = 8, extra: { unschedulable?: boolean } = {}) =>
@@ -965,6 +966,46 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
     expect(cap.fits!(['pl-1'])).toBe(true);
     expect(cap.fits!(['pl-2'])).toBe(false);
     expect(notes).toEqual([]);
+  });
+
+  it('two worker processes placing on one cluster at once never book a GPU twice: the placement Lease lets one place at a time', async () => {
+    const worker = (identity: string) => new KubernetesCluster(kc, { cluster: 'gpu-race', namespace: 'race', placement: 'govloop', countOtherPods: false, placementLease: { identity } });
+    const [w1, w2] = [worker('worker-1'), worker('worker-2')];
+    // 16 free H100 GPUs (n1, n2; n4 is cordoned). Six 5-GPU Jobs from the two workers at once: two fit, one per node.
+    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? w1 : w2).create(aJob(`race-${i}`).gpus(5).build())));
+    const placed = results.filter((r) => r.ok);
+    expect(placed).toHaveLength(2);
+    expect(placed.map((r) => (r.ok ? r.nodes[0] : '')).sort()).toEqual(['n1', 'n2']);
+    expect(results.filter((r) => !r.ok)).toEqual(Array.from({ length: 4 }, () => expect.objectContaining({ reason: expect.objectContaining({ code: 'GPU_CAPACITY_BUSY' }) })));
+    expect((await w2.capacity('H100')).nodes).toEqual([
+      { name: 'n1', gpus: 8, used: 5 },
+      { name: 'n2', gpus: 8, used: 5 },
+    ]);
+    // Each create took the Lease and gave it back: six acquisitions, free now.
+    const lease = server.leases.get('race/govloop-placement-gpu-race') as { spec: { holderIdentity?: string; leaseTransitions?: number } } | undefined;
+    expect(lease?.spec).toMatchObject({ leaseTransitions: 6 });
+    expect(lease?.spec.holderIdentity).toBeUndefined();
+  });
+
+  it('the placement Lease: a live holder makes another worker wait, then fail naming the holder; an expired one is taken over', async () => {
+    const api = kc.makeApiClient(CoordinationV1Api);
+    const lease = (identity: string) => new PlacementLease(api, 'race', 'lease-protocol', { identity, durationSeconds: 15, waitMillis: 300, clock: clock.fn });
+    const [a, b] = [lease('worker-a'), lease('worker-b')];
+    await a.acquire();
+    await expect(b.acquire()).rejects.toThrow(/lease race\/lease-protocol is held by worker-a .*waited 300 ms/);
+    // worker-a died holding it: 16 s later it has expired and worker-b takes it.
+    clock.advance(16);
+    await b.acquire();
+    const held = () => server.leases.get('race/lease-protocol') as { spec: { holderIdentity?: string; leaseTransitions?: number; renewTime?: string } };
+    expect(held().spec).toMatchObject({ holderIdentity: 'worker-b', leaseTransitions: 2, renewTime: expect.stringMatching(/\.\d{6}Z$/) });
+    // worker-a's late release does not free what is no longer its own.
+    await a.release();
+    expect(held().spec.holderIdentity).toBe('worker-b');
+    await b.release();
+    expect(held().spec.holderIdentity).toBeUndefined();
+    await a.acquire();
+    expect(held().spec.holderIdentity).toBe('worker-a');
+    await a.release();
   });
 
   it('falls back to the kube-scheduler when no Node carries govloop.io/gpu-type, and says why once', async () => {
