@@ -63,7 +63,7 @@
  * busy period were while pods waited (see IdleFigures).
  */
 import { basename } from 'node:path';
-import { type Placement, type PlacementRequest, type PlacementState, commit, emptyState, firstFit, place, release } from '../governance/placement';
+import { type Placement, type PlacementRequest, type PlacementState, commit, emptyState, firstFit, heldPlacement, place, release } from '../governance/placement';
 import { type TopologyIndex, buildTopologyIndex } from '../governance/topology';
 import { type AlibabaNode, type AlibabaPod, DEFAULT_NODES, DEFAULT_PODS, alibabaTopology, alibabaWorkload, loadNodes, loadPods, podGpus, podRequest } from './alibaba';
 import { describeMachine, fail, fmt, machine, nowMs, parseFlags, percentile, round, table } from './lib';
@@ -269,16 +269,7 @@ const less = (a: [number, number, unknown, number], b: [number, number, unknown,
 type Assignments = Placement['assignments'];
 
 /** Assignments as a placement, to take them from a state with `commit` (reservations, CPU kept for GPUs). */
-function hold(assignments: Assignments): Placement {
-  return {
-    placed: true,
-    policy: 'govloop',
-    requestId: null,
-    assignments,
-    domain: { level: 'cluster', id: '' },
-    explanation: { chosenLevel: 'cluster', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'cluster', mode: 'preferred', satisfied: true }, summary: 'held' },
-  };
-}
+const hold = heldPlacement;
 
 interface Sim {
   state: PlacementState;

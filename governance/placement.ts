@@ -1258,6 +1258,22 @@ function copyState(st: PlacementState): PlacementState {
 }
 
 /**
+ * GPUs a job already holds, as a placement to `commit` into (or `release` from) a state: how a
+ * backend rebuilds the cluster's state from the jobs it sees, and how tests and the benchmarks
+ * set a state up by hand.
+ */
+export function heldPlacement(assignments: Assignment[]): Placement {
+  return {
+    placed: true,
+    policy: 'govloop',
+    requestId: null,
+    assignments,
+    domain: { level: 'cluster', id: 'held' },
+    explanation: { chosenLevel: 'cluster', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'cluster', mode: 'preferred', satisfied: true }, summary: 'held' },
+  };
+}
+
+/**
  * The state with the placement's assignments taken. Throws PlacementStateError, leaving `state`
  * as it was, when they no longer fit (the state moved on since `place` answered).
  */

@@ -21,8 +21,7 @@
  */
 import type { V1Job, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { GpuRequest } from '../backend';
-import { type Assignment, type PlacementRequest, type PlacementState, commit, emptyState, place } from '../../governance/placement';
-import { heldPlacement } from '../held';
+import { type Assignment, type PlacementRequest, type PlacementState, commit, emptyState, heldPlacement, place } from '../../governance/placement';
 import { ReasonCode, type Reason, reason } from '../../governance/reasons';
 import { type Topology, TopologyError, type TopologyIndex, type TopologyNodeInput, buildTopologyIndex, parseTopology } from '../../governance/topology';
 import { Annotation, LABEL_JOB_NAME, LABEL_MANAGED_BY, MANAGED_BY, type Placement, gpuMilliOf, jobPhase, nodesOf, taskIdOf } from './manifests';

@@ -2,10 +2,9 @@ import type { ClusterConfig } from '../../config/schema';
 import type { Db } from '../../ledger/db';
 import { ReasonCode, reason } from '../../governance/reasons';
 import type { Queryable } from '../../ledger/db';
-import { type Assignment, type Placement, type PlacementRequest, type PlacementState, PlacementStateError, commit, emptyState, enclosingDomain, place, release } from '../../governance/placement';
+import { type Assignment, type Placement, type PlacementRequest, type PlacementState, PlacementStateError, commit, emptyState, enclosingDomain, heldPlacement, place, release } from '../../governance/placement';
 import { TOPOLOGY_LEVELS, type TopologyIndex } from '../../governance/topology';
 import type { ClusterBackend, ClusterCapacity, CreateResult, GpuRequest, JobPhase, JobSpec, JobStatus } from '../backend';
-import { heldPlacement } from '../held';
 import { clusterIndex } from './topology';
 
 interface JobRow {

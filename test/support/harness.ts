@@ -3,6 +3,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { inject } from 'vitest';
 import { type GovConfig, loadConfig } from '../../config/load';
+import { ClusterNode } from '../../config/schema';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { Db } from '../../ledger/db';
 import type { IntentInput } from '../../governance/intent';
@@ -109,6 +110,33 @@ export async function createHarness(opts: { bundle: WorkflowBundleWithSourceMap;
       await db.close();
     },
   };
+  return h;
+}
+
+/**
+ * A harness for quota and preemption tests: a cluster of just `nodes`, a 200 ms preemption grace,
+ * and teams a and b of the harness's tenant in one H100 cohort with `nominal` GPUs each (no
+ * borrowing or lending limits). Workers are started; `more` may add quotas first.
+ */
+export async function cohortHarness(
+  bundle: WorkflowBundleWithSourceMap,
+  nodes: Record<string, unknown>[],
+  nominal: number,
+  more: (h: Harness) => void = () => {},
+): Promise<Harness> {
+  const config = testConfig();
+  config.cluster = { ...config.cluster, nodes: nodes.map((n) => ClusterNode.parse(n)) };
+  config.policies.preemption = { graceMillis: 200, minRunSeconds: 0 };
+  const h = await createHarness({ bundle, config });
+  h.config.policies.cohorts = [
+    {
+      name: `cohort-${h.tenant}`,
+      gpuType: 'H100',
+      teams: ['a', 'b'].map((team) => ({ tenant: h.tenant, team, nominal, borrowingLimit: null, lendingLimit: null, weight: 1 })),
+    },
+  ];
+  more(h);
+  await h.startWorkers();
   return h;
 }
 

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type Assignment, type PlaceResult, type Placement, type PlacementRequest, type PlacementState, audit, commit, emptyState, placeOnNode } from '../../governance/placement';
+import { type Assignment, type PlaceResult, type Placement, type PlacementRequest, type PlacementState, audit, commit, emptyState, placeOnNode, heldPlacement } from '../../governance/placement';
 import { type TopologyIndex, type TopologyInput, buildTopologyIndex, parseTopology } from '../../governance/topology';
 import { type Decider, PAPER_POLICIES, type PaperPolicyName, paperPolicy, typicalPods } from '../../bench/baselines';
 
@@ -13,16 +13,7 @@ function cluster(...nodes: NodeInput[]): TopologyIndex {
   return buildTopologyIndex(parseTopology({ cluster: 'test', gpuTypes: { G: {}, T: {} }, blocks: [{ name: 'b0', racks: [{ name: 'r0', nodes }] }] }));
 }
 
-function held(...assignments: Assignment[]): Placement {
-  return {
-    placed: true,
-    policy: 'govloop',
-    requestId: null,
-    assignments,
-    domain: { level: 'node', id: assignments[0]!.node },
-    explanation: { chosenLevel: 'node', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'cluster', mode: 'preferred', satisfied: true }, summary: 'set-up' },
-  };
-}
+const held = (...assignments: Assignment[]): Placement => heldPlacement(assignments);
 const whole = (n: string, ...gpus: number[]): Assignment => ({ kind: 'whole', node: n, gpus, cpuMilli: 0, memoryMib: 0 });
 const share = (n: string, gpu: number, milli: number): Assignment => ({ kind: 'milli', node: n, gpus: [gpu], milli, sharing: 'mps', cpuMilli: 0, memoryMib: 0 });
 

@@ -8,6 +8,7 @@ import {
   emptyState,
   fragmentation,
   gpuMilliLeft,
+  heldPlacement,
   place,
   placeOnNode,
   shareRoom,
@@ -29,16 +30,7 @@ function topology(...racks: RackInput[]): TopologyIndex {
   );
 }
 
-function held(...assignments: Assignment[]): Placement {
-  return {
-    placed: true,
-    policy: 'govloop',
-    requestId: null,
-    assignments,
-    domain: { level: 'node', id: assignments[0]!.node },
-    explanation: { chosenLevel: 'node', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'cluster', mode: 'preferred', satisfied: true }, summary: 'set-up' },
-  };
-}
+const held = (...assignments: Assignment[]): Placement => heldPlacement(assignments);
 const whole = (n: string, ...gpus: number[]): Assignment => ({ kind: 'whole', node: n, gpus, cpuMilli: 0, memoryMib: 0 });
 const nodeOf = (p: PlaceResult) => (p.placed ? p.assignments[0]!.node : null);
 

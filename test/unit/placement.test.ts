@@ -15,6 +15,7 @@ import {
   emptyState,
   firstFit,
   fragmentation,
+  heldPlacement,
   place,
   release,
   usage,
@@ -126,17 +127,7 @@ const sharingCluster = () =>
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/** A placement record holding the given GPUs, to set up a state by hand. */
-function held(...assignments: Assignment[]): Placement {
-  return {
-    placed: true,
-    policy: 'govloop',
-    requestId: null,
-    assignments,
-    domain: { level: 'node', id: assignments[0]!.node },
-    explanation: { chosenLevel: 'node', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'cluster', mode: 'preferred', satisfied: true }, summary: 'set-up' },
-  };
-}
+const held = (...assignments: Assignment[]): Placement => heldPlacement(assignments);
 const whole = (node: string, ...gpus: number[]): Assignment => ({ kind: 'whole', node, gpus, cpuMilli: 0, memoryMib: 0 });
 
 function stateWith(index: TopologyIndex, busy: Assignment[] = [], workload?: WorkloadProfile): PlacementState {

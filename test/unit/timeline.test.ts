@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type Assignment, type Placement, type PlacementRequest, type WorkloadProfile, commit, emptyState, place } from '../../governance/placement';
+import { type Assignment, type Placement, type PlacementRequest, type WorkloadProfile, commit, emptyState, heldPlacement, place } from '../../governance/placement';
 import { type TopologyIndex, buildTopologyIndex } from '../../governance/topology';
 import { type AlibabaNode, alibabaTopology } from '../../bench/alibaba';
 import { type SimulateSettings, type TimelinePod, keptForGpus, lostOnEviction, reservationFor, simulateTimeline } from '../../bench/timeline';
@@ -23,17 +23,7 @@ function pod(p: Partial<TimelinePod> & { arrival: number; lifetime: number }): T
 
 const NO_RESERVATIONS: SimulateSettings = { reservations: 0 };
 
-/** Assignments as a placement, to build a state by hand with `commit`. */
-function placement(assignments: Assignment[]): Placement {
-  return {
-    placed: true,
-    policy: 'govloop',
-    requestId: null,
-    assignments,
-    domain: { level: 'cluster', id: 'test' },
-    explanation: { chosenLevel: 'cluster', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'cluster', mode: 'preferred', satisfied: true }, summary: 'by hand' },
-  };
-}
+const placement = heldPlacement;
 
 describe('lostOnEviction', () => {
   it('loses everything run when the pod never checkpoints', () => {

@@ -1,10 +1,9 @@
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ClusterNode } from '../../config/schema';
 import type { IntentInput } from '../../governance/intent';
 import { taskUsage } from '../../ledger/usage';
 import { bundleWorkflows } from '../../workers/worker';
-import { type Harness, createHarness, intent, testConfig } from '../support/harness';
+import { type Harness, cohortHarness, intent } from '../support/harness';
 
 let bundle: WorkflowBundleWithSourceMap;
 let h: Harness;
@@ -15,31 +14,18 @@ let h: Harness;
  */
 beforeAll(async () => {
   bundle = await bundleWorkflows();
-  const config = testConfig();
-  config.cluster = {
-    ...config.cluster,
-    nodes: [
-      ClusterNode.parse({ name: 'r0-n0', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' }),
-      ClusterNode.parse({ name: 'r0-n1', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' }),
-      ClusterNode.parse({ name: 'r1-n0', gpuType: 'H100', gpus: 4, rack: 'r1', block: 'b0' }),
-      ClusterNode.parse({ name: 'r1-n1', gpuType: 'H100', gpus: 4, rack: 'r1', block: 'b0' }),
-      ClusterNode.parse({ name: 'a100-mps', gpuType: 'A100', gpus: 2, rack: 'r2', block: 'b1', sharing: { mps: true } }),
+  h = await cohortHarness(
+    bundle,
+    [
+      { name: 'r0-n0', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
+      { name: 'r0-n1', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
+      { name: 'r1-n0', gpuType: 'H100', gpus: 4, rack: 'r1', block: 'b0' },
+      { name: 'r1-n1', gpuType: 'H100', gpus: 4, rack: 'r1', block: 'b0' },
+      { name: 'a100-mps', gpuType: 'A100', gpus: 2, rack: 'r2', block: 'b1', sharing: { mps: true } },
     ],
-  };
-  config.policies.preemption = { graceMillis: 200, minRunSeconds: 0 };
-  h = await createHarness({ bundle, config });
-  h.config.policies.cohorts = [
-    {
-      name: `cohort-${h.tenant}`,
-      gpuType: 'H100',
-      teams: [
-        { tenant: h.tenant, team: 'a', nominal: 8, borrowingLimit: null, lendingLimit: null, weight: 1 },
-        { tenant: h.tenant, team: 'b', nominal: 8, borrowingLimit: null, lendingLimit: null, weight: 1 },
-      ],
-    },
-  ];
-  h.config.policies.gpuQuotas.push({ tenant: h.tenant, team: 'serve', gpuType: 'A100', gpus: 1 });
-  await h.startWorkers();
+    8,
+    (h) => h.config.policies.gpuQuotas.push({ tenant: h.tenant, team: 'serve', gpuType: 'A100', gpus: 1 }),
+  );
 });
 
 afterAll(async () => {

@@ -1,13 +1,12 @@
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { ClusterNode } from '../../config/schema';
 import { preemptionLosses } from '../../ledger/quota';
 import { showback } from '../../ledger/rollups';
 import { taskUsage } from '../../ledger/usage';
 import { bundleWorkflows } from '../../workers/worker';
 import { cancelSignal } from '../../workflows/messages';
 import { govloop } from '../support/cli';
-import { type Harness, createHarness, intent, testConfig } from '../support/harness';
+import { type Harness, cohortHarness, intent } from '../support/harness';
 import { saveHistories } from '../support/histories';
 
 let bundle: WorkflowBundleWithSourceMap;
@@ -19,27 +18,14 @@ let h: Harness;
  */
 beforeAll(async () => {
   bundle = await bundleWorkflows();
-  const config = testConfig();
-  config.cluster = {
-    ...config.cluster,
-    nodes: [
-      ClusterNode.parse({ name: 'h100-a', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' }),
-      ClusterNode.parse({ name: 'h100-b', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' }),
+  h = await cohortHarness(
+    bundle,
+    [
+      { name: 'h100-a', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
+      { name: 'h100-b', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
     ],
-  };
-  config.policies.preemption = { graceMillis: 200, minRunSeconds: 0 };
-  h = await createHarness({ bundle, config });
-  h.config.policies.cohorts = [
-    {
-      name: `cohort-${h.tenant}`,
-      gpuType: 'H100',
-      teams: [
-        { tenant: h.tenant, team: 'a', nominal: 4, borrowingLimit: null, lendingLimit: null, weight: 1 },
-        { tenant: h.tenant, team: 'b', nominal: 4, borrowingLimit: null, lendingLimit: null, weight: 1 },
-      ],
-    },
-  ];
-  await h.startWorkers();
+    4,
+  );
 });
 
 afterAll(async () => {
