@@ -326,7 +326,7 @@ export class KubernetesCluster implements ClusterBackend {
   /**
    * govloop's placement (governance/placement.ts `place()`) over the Nodes' topology and what the
    * govloop Jobs and other pods hold now; `{kind: 'any'}` (the kube-scheduler chooses) when the
-   * Nodes carry no GPU-type label or the request is one govloop does not model here (MIG).
+   * Nodes carry no GPU-type label or no node advertises the MIG profile asked for.
    */
   async placeByGovloop(spec: GpuAsk): Promise<PlaceResult> {
     const view = await this.view();

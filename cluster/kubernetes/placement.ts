@@ -17,7 +17,9 @@
  * | `nvidia.com/gpu.replicas` (GFD) | shared replicas per GPU | 1 |
  *
  * GPUs per node: allocatable `nvidia.com/gpu` divided by the replicas. Cordoned and NotReady nodes
- * are left out. MIG is not modelled here (a MIG Job is left to the kube-scheduler).
+ * are left out. MIG instances: allocatable `nvidia.com/mig-<profile>` (the NVIDIA device plugin's
+ * mixed strategy), which the GPU operator partitions ahead of time; govloop counts them per profile
+ * and does not repartition (see `decidePlacement`).
  */
 import type { V1Job, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { GpuRequest } from '../backend';
@@ -63,6 +65,8 @@ export interface GpuNode {
   block: string;
   /** NVLink domain id; the node's own name when it is a domain of one. */
   nvlink: string;
+  /** MIG instances the node advertises, by profile (`3g.40gb` → 2): allocatable `nvidia.com/mig-<profile>`. */
+  mig: Record<string, number>;
 }
 
 export interface TopologyReading {
@@ -139,6 +143,11 @@ export function readTopology(nodes: readonly V1Node[], cluster: string, opts: No
       skipped.push({ node: name, why: `${gpus} GPUs: the placement topology holds at most 16 per node` });
       continue;
     }
+    const mig: Record<string, number> = {};
+    for (const [res, q] of Object.entries(allocatable)) {
+      const n = Math.floor(parseQuantity(q) ?? 0);
+      if (res.startsWith(MIG_RESOURCE) && n > 0) mig[res.slice(MIG_RESOURCE.length)] = n;
+    }
     const strategy = label(node, NodeLabel.sharing);
     const rack = label(node, opts.rackLabel ?? NodeLabel.rack) ?? label(node, NodeLabel.zone);
     const block = label(node, opts.blockLabel ?? NodeLabel.block) ?? label(node, NodeLabel.region);
@@ -157,6 +166,7 @@ export function readTopology(nodes: readonly V1Node[], cluster: string, opts: No
       rack: rack ?? name,
       block: block ?? 'default',
       nvlink: nvlink ?? name,
+      mig,
       rackLabel: rack ?? name,
       blockLabel: block ?? 'default',
       nvlinkLabel: nvlink,
@@ -184,7 +194,7 @@ export function readTopology(nodes: readonly V1Node[], cluster: string, opts: No
     }
   }
 
-  const nodesOut: GpuNode[] = out.map(({ name, gpuType, gpus, replicas, sharing, rack, block, nvlink }) => ({ name, gpuType, gpus, replicas, sharing, rack, block, nvlink }));
+  const nodesOut: GpuNode[] = out.map(({ name, gpuType, gpus, replicas, sharing, rack, block, nvlink, mig }) => ({ name, gpuType, gpus, replicas, sharing, rack, block, nvlink, mig }));
   if (typeLabel === null) return { nodes: nodesOut, index: null, skipped, notes, unusable: 'the GPU-type node label is turned off (gpuTypeLabel: null): govloop cannot tell the GPU types apart' };
   if (out.length === 0) {
     const why = skipped.length ? `; left out: ${skipped.map((s) => `${s.node} (${s.why})`).join(', ')}` : '';
@@ -222,10 +232,11 @@ export function readTopology(nodes: readonly V1Node[], cluster: string, opts: No
 export type HeldGpus = { owner: string; taskId: string | null; node: string } & (
   | { kind: 'whole'; gpus: number }
   | { kind: 'share'; milli: number; sharing: 'mps' | 'timeslice' }
-  /** MIG instances, in GPUs by compute slices of 7 (kept for the record; not counted as `nvidia.com/gpu`). */
-  | { kind: 'mig'; units: number }
+  /** `count` MIG instances of `profile` (not counted as `nvidia.com/gpu`: a partitioned GPU is not in it). */
+  | { kind: 'mig'; profile: string; count: number; units: number }
 );
 
+const MIG_RESOURCE = 'nvidia.com/mig-';
 const MIG_COMPUTE_SLICES = 7;
 function migUnits(profile: string, count: number): number {
   const c = Number(/^(\d+)g\./.exec(profile)?.[1] ?? MIG_COMPUTE_SLICES);
@@ -251,7 +262,7 @@ export function heldByJobs(jobs: readonly V1Job[]): HeldGpus[] {
     const sharing = a[Annotation.sharing] ?? 'exclusive';
     const base = { owner: `Job ${job.metadata?.namespace ?? ''}/${job.metadata?.name ?? ''}`, taskId: taskIdOf(job) };
     const milli = Number(a[Annotation.gpuMilli]);
-    if (sharing.startsWith('mig:')) out.push({ ...base, node: nodes[0]!, kind: 'mig', units: migUnits(sharing.slice(4), gpus) });
+    if (sharing.startsWith('mig:')) out.push({ ...base, node: nodes[0]!, kind: 'mig', profile: sharing.slice(4), count: gpus, units: migUnits(sharing.slice(4), gpus) });
     else if ((sharing === 'mps' || sharing === 'timeslice') && Number.isInteger(milli) && milli > 0 && milli < 1000) out.push({ ...base, node: nodes[0]!, kind: 'share', milli, sharing });
     else for (const node of nodes) out.push({ ...base, node, kind: 'whole', gpus: Math.ceil(gpus / nodes.length) });
   }
@@ -287,8 +298,9 @@ export function heldByPods(pods: readonly V1Pod[], counted: ReadonlySet<string>,
           const mode = node?.sharing.mps ? 'mps' : node?.sharing.timeslice ? 'timeslice' : null;
           if (replicas > 1 && mode) for (let i = 0; i < n; i++) out.push({ ...base, kind: 'share', milli: Math.floor(1000 / replicas), sharing: mode });
           else out.push({ ...base, kind: 'whole', gpus: n });
-        } else if (name.startsWith('nvidia.com/mig-')) {
-          out.push({ ...base, kind: 'mig', units: migUnits(name.slice('nvidia.com/mig-'.length), n) });
+        } else if (name.startsWith(MIG_RESOURCE)) {
+          const profile = name.slice(MIG_RESOURCE.length);
+          out.push({ ...base, kind: 'mig', profile, count: n, units: migUnits(profile, n) });
         }
       }
     }
@@ -398,7 +410,7 @@ export function decidePlacement(reading: TopologyReading, held: readonly HeldGpu
   if (reading.index === null) return any(reading.unusable ?? 'no topology');
   const milli = gpuMilliOf(ask);
   let request: PlacementRequest;
-  if (ask.sharing.startsWith('mig:')) return any(`MIG slices (${ask.sharing}) are placed by the kube-scheduler: govloop does not model MIG partitions of Kubernetes nodes`);
+  if (ask.sharing.startsWith('mig:')) return decideMig(reading, held, ask, cluster);
   if (ask.sharing === 'mps' || ask.sharing === 'timeslice') {
     if (milli === undefined) return any(`a ${ask.sharing} job without gpuMilli is placed by the kube-scheduler`);
     request = { gpuMilli: milli, sharing: ask.sharing, gpuType: ask.gpuType };
@@ -442,4 +454,40 @@ export function decidePlacement(reading: TopologyReading, held: readonly HeldGpu
     };
   }
   return noRoom(`placement: ${ask.gpus} ${ask.gpuType} GPUs fit in ${r.domain.level} ${r.domain.id} only as ${counts.join(' + ')}; one Job gives every pod the same GPUs and no even split fits there now`, null);
+}
+
+/**
+ * A MIG Job (one pod with `gpus` instances of one profile): the GPU operator partitions the nodes
+ * ahead of time and the device plugin advertises allocatable `nvidia.com/mig-<profile>`, so govloop
+ * counts free instances per node and profile (allocatable less what govloop Jobs and other pods
+ * hold) and pins the Job to the node where the fewest instances of the profile stay free (best
+ * fit: nodes with many free instances stay whole for larger asks). No node advertises the profile:
+ * the kube-scheduler decides, and says so. Every topology level holds one node, so a `required`
+ * topology is always met.
+ */
+function decideMig(reading: TopologyReading, held: readonly HeldGpus[], ask: GpuAsk, cluster: string): { decision: PlaceDecision; note: string | null; stateNotes: string[] } {
+  const profile = ask.sharing.slice(4);
+  const nodes = reading.nodes.filter((n) => n.gpuType === ask.gpuType && (n.mig[profile] ?? 0) > 0);
+  if (nodes.length === 0) return { decision: { kind: 'any' }, note: `no schedulable ${ask.gpuType} Node advertises ${MIG_RESOURCE}${profile}: the kube-scheduler places MIG ${profile}`, stateNotes: [] };
+  const usedOn = new Map<string, number>();
+  for (const h of held) if (h.kind === 'mig' && h.profile === profile) usedOn.set(h.node, (usedOn.get(h.node) ?? 0) + h.count);
+  const free = nodes.map((n) => ({ name: n.name, allocatable: n.mig[profile]!, free: Math.max(0, n.mig[profile]! - (usedOn.get(n.name) ?? 0)) }));
+  const fit = free.filter((f) => f.free >= ask.gpus).sort((a, b) => a.free - b.free || a.name.localeCompare(b.name));
+  const best = fit[0];
+  if (!best) {
+    const most = Math.max(...free.map((f) => f.free));
+    return {
+      decision: {
+        kind: 'none',
+        reason: reason(ReasonCode.GpuCapacityBusy, `placement: ${ask.gpus} MIG ${profile} instance(s) of ${ask.gpuType}: at most ${most} free on one node (${free.map((f) => `${f.name} ${f.free}/${f.allocatable}`).join(', ')})`, most, ask.gpus, `cluster/${cluster}`),
+      },
+      note: null,
+      stateNotes: [],
+    };
+  }
+  return {
+    decision: { kind: 'nodes', nodes: [best.name], explanation: `node ${best.name}: ${ask.gpus} of its ${best.free} free MIG ${profile} instances (of ${best.allocatable}); best fit over ${fit.length} node(s) with room` },
+    note: null,
+    stateNotes: [],
+  };
 }

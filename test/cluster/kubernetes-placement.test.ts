@@ -22,6 +22,8 @@ interface NodeShape {
   replicas?: number;
   unschedulable?: boolean;
   ready?: 'True' | 'False' | 'Unknown' | null;
+  /** MIG instances advertised, by profile (allocatable `nvidia.com/mig-<profile>`). */
+  mig?: Record<string, number>;
 }
 
 export function gpuNode(name: string, s: NodeShape = {}): V1Node {
@@ -38,14 +40,20 @@ export function gpuNode(name: string, s: NodeShape = {}): V1Node {
     metadata: { name, labels },
     spec: s.unschedulable ? { unschedulable: true } : {},
     status: {
-      allocatable: { cpu: '95500m', memory: '1056Gi', 'nvidia.com/gpu': String((s.gpus ?? 8) * (s.replicas ?? 1)), pods: '110' },
+      allocatable: {
+        cpu: '95500m',
+        memory: '1056Gi',
+        'nvidia.com/gpu': String((s.gpus ?? 8) * (s.replicas ?? 1)),
+        pods: '110',
+        ...Object.fromEntries(Object.entries(s.mig ?? {}).map(([p, n]) => [`nvidia.com/mig-${p}`, String(n)])),
+      },
       conditions: s.ready === null ? [] : [{ type: 'Ready', status: s.ready ?? 'True', reason: s.ready === 'False' ? 'KubeletNotReady' : s.ready === 'Unknown' ? 'NodeStatusUnknown' : 'KubeletReady' }],
     },
   };
 }
 
 /** A govloop Job as the backend stores it, in a phase. */
-function storedJob(taskId: string, gpus: number, placement: Placement, phase: 'Suspended' | 'Running' | 'Succeeded' | 'Preempted', sharing: 'exclusive' | 'mps' = 'exclusive', gpuMilli?: number): V1Job {
+function storedJob(taskId: string, gpus: number, placement: Placement, phase: 'Suspended' | 'Running' | 'Succeeded' | 'Preempted', sharing: 'exclusive' | 'mps' | `mig:${string}` = 'exclusive', gpuMilli?: number): V1Job {
   const spec = { ...aJob(taskId).gpus(gpus, sharing).build(), ...(gpuMilli !== undefined ? { gpuMilli } : {}) };
   const job = jobManifest(spec, placement, { namespace: 'govloop', cluster: 'c' });
   job.metadata!.uid = `uid-${taskId}`;
@@ -187,12 +195,12 @@ describe('what is held', () => {
       gpuPod('ml', 'cpu', 'n0', { cpu: '4' }),
     ];
     const held = heldByPods(pods, new Set(['govloop/gl-x']), nodes);
-    expect(held.map((h) => [h.owner, h.node, h.kind === 'whole' ? h.gpus : h.kind === 'share' ? `${h.milli}/${h.sharing}` : h.units])).toEqual([
+    expect(held.map((h) => [h.owner, h.node, h.kind === 'whole' ? h.gpus : h.kind === 'share' ? `${h.milli}/${h.sharing}` : `${h.count}×${h.profile}=${h.units}`])).toEqual([
       ['Pod ml/notebook', 'n0', 2],
       ['Pod govloop/gl-any-0', 'n0', 4],
       ['Pod ml/slice', 'shared', '250/timeslice'],
       ['Pod ml/slice', 'shared', '250/timeslice'],
-      ['Pod ml/mig', 'n0', 2 * (3 / 7)],
+      ['Pod ml/mig', 'n0', `2×3g.40gb=${2 * (3 / 7)}`],
     ]);
     // In use, as the simulated cluster counts: n0's 6 whole GPUs (MIG is not nvidia.com/gpu), and
     // the one GPU of `shared` both quarter shares are packed onto.
@@ -276,10 +284,45 @@ describe('decidePlacement', () => {
     expect(decidePlacement(reading, held, ask(8, { topology: { level: 'rack', mode: 'required' } }), 'gpu-east').decision).toMatchObject({ kind: 'nodes' });
   });
 
-  it('leaves MIG, shares without gpuMilli, CPU-only jobs and unlabelled clusters to the kube-scheduler, saying why', () => {
-    expect(decidePlacement(reading, [], { gpus: 1, gpuType: 'A100', sharing: 'mig:3g.40gb' }, 'c')).toMatchObject({ decision: { kind: 'any' }, note: expect.stringMatching(/MIG slices/) });
+  it('leaves MIG no node advertises, shares without gpuMilli, CPU-only jobs and unlabelled clusters to the kube-scheduler, saying why', () => {
+    expect(decidePlacement(reading, [], { gpus: 1, gpuType: 'A100', sharing: 'mig:3g.40gb' }, 'c')).toMatchObject({ decision: { kind: 'any' }, note: expect.stringMatching(/no schedulable A100 Node advertises nvidia.com\/mig-3g.40gb/) });
     expect(decidePlacement(reading, [], { gpus: 1, gpuType: 'A100', sharing: 'mps' }, 'c')).toMatchObject({ decision: { kind: 'any' }, note: expect.stringMatching(/without gpuMilli/) });
     expect(decidePlacement(reading, [], { gpus: 0, gpuType: '', sharing: 'exclusive' }, 'c')).toMatchObject({ decision: { kind: 'any' }, note: null });
     expect(decidePlacement(readTopology([gpuNode('x', { type: null })], 'c'), [], ask(8), 'c')).toMatchObject({ decision: { kind: 'any' }, note: expect.stringMatching(/no schedulable Node carries the label govloop.io\/gpu-type/) });
+  });
+});
+
+describe('decidePlacement: MIG instances the GPU operator partitioned ahead of time', () => {
+  // m0: an A100 cut into 2 × 3g.40gb + 1 × 1g.10gb; m1: 4 × 3g.40gb; w: whole GPUs, no MIG.
+  const reading = readTopology(
+    [gpuNode('m0', { type: 'A100', gpus: 0, mig: { '3g.40gb': 2, '1g.10gb': 1 } }), gpuNode('m1', { type: 'A100', gpus: 0, mig: { '3g.40gb': 4 } }), gpuNode('w', { type: 'A100', gpus: 8 })],
+    'c',
+  );
+  const mig = (gpus: number, profile = '3g.40gb') => ({ gpus, gpuType: 'A100', sharing: `mig:${profile}` as const });
+  const notebook = heldByPods([{ metadata: { name: 'nb', namespace: 'ml' }, spec: { nodeName: 'm1', containers: [{ name: 'c', resources: { limits: { 'nvidia.com/mig-3g.40gb': '1' } } }] }, status: { phase: 'Running' } }], new Set(), reading.nodes);
+
+  it('reads the instances each node advertises, by profile', () => {
+    expect(reading.nodes.map((n) => [n.name, n.mig])).toEqual([
+      ['m0', { '3g.40gb': 2, '1g.10gb': 1 }],
+      ['m1', { '3g.40gb': 4 }],
+      ['w', {}],
+    ]);
+  });
+
+  it('pins to the node where fewest instances of the profile stay free; counts what pods and govloop Jobs hold', () => {
+    // m0 has 2 free, m1 has 3 (one held by a notebook): 2 go to m0, 3 to m1.
+    expect(decidePlacement(reading, notebook, mig(2), 'c').decision).toMatchObject({ kind: 'nodes', nodes: ['m0'], explanation: expect.stringMatching(/2 of its 2 free MIG 3g.40gb instances \(of 2\)/) });
+    expect(decidePlacement(reading, notebook, mig(3), 'c').decision).toMatchObject({ kind: 'nodes', nodes: ['m1'] });
+    // A govloop Job holding both of m0's: one more goes to m1.
+    const job = heldByJobs([storedJob('mig-job', 2, { kind: 'nodes', nodes: ['m0'] }, 'Running', 'mig:3g.40gb')]);
+    expect(job).toEqual([expect.objectContaining({ kind: 'mig', node: 'm0', profile: '3g.40gb', count: 2 })]);
+    expect(decidePlacement(reading, [...notebook, ...job], mig(1), 'c').decision).toMatchObject({ kind: 'nodes', nodes: ['m1'] });
+    expect(decidePlacement(reading, [...notebook, ...job], mig(1, '1g.10gb'), 'c').decision).toMatchObject({ kind: 'nodes', nodes: ['m0'] });
+  });
+
+  it('no node with enough free instances: the task waits, told the most one node has', () => {
+    const d = decidePlacement(reading, notebook, mig(4), 'gpu-east').decision;
+    expect(d).toMatchObject({ kind: 'none', reason: { code: 'GPU_CAPACITY_BUSY', limit: 3, requested: 4, policy: 'cluster/gpu-east' } });
+    expect(d.kind === 'none' && d.reason.message).toBe('placement: 4 MIG 3g.40gb instance(s) of A100: at most 3 free on one node (m0 2/2, m1 3/4)');
   });
 });

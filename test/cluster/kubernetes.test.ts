@@ -1008,6 +1008,28 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
     await a.release();
   });
 
+  it('MIG: pins a Job to the node that advertises enough free instances of its profile (best fit); none free: it waits', async () => {
+    const srv = new FakeApiServer({ namespaces: ['govloop'], token: 't' });
+    const url = await srv.start();
+    try {
+      const migNode = (name: string, instances: number) =>
+        srv.addNode({ metadata: { name, labels: { 'kubernetes.io/hostname': name, 'govloop.io/gpu-type': 'A100' } }, status: { allocatable: { cpu: '64', memory: '512Gi', 'nvidia.com/mig-3g.40gb': String(instances) }, conditions: [{ type: 'Ready', status: 'True' }] } });
+      migNode('mig-a', 2);
+      migNode('mig-b', 4);
+      const b = new KubernetesCluster(kubeConfigFor(url, 't'), { cluster: 'mig', namespace: 'govloop', placement: 'govloop', countOtherPods: false });
+      const migJob = (id: string, n: number) => ({ ...aJob(id).gpus(n, 'mig:3g.40gb').build(), gpuType: 'A100' });
+      expect(await b.create(migJob('mig-1', 2))).toMatchObject({ ok: true, nodes: ['mig-a'], explanation: expect.stringMatching(/MIG 3g.40gb/) });
+      const job = srv.jobs.get('govloop/gl-mig-1')! as unknown as V1Job;
+      expect(nodeTerms(job)[0]).toEqual({ key: 'kubernetes.io/hostname', operator: 'In', values: ['mig-a'] });
+      expect(job.spec!.template.spec!.containers[0]!.resources!.limits).toEqual({ 'nvidia.com/mig-3g.40gb': '2' });
+      // mig-a is full now: the next two go to mig-b; then 3 more fit nowhere.
+      expect(await b.create(migJob('mig-2', 2))).toMatchObject({ ok: true, nodes: ['mig-b'] });
+      expect(await b.create(migJob('mig-3', 3))).toMatchObject({ ok: false, reason: { code: 'GPU_CAPACITY_BUSY', message: expect.stringMatching(/at most 2 free on one node \(mig-a 0\/2, mig-b 2\/4\)/) } });
+    } finally {
+      await srv.stop();
+    }
+  });
+
   it('falls back to the kube-scheduler when no Node carries govloop.io/gpu-type, and says why once', async () => {
     const bare = new FakeApiServer({ namespaces: ['govloop'], token: 't' });
     const url = await bare.start();
