@@ -266,9 +266,14 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
       await backend.delete(input.job);
     },
 
-    /** Preemption, step 1: the checkpoint signal (a cluster that cannot checkpoint ignores it). */
-    async checkpointJob(input: { job: string }): Promise<void> {
+    /**
+     * Preemption, step 1: the checkpoint signal (a cluster that cannot checkpoint ignores it).
+     * Answers the least grace period this cluster needs, when it says (histories from before this
+     * answer record none, and the workflow then waits the policy's grace as it did).
+     */
+    async checkpointJob(input: { job: string }): Promise<{ graceMillis: number | null }> {
       await backend.checkpoint?.(input.job);
+      return { graceMillis: backend.checkpointGraceMillis ?? null };
     },
 
     /** Preemption, step 2 (after the grace period): suspend; answers the GPU-seconds the job has lost to preemptions so far. */

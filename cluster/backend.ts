@@ -80,6 +80,12 @@ export interface ClusterBackend {
   /** The preemption checkpoint signal: the job saves its progress now. Optional: not every cluster can. */
   checkpoint?(name: string): Promise<void>;
   /**
+   * The least grace period after `checkpoint` this cluster needs to deliver the signal and let a
+   * job save (Kubernetes: the kubelet refreshes the downward-API file within about a minute). The
+   * workflow waits the longer of this and policies.preemption.graceMillis. Absent: the policy's.
+   */
+  readonly checkpointGraceMillis?: number;
+  /**
    * GPUs per node of a type and the jobs on them, for victim selection. With `request`, a cluster
    * that can place in memory also answers `fits`. Optional.
    */

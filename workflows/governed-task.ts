@@ -492,8 +492,10 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
    * preemptor — and GovState Preempted. False when a cancel came during the grace period.
    */
   async function preempt(p: PreemptRequest, job: string, cluster: ReturnType<typeof clusterActivities>): Promise<boolean> {
-    await cluster.checkpointJob({ job });
-    if (await condition(() => cancelled !== null, timing.preemptGraceMillis ?? 30_000)) {
+    const checkpointed = await cluster.checkpointJob({ job });
+    // The policy's grace, or longer where the cluster needs longer to deliver the signal.
+    const grace = Math.max(timing.preemptGraceMillis ?? 30_000, checkpointed?.graceMillis ?? 0);
+    if (await condition(() => cancelled !== null, grace)) {
       preemptReq = null;
       return false;
     }

@@ -25,6 +25,7 @@ const WorkerOptions = z.strictObject({
   backend: z.enum(['simulated', 'kubernetes']).default((process.env.GOVLOOP_CLUSTER_BACKEND as 'simulated' | 'kubernetes' | undefined) ?? 'simulated'),
   k8sNamespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a Kubernetes namespace name').max(63).default(process.env.GOVLOOP_K8S_NAMESPACE ?? 'govloop'),
   k8sPlacement: z.enum(['govloop', 'scheduler']).default((process.env.GOVLOOP_K8S_PLACEMENT as 'govloop' | 'scheduler' | undefined) ?? 'govloop'),
+  k8sCheckpointGrace: z.coerce.number().int('whole seconds').min(0).max(3600).default(Number(process.env.GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS ?? 90)),
 });
 
 /** Resolves on the first SIGINT/SIGTERM. */
@@ -68,6 +69,7 @@ Ctrl-C stops everything.`);
     .option('--no-controllers', 'start no budget controllers and no rollup schedule (another worker pool owns them)')
     .option('--backend <kind>', 'cluster backend: simulated | kubernetes (KUBECONFIG, ~/.kube/config or in-cluster); default $GOVLOOP_CLUSTER_BACKEND or simulated')
     .option('--k8s-namespace <ns>', 'namespace of the Jobs (kubernetes backend); default $GOVLOOP_K8S_NAMESPACE or govloop')
+    .option('--k8s-checkpoint-grace <seconds>', 'least preemption grace on Kubernetes: the pods see the checkpoint request through the downward API within about a minute, then save; the longer of this and policies.preemption.graceMillis is waited; default $GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS or 90')
     .option('--k8s-placement <mode>', 'who picks the nodes (kubernetes backend): govloop (pins each Job to the nodes governance/placement.ts chooses from the Nodes\' govloop.io/* labels) | scheduler (the kube-scheduler); default $GOVLOOP_K8S_PLACEMENT or govloop')
     .action(async (raw) => {
       const o = parseOptions(WorkerOptions, raw);
@@ -92,6 +94,7 @@ Ctrl-C stops everything.`);
             cluster: config.cluster.name,
             namespace: o.k8sNamespace,
             placement: o.k8sPlacement,
+            checkpointGraceMillis: o.k8sCheckpointGrace * 1000,
             // Pods that may report their checkpoint on their Job (deploy/rbac.yaml govloop-trainer).
             ...(process.env.GOVLOOP_K8S_SERVICE_ACCOUNT ? { serviceAccountName: process.env.GOVLOOP_K8S_SERVICE_ACCOUNT } : {}),
             onPlacementNote: (note) => logger.warn({ placement: o.k8sPlacement }, note),

@@ -142,6 +142,13 @@ export interface KubernetesClusterOptions extends Omit<ManifestOptions, 'namespa
   /** Attempts of a read-modify-write that keeps meeting 409 Conflict. Default 5. */
   conflictRetries?: number;
   /**
+   * The least preemption grace period (ms) between the checkpoint signal and suspend: the kubelet
+   * refreshes the downward-API file the pods read the signal from within about a minute, and the
+   * trainer then has to save. Default 90 s; the workflow waits the longer of this and
+   * policies.preemption.graceMillis.
+   */
+  checkpointGraceMillis?: number;
+  /**
    * govloop placement holds the Lease `govloop-placement-<cluster>` in the namespace while it
    * places and creates a Job, so several worker processes on one cluster never book a GPU twice
    * (./lease.ts). Options, or false to rely on one worker per cluster.
@@ -213,6 +220,7 @@ export interface JobEvent {
 export class KubernetesCluster implements ClusterBackend {
   readonly cluster: string;
   readonly namespace: string;
+  readonly checkpointGraceMillis: number;
   private readonly jobs: JobsApi;
   private readonly core: CoreApi;
   private readonly kubeConfig: KubeConfig | null;
@@ -236,12 +244,13 @@ export class KubernetesCluster implements ClusterBackend {
     this.jobs = source instanceof KubeConfig ? source.makeApiClient(BatchV1Api) : source.jobs;
     this.core = source instanceof KubeConfig ? source.makeApiClient(CoreV1Api) : source.core;
     this.clock = opts.clock ?? (() => new Date());
+    this.checkpointGraceMillis = opts.checkpointGraceMillis ?? 90_000;
     const leases = source instanceof KubeConfig ? source.makeApiClient(CoordinationV1Api) : source.leases;
     this.lease = leases && opts.placementLease !== false ? new PlacementLease(leases, this.namespace, `govloop-placement-${this.cluster}`.slice(0, 253), opts.placementLease || {}) : null;
   }
 
   private manifestOptions(): ManifestOptions {
-    const { place: _p, clock: _c, fieldManager: _f, conflictRetries: _r, placement: _pl, nodeLabels: _n, countOtherPods: _o, onPlacementNote: _on, placementLease: _l, ...rest } = this.opts;
+    const { place: _p, clock: _c, fieldManager: _f, conflictRetries: _r, placement: _pl, nodeLabels: _n, countOtherPods: _o, onPlacementNote: _on, placementLease: _l, checkpointGraceMillis: _g, ...rest } = this.opts;
     return { ...rest, namespace: this.namespace, cluster: this.cluster };
   }
 

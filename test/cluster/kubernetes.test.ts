@@ -11,6 +11,8 @@ import { randomUUID } from 'node:crypto';
 import type { ClusterBackend, JobPhase, JobSpec } from '../../cluster/backend';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { ClusterFile } from '../../config/schema';
+import { loadConfig } from '../../config/load';
+import { createActivities } from '../../activities';
 import { type Ledger, backends } from '../ledger/backends';
 import { KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
 import { Annotation, type ManifestOptions, type Placement, gangServiceManifest, isGang, jobAccounting, jobManifest, jobPhase, labelValue, runSeconds, suspendAnnotations } from '../../cluster/kubernetes/manifests';
@@ -1115,5 +1117,19 @@ describe('the workflow cannot tell it from the simulated cluster: preemption wit
     await same({ phase: 'Running', placed: true, progressSeconds: 130, checkpointSeconds: 120, lostSeconds: 80, gpuSeconds: 840 });
     await both((b) => b.suspend(spec.name));
     await same({ phase: 'Suspended', placed: false, progressSeconds: 120, checkpointSeconds: 120, lostSeconds: 90, gpuSeconds: 840 });
+  });
+
+  it('checkpointJob answers the grace the cluster needs: 90 s on Kubernetes (or what the worker says), none on the simulated cluster', async () => {
+    const config = loadConfig();
+    const spec = aJob(`grace-${randomUUID().slice(0, 8)}`).gpus(1).build();
+    const answer = async (backend: ClusterBackend) => {
+      await backend.create(spec);
+      await backend.resume(spec.name);
+      return createActivities({ db: ledger.db, config, backend, dispatchQueue: 'govloop-cluster-parity' }).checkpointJob({ job: spec.name });
+    };
+    expect(await answer(k8s)).toEqual({ graceMillis: 90_000 });
+    expect(await answer(sim)).toEqual({ graceMillis: null });
+    const slow = new KubernetesCluster(kc, { cluster: 'parity', namespace: NS, clock: clock.fn, place: () => ({ kind: 'nodes', nodes: ['h100-03'] }), checkpointGraceMillis: 150_000 });
+    expect(await createActivities({ db: ledger.db, config, backend: slow, dispatchQueue: 'govloop-cluster-parity' }).checkpointJob({ job: spec.name })).toEqual({ graceMillis: 150_000 });
   });
 });
