@@ -13,6 +13,9 @@
  *     Otherwise wait a little and try again, up to `waitMillis`, then fail (the activity retries).
  *   - release: clear holderIdentity, again conditioned on the resourceVersion; a 409 or 404 means
  *     it is no longer ours to release (it expired and someone took it), which is fine.
+ * Expiry compares the holder's renewTime with this worker's clock, so the workers' clocks must
+ * agree to well within the lease duration (NTP does); client-go instead times the record's
+ * changes locally, which a placement this short does not need.
  */
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
