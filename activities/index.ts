@@ -97,7 +97,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
     }
   };
 
-  /** The GPU part of an intent, as the cluster places it. */
+  /** The GPU part of an intent (translate() copies it into the plan unchanged), as the cluster places it. */
   function gpuRequest(intent: Intent): GpuRequest {
     const r = intent.resources;
     return { gpus: r.gpus, gpuType: r.gpuType ?? '', sharing: r.sharing, ...(r.gpuMilli !== undefined ? { gpuMilli: r.gpuMilli } : {}), ...(r.topology ? { topology: r.topology } : {}) };
@@ -202,11 +202,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
       const created = await backend.create({
         name,
         taskId,
-        gpus: plan.gpu.count,
-        gpuType: plan.gpu.type ?? '',
-        sharing: plan.gpu.sharing,
-        ...(plan.gpu.milli !== undefined ? { gpuMilli: plan.gpu.milli } : {}),
-        ...(plan.gpu.topology ? { topology: plan.gpu.topology } : {}),
+        ...gpuRequest(intent),
         priorityClass: `govloop-${plan.priority.name}`,
         labels: { 'govloop.io/tenant': a.tenant, 'govloop.io/team': a.team, 'govloop.io/project': a.project, 'govloop.io/task': taskId },
         runtime: plan.runtime,

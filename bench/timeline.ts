@@ -268,9 +268,6 @@ const less = (a: [number, number, unknown, number], b: [number, number, unknown,
 
 type Assignments = Placement['assignments'];
 
-/** Assignments as a placement, to take them from a state with `commit` (reservations, CPU kept for GPUs). */
-const hold = heldPlacement;
-
 interface Sim {
   state: PlacementState;
   time: number;
@@ -400,7 +397,7 @@ function placeOn(sim: Sim, st: PlacementState, req: PlacementRequest): ReturnTyp
   if (!isCpuOnly(req) || sim.gpuWaiting === 0) return place(st, req);
   if (sim.guard?.of !== st) {
     const kept = keptForGpus(st);
-    sim.guard = { of: st, st: kept.length === 0 ? st : commit(st, hold(kept)) };
+    sim.guard = { of: st, st: kept.length === 0 ? st : commit(st, heldPlacement(kept)) };
   }
   return place(sim.guard.st, req);
 }
@@ -468,7 +465,7 @@ function viewOf(sim: Sim): { st: PlacementState; held: Set<Job> } {
     const held = new Set<Job>();
     for (const [job, r] of sim.reservations) {
       try {
-        st = commit(st, hold(r));
+        st = commit(st, heldPlacement(r));
         held.add(job);
       } catch {
         // its room was taken by a preemptor: not held
@@ -483,7 +480,7 @@ function viewOf(sim: Sim): { st: PlacementState; held: Set<Job> } {
 function roomFor(sim: Sim, job: Job): PlacementState {
   const view = viewOf(sim);
   const own = sim.reservations.get(job);
-  return own !== undefined && view.held.has(job) ? release(view.st, hold(own)) : view.st;
+  return own !== undefined && view.held.has(job) ? release(view.st, heldPlacement(own)) : view.st;
 }
 
 /**

@@ -91,6 +91,11 @@ export function translate(intent: Intent, caps: EffectiveCaps, template: Templat
 /** MIG compute slices of a whole 80 GB A100/H100 GPU: a `<c>g.<m>gb` instance is c of them. */
 const MIG_COMPUTE_SLICES = 7;
 
+/** The share of a whole GPU one MIG instance of `profile` (`3g.40gb`) is: its compute slices of 7. */
+export function migGpuFraction(profile: string): number {
+  return Math.min(1, Number(/^(\d+)g\./.exec(profile)?.[1] ?? MIG_COMPUTE_SLICES) / MIG_COMPUTE_SLICES);
+}
+
 /**
  * What a GPU request counts against quota, in GPUs: whole GPUs one each, a share by its fraction
  * (`gpuMilli` / 1000), a MIG instance by its compute slices of 7 (1g.10gb = 1/7). Three decimals.
@@ -99,7 +104,7 @@ export function quotaGpus(r: Pick<Resources, 'gpus' | 'sharing' | 'gpuMilli'>): 
   if (r.gpus <= 0) return 0;
   let each = 1;
   if (r.sharing === 'mps' || r.sharing === 'timeslice') each = (r.gpuMilli ?? 1000) / 1000;
-  else if (r.sharing.startsWith('mig:')) each = Math.min(1, Number(/^mig:(\d+)g\./.exec(r.sharing)?.[1] ?? MIG_COMPUTE_SLICES) / MIG_COMPUTE_SLICES);
+  else if (r.sharing.startsWith('mig:')) each = migGpuFraction(r.sharing.slice('mig:'.length));
   return Math.round(r.gpus * each * 1000) / 1000;
 }
 

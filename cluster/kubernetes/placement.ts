@@ -24,6 +24,7 @@
 import type { V1Job, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { GpuRequest } from '../backend';
 import { type Assignment, type PlacementRequest, type PlacementState, commit, emptyState, heldPlacement, place } from '../../governance/placement';
+import { migGpuFraction } from '../../governance/plan';
 import { ReasonCode, type Reason, reason } from '../../governance/reasons';
 import { type Topology, TopologyError, type TopologyIndex, type TopologyNodeInput, buildTopologyIndex, parseTopology } from '../../governance/topology';
 import { Annotation, LABEL_JOB_NAME, LABEL_MANAGED_BY, MANAGED_BY, type Placement, gpuMilliOf, jobPhase, nodesOf, taskIdOf } from './manifests';
@@ -237,11 +238,7 @@ export type HeldGpus = { owner: string; taskId: string | null; node: string } & 
 );
 
 const MIG_RESOURCE = 'nvidia.com/mig-';
-const MIG_COMPUTE_SLICES = 7;
-function migUnits(profile: string, count: number): number {
-  const c = Number(/^(\d+)g\./.exec(profile)?.[1] ?? MIG_COMPUTE_SLICES);
-  return count * Math.min(1, c / MIG_COMPUTE_SLICES);
-}
+const migUnits = (profile: string, count: number): number => count * migGpuFraction(profile);
 
 /** Does a govloop Job hold its nodes now: pinned, and Running or Suspended-but-placed (not preempted, finished or being deleted)? */
 export function holdsNodes(job: V1Job): boolean {

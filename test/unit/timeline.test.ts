@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type Assignment, type Placement, type PlacementRequest, type WorkloadProfile, commit, emptyState, heldPlacement, place } from '../../governance/placement';
+import { type Assignment, type PlacementRequest, type WorkloadProfile, commit, emptyState, heldPlacement, place } from '../../governance/placement';
 import { type TopologyIndex, buildTopologyIndex } from '../../governance/topology';
 import { type AlibabaNode, alibabaTopology } from '../../bench/alibaba';
 import { type SimulateSettings, type TimelinePod, keptForGpus, lostOnEviction, reservationFor, simulateTimeline } from '../../bench/timeline';
@@ -23,7 +23,6 @@ function pod(p: Partial<TimelinePod> & { arrival: number; lifetime: number }): T
 
 const NO_RESERVATIONS: SimulateSettings = { reservations: 0 };
 
-const placement = heldPlacement;
 
 describe('lostOnEviction', () => {
   it('loses everything run when the pod never checkpoints', () => {
@@ -164,13 +163,13 @@ describe('reservations', () => {
   it('reserve the least-used GPU for a share that fits nowhere, so it drains', () => {
     const index = cluster([{ gpus: 2, cpuMilli: 64_000, memoryMib: 262_144 }]);
     const share = (gpu: number, milli: number): Assignment => ({ kind: 'milli', node: 'node-00', gpus: [gpu], milli, sharing: 'mps', cpuMilli: 1000, memoryMib: 1024 });
-    const st = commit(emptyState(index, { workload: WORKLOAD }), placement([share(0, 600), share(1, 300)]));
+    const st = commit(emptyState(index, { workload: WORKLOAD }), heldPlacement([share(0, 600), share(1, 300)]));
     const big: PlacementRequest = { gpuMilli: 800, cpuMilli: 2000, memoryMib: 2048 };
     expect(place(st, big).placed).toBe(false);
     const r = reservationFor(st, big)!;
     expect(r).toEqual([{ kind: 'milli', node: 'node-00', gpus: [1], milli: 700, sharing: 'mps', cpuMilli: 2000, memoryMib: 2048 }]);
     // With the reservation held, a small share goes to the other GPU only.
-    const small = place(commit(st, placement(r)), { gpuMilli: 300, cpuMilli: 1000, memoryMib: 1024 });
+    const small = place(commit(st, heldPlacement(r)), { gpuMilli: 300, cpuMilli: 1000, memoryMib: 1024 });
     expect(small.placed && small.assignments[0]!.gpus).toEqual([0]);
   });
 
@@ -180,7 +179,7 @@ describe('reservations', () => {
     const whole = (node: string, gpus: number[]): Assignment => ({ kind: 'whole', node, gpus, cpuMilli: 0, memoryMib: 0 });
     const st = commit(
       emptyState(index, { workload: WORKLOAD }),
-      placement([
+      heldPlacement([
         whole('node-00', [0, 1, 2, 3, 4, 5, 6, 7]),
         whole('node-01', [0, 1]),
         { kind: 'milli', node: 'node-01', gpus: [2], milli: 500, sharing: 'mps', cpuMilli: 0, memoryMib: 0 },
