@@ -100,7 +100,6 @@ export class PlacementLease {
 
   async acquire(): Promise<void> {
     const deadline = Date.now() + this.waitMillis;
-    let last: string | null = null;
     for (let attempt = 0; ; attempt++) {
       const lease = await this.read();
       if (lease === null) {
@@ -130,10 +129,9 @@ export class PlacementLease {
           continue; // someone else wrote it in between: read again
         }
       }
-      last = holder;
       if (Date.now() >= deadline) {
         throw new Error(
-          `kubernetes: placement lease ${this.namespace}/${this.name} is held by ${last} (renewed ${String(lease.spec?.renewTime ?? '?')}, for ${lease.spec?.leaseDurationSeconds ?? '?'} s); waited ${this.waitMillis} ms. Another worker is placing on this cluster; if it died, the lease expires on its own`,
+          `kubernetes: placement lease ${this.namespace}/${this.name} is held by ${holder} (renewed ${String(lease.spec?.renewTime ?? '?')}, for ${lease.spec?.leaseDurationSeconds ?? '?'} s); waited ${this.waitMillis} ms. Another worker is placing on this cluster; if it died, the lease expires on its own`,
         );
       }
       await new Promise((r) => setTimeout(r, Math.min(500, 25 * 2 ** Math.min(attempt, 4)) * (0.5 + Math.random())));
