@@ -3,7 +3,7 @@ import type { Queryable } from '../ledger/db';
 import type { LadderConfig } from '../governance/ladder';
 import { crossedBudgets, listBudgets } from '../ledger/ladder';
 import { type BudgetKey, TASK_QUEUE_CONTROL, budgetControllerId, budgetNudgeSignal } from '../workflows/messages';
-import { budgetController, meteringRollup } from '../workflows';
+import { auditCheckpoint, budgetController, meteringRollup } from '../workflows';
 
 export const METERING_ROLLUP_SCHEDULE = 'govloop-metering-rollup';
 
@@ -28,6 +28,38 @@ export async function ensureRollupSchedule(
       action,
       policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
       memo: { what: 'hourly and daily usage rollups (govloop usage / report read them)' },
+    });
+    return { scheduleId, created: true };
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+    await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
+    return { scheduleId, created: false };
+  }
+}
+
+export const AUDIT_CHECKPOINT_SCHEDULE = 'govloop-audit-checkpoint';
+
+/**
+ * Creates the auditCheckpoint Temporal Schedule (signed checkpoints of the audit chain outside
+ * the database, decision 0019), or brings an existing one to the given interval and task queue;
+ * like ensureRollupSchedule, every worker start calls it. Overlaps are skipped and missed runs
+ * caught up once: one checkpoint covers every row since the last.
+ */
+export async function ensureAuditCheckpointSchedule(
+  client: Client,
+  opts: { everySeconds: number; taskQueue?: string; scheduleId?: string },
+): Promise<{ scheduleId: string; created: boolean }> {
+  const scheduleId = opts.scheduleId ?? AUDIT_CHECKPOINT_SCHEDULE;
+  const taskQueue = opts.taskQueue ?? TASK_QUEUE_CONTROL;
+  const spec = { intervals: [{ every: opts.everySeconds * 1000 }] };
+  const action = { type: 'startWorkflow' as const, workflowType: auditCheckpoint, workflowId: `${scheduleId}-run`, taskQueue, args: [] as [] };
+  try {
+    await client.schedule.create({
+      scheduleId,
+      spec,
+      action,
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
+      memo: { what: 'signed checkpoints of the audit chain (govloop audit verify compares with them)' },
     });
     return { scheduleId, created: true };
   } catch (err) {

@@ -7,7 +7,8 @@ import { Db } from '../ledger/db';
 import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
 import { createWorkers } from '../workers/worker';
-import { ensureBudgetControllers, ensureRollupSchedule } from './schedules';
+import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureRollupSchedule } from './schedules';
+import { auditPaths } from '../ledger/audit-checkpoints';
 import { type DevServer, startDevServer } from './dev-server';
 import { clearDevState, writeDevState } from './environment';
 
@@ -73,8 +74,11 @@ export async function startStack(opts: {
     stops.push(() => clientConnection.close());
     const client = new Client({ connection: clientConnection, namespace: server.namespace });
     opts.onProgress?.('bundling workflows and starting workers ...');
+    // Audit checkpoints and the signing key default to this stack's data dir (policies.audit nulls).
+    opts.config.policies.audit = { ...opts.config.policies.audit, ...auditPaths(opts.config.policies.audit, opts.dataDir) };
     const workers = await createWorkers({ connection, namespace: server.namespace, db, config: opts.config, backend });
     await ensureRollupSchedule(client, { everySeconds: opts.config.policies.metering.rollupEverySeconds });
+    await ensureAuditCheckpointSchedule(client, { everySeconds: opts.config.policies.audit.checkpointEverySeconds });
     await ensureBudgetControllers(client, db);
     const running = Promise.all(workers.map((w) => w.run())).then(() => undefined);
     stops.push(async () => {

@@ -4,7 +4,8 @@ import { loadConfig } from '../../config/load';
 import { connectTemporal, dataDir, openLedger, readDevState } from '../../runtime/environment';
 import { installLogging } from '../../runtime/logging';
 import { startStack } from '../../runtime/stack';
-import { ensureBudgetControllers, ensureRollupSchedule } from '../../runtime/schedules';
+import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureRollupSchedule } from '../../runtime/schedules';
+import { auditPaths } from '../../ledger/audit-checkpoints';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { ClusterBackend } from '../../cluster/backend';
 import { KubernetesCluster } from '../../cluster/kubernetes/backend';
@@ -76,6 +77,7 @@ Ctrl-C stops everything.`);
       const logger = installLogging();
       const config = loadConfig();
       if (o.cluster) config.cluster = { ...config.cluster, name: o.cluster };
+      config.policies.audit = { ...config.policies.audit, ...auditPaths(config.policies.audit, dataDir(program.opts().dataDir)) };
       const dev = process.env.TEMPORAL_ADDRESS ? undefined : readDevState(dataDir(program.opts().dataDir));
       const cfg = loadClientConnectConfig();
       const address = dev?.temporalAddress ?? cfg.connectionOptions.address ?? 'localhost:7233';
@@ -121,6 +123,7 @@ Ctrl-C stops everything.`);
           const temporal = await connectTemporal(program.opts().dataDir);
           try {
             await ensureRollupSchedule(temporal.client, { everySeconds: config.policies.metering.rollupEverySeconds, taskQueue: o.taskQueue });
+            await ensureAuditCheckpointSchedule(temporal.client, { everySeconds: config.policies.audit.checkpointEverySeconds, taskQueue: o.taskQueue });
             await ensureBudgetControllers(temporal.client, ledger.db, o.taskQueue);
           } finally {
             await temporal.connection.close();

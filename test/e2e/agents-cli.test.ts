@@ -129,6 +129,8 @@ describe('agent commands of the CLI, as a separate process', () => {
       const c = new pg.Client({ connectionString: database.url });
       await c.connect();
       const { rows } = await c.query<{ id: number }>('SELECT id FROM audit_log ORDER BY id');
+      // audit_log refuses UPDATE (0010_audit_guard): the tamperer owns the table and switches its triggers off first.
+      await c.query('ALTER TABLE audit_log DISABLE TRIGGER USER');
       await c.query(`UPDATE audit_log SET detail = jsonb_set(detail, '{role}', '"payments-lead"') WHERE id = $1`, [rows[2]!.id]);
       await c.end();
       const broken = await govloop(['audit', 'verify'], local);

@@ -36,12 +36,15 @@ describe.each(backends)('audit chain on $name', (backend) => {
   /**
    * Tampers with the log inside a transaction that is rolled back, and returns what verifyAudit
    * says from inside it: the shared database is never left broken for the other test files.
+   * audit_log refuses UPDATE and DELETE (0010_audit_guard): the tamperer is a superuser who
+   * switches triggers off for its own transaction, as someone with database access could.
    */
   async function verifyTampered(tamper: (c: pg.PoolClient) => Promise<unknown>): Promise<{ before: AuditVerdict; during: AuditVerdict }> {
     const c = await ledger.db.pool.connect();
     try {
       await c.query('BEGIN');
       const before = await verifyAudit(c);
+      await c.query('SET LOCAL session_replication_role = replica');
       await tamper(c);
       const during = await verifyAudit(c);
       return { before, during };
