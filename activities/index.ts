@@ -6,10 +6,12 @@ import type { Intent } from '../governance/intent';
 import type { BudgetKey } from '../workflows/messages';
 import { type Plan, quotaGpus, quotaGpusOf } from '../governance/plan';
 import { costMicros, priceVersionAt, usdToMicros } from '../governance/pricing';
-import type { Reason } from '../governance/reasons';
+import type { Reason, ReasonCode } from '../governance/reasons';
 import { type StepTotals, type StepUsage, evaluateStep } from '../governance/step-gate';
 import { type ClusterBackend, type ClusterCapacity, type CreateResult, type GpuRequest, jobName } from '../cluster/backend';
-import { type DecideResult, decideApproval, escalateApproval, requestApproval } from '../ledger/approvals';
+import { type DecideResult, approvalMatches, decideApproval, escalateApproval, getApproval, requestApproval, sameIdentity } from '../ledger/approvals';
+import { type SigningKey, loadOrCreateSigningKey } from '../identity/signing';
+import { type ApprovalClaims, argsDigest as digestArgs, signApprovalToken } from '../identity/approval-token';
 import { appendAudit, canonicalJson } from '../ledger/audit';
 import { budgetHeadroom, release, reserve, type ReserveResult } from '../ledger/budgets';
 import type { Db, Queryable } from '../ledger/db';
@@ -24,10 +26,20 @@ import { approverRoles } from '../governance/tools';
 import { callTool } from '../tools/executor';
 import { type QuotaDecision, type Victim, admitQuota } from '../governance/quota';
 import { closePreemption, openPreemption, quotaLockKey, quotaState } from '../ledger/quota';
+import { createAuditActivities } from './audit';
+import { type Authenticator, type Caller, createAuthenticator } from '../identity/authenticate';
+import { IdentityError } from '../identity/errors';
+import { type Principal, actorName } from '../governance/authz';
+import { auditRefusal, checkAccess } from '../ledger/authz';
+import { taskOwnership } from '../ledger/tasks';
 
 export interface ActivityDeps {
   db: Db;
   config: GovConfig;
+  /** Derives principals from credentials (default: from config.auth). */
+  auth?: Authenticator;
+  /** Signs approval tokens (absent: approved steps carry none, and tool executors that require one refuse). */
+  signingKey?: SigningKey;
   backend: ClusterBackend;
   /** The task queue the cluster's dispatch activities are served on. */
   dispatchQueue: string;
@@ -47,11 +59,11 @@ export interface Timing {
 
 /** The gate's answer, as the workflow sees it. */
 export type GateOutcome =
-  | { answer: 'allow' | 'degrade'; totals: StepTotals; model: string; costMicros: number; sideEffect: boolean; argsDigest: string | null }
+  | { answer: 'allow' | 'degrade'; totals: StepTotals; model: string; costMicros: number; sideEffect: boolean; argsDigest: string | null; approvalToken?: string }
   | { answer: 'deny'; reason: Reason }
   | { answer: 'await-approval'; approvalId: string; argsDigest: string; requestedAt: number; escalateAfterMs: number; expiresAt: number; tiers: number };
 
-const digest = (v: unknown) => `sha256:${createHash('sha256').update(canonicalJson(v)).digest('hex')}`;
+const digest = digestArgs;
 
 async function upsertCompensation(q: Queryable, r: { taskId: string; seq: number; tool: string; compensation: string; args: unknown; state: 'done' | 'failed'; attempts: number; error: string | null }): Promise<void> {
   await q.query(
@@ -85,7 +97,8 @@ export interface Observation {
  * Side effects of the governance loop, thin over governance/ (decisions), ledger/ and cluster/.
  * Every write is idempotent by task id plus a step or sequence number (design principle 2).
  */
-export function createActivities({ db, config, backend, dispatchQueue, clock = () => new Date() }: ActivityDeps) {
+export function createActivities(deps: ActivityDeps) {
+  const { db, config, backend, dispatchQueue, clock = () => new Date(), auth = createAuthenticator(deps.config.auth) } = deps;
   const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation, preemptGraceMillis: config.policies.preemption.graceMillis };
 
   /** Usage or a reservation may have pushed a budget past a threshold: its controller looks now (best effort). */
@@ -123,12 +136,93 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
     return admitQuota(state, { taskId, tenant: a.tenant, team: a.team, gpus, priority: config.policies.priorities[intent.priority] ?? 0, queuedAt: (created.rows[0]?.created_at ?? clock()).toISOString() });
   }
 
+  /** The principal of a call, or why there is none (the identity error's code). */
+  async function whoIs(q: Queryable, caller: Caller): Promise<{ ok: true; principal: Principal } | { ok: false; code: string; message: string }> {
+    try {
+      return { ok: true, principal: await auth.authenticate(q, caller) };
+    } catch (err) {
+      if (err instanceof IdentityError) return { ok: false, code: err.code, message: err.message };
+      throw err;
+    }
+  }
+
+  /**
+   * Refuses (audited) a step reported by anyone but the task's requester or an operator of its
+   * tenant; null when the caller may report it.
+   */
+  async function stepCallerRefused(taskId: string, tenant: string, requester: string | null, caller: Caller): Promise<Reason | null> {
+    const who = await whoIs(db, caller);
+    const reason = (code: string, message: string): Reason => ({ code: code as ReasonCode, message, limit: null, requested: null, policy: 'auth' });
+    if (!who.ok) {
+      await auditRefusal(db, null, 'step', who, { tenant }, taskId);
+      return reason(who.code, who.message);
+    }
+    const own = requester !== null && sameIdentity(actorName(who.principal), requester);
+    const d = await db.tx((c) => checkAccess(c, who.principal, own ? 'task.own' : 'operate', tenant, { taskId }));
+    return d.allowed ? null : reason(d.code, d.message);
+  }
+
+  // The worker's key (policies.audit.signingKeyFile, resolved against the data dir at start).
+  const keyFile = config.policies.audit?.signingKeyFile;
+  const signingKey = deps.signingKey ?? (keyFile ? loadOrCreateSigningKey(keyFile) : undefined);
+  /** A signed approval token: what the tool executor checks before the high-risk call runs. */
+  function signApproval(claims: Omit<ApprovalClaims, 'v' | 'keyId'>): string | null {
+    return signingKey ? signApprovalToken(signingKey, claims) : null;
+  }
+
+  async function approvalMismatch(approvalId: string, taskId: string, message: string): Promise<Reason> {
+    const r: Reason = { code: 'APPROVAL_MISMATCH', message, limit: null, requested: approvalId, policy: 'tools#approvals' };
+    await appendAudit(db, { actor: 'govloop', taskId, action: 'approval.refused', decision: r.code, detail: { approvalId, message } });
+    return r;
+  }
+
   return {
-    /** Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log. */
-    async admitTask(input: { taskId: string; intent: Intent; requester: string; attempt: number }): Promise<{ result: AdmissionResult; timing: Timing; preempt?: Victim[] }> {
+    ...createAuditActivities({ db, config }),
+    /**
+     * Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log.
+     * First: who submits (from the credential), may they submit in the intent's tenant, and is the
+     * task id this run's own. A refusal there is audited and writes nothing else: the workflow
+     * ends without touching the ledger again (`refused`).
+     */
+    async admitTask(input: { taskId: string; intent: Intent; requester: string; attempt: number; credential?: string }): Promise<{ result: AdmissionResult; timing: Timing; preempt?: Victim[]; requester?: string; refused?: { code: string; message: string } }> {
       const { taskId, intent } = input;
       const now = clock();
-      await upsertTask(db, { taskId, intent, requester: input.requester, state: 'Admitting' });
+      const runId = Context.current().info.workflowExecution?.runId ?? '';
+      const tenant = intent.attribution.tenant;
+      const refuse = (code: string, message: string) => ({
+        result: { decision: 'rejected' as const, reasons: [{ code: code as ReasonCode, message, limit: null, requested: null, policy: 'auth' }] },
+        timing,
+        refused: { code, message },
+      });
+      // A run admitted before (queued again, or readmitted after a preemption) keeps the requester
+      // it was admitted with: its credential may have expired in the meantime, rightly.
+      const known = await db.tx((c) => taskOwnership(c, taskId, runId));
+      let requester: string;
+      if (known.owner === 'mine' && known.requester !== null) {
+        requester = known.requester;
+      } else {
+        const caller: Caller = input.credential ? { credential: input.credential } : { as: input.requester };
+        const who = await whoIs(db, caller);
+        if (!who.ok) {
+          await auditRefusal(db, null, 'submit', who, { tenant, taskId, claimed: input.credential ? null : input.requester }, taskId);
+          return refuse(who.code, who.message);
+        }
+        const principal = who.principal;
+        requester = actorName(principal);
+        const gate = await db.tx(async (c) => {
+          const owned = await taskOwnership(c, taskId, runId);
+          if (owned.owner === 'reused') {
+            const d = { code: 'TASK_ID_REUSED', message: `task id ${taskId} belongs to another run (${owned.runId ?? 'closed'}); submit under a new id` };
+            await auditRefusal(c, principal, 'submit', d, { tenant, taskId, runId }, taskId);
+            return d;
+          }
+          const d = await checkAccess(c, principal, 'submit', tenant, { taskId });
+          if (!d.allowed) return d;
+          await upsertTask(c, { taskId, intent, requester, state: 'Admitting', runId });
+          return null;
+        });
+        if (gate) return refuse(gate.code, gate.message);
+      }
       const budgets = await budgetHeadroom(db, intent.attribution, now);
       const gpuType = intent.resources.gpuType;
       const teamGpus = gpuType ? await teamGpusInUse(db, intent.attribution.tenant, intent.attribution.team, gpuType, taskId) : 0;
@@ -152,7 +246,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
           action: 'admission',
           decision: result.decision,
           detail: {
-            requester: input.requester,
+            requester,
             reasons: result.reasons,
             worstCaseUsd: result.decision !== 'rejected' ? result.plan.worstCaseMicros / 1e6 : null,
             ...(quota?.decision === 'admitted' ? { quota: quota.mode, borrowed: quota.borrowed } : {}),
@@ -162,7 +256,7 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         });
       });
       log.info('admission', { taskId, decision: result.decision, reasons: result.reasons.map((r) => r.code), ...(preempt ? { preempt: preempt.map((v) => v.taskId) } : {}) });
-      return { result, timing, ...(preempt ? { preempt } : {}) };
+      return { result, timing, requester, ...(preempt ? { preempt } : {}) };
     },
 
     /** Reserves the plan's worst case against every covering budget, atomically; re-checks GPU quota. */
@@ -307,9 +401,16 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
      * human opens an approval request instead and commits nothing until `approved` names it.
      * Idempotent by (task, seq): a retried activity answers the same and charges once.
      */
-    async gateStep(input: { taskId: string; seq: number; intent: Intent; plan: Plan; totals: StepTotals; step: StepUsage; requester?: string; approved?: string }): Promise<GateOutcome> {
+    async gateStep(input: { taskId: string; seq: number; intent: Intent; plan: Plan; totals: StepTotals; step: StepUsage; requester?: string; approved?: string; caller?: Caller }): Promise<GateOutcome> {
       const { taskId, seq, intent, plan, totals, step } = input;
       const now = clock();
+      const runId = Context.current().info.workflowExecution?.runId ?? '';
+      // Who reports the step: the task's requester, or an operator of its tenant. An approved step
+      // coming back is the workflow's own call, made for the step the requester reported.
+      if (!input.approved) {
+        const refused = await stepCallerRefused(taskId, intent.attribution.tenant, input.requester ?? null, input.caller ?? {});
+        if (refused) return { answer: 'deny', reason: refused };
+      }
       const version = priceVersionAt(config.priceBook, now.toISOString());
       const price = (model: string) =>
         costMicros(version, { meter: 'tokens_in', quantity: step.tokensIn, subject: model }) + costMicros(version, { meter: 'tokens_out', quantity: step.tokensOut, subject: model });
@@ -346,6 +447,8 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
           const r = await requestApproval(c, {
             approvalId,
             taskId,
+            runId,
+            seq,
             tenant: intent.attribution.tenant,
             tool: step.tool!,
             argsDigest: argsDigest!,
@@ -355,9 +458,12 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
             escalateAt: new Date(now.getTime() + entry.escalateAfterSeconds * 1000),
             expiresAt: new Date(now.getTime() + entry.approvalTtlSeconds * 1000),
           });
+          // Only the request this step opened can be adopted: same run, step, tool and arguments.
+          if (!approvalMatches(r, { runId, seq, tool: step.tool!, argsDigest: argsDigest! })) return null;
           await auditStep(c, 'await-approval', { approvalId, approverRoles: approverRoles(entry, 0) });
           return r;
         });
+        if (row === null) return { answer: 'deny', reason: await approvalMismatch(approvalId, taskId, 'an approval request with this id exists for another run, step or arguments') };
         return {
           answer: 'await-approval',
           approvalId,
@@ -368,6 +474,15 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
           tiers: entry.approvers.length,
         };
       }
+      let approvalToken: string | null = null;
+      if (input.approved) {
+        // The approval must be the one asked for this very call: same run, step, tool and arguments.
+        const a = await getApproval(db, input.approved);
+        if (!a || a.state !== 'approved' || !approvalMatches(a, { runId, seq, tool: step.tool ?? '', argsDigest: argsDigest ?? '' })) {
+          return { answer: 'deny', reason: await approvalMismatch(input.approved, taskId, a ? `approval ${a.approvalId} (${a.state}) was given for another run, step or arguments` : `no approval ${input.approved}`) };
+        }
+        approvalToken = signApproval({ approvalId: a.approvalId, taskId, runId, seq, tool: a.tool, argsDigest: a.argsDigest, approvedBy: a.decidedBy ?? '', expiresAt: new Date(now.getTime() + config.auth.approvalTokenTtlSeconds * 1000).toISOString() });
+      }
       const attribution = { ...intent.attribution, model: decision.model };
       await db.tx(async (c) => {
         await recordUsageIn(c, config.priceBook, [
@@ -376,14 +491,26 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         ]);
         await auditStep(c, decision.answer, { model: decision.model, costUsd: decision.costMicros / 1e6, ...(input.approved ? { approvalId: input.approved } : {}) });
       });
-      return { answer: decision.answer, totals: decision.totals, model: decision.model, costMicros: decision.costMicros, sideEffect: decision.sideEffect, argsDigest };
+      return { answer: decision.answer, totals: decision.totals, model: decision.model, costMicros: decision.costMicros, sideEffect: decision.sideEffect, argsDigest, ...(approvalToken ? { approvalToken } : {}) };
     },
 
     /** An approver's (or the TTL's) decision on a tool call, recorded exactly once in the ledger. */
-    async decideApproval(input: { approvalId: string; tool: string; decision: 'approve' | 'reject' | 'expire'; by: string; reason: string; force?: boolean }): Promise<DecideResult> {
+    async decideApproval(input: { approvalId: string; tool: string; decision: 'approve' | 'reject' | 'expire'; by?: string; caller?: Caller; reason: string; force?: boolean }): Promise<DecideResult> {
       const entry = config.tools.tools[input.tool];
-      const r = await decideApproval(db, { ...input, tiers: entry ? entry.approvers.map((t) => t.roles) : [], now: clock() });
-      log.info('approval decision', { approvalId: input.approvalId, decision: input.decision, by: input.by, recorded: r.recorded, ...(r.recorded ? {} : { code: r.code }) });
+      // A person's decision names its decider by credential; only govloop's own expiry passes `by`.
+      let principal: Principal | undefined;
+      if (input.decision !== 'expire' || input.caller) {
+        const who = await whoIs(db, input.caller ?? (input.by !== undefined ? { as: input.by } : {}));
+        if (!who.ok) {
+          const row = await getApproval(db, input.approvalId);
+          await auditRefusal(db, null, input.decision, who, { approvalId: input.approvalId, claimed: input.caller?.as ?? input.by ?? null }, row?.taskId ?? null);
+          return { recorded: false, approvalId: input.approvalId, taskId: row?.taskId ?? null, state: row?.state ?? null, code: who.code, message: who.message };
+        }
+        principal = who.principal;
+      }
+      const { caller: _caller, ...rest } = input;
+      const r = await decideApproval(db, { ...rest, by: principal ? actorName(principal) : (input.by ?? 'govloop'), ...(principal ? { principal } : {}), tiers: entry ? entry.approvers.map((t) => t.roles) : [], now: clock() });
+      log.info('approval decision', { approvalId: input.approvalId, decision: input.decision, by: r.recorded ? r.by : (principal ? actorName(principal) : input.by), recorded: r.recorded, ...(r.recorded ? {} : { code: r.code }) });
       return r;
     },
 
@@ -429,6 +556,49 @@ export function createActivities({ db, config, backend, dispatchQueue, clock = (
         await appendAudit(c, { actor: 'govloop', taskId: input.taskId, action: 'compensation', decision: 'failed', detail: input, dedupeKey: `${input.taskId}:compensate:${input.seq}:failed` });
       });
       await notify(config, { event: 'task.needs-operator', taskId: input.taskId, tool: input.tool, step: input.seq, error: input.error, runbook: 'runbooks/needsoperator.md' });
+    },
+
+    /**
+     * May this cancel, finish, preempt or resolve act on the task? A person's call by its credential
+     * (the task's requester for its own cancel and finish, an operator of the tenant for the rest);
+     * govloop's own signals by the ledger row that ordered them (a budget controller's preemption,
+     * an open quota preemption naming the preemptor). Accepted and refused calls are both audited.
+     */
+    async authorizeTaskCall(input: {
+      taskId: string;
+      tenant: string;
+      requester: string | null;
+      action: 'cancel' | 'finish' | 'preempt' | 'resolve';
+      reason?: string;
+      caller?: Caller;
+      system?: { kind: 'budget-preempt' } | { kind: 'preemptor'; preemptor: string };
+    }): Promise<{ ok: true; by: string } | { ok: false; code: string; message: string }> {
+      const { taskId, tenant, action } = input;
+      if (input.system) {
+        const sys = input.system;
+        const found =
+          sys.kind === 'budget-preempt'
+            ? await db.query('SELECT 1 FROM ladder_events WHERE action = $1', [`preempt:${taskId}`])
+            : await db.query('SELECT 1 FROM preemptions WHERE victim_task_id = $1 AND preemptor_task_id = $2 AND suspended_at IS NULL', [taskId, sys.preemptor]);
+        const by = sys.kind === 'budget-preempt' ? 'budget-controller' : 'govloop';
+        if (found.rowCount) return { ok: true, by };
+        const d = { code: 'FORBIDDEN', message: sys.kind === 'budget-preempt' ? `no budget controller ordered ${taskId} stopped` : `no open preemption of ${taskId} for ${sys.preemptor}` };
+        await auditRefusal(db, { subject: by, verified: false }, action, d, { tenant, system: sys.kind }, taskId);
+        return { ok: false, ...d };
+      }
+      const who = await whoIs(db, input.caller ?? {});
+      if (!who.ok) {
+        await auditRefusal(db, null, action, who, { tenant, claimed: input.caller?.as ?? null }, taskId);
+        return { ok: false, code: who.code, message: who.message };
+      }
+      const by = actorName(who.principal);
+      const own = input.requester !== null && sameIdentity(by, input.requester) && (action === 'cancel' || action === 'finish');
+      return db.tx(async (c) => {
+        const d = await checkAccess(c, who.principal, own ? 'task.own' : 'operate', tenant, { taskId, detail: { attempted: action } });
+        if (!d.allowed) return { ok: false as const, code: d.code, message: d.message };
+        await appendAudit(c, { actor: by, taskId, action: `task.${action}`, decision: 'accepted', detail: { via: d.via, ...(input.reason ? { reason: input.reason } : {}) } });
+        return { ok: true as const, by };
+      });
     },
 
     /** An operator says the side effects a failed compensation left behind are dealt with. */

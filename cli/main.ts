@@ -1,5 +1,5 @@
 import { Command, CommanderError } from 'commander';
-import { GovloopInputError, GovloopNotFoundError, GovloopStateError } from '../sdk';
+import { GovloopAccessError, GovloopInputError, GovloopNotFoundError, GovloopStateError } from '../sdk';
 import { ConfigError } from '../config/load';
 import { CliExit, Exit } from './util';
 import * as agents from './commands/agents';
@@ -38,6 +38,11 @@ try {
     if (wantsJson()) console.log(JSON.stringify({ error: 'invalid input', errors: err.errors }, null, 2));
     console.error(err.message);
     process.exitCode = Exit.BadInput;
+  } else if (err instanceof GovloopAccessError) {
+    if (wantsJson()) console.log(JSON.stringify({ error: err.message, code: err.code }, null, 2));
+    console.error(`refused (${err.code})`);
+    console.error(err.message);
+    process.exitCode = Exit.Rejected;
   } else if (err instanceof GovloopNotFoundError || err instanceof GovloopStateError) {
     if (wantsJson()) console.log(JSON.stringify({ error: err.message }, null, 2));
     console.error(err.message);

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
@@ -8,6 +8,8 @@ import { fieldErrors } from '../governance/intent';
 import { TopologyError } from '../governance/topology';
 import {
   ClusterFile,
+  AuthFile,
+  type AuthConfig,
   PoliciesFile,
   PriceBookFile,
   SimulationFile,
@@ -31,6 +33,7 @@ export interface GovConfig {
   cluster: ClusterConfig;
   simulation: SimulationConfig;
   tools: ToolCatalog;
+  auth: AuthConfig;
 }
 
 export class ConfigError extends Error {
@@ -43,11 +46,11 @@ export class ConfigError extends Error {
   }
 }
 
-function loadFile<T>(dir: string, file: string, schema: z.ZodType<T>): T {
+function loadFile<T>(dir: string, file: string, schema: z.ZodType<T>, optional = false): T {
   const path = join(dir, file);
   let doc: unknown;
   try {
-    doc = parseYaml(readFileSync(path, 'utf8'));
+    doc = optional && !existsSync(path) ? {} : parseYaml(readFileSync(path, 'utf8'));
   } catch (err) {
     throw new ConfigError(path, [{ path: '(document)', message: (err as Error).message }]);
   }
@@ -89,5 +92,32 @@ export function loadConfig(dir = process.env.GOVLOOP_CONFIG_DIR ?? defaultConfig
     cluster,
     simulation,
     tools: loadFile(root, 'tools.yaml', ToolsFile),
+    auth: loadAuth(root),
   };
+}
+
+/** config/auth.yaml (optional: a config dir without it runs `mode: none`), then the GOVLOOP_* overrides. */
+function loadAuth(root: string): AuthConfig {
+  const doc = loadFile(root, 'auth.yaml', AuthFile.loose(), true) as Record<string, unknown>;
+  const env = process.env;
+  const merged: Record<string, unknown> = { ...doc };
+  if (env.GOVLOOP_AUTH_MODE) merged.mode = env.GOVLOOP_AUTH_MODE;
+  if (env.GOVLOOP_OIDC_ISSUER || env.GOVLOOP_OIDC_AUDIENCE || env.GOVLOOP_OIDC_JWKS_URI) {
+    const base = (doc.oidc ?? {}) as Record<string, unknown>;
+    merged.oidc = {
+      ...base,
+      ...(env.GOVLOOP_OIDC_ISSUER ? { issuer: env.GOVLOOP_OIDC_ISSUER } : {}),
+      ...(env.GOVLOOP_OIDC_AUDIENCE ? { audience: env.GOVLOOP_OIDC_AUDIENCE } : {}),
+      ...(env.GOVLOOP_OIDC_JWKS_URI ? { jwksUri: env.GOVLOOP_OIDC_JWKS_URI } : {}),
+    };
+  }
+  if (env.GOVLOOP_PLATFORM_ADMINS) {
+    merged.platformAdmins = [...((doc.platformAdmins as string[] | undefined) ?? []), ...env.GOVLOOP_PLATFORM_ADMINS.split(',').map((s) => s.trim()).filter(Boolean)];
+  }
+  const parsed = AuthFile.safeParse(merged);
+  if (!parsed.success) throw new ConfigError(`${join(root, 'auth.yaml')} (with GOVLOOP_AUTH_MODE / GOVLOOP_OIDC_* / GOVLOOP_PLATFORM_ADMINS)`, fieldErrors(parsed.error));
+  if (parsed.data.mode === 'required' && parsed.data.platformAdmins.length === 0) {
+    throw new ConfigError(join(root, 'auth.yaml'), [{ path: 'platformAdmins', message: 'mode: required needs at least one platform admin to bootstrap roles' }]);
+  }
+  return parsed.data;
 }

@@ -116,6 +116,17 @@ export const PoliciesFile = z.strictObject({
       lateArrivalSeconds: z.number().int().min(0).max(86_400).default(600),
     })
     .default({ rollupEverySeconds: 300, lateArrivalSeconds: 600 }),
+  /** Signed audit checkpoints outside the database (decision 0019). Relative paths are taken from the data dir. */
+  audit: z
+    .strictObject({
+      /** Where audit-checkpoints.jsonl is appended; null: <data dir>/audit-checkpoints. Put it where the database's admins cannot write. */
+      checkpointDir: z.string().min(1).nullable().default(null),
+      /** The Ed25519 signing key (PKCS#8 PEM, created with mode 0600 if missing); null: <data dir>/govloop-signing-key.pem. */
+      signingKeyFile: z.string().min(1).nullable().default(null),
+      /** How often the auditCheckpoint schedule writes a checkpoint (nothing when the chain did not move). */
+      checkpointEverySeconds: z.number().int().min(10).max(86_400).default(300),
+    })
+    .default({ checkpointDir: null, signingKeyFile: null, checkpointEverySeconds: 300 }),
 });
 export type Policies = z.infer<typeof PoliciesFile>;
 
@@ -220,3 +231,27 @@ export const ToolsFile = z
     }
   });
 export type ToolCatalog = z.infer<typeof ToolsFile>;
+
+/**
+ * config/auth.yaml: who is who (decision 0018). `none`: identities are typed names, marked
+ * unverified everywhere (govloop dev); `required`: every mutating path needs a credential, an
+ * OIDC access token or a govloop API key, and a typed name is refused.
+ */
+export const OidcSettings = z.strictObject({
+  issuer: z.url(),
+  audience: z.string().min(1),
+  jwksUri: z.url().optional(),
+  subjectClaim: z.string().min(1).default('sub'),
+  clockToleranceSeconds: z.number().int().min(0).max(300).default(5),
+});
+export const AuthFile = z.strictObject({
+  mode: z.enum(['none', 'required']).default('none'),
+  oidc: OidcSettings.nullable().default(null),
+  /** Subjects that hold platform-admin: every role in every tenant, and access grants anywhere. */
+  platformAdmins: z.array(z.string().min(1).max(128)).default([]),
+  /** A budget lowered by more than this share of its limit waits for a second person (0: every lowering, 1: never). */
+  budgetLowerSecondPersonAbove: z.number().min(0).max(1).default(0.5),
+  /** How long a signed approval token lets the approved tool call run. */
+  approvalTokenTtlSeconds: z.number().int().positive().max(86_400).default(900),
+});
+export type AuthConfig = z.infer<typeof AuthFile>;

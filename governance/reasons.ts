@@ -40,6 +40,19 @@ export const ReasonCode = {
   NoTemplate: 'NO_TEMPLATE',
   Cancelled: 'CANCELLED',
   NotRunning: 'NOT_RUNNING',
+  /** Identity and authorization (decision 0018): the call had no identity, or its identity may not do this. */
+  Unauthenticated: 'UNAUTHENTICATED',
+  AuthRequired: 'AUTH_REQUIRED',
+  TokenInvalid: 'TOKEN_INVALID',
+  TokenExpired: 'TOKEN_EXPIRED',
+  TokenIssuer: 'TOKEN_ISSUER',
+  TokenAudience: 'TOKEN_AUDIENCE',
+  KeyInvalid: 'KEY_INVALID',
+  IdentityMismatch: 'IDENTITY_MISMATCH',
+  Forbidden: 'FORBIDDEN',
+  TenantScope: 'TENANT_SCOPE',
+  TaskIdReused: 'TASK_ID_REUSED',
+  ApprovalMismatch: 'APPROVAL_MISMATCH',
 } as const;
 export type ReasonCode = (typeof ReasonCode)[keyof typeof ReasonCode];
 

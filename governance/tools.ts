@@ -55,3 +55,8 @@ export function admitTools(catalog: ToolCatalog, declared: string[], maxRisk: Ri
   }
   return reasons;
 }
+
+/** Every approver role the catalog names, over all tools and tiers (they are tenant roles `access grant` accepts). */
+export function catalogRoles(catalog: ToolCatalog): string[] {
+  return [...new Set(Object.values(catalog.tools).flatMap((t) => t.approvers.flatMap((a) => a.roles)))].sort();
+}

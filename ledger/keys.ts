@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { appendAudit } from './audit';
-import type { Db, Queryable } from './db';
+import { Db, type Queryable } from './db';
 
 /**
  * API keys of the usage ingestion API. A key is `glk_` + 32 random bytes in base64url; the
@@ -17,12 +17,15 @@ export interface CreatedKey {
   /** The plaintext key: shown once, never stored. */
   key: string;
   tenant: string;
+  /** The user the key authenticates as (null: a tenant key of the usage ingestion API only). */
+  subject: string | null;
   prefix: string;
 }
 
 export interface KeyInfo {
   id: number;
   tenant: string;
+  subject: string | null;
   prefix: string;
   createdBy: string;
   createdAt: Date;
@@ -31,16 +34,29 @@ export interface KeyInfo {
 
 export const hashKey = (key: string): string => createHash('sha256').update(key).digest('hex');
 
-/** Creates a key for `tenant`, audited as `apikey.create` by `by`, in one transaction. */
-export async function createKey(db: Db, tenant: string, by: string): Promise<CreatedKey> {
+/**
+ * Creates a key for `tenant`, issued to `subject` (null: a tenant key for usage ingestion only),
+ * audited as `apikey.create` by `by`, inside the caller's transaction (where its authorization
+ * was checked) or a new one.
+ */
+export async function createKey(q: Db | Queryable, tenant: string, by: string, subject: string | null = null): Promise<CreatedKey> {
   const key = `${KEY_PREFIX}${randomBytes(32).toString('base64url')}`;
   const prefix = key.slice(0, DISPLAY_CHARS);
-  return db.tx(async (c) => {
-    const { rows } = await c.query<{ id: number }>('INSERT INTO api_keys (tenant, key_hash, prefix, created_by) VALUES ($1, $2, $3, $4) RETURNING id', [tenant, hashKey(key), prefix, by]);
+  const run = async (c: Queryable): Promise<CreatedKey> => {
+    const { rows } = await c.query<{ id: number }>('INSERT INTO api_keys (tenant, key_hash, prefix, created_by, subject) VALUES ($1, $2, $3, $4, $5) RETURNING id', [tenant, hashKey(key), prefix, by, subject]);
     const id = rows[0]!.id;
-    await appendAudit(c, { actor: by, taskId: null, action: 'apikey.create', decision: 'recorded', detail: { tenant, prefix, keyId: id } });
-    return { id, key, tenant, prefix };
-  });
+    await appendAudit(c, { actor: by, taskId: null, action: 'apikey.create', decision: 'recorded', detail: { tenant, subject, prefix, keyId: id } });
+    return { id, key, tenant, subject, prefix };
+  };
+  return q instanceof Db ? q.tx(run) : run(q);
+}
+
+/** The user and tenant of a live key issued to a user; null for a malformed, unknown, revoked or tenant-only key. */
+export async function principalOfKey(q: Queryable, key: string): Promise<{ subject: string; tenant: string } | null> {
+  if (!KEY_PATTERN.test(key)) return null;
+  const { rows } = await q.query<{ tenant: string; subject: string | null }>('SELECT tenant, subject FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL', [hashKey(key)]);
+  const r = rows[0];
+  return r && r.subject !== null ? { subject: r.subject, tenant: r.tenant } : null;
 }
 
 /** The tenant of a live key, or null for a malformed, unknown or revoked one. */
@@ -53,8 +69,8 @@ export async function authenticate(q: Queryable, key: string): Promise<string | 
 export type RevokeResult = { revoked: true; key: KeyInfo } | { revoked: false; reason: 'not-found' | 'ambiguous' | 'already-revoked' };
 
 /** Revokes the one key of `tenant` whose display prefix is `prefix`; audited as `apikey.revoke`. */
-export async function revokeKey(db: Db, tenant: string, prefix: string, by: string): Promise<RevokeResult> {
-  return db.tx(async (c) => {
+export async function revokeKey(q: Db | Queryable, tenant: string, prefix: string, by: string): Promise<RevokeResult> {
+  const run = async (c: Queryable): Promise<RevokeResult> => {
     const { rows } = await c.query<{ id: number; revoked_at: Date | null }>('SELECT id, revoked_at FROM api_keys WHERE tenant = $1 AND prefix = $2 FOR UPDATE', [tenant, prefix]);
     if (rows.length === 0) return { revoked: false, reason: 'not-found' };
     const live = rows.filter((r) => r.revoked_at === null);
@@ -64,14 +80,15 @@ export async function revokeKey(db: Db, tenant: string, prefix: string, by: stri
     await c.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [id]);
     await appendAudit(c, { actor: by, taskId: null, action: 'apikey.revoke', decision: 'recorded', detail: { tenant, prefix, keyId: id } });
     return { revoked: true, key: (await listKeys(c, tenant)).find((k) => k.id === id)! };
-  });
+  };
+  return q instanceof Db ? q.tx(run) : run(q);
 }
 
 /** A tenant's keys, newest first: prefixes and dates, never hashes. */
 export async function listKeys(q: Queryable, tenant: string): Promise<KeyInfo[]> {
-  const { rows } = await q.query<{ id: number; tenant: string; prefix: string; created_by: string; created_at: Date; revoked_at: Date | null }>(
-    'SELECT id, tenant, prefix, created_by, created_at, revoked_at FROM api_keys WHERE tenant = $1 ORDER BY id DESC',
+  const { rows } = await q.query<{ id: number; tenant: string; subject: string | null; prefix: string; created_by: string; created_at: Date; revoked_at: Date | null }>(
+    'SELECT id, tenant, subject, prefix, created_by, created_at, revoked_at FROM api_keys WHERE tenant = $1 ORDER BY id DESC',
     [tenant],
   );
-  return rows.map((r) => ({ id: r.id, tenant: r.tenant, prefix: r.prefix, createdBy: r.created_by, createdAt: r.created_at, revokedAt: r.revoked_at }));
+  return rows.map((r) => ({ id: r.id, tenant: r.tenant, subject: r.subject, prefix: r.prefix, createdBy: r.created_by, createdAt: r.created_at, revokedAt: r.revoked_at }));
 }

@@ -7,13 +7,31 @@ import type { Queryable } from './db';
 /** States in which a task holds GPUs of its team's quota. */
 export const GPU_HOLDING_STATES = ['Reserved', 'Dispatched', 'Running'];
 
-export async function upsertTask(q: Queryable, t: { taskId: string; intent: Intent; requester: string; state: string }): Promise<void> {
+export async function upsertTask(q: Queryable, t: { taskId: string; intent: Intent; requester: string; state: string; runId?: string }): Promise<void> {
   const attr = await attributionId(q, t.intent.attribution);
   await q.query(
-    `INSERT INTO tasks (task_id, kind, name, attribution_id, requester, priority, state, intent)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (task_id) DO NOTHING`,
-    [t.taskId, t.intent.kind, t.intent.name, attr, t.requester, t.intent.priority, t.state, t.intent],
+    `INSERT INTO tasks (task_id, kind, name, attribution_id, requester, priority, state, intent, run_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (task_id) DO NOTHING`,
+    [t.taskId, t.intent.kind, t.intent.name, attr, t.requester, t.intent.priority, t.state, t.intent, t.runId ?? null],
   );
+}
+
+/**
+ * Whose is this task id? `mine`: no row yet, or the row of this workflow run (a retried or repeated
+ * admission). `reused`: the row belongs to another run — one still open, or one that closed (rows
+ * from before run ids were kept count as another run once finished). Locks the row.
+ */
+export async function taskOwnership(q: Queryable, taskId: string, runId: string): Promise<{ owner: 'mine' | 'reused'; requester: string | null; runId: string | null }> {
+  const { rows } = await q.query<{ run_id: string | null; finished_at: Date | null; requester: string }>('SELECT run_id, finished_at, requester FROM tasks WHERE task_id = $1 FOR UPDATE', [taskId]);
+  const r = rows[0];
+  if (!r) return { owner: 'mine', requester: null, runId: null };
+  if (r.run_id === runId) return { owner: 'mine', requester: r.requester, runId };
+  if (r.run_id === null && r.finished_at === null) {
+    // A run admitted before run ids were kept, still open: it is this one coming back (after a preemption).
+    await q.query('UPDATE tasks SET run_id = $2 WHERE task_id = $1', [taskId, runId]);
+    return { owner: 'mine', requester: r.requester, runId };
+  }
+  return { owner: 'reused', requester: r.requester, runId: r.run_id };
 }
 
 export async function updateTask(

@@ -15,11 +15,13 @@ import {
   admissionUpdate,
   approvalOutcomeUpdate,
   approveUpdate,
-  cancelSignal,
+  cancelTaskUpdate,
+  finishTaskUpdate,
+  preemptTaskUpdate,
   rejectUpdate,
   resolveUpdate,
-  finishSignal,
   statusQuery,
+  type TaskCallAnswer,
   stepUpdate,
   type LeaseAnswer,
   budgetControllerId,
@@ -29,6 +31,7 @@ import {
   leaseUpdate,
 } from '../workflows/messages';
 import { GovState as GovStateKey } from '../workflows/search-attributes';
+import { ApprovalDecisionSchema, CallerSchema, NameText, ReasonText } from '../workflows/schemas';
 
 /** The admission update's id: one admission per task, so a retried submit attaches to it. */
 const ADMISSION_UPDATE_ID = 'admission';
@@ -48,6 +51,17 @@ export class GovloopNotFoundError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'GovloopNotFoundError';
+  }
+}
+
+/** The call was refused for who made it: no or a bad credential, or a role it lacks (`code`: UNAUTHENTICATED, FORBIDDEN, …). */
+export class GovloopAccessError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(`${code}: ${message}`);
+    this.name = 'GovloopAccessError';
   }
 }
 
@@ -80,7 +94,8 @@ export const outcomeOf = (s: TaskStatus): TaskOutcome => ({ taskId: s.taskId, de
 
 const Requester = z.string().min(1).max(128);
 const TaskId = z.string().min(1).max(200).regex(/^[A-Za-z0-9._:-]+$/, 'letters, digits, ".", "_", ":" and "-"');
-const Decision = z.strictObject({ by: Requester, reason: z.string().min(1).max(1000) });
+/** A person's decision: why, and (under `auth: none` only) a typed name; `by` is the older spelling of `as`. */
+const Decision = z.strictObject({ by: NameText.optional(), as: NameText.optional(), reason: ReasonText }).transform(({ by, as, reason }) => ({ reason, ...(as ?? by ? { as: (as ?? by)! } : {}) }));
 const ListFilter = z.strictObject({ state: z.string().min(1).optional(), tenant: z.string().min(1).optional(), team: z.string().min(1).optional(), kind: z.string().min(1).optional(), limit: z.number().int().positive().max(10_000).default(100) });
 
 function check<T>(schema: z.ZodType<T>, value: unknown, prefix?: string): T {
@@ -245,14 +260,34 @@ const quote = (s: string) => `'${s.replace(/'/g, "''")}'`;
  * submit an intent, gate each agent step, read status, finish or cancel.
  */
 export class GovloopClient {
+  /**
+   * The credential every mutating call carries: an OIDC access token or a govloop API key
+   * (default: $GOVLOOP_TOKEN, else $GOVLOOP_API_KEY). govloop derives the caller from it.
+   */
+  readonly credential: string | undefined;
+
   constructor(
     readonly client: Client,
     readonly taskQueue: string = process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL,
-  ) {}
+    opts: { credential?: string } = {},
+  ) {
+    const credential = opts.credential ?? process.env.GOVLOOP_TOKEN ?? process.env.GOVLOOP_API_KEY;
+    this.credential = credential ? check(CallerSchema.shape.credential, credential, 'credential') : undefined;
+  }
 
-  static async connect(opts: { address?: string; namespace?: string; taskQueue?: string } = {}): Promise<GovloopClient> {
+  static async connect(opts: { address?: string; namespace?: string; taskQueue?: string; credential?: string } = {}): Promise<GovloopClient> {
     const connection = await Connection.connect({ address: opts.address ?? process.env.TEMPORAL_ADDRESS ?? 'localhost:7233' });
-    return new GovloopClient(new Client({ connection, namespace: opts.namespace ?? process.env.TEMPORAL_NAMESPACE ?? 'default' }), opts.taskQueue);
+    return new GovloopClient(new Client({ connection, namespace: opts.namespace ?? process.env.TEMPORAL_NAMESPACE ?? 'default' }), opts.taskQueue, opts.credential ? { credential: opts.credential } : {});
+  }
+
+  /** The same client acting with another credential (a service acting for several users). */
+  withCredential(credential: string): GovloopClient {
+    return new GovloopClient(this.client, this.taskQueue, { credential });
+  }
+
+  /** What a message says about its sender: the credential, and a typed name (`auth: none` only). */
+  private caller(as?: string): { credential?: string; as?: string } {
+    return { ...(this.credential ? { credential: this.credential } : {}), ...(as !== undefined && !this.credential ? { as } : {}) };
   }
 
   /**
@@ -280,14 +315,16 @@ export class GovloopClient {
    * Validates and starts a governed task, and waits for admission's answer (admitted, queued or
    * rejected). Invalid intents throw GovloopInputError and start nothing.
    */
-  async submit(intent: unknown, opts: { requester: string; taskId?: string }): Promise<AdmissionAnswer> {
+  async submit(intent: unknown, opts: { requester?: string; taskId?: string } = {}): Promise<AdmissionAnswer> {
     const parsed = check(Intent, intent);
-    const requester = check(Requester, opts.requester, 'requester');
+    // With a credential the requester is whoever it names; a typed one counts only under auth: none.
+    if (opts.requester === undefined && !this.credential) throw new GovloopInputError([{ path: 'requester', message: 'required without a credential (GOVLOOP_TOKEN / GOVLOOP_API_KEY)' }]);
+    const requester = check(Requester, opts.requester ?? 'credential', 'requester');
     const taskId = opts.taskId !== undefined ? check(TaskId, opts.taskId, 'taskId') : `${parsed.name}-${randomBytes(4).toString('hex')}`;
     const handle = await this.client.workflow.start(governedTask, {
       taskQueue: this.taskQueue,
       workflowId: taskId,
-      args: [{ taskId, intent: parsed, requester }],
+      args: [{ taskId, intent: parsed, requester, ...(this.credential ? { credential: this.credential } : {}) }],
       memo: { requester, runbook: 'runbooks/admitting.md', intent: parsed.name },
     });
     // The update has a fixed id, so asking again after the server's long poll gave up (a busy
@@ -313,9 +350,10 @@ export class GovloopClient {
   }
 
   /** The per-step gate. The usage is validated here first; bad usage never reaches the workflow. */
-  async step(taskId: string, usage: StepUsage): Promise<StepAnswer> {
+  async step(taskId: string, usage: StepUsage, opts: { as?: string } = {}): Promise<StepAnswer> {
     const step = check(StepUsageSchema, usage, 'step');
-    return this.update(taskId, () => this.handle(taskId).executeUpdate(stepUpdate, { args: [step] }));
+    const as = opts.as === undefined ? undefined : check(NameText, opts.as, 'as');
+    return this.update(taskId, () => this.handle(taskId).executeUpdate(stepUpdate, { args: [{ ...step, ...this.caller(as) }] }));
   }
 
   /**
@@ -331,25 +369,28 @@ export class GovloopClient {
    * Approves a held tool call. Answers `{recorded: true}` or a refusal with its code:
    * self-approval | missing-role | expired | already-decided.
    */
-  async approve(approvalId: string, d: { by: string; reason: string }): Promise<ApprovalAnswer> {
+  async approve(approvalId: string, d: { reason: string; as?: string; by?: string }): Promise<ApprovalAnswer> {
     return this.decide('approve', approvalId, d);
   }
 
-  async reject(approvalId: string, d: { by: string; reason: string }): Promise<ApprovalAnswer> {
+  async reject(approvalId: string, d: { reason: string; as?: string; by?: string }): Promise<ApprovalAnswer> {
     return this.decide('reject', approvalId, d);
   }
 
-  private async decide(kind: 'approve' | 'reject', approvalId: string, d: { by: string; reason: string }): Promise<ApprovalAnswer> {
+  private async decide(kind: 'approve' | 'reject', approvalId: string, d: { reason: string; as?: string; by?: string }): Promise<ApprovalAnswer> {
     const taskId = taskOfApproval(check(z.string().min(1), approvalId, 'approvalId'));
     const decision = check(Decision, d);
+    const payload = check(ApprovalDecisionSchema, { approvalId, reason: decision.reason, ...this.caller(decision.as) });
     const def = kind === 'approve' ? approveUpdate : rejectUpdate;
-    return this.update(taskId, () => this.handle(taskId).executeUpdate(def, { args: [{ approvalId, ...decision }] }));
+    return this.update(taskId, () => this.handle(taskId).executeUpdate(def, { args: [payload] }));
   }
 
   /** After a failed compensation (NeedsOperator): the operator says the side effect is dealt with. */
-  async resolve(taskId: string, d: { by: string; reason: string }): Promise<{ state: GovState }> {
+  async resolve(taskId: string, d: { reason: string; as?: string; by?: string }): Promise<{ state: GovState }> {
     const decision = check(Decision, d);
-    return this.update(taskId, () => this.handle(taskId).executeUpdate(resolveUpdate, { args: [decision] }));
+    const r = await this.update(taskId, () => this.handle(taskId).executeUpdate(resolveUpdate, { args: [{ reason: decision.reason, ...this.caller(decision.as) }] }));
+    if ('accepted' in r) throw new GovloopAccessError(r.code, r.message);
+    return r;
   }
 
   /** Runs an update and turns the workflow's refusals into typed errors. */
@@ -358,7 +399,7 @@ export class GovloopClient {
       return await fn();
     } catch (err) {
       const cause = err instanceof WorkflowUpdateFailedError ? (err.cause as { type?: string; message: string } | undefined) : undefined;
-      if (cause?.type === 'InvalidStep' || cause?.type === 'InvalidDecision') {
+      if (cause?.type === 'InvalidStep' || cause?.type === 'InvalidDecision' || cause?.type === 'InvalidRequest') {
         throw new GovloopInputError(cause.message.split('; ').map((m) => ({ path: m.split(': ')[0] ?? '(root)', message: m.split(': ').slice(1).join(': ') || m })));
       }
       if (cause?.type === 'UnknownApproval') throw new GovloopNotFoundError(cause.message);
@@ -369,12 +410,29 @@ export class GovloopClient {
     }
   }
 
-  async finish(taskId: string, by: string): Promise<void> {
-    await this.handle(taskId).signal(finishSignal, { by: check(Requester, by, 'by') });
+  /** The task's work is done (hosted tasks): it settles. Refused (GovloopAccessError) for anyone but its requester or an operator. */
+  async finish(taskId: string, as?: string): Promise<TaskCallAnswer & { accepted: true }> {
+    const by = as === undefined ? undefined : check(NameText, as, 'as');
+    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(finishTaskUpdate, { args: [this.caller(by)] }));
   }
 
-  async cancel(taskId: string, by: string, reason: string): Promise<void> {
-    await this.handle(taskId).signal(cancelSignal, { by: check(Requester, by, 'by'), reason: check(z.string().min(1).max(500), reason, 'reason') });
+  /** Cancels the task: its job is stopped, what it used is charged, the rest released. */
+  async cancel(taskId: string, as: string | undefined, reason: string): Promise<TaskCallAnswer & { accepted: true }> {
+    const by = as === undefined ? undefined : check(NameText, as, 'as');
+    const why = check(ReasonText, reason, 'reason');
+    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(cancelTaskUpdate, { args: [{ reason: why, ...this.caller(by) }] }));
+  }
+
+  /** An operator preempts a running cluster task: checkpoint, suspend, requeue. */
+  async preempt(taskId: string, d: { reason: string; as?: string }): Promise<TaskCallAnswer & { accepted: true }> {
+    const decision = check(Decision, d);
+    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(preemptTaskUpdate, { args: [{ reason: decision.reason, ...this.caller(decision.as) }] }));
+  }
+
+  private async taskCall(taskId: string, fn: () => Promise<TaskCallAnswer>): Promise<TaskCallAnswer & { accepted: true }> {
+    const r = await this.update(taskId, fn);
+    if (!r.accepted) throw new GovloopAccessError(r.code, r.message);
+    return r;
   }
 
   /** Tasks by governance state and attribution, newest first (a visibility query on the search attributes). */

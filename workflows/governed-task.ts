@@ -17,6 +17,20 @@ import type { Plan } from '../governance/plan';
 import type { Reason } from '../governance/reasons';
 import { type StepTotals, type StepUsage, StepUsageSchema, zeroTotals } from '../governance/step-gate';
 import {
+  ApprovalDecisionSchema,
+  ApprovalOutcomeRequestSchema,
+  CallerShape,
+  CancelRequestSchema,
+  CancelSignalSchema,
+  FinishRequestSchema,
+  FinishSignalSchema,
+  PreemptRequestSchema,
+  PreemptSignalSchema,
+  ResolveRequestSchema,
+  issuesText,
+} from './schemas';
+import type { z } from 'zod';
+import {
   type ApprovalAnswer,
   type ApprovalDecision,
   type ApprovalView,
@@ -26,14 +40,18 @@ import {
   type PreemptRequest,
   GovState,
   type StepAnswer,
+  type TaskCallAnswer,
   type TaskInput,
   type TaskStatus,
   admissionUpdate,
   approvalOutcomeUpdate,
   approveUpdate,
   cancelSignal,
+  cancelTaskUpdate,
   finishSignal,
+  finishTaskUpdate,
   preemptSignal,
+  preemptTaskUpdate,
   jobChangedSignal,
   rejectUpdate,
   resolveUpdate,
@@ -70,7 +88,22 @@ export const TaskErrors = {
   InvalidDecision: 'InvalidDecision',
   UnknownApproval: 'UnknownApproval',
   NotNeedingOperator: 'NotNeedingOperator',
+  InvalidRequest: 'InvalidRequest',
+  NotPreemptible: 'NotPreemptible',
+  TaskEnded: 'TaskEnded',
 } as const;
+
+/** A step as the agent sends it: the usage, and who sends it. */
+const StepRequestSchema = StepUsageSchema.extend(CallerShape);
+
+/** Parses an update's payload or refuses it before it reaches history, naming every bad field. */
+function parseOrRefuse<T>(schema: z.ZodType<T>, payload: unknown, errorType: string): T {
+  const parsed = schema.safeParse(payload);
+  if (!parsed.success) throw ApplicationFailure.nonRetryable(issuesText(parsed.error), errorType);
+  return parsed.data;
+}
+/** The caller part of a message, for the activity that authenticates it. */
+const callerOf = (m: { credential?: string | undefined; as?: string | undefined }) => ({ ...(m.credential ? { credential: m.credential } : {}), ...(m.as !== undefined ? { as: m.as } : {}) });
 
 /** A tool call held for a human, with what the workflow needs to time it. */
 interface HeldApproval extends ApprovalView {
@@ -84,14 +117,6 @@ interface HeldApproval extends ApprovalView {
   outcome: StepAnswer | null;
 }
 
-const DecisionSchema = (d: ApprovalDecision): string[] => {
-  const errors: string[] = [];
-  if (typeof d !== 'object' || d === null) return ['(root): an object {approvalId, by, reason} is required'];
-  if (typeof d.approvalId !== 'string' || d.approvalId.length === 0) errors.push('approvalId: required');
-  if (typeof d.by !== 'string' || d.by.length === 0 || d.by.length > 128) errors.push('by: 1 to 128 characters');
-  if (typeof d.reason !== 'string' || d.reason.length === 0 || d.reason.length > 1000) errors.push('reason: 1 to 1000 characters');
-  return errors;
-};
 
 /**
  * One governed workload: admission → translation → reservation → dispatch → run → settle → audit.
@@ -121,6 +146,8 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   /** A preemption asked for and not yet carried out; how many this task has had. */
   let preemptReq: PreemptRequest | null = null;
   let preemptions = 0;
+  /** Who submitted the task, as admission authenticated them (the typed claim until then). */
+  let requester: string = input.requester;
   const awaiting = () => state === GovState.AwaitingApproval || state === GovState.Escalated;
   const costUsd = () => usage.costMicros / 1e6;
   const view = (a: HeldApproval): ApprovalView => ({
@@ -167,24 +194,101 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     progress,
     approval: approval && view(approval),
     compensations: [...compensations],
+    requester,
   });
 
   setHandler(statusQuery, status);
-  setHandler(cancelSignal, (c) => {
-    if (!cancelled) cancelled = c;
+
+  // Who may act on this task is decided by an activity, against the ledger (decision 0018): people
+  // by their credential, govloop's own workflows by the ledger row that ordered the action.
+  type TaskAction = 'cancel' | 'finish' | 'preempt' | 'resolve';
+  const authorize = (action: TaskAction, m: { credential?: string | undefined; as?: string | undefined; reason?: string }, system?: { kind: 'budget-preempt' } | { kind: 'preemptor'; preemptor: string }) =>
+    ledger.authorizeTaskCall({ taskId, tenant: intent.attribution.tenant, requester, action, ...(m.reason ? { reason: m.reason } : {}), ...(system ? { system } : { caller: callerOf(m) }) });
+  const preemptible = () => {
+    // Only a cluster job that holds GPUs can be preempted; one preemption at a time.
+    const holding = state === GovState.Reserved || state === GovState.Dispatched || state === GovState.Running;
+    return preemptReq === null && holding && plan?.placement === 'cluster' && cancelled === null;
+  };
+  const refusedCall = (r: { code: string; message: string }): TaskCallAnswer => ({ accepted: false, code: r.code, message: r.message });
+
+  setHandler(cancelSignal, async (c) => {
+    if (!patched('identity-v1')) {
+      if (!cancelled) cancelled = { by: c.by ?? 'unknown', reason: c.reason };
+      return;
+    }
+    const m = CancelSignalSchema.safeParse(c);
+    if (!m.success) return log.warn('cancel signal ignored: invalid payload', { taskId, errors: issuesText(m.error) });
+    const system = m.data.by === 'budget-controller' && !m.data.credential ? ({ kind: 'budget-preempt' } as const) : undefined;
+    const ok = await authorize('cancel', m.data, system);
+    if (ok.ok && !cancelled) cancelled = { by: ok.by, reason: m.data.reason };
   });
-  setHandler(finishSignal, () => {
-    finished = true;
+  setHandler(finishSignal, async (f) => {
+    if (!patched('identity-v1')) {
+      finished = true;
+      return;
+    }
+    const m = FinishSignalSchema.safeParse(f);
+    if (!m.success) return log.warn('finish signal ignored: invalid payload', { taskId, errors: issuesText(m.error) });
+    if ((await authorize('finish', m.data)).ok) finished = true;
   });
   let jobChanged = false;
   setHandler(jobChangedSignal, () => {
     jobChanged = true;
   });
-  setHandler(preemptSignal, (p) => {
-    // Only a cluster job that holds GPUs can be preempted; one preemption at a time.
-    const holding = state === GovState.Reserved || state === GovState.Dispatched || state === GovState.Running;
-    if (preemptReq === null && holding && plan?.placement === 'cluster' && cancelled === null) preemptReq = p;
+  setHandler(preemptSignal, async (p) => {
+    if (!patched('identity-v1')) {
+      if (preemptible()) preemptReq = p;
+      return;
+    }
+    const m = PreemptSignalSchema.safeParse(p);
+    if (!m.success) return log.warn('preempt signal ignored: invalid payload', { taskId, errors: issuesText(m.error) });
+    if (!preemptible()) return;
+    const system = m.data.preemptor !== null && !m.data.credential ? ({ kind: 'preemptor', preemptor: m.data.preemptor } as const) : undefined;
+    const ok = await authorize('preempt', m.data, system);
+    if (ok.ok && preemptible()) preemptReq = { by: ok.by, reason: m.data.reason, preemptor: m.data.preemptor };
   });
+
+  // People cancel, finish and preempt through updates: refused before history when malformed,
+  // answered with the refusal's code when their credential may not.
+  const notEnded = () => {
+    if (FINAL_STATES.includes(state) || state === GovState.Settling) throw ApplicationFailure.nonRetryable(`task ${taskId} is ${state}`, TaskErrors.TaskEnded);
+  };
+  setHandler(
+    cancelTaskUpdate,
+    async (c): Promise<TaskCallAnswer> => {
+      const ok = await authorize('cancel', c);
+      if (!ok.ok) return refusedCall(ok);
+      if (!cancelled) cancelled = { by: ok.by, reason: c.reason };
+      return { accepted: true, by: ok.by, state };
+    },
+    { validator: (c) => (parseOrRefuse(CancelRequestSchema, c, TaskErrors.InvalidRequest), notEnded()) },
+  );
+  setHandler(
+    finishTaskUpdate,
+    async (f): Promise<TaskCallAnswer> => {
+      const ok = await authorize('finish', f);
+      if (!ok.ok) return refusedCall(ok);
+      finished = true;
+      return { accepted: true, by: ok.by, state };
+    },
+    { validator: (f) => (parseOrRefuse(FinishRequestSchema, f, TaskErrors.InvalidRequest), notEnded()) },
+  );
+  setHandler(
+    preemptTaskUpdate,
+    async (p): Promise<TaskCallAnswer> => {
+      const ok = await authorize('preempt', p);
+      if (!ok.ok) return refusedCall(ok);
+      if (!preemptible()) return { accepted: false, code: TaskErrors.NotPreemptible, message: `task ${taskId} is ${state} and holds no GPUs to give back` };
+      preemptReq = { by: ok.by, reason: p.reason, preemptor: null };
+      return { accepted: true, by: ok.by, state };
+    },
+    {
+      validator: (p) => {
+        parseOrRefuse(PreemptRequestSchema, p, TaskErrors.InvalidRequest);
+        if (!preemptible()) throw ApplicationFailure.nonRetryable(`task ${taskId} is ${state} and holds no GPUs to give back`, TaskErrors.NotPreemptible);
+      },
+    },
+  );
   setHandler(admissionUpdate, async () => {
     await condition(() => decision !== 'pending' || FINAL_STATES.includes(state));
     return { taskId, decision, reasons, state };
@@ -213,7 +317,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
         approvalId: out.approvalId,
         tool: step.tool!,
         argsDigest: out.argsDigest,
-        requester: input.requester,
+        requester,
         costSoFarUsd: costUsd(),
         state: 'pending',
         tier: 0,
@@ -236,12 +340,14 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     totals = out.totals;
     usage = { ...usage, tokensIn: usage.tokensIn + step.tokensIn, tokensOut: usage.tokensOut + step.tokensOut, costMicros: out.totals.costMicros };
     if (out.sideEffect && step.tool !== undefined) sideEffects.push({ seq, tool: step.tool, args: step.toolArgs ?? null });
-    return answer(out.answer, null, { approvalId, fallbackModel: out.answer === 'degrade' ? out.model : null });
+    return answer(out.answer, null, { approvalId, fallbackModel: out.answer === 'degrade' ? out.model : null, ...(out.approvalToken ? { approvalToken: out.approvalToken } : {}) });
   };
 
   setHandler(
     stepUpdate,
-    async (step): Promise<StepAnswer> => {
+    async (request): Promise<StepAnswer> => {
+      // The usage is what the gate judges and the approval keeps; the caller only says who reports it.
+      const { credential, as, ...step } = request;
       await condition(() => state === GovState.Running || awaiting() || FINAL_STATES.includes(state));
       // One step at a time: each is judged against the totals the previous one left.
       const run = gate.then(async (): Promise<StepAnswer> => {
@@ -254,7 +360,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
           return answer('deny', r);
         }
         const seq = ++stepSeq;
-        const out = await gateStep({ taskId, seq, intent, plan: plan!, totals, step, requester: input.requester });
+        const out = await gateStep({ taskId, seq, intent, plan: plan!, totals, step, requester, caller: callerOf({ credential, as }) });
         return applyGate(out, seq, step, null);
       });
       gate = run.catch(() => undefined);
@@ -262,10 +368,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     },
     {
       validator: (step) => {
-        const parsed = StepUsageSchema.safeParse(step);
-        if (!parsed.success) {
-          throw ApplicationFailure.nonRetryable(parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; '), TaskErrors.InvalidStep);
-        }
+        parseOrRefuse(StepRequestSchema, step, TaskErrors.InvalidStep);
         if (plan !== null && plan.placement !== 'hosted') {
           throw ApplicationFailure.nonRetryable(`task ${taskId} runs on the cluster; only hosted agent/inference tasks take steps`, TaskErrors.NotAcceptingSteps);
         }
@@ -288,15 +391,16 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
 
   const decide = async (kind: 'approve' | 'reject', d: ApprovalDecision): Promise<ApprovalAnswer> => {
     const a = approvals.get(d.approvalId)!;
-    const r = await ledger.decideApproval({ approvalId: d.approvalId, tool: a.tool, decision: kind, by: d.by, reason: d.reason });
+    // The decider is whoever the credential says (the activity derives it); a typed name counts only under auth: none.
+    const legacyBy = (d as { by?: string }).by;
+    const r = await ledger.decideApproval({ approvalId: d.approvalId, tool: a.tool, decision: kind, caller: callerOf({ ...d, ...(legacyBy !== undefined && d.as === undefined ? { as: legacyBy } : {}) }), reason: d.reason });
     follow(a, r);
     return r.recorded
       ? { recorded: true, approvalId: r.approvalId, state: r.state, by: r.by, idempotent: r.idempotent }
       : { recorded: false, approvalId: r.approvalId, code: r.code, message: r.message, state: r.state };
   };
   const decisionValidator = (d: ApprovalDecision) => {
-    const errors = DecisionSchema(d);
-    if (errors.length) throw ApplicationFailure.nonRetryable(errors.join('; '), TaskErrors.InvalidDecision);
+    parseOrRefuse(ApprovalDecisionSchema, d, TaskErrors.InvalidDecision);
     if (!approvals.has(d.approvalId)) throw ApplicationFailure.nonRetryable(`task ${taskId} has no approval request ${d.approvalId}`, TaskErrors.UnknownApproval);
   };
   setHandler(approveUpdate, (d) => decide('approve', d), { validator: decisionValidator });
@@ -310,7 +414,8 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     },
     {
       validator: (q) => {
-        if (typeof q?.approvalId !== 'string' || !approvals.has(q.approvalId)) {
+        parseOrRefuse(ApprovalOutcomeRequestSchema, q, TaskErrors.InvalidRequest);
+        if (!approvals.has(q.approvalId)) {
           throw ApplicationFailure.nonRetryable(`task ${taskId} has no approval request ${String(q?.approvalId)}`, TaskErrors.UnknownApproval);
         }
       },
@@ -319,14 +424,19 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   setHandler(
     resolveUpdate,
     async (r) => {
-      resolution = r;
+      if (patched('identity-v1')) {
+        const ok = await authorize('resolve', r);
+        if (!ok.ok) return refusedCall(ok) as { accepted: false; code: string; message: string };
+        resolution = { by: ok.by, reason: r.reason };
+      } else {
+        resolution = { by: (r as { by?: string }).by ?? 'unknown', reason: r.reason };
+      }
       await condition(() => state !== GovState.NeedsOperator);
       return { state };
     },
     {
       validator: (r) => {
-        const errors = DecisionSchema({ approvalId: '-', ...r });
-        if (errors.length) throw ApplicationFailure.nonRetryable(errors.join('; '), TaskErrors.InvalidDecision);
+        parseOrRefuse(ResolveRequestSchema, r, TaskErrors.InvalidDecision);
         if (state !== GovState.NeedsOperator) throw ApplicationFailure.nonRetryable(`task ${taskId} is ${state}, not NeedsOperator`, TaskErrors.NotNeedingOperator);
       },
     },
@@ -346,13 +456,20 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // Admission: rejected, admitted, or queued until the team's quota frees up (again after a preemption).
   let timing: Timing = { pollMillis: 1000, queueRetryMillis: 1000, dispatchQueue: '' };
   let attempt = 0;
-  /** Admitted and reserved: null; else the final state to finish with. */
-  const admission = async (): Promise<GovState | null> => {
+  /** Admitted and reserved: null; refused before admission ('refused'); else the final state to finish with. */
+  const admission = async (): Promise<GovState | null | 'refused'> => {
     for (;;) {
-      const admitted = await ledger.admitTask({ taskId, intent, requester: input.requester, attempt: ++attempt });
+      const admitted = await ledger.admitTask({ taskId, intent, requester: input.requester, attempt: ++attempt, ...(input.credential ? { credential: input.credential } : {}) });
       timing = admitted.timing;
       const result = admitted.result;
       reasons = result.reasons;
+      if (admitted.requester !== undefined) requester = admitted.requester;
+      // No identity, no right to submit here, or another run's task id: nothing of this run is in
+      // the ledger, so it ends without settling (settle would touch the other run's row).
+      if (admitted.refused) {
+        decision = 'rejected';
+        return 'refused';
+      }
       if (result.decision === 'rejected') {
         decision = 'rejected';
         return GovState.Rejected;
@@ -386,6 +503,10 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     }
   };
   const ended = await admission();
+  if (ended === 'refused') {
+    setState(GovState.Rejected);
+    return status();
+  }
   if (ended) return finish(ended);
   plan = plan as Plan | null; // assigned inside admission(), which the compiler does not follow
   if (plan === null) throw ApplicationFailure.nonRetryable(`task ${taskId} was admitted without a plan`);
@@ -441,6 +562,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       }
       // Preempted: back to the queue, with the reservation kept and the quota checked again.
       const notReadmitted = await admission();
+      if (notReadmitted === 'refused') throw ApplicationFailure.nonRetryable(`task ${taskId} lost its claim to the ledger row while preempted`);
       if (notReadmitted) {
         await cluster.deleteJob({ job }); // the suspended job will not run again
         return finish(notReadmitted);
@@ -543,7 +665,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     }
     if (a.state === 'approved') {
       const run = gate.then(async () => {
-        const out = await gateStep({ taskId, seq: a.seq, intent, plan: plan!, totals, step: a.step, requester: input.requester, approved: a.approvalId });
+        const out = await gateStep({ taskId, seq: a.seq, intent, plan: plan!, totals, step: a.step, requester, approved: a.approvalId });
         if (awaiting()) setState(GovState.Running);
         a.outcome = applyGate(out, a.seq, a.step, a.approvalId);
       });

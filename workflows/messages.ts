@@ -7,6 +7,18 @@ import type { Intent } from '../governance/intent';
 import type { Plan } from '../governance/plan';
 import type { Reason } from '../governance/reasons';
 import type { StepUsage } from '../governance/step-gate';
+import type { z } from 'zod';
+import type {
+  ApprovalDecisionSchema,
+  CallerFields,
+  CancelRequestSchema,
+  CancelSignalSchema,
+  FinishRequestSchema,
+  FinishSignalSchema,
+  PreemptRequestSchema,
+  PreemptSignalSchema,
+  ResolveRequestSchema,
+} from './schemas';
 
 export const TASK_QUEUE_CONTROL = 'govloop-control';
 export const clusterTaskQueue = (cluster: string) => `govloop-cluster-${cluster}`;
@@ -40,7 +52,10 @@ export type Decision = 'pending' | 'admitted' | 'queued' | 'rejected';
 export interface TaskInput {
   taskId: string;
   intent: Intent;
+  /** A claim: taken as the requester only under `auth: none`, where it is marked unverified. */
   requester: string;
+  /** The submitter's credential; admission derives the requester from it (decision 0018). */
+  credential?: string;
 }
 
 export interface UsageSummary {
@@ -69,6 +84,8 @@ export interface TaskStatus {
   /** The approval request in force or last decided (agent tasks). */
   approval?: ApprovalView | null;
   compensations?: CompensationView[];
+  /** Who submitted it, as admission authenticated them; "(unverified)" under `auth: none`. */
+  requester?: string;
 }
 
 /**
@@ -82,6 +99,8 @@ export interface StepAnswer {
   fallbackModel: string | null;
   step: number;
   costUsd: number;
+  /** An approved high-risk call: govloop's signed token the tool executor checks before the call runs. */
+  approvalToken?: string | null;
 }
 
 /** A tool call waiting for (or decided by) a human, as the task shows it. */
@@ -97,14 +116,10 @@ export interface ApprovalView {
   decidedBy: string | null;
 }
 
-/** What an approver sends. */
-export interface ApprovalDecision {
-  approvalId: string;
-  by: string;
-  reason: string;
-}
+/** What an approver sends: the approval, why, and a credential (the approver is derived from it). */
+export type ApprovalDecision = z.infer<typeof ApprovalDecisionSchema>;
 
-/** Recorded, or refused with a code: self-approval | missing-role | expired | already-decided | not-found. */
+/** Recorded, or refused with a code: self-approval | missing-role | expired | already-decided | not-found | an identity code (UNAUTHENTICATED, TOKEN_EXPIRED, …). */
 export type ApprovalAnswer =
   | { recorded: true; approvalId: string; state: 'approved' | 'rejected' | 'expired'; by: string; idempotent: boolean }
   | { recorded: false; approvalId: string; code: string; message: string; state: string | null };
@@ -135,23 +150,34 @@ export const statusQuery = defineQuery<TaskStatus>('status');
 /** Resolves as soon as admission has decided (admitted, queued or rejected). */
 export const admissionUpdate = defineUpdate<AdmissionAnswer>('admission');
 /** The per-step gate: an agent reports the step it is about to commit and gets allow | deny. */
-export const stepUpdate = defineUpdate<StepAnswer, [StepUsage]>('step');
+export const stepUpdate = defineUpdate<StepAnswer, [StepUsage & CallerFields]>('step');
 /** An agent or hosted-inference task says it is done. */
 export const approveUpdate = defineUpdate<ApprovalAnswer, [ApprovalDecision]>('approve');
 export const rejectUpdate = defineUpdate<ApprovalAnswer, [ApprovalDecision]>('reject');
 /** Waits until the approval is decided; answers with the held step's fate. */
 export const approvalOutcomeUpdate = defineUpdate<ApprovalOutcome, [{ approvalId: string }]>('approvalOutcome');
 /** An operator declares the side effects a failed compensation left behind handled (NeedsOperator → final state). */
-export const resolveUpdate = defineUpdate<{ state: GovState }, [{ by: string; reason: string }]>('resolve');
-export const finishSignal = defineSignal<[{ by: string }]>('finish');
-export const cancelSignal = defineSignal<[{ by: string; reason: string }]>('cancel');
+export const resolveUpdate = defineUpdate<{ state: GovState } | TaskCallRefused, [z.infer<typeof ResolveRequestSchema>]>('resolve');
+
+/** A task call (cancel, finish, preempt) taken, or refused with a code and audited. */
+export type TaskCallRefused = { accepted: false; code: string; message: string };
+export type TaskCallAnswer = { accepted: true; by: string; state: GovState } | TaskCallRefused;
+/** People cancel, finish and preempt through updates: validated, authenticated, answered. */
+export const cancelTaskUpdate = defineUpdate<TaskCallAnswer, [z.infer<typeof CancelRequestSchema>]>('cancelTask');
+export const finishTaskUpdate = defineUpdate<TaskCallAnswer, [z.infer<typeof FinishRequestSchema>]>('finishTask');
+export const preemptTaskUpdate = defineUpdate<TaskCallAnswer, [z.infer<typeof PreemptRequestSchema>]>('preemptTask');
+
+/**
+ * Signals, for govloop's own workflows (which cannot send updates) and older clients. Each is
+ * checked before it acts: a budget controller's cancel and a preemptor's preempt against the
+ * ledger row that ordered them, anything else by its credential. A payload that fails its schema
+ * is ignored.
+ */
+export const finishSignal = defineSignal<[z.infer<typeof FinishSignalSchema>]>('finish');
+export const cancelSignal = defineSignal<[z.infer<typeof CancelSignalSchema>]>('cancel');
 
 /** Who preempts a task and why: `preemptor` is the task it makes room for (null: an operator). */
-export interface PreemptRequest {
-  by: string;
-  reason: string;
-  preemptor: string | null;
-}
+export type PreemptRequest = z.infer<typeof PreemptSignalSchema>;
 /** Checkpoint, suspend after the grace period, requeue; the task resumes from its checkpoint when readmitted. */
 export const preemptSignal = defineSignal<[PreemptRequest]>('preempt');
 /** The cluster's watch saw the task's job change (Kubernetes backend): observe it now, not at the next poll. */

@@ -1,23 +1,28 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { getApproval, grantAccess, listAccess, pendingApprovals, revokeAccess } from '../../ledger/approvals';
-import { type ApprovalAnswer, GovloopClient, GovloopNotFoundError, taskOfApproval } from '../../sdk';
-import { type CommandContext, withContext } from '../context';
+import { type ApprovalAnswer, GovloopNotFoundError, taskOfApproval } from '../../sdk';
+import { PLATFORM_ADMIN, actorName, grantableRoles } from '../../governance/authz';
+import { catalogRoles } from '../../governance/tools';
+import { checkAccess, readableTenants } from '../../ledger/authz';
+import { NameText, ReasonText } from '../../workflows/schemas';
+import { type CommandContext, refused, withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 
-const name = z.string().min(1).max(128);
-const Decide = z.strictObject({ as: name, reason: z.string().min(1).max(1000), json: z.boolean().default(false) });
-const Approvals = z.strictObject({ tenant: name.optional(), json: z.boolean().default(false) });
-const Access = z.strictObject({ tenant: name, user: name, role: name, as: name.default(process.env.USER ?? 'cli'), json: z.boolean().default(false) });
+const name = NameText;
+const Decide = z.strictObject({ as: name.optional(), reason: ReasonText, json: z.boolean().default(false) });
+const Approvals = z.strictObject({ tenant: name.optional(), as: name.optional(), json: z.boolean().default(false) });
+const Access = z.strictObject({ tenant: name, user: name, role: name, as: name.optional(), json: z.boolean().default(false) });
 
 /**
  * Approves or rejects through the task's workflow (it follows the decision at once). When the task
  * has already ended, the ledger still answers: the request was decided, or it expired.
  */
-async function decide(ctx: CommandContext, kind: 'approve' | 'reject', approvalId: string, by: string, reason: string): Promise<ApprovalAnswer> {
-  const gov = new GovloopClient(await ctx.client());
+async function decide(ctx: CommandContext, kind: 'approve' | 'reject', approvalId: string, as: string | undefined, reason: string): Promise<ApprovalAnswer> {
+  const gov = await ctx.gov();
+  const d = { reason, ...(as !== undefined ? { as } : {}) };
   try {
-    return kind === 'approve' ? await gov.approve(approvalId, { by, reason }) : await gov.reject(approvalId, { by, reason });
+    return kind === 'approve' ? await gov.approve(approvalId, d) : await gov.reject(approvalId, d);
   } catch (err) {
     if (!(err instanceof GovloopNotFoundError)) throw err;
     const row = await getApproval(await ctx.db(), approvalId);
@@ -41,11 +46,14 @@ export function register(program: Command): void {
     .command('approvals')
     .description('tool calls waiting for a human approval, oldest first')
     .option('--tenant <tenant>')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
       const o = parseOptions(Approvals, raw);
       await withContext(dataDir(), async (ctx) => {
-        const rows = await pendingApprovals(await ctx.db(), o.tenant);
+        const p = await ctx.principal(o.as, 'approvals');
+        if (o.tenant) await ctx.allow(p, 'read', o.tenant);
+        const rows = await pendingApprovals(await ctx.db(), o.tenant ?? (await readableTenants(await ctx.db(), p)) ?? undefined);
         if (o.json) return printJson(rows);
         if (rows.length === 0) return console.log('no approvals waiting');
         const now = Date.now();
@@ -63,7 +71,7 @@ export function register(program: Command): void {
       .command(kind)
       .description(`${kind} a held tool call; exit 0 when recorded, 3 when refused (self-approval, missing-role, expired, already-decided)`)
       .argument('<approvalId>', 'as the step gate answered, e.g. support-agent-1a2b3c4d.a3')
-      .requiredOption('--as <user>', 'the approver (never the requester)')
+      .option('--as <user>', 'the approver under auth: none (never the requester); with a credential, the credential says who')
       .requiredOption('--reason <text>', 'why (audited)')
       .option('--json', 'print JSON')
       .action(async (approvalId: string, raw) => {
@@ -77,19 +85,19 @@ export function register(program: Command): void {
     .command('resolve')
     .description('after a failed compensation (NeedsOperator): say the side effect was undone by hand; rollback goes on')
     .argument('<taskId>')
-    .requiredOption('--as <user>', 'the operator')
+    .option('--as <user>', 'the operator (auth: none only)')
     .requiredOption('--reason <text>', 'what was done (audited)')
     .option('--json', 'print JSON')
     .action(async (taskId: string, raw) => {
       const o = parseOptions(Decide, raw);
       await withContext(dataDir(), async (ctx) => {
-        const r = await new GovloopClient(await ctx.client()).resolve(taskId, { by: o.as, reason: o.reason });
+        const r = await (await ctx.gov()).resolve(taskId, { reason: o.reason, ...(o.as !== undefined ? { as: o.as } : {}) });
         if (o.json) printJson({ taskId, ...r });
-        else console.log(`${taskId}: resolved by ${o.as}; now ${r.state}`);
+        else console.log(`${taskId}: resolved; now ${r.state}`);
       });
     });
 
-  const access = program.command('access').description('who holds which role in a tenant (approver roles of the tool catalog)');
+  const access = program.command('access').description('who holds which role in a tenant: viewer, requester, approver, budget-owner, tenant-admin, and the tool catalog\'s approver roles');
   for (const verb of ['grant', 'revoke'] as const) {
     access
       .command(verb)
@@ -97,13 +105,26 @@ export function register(program: Command): void {
       .requiredOption('--tenant <tenant>')
       .requiredOption('--user <user>')
       .requiredOption('--role <role>')
-      .option('--as <user>', 'who does it (audited)')
+      .option('--as <user>', 'who does it (auth: none only; audited)')
       .option('--json', 'print JSON')
       .action(async (raw) => {
         const o = parseOptions(Access, raw);
         await withContext(dataDir(), async (ctx) => {
-          const g = { tenant: o.tenant, user: o.user, role: o.role, by: o.as };
-          const changed = verb === 'grant' ? await grantAccess(await ctx.db(), g) : await revokeAccess(await ctx.db(), g);
+          const roles = grantableRoles(catalogRoles(ctx.config().tools));
+          if (!roles.includes(o.role)) {
+            const hint = o.role === PLATFORM_ADMIN ? 'platform-admin comes from config/auth.yaml platformAdmins only' : `one of ${roles.join(', ')}`;
+            throw new CliExit(Exit.BadInput, `invalid input:\n  role: ${hint}`, { errors: [{ path: 'role', message: hint }] });
+          }
+          const p = await ctx.principal(o.as, `access.${verb}`);
+          const g = { tenant: o.tenant, user: o.user, role: o.role, by: actorName(p) };
+          const db = await ctx.db();
+          const r = await db.tx(async (c) => {
+            const d = await checkAccess(c, p, 'access.manage', o.tenant, { detail: { verb, user: o.user, role: o.role } });
+            if (!d.allowed) return d;
+            return { allowed: true as const, changed: verb === 'grant' ? await grantAccess(c, g) : await revokeAccess(c, g) };
+          });
+          if (!r.allowed) throw refused(r, p);
+          const changed = r.changed;
           if (o.json) printJson({ ...g, action: verb, changed });
           else console.log(`${verb} ${o.role} to ${o.user} in ${o.tenant}: ${changed ? 'done' : 'no change'}`);
         });
@@ -113,11 +134,14 @@ export function register(program: Command): void {
     .command('list')
     .description('roles held, by tenant and user')
     .option('--tenant <tenant>')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
       const o = parseOptions(Approvals, raw);
       await withContext(dataDir(), async (ctx) => {
-        const rows = await listAccess(await ctx.db(), o.tenant);
+        const p = await ctx.principal(o.as, 'access.list');
+        if (o.tenant) await ctx.allow(p, 'read', o.tenant);
+        const rows = await listAccess(await ctx.db(), o.tenant ?? (await readableTenants(await ctx.db(), p)) ?? undefined);
         if (o.json) return printJson(rows);
         console.log(table(['tenant', 'user', 'role', 'granted by', 'at'], rows.map((r) => [r.tenant, r.user, r.role, r.grantedBy, r.grantedAt.toISOString()])));
       });

@@ -1,15 +1,13 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { GovloopNotFoundError } from '../../sdk';
-import { appendAudit } from '../../ledger/audit';
+import { GovloopNotFoundError, GovloopStateError } from '../../sdk';
 import { preemptionLosses, queuedTasks } from '../../ledger/quota';
-import { GovState, preemptSignal, statusQuery } from '../../workflows/messages';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
 
 const QueueOptions = z.strictObject({ tenant: z.string().min(1).optional(), json: z.boolean().default(false) });
 const PreemptOptions = z.strictObject({
-  as: z.string({ error: 'required: who preempts' }).min(1).max(128),
+  as: z.string().min(1).max(128).optional(),
   reason: z.string({ error: 'required: why (it goes into the audit log)' }).min(1).max(1000),
   json: z.boolean().default(false),
 });
@@ -43,29 +41,26 @@ export function register(program: Command): void {
     .command('preempt')
     .description('preempt a running cluster task: it checkpoints, is suspended after the grace period, requeued, and resumes from its checkpoint (audited)')
     .argument('<taskId>')
-    .option('--as <user>', 'who preempts (required)')
+    .option('--as <user>', 'who preempts (auth: none only; a tenant-admin of the task\'s tenant)')
     .option('--reason <text>', 'why (required)')
     .option('--json', 'print JSON')
     .action(async (taskId: string, raw) => {
       const opts = parseOptions(PreemptOptions, raw);
       await withContext(dataDir(), async (ctx) => {
-        const handle = (await ctx.client()).workflow.getHandle(taskId);
-        let s;
+        let r;
         try {
-          s = await handle.query(statusQuery);
+          r = await (await ctx.gov()).preempt(taskId, { reason: opts.reason, ...(opts.as !== undefined ? { as: opts.as } : {}) });
         } catch (err) {
-          if ((err as Error).name === 'WorkflowNotFoundError') throw new GovloopNotFoundError(`task ${taskId} not found`);
+          if (err instanceof GovloopStateError) throw new CliExit(Exit.Rejected, `${err.message}: only a cluster job that holds GPUs can be preempted`, { taskId, code: 'not-preemptible' });
+          if (err instanceof GovloopNotFoundError) {
+            // The task has ended (or never was): say which, as for a running one that holds no GPUs.
+            const s = await (await ctx.gov()).status(taskId).catch(() => null);
+            if (s) throw new CliExit(Exit.Rejected, `task ${taskId} is ${s.state}: only a cluster job that holds GPUs can be preempted`, { taskId, state: s.state, code: 'not-preemptible' });
+          }
           throw err;
         }
-        const holding: string[] = [GovState.Reserved, GovState.Dispatched, GovState.Running];
-        if (s.plan?.placement !== 'cluster' || !holding.includes(s.state)) {
-          throw new CliExit(Exit.Rejected, `task ${taskId} is ${s.state}${s.plan?.placement === 'hosted' ? ' (hosted, no cluster job)' : ''}: only a cluster job that holds GPUs can be preempted`, { taskId, state: s.state, code: 'not-preemptible' });
-        }
-        const db = await ctx.db();
-        await db.tx((c) => appendAudit(c, { actor: opts.as, taskId, action: 'preempt.request', decision: 'requested', detail: { reason: opts.reason } }));
-        await handle.signal(preemptSignal, { by: opts.as, reason: opts.reason, preemptor: null });
-        if (opts.json) return printJson({ taskId, requested: true, by: opts.as, reason: opts.reason });
-        console.log(`preemption requested for ${taskId}: it checkpoints, is suspended and requeued (watch: govloop status ${taskId})`);
+        if (opts.json) return printJson({ taskId, requested: true, by: r.by, reason: opts.reason });
+        console.log(`preemption of ${taskId} accepted from ${r.by}: it checkpoints, is suspended and requeued (watch: govloop status ${taskId})`);
       });
     });
 

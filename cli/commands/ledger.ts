@@ -5,13 +5,14 @@ import { decideRaise, requestBudgetChange, showBudgets } from '../../ledger/budg
 import { budgetSnapshot, listRaises } from '../../ledger/ladder';
 import { startBudgetController } from '../../runtime/schedules';
 import { type BudgetKey, TASK_QUEUE_CONTROL } from '../../workflows/messages';
-import { verifyAudit } from '../../ledger/audit';
+import { registerAuditCommands } from './audit';
 import { UsageDims, type UsageDim } from '../../ledger/usage';
 import { type Capacity, rollUp, rollupUsageBy, showback } from '../../ledger/rollups';
 import type { GovConfig } from '../../config/load';
 import { priceVersionAt } from '../../governance/pricing';
 import { stringify } from 'csv-stringify/sync';
-import { type CommandContext, withContext } from '../context';
+import { type CommandContext, refused, withContext } from '../context';
+import { actorName } from '../../governance/authz';
 import { dataDir as dataDirOf, readDevState } from '../../runtime/environment';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 
@@ -22,12 +23,12 @@ const BudgetSet = z.strictObject({
   project: scopeName.optional(),
   usd: z.coerce.number({ error: 'must be a number' }).nonnegative().max(1e12),
   period: z.enum(Periods).default('month'),
-  as: z.string().min(1).default(process.env.USER ?? 'cli'),
+  as: z.string().min(1).max(128).optional(),
   reason: z.string().min(1).max(1000).default('budget set'),
 }).refine((o) => o.project === undefined || o.team !== undefined, { message: 'a project budget needs --team', path: ['project'] });
-const RaiseDecision = z.strictObject({ as: z.string().min(1).max(128), reason: z.string().min(1).max(1000) });
+const RaiseDecision = z.strictObject({ as: z.string().min(1).max(128).optional(), reason: z.string().min(1).max(1000) });
 const RaiseId = z.coerce.number({ error: 'must be a number' }).int().positive();
-const BudgetShow = z.strictObject({ tenant: scopeName, team: scopeName.optional(), project: scopeName.optional(), period: z.enum(Periods).optional(), json: z.boolean().default(false) });
+const BudgetShow = z.strictObject({ tenant: scopeName, team: scopeName.optional(), project: scopeName.optional(), period: z.enum(Periods).optional(), as: scopeName.optional(), json: z.boolean().default(false) });
 
 /** `--period` of usage: today | week | month | all | YYYY-MM | YYYY-MM-DD, as a [from, to) range in UTC. */
 export function periodRange(p: string, now = new Date()): { from: Date; to: Date } | undefined {
@@ -52,6 +53,7 @@ const UsageOptions = z.strictObject({
     .pipe(z.array(z.enum(UsageDims, { error: `each dimension must be one of ${UsageDims.join(', ')}` })).min(1)),
   period: z.string().default('month').refine((p) => periodRange(p) !== undefined, 'today | week | month | all | YYYY-MM | YYYY-MM-DD'),
   tenant: scopeName.optional(),
+  as: scopeName.optional(),
   json: z.boolean().default(false),
 });
 
@@ -59,6 +61,7 @@ const ReportOptions = z.strictObject({
   by: UsageOptions.shape.by,
   period: UsageOptions.shape.period,
   tenant: scopeName.optional(),
+  as: scopeName.optional(),
   format: z.enum(['table', 'csv', 'json']).default('table'),
 });
 
@@ -86,6 +89,13 @@ async function nudgeController(ctx: CommandContext, budget: BudgetKey): Promise<
   }
 }
 
+/** Usage of one tenant needs `read` there; of every tenant, platform-admin. */
+async function readScope(ctx: CommandContext, tenant: string | undefined, as: string | undefined): Promise<void> {
+  const p = await ctx.principal(as, 'usage');
+  if (tenant !== undefined) await ctx.allow(p, 'read', tenant);
+  else if (!p.platformAdmin || p.tenantScope !== null) throw refused({ code: 'FORBIDDEN', message: `usage of every tenant is for platform admins; ${actorName(p)} names one with --tenant` }, p);
+}
+
 export function register(program: Command): void {
   const dataDir = () => program.opts().dataDir as string | undefined;
   const budget = program.command('budget').description('budgets per tenant / team / project and period');
@@ -98,17 +108,20 @@ export function register(program: Command): void {
     .option('--project <project>')
     .requiredOption('--usd <amount>')
     .option('--period <period>', 'day | week | month | total', 'month')
-    .option('--as <user>', 'who sets it (audited)')
+    .option('--as <user>', 'who sets it (auth: none only; audited)')
     .option('--reason <text>', 'why (audited)')
     .action(async (raw) => {
       const o = parseOptions(BudgetSet, raw);
       await withContext(dataDir(), async (ctx) => {
         const db = await ctx.db();
+        const principal = await ctx.principal(o.as ?? (ctx.credential ? undefined : process.env.USER), 'budget.set');
         const scope = { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}) };
-        const r = await requestBudgetChange(db, scope, o.period, o.usd, o.as, o.reason);
+        const r = await requestBudgetChange(db, scope, o.period, o.usd, { principal, lowerSecondPersonAbove: ctx.config().auth.budgetLowerSecondPersonAbove }, o.reason);
         const label = `${o.tenant}/${o.team ?? '*'}/${o.project ?? '*'} ${o.period}`;
+        if (!r.applied && 'refused' in r) throw refused(r.refused, principal);
         if (!r.applied) {
-          console.log(`budget ${label}: raise ${usd(r.fromUsd)} → ${usd(r.toUsd)} is pending as raise ${r.raiseId}; someone other than ${o.as} approves it: govloop budget approve ${r.raiseId} --as USER --reason TEXT`);
+          const what = r.toUsd > r.fromUsd ? 'raise' : 'lowering';
+          console.log(`budget ${label}: ${what} ${usd(r.fromUsd)} → ${usd(r.toUsd)} is pending as change ${r.raiseId}; someone other than ${actorName(principal)} approves it: govloop budget approve ${r.raiseId} --reason TEXT`);
           return;
         }
         console.log(`budget ${label}: ${usd(o.usd)}`);
@@ -121,10 +134,12 @@ export function register(program: Command): void {
     .description('budget raises waiting for a second person (pending first), with --all the decided ones too')
     .requiredOption('--tenant <tenant>')
     .option('--all', 'decided raises too')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
-      const o = parseOptions(z.strictObject({ tenant: scopeName, all: z.boolean().default(false), json: z.boolean().default(false) }), raw);
+      const o = parseOptions(z.strictObject({ tenant: scopeName, all: z.boolean().default(false), as: scopeName.optional(), json: z.boolean().default(false) }), raw);
       await withContext(dataDir(), async (ctx) => {
+        await ctx.allow(await ctx.principal(o.as, 'budget.raises'), 'read', o.tenant);
         const rows = await listRaises(await ctx.db(), o.tenant, !o.all);
         if (o.json) return printJson(rows);
         if (rows.length === 0) return console.log(`no ${o.all ? '' : 'pending '}budget raises for ${o.tenant}`);
@@ -137,15 +152,16 @@ export function register(program: Command): void {
       .command(kind)
       .description(`${kind} a pending budget raise (not the person who asked for it)`)
       .argument('<raiseId>')
-      .requiredOption('--as <user>')
+      .option('--as <user>', 'who decides (auth: none only)')
       .requiredOption('--reason <text>')
       .action(async (id: string, raw) => {
         const raiseId = parseOptions(z.strictObject({ raiseId: RaiseId }), { raiseId: id }).raiseId;
         const o = parseOptions(RaiseDecision, raw);
         await withContext(dataDir(), async (ctx) => {
-          const r = await decideRaise(await ctx.db(), raiseId, kind, o.as, o.reason);
-          if (!r.recorded) throw new CliExit(Exit.Rejected, `${r.code}: ${r.message}`);
-          console.log(`budget raise ${raiseId} ${r.state} by ${o.as}; limit ${usd(r.limitUsd)}`);
+          const principal = await ctx.principal(o.as, `budget.${kind}`);
+          const r = await decideRaise(await ctx.db(), raiseId, kind, principal, o.reason);
+          if (!r.recorded) throw new CliExit(Exit.Rejected, `${r.code}: ${r.message}`, { code: r.code });
+          console.log(`budget change ${raiseId} ${r.state} by ${actorName(principal)}; limit ${usd(r.limitUsd)}`);
           if (r.state === 'approved') await nudgeController(ctx, r.budget);
         });
       });
@@ -158,10 +174,12 @@ export function register(program: Command): void {
     .option('--team <team>')
     .option('--project <project>')
     .option('--period <period>')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
       const o = parseOptions(BudgetShow, raw);
       await withContext(dataDir(), async (ctx) => {
+        await ctx.allow(await ctx.principal(o.as, 'budget.show'), 'read', o.tenant);
         const db = await ctx.db();
         const now = new Date();
         const views = await showBudgets(db, { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}), ...(o.period ? { period: o.period } : {}) }, now);
@@ -188,11 +206,13 @@ export function register(program: Command): void {
     .option('--by <dims>', `comma-separated: ${UsageDims.join(', ')}`, 'team')
     .option('--period <period>', 'today | week | month | all | YYYY-MM | YYYY-MM-DD', 'month')
     .option('--tenant <tenant>')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
       const o = parseOptions(UsageOptions, raw);
       const { from, to } = periodRange(o.period)!;
       await withContext(dataDir(), async (ctx) => {
+        await readScope(ctx, o.tenant, o.as);
         const db = await ctx.db();
         // The rollups are what the meteringRollup schedule keeps; catch up first so the answer
         // includes usage recorded since its last run (idempotent, recomputes whole buckets).
@@ -209,11 +229,13 @@ export function register(program: Command): void {
     .option('--by <dims>', `comma-separated: ${UsageDims.join(', ')}`, 'team')
     .option('--period <period>', 'today | week | month | all | YYYY-MM | YYYY-MM-DD', 'month')
     .option('--tenant <tenant>', 'one tenant only (idle capacity is reported for the whole cluster only)')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--format <format>', 'table | csv | json', 'table')
     .action(async (raw) => {
       const o = parseOptions(ReportOptions, raw);
       const { from, to } = periodRange(o.period)!;
       await withContext(dataDir(), async (ctx) => {
+        await readScope(ctx, o.tenant, o.as);
         const db = await ctx.db();
         await rollUp(db, { lateArrivalSeconds: ctx.config().policies.metering.lateArrivalSeconds });
         const r = await showback(db, { by: o.by as UsageDim[], from, to, ...(o.tenant ? { tenant: o.tenant } : {}), capacity: clusterCapacity(ctx.config()), priceBook: ctx.config().priceBook });
@@ -238,27 +260,21 @@ export function register(program: Command): void {
     });
 
   const audit = program.command('audit').description('the tamper-evident audit log');
-  audit
-    .command('verify')
-    .description('recompute the hash chain; exit 4 naming the first row that does not fit')
-    .option('--json', 'print JSON')
-    .action(async (raw) => {
-      const o = parseOptions(z.strictObject({ json: z.boolean().default(false) }), raw);
-      await withContext(dataDir(), async (ctx) => {
-        const v = await verifyAudit(await ctx.db());
-        if (o.json) printJson(v);
-        else console.log(v.ok ? `audit chain intact: ${v.rows} rows` : `audit chain broken at row ${v.firstBadId} (${v.problem}); ${v.rows} rows`);
-        if (!v.ok) process.exitCode = Exit.AuditBroken;
-      });
-    });
+  registerAuditCommands(audit, dataDir);
   audit
     .command('show')
     .description("a task's audit trail, oldest first")
     .argument('<taskId>')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (taskId: string, raw) => {
-      const o = parseOptions(z.strictObject({ json: z.boolean().default(false) }), raw);
+      const o = parseOptions(z.strictObject({ as: scopeName.optional(), json: z.boolean().default(false) }), raw);
       await withContext(dataDir(), async (ctx) => {
+        const p = await ctx.principal(o.as, 'audit.show');
+        // A task's trail is its tenant's to read; rows of a task the ledger never admitted, a platform admin's.
+        const t = await (await ctx.db()).query<{ tenant: string }>('SELECT a.tenant FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1', [taskId]);
+        if (t.rows[0]) await ctx.allow(p, 'read', t.rows[0].tenant, { taskId });
+        else if (!p.platformAdmin || p.tenantScope !== null) throw refused({ code: 'FORBIDDEN', message: `${taskId} is no task of a tenant ${actorName(p)} may read` }, p);
         const { rows } = await (await ctx.db()).query('SELECT id, at, actor, action, decision, detail FROM audit_log WHERE task_id = $1 ORDER BY id', [taskId]);
         if (rows.length === 0) throw new CliExit(Exit.Failure, `no audit rows for ${taskId}`);
         if (o.json) return printJson(rows);

@@ -1,3 +1,6 @@
+import { actorName } from '../../governance/authz';
+import { checkAccess } from '../../ledger/authz';
+import { NameText } from '../../workflows/schemas';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../../config/load';
@@ -5,7 +8,7 @@ import { createKey, listKeys, revokeKey } from '../../ledger/keys';
 import { connectTemporal, dataDir as resolveDataDir, openLedger, readDevState } from '../../runtime/environment';
 import { nudgeCrossed } from '../../runtime/schedules';
 import { apiConfigDefaults, buildApi } from '../../server/app';
-import { withContext } from '../context';
+import { refused, withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
 
 const tenant = z
@@ -13,7 +16,6 @@ const tenant = z
   .min(1)
   .max(63)
   .regex(/^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/, 'lowercase letters, digits, ".", "_" and "-", starting and ending alphanumeric');
-const actor = z.string().min(1).max(128).default(process.env.USER ?? 'cli');
 const positive = z.coerce.number({ error: 'must be a number' }).positive();
 
 const ServeOptions = z.strictObject({
@@ -23,9 +25,9 @@ const ServeOptions = z.strictObject({
   futureSkewSeconds: z.coerce.number({ error: 'must be a number' }).nonnegative().max(86_400).default(apiConfigDefaults.futureSkewSeconds),
   temporalUi: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL, e.g. http://localhost:8233' }).optional(),
 });
-const KeysCreate = z.strictObject({ tenant, as: actor, json: z.boolean().default(false) });
-const KeysList = z.strictObject({ tenant, json: z.boolean().default(false) });
-const KeysRevoke = z.strictObject({ tenant, prefix: z.string().regex(/^glk_[A-Za-z0-9_-]{8}$/, 'the 12-character prefix shown by keys list, e.g. glk_AbC123xY'), as: actor, json: z.boolean().default(false) });
+const KeysCreate = z.strictObject({ tenant, user: NameText.optional(), as: NameText.optional(), json: z.boolean().default(false) });
+const KeysList = z.strictObject({ tenant, as: NameText.optional(), json: z.boolean().default(false) });
+const KeysRevoke = z.strictObject({ tenant, prefix: z.string().regex(/^glk_[A-Za-z0-9_-]{8}$/, 'the 12-character prefix shown by keys list, e.g. glk_AbC123xY'), as: NameText.optional(), json: z.boolean().default(false) });
 
 /** Resolves on the first SIGINT/SIGTERM. */
 const untilSignal = () =>
@@ -89,13 +91,21 @@ export function register(program: Command): void {
     .command('create')
     .description('create an API key for a tenant; the key is printed once and cannot be shown again')
     .requiredOption('--tenant <tenant>')
-    .option('--as <user>', 'who creates it (audited)')
-    .option('--json', 'print {key, prefix, tenant, id}')
+    .option('--user <user>', 'the user the key authenticates as (its roles in the tenant); without it, a tenant key for usage ingestion only')
+    .option('--as <user>', 'who creates it (auth: none only; audited)')
+    .option('--json', 'print {key, prefix, tenant, user, id}')
     .action(async (raw) => {
       const o = parseOptions(KeysCreate, raw);
       await withContext(dataDir(), async (ctx) => {
-        const k = await createKey(await ctx.db(), o.tenant, o.as);
-        if (o.json) return printJson({ key: k.key, prefix: k.prefix, tenant: k.tenant, id: k.id });
+        const p = await ctx.principal(o.as, 'keys.create');
+        const db = await ctx.db();
+        const r = await db.tx(async (c) => {
+          const d = await checkAccess(c, p, 'keys.manage', o.tenant, { detail: { user: o.user ?? null } });
+          return d.allowed ? { allowed: true as const, key: await createKey(c, o.tenant, actorName(p), o.user ?? null) } : d;
+        });
+        if (!r.allowed) throw refused(r, p);
+        const k = r.key;
+        if (o.json) return printJson({ key: k.key, prefix: k.prefix, tenant: k.tenant, user: k.subject, id: k.id });
         console.log(k.key);
         console.error(`API key ${k.prefix}… for tenant ${k.tenant}: shown once, keep it now (revoke: govloop keys revoke --tenant ${k.tenant} --prefix ${k.prefix})`);
       });
@@ -105,14 +115,16 @@ export function register(program: Command): void {
     .command('list')
     .description("a tenant's keys: prefixes and dates, never the keys")
     .requiredOption('--tenant <tenant>')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
       const o = parseOptions(KeysList, raw);
       await withContext(dataDir(), async (ctx) => {
+        await ctx.allow(await ctx.principal(o.as, 'keys.list'), 'keys.manage', o.tenant);
         const list = await listKeys(await ctx.db(), o.tenant);
         if (o.json) return printJson(list);
         if (list.length === 0) return console.log(`no API keys for ${o.tenant}`);
-        console.log(table(['prefix', 'created', 'by', 'revoked'], list.map((k) => [k.prefix, k.createdAt.toISOString(), k.createdBy, k.revokedAt?.toISOString() ?? '—'])));
+        console.log(table(['prefix', 'user', 'created', 'by', 'revoked'], list.map((k) => [k.prefix, k.subject ?? '(tenant key)', k.createdAt.toISOString(), k.createdBy, k.revokedAt?.toISOString() ?? '—'])));
       });
     });
 
@@ -121,12 +133,18 @@ export function register(program: Command): void {
     .description('revoke a key by its prefix (from keys list); requests with it are refused at once')
     .requiredOption('--tenant <tenant>')
     .requiredOption('--prefix <prefix>')
-    .option('--as <user>', 'who revokes it (audited)')
+    .option('--as <user>', 'who revokes it (auth: none only; audited)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
       const o = parseOptions(KeysRevoke, raw);
       await withContext(dataDir(), async (ctx) => {
-        const r = await revokeKey(await ctx.db(), o.tenant, o.prefix, o.as);
+        const p = await ctx.principal(o.as, 'keys.revoke');
+        const out = await (await ctx.db()).tx(async (c) => {
+          const d = await checkAccess(c, p, 'keys.manage', o.tenant, { detail: { prefix: o.prefix } });
+          return d.allowed ? { allowed: true as const, r: await revokeKey(c, o.tenant, o.prefix, actorName(p)) } : d;
+        });
+        if (!out.allowed) throw refused(out, p);
+        const r = out.r;
         if (r.revoked) {
           if (o.json) return printJson(r);
           return console.log(`revoked ${o.prefix}… of ${o.tenant}`);

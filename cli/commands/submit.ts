@@ -2,11 +2,11 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { parseIntentText } from '../../governance/intent';
-import { GovloopClient, outcomeOf, type TaskOutcome } from '../../sdk';
+import { outcomeOf, type TaskOutcome } from '../../sdk';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, usd } from '../util';
 
-const Options = z.strictObject({ wait: z.boolean().default(false), json: z.boolean().default(false), as: z.string().min(1).default(process.env.USER ?? 'cli'), id: z.string().min(1).optional() });
+const Options = z.strictObject({ wait: z.boolean().default(false), json: z.boolean().default(false), as: z.string().min(1).max(128).optional(), id: z.string().min(1).optional() });
 
 export function printOutcome(o: TaskOutcome, json: boolean): void {
   if (json) return printJson(o);
@@ -21,7 +21,7 @@ export function register(program: Command): void {
     .argument('<file>', 'intent file')
     .option('--wait', 'wait until the task ends')
     .option('--json', 'print one JSON object')
-    .option('--as <user>', 'the requester')
+    .option('--as <user>', 'the requester under auth: none (default $USER); with a credential, the credential says who')
     .option('--id <taskId>', 'task id (default: name + random suffix)')
     .action(async (file: string, raw) => {
       const opts = parseOptions(Options, raw);
@@ -36,8 +36,9 @@ export function register(program: Command): void {
         throw new CliExit(Exit.BadInput, `invalid intent ${file}:\n${parsed.errors.map((e) => `  ${e.path}: ${e.message}`).join('\n')}`, { errors: parsed.errors });
       }
       await withContext(program.opts().dataDir, async (ctx) => {
-        const gov = new GovloopClient(await ctx.client());
-        const admission = await gov.submit(parsed.value, { requester: opts.as, ...(opts.id ? { taskId: opts.id } : {}) });
+        const gov = await ctx.gov();
+        const requester = opts.as ?? (gov.credential ? undefined : (process.env.USER ?? 'cli'));
+        const admission = await gov.submit(parsed.value, { ...(requester !== undefined ? { requester } : {}), ...(opts.id ? { taskId: opts.id } : {}) });
         let outcome: TaskOutcome = { taskId: admission.taskId, decision: admission.decision, reasons: admission.reasons, state: admission.state, usage: null, costUsd: null };
         if (opts.wait && admission.decision !== 'rejected') outcome = outcomeOf(await gov.result(admission.taskId));
         else if (admission.decision === 'rejected') outcome = outcomeOf(await gov.result(admission.taskId));

@@ -1,21 +1,24 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { GovloopClient, outcomeOf } from '../../sdk';
+import { outcomeOf } from '../../sdk';
+import { readableTenants } from '../../ledger/authz';
+import { NameText, ReasonText } from '../../workflows/schemas';
 import { withContext } from '../context';
 import { Exit, parseOptions, printJson, table, usd } from '../util';
 import { printOutcome } from './submit';
 
 const int = (name: string) => z.coerce.number({ error: `${name} must be a number` }).int().nonnegative();
 
-const StatusOptions = z.strictObject({ json: z.boolean().default(false) });
-const ListOptions = z.strictObject({ state: z.string().optional(), tenant: z.string().optional(), team: z.string().optional(), kind: z.string().optional(), limit: z.coerce.number().int().positive().default(50), json: z.boolean().default(false) });
-const CancelOptions = z.strictObject({ as: z.string().min(1).default(process.env.USER ?? 'cli'), reason: z.string().min(1).default('cancelled from the CLI') });
+const StatusOptions = z.strictObject({ as: NameText.optional(), json: z.boolean().default(false) });
+const ListOptions = z.strictObject({ state: z.string().optional(), tenant: z.string().optional(), team: z.string().optional(), kind: z.string().optional(), limit: z.coerce.number().int().positive().default(50), as: NameText.optional(), json: z.boolean().default(false) });
+const CancelOptions = z.strictObject({ as: NameText.optional(), reason: ReasonText.default('cancelled from the CLI') });
 const StepOptions = z.strictObject({
   tokensIn: int('tokens-in'),
   tokensOut: int('tokens-out'),
   context: int('context'),
   model: z.string().min(1).optional(),
   tool: z.string().min(1).optional(),
+  as: NameText.optional(),
   toolArgs: z
     .string()
     .transform((t, ctx) => {
@@ -38,13 +41,17 @@ export function register(program: Command): void {
     .command('status')
     .description("a task's governance state, usage and cost")
     .argument('<taskId>')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (taskId: string, raw) => {
       const opts = parseOptions(StatusOptions, raw);
       await withContext(dataDir(), async (ctx) => {
-        const s = await new GovloopClient(await ctx.client()).status(taskId);
+        const p = await ctx.principal(opts.as, 'status');
+        const s = await (await ctx.gov()).status(taskId);
+        await ctx.allow(p, 'read', s.attribution.tenant, { taskId });
         if (opts.json) return printJson(s);
         printOutcome(outcomeOf(s), false);
+        if (s.requester) console.log(`  requested by ${s.requester}`);
         console.log(`  kind ${s.kind}, ${s.attribution.tenant}/${s.attribution.team}/${s.attribution.project}, model ${s.attribution.model}`);
         if (s.plan) console.log(`  plan ${s.plan.template}: ${s.plan.gpu.count} x ${s.plan.gpu.type ?? 'hosted'} (${s.plan.gpu.sharing}), worst case ${usd(s.plan.worstCaseMicros / 1e6)}`);
         if (s.nodes.length) console.log(`  nodes ${s.nodes.join(', ')}`);
@@ -64,11 +71,18 @@ export function register(program: Command): void {
     .option('--team <team>')
     .option('--kind <kind>')
     .option('--limit <n>', 'at most this many', '50')
+    .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
       const opts = parseOptions(ListOptions, raw);
       await withContext(dataDir(), async (ctx) => {
-        const rows = await new GovloopClient(await ctx.client()).list({ state: opts.state, tenant: opts.tenant, team: opts.team, kind: opts.kind, limit: opts.limit });
+        const p = await ctx.principal(opts.as, 'list');
+        if (opts.tenant) await ctx.allow(p, 'read', opts.tenant);
+        // Without --tenant: every tenant the caller may read (all of them for a platform admin).
+        const tenants = opts.tenant ? [opts.tenant] : await readableTenants(await ctx.db(), p);
+        const gov = await ctx.gov();
+        const filter = { state: opts.state, team: opts.team, kind: opts.kind, limit: opts.limit };
+        const rows = tenants === null ? await gov.list(filter) : (await Promise.all(tenants.map((tenant) => gov.list({ ...filter, tenant })))).flat().sort((a, b) => b.startTime.getTime() - a.startTime.getTime()).slice(0, opts.limit);
         if (opts.json) return printJson(rows);
         console.log(table(['task', 'state', 'tenant', 'team', 'kind', 'started'], rows.map((r) => [r.taskId, r.state, r.tenant, r.team, r.kind, r.startTime.toISOString()])));
       });
@@ -78,13 +92,13 @@ export function register(program: Command): void {
     .command('cancel')
     .description('cancel a task: its job is deleted, what it used is charged, the rest of its reservation released')
     .argument('<taskId>')
-    .option('--as <user>', 'who cancels')
+    .option('--as <user>', 'who cancels (auth: none only)')
     .option('--reason <text>', 'why')
     .action(async (taskId: string, raw) => {
       const opts = parseOptions(CancelOptions, raw);
       await withContext(dataDir(), async (ctx) => {
-        await new GovloopClient(await ctx.client()).cancel(taskId, opts.as, opts.reason);
-        console.log(`cancel requested for ${taskId}`);
+        const r = await (await ctx.gov()).cancel(taskId, opts.as, opts.reason);
+        console.log(`cancel of ${taskId} accepted from ${r.by}`);
       });
     });
 
@@ -99,11 +113,12 @@ export function register(program: Command): void {
     .option('--tool <name>')
     .option('--tool-args <json>', "the tool call's arguments (digested for approval, replayed to its compensation)")
     .option('--latency-ms <n>')
+    .option('--as <user>', 'who reports the step (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (taskId: string, raw) => {
       const opts = parseOptions(StepOptions, raw);
       await withContext(dataDir(), async (ctx) => {
-        const a = await new GovloopClient(await ctx.client()).step(taskId, {
+        const a = await (await ctx.gov()).step(taskId, {
           tokensIn: opts.tokensIn,
           tokensOut: opts.tokensOut,
           contextTokens: opts.context,
@@ -111,7 +126,7 @@ export function register(program: Command): void {
           ...(opts.tool ? { tool: opts.tool } : {}),
           ...(opts.toolArgs !== undefined ? { toolArgs: opts.toolArgs } : {}),
           ...(opts.latencyMs !== undefined ? { latencyMs: opts.latencyMs } : {}),
-        });
+        }, opts.as !== undefined ? { as: opts.as } : {});
         if (opts.json) printJson(a);
         else {
           const extra = a.answer === 'degrade' ? ` on ${a.fallbackModel}` : a.answer === 'await-approval' ? ` ${a.approvalId}` : '';
@@ -125,12 +140,12 @@ export function register(program: Command): void {
     .command('finish')
     .description('mark a hosted agent/inference task done; it settles and releases its reservation')
     .argument('<taskId>')
-    .option('--as <user>', 'who finishes')
+    .option('--as <user>', 'who finishes (auth: none only)')
     .action(async (taskId: string, raw) => {
       const opts = parseOptions(CancelOptions.pick({ as: true }), raw);
       await withContext(dataDir(), async (ctx) => {
-        await new GovloopClient(await ctx.client()).finish(taskId, opts.as);
-        console.log(`finish requested for ${taskId}`);
+        const r = await (await ctx.gov()).finish(taskId, opts.as);
+        console.log(`finish of ${taskId} accepted from ${r.by}`);
       });
     });
 }

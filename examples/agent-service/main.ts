@@ -5,9 +5,20 @@
  *   govloop dev                                   # in one terminal
  *   npx tsx examples/agent-service/main.ts --tasks 50 --tenant acme --approver alice
  *
+ * Identities: the service submits and steps with its own credential ($GOVLOOP_TOKEN or
+ * $GOVLOOP_API_KEY); the stand-in approver decides with another person's ($GOVLOOP_APPROVER_TOKEN).
+ * Under `auth: none` (govloop dev) `--requester` and `--approver` are typed names, marked unverified.
+ * Before an approved refund runs, the service checks govloop's signed approval token against the
+ * public key in `--public-key` (default: the dev data dir's key).
+ *
  * Compare with the ledger: govloop usage --by model --tenant acme --period today
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { loadPublicKey } from '../../identity/signing';
+import { verifyApprovalToken } from '../../identity/approval-token';
+import { dataDir } from '../../runtime/environment';
 import { z } from 'zod';
 import { GovloopClient, GovloopInputError } from '../../sdk';
 import { table } from '../../cli/util';
@@ -21,6 +32,7 @@ const Options = z.strictObject({
   requester: z.string().min(1).default('agent-service'),
   approver: z.string().min(1).optional(),
   refunds: z.boolean().default(false),
+  publicKey: z.string().min(1).optional(),
 });
 
 async function main(): Promise<void> {
@@ -33,12 +45,24 @@ async function main(): Promise<void> {
       requester: { type: 'string' },
       approver: { type: 'string' },
       refunds: { type: 'boolean' },
+      'public-key': { type: 'string' },
     },
   });
-  const parsed = Options.safeParse(values);
+  const { 'public-key': publicKey, ...rest } = values;
+  const parsed = Options.safeParse({ ...rest, ...(publicKey ? { publicKey } : {}) });
   if (!parsed.success) throw new GovloopInputError(parsed.error.issues.map((i) => ({ path: `--${i.path.join('.')}`, message: i.message })));
   const o = parsed.data;
   const gov = await GovloopClient.connect();
+  // The approver is another person: their own credential, never the service's.
+  const approverGov = process.env.GOVLOOP_APPROVER_TOKEN ? gov.withCredential(process.env.GOVLOOP_APPROVER_TOKEN) : gov;
+  const keyFile = o.publicKey ?? join(dataDir(), 'govloop-signing-key.pem');
+  const key = existsSync(keyFile) ? loadPublicKey(keyFile) : null;
+  if (o.refunds && !key) console.warn(`no govloop public key at ${keyFile}: approved refunds are refused (pass --public-key)`);
+  const checkApproval = (tool: string, args: unknown, token: string | null | undefined) => {
+    if (!key) return 'no govloop public key to check the approval token with';
+    const c = verifyApprovalToken(key, token, { tool, args });
+    return c.ok ? null : `${c.code}: ${c.message}`;
+  };
   const tools = ['search.web', 'db.read', ...(o.refunds ? ['payments.refund'] : [])];
   const runs: RunOptions[] = Array.from({ length: o.tasks }, (_, i) => ({
     requester: o.requester,
@@ -52,7 +76,8 @@ async function main(): Promise<void> {
       tools,
       resources: { gpus: 0 },
     },
-    ...(o.approver ? { approver: async (id: string) => void (await gov.approve(id, { by: o.approver!, reason: 'example service auto-approval' })) } : {}),
+    checkApproval,
+    ...(o.approver || process.env.GOVLOOP_APPROVER_TOKEN ? { approver: async (id: string) => void (await approverGov.approve(id, { reason: 'example service auto-approval', ...(o.approver && !process.env.GOVLOOP_APPROVER_TOKEN ? { as: o.approver } : {}) })) } : {}),
   }));
   const started = Date.now();
   const reports = await runAgents(gov, runs, o.concurrency);

@@ -17,6 +17,11 @@ export interface RunOptions {
   requester: string;
   /** Decides held tool calls (a stand-in for the human in the loop; it must not be the requester). */
   approver?: (approvalId: string) => Promise<void>;
+  /**
+   * The tool executor's check before an approved high-risk call runs: the approval token govloop
+   * signed must verify for this tool and these exact arguments. Null: run it; a string: refused.
+   */
+  checkApproval?: (tool: string, args: unknown, token: string | null | undefined) => string | null;
 }
 
 /**
@@ -41,6 +46,15 @@ export async function runAgent(gov: GovloopClient, o: RunOptions): Promise<Agent
       if (o.approver) await o.approver(a.approvalId!);
       const outcome = await gov.waitForApproval(a.approvalId!);
       a = outcome.step ?? a;
+      // The call itself runs only with govloop's signed approval of exactly these arguments.
+      if ((a.answer === 'allow' || a.answer === 'degrade') && o.checkApproval && call.tool) {
+        const refused = o.checkApproval(call.tool, call.toolArgs ?? null, a.approvalToken);
+        if (refused) {
+          report.answers.push('deny');
+          stopped = true;
+          break;
+        }
+      }
     }
     report.answers.push(a.answer);
     if (a.answer === 'allow') count(primary, call);

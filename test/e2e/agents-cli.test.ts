@@ -55,7 +55,7 @@ describe('agent commands of the CLI, as a separate process', () => {
     expect(answer).toBe('await-approval');
 
     const list = await govloop(['approvals', '--tenant', h.tenant, '--json'], env);
-    expect(list.json()).toEqual([expect.objectContaining({ approvalId, tool: 'payments.refund', requester: 'carol', state: 'pending', tier: 0 })]);
+    expect(list.json()).toEqual([expect.objectContaining({ approvalId, tool: 'payments.refund', requester: 'carol (unverified)', state: 'pending', tier: 0 })]);
 
     const noRole = await govloop(['approve', approvalId, '--as', 'alice', '--reason', 'ok', '--json'], env);
     expect(noRole.code).toBe(3);
@@ -69,7 +69,7 @@ describe('agent commands of the CLI, as a separate process', () => {
 
     const ok = await govloop(['approve', approvalId, '--as', 'alice', '--reason', 'refund policy 4.2', '--json'], env);
     expect(ok.code, ok.stderr).toBe(0);
-    expect(ok.json()).toMatchObject({ recorded: true, state: 'approved', by: 'alice' });
+    expect(ok.json()).toMatchObject({ recorded: true, state: 'approved', by: 'alice (unverified)' });
     const twice = await govloop(['reject', approvalId, '--as', 'alice', '--reason', 'no'], env);
     expect(twice.code).toBe(3);
     expect(twice.stderr).toMatch(/already-decided/);
@@ -91,6 +91,7 @@ describe('agent commands of the CLI, as a separate process', () => {
       'approval:approved',
       'step:allow', // the held call, run once approved
       'approval.refused:already-decided',
+      'task.finish:accepted', // who finished it, and by which role
       'release:released',
       'settle:Succeeded',
     ]);
@@ -99,8 +100,8 @@ describe('agent commands of the CLI, as a separate process', () => {
     expect(revoke.json()).toMatchObject({ changed: true });
     const { rows } = await h.db.query("SELECT action, actor FROM audit_log WHERE action LIKE 'access.%' AND detail->>'tenant' = $1 ORDER BY id", [h.tenant]);
     expect(rows).toEqual([
-      { action: 'access.grant', actor: 'admin' },
-      { action: 'access.revoke', actor: 'admin' },
+      { action: 'access.grant', actor: 'admin (unverified)' },
+      { action: 'access.revoke', actor: 'admin (unverified)' },
     ]);
   }, 300_000); // a dozen CLI processes, each started by tsx: minutes on a loaded 2-core machine
 

@@ -46,7 +46,7 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
       { tenant: h.tenant, team: 'search', project: 'ranker', model: 'llama-3-8b', use_case: 'relevance', meter: 'tokens_processed', q: 18_000, cost: 0 },
     ]);
     const task = await h.db.query('SELECT requester, state FROM tasks WHERE task_id = $1', [out.taskId]);
-    expect(task.rows[0]).toEqual({ requester: 'alice', state: 'Succeeded' });
+    expect(task.rows[0]).toEqual({ requester: 'alice (unverified)', state: 'Succeeded' });
   });
 
   it('submit without --wait prints the admission decision as soon as it is made', async () => {
@@ -60,7 +60,7 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
     const s = await h.client.workflow.getHandle(out.taskId).result();
     expect(s.state).toBe('Cancelled');
     const st = await govloop(['status', out.taskId, '--json'], env);
-    expect(st.json()).toMatchObject({ state: 'Cancelled', reasons: [expect.objectContaining({ code: 'CANCELLED', message: 'cancelled by bob: test over' })] });
+    expect(st.json()).toMatchObject({ state: 'Cancelled', reasons: [expect.objectContaining({ code: 'CANCELLED', message: 'cancelled by bob (unverified): test over' })] });
   });
 
   it('an over-cap intent exits 3 with the cap reason code', async () => {
@@ -99,11 +99,11 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
     // A raise waits for a second person; the requester cannot approve it.
     const raise = await govloop(['budget', 'set', '--tenant', tenant, '--team', 'search', '--usd', '200', '--as', 'alice', '--reason', 'launch week'], env);
     expect(raise.code, raise.stderr).toBe(0);
-    const raiseId = /as raise (\d+)/.exec(raise.stdout)?.[1];
+    const raiseId = /as change (\d+)/.exec(raise.stdout)?.[1];
     expect(raiseId, raise.stdout).toBeDefined();
     expect((await govloop(['budget', 'show', '--tenant', tenant, '--team', 'search', '--json'], env)).json().limitUsd).toBe(120);
     const pending = (await govloop(['budget', 'raises', '--tenant', tenant, '--json'], env)).json();
-    expect(pending).toMatchObject([{ raiseId: Number(raiseId), scope: `${tenant}/search/*`, fromUsd: 120, toUsd: 200, requestedBy: 'alice', reason: 'launch week', state: 'pending' }]);
+    expect(pending).toMatchObject([{ raiseId: Number(raiseId), scope: `${tenant}/search/*`, fromUsd: 120, toUsd: 200, requestedBy: 'alice (unverified)', reason: 'launch week', state: 'pending' }]);
     const self = await govloop(['budget', 'approve', raiseId!, '--as', 'alice', '--reason', 'mine'], env);
     expect(self.code).toBe(3);
     expect(self.stderr).toMatch(/self-approval/);

@@ -85,7 +85,7 @@ describe('govloop keys + govloop serve, as separate processes', () => {
     expect(await metrics.text()).toMatch(/^govloop_usage_events_total\{outcome="accepted"\} 2$/m);
 
     const list = await govloop(['keys', 'list', '--tenant', tenant, '--json'], env);
-    expect(list.json()).toEqual([expect.objectContaining({ prefix, tenant, createdBy: 'ops', revokedAt: null })]);
+    expect(list.json()).toEqual([expect.objectContaining({ prefix, tenant, createdBy: 'ops (unverified)', subject: null, revokedAt: null })]);
     expect(list.stdout).not.toContain(key);
 
     const revoked = await govloop(['keys', 'revoke', '--tenant', tenant, '--prefix', prefix, '--as', 'ops'], env);

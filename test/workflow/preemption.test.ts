@@ -145,7 +145,7 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     await h.until(t.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
     const r = await govloop(['preempt', t.taskId, '--as', 'alice', '--reason', 'node maintenance', '--json'], cliEnv());
     expect(r.code, r.stderr).toBe(0);
-    expect(r.json()).toMatchObject({ taskId: t.taskId, requested: true, by: 'alice' });
+    expect(r.json()).toMatchObject({ taskId: t.taskId, requested: true, by: 'alice (unverified)' });
     // Back to Running, on from its checkpoint.
     await h.until(t.taskId, (s) => s.state === 'Running' && s.reasons.length === 0 && s.nodes.length > 0, 60_000);
     for (let sim = await simJob(t.taskId); !(sim.phase === 'Running' && sim.lost_s > 0 && sim.progress_s > sim.checkpoint_s); sim = await simJob(t.taskId)) {
@@ -155,10 +155,10 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     const done = await t.result();
     expect(done.state).toBe('Cancelled');
     expect((await govStates(t.taskId)).join(',')).toMatch(/Running,Preempted,(Queued,)?Reserved,Running,Cancelled$/);
-    const audit = await h.db.query<{ actor: string; action: string; detail: { reason: string; preemptor?: string | null } }>(`SELECT actor, action, detail FROM audit_log WHERE task_id = $1 AND action LIKE 'preempt%' ORDER BY id`, [t.taskId]);
+    const audit = await h.db.query<{ actor: string; action: string; detail: { reason: string; preemptor?: string | null } }>(`SELECT actor, action, detail FROM audit_log WHERE task_id = $1 AND (action LIKE 'preempt%' OR action = 'task.preempt') ORDER BY id`, [t.taskId]);
     expect(audit.rows).toEqual([
-      expect.objectContaining({ actor: 'alice', action: 'preempt.request', detail: { reason: 'node maintenance' } }),
-      expect.objectContaining({ actor: 'alice', action: 'preempt', detail: expect.objectContaining({ reason: 'node maintenance', preemptor: null }) }),
+      expect.objectContaining({ actor: 'alice (unverified)', action: 'task.preempt', detail: { via: 'platform-admin', reason: 'node maintenance' } }),
+      expect.objectContaining({ actor: 'alice (unverified)', action: 'preempt', detail: expect.objectContaining({ reason: 'node maintenance', preemptor: null }) }),
     ]);
     // A finished task cannot be preempted: exit 3 with the state.
     const late = await govloop(['preempt', t.taskId, '--as', 'alice', '--reason', 'again'], cliEnv());

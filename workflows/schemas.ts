@@ -1,0 +1,42 @@
+/**
+ * One zod schema per message a governed task takes, shared by the workflow's update validators,
+ * the SDK and the CLI: a payload that fails here is refused before it reaches history (updates),
+ * or ignored without touching the task (signals). Safe to import from workflow code.
+ */
+import { z } from 'zod';
+
+/** Text a person typed: no control characters but tab and newline (they break logs and PostgreSQL text). */
+const text = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .refine((s) => !/[\u0000-\u0008\u000b-\u001f\u007f]/.test(s), 'must not contain control characters');
+export const NameText = text(128).refine((s) => !/[\t\n]/.test(s), 'must be one line');
+export const ReasonText = text(1000);
+
+/**
+ * Who sends a message: a credential (OIDC access token or govloop API key), or under `auth: none`
+ * a typed name. govloop derives the principal from the credential, in the activity that decides.
+ */
+export const CallerShape = {
+  credential: z.string().min(1).max(8192).optional(),
+  as: NameText.optional(),
+};
+export const CallerSchema = z.strictObject(CallerShape);
+export type CallerFields = z.infer<typeof CallerSchema>;
+
+export const ApprovalDecisionSchema = z.strictObject({ approvalId: NameText, reason: ReasonText, ...CallerShape });
+export const ApprovalOutcomeRequestSchema = z.strictObject({ approvalId: NameText });
+export const ResolveRequestSchema = z.strictObject({ reason: ReasonText, ...CallerShape });
+export const CancelRequestSchema = z.strictObject({ reason: ReasonText, ...CallerShape });
+export const FinishRequestSchema = z.strictObject({ ...CallerShape });
+export const PreemptRequestSchema = z.strictObject({ reason: ReasonText, ...CallerShape });
+
+/** The signals govloop's own workflows send (workflows cannot send updates); verified against the ledger. */
+export const PreemptSignalSchema = z.strictObject({ by: NameText, reason: ReasonText, preemptor: NameText.nullable(), ...CallerShape });
+export const CancelSignalSchema = z.strictObject({ by: NameText.optional(), reason: ReasonText, ...CallerShape });
+export const FinishSignalSchema = z.strictObject({ by: NameText.optional(), ...CallerShape });
+
+/** "path: message; path: message" — what was wrong and where. */
+export const issuesText = (e: z.ZodError): string => e.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
