@@ -49,22 +49,27 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
     });
 
   /** Everything an attack could have changed in the ledger, but the audit log (refusals are audited). */
+  /**
+   * The ledger rows of this file's two tenants. Other test files write to the same database at
+   * the same time, so a whole-table snapshot would change under us for reasons of theirs.
+   */
   const ledgerState = async () => {
-    const q = async (sql: string) => (await h.db.query(sql)).rows;
+    const q = async (sql: string) => (await h.db.query(sql, [[tenantA, tenantB]])).rows;
+    const ours = "SELECT t.task_id FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE a.tenant = ANY($1)";
     return {
-      grants: await q('SELECT tenant, user_name, role FROM access_grants ORDER BY 1, 2, 3'),
-      keys: await q('SELECT tenant, subject, revoked_at FROM api_keys ORDER BY id'),
-      budgets: await q('SELECT tenant, team, project, period, limit_micros FROM budgets ORDER BY id'),
-      changes: await q('SELECT budget_id, to_micros, state FROM budget_raises ORDER BY id'),
-      approvals: await q('SELECT approval_id, state, decided_by FROM approvals ORDER BY approval_id'),
-      tasks: await q('SELECT task_id, run_id, state, requester, cost_micros FROM tasks ORDER BY task_id'),
-      reservations: await q('SELECT task_id, amount_micros, remaining_micros, state FROM reservations ORDER BY task_id'),
-      usage: await q('SELECT count(*)::int AS n FROM usage_events'),
-      preemptions: await q('SELECT victim_task_id, round FROM preemptions ORDER BY 1, 2'),
+      grants: await q('SELECT tenant, user_name, role FROM access_grants WHERE tenant = ANY($1) ORDER BY 1, 2, 3'),
+      keys: await q('SELECT tenant, subject, revoked_at FROM api_keys WHERE tenant = ANY($1) ORDER BY id'),
+      budgets: await q('SELECT tenant, team, project, period, limit_micros FROM budgets WHERE tenant = ANY($1) ORDER BY id'),
+      changes: await q('SELECT r.budget_id, r.to_micros, r.state FROM budget_raises r JOIN budgets b ON b.id = r.budget_id WHERE b.tenant = ANY($1) ORDER BY r.id'),
+      approvals: await q('SELECT approval_id, state, decided_by FROM approvals WHERE tenant = ANY($1) ORDER BY approval_id'),
+      tasks: await q(`SELECT task_id, run_id, state, requester, cost_micros FROM tasks WHERE task_id IN (${ours}) ORDER BY task_id`),
+      reservations: await q(`SELECT task_id, amount_micros, remaining_micros, state FROM reservations WHERE task_id IN (${ours}) ORDER BY task_id`),
+      usage: await q('SELECT count(*)::int AS n FROM usage_events u JOIN attributions a ON a.id = u.attribution_id WHERE a.tenant = ANY($1)'),
+      preemptions: await q(`SELECT victim_task_id, round FROM preemptions WHERE victim_task_id IN (${ours}) OR preemptor_tenant = ANY($1) ORDER BY 1, 2`),
     };
   };
   const refusals = async (since: number) =>
-    (await h.db.query<{ actor: string; action: string; decision: string; detail: { attempted?: string } }>("SELECT actor, action, decision, detail FROM audit_log WHERE id > $1 AND action IN ('authz.refused', 'approval.refused') ORDER BY id", [since])).rows;
+    (await h.db.query<{ actor: string; action: string; decision: string; detail: { attempted?: string } }>("SELECT actor, action, decision, detail FROM audit_log WHERE id > $1 AND action IN ('authz.refused', 'approval.refused') AND actor NOT LIKE '%(unverified)' AND (detail->>'tenant' IS NULL OR detail->>'tenant' = ANY($2)) ORDER BY id", [since, [tenantA, tenantB]])).rows;
   const auditHead = async () => (await h.db.query<{ id: number }>('SELECT coalesce(max(id), 0)::int AS id FROM audit_log')).rows[0]!.id;
 
   /** Runs `attack`, then checks the ledger is unchanged and the refusal audited with `code`. */
