@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { ApplicationFailure, Context, log } from '@temporalio/activity';
 import type { GovConfig } from '../config/load';
 import { type AdmissionResult, admit, gpuQuotaFor } from '../governance/admission';
-import type { Intent } from '../governance/intent';
+import { Intent } from '../governance/intent';
 import type { BudgetKey } from '../workflows/messages';
 import { type Plan, quotaGpus, quotaGpusOf } from '../governance/plan';
 import { costMicros, priceVersionAt, usdToMicros } from '../governance/pricing';
@@ -55,6 +55,8 @@ export interface Timing {
   compensation?: { maxAttempts: number; initialIntervalMs: number };
   /** How long a preempted job has to checkpoint before it is suspended (absent in older histories). */
   preemptGraceMillis?: number;
+  /** Tries per ledger and cluster call before the task asks an operator (absent in older histories: the workflow's defaults). */
+  retries?: { ledgerMaxAttempts: number; clusterMaxAttempts: number };
 }
 
 /** The gate's answer, as the workflow sees it. */
@@ -99,7 +101,7 @@ export interface Observation {
  */
 export function createActivities(deps: ActivityDeps) {
   const { db, config, backend, dispatchQueue, clock = () => new Date(), auth = createAuthenticator(deps.config.auth) } = deps;
-  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation, preemptGraceMillis: config.policies.preemption.graceMillis };
+  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation, preemptGraceMillis: config.policies.preemption.graceMillis, retries: config.policies.retries };
 
   /** Usage or a reservation may have pushed a budget past a threshold: its controller looks now (best effort). */
   const nudgeBudgets = async (a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>) => {
@@ -201,6 +203,9 @@ export function createActivities(deps: ActivityDeps) {
       if (known.owner === 'mine' && known.requester !== null) {
         requester = known.requester;
       } else {
+        // A workflow started straight through Temporal skipped the SDK's and CLI's parse: parse here.
+        // A ZodError is a data error (activities/errors.ts): the task ends Failed, nothing retried.
+        Intent.parse(intent);
         const caller: Caller = input.credential ? { credential: input.credential } : { as: input.requester };
         const who = await whoIs(db, caller);
         if (!who.ok) {
@@ -602,10 +607,20 @@ export function createActivities(deps: ActivityDeps) {
     },
 
     /** An operator says the side effects a failed compensation left behind are dealt with. */
-    async resolveTask(input: { taskId: string; by: string; reason: string; state: string }): Promise<void> {
+    async resolveTask(input: { taskId: string; by: string; reason: string; state: string; round?: number }): Promise<void> {
       await db.tx(async (c) => {
         await updateTask(c, input.taskId, { state: input.state });
-        await appendAudit(c, { actor: input.by, taskId: input.taskId, action: 'operator.resolve', decision: input.state, detail: { reason: input.reason }, dedupeKey: `${input.taskId}:resolve` });
+        const key = input.round === undefined ? `${input.taskId}:resolve` : `${input.taskId}:resolve:escalation:${input.round}`;
+        await appendAudit(c, { actor: input.by, taskId: input.taskId, action: 'operator.resolve', decision: input.state, detail: { reason: input.reason }, dedupeKey: key });
+      });
+    },
+
+    /** A call of the task ran out of its bounded retries (decision 0020): page, then record it where the ledger answers. */
+    async operatorNeeded(input: { taskId: string; activity: string; error: string; round: number }): Promise<void> {
+      await notify(config, { event: 'task.needs-operator', taskId: input.taskId, activity: input.activity, error: input.error, runbook: 'runbooks/needsoperator.md' });
+      await db.tx(async (c) => {
+        await updateTask(c, input.taskId, { state: 'NeedsOperator' });
+        await appendAudit(c, { actor: 'govloop', taskId: input.taskId, action: 'retries.exhausted', decision: 'needs-operator', detail: { activity: input.activity, error: input.error }, dedupeKey: `${input.taskId}:escalation:${input.round}` });
       });
     },
 

@@ -95,6 +95,17 @@ export const PoliciesFile = z.strictObject({
       initialIntervalMs: z.number().int().positive().default(500),
     })
     .default({ maxAttempts: 5, initialIntervalMs: 500 }),
+  /**
+   * How many tries a governed task gives one ledger or cluster call before it asks an operator
+   * (NeedsOperator) instead of retrying for ever (decision 0020). The defaults ride out about six
+   * minutes of ledger outage and twenty of cluster outage.
+   */
+  retries: z
+    .strictObject({
+      ledgerMaxAttempts: z.number().int().min(2).max(1000).default(40),
+      clusterMaxAttempts: z.number().int().min(2).max(1000).default(45),
+    })
+    .default({ ledgerMaxAttempts: 40, clusterMaxAttempts: 45 }),
   /** Where escalations and other notifications are POSTed (JSON); $GOVLOOP_NOTIFY_URL overrides. */
   notifyUrl: z.url().nullable().default(null),
   /** The budget enforcement ladder (governance/ladder.ts): thresholds in per cent of a budget. */

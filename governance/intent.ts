@@ -1,5 +1,6 @@
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { refuseControlCharacters } from './text';
 
 /** The intent: what a team wants run. This shape is the public contract. */
 export const WorkloadKind = z.enum(['agent', 'inference', 'training', 'finetune', 'batch']);
@@ -100,7 +101,7 @@ export const Intent = z.strictObject({
   resources: Resources.default({ gpus: 0, sharing: 'exclusive' }),
   simulation: Simulation.optional(),
   labels: z.record(z.string(), z.string()).default({}),
-});
+}).superRefine(refuseControlCharacters);
 export type Intent = z.infer<typeof Intent>;
 /** What a caller writes: defaults not applied yet. */
 export type IntentInput = z.input<typeof Intent>;

@@ -53,6 +53,9 @@ export const ReasonCode = {
   TenantScope: 'TENANT_SCOPE',
   TaskIdReused: 'TASK_ID_REUSED',
   ApprovalMismatch: 'APPROVAL_MISMATCH',
+  /** Faults (decision 0020): input no retry can fix (SQLSTATE 22/23, a schema refused inside an activity); a call whose bounded retries ran out. */
+  DataError: 'DATA_ERROR',
+  RetriesExhausted: 'RETRIES_EXHAUSTED',
 } as const;
 export type ReasonCode = (typeof ReasonCode)[keyof typeof ReasonCode];
 

@@ -1,6 +1,7 @@
 import { fileURLToPath } from 'node:url';
 import { NativeConnection, Worker, type WorkflowBundleWithSourceMap, bundleWorkflowCode } from '@temporalio/worker';
 import { createActivities } from '../activities';
+import { dataErrorInterceptors } from '../activities/errors';
 import type { GovConfig } from '../config/load';
 import type { ClusterBackend } from '../cluster/backend';
 import type { Db } from '../ledger/db';
@@ -49,12 +50,14 @@ export async function createWorkers(opts: GovWorkerOptions): Promise<Worker[]> {
     taskQueue: controlQueue,
     workflowBundle: bundle,
     activities,
+    interceptors: { activity: [dataErrorInterceptors] },
   });
   const dispatch = await Worker.create({
     connection: opts.connection,
     namespace: opts.namespace,
     taskQueue: dispatchQueue,
     activities: { dispatchJob: activities.dispatchJob, observeJob: activities.observeJob, deleteJob: activities.deleteJob, checkpointJob: activities.checkpointJob, suspendJob: activities.suspendJob },
+    interceptors: { activity: [dataErrorInterceptors] },
   });
   return [control, dispatch];
 }

@@ -1,4 +1,5 @@
 import {
+  ActivityFailure,
   ApplicationFailure,
   allHandlersFinished,
   condition,
@@ -59,28 +60,34 @@ import {
   stepUpdate,
 } from './messages';
 import * as SA from './search-attributes';
-import { LEDGER_ACTIVITY } from './activity-options';
+import { TASK_CLUSTER_ACTIVITY, TASK_LEDGER_ACTIVITY } from './activity-options';
 
-const ledger = proxyActivities<Activities>(LEDGER_ACTIVITY);
+/** Ledger calls with the default bound; the task swaps in its config's bound once admission told it (timing.retries). */
+const boundedLedger = (maxAttempts?: number) =>
+  proxyActivities<Activities>(maxAttempts === undefined ? TASK_LEDGER_ACTIVITY : { ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: maxAttempts } });
 /**
  * The step gate on the agent's hot path runs as a local activity: one ledger transaction inside
  * the workflow task that took the update, no round trip through the server's activity queue. It
  * is idempotent by (task, seq), so the re-run a local activity may get after a crash is harmless.
  */
-const localLedger = proxyLocalActivities<Activities>(LEDGER_ACTIVITY);
+const localLedger = proxyLocalActivities<Activities>(TASK_LEDGER_ACTIVITY);
 /** Histories from before the local step gate replay with the activity they recorded. */
-const gateStep: Activities['gateStep'] = (input) => (patched('step-gate-local-activity') ? localLedger.gateStep(input) : ledger.gateStep(input));
+const gateStep: Activities['gateStep'] = (input) => (patched('step-gate-local-activity') ? localLedger.gateStep(input) : boundedLedger().gateStep(input));
 
 /**
  * Cluster calls go to the cluster's own task queue, where its dispatcher runs: a bit more time,
- * same unlimited retry (a cluster outage must not lose the task).
+ * a longer bound; past it the task asks an operator (a cluster outage must not lose the task).
  */
-const clusterActivities = (taskQueue: string) =>
-  proxyActivities<Activities>({
-    taskQueue,
-    startToCloseTimeout: '60 seconds',
-    retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
-  });
+const clusterActivities = (taskQueue: string, maxAttempts?: number) =>
+  proxyActivities<Activities>({ ...TASK_CLUSTER_ACTIVITY, taskQueue, ...(maxAttempts === undefined ? {} : { retry: { ...TASK_CLUSTER_ACTIVITY.retry, maximumAttempts: maxAttempts } }) });
+
+/** A call whose bounded retries ran out (as opposed to one refused for good: a data error, a non-retryable failure). */
+const retriesExhausted = (err: unknown): err is ActivityFailure =>
+  err instanceof ActivityFailure && (err.retryState === 'MAXIMUM_ATTEMPTS_REACHED' || err.retryState === 'TIMEOUT');
+/** A call refused because its input is wrong (activities/errors.ts): no retry can fix it. */
+const dataError = (err: unknown): string | null =>
+  err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === 'DataError' ? err.cause.message : null;
+const causeText = (err: unknown): string => (err instanceof ActivityFailure && err.cause ? err.cause.message : err instanceof Error ? err.message : String(err));
 
 export const TaskErrors = {
   InvalidStep: 'InvalidStep',
@@ -148,6 +155,32 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   let preemptions = 0;
   /** Who submitted the task, as admission authenticated them (the typed claim until then). */
   let requester: string = input.requester;
+  /** How the workflow paces itself and where it sends cluster work: from admission, the worker's config. */
+  let timing: Timing = { pollMillis: 1000, queueRetryMillis: 1000, dispatchQueue: '' };
+  /** A step's input the ledger refused for good (a data error): the task ends Failed with it. */
+  let fatal: Reason | null = null;
+  /** How many times a call ran out of retries and an operator was asked. */
+  let escalations = 0;
+
+  // The task's own ledger and cluster calls retry within a bound; past it the task asks an
+  // operator and waits (NeedsOperator), then tries again once resolved (decision 0020).
+  const rawLedger = () => boundedLedger(timing.retries?.ledgerMaxAttempts);
+  const escalating = <T extends object>(raw: () => T): T =>
+    new Proxy({} as T, {
+      get:
+        (_target, name) =>
+        async (...args: unknown[]) => {
+          for (;;) {
+            try {
+              return await (raw() as Record<string | symbol, (...a: unknown[]) => Promise<unknown>>)[name]!(...args);
+            } catch (err) {
+              if (!retriesExhausted(err)) throw err;
+              await askOperator(String(name), err);
+            }
+          }
+        },
+    });
+  const ledger = escalating(rawLedger);
   const awaiting = () => state === GovState.AwaitingApproval || state === GovState.Escalated;
   const costUsd = () => usage.costMicros / 1e6;
   const view = (a: HeldApproval): ApprovalView => ({
@@ -203,7 +236,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // by their credential, govloop's own workflows by the ledger row that ordered the action.
   type TaskAction = 'cancel' | 'finish' | 'preempt' | 'resolve';
   const authorize = (action: TaskAction, m: { credential?: string | undefined; as?: string | undefined; reason?: string }, system?: { kind: 'budget-preempt' } | { kind: 'preemptor'; preemptor: string }) =>
-    ledger.authorizeTaskCall({ taskId, tenant: intent.attribution.tenant, requester, action, ...(m.reason ? { reason: m.reason } : {}), ...(system ? { system } : { caller: callerOf(m) }) });
+    rawLedger().authorizeTaskCall({ taskId, tenant: intent.attribution.tenant, requester, action, ...(m.reason ? { reason: m.reason } : {}), ...(system ? { system } : { caller: callerOf(m) }) });
   const preemptible = () => {
     // Only a cluster job that holds GPUs can be preempted; one preemption at a time.
     const holding = state === GovState.Reserved || state === GovState.Dispatched || state === GovState.Running;
@@ -360,7 +393,12 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
           return answer('deny', r);
         }
         const seq = ++stepSeq;
-        const out = await gateStep({ taskId, seq, intent, plan: plan!, totals, step, requester, caller: callerOf({ credential, as }) });
+        const out = await gateStep({ taskId, seq, intent, plan: plan!, totals, step, requester, caller: callerOf({ credential, as }) }).catch((err: unknown) => {
+          // Input the ledger refuses for good ends the task; any other failure is the caller's to retry.
+          const bad = dataError(err);
+          if (bad !== null && fatal === null) fatal = { code: 'DATA_ERROR', message: `step ${seq}: ${bad}`, limit: null, requested: null, policy: 'ledger' };
+          throw err;
+        });
         return applyGate(out, seq, step, null);
       });
       gate = run.catch(() => undefined);
@@ -454,7 +492,6 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   setState(GovState.Admitting);
 
   // Admission: rejected, admitted, or queued until the team's quota frees up (again after a preemption).
-  let timing: Timing = { pollMillis: 1000, queueRetryMillis: 1000, dispatchQueue: '' };
   let attempt = 0;
   /** Admitted and reserved: null; refused before admission ('refused'); else the final state to finish with. */
   const admission = async (): Promise<GovState | null | 'refused'> => {
@@ -502,7 +539,17 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       }
     }
   };
-  const ended = await admission();
+  let ended: Awaited<ReturnType<typeof admission>>;
+  try {
+    ended = await admission();
+  } catch (err) {
+    const bad = dataError(err);
+    if (bad === null) throw err;
+    // The ledger refused the task's own input: nothing was reserved; it ends Failed, settled and audited.
+    decision = 'rejected';
+    reasons = [{ code: 'DATA_ERROR', message: bad, limit: null, requested: null, policy: 'ledger' }];
+    return finish(GovState.Failed);
+  }
   if (ended === 'refused') {
     setState(GovState.Rejected);
     return status();
@@ -514,7 +561,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
 
   // From here on the task holds a reservation: every way out goes through settle.
   let job: string | null = null;
-  const cluster = clusterActivities(timing.dispatchQueue);
+  const cluster = escalating(() => clusterActivities(timing.dispatchQueue, timing.retries?.clusterMaxAttempts));
   try {
     // A preempted job comes back here once readmitted: placed again and resumed from its checkpoint.
     while (plan.placement === 'cluster') {
@@ -572,7 +619,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     // Hosted work (agent steps, hosted inference): runs until finished, cancelled, a cap, or its deadline.
     setState(GovState.Running);
     const deadlineAt = plan.caps.deadline === null ? null : Date.parse(plan.caps.deadline);
-    const ended = () => finished || cancelled !== null || !(state === GovState.Running || awaiting());
+    const ended = () => finished || cancelled !== null || fatal !== null || !(state === GovState.Running || awaiting());
     const held = () => approval !== null && approval.state === 'pending' && approval.outcome === null;
     let inTime = true;
     let approvalEnd: Reason | null = null;
@@ -589,6 +636,10 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     }
     await gate;
     if (cancelled) return finish(GovState.Cancelled);
+    if (fatal !== null) {
+      reasons = [fatal];
+      return finish(GovState.Failed);
+    }
     if ((state as GovState) === GovState.CapExceeded) return finish(GovState.CapExceeded);
     if (approvalEnd !== null) {
       reasons = [approvalEnd];
@@ -603,7 +654,8 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     // Compensate: nothing keeps running or stays reserved for a task that failed.
     log.error('task failed; compensating', { taskId, error: String(err) });
     if (job !== null) await cluster.deleteJob({ job });
-    reasons = [{ code: 'NOT_RUNNING', message: `task failed: ${String(err)}`, limit: null, requested: null, policy: 'workflow' }];
+    const bad = dataError(err);
+    reasons = [bad !== null ? { code: 'DATA_ERROR', message: bad, limit: null, requested: null, policy: 'ledger' } : { code: 'NOT_RUNNING', message: `task failed: ${causeText(err)}`, limit: null, requested: null, policy: 'workflow' }];
     return finish(GovState.Failed);
   }
 
@@ -719,6 +771,31 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
         state = GovState.Settling;
       }
     }
+  }
+
+  /**
+   * A call ran out of its bounded retries: the task says so (NeedsOperator, a RETRIES_EXHAUSTED
+   * reason, the memo, an audit row and a notification where the ledger answers) and waits for an
+   * operator's `resolve`, then goes back to where it was and tries the call again.
+   */
+  async function askOperator(activity: string, err: ActivityFailure): Promise<void> {
+    const before = state;
+    const error = causeText(err);
+    const why: Reason = { code: 'RETRIES_EXHAUSTED', message: `${activity} kept failing: ${error}; fix the cause, then resolve the task`, limit: null, requested: activity, policy: 'policies#retries' };
+    reasons = [...reasons.filter((r) => r.code !== 'RETRIES_EXHAUSTED'), why];
+    setState(GovState.NeedsOperator);
+    upsertMemo({ escalation: { activity, error } });
+    // Best effort: the ledger may be the part that is down. The state and its search attribute are the page.
+    await proxyActivities<Activities>({ ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: 3 } })
+      .operatorNeeded({ taskId, activity, error, round: ++escalations })
+      .catch(() => undefined);
+    await condition(() => resolution !== null);
+    const r: { by: string; reason: string } = resolution!;
+    resolution = null;
+    reasons = reasons.filter((x) => x !== why);
+    upsertMemo({ escalation: null });
+    await ledger.resolveTask({ taskId, by: r.by, reason: r.reason, state: before, round: escalations });
+    setState(before);
   }
 
   async function finish(final: GovState): Promise<TaskStatus> {

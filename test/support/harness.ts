@@ -74,7 +74,7 @@ export async function createHarness(opts: { bundle: WorkflowBundleWithSourceMap;
     workers: [],
     tenant: `t-${suffix}`,
     async startWorkers() {
-      h.workers = await createWorkers({ connection, namespace: 'default', db, config, backend, controlQueue, dispatchQueue, bundle: opts.bundle });
+      h.workers = await createWorkers({ connection, namespace: 'default', db, config, backend: h.backend, controlQueue, dispatchQueue, bundle: opts.bundle });
       running = h.workers.map((w) => w.run().catch(() => undefined));
     },
     async stopWorkers() {
