@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Template } from '../config/schema';
 import type { GpuTopology, Sharing } from '../governance/intent';
 import type { Reason } from '../governance/reasons';
@@ -95,8 +96,34 @@ export interface ClusterBackend {
   delete(name: string): Promise<void>;
 }
 
-/** Deterministic job name: lowercase, DNS-1123, at most 63 characters. */
+/** Error types (Temporal `ApplicationFailure.type`) every backend throws the same way. */
+export const ClusterErrorType = {
+  /** A job with the task's deterministic name exists but belongs to another task (non-retryable). */
+  JobNameTaken: 'JobNameTaken',
+} as const;
+
+/**
+ * The longest job name: a gang's pods get the hostname `<job>-<index>` (Indexed Jobs), which must
+ * itself be a DNS-1123 label of at most 63 characters, so 6 are kept for `-<index>` up to 99999.
+ */
+export const JOB_NAME_MAX = 57;
+/** Hex digits of sha256(task id) at the end of a job name: 64 bits. */
+const JOB_NAME_HASH_HEX = 16;
+
+/**
+ * Deterministic job name: `gl-<slug>-<hash>`. The slug (the task id lowercased, anything outside
+ * `[a-z0-9]` turned into `-`, cut to fit) is for people; the hash (sha256 of the exact task id)
+ * keeps ids apart that the slug folds together: case, punctuation, a long shared prefix. A
+ * DNS-1123 label of at most JOB_NAME_MAX characters. Backends still refuse a name that belongs to
+ * another task (ClusterErrorType.JobNameTaken).
+ */
 export function jobName(taskId: string): string {
-  const safe = taskId.toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '');
-  return `gl-${safe}`.slice(0, 63).replace(/-+$/, '');
+  const hash = createHash('sha256').update(taskId, 'utf8').digest('hex').slice(0, JOB_NAME_HASH_HEX);
+  const room = JOB_NAME_MAX - 'gl-'.length - 1 - JOB_NAME_HASH_HEX;
+  const slug = taskId
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .slice(0, room)
+    .replace(/^-+|-+$/g, '');
+  return slug ? `gl-${slug}-${hash}` : `gl-${hash}`;
 }

@@ -53,7 +53,7 @@ import {
   type V1Service,
   type V1Status,
 } from '@kubernetes/client-node';
-import type { ClusterBackend, ClusterCapacity, CreateResult, JobPhase, JobSpec, JobStatus } from '../backend';
+import { type ClusterBackend, type ClusterCapacity, ClusterErrorType, type CreateResult, type JobPhase, type JobSpec, type JobStatus } from '../backend';
 import { ReasonCode, type Reason, reason } from '../../governance/reasons';
 import {
   Annotation,
@@ -162,8 +162,8 @@ export const KubernetesErrorType = {
   Invalid: 'KubernetesInvalid',
   /** Any other API failure (401, 403, 429, 5xx, network): retried, an operator may need to act. */
   Api: 'KubernetesApiError',
-  /** A Job with the task's deterministic name exists but belongs to another task. */
-  NameTaken: 'KubernetesJobNameTaken',
+  /** A Job (or gang Service) with the task's deterministic name exists but belongs to another task: the backend-neutral type. */
+  NameTaken: ClusterErrorType.JobNameTaken,
 } as const;
 
 /** HTTP status of an API failure, or null when the error is not one (a network error, a bug). */

@@ -1,10 +1,11 @@
+import { ApplicationFailure } from '@temporalio/common';
 import type { ClusterConfig } from '../../config/schema';
 import type { Db } from '../../ledger/db';
 import { ReasonCode, reason } from '../../governance/reasons';
 import type { Queryable } from '../../ledger/db';
 import { type Assignment, type Placement, type PlacementRequest, type PlacementState, PlacementStateError, commit, emptyState, enclosingDomain, heldPlacement, place, release } from '../../governance/placement';
 import { TOPOLOGY_LEVELS, type TopologyIndex } from '../../governance/topology';
-import type { ClusterBackend, ClusterCapacity, CreateResult, GpuRequest, JobPhase, JobSpec, JobStatus } from '../backend';
+import { type ClusterBackend, type ClusterCapacity, ClusterErrorType, type CreateResult, type GpuRequest, type JobPhase, type JobSpec, type JobStatus } from '../backend';
 import { clusterIndex } from './topology';
 
 interface JobRow {
@@ -58,8 +59,16 @@ export class SimulatedCluster implements ClusterBackend {
 
   async create(spec: JobSpec): Promise<CreateResult> {
     return this.db.tx(async (c) => {
-      const existing = await c.query<{ node: string | null; phase: JobPhase; assignments: Assignment[] | null }>('SELECT node, phase, assignments FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, spec.name]);
+      const existing = await c.query<{ task_id: string; node: string | null; phase: JobPhase; assignments: Assignment[] | null }>('SELECT task_id, node, phase, assignments FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, spec.name]);
       const prior = existing.rows[0];
+      if (prior && prior.task_id !== spec.taskId) {
+        // Another task's job: never adopt its placement, progress or meters (a retried dispatch of the same task is the only re-create).
+        throw ApplicationFailure.create({
+          type: ClusterErrorType.JobNameTaken,
+          nonRetryable: true,
+          message: `simulated cluster ${this.cluster}: job ${spec.name} belongs to task ${prior.task_id}, not ${spec.taskId}`,
+        });
+      }
       if (prior && (prior.node !== null || prior.phase !== 'Suspended')) return { ok: true, nodes: nodesOf(prior) };
       const placed = await this.placeIn(c, spec);
       if (!placed.ok) return placed;

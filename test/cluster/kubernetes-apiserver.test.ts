@@ -11,6 +11,7 @@ import { ApiException, BatchV1Api, CoordinationV1Api, CoreV1Api, KubernetesObjec
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
+import { jobName } from '../../cluster/backend';
 import { Annotation, jobManifest } from '../../cluster/kubernetes/manifests';
 import { repoRoot } from '../support/cli';
 import { FakeApiServer } from './fake-apiserver';
@@ -90,10 +91,10 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       // Defaulted by the server: the pod template carries the job-name label the gang's anti-affinity selects on.
       expect(job.spec!.template.metadata!.labels!['batch.kubernetes.io/job-name']).toBe(spec.name);
     }
-    const gang = await read('gl-real-gang');
+    const gang = await read(jobName('real-gang'));
     expect(gang.spec).toMatchObject({ completionMode: 'Indexed', completions: 2, parallelism: 2 });
     expect(gang.spec!.template.spec!.containers[0]!.resources!.limits).toEqual({ 'nvidia.com/gpu': '8' });
-    const mig = await read('gl-real-mig');
+    const mig = await read(jobName('real-mig'));
     expect(mig.spec!.template.spec!.containers[0]!.resources!.limits).toEqual({ 'nvidia.com/mig-3g.40gb': '1' });
   });
 
@@ -295,7 +296,7 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       await placing.resume(spec.name);
       // A 16-GPU gang has no room (gpu-a is full, 8 + 4 are left): it waits.
       expect(await placing.create({ ...aJob('real-gang-wait').gpus(16).build(), gpuType: 'B200' })).toMatchObject({ ok: false, reason: { code: 'GPU_CAPACITY_BUSY' } });
-      await expect(read('gl-real-gang-wait')).rejects.toMatchObject({ code: 404 });
+      await expect(read(jobName('real-gang-wait'))).rejects.toMatchObject({ code: 404 });
       clock.advance(40);
       const cap = await placing.capacity('B200', { gpus: 8, gpuType: 'B200', sharing: 'exclusive' });
       expect({ nodes: cap.nodes, jobs: cap.jobs }).toEqual({

@@ -8,7 +8,7 @@ import { BatchV1Api, CoordinationV1Api, CoreV1Api, PatchStrategy, type V1Job, se
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import type { ClusterBackend, JobPhase, JobSpec } from '../../cluster/backend';
+import { type ClusterBackend, type JobPhase, type JobSpec, jobName } from '../../cluster/backend';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { ClusterFile } from '../../config/schema';
 import { loadConfig } from '../../config/load';
@@ -198,17 +198,18 @@ describe('jobManifest', () => {
   it('gangServiceManifest: headless, selects the Job\'s pods, publishes not-ready addresses, owned by the Job', () => {
     const job = jobManifest(aJob('gang-svc').gpus(16).build(), { kind: 'nodes', nodes: ['a', 'b'] }, opts);
     job.metadata!.uid = '0b6c2d0e-uid';
+    const name = jobName('gang-svc');
     expect(gangServiceManifest(job, opts)).toEqual({
       apiVersion: 'v1',
       kind: 'Service',
       metadata: {
-        name: 'gl-gang-svc',
+        name,
         namespace: NS,
         labels: job.metadata!.labels,
         annotations: { [Annotation.taskId]: 'gang-svc' },
-        ownerReferences: [{ apiVersion: 'batch/v1', kind: 'Job', name: 'gl-gang-svc', uid: '0b6c2d0e-uid', controller: true, blockOwnerDeletion: true }],
+        ownerReferences: [{ apiVersion: 'batch/v1', kind: 'Job', name, uid: '0b6c2d0e-uid', controller: true, blockOwnerDeletion: true }],
       },
-      spec: { clusterIP: 'None', selector: { 'batch.kubernetes.io/job-name': 'gl-gang-svc' }, publishNotReadyAddresses: true, ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }] },
+      spec: { clusterIP: 'None', selector: { 'batch.kubernetes.io/job-name': name }, publishNotReadyAddresses: true, ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }] },
     });
     expect(isGang(job)).toBe(true);
     expect(isGang(jobManifest(aJob().gpus(8).build(), { kind: 'nodes', nodes: ['a'] }, opts))).toBe(false);
@@ -219,7 +220,8 @@ describe('jobManifest', () => {
     const a = jobManifest(aJob('Train/ABC_42').build(), { kind: 'nodes', nodes: ['n1'] }, opts);
     const b = jobManifest(aJob('Train/ABC_42').build(), { kind: 'nodes', nodes: ['n1'] }, opts);
     expect(a).toEqual(b);
-    expect(a.metadata!.name).toBe('gl-train-abc-42');
+    expect(a.metadata!.name).toBe(jobName('Train/ABC_42'));
+    expect(a.metadata!.name).toMatch(/^gl-train-abc-42-[0-9a-f]{16}$/);
   });
 
   it('sanitizes label values and keeps the exact values in annotations', () => {
@@ -457,9 +459,9 @@ describe('KubernetesCluster against a recorded API server', () => {
   });
 
   it('create refuses a Job of the same name that belongs to another task', async () => {
-    // Two task ids that jobName() maps to the same name (case folds).
+    // jobName() keeps task ids apart; a Job of that name made by hand or by another tool is not.
     await backend.create(aJob('Clash-1').build());
-    const err = await backend.create(aJob('clash-1').build()).catch((e: unknown) => e);
+    const err = await backend.create(aJob('clash-1').named(jobName('Clash-1')).build()).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ApplicationFailure);
     expect(err).toMatchObject({ type: KubernetesErrorType.NameTaken, nonRetryable: true });
     expect((err as Error).message).toMatch(/belongs to task Clash-1, not clash-1/);
@@ -472,7 +474,7 @@ describe('KubernetesCluster against a recorded API server', () => {
       place: () => ({ kind: 'none', reason: { code: 'GPU_CAPACITY_BUSY', message: 'no room', limit: 0, requested: 8, policy: 'cluster/gpu-east' } }),
     });
     expect(await full.create(aJob('no-room').build())).toMatchObject({ ok: false, reason: { code: 'GPU_CAPACITY_BUSY' } });
-    expect(server.calls()).toEqual([`GET ${path('gl-no-room')}`]);
+    expect(server.calls()).toEqual([`GET ${path(jobName('no-room'))}`]);
     // A retried dispatch of a Job created earlier keeps its place, room or not.
     await backend.create(aJob('no-room-retry').build());
     server.requests.length = 0;
@@ -538,7 +540,7 @@ describe('KubernetesCluster against a recorded API server', () => {
       call: (b) => b.create(aJob('forbidden-1').build()),
       wantType: KubernetesErrorType.Api,
       wantRetryable: true,
-      wantMessage: /^kubernetes: create job gl-forbidden-1 in namespace govloop: HTTP 403: Forbidden: jobs\.batch is forbidden: User "system:serviceaccount:govloop:dispatcher" cannot create resource "jobs".*needs create\/get\/patch\/delete on jobs\.batch/,
+      wantMessage: /^kubernetes: create job gl-forbidden-1-[0-9a-f]{16} in namespace govloop: HTTP 403: Forbidden: jobs\.batch is forbidden: User "system:serviceaccount:govloop:dispatcher" cannot create resource "jobs".*needs create\/get\/patch\/delete on jobs\.batch/,
     },
     {
       name: '500 on status is retryable and says what the server said',
@@ -564,11 +566,11 @@ describe('KubernetesCluster against a recorded API server', () => {
       code: 500,
       call: async (b) => {
         await b.create(aJob('del-500').build());
-        return b.delete('gl-del-500');
+        return b.delete(jobName('del-500'));
       },
       wantType: KubernetesErrorType.Api,
       wantRetryable: true,
-      wantMessage: /^kubernetes: delete job gl-del-500 in namespace govloop: HTTP 500: InternalError/,
+      wantMessage: /^kubernetes: delete job gl-del-500-[0-9a-f]{16} in namespace govloop: HTTP 500: InternalError/,
     },
   ];
   it.each(failures)('$name', async (c) => {
@@ -680,7 +682,7 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
     await backend.delete(name);
     expect(server.calls()).toEqual([`GET ${jobs(name)}`, `DELETE ${jobs(name)}?propagationPolicy=Foreground`, `DELETE ${services(name)}`]);
     expect(server.services.has(`${NS}/${name}`)).toBe(false);
-    await backend.delete('gl-single-1');
+    await backend.delete(jobName('single-1'));
     expect(server.calls().filter((c) => c.includes('/services'))).toHaveLength(1);
   });
 
@@ -698,7 +700,7 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
     await kc.makeApiClient(CoreV1Api).createNamespacedService({ namespace: NS, body: { metadata: { name: theirs.name }, spec: { clusterIP: 'None', selector: { app: 'x' } } } });
     const err = await backend.create(theirs).catch((e: unknown) => e);
     expect(err).toMatchObject({ type: KubernetesErrorType.NameTaken, nonRetryable: true });
-    expect((err as Error).message).toBe(`kubernetes: service gl-gang-3 in namespace ${NS} is not the rendezvous Service of task gang-3 (not govloop's); delete it or rename`);
+    expect((err as Error).message).toBe(`kubernetes: service ${theirs.name} in namespace ${NS} is not the rendezvous Service of task gang-3 (not govloop's); delete it or rename`);
   });
 
   it('checkpoint: stamps the running Job and its unfinished pods; the trainer\'s checkpoint-seconds drive status, suspend and the lost seconds', async () => {
@@ -814,7 +816,7 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
     const r = await b.create(spec);
     expect(r).toMatchObject({ ok: false, reason: { code: 'GPU_CAPACITY_BUSY', policy: 'cluster/gpu-east' } });
     expect(!r.ok && r.reason.message).toBe(
-      'job gl-move-2 runs 1 pod(s) with {"nvidia.com/gpu":"8"} each; the placement now would give 2 pod(s) with {"nvidia.com/gpu":"4"}, and a Job\'s pods cannot change: waiting until that shape fits',
+      `job ${spec.name} runs 1 pod(s) with {"nvidia.com/gpu":"8"} each; the placement now would give 2 pod(s) with {"nvidia.com/gpu":"4"}, and a Job's pods cannot change: waiting until that shape fits`,
     );
     expect(nodesOfStored(server.jobs.get(`${NS}/${spec.name}`)!)).toEqual([]);
   });
@@ -825,7 +827,7 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
       method: 'POST',
       resource: 'services',
       call: () => backend.create(aJob('rbac-svc').gpus(16).build()),
-      want: /^kubernetes: create service gl-rbac-svc in namespace govloop: HTTP 403: Forbidden: services is forbidden: .*cannot create resource "services".* \(the service account needs create\/get\/patch\/delete on services in this namespace; deploy\/rbac.yaml has all govloop needs\)$/,
+      want: /^kubernetes: create service gl-rbac-svc-[0-9a-f]{16} in namespace govloop: HTTP 403: Forbidden: services is forbidden: .*cannot create resource "services".* \(the service account needs create\/get\/patch\/delete on services in this namespace; deploy\/rbac.yaml has all govloop needs\)$/,
     },
     {
       name: 'stamping a pod with the checkpoint request',
@@ -838,7 +840,7 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
         podOf(spec.name, 0);
         return backend.checkpoint(spec.name);
       },
-      want: /^kubernetes: checkpoint pod gl-rbac-pod-0-x0 of job gl-rbac-pod in namespace govloop: HTTP 403: .*\(the service account needs list\/patch on pods in this namespace/,
+      want: /^kubernetes: checkpoint pod gl-rbac-pod-[0-9a-f]{16}-0-x0 of job gl-rbac-pod-[0-9a-f]{16} in namespace govloop: HTTP 403: .*\(the service account needs list\/patch on pods in this namespace/,
     },
     {
       name: 'listing the Nodes for capacity',
@@ -941,7 +943,7 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
     const b = new KubernetesCluster(kc, { cluster: 'gpu-east', namespace: 'place', clock: clock.fn, placement: 'govloop', onPlacementNote: (n) => notes.push(n), countOtherPods: false });
     const first = await b.create(aJob('pl-1').gpus(6).build());
     expect(first).toMatchObject({ ok: true, nodes: [expect.stringMatching(/^n[12]$/)], explanation: expect.stringMatching(/node/) });
-    const job1 = server.jobs.get('place/gl-pl-1')!;
+    const job1 = server.jobs.get(`place/${jobName('pl-1')}`)!;
     expect(nodeTerms(job1 as unknown as V1Job)[0]).toEqual({ key: 'kubernetes.io/hostname', operator: 'In', values: first.ok ? first.nodes : [] });
     // Best fit: 2 more GPUs go next to the 6, not onto the empty node.
     expect(await b.create(aJob('pl-2').gpus(2).build())).toMatchObject({ ok: true, nodes: first.ok ? first.nodes : [] });
@@ -1021,7 +1023,7 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
       const b = new KubernetesCluster(kubeConfigFor(url, 't'), { cluster: 'mig', namespace: 'govloop', placement: 'govloop', countOtherPods: false });
       const migJob = (id: string, n: number) => ({ ...aJob(id).gpus(n, 'mig:3g.40gb').build(), gpuType: 'A100' });
       expect(await b.create(migJob('mig-1', 2))).toMatchObject({ ok: true, nodes: ['mig-a'], explanation: expect.stringMatching(/MIG 3g.40gb/) });
-      const job = srv.jobs.get('govloop/gl-mig-1')! as unknown as V1Job;
+      const job = srv.jobs.get(`govloop/${jobName('mig-1')}`)! as unknown as V1Job;
       expect(nodeTerms(job)[0]).toEqual({ key: 'kubernetes.io/hostname', operator: 'In', values: ['mig-a'] });
       expect(job.spec!.template.spec!.containers[0]!.resources!.limits).toEqual({ 'nvidia.com/mig-3g.40gb': '2' });
       // mig-a is full now: the next two go to mig-b; then 3 more fit nowhere.
@@ -1041,7 +1043,7 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
       const b = new KubernetesCluster(kubeConfigFor(url, 't'), { cluster: 'plain', namespace: 'govloop', placement: 'govloop', onPlacementNote: (n) => notes.push(n) });
       expect(await b.create(aJob('fb-1').build())).toEqual({ ok: true, nodes: [] });
       expect(await b.create(aJob('fb-2').build())).toEqual({ ok: true, nodes: [] });
-      expect(nodeTerms(bare.jobs.get('govloop/gl-fb-1') as unknown as V1Job)).toEqual([{ key: 'govloop.io/gpu-type', operator: 'In', values: ['H100'] }]);
+      expect(nodeTerms(bare.jobs.get(`govloop/${jobName('fb-1')}`) as unknown as V1Job)).toEqual([{ key: 'govloop.io/gpu-type', operator: 'In', values: ['H100'] }]);
       expect(notes).toEqual(['govloop placement: the kube-scheduler places 8 H100 (exclusive): no schedulable Node carries the label govloop.io/gpu-type']);
     } finally {
       await bare.stop();

@@ -20,6 +20,12 @@ export class JobSpecBuilder {
     };
   }
 
+  /** Another name than jobName(taskId): what a name collision would look like. */
+  named(name: string): this {
+    this.spec = { ...this.spec, name };
+    return this;
+  }
+
   gpus(gpus: number, sharing: JobSpec['sharing'] = 'exclusive'): this {
     this.spec = { ...this.spec, gpus, sharing };
     return this;

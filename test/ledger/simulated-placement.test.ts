@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { JobSpec } from '../../cluster/backend';
+import { ClusterErrorType, type JobSpec, jobName } from '../../cluster/backend';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { clusterTopology } from '../../cluster/simulated/topology';
 import { type ClusterConfig, ClusterFile } from '../../config/schema';
@@ -27,7 +28,7 @@ const cluster = (name: string): ClusterConfig =>
 
 const spec = (gpus: number, more: Partial<JobSpec> = {}): JobSpec => {
   const taskId = `t-${randomUUID().slice(0, 8)}`;
-  return { name: `gl-${taskId}`, taskId, gpus, gpuType: 'H100', sharing: 'exclusive', priorityClass: 'govloop-normal', labels: {}, runtime: { image: 'x', command: ['x'], env: {} }, simulation: { durationSeconds: 600, tokensPerSecond: 0, failAfterSeconds: null }, ...more };
+  return { name: jobName(taskId), taskId, gpus, gpuType: 'H100', sharing: 'exclusive', priorityClass: 'govloop-normal', labels: {}, runtime: { image: 'x', command: ['x'], env: {} }, simulation: { durationSeconds: 600, tokensPerSecond: 0, failAfterSeconds: null }, ...more };
 };
 
 /** Two racks of three 8-GPU H100 nodes, plus a MIG node and an MPS/time-slice node of A100s. */
@@ -199,6 +200,29 @@ describe.each(backends)('the simulated cluster places with governance/placement 
     await sim.resume(j.name);
     now += 5_000;
     expect(await run()).toMatchObject({ runSeconds: 50, lostSecondsIfSuspended: 50 });
+  });
+
+  it('re-creating a job of the same task is a no-op; a job of the name that belongs to another task is refused, non-retryable', async () => {
+    const name = `sim-owner-${randomUUID().slice(0, 8)}`;
+    const sim = new SimulatedCluster(ledger.db, cluster(name), 1);
+    await sim.sync();
+    const mine = spec(8);
+    const placed = await sim.create(mine);
+    expect(placed).toMatchObject({ ok: true, nodes: [expect.any(String)] });
+    // A retried dispatch: the same task, the same name, the same place, nothing new booked.
+    expect(await sim.create(mine)).toEqual({ ok: true, nodes: placed.ok ? placed.nodes : [] });
+    expect((await sim.capacity('H100')).nodes.map((n) => n.used).sort()).toEqual([0, 0, 8]);
+    // Another task under that name (what a name collision would do) never adopts the job.
+    const other = spec(8, { name: mine.name });
+    const err = await sim.create(other).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ApplicationFailure);
+    expect(err).toMatchObject({ type: ClusterErrorType.JobNameTaken, nonRetryable: true });
+    expect((err as Error).message).toContain(`belongs to task ${mine.taskId}, not ${other.taskId}`);
+    // Refused even once the owner's job is over: the name stays the owner's.
+    await sim.delete(mine.name);
+    await expect(sim.create(other)).rejects.toMatchObject({ type: ClusterErrorType.JobNameTaken });
+    const { rows } = await ledger.db.query<{ task_id: string; phase: string }>('SELECT task_id, phase FROM sim_jobs WHERE cluster = $1', [name]);
+    expect(rows).toEqual([{ task_id: mine.taskId, phase: 'Deleted' }]);
   });
 
   it('answers, for a request, whether freeing some jobs would let it be placed (victims must free one domain)', async () => {
