@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DEFAULT_LADDER, LadderConfig } from '../governance/ladder';
+import { DEFAULT_USAGE_LIMITS, UsageLimits } from '../governance/limits';
 import { RiskClass, WorkloadKind } from '../governance/intent';
 
 /** Schemas of govloop's own config files. Every file is validated on load; errors name file and path. */
@@ -127,6 +128,8 @@ export const PoliciesFile = z.strictObject({
       lateArrivalSeconds: z.number().int().min(0).max(86_400).default(600),
     })
     .default({ rollupEverySeconds: 300, lateArrivalSeconds: 600 }),
+  /** Per-event caps on usage (governance/limits.ts): an event over one is refused, nothing written. */
+  usageLimits: UsageLimits.default(DEFAULT_USAGE_LIMITS),
   /** Signed audit checkpoints outside the database (decision 0019). Relative paths are taken from the data dir. */
   audit: z
     .strictObject({

@@ -9,7 +9,7 @@ import { type Period, windowKey } from '../governance/periods';
 import { microsToUsd, usdToMicros } from '../governance/pricing';
 import { type Reason, ReasonCode, reason } from '../governance/reasons';
 import { appendAudit } from './audit';
-import type { Db, Queryable } from './db';
+import { type Db, type Queryable, overLimit } from './db';
 import { teamGpusInUse } from './tasks';
 
 export interface BudgetScope {
@@ -182,7 +182,9 @@ export async function chargeBudgets(q: Queryable, taskId: string | null, a: Pick
     await q.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [h.budget_id, h.window_key, consumed]);
   }
   for (const w of windows) {
-    await q.query('UPDATE budget_windows SET spent_micros = spent_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, costMicros]);
+    await q.query('UPDATE budget_windows SET spent_micros = spent_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, costMicros]).catch((err: unknown) => {
+      throw overLimit(err, `the spend of budget ${scopeLabel(w)} ${w.period} window ${w.window_key}`, costMicros) ?? err;
+    });
   }
 }
 

@@ -1,7 +1,21 @@
 import pg from 'pg';
+import { MAX_LEDGER_MICROS, UsageLimitError } from '../governance/limits';
 
-// bigint columns hold micro-dollars and ids: well inside Number's exact range.
+// bigint columns hold micro-dollars and ids: well inside Number's exact range (money counters are
+// held to MAX_LEDGER_MICROS by CHECK constraints, migration 0012; sums are read as float8).
 pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
+
+/**
+ * The refusal of an addition that would carry a money counter past MAX_LEDGER_MICROS (a `*_max`
+ * CHECK constraint, 23514) or past bigint (22003), as a UsageLimitError naming `what`; null for any
+ * other error. The statement failed, so the caller's transaction rolls back: nothing moved.
+ */
+export function overLimit(err: unknown, what: string, addingMicros: number): UsageLimitError | null {
+  const e = err as { code?: string; constraint?: string };
+  const over = e.code === '22003' || (e.code === '23514' && typeof e.constraint === 'string' && e.constraint.endsWith('_max'));
+  if (!over) return null;
+  return new UsageLimitError(`adding $${(addingMicros / 1e6).toLocaleString('en-US')} to ${what} would pass the ledger's ceiling of $${(MAX_LEDGER_MICROS / 1e6).toLocaleString('en-US')} (2^53 - 1 micro-dollars): refused, nothing recorded`);
+}
 
 export interface Queryable {
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;

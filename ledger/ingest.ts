@@ -1,9 +1,10 @@
 import { z } from 'zod';
 import type { PriceBookVersion } from '../config/schema';
 import { Attribution, type FieldError, Sharing, fieldErrors } from '../governance/intent';
+import { DEFAULT_USAGE_LIMITS, UsageLimitError, type UsageLimits, checkQuantity } from '../governance/limits';
 import { type Meter, priceVersionAt, unitPriceUsd } from '../governance/pricing';
 import type { Db } from './db';
-import { type UsageEvent, recordUsageIn } from './usage';
+import { type UsageEvent, priceUsage, recordUsageIn } from './usage';
 
 /**
  * Usage reported from outside the control plane (`POST /v1/usage`).
@@ -29,6 +30,12 @@ import { type UsageEvent, recordUsageIn } from './usage';
  * same, and a gap (a part not sent yet) is short by exactly that part's cost. Offsets are the
  * client's word; overlapping offsets are not detected. Parts of one stream on both sides of a
  * price-book change are priced with their own versions and do not telescope across it.
+ *
+ * Limits (governance/limits.ts, policies.yaml `usageLimits`): an event whose quantity is over its
+ * meter's cap, or that costs more than the cost cap, makes the request `invalid` (its field path
+ * and the cap named), like a malformed one: nothing is written. A request whose charge would carry
+ * a budget window or a task's cost past the ledger's ceiling (~$9 billion) is `refused`: nothing is
+ * written either.
  */
 export const IngestMeters = ['tokens_in', 'tokens_out', 'gpu_seconds', 'kv_gb_seconds', 'network_bytes', 'storage_gb_hours'] as const;
 export type IngestMeter = (typeof IngestMeters)[number];
@@ -39,6 +46,7 @@ const PricedMeters = new Set<IngestMeter>(['tokens_in', 'tokens_out', 'gpu_secon
 /** Most events one request may carry: bigger batches go in several requests. */
 export const MAX_EVENTS_PER_REQUEST = 5000;
 
+/** The schema's bound only keeps numbers finite; the per-meter caps of `usageLimits` are far lower. */
 const quantity = z.number({ error: 'must be a number' }).nonnegative().max(1e15);
 const id = z.string().min(1).max(200);
 
@@ -101,6 +109,8 @@ export type IngestOutcome =
   | { outcome: 'invalid'; errors: FieldError[] }
   /** Some event names another tenant than the caller's: nothing written. */
   | { outcome: 'forbidden'; errors: FieldError[] }
+  /** Recording the request would carry a ledger sum past its ceiling: nothing written. */
+  | { outcome: 'refused'; errors: FieldError[] }
   | ({ outcome: 'recorded' } & IngestResult);
 
 export interface IngestOptions {
@@ -110,6 +120,8 @@ export interface IngestOptions {
   /** How far ahead of `now` an event's time may be (clock skew) before it is rejected (`future`). */
   futureSkewSeconds?: number;
   priceBook: PriceBookVersion[];
+  /** Per-event caps (default: governance/limits.ts DEFAULT_USAGE_LIMITS). */
+  limits?: UsageLimits;
 }
 
 export const DEFAULT_MAX_AGE_HOURS = 72;
@@ -130,12 +142,27 @@ export async function ingestUsage(db: Db, tenant: string, body: unknown, opts: I
   if (!parsed.ok) return { outcome: 'invalid', errors: parsed.errors };
   const foreign = parsed.events.flatMap((e, i) => (e.attribution.tenant === tenant ? [] : [{ path: `events.${i}.attribution.tenant`, message: `${e.attribution.tenant} is not the tenant of this API key` }]));
   if (foreign.length > 0) return { outcome: 'forbidden', errors: foreign };
-  return { outcome: 'recorded', ...(await recordIngested(db, tenant, parsed.events, opts)) };
+  const limits = opts.limits ?? DEFAULT_USAGE_LIMITS;
+  const over = parsed.events.flatMap((e, i) => {
+    const q = checkQuantity(limits, e.meter, e.quantity);
+    return q.ok ? [] : [{ path: `events.${i}.${q.field}`, message: q.message }];
+  });
+  if (over.length > 0) return { outcome: 'invalid', errors: over };
+  try {
+    return { outcome: 'recorded', ...(await recordIngested(db, tenant, parsed.events, opts)) };
+  } catch (err) {
+    if (!(err instanceof UsageLimitError)) throw err;
+    // An event over the cost cap (found before anything is written), or a sum past the ceiling (rolled back).
+    const index = err.key === undefined ? -1 : parsed.events.findIndex((e) => eventKey(tenant, e.id) === err.key);
+    if (index < 0) return { outcome: 'refused', errors: [{ path: 'events', message: err.message }] };
+    return { outcome: 'invalid', errors: [{ path: `events.${index}.${err.field ?? 'quantity'}`, message: err.message.replace(/^usage event \S+: \w+: /, '') }] };
+  }
 }
 
 /**
  * Records validated events of `tenant`. Every event is accepted, a duplicate, or rejected with
- * its index and reason; the accepted ones are written in one transaction.
+ * its index and reason; the accepted ones are written in one transaction. Throws UsageLimitError,
+ * with nothing written, for an event over a cap or a sum past the ledger's ceiling.
  */
 export async function recordIngested(db: Db, tenant: string, events: readonly IngestEvent[], opts: IngestOptions): Promise<IngestResult> {
   const rejected: Rejection[] = [];
@@ -224,13 +251,16 @@ export async function recordIngested(db: Db, tenant: string, events: readonly In
   }
   rejected.sort((a, b) => a.index - b.index);
   if (batch.length === 0) return { accepted: 0, duplicates, rejected, unattributed };
+  const limits = opts.limits ?? DEFAULT_USAGE_LIMITS;
+  // Every cap is checked before anything (the attribution rows included) is written.
+  for (const e of batch) priceUsage(opts.priceBook, e, limits);
 
   // Keys in one order for every request, so two requests that share events lock them in the
   // same order and cannot deadlock.
   batch.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   const ids = await ensureAttributions(db, batch);
   for (const e of batch) e.attributionId = ids.get(tupleKey(e.attribution))!;
-  const r = await db.tx((c) => recordUsageIn(c, opts.priceBook, batch));
+  const r = await db.tx((c) => recordUsageIn(c, opts.priceBook, batch, limits));
   return { accepted: r.accepted, duplicates: duplicates + r.duplicates, rejected, unattributed };
 }
 

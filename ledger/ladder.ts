@@ -44,7 +44,7 @@ export async function budgetSnapshot(q: Queryable, budgetId: number, now: Date):
   // Burn over the last hour of the scope's usage (a fresh window: since its start).
   const since = new Date(Math.max(bounds.start.getTime(), now.getTime() - 3_600_000));
   const recent = await q.query<{ cost: number | null }>(
-    `SELECT SUM(u.cost_micros)::bigint AS cost FROM usage_events u JOIN attributions a ON a.id = u.attribution_id
+    `SELECT SUM(u.cost_micros)::float8 AS cost FROM usage_events u JOIN attributions a ON a.id = u.attribution_id
       WHERE a.tenant = $1 AND ($2 = '*' OR a.team = $2) AND ($3 = '*' OR a.project = $3) AND u.occurred_at >= $4 AND u.occurred_at <= $5`,
     [budget.tenant, budget.team, budget.project, since, now],
   );

@@ -133,7 +133,7 @@ export async function expireLeases(db: Db, leaseIds: string[], now: Date): Promi
 /** What a scope spent over the last hour, per hour (micro-dollars): the burn rate leases are sized by. */
 export async function scopeBurnMicrosPerHour(q: Queryable, s: LeaseScope, now: Date): Promise<number> {
   const { rows } = await q.query<{ cost: number | null }>(
-    `SELECT SUM(u.cost_micros)::bigint AS cost FROM usage_events u JOIN attributions a ON a.id = u.attribution_id
+    `SELECT SUM(u.cost_micros)::float8 AS cost FROM usage_events u JOIN attributions a ON a.id = u.attribution_id
       WHERE a.tenant = $1 AND ($2::text IS NULL OR a.team = $2) AND ($3::text IS NULL OR a.project = $3) AND u.occurred_at > $4 AND u.occurred_at <= $5`,
     [s.tenant, s.team ?? null, s.project ?? null, new Date(now.getTime() - 3_600_000), now],
   );

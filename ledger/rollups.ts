@@ -36,7 +36,11 @@ export interface RollupOptions {
   lateArrivalSeconds?: number;
 }
 
-/** Brings the hourly and daily rollups up to date with usage_events. Safe to run concurrently and repeatedly. */
+/**
+ * Brings the hourly and daily rollups up to date with usage_events. Safe to run concurrently and
+ * repeatedly. One run serves every tenant, so no sum may fail it: cost_micros is numeric here
+ * (migration 0012), and readers cast their sums to float8.
+ */
 export async function rollUp(db: Db, opts: RollupOptions = {}): Promise<RollupRun[]> {
   const margin = opts.lateArrivalSeconds ?? 600;
   const runs: RollupRun[] = [];
@@ -116,7 +120,7 @@ export async function rollupUsageBy(q: Queryable, dims: UsageDim[], from: Date, 
   const { rows } = await q.query(
     `SELECT ${[
       ...cols,
-      'SUM(r.cost_micros)::bigint AS cost',
+      'SUM(r.cost_micros)::float8 AS cost',
       "SUM(CASE WHEN r.meter = 'gpu_seconds' THEN r.quantity ELSE 0 END) AS gpu_seconds",
       "SUM(CASE WHEN r.meter IN ('tokens_in','tokens_out','tokens_processed') THEN r.quantity ELSE 0 END) AS tokens",
       "SUM(CASE WHEN r.meter = 'tokens_in' THEN r.quantity ELSE 0 END) AS tokens_in",
@@ -200,8 +204,8 @@ export async function showback(q: Queryable, opts: { by: UsageDim[]; from: Date;
   const grain = grainFor(from, to);
   const totals = await q.query<{ meter_kind: string; cost: number; quantity: number; unattributed_cost: number; unattributed_events: number }>(
     `SELECT CASE WHEN r.meter IN ('tokens_in','tokens_out') THEN 'tokens' WHEN r.meter = 'gpu_seconds' THEN 'gpu' ELSE 'other' END AS meter_kind,
-            SUM(r.cost_micros)::bigint AS cost, SUM(r.quantity) AS quantity,
-            SUM(CASE WHEN '' IN (a.team, a.project, a.model, a.use_case) THEN r.cost_micros ELSE 0 END)::bigint AS unattributed_cost,
+            SUM(r.cost_micros)::float8 AS cost, SUM(r.quantity) AS quantity,
+            SUM(CASE WHEN '' IN (a.team, a.project, a.model, a.use_case) THEN r.cost_micros ELSE 0 END)::float8 AS unattributed_cost,
             SUM(CASE WHEN '' IN (a.team, a.project, a.model, a.use_case) THEN r.events ELSE 0 END)::bigint AS unattributed_events
        FROM usage_rollups r JOIN attributions a ON a.id = r.attribution_id
       WHERE r.grain = $1 AND r.bucket >= $2 AND r.bucket < $3 AND ($4::text IS NULL OR a.tenant = $4)
@@ -212,7 +216,7 @@ export async function showback(q: Queryable, opts: { by: UsageDim[]; from: Date;
   const tokens = kind('tokens');
   const gpu = kind('gpu');
   const perTask = await q.query<{ family: string; n: number; cost: number }>(
-    `SELECT CASE WHEN t.kind = 'agent' THEN 'agent' ELSE 'training' END AS family, COUNT(*)::bigint AS n, SUM(t.cost_micros)::bigint AS cost
+    `SELECT CASE WHEN t.kind = 'agent' THEN 'agent' ELSE 'training' END AS family, COUNT(*)::bigint AS n, SUM(t.cost_micros)::float8 AS cost
        FROM tasks t JOIN attributions a ON a.id = t.attribution_id
       WHERE t.kind IN ('agent', 'training', 'finetune') AND t.finished_at >= $1 AND t.finished_at < $2 AND ($3::text IS NULL OR a.tenant = $3)
       GROUP BY 1`,

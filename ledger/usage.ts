@@ -1,9 +1,10 @@
 import type { PriceBookVersion } from '../config/schema';
 import type { Attribution } from '../governance/intent';
+import { DEFAULT_USAGE_LIMITS, UsageLimitError, type UsageLimits, checkCost, checkQuantity } from '../governance/limits';
 import { type Meter, costMicros, priceVersionAt } from '../governance/pricing';
 import { attributionId } from './attribution';
 import { chargeBudgets } from './budgets';
-import type { Db, Queryable } from './db';
+import { type Db, type Queryable, overLimit } from './db';
 
 /** Meters govloop prices; any other meter is recorded for attribution at no cost. */
 const pricedMeters = new Set<string>(['tokens_in', 'tokens_out', 'gpu_seconds']);
@@ -39,22 +40,40 @@ export interface RecordResult {
  * Appends usage and charges it, in one transaction: the events (idempotent by key), the task's
  * running cost and the budgets' spend move together or not at all.
  */
-export async function recordUsage(db: Db, priceBook: PriceBookVersion[], events: UsageEvent[]): Promise<RecordResult> {
+export async function recordUsage(db: Db, priceBook: PriceBookVersion[], events: UsageEvent[], limits: UsageLimits = DEFAULT_USAGE_LIMITS): Promise<RecordResult> {
   if (events.length === 0) return { accepted: 0, duplicates: 0, costMicros: 0 };
-  return db.tx((c) => recordUsageIn(c, priceBook, events));
+  return db.tx((c) => recordUsageIn(c, priceBook, events, limits));
 }
 
-export async function recordUsageIn(c: Queryable, priceBook: PriceBookVersion[], events: UsageEvent[]): Promise<RecordResult> {
+/**
+ * An event's price-book version and cost in micro-dollars (0 for an unpriced meter); throws
+ * UsageLimitError for an event over its meter's quantity cap or the cost cap. A stream part is
+ * priced on the running total (round(after) - round(before)).
+ */
+export function priceUsage(priceBook: PriceBookVersion[], e: Pick<UsageEvent, 'key' | 'meter' | 'subject' | 'quantity' | 'cumulativeBefore' | 'occurredAt'>, limits: UsageLimits): { version: PriceBookVersion; cost: number } {
+  const q = checkQuantity(limits, e.meter, e.quantity);
+  if (!q.ok) throw new UsageLimitError(`usage event ${e.key}: quantity: ${q.message}`, q.field, e.key);
+  const version = priceVersionAt(priceBook, e.occurredAt.toISOString());
+  if (!pricedMeters.has(e.meter)) return { version, cost: 0 };
+  const price = (quantity: number) => costMicros(version, { meter: e.meter as Meter, quantity, subject: e.subject });
+  const total = e.cumulativeBefore === undefined ? undefined : price(e.cumulativeBefore + e.quantity);
+  const cost = total === undefined ? price(e.quantity) : total - price(e.cumulativeBefore!);
+  const k = checkCost(limits, { cost, ...(total === undefined ? {} : { streamTotal: total }) });
+  if (!k.ok) throw new UsageLimitError(`usage event ${e.key}: ${k.field}: ${k.message}`, k.field, e.key);
+  return { version, cost };
+}
+
+/**
+ * Throws UsageLimitError, before anything is written, for an event over its meter's cap or the
+ * cost cap (governance/limits.ts); and, with the transaction then to be rolled back, for a charge
+ * that would carry a budget window or a task's cost past the ledger's ceiling.
+ */
+export async function recordUsageIn(c: Queryable, priceBook: PriceBookVersion[], events: UsageEvent[], limits: UsageLimits = DEFAULT_USAGE_LIMITS): Promise<RecordResult> {
   const rows = [];
   // One lookup per distinct attribution tuple, not per event.
   const attributionIds = new Map<string, number>();
   for (const e of events) {
-    const version = priceVersionAt(priceBook, e.occurredAt.toISOString());
-    let cost = 0;
-    if (pricedMeters.has(e.meter)) {
-      const price = (quantity: number) => costMicros(version, { meter: e.meter as Meter, quantity, subject: e.subject });
-      cost = e.cumulativeBefore === undefined ? price(e.quantity) : price(e.cumulativeBefore + e.quantity) - price(e.cumulativeBefore);
-    }
+    const { version, cost } = priceUsage(priceBook, e, limits);
     const a = e.attribution;
     const tuple = `${a.tenant}|${a.team}|${a.project}|${a.model}|${a.useCase}`;
     let attr = e.attributionId ?? attributionIds.get(tuple);
@@ -94,7 +113,11 @@ export async function recordUsageIn(c: Queryable, priceBook: PriceBookVersion[],
   }
   for (const ch of [...charges.values()].sort((x, y) => String(x.taskId).localeCompare(String(y.taskId)))) {
     await chargeBudgets(c, ch.taskId, ch.a, ch.cost, ch.at);
-    if (ch.taskId !== null) await c.query('UPDATE tasks SET cost_micros = cost_micros + $2 WHERE task_id = $1', [ch.taskId, ch.cost]);
+    if (ch.taskId !== null) {
+      await c.query('UPDATE tasks SET cost_micros = cost_micros + $2 WHERE task_id = $1', [ch.taskId, ch.cost]).catch((err: unknown) => {
+        throw overLimit(err, `task ${ch.taskId}'s cost`, ch.cost) ?? err;
+      });
+    }
   }
   return { accepted: inserted.rows.length, duplicates: events.length - inserted.rows.length, costMicros: total };
 }
@@ -115,7 +138,7 @@ const toMillionths = (x: number): number => Math.round(x * 1e6) / 1e6;
 
 export async function taskUsage(q: Queryable, taskId: string): Promise<TaskUsage> {
   const { rows } = await q.query<{ meter: string; quantity: number; cost: number }>(
-    'SELECT meter, SUM(quantity) AS quantity, SUM(cost_micros)::bigint AS cost FROM usage_events WHERE task_id = $1 GROUP BY meter',
+    'SELECT meter, SUM(quantity) AS quantity, SUM(cost_micros)::float8 AS cost FROM usage_events WHERE task_id = $1 GROUP BY meter',
     [taskId],
   );
   const by = (m: string) => toMillionths(Number(rows.find((r) => r.meter === m)?.quantity ?? 0));
@@ -144,7 +167,7 @@ const dimColumn: Record<UsageDim, string> = { tenant: 'a.tenant', team: 'a.team'
 export async function usageBy(q: Queryable, dims: UsageDim[], from: Date, to: Date, tenant?: string): Promise<UsageRow[]> {
   const cols = dims.map((d) => `${dimColumn[d]} AS "${d}"`);
   const { rows } = await q.query(
-    `SELECT ${[...cols, 'SUM(u.cost_micros)::bigint AS cost', "SUM(CASE WHEN u.meter = 'gpu_seconds' THEN u.quantity ELSE 0 END) AS gpu_seconds", "SUM(CASE WHEN u.meter IN ('tokens_in','tokens_out','tokens_processed') THEN u.quantity ELSE 0 END) AS tokens", 'COUNT(DISTINCT u.task_id)::int AS tasks'].join(', ')}
+    `SELECT ${[...cols, 'SUM(u.cost_micros)::float8 AS cost', "SUM(CASE WHEN u.meter = 'gpu_seconds' THEN u.quantity ELSE 0 END) AS gpu_seconds", "SUM(CASE WHEN u.meter IN ('tokens_in','tokens_out','tokens_processed') THEN u.quantity ELSE 0 END) AS tokens", 'COUNT(DISTINCT u.task_id)::int AS tasks'].join(', ')}
      FROM usage_events u JOIN attributions a ON a.id = u.attribution_id
      WHERE u.occurred_at >= $1 AND u.occurred_at < $2 AND ($3::text IS NULL OR a.tenant = $3)
      ${dims.length ? `GROUP BY ${dims.map((_, i) => i + 1).join(', ')} ORDER BY cost DESC` : ''}`,

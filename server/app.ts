@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { PriceBookVersion } from '../config/schema';
+import type { UsageLimits } from '../governance/limits';
 import { type FieldError, fieldErrors } from '../governance/intent';
 import { Periods } from '../governance/periods';
 import { showBudgets } from '../ledger/budgets';
@@ -22,10 +23,14 @@ import { ReportDims, usageReport } from './usage-report';
  * is the cost and usage page; its data comes from /v1/dashboard with a tenant key (./dashboard.ts).
  *
  * Errors are JSON: `{error, errors?: [{path, message}]}`. 400: the input is malformed (every
- * field named, nothing written); 401: no or a bad key; 403: another tenant; 404; 413: body too big.
+ * field named, nothing written; an event over its meter's cap in usageLimits is malformed too);
+ * 401: no or a bad key; 403: another tenant; 404; 413: body too big; 422: usage whose charge would
+ * carry a budget window or task cost past the ledger's ceiling (nothing written).
  */
 export interface ApiConfig {
   priceBook: PriceBookVersion[];
+  /** Per-event usage caps (policies.yaml usageLimits; default: governance/limits.ts). */
+  usageLimits?: UsageLimits;
   /** Usage events older than this are rejected as stale. */
   maxAgeHours: number;
   /** Usage events further than this ahead of the server's clock are rejected. */
@@ -149,8 +154,9 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
 
   app.post('/v1/usage', async (req: FastifyRequest, reply: FastifyReply) => {
     const tenant = await callerTenant(req);
-    const r = await ingestUsage(db, tenant, req.body, { now: clock(), maxAgeHours: config.maxAgeHours, futureSkewSeconds: config.futureSkewSeconds, priceBook: config.priceBook });
+    const r = await ingestUsage(db, tenant, req.body, { now: clock(), maxAgeHours: config.maxAgeHours, futureSkewSeconds: config.futureSkewSeconds, priceBook: config.priceBook, ...(config.usageLimits ? { limits: config.usageLimits } : {}) });
     if (r.outcome === 'invalid') throw badInput(r.errors);
+    if (r.outcome === 'refused') throw new ApiError(422, 'usage refused: recording it would pass a ledger limit; nothing was written', r.errors);
     if (r.outcome === 'forbidden') throw new ApiError(403, `this API key is for tenant ${tenant} only`, r.errors);
     metrics.recordIngest(r);
     if (r.accepted > 0 && deps.onRecorded && Array.isArray((req.body as { events?: unknown })?.events)) {

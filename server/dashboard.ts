@@ -322,7 +322,7 @@ export async function dashboard(db: Db, tenant: string, opts: { weeks: number; n
   // Day buckets: weeks start at UTC midnight, so days cover them exactly.
   const { rows: cells } = await db.query<WeekCell>(
     `SELECT date_trunc('week', r.bucket, 'UTC') AS week, a.team, a.project, a.model,
-            SUM(r.cost_micros)::bigint AS cost,
+            SUM(r.cost_micros)::float8 AS cost,
             SUM(CASE WHEN r.meter = 'gpu_seconds' THEN r.quantity ELSE 0 END) AS gpu_seconds,
             SUM(CASE WHEN r.meter IN ('tokens_in','tokens_out','tokens_processed') THEN r.quantity ELSE 0 END) AS tokens,
             SUM(r.events)::bigint AS events
@@ -336,7 +336,7 @@ export async function dashboard(db: Db, tenant: string, opts: { weeks: number; n
   const modelKey = (c: WeekCell) => label(c.model);
 
   const { rows: taskCost } = await db.query<{ task_id: string; cost: number; name: string | null; team: string; project: string }>(
-    `SELECT u.task_id, SUM(u.cost_micros)::bigint AS cost, t.name, a.team, a.project
+    `SELECT u.task_id, SUM(u.cost_micros)::float8 AS cost, t.name, a.team, a.project
        FROM usage_events u JOIN attributions a ON a.id = u.attribution_id LEFT JOIN tasks t ON t.task_id = u.task_id
       WHERE a.tenant = $1 AND u.occurred_at >= $2 AND u.occurred_at < $3 AND u.task_id IS NOT NULL
       GROUP BY u.task_id, t.name, a.team, a.project

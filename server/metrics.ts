@@ -141,7 +141,7 @@ export function createMetrics(db: Queryable, clock: () => Date = () => new Date(
     registers: [registry],
     async collect() {
       const { rows } = await db.query<{ state: string; n: number; usd: number; spent: number }>(
-        'SELECT state, count(*)::bigint AS n, COALESCE(SUM(amount_micros), 0)::bigint AS usd, COALESCE(SUM(spent_micros), 0)::bigint AS spent FROM leases GROUP BY state',
+        'SELECT state, count(*)::bigint AS n, COALESCE(SUM(amount_micros), 0)::float8 AS usd, COALESCE(SUM(spent_micros), 0)::float8 AS spent FROM leases GROUP BY state',
       );
       this.reset();
       for (const st of ['held', 'returned', 'expired']) {

@@ -23,7 +23,7 @@ export interface ReportRow {
 export async function usageReport(q: Queryable, tenant: string, dims: readonly ReportDim[], from: Date, to: Date): Promise<ReportRow[]> {
   const cols = [...dims.map((d) => `${column[d]} AS "${d}"`), 'u.meter AS meter'];
   const { rows } = await q.query(
-    `SELECT ${cols.join(', ')}, SUM(u.quantity) AS quantity, SUM(u.cost_micros)::bigint AS cost, COUNT(*)::bigint AS events
+    `SELECT ${cols.join(', ')}, SUM(u.quantity) AS quantity, SUM(u.cost_micros)::float8 AS cost, COUNT(*)::bigint AS events
      FROM attributions a JOIN usage_events u ON u.attribution_id = a.id
      WHERE a.tenant = $1 AND u.occurred_at >= $2 AND u.occurred_at < $3
      GROUP BY ${cols.map((_, i) => i + 1).join(', ')}

@@ -65,6 +65,7 @@ export function register(program: Command): void {
           db: ledger.db,
           config: {
             priceBook: config.priceBook,
+            usageLimits: config.policies.usageLimits,
             maxAgeHours: o.maxAgeHours,
             futureSkewSeconds: o.futureSkewSeconds,
             ...(metricsToken ? { metricsToken } : {}),
