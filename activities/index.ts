@@ -306,7 +306,10 @@ export function createActivities(deps: ActivityDeps) {
     /** Creates the job suspended on the cluster and resumes it. No room: answers with a reason (the task queues). */
     async dispatchJob(input: { taskId: string; intent: Intent; plan: Plan }): Promise<CreateResult & { job: string }> {
       const { taskId, intent, plan } = input;
-      const name = jobName(taskId);
+      // A task dispatched before (preempted, now placed again) keeps its job, whatever name
+      // jobName() gives today: the name it ran under is in its dispatch audit row.
+      const prior = await db.query<{ job: string | null }>("SELECT detail->>'job' AS job FROM audit_log WHERE dedupe_key = $1", [`${taskId}:dispatch`]);
+      const name = prior.rows[0]?.job ?? jobName(taskId);
       const a = intent.attribution;
       const created = await backend.create({
         name,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { refuseControlCharacters } from '../governance/text';
 import type { PriceBookVersion } from '../config/schema';
 import { Attribution, type FieldError, Sharing, fieldErrors } from '../governance/intent';
 import { DEFAULT_USAGE_LIMITS, UsageLimitError, type UsageLimits, checkQuantity } from '../governance/limits';
@@ -76,7 +77,8 @@ export const IngestEvent = z
     }
     if ((e.streamId === undefined) !== (e.offset === undefined)) ctx.addIssue({ code: 'custom', path: [e.streamId === undefined ? 'streamId' : 'offset'], message: 'streamId and offset go together' });
     if (e.offset !== undefined && TokenMeters.has(e.meter) && !Number.isInteger(e.offset)) ctx.addIssue({ code: 'custom', path: ['offset'], message: 'tokens are whole numbers' });
-  });
+  })
+  .superRefine(refuseControlCharacters);
 export type IngestEvent = z.infer<typeof IngestEvent>;
 
 export const IngestRequest = z.strictObject({

@@ -293,6 +293,15 @@ describe('POST /v1/usage', () => {
       { path: 'events.2.offset', message: 'streamId and offset go together' },
     ]);
 
+    // A NUL (PostgreSQL refuses it in text) or another control character anywhere: refused at the edge, with its path.
+    const r3 = await post(auth, { events: [good, { ...ev(tenant), id: 'evt\u0000' }, { ...ev(tenant), attribution: { ...ev(tenant).attribution, tool: 'search\u001b[2J' } }] });
+    expect(r3.statusCode).toBe(400);
+    expect(r3.json().errors).toEqual([
+      { path: 'events.1.id', message: 'must not contain control characters (\\u0000 at 3)' },
+      { path: 'events.2.attribution.tool', message: 'must not contain control characters (\\u001b at 6)' },
+    ]);
+    expect(await eventCount(tenant)).toBe(0);
+
     for (const body of [{}, { events: [] }, { events: 'x' }, [good]]) {
       const x = await post(auth, body);
       expect(x.statusCode, JSON.stringify(body)).toBe(400);
