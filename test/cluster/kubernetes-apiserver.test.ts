@@ -153,10 +153,11 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
 
   it('a user RBAC grants nothing gets a 403 that says what is missing', async () => {
     const nobody = new KubernetesCluster(kubeConfigFor(server.url, server.nobodyToken), { cluster: 'real', namespace: NS });
-    const err = await nobody.create(aJob('real-forbidden').build()).catch((e: unknown) => e);
+    const spec = aJob('real-forbidden').build();
+    const err = await nobody.create(spec).catch((e: unknown) => e);
     expect(err).toMatchObject({ type: KubernetesErrorType.Api, nonRetryable: false });
     expect((err as Error).message).toBe(
-      'kubernetes: create job gl-real-forbidden in namespace govloop: HTTP 403: Forbidden: jobs.batch is forbidden: User "nobody" cannot create resource "jobs" in API group "batch" in the namespace "govloop" (the service account needs create/get/patch/delete on jobs.batch in this namespace; deploy/rbac.yaml has all govloop needs)',
+      `kubernetes: create job ${spec.name} in namespace govloop: HTTP 403: Forbidden: jobs.batch is forbidden: User "nobody" cannot create resource "jobs" in API group "batch" in the namespace "govloop" (the service account needs create/get/patch/delete on jobs.batch in this namespace; deploy/rbac.yaml has all govloop needs)`,
     );
   });
 
