@@ -1,6 +1,8 @@
 import { ApplicationFailure } from '@temporalio/activity';
 import type { ActivityInboundCallsInterceptor, ActivityInterceptors } from '@temporalio/worker';
 import { ZodError } from 'zod';
+import { UsageLimitError } from '../governance/limits';
+import { issuesText } from '../workflows/schemas';
 
 /** The failure type a workflow sees for input no retry can fix (decision 0020). */
 export const DATA_ERROR = 'DataError';
@@ -15,14 +17,16 @@ export const DATA_ERROR = 'DataError';
 const RACE_CODES = new Set(['23505', '23P01']);
 
 export function isDataError(err: unknown): boolean {
-  if (err instanceof ZodError) return true;
+  // Usage over a cap, or a sum past the ledger's ceiling (governance/limits.ts), is refused the same way on every try.
+  if (err instanceof ZodError || err instanceof UsageLimitError) return true;
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' && /^2[23]/.test(code) && !RACE_CODES.has(code);
 }
 
-/** What a data error says, for the task's reason: the SQLSTATE and PostgreSQL's own words, or zod's paths. */
+/** What a data error says, for the task's reason: the SQLSTATE and PostgreSQL's own words, zod's paths, or the limit passed. */
 export function dataErrorMessage(err: unknown): string {
-  if (err instanceof ZodError) return err.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+  if (err instanceof ZodError) return issuesText(err);
+  if (err instanceof UsageLimitError) return err.message;
   const e = err as { code?: string; message?: string; column?: string; table?: string };
   const where = [e.table, e.column].filter(Boolean).join('.');
   return `SQLSTATE ${e.code}: ${e.message ?? String(err)}${where ? ` (${where})` : ''}`;

@@ -17,7 +17,6 @@ import { budgetHeadroom, release, reserve, type ReserveResult } from '../ledger/
 import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
 import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
-import { UsageLimitError } from '../governance/limits';
 import { type RollupRun, rollUp } from '../ledger/rollups';
 import { nudgeCrossed } from '../runtime/schedules';
 import { type LeaseGrant, type LeaseReport, type LeaseScope, closeLease, expireLeases, grantLease, reportLease, scopeBurnMicrosPerHour } from '../ledger/leases';
@@ -74,15 +73,6 @@ async function upsertCompensation(q: Queryable, r: { taskId: string; seq: number
      ON CONFLICT (task_id, seq) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts, error = EXCLUDED.error, updated_at = now()`,
     [r.taskId, r.seq, r.tool, r.compensation, JSON.stringify(r.args ?? null), r.state, r.attempts, r.error],
   );
-}
-
-/**
- * Usage over a cap, or a sum past the ledger's ceiling, is refused the same way on every try:
- * fail the activity for good (type UsageLimitError) instead of retrying it forever.
- */
-function permanentIfOverLimit(err: unknown): never {
-  if (err instanceof UsageLimitError) throw ApplicationFailure.nonRetryable(err.message, err.name);
-  throw err;
 }
 
 /** Best effort: POSTs an event to the configured webhook. The audit log, not this, is the record. */
@@ -354,7 +344,7 @@ export function createActivities(deps: ActivityDeps) {
             await c.query('UPDATE meter_cursors SET metered = $3 WHERE task_id = $1 AND meter = $2', [taskId, meter, cumulative]);
           }
         }
-        await recordUsageIn(c, config.priceBook, events, config.policies.usageLimits).catch(permanentIfOverLimit);
+        await recordUsageIn(c, config.priceBook, events, config.policies.usageLimits);
       });
       await nudgeBudgets(intent.attribution);
       const usage = await taskUsage(db, taskId);
@@ -506,7 +496,7 @@ export function createActivities(deps: ActivityDeps) {
         await recordUsageIn(c, config.priceBook, [
           { key: `${taskId}:step:${seq}:tokens_in`, taskId, attribution, tool: step.tool ?? null, meter: 'tokens_in', subject: decision.model, quantity: step.tokensIn, occurredAt: now },
           { key: `${taskId}:step:${seq}:tokens_out`, taskId, attribution, tool: step.tool ?? null, meter: 'tokens_out', subject: decision.model, quantity: step.tokensOut, occurredAt: now },
-        ], config.policies.usageLimits).catch(permanentIfOverLimit);
+        ], config.policies.usageLimits);
         await auditStep(c, decision.answer, { model: decision.model, costUsd: decision.costMicros / 1e6, ...(input.approved ? { approvalId: input.approved } : {}) });
       });
       return { answer: decision.answer, totals: decision.totals, model: decision.model, costMicros: decision.costMicros, sideEffect: decision.sideEffect, argsDigest, ...(approvalToken ? { approvalToken } : {}) };

@@ -2,25 +2,19 @@ import { z } from 'zod';
 import type { EffectiveCaps } from './caps';
 import { microsToUsd } from './pricing';
 import { type Reason, ReasonCode, reason } from './reasons';
-import { hasControlCharacters, refuseControlCharacters } from './text';
+import { NameText, refuseControlCharacters } from './text';
 import { type ToolPolicy, checkTool, hasSideEffect, needsApproval } from './tools';
 
 /** JSON a tool call was made with; kept small, since it travels in workflow history. */
 const Json: z.ZodType<unknown> = z.lazy(() => z.union([z.string(), z.number(), z.boolean(), z.null(), z.array(Json), z.record(z.string(), Json)]));
-
-const oneLine = z
-  .string()
-  .min(1)
-  .max(128)
-  .refine((s) => !hasControlCharacters(s) && !/[\t\n\r]/.test(s), 'must be one line without control characters');
 
 /** What a step update carries; validated before the workflow accepts the update. */
 export const StepUsageSchema = z.strictObject({
   tokensIn: z.number().int().nonnegative(),
   tokensOut: z.number().int().nonnegative(),
   contextTokens: z.number().int().nonnegative(),
-  model: oneLine.optional(),
-  tool: oneLine.optional(),
+  model: NameText.optional(),
+  tool: NameText.optional(),
   /** The tool call's arguments: digested for the approval request, replayed to its compensation. */
   toolArgs: Json.refine((v) => JSON.stringify(v).length <= 16_384, 'at most 16 KiB of JSON').superRefine(refuseControlCharacters).optional(),
   latencyMs: z.number().nonnegative().optional(),

@@ -1,4 +1,4 @@
-import type { z } from 'zod';
+import { z } from 'zod';
 
 /**
  * Control characters other than tab, newline and carriage return. PostgreSQL refuses NUL in text
@@ -33,4 +33,15 @@ export function refuseControlCharacters(value: unknown, ctx: z.RefinementCtx): v
   walk(value, []);
 }
 
-export const hasControlCharacters = (s: string): boolean => CONTROL.test(s);
+
+/** Text a person typed: no control characters but tab and newline (they break logs and PostgreSQL text). */
+const typed = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .refine((s) => !/[\u0000-\u0008\u000b-\u001f\u007f]/.test(s), 'must not contain control characters');
+/** A name, a model, a tool: one line of at most 128 characters. */
+export const NameText = typed(128).refine((s) => !/[\t\n]/.test(s), 'must be one line');
+/** A reason: up to 1,000 characters, tabs and newlines allowed. */
+export const ReasonText = typed(1000);

@@ -786,7 +786,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     setState(GovState.NeedsOperator);
     upsertMemo({ escalation: { activity, error } });
     // Best effort: the ledger may be the part that is down. The state and its search attribute are the page.
-    await proxyActivities<Activities>({ ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: 3 } })
+    await boundedLedger(3)
       .operatorNeeded({ taskId, activity, error, round: ++escalations })
       .catch(() => undefined);
     await condition(() => resolution !== null);

@@ -4,16 +4,9 @@
  * or ignored without touching the task (signals). Safe to import from workflow code.
  */
 import { z } from 'zod';
+import { NameText, ReasonText } from '../governance/text';
 
-/** Text a person typed: no control characters but tab and newline (they break logs and PostgreSQL text). */
-const text = (max: number) =>
-  z
-    .string()
-    .min(1)
-    .max(max)
-    .refine((s) => !/[\u0000-\u0008\u000b-\u001f\u007f]/.test(s), 'must not contain control characters');
-export const NameText = text(128).refine((s) => !/[\t\n]/.test(s), 'must be one line');
-export const ReasonText = text(1000);
+export { NameText, ReasonText };
 
 /**
  * Who sends a message: a credential (OIDC access token or govloop API key), or under `auth: none`

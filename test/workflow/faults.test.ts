@@ -8,6 +8,7 @@ import { governedTask } from '../../workflows';
 import { GovloopClient } from '../../sdk';
 import type { ClusterBackend } from '../../cluster/backend';
 import { isDataError } from '../../activities/errors';
+import { UsageLimitError } from '../../governance/limits';
 
 /**
  * Faults a task must survive without being wedged (issue 11, decision 0020): input the ledger
@@ -58,6 +59,7 @@ describe('data errors', () => {
     await h.db.query('CREATE TEMP TABLE IF NOT EXISTS fault_probe (k int PRIMARY KEY, v text NOT NULL)');
     const notNull = await h.db.query('INSERT INTO fault_probe VALUES (1, NULL)').catch((e: unknown) => e);
     expect(isDataError(notNull)).toBe(true);
+    expect(isDataError(new UsageLimitError('adding $1 to task t would pass the ledger ceiling'))).toBe(true);
     expect(isDataError(Object.assign(new Error('duplicate key'), { code: '23505' }))).toBe(false);
     expect(isDataError(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }))).toBe(false);
     expect(isDataError(Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' }))).toBe(false);
