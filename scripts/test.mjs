@@ -12,15 +12,20 @@ if (run(npx, ['tsc', '-p', '.']) !== 0 || run(npx, ['eslint', '.']) !== 0) {
   process.exit(1);
 }
 mkdirSync('test/artifacts', { recursive: true });
-const report = 'test/artifacts/vitest.json';
-rmSync(report, { force: true });
-const code = run(npx, ['vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...process.argv.slice(2)]);
-if (existsSync(report)) {
+/** Runs one vitest configuration; its counts from the JSON report (null when it wrote none). */
+function suite(name, configArgs) {
+  const report = `test/artifacts/vitest-${name}.json`;
+  rmSync(report, { force: true });
+  const code = run(npx, ['vitest', 'run', ...configArgs, '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...process.argv.slice(2)]);
+  if (!existsSync(report)) return { code: code || 1, passed: 0, failed: 1, skipped: 0, total: 0 };
   const r = JSON.parse(readFileSync(report, 'utf8'));
-  const skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
-  console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed${skipped ? `, ${skipped} skipped` : ''}`);
-  if (r.numTotalTests === 0) process.exit(1);
-} else {
-  console.log('0 passed, 1 failed');
+  return { code, passed: r.numPassedTests, failed: r.numFailedTests, skipped: (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0), total: r.numTotalTests };
 }
-process.exit(code);
+// The main suite, then the chaos suite (its own dev server and PostgreSQL cluster; it restarts them).
+// Arguments (a file filter) go to both; GOVLOOP_SKIP_CHAOS=1 runs the main suite alone.
+const results = [suite('main', ['--passWithNoTests'])];
+if (process.env.GOVLOOP_SKIP_CHAOS !== '1') results.push(suite('chaos', ['--config', 'test/chaos/vitest.config.ts', '--passWithNoTests']));
+const sum = (k) => results.reduce((n, r) => n + r[k], 0);
+const skipped = sum('skipped');
+console.log(`${sum('passed')} passed, ${sum('failed')} failed${skipped ? `, ${skipped} skipped` : ''}`);
+process.exit(sum('total') === 0 ? 1 : results.find((r) => r.code !== 0)?.code ?? 0);
