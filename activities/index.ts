@@ -57,6 +57,8 @@ export interface Timing {
   preemptGraceMillis?: number;
   /** Tries per ledger and cluster call before the task asks an operator (absent in older histories: the workflow's defaults). */
   retries?: { ledgerMaxAttempts: number; clusterMaxAttempts: number };
+  /** History length at which the task continues as new (absent in older histories: the workflow's default). */
+  continueAsNewEvents?: number;
 }
 
 /** The gate's answer, as the workflow sees it. */
@@ -101,7 +103,7 @@ export interface Observation {
  */
 export function createActivities(deps: ActivityDeps) {
   const { db, config, backend, dispatchQueue, clock = () => new Date(), auth = createAuthenticator(deps.config.auth) } = deps;
-  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation, preemptGraceMillis: config.policies.preemption.graceMillis, retries: config.policies.retries };
+  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation, preemptGraceMillis: config.policies.preemption.graceMillis, retries: config.policies.retries, continueAsNewEvents: config.policies.history.continueAsNewEvents };
 
   /** Usage or a reservation may have pushed a budget past a threshold: its controller looks now (best effort). */
   const nudgeBudgets = async (a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>) => {

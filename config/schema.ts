@@ -107,6 +107,15 @@ export const PoliciesFile = z.strictObject({
       clusterMaxAttempts: z.number().int().min(2).max(1000).default(45),
     })
     .default({ ledgerMaxAttempts: 40, clusterMaxAttempts: 45 }),
+  /**
+   * A task's history is cut short by continue-as-new once it holds this many events, well before
+   * Temporal's warning at 10,240 and its limit at 51,200 (or sooner, when the server suggests it).
+   */
+  history: z
+    .strictObject({
+      continueAsNewEvents: z.number().int().min(100).max(10_000).default(4000),
+    })
+    .default({ continueAsNewEvents: 4000 }),
   /** Where escalations and other notifications are POSTed (JSON); $GOVLOOP_NOTIFY_URL overrides. */
   notifyUrl: z.url().nullable().default(null),
   /** The budget enforcement ladder (governance/ladder.ts): thresholds in per cent of a budget. */

@@ -1,8 +1,10 @@
 import {
   ActivityFailure,
   ApplicationFailure,
+  ContinueAsNew,
   allHandlersFinished,
   condition,
+  continueAsNew,
   getExternalWorkflowHandle,
   log,
   patched,
@@ -35,7 +37,10 @@ import {
   type ApprovalAnswer,
   type ApprovalDecision,
   type ApprovalView,
+  type CarriedPhase,
+  type CarriedTask,
   type CompensationView,
+  type HeldApproval,
   type Decision,
   FINAL_STATES,
   type PreemptRequest,
@@ -112,17 +117,10 @@ function parseOrRefuse<T>(schema: z.ZodType<T>, payload: unknown, errorType: str
 /** The caller part of a message, for the activity that authenticates it. */
 const callerOf = (m: { credential?: string | undefined; as?: string | undefined }) => ({ ...(m.credential ? { credential: m.credential } : {}), ...(m.as !== undefined ? { as: m.as } : {}) });
 
-/** A tool call held for a human, with what the workflow needs to time it. */
-interface HeldApproval extends ApprovalView {
-  seq: number;
-  step: StepUsage;
-  requestedAtMs: number;
-  escalateAfterMs: number;
-  expiresAtMs: number;
-  tiers: number;
-  /** The gate's answer to the held step once decided. */
-  outcome: StepAnswer | null;
-}
+/** History length at which a task continues as new when its config does not say (older histories' timing). */
+const CONTINUE_AS_NEW_EVENTS = 4000;
+/** Decided approvals a task carries into its next run, newest first (their outcome may still be asked for). */
+const CARRIED_DECIDED_APPROVALS = 50;
 
 
 /**
@@ -131,6 +129,8 @@ interface HeldApproval extends ApprovalView {
  */
 export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   const { taskId, intent } = input;
+  // Tasks started before continue-as-new existed never hand over: their replay has no such command.
+  const mayContinue = patched('continue-as-new');
   let state: GovState = GovState.Admitting;
   let decision: Decision = 'pending';
   let reasons: Reason[] = [];
@@ -161,6 +161,21 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   let fatal: Reason | null = null;
   /** How many times a call ran out of retries and an operator was asked. */
   let escalations = 0;
+  /** The cluster job this task runs (or ran before a preemption). */
+  let job: string | null = null;
+  /** Admission's attempt counter: its idempotency key in the ledger. */
+  let attempt = 0;
+  /** How many runs this task had before this one (continue-as-new, decision 0022). */
+  let runs = 0;
+
+  // A run that continues an earlier one starts from what that run carried, not from admission.
+  const carried: CarriedTask | undefined = input.carried;
+  if (carried) {
+    ({ state, decision, reasons, plan, job, nodes, progress, usage, totals, stepSeq, requester, timing, attempt, preemptions, escalations, runs } = carried);
+    sideEffects.push(...carried.sideEffects);
+    for (const a of carried.approvals) approvals.set(a.approvalId, a);
+    approval = carried.approvalId === null ? null : (approvals.get(carried.approvalId) ?? null);
+  }
 
   // The task's own ledger and cluster calls retry within a bound; past it the task asks an
   // operator and waits (NeedsOperator), then tries again once resolved (decision 0020).
@@ -182,6 +197,56 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     });
   const ledger = escalating(rawLedger);
   const awaiting = () => state === GovState.AwaitingApproval || state === GovState.Escalated;
+  /** A tool call waits for a human and its step has no answer yet. */
+  const held = () => approval !== null && approval.state === 'pending' && approval.outcome === null;
+
+  /**
+   * Continue-as-new (decision 0022): past the configured history length, or when the server
+   * suggests it, the task hands over to a fresh run of itself at a safe point of its loop: nothing
+   * held for a human, no cancel, finish or preemption waiting, every message handler done. The
+   * ledger keeps the money; the next run gets the loop's own memory (CarriedTask).
+   */
+  const longHistory = () => {
+    if (!mayContinue) return false;
+    const info = workflowInfo();
+    return info.continueAsNewSuggested || info.historyLength >= (timing.continueAsNewEvents ?? CONTINUE_AS_NEW_EVENTS);
+  };
+  const mustAct = () => cancelled !== null || finished || preemptReq !== null || fatal !== null || held();
+  const carry = (phase: CarriedPhase): CarriedTask => {
+    const all = [...approvals.values()];
+    const decided = all.filter((a) => a.state !== 'pending').slice(-CARRIED_DECIDED_APPROVALS);
+    return {
+      phase,
+      runs: runs + 1,
+      state,
+      decision,
+      reasons,
+      plan,
+      job,
+      nodes,
+      progress,
+      usage,
+      totals,
+      stepSeq,
+      requester,
+      timing,
+      attempt,
+      preemptions,
+      escalations,
+      sideEffects: [...sideEffects],
+      approvals: [...all.filter((a) => a.state === 'pending'), ...decided],
+      approvalId: approval?.approvalId ?? null,
+    };
+  };
+  /** Hands over to the next run when the history is long and nothing needs this one; else returns. */
+  async function continueIfLong(phase: CarriedPhase, stillSafe: () => boolean = () => true): Promise<void> {
+    if (!longHistory() || mustAct()) return;
+    await gate;
+    await condition(allHandlersFinished);
+    if (mustAct() || !stillSafe()) return;
+    log.info('continuing as new', { taskId, phase, run: runs + 1, historyLength: workflowInfo().historyLength });
+    await continueAsNew<typeof governedTask>({ ...input, carried: carry(phase) });
+  }
   const costUsd = () => usage.costMicros / 1e6;
   const view = (a: HeldApproval): ApprovalView => ({
     approvalId: a.approvalId,
@@ -228,6 +293,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     approval: approval && view(approval),
     compensations: [...compensations],
     requester,
+    runs: runs + 1,
   });
 
   setHandler(statusQuery, status);
@@ -489,10 +555,9 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     { key: SA.GovPriority, value: intent.priority },
     { key: SA.GovRiskClass, value: intent.riskClass },
   ]);
-  setState(GovState.Admitting);
+  if (!carried) setState(GovState.Admitting);
 
   // Admission: rejected, admitted, or queued until the team's quota frees up (again after a preemption).
-  let attempt = 0;
   /** Admitted and reserved: null; refused before admission ('refused'); else the final state to finish with. */
   const admission = async (): Promise<GovState | null | 'refused'> => {
     for (;;) {
@@ -535,41 +600,50 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
         decision = 'queued';
         setState(GovState.Queued);
         await ledger.recordState({ taskId, state: GovState.Queued, reasons });
+        await continueIfLong('admission');
         if (await condition(() => cancelled !== null, timing.queueRetryMillis)) return GovState.Cancelled;
       }
     }
   };
-  let ended: Awaited<ReturnType<typeof admission>>;
-  try {
-    ended = await admission();
-  } catch (err) {
-    const bad = dataError(err);
-    if (bad === null) throw err;
-    // The ledger refused the task's own input: nothing was reserved; it ends Failed, settled and audited.
-    decision = 'rejected';
-    reasons = [{ code: 'DATA_ERROR', message: bad, limit: null, requested: null, policy: 'ledger' }];
-    return finish(GovState.Failed);
+  // A run that continues an earlier one goes back to where that one stopped (CarriedPhase).
+  const resumeAt: CarriedPhase | null = carried?.phase ?? null;
+  if (resumeAt === null || (resumeAt === 'admission' && preemptions === 0)) {
+    let ended: Awaited<ReturnType<typeof admission>>;
+    try {
+      ended = await admission();
+    } catch (err) {
+      const bad = dataError(err);
+      if (bad === null) throw err;
+      // The ledger refused the task's own input: nothing was reserved; it ends Failed, settled and audited.
+      decision = 'rejected';
+      reasons = [{ code: 'DATA_ERROR', message: bad, limit: null, requested: null, policy: 'ledger' }];
+      return finish(GovState.Failed);
+    }
+    if (ended === 'refused') {
+      setState(GovState.Rejected);
+      return status();
+    }
+    if (ended) return finish(ended);
+    setState(GovState.Reserved);
   }
-  if (ended === 'refused') {
-    setState(GovState.Rejected);
-    return status();
-  }
-  if (ended) return finish(ended);
   plan = plan as Plan | null; // assigned inside admission(), which the compiler does not follow
   if (plan === null) throw ApplicationFailure.nonRetryable(`task ${taskId} was admitted without a plan`);
-  setState(GovState.Reserved);
 
   // From here on the task holds a reservation: every way out goes through settle.
-  let job: string | null = null;
   const cluster = escalating(() => clusterActivities(timing.dispatchQueue, timing.retries?.clusterMaxAttempts));
+  /** Where the cluster loop starts: placing the job, watching it, or readmission after a preemption. */
+  let stage: 'dispatch' | 'running' | 'readmission' = resumeAt === 'running' ? 'running' : resumeAt === 'admission' ? (preemptions > 0 ? 'readmission' : 'dispatch') : 'dispatch';
   try {
     // A preempted job comes back here once readmitted: placed again and resumed from its checkpoint.
     while (plan.placement === 'cluster') {
-      for (;;) {
+      for (; stage === 'dispatch'; ) {
         const d = await cluster.dispatchJob({ taskId, intent, plan });
         job = d.job;
         if (d.ok) {
           nodes = d.nodes;
+          reasons = [];
+          setState(GovState.Running);
+          stage = 'running';
           break;
         }
         reasons = [d.reason];
@@ -577,11 +651,12 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
           setState(GovState.Queued);
           await ledger.recordState({ taskId, state: GovState.Queued, reasons });
         }
+        await continueIfLong('dispatch');
         if (await condition(() => cancelled !== null, timing.queueRetryMillis)) return finish(GovState.Cancelled);
       }
-      reasons = [];
-      setState(GovState.Running);
-      for (;;) {
+      for (; stage === 'running'; ) {
+        if (job === null) throw ApplicationFailure.nonRetryable(`task ${taskId} runs on the cluster without a job`);
+        await continueIfLong('running');
         await condition(() => cancelled !== null || preemptReq !== null || jobChanged, timing.pollMillis);
         jobChanged = false;
         lastObservation = await cluster.observeJob({ taskId, job, intent, plan });
@@ -604,29 +679,34 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
           return finish(GovState.Failed);
         }
         if (preemptReq !== null && patched('preemption')) {
-          if (await preempt(preemptReq, job, cluster)) break;
+          if (await preempt(preemptReq, job, cluster)) stage = 'readmission';
         }
       }
       // Preempted: back to the queue, with the reservation kept and the quota checked again.
       const notReadmitted = await admission();
       if (notReadmitted === 'refused') throw ApplicationFailure.nonRetryable(`task ${taskId} lost its claim to the ledger row while preempted`);
       if (notReadmitted) {
-        await cluster.deleteJob({ job }); // the suspended job will not run again
+        if (job !== null) await cluster.deleteJob({ job }); // the suspended job will not run again
         return finish(notReadmitted);
       }
       setState(GovState.Reserved);
+      stage = 'dispatch';
     }
     // Hosted work (agent steps, hosted inference): runs until finished, cancelled, a cap, or its deadline.
     setState(GovState.Running);
     const deadlineAt = plan.caps.deadline === null ? null : Date.parse(plan.caps.deadline);
     const ended = () => finished || cancelled !== null || fatal !== null || !(state === GovState.Running || awaiting());
-    const held = () => approval !== null && approval.state === 'pending' && approval.outcome === null;
     let inTime = true;
     let approvalEnd: Reason | null = null;
     for (;;) {
       const waitMs = deadlineAt === null ? undefined : Math.max(0, deadlineAt - Date.now());
-      inTime = waitMs === undefined ? (await condition(() => ended() || held()), true) : await condition(() => ended() || held(), waitMs);
+      const wake = () => ended() || held() || longHistory();
+      inTime = waitMs === undefined ? (await condition(wake), true) : await condition(wake, waitMs);
       if (!inTime || ended()) break;
+      if (!held()) {
+        await continueIfLong('hosted', () => !ended());
+        continue;
+      }
       approvalEnd = await holdForApproval(approval!, deadlineAt);
       if (approvalEnd !== null) break;
       if (deadlineAt !== null && Date.now() >= deadlineAt) {
@@ -651,6 +731,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     }
     return finish(GovState.Succeeded);
   } catch (err) {
+    if (err instanceof ContinueAsNew) throw err; // handing over to the next run, not failing
     // Compensate: nothing keeps running or stays reserved for a task that failed.
     log.error('task failed; compensating', { taskId, error: String(err) });
     if (job !== null) await cluster.deleteJob({ job });

@@ -3,10 +3,11 @@
  * workflow code and from clients (no Node builtins, no Temporal client/worker imports).
  */
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { Timing } from '../activities';
 import type { Intent } from '../governance/intent';
 import type { Plan } from '../governance/plan';
 import type { Reason } from '../governance/reasons';
-import type { StepUsage } from '../governance/step-gate';
+import type { StepTotals, StepUsage } from '../governance/step-gate';
 import type { z } from 'zod';
 import type {
   ApprovalDecisionSchema,
@@ -56,6 +57,64 @@ export interface TaskInput {
   requester: string;
   /** The submitter's credential; admission derives the requester from it (decision 0018). */
   credential?: string;
+  /** Set only by the task itself when it continues as new: where the previous run stopped (decision 0022). */
+  carried?: CarriedTask;
+}
+
+/** A tool call held for a human, with what the workflow needs to time it. */
+export interface HeldApproval extends ApprovalView {
+  seq: number;
+  step: StepUsage;
+  requestedAtMs: number;
+  escalateAfterMs: number;
+  expiresAtMs: number;
+  tiers: number;
+  /** The gate's answer to the held step once decided. */
+  outcome: StepAnswer | null;
+}
+
+/** Where a run of a governed task stops and its next run (continue-as-new) picks up. */
+export type CarriedPhase =
+  /** Admission's queue: waiting for quota or budget (again after a preemption when `preemptions` > 0). */
+  | 'admission'
+  /** Admitted and reserved; the cluster has no room yet. */
+  | 'dispatch'
+  /** The cluster job runs; the new run watches it. */
+  | 'running'
+  /** Hosted work (agent steps): the new run takes the next step. */
+  | 'hosted';
+
+/**
+ * Everything a governed task knows that its next run needs: the ledger holds the money, this holds
+ * the loop's own memory (plan, job, counters, the gate's totals, the rollback stack, approvals).
+ */
+export interface CarriedTask {
+  phase: CarriedPhase;
+  /** How many runs this task has had before the one that starts with this. */
+  runs: number;
+  state: GovState;
+  decision: Decision;
+  reasons: Reason[];
+  plan: Plan | null;
+  job: string | null;
+  nodes: string[];
+  progress: number | null;
+  usage: { gpuSeconds: number; tokensIn: number; tokensOut: number; tokensProcessed: number; costMicros: number };
+  totals: StepTotals;
+  stepSeq: number;
+  requester: string;
+  /** How the task paces itself and where its cluster work goes, as admission told the first run. */
+  timing: Timing;
+  /** Admission's attempt counter (its idempotency key goes on counting). */
+  attempt: number;
+  preemptions: number;
+  escalations: number;
+  /** Completed side-effecting steps: what a rollback would undo. */
+  sideEffects: { seq: number; tool: string; args: unknown }[];
+  /** Approvals still pending and the most recent decided ones (their outcome can still be asked for). */
+  approvals: HeldApproval[];
+  /** The approval in force or last decided, by id. */
+  approvalId: string | null;
 }
 
 export interface UsageSummary {
@@ -86,6 +145,8 @@ export interface TaskStatus {
   compensations?: CompensationView[];
   /** Who submitted it, as admission authenticated them; "(unverified)" under `auth: none`. */
   requester?: string;
+  /** Which run of the task this is: 1, then one more at each continue-as-new (absent in older versions). */
+  runs?: number;
 }
 
 /**
