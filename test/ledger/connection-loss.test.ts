@@ -61,10 +61,10 @@ describe('a backend killed under a checked-out client', () => {
       () => undefined,
       (e: unknown) => e,
     );
+    expect(uncaught).toEqual([]);
     expect(err).toBeInstanceOf(LedgerUnavailableError);
     expect(err).toMatchObject({ code: '57P01', message: expect.stringMatching(/^ledger unavailable: 57P01 terminating connection due to administrator command/) });
     expect(isDataError(err)).toBe(false);
-    expect(uncaught).toEqual([]);
 
     const next = await db.tx(async (c) => pidOf(c));
     expect(next).not.toBe(killed);
@@ -84,10 +84,10 @@ describe('a backend killed under a checked-out client', () => {
     await backendIs(killed, 'active');
     await terminate(killed);
     const err = await settled;
+    expect(uncaught).toEqual([]);
     expect(err).toBeInstanceOf(LedgerUnavailableError);
     expect(err).toMatchObject({ code: '57P01' });
     expect(isDataError(err)).toBe(false);
-    expect(uncaught).toEqual([]);
     expect((await db.tx(async (c) => c.query<{ n: number }>('SELECT 41 + 1 AS n'))).rows).toEqual([{ n: 42 }]);
   });
 
