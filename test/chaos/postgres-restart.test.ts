@@ -95,6 +95,11 @@ describe('PostgreSQL restarted twice mid-run', () => {
     const worker = spawnGovloop('worker', ['worker', '--task-queue', taskQueue, '--cluster', `sim-pgrestart-${suffix}`, '--no-controllers'], { ...env, TEMPORAL_ADDRESS: inject('temporalAddress'), GOVLOOP_SIM_SPEEDUP: String(SPEEDUP) }).child;
     const served = spawnGovloop('serve', ['serve', '--port', '0'], env);
     const serve = served.child;
+    // Either process exiting fails the test at once, with its log, rather than at a timeout.
+    const died = new Promise<never>((_, reject) => {
+      for (const [name, c] of [['worker', worker], ['serve', serve]] as const) c.once('exit', (code, signal) => reject(new Error(`govloop ${name} exited (${code ?? signal}):\n${why()}`)));
+    });
+    died.catch(() => undefined);
     const base = await waitFor('govloop serve to listen', async () => /listening on (http:\/\/\S+)/.exec(served.stdout())?.[1], 60_000);
 
     const post = (events: unknown[]) => fetch(`${base}/v1/usage`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify({ events }) });
@@ -103,6 +108,7 @@ describe('PostgreSQL restarted twice mid-run', () => {
       waitFor(
         'the usage batch to be accepted',
         async () => {
+          if (!alive(serve)) throw new Error(`govloop serve exited:\n${why()}`);
           const r = await post(events).catch(() => undefined);
           if (r === undefined || r.status === 503) return undefined;
           expect(r.status, await r.clone().text()).toBe(200);
@@ -137,6 +143,7 @@ describe('PostgreSQL restarted twice mid-run', () => {
       waitFor(
         'every task running and metered further',
         async () => {
+          if (!alive(worker)) throw new Error(`govloop worker exited:\n${why()}`);
           const s = await meteredNow();
           return s.every((x, i) => x.state === 'Running' && x.usage.gpuSeconds > floor[i]!) ? s.map((x) => x.usage.gpuSeconds) : undefined;
         },
@@ -166,7 +173,7 @@ describe('PostgreSQL restarted twice mid-run', () => {
     await waitFor('serve to answer /healthz again', async () => ((await fetch(`${base}/healthz`)).status === 200 ? true : undefined), 60_000);
     expect(await sendUntilAccepted(batch('after'))).toMatchObject({ accepted: 3 });
 
-    const results = await Promise.all(ids.map((id) => gov.result(id)));
+    const results = await Promise.race([Promise.all(ids.map((id) => gov.result(id))), died]);
     expect([alive(worker), alive(serve)], why()).toEqual([true, true]);
     for (const [i, r] of results.entries()) {
       expect(r.state).toBe('Succeeded');
