@@ -30,33 +30,37 @@ function ledgerStorage(client: pg.PoolClient): UmzugStorage {
  * Safe to call from many processes at once: an advisory lock lets one migrate while the others wait.
  */
 export async function migrate(db: Db): Promise<string[]> {
-  const client = await db.pool.connect();
-  try {
-    await client.query('SELECT pg_advisory_lock($1)', [LOCK_KEY]);
-    const files = readdirSync(migrationsDir).filter((f) => f.endsWith('.sql')).sort();
-    const umzug = new Umzug({
-      migrations: files.map((file) => ({
-        name: basename(file, '.sql'),
-        up: async () => {
-          await client.query('BEGIN');
-          try {
-            await client.query(readFileSync(join(migrationsDir, file), 'utf8'));
-            // Logged inside the migration's own transaction: applied and recorded, or neither.
-            await client.query('INSERT INTO govloop_migrations (name) VALUES ($1)', [basename(file, '.sql')]);
-            await client.query('COMMIT');
-          } catch (err) {
-            await client.query('ROLLBACK');
-            throw err;
-          }
-        },
-      })),
-      storage: ledgerStorage(client),
-      logger: undefined,
-    });
-    const applied = await umzug.up();
-    return applied.map((m) => m.name);
-  } finally {
-    await client.query('SELECT pg_advisory_unlock($1)', [LOCK_KEY]).catch(() => undefined);
-    client.release();
-  }
+  return db.withClient(async (client) => {
+    try {
+      // Waiting for another migrator, or building an index on a large table, may take longer than
+      // the ledger's statement timeout allows an ordinary statement; RESET below restores it.
+      await client.query('SET statement_timeout = 0');
+      await client.query('SELECT pg_advisory_lock($1)', [LOCK_KEY]);
+      const files = readdirSync(migrationsDir).filter((f) => f.endsWith('.sql')).sort();
+      const umzug = new Umzug({
+        migrations: files.map((file) => ({
+          name: basename(file, '.sql'),
+          up: async () => {
+            await client.query('BEGIN');
+            try {
+              await client.query(readFileSync(join(migrationsDir, file), 'utf8'));
+              // Logged inside the migration's own transaction: applied and recorded, or neither.
+              await client.query('INSERT INTO govloop_migrations (name) VALUES ($1)', [basename(file, '.sql')]);
+              await client.query('COMMIT');
+            } catch (err) {
+              await client.query('ROLLBACK');
+              throw err;
+            }
+          },
+        })),
+        storage: ledgerStorage(client),
+        logger: undefined,
+      });
+      const applied = await umzug.up();
+      return applied.map((m) => m.name);
+    } finally {
+      await client.query('SELECT pg_advisory_unlock($1)', [LOCK_KEY]).catch(() => undefined);
+      await client.query('RESET statement_timeout').catch(() => undefined);
+    }
+  });
 }

@@ -6,7 +6,7 @@ import type { UsageLimits } from '../governance/limits';
 import { type FieldError, fieldErrors } from '../governance/intent';
 import { Periods } from '../governance/periods';
 import { showBudgets } from '../ledger/budgets';
-import type { Db } from '../ledger/db';
+import { type Db, isConnectionError } from '../ledger/db';
 import { DEFAULT_FUTURE_SKEW_SECONDS, DEFAULT_MAX_AGE_HOURS, ingestUsage } from '../ledger/ingest';
 import { authenticate } from '../ledger/keys';
 import { type ApiMetrics, createMetrics } from './metrics';
@@ -25,7 +25,8 @@ import { ReportDims, usageReport } from './usage-report';
  * Errors are JSON: `{error, errors?: [{path, message}]}`. 400: the input is malformed (every
  * field named, nothing written; an event over its meter's cap in usageLimits is malformed too);
  * 401: no or a bad key; 403: another tenant; 404; 413: body too big; 422: usage whose charge would
- * carry a budget window or task cost past the ledger's ceiling (nothing written).
+ * carry a budget window or task cost past the ledger's ceiling (nothing written); 503: the ledger
+ * (PostgreSQL) cannot be reached, with Retry-After (runbooks/postgres-restart.md).
  */
 export interface ApiConfig {
   priceBook: PriceBookVersion[];
@@ -130,6 +131,13 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
     if (err instanceof ApiError) {
       if (err.status === 401) void reply.header('www-authenticate', 'Bearer');
       return reply.code(err.status).send({ error: err.message, ...(err.errors ? { errors: err.errors } : {}) });
+    }
+    if (isConnectionError(err)) {
+      // PostgreSQL is down or restarting: say so and when to come back, and stay up. A usage
+      // batch whose commit was cut off may or may not be in; re-sending it is safe (events are
+      // counted once by id).
+      req.log.warn({ err }, 'ledger unavailable');
+      return reply.code(503).header('retry-after', '5').send({ error: 'the ledger (PostgreSQL) is unavailable: retry in a few seconds; re-sending the same usage events is safe, each is counted once' });
     }
     const status = err.statusCode ?? 500;
     if (status >= 400 && status < 500) {
