@@ -27,10 +27,16 @@ function ledgerStorage(client: pg.PoolClient): UmzugStorage {
 
 /**
  * Brings the ledger schema up to date with the versioned SQL files in ledger/migrations.
- * Safe to call from many processes at once: an advisory lock lets one migrate while the others wait.
+ * Safe to call from many processes at once: an advisory lock lets one migrate while the others
+ * wait. The embedded ledger is one PGlite session shared by every connection, where that lock is
+ * granted to all at once (advisory locks are re-entrant within a session); there each migration
+ * looks again, inside its own transaction, whether another migrator applied it meanwhile. The
+ * embedded server gives an open transaction the whole session, so that look and the migration
+ * are one unit. Returns the migrations this call applied.
  */
 export async function migrate(db: Db): Promise<string[]> {
   const client = await db.pool.connect();
+  const applied: string[] = [];
   try {
     await client.query('SELECT pg_advisory_lock($1)', [LOCK_KEY]);
     const files = readdirSync(migrationsDir).filter((f) => f.endsWith('.sql')).sort();
@@ -38,12 +44,19 @@ export async function migrate(db: Db): Promise<string[]> {
       migrations: files.map((file) => ({
         name: basename(file, '.sql'),
         up: async () => {
+          const name = basename(file, '.sql');
           await client.query('BEGIN');
           try {
+            const done = await client.query('SELECT 1 FROM govloop_migrations WHERE name = $1', [name]);
+            if (done.rowCount !== 0) {
+              await client.query('COMMIT');
+              return;
+            }
             await client.query(readFileSync(join(migrationsDir, file), 'utf8'));
             // Logged inside the migration's own transaction: applied and recorded, or neither.
-            await client.query('INSERT INTO govloop_migrations (name) VALUES ($1)', [basename(file, '.sql')]);
+            await client.query('INSERT INTO govloop_migrations (name) VALUES ($1)', [name]);
             await client.query('COMMIT');
+            applied.push(name);
           } catch (err) {
             await client.query('ROLLBACK');
             throw err;
@@ -53,8 +66,8 @@ export async function migrate(db: Db): Promise<string[]> {
       storage: ledgerStorage(client),
       logger: undefined,
     });
-    const applied = await umzug.up();
-    return applied.map((m) => m.name);
+    await umzug.up();
+    return applied;
   } finally {
     await client.query('SELECT pg_advisory_unlock($1)', [LOCK_KEY]).catch(() => undefined);
     client.release();
