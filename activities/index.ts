@@ -7,7 +7,7 @@ import type { BudgetKey } from '../workflows/messages';
 import { type Plan, quotaGpus, quotaGpusOf } from '../governance/plan';
 import { costMicros, priceVersionAt, usdToMicros } from '../governance/pricing';
 import type { Reason, ReasonCode } from '../governance/reasons';
-import { type StepTotals, type StepUsage, evaluateStep } from '../governance/step-gate';
+import { type StepTotals, type StepUsage, allowedModels, evaluateStep } from '../governance/step-gate';
 import { type ClusterBackend, type ClusterCapacity, type CreateResult, type GpuRequest, jobName } from '../cluster/backend';
 import { type DecideResult, approvalMatches, decideApproval, escalateApproval, getApproval, requestApproval, sameIdentity } from '../ledger/approvals';
 import { type SigningKey, loadOrCreateSigningKey } from '../identity/signing';
@@ -424,7 +424,9 @@ export function createActivities(deps: ActivityDeps) {
       const version = priceVersionAt(config.priceBook, now.toISOString());
       const price = (model: string) =>
         costMicros(version, { meter: 'tokens_in', quantity: step.tokensIn, subject: model }) + costMicros(version, { meter: 'tokens_out', quantity: step.tokensOut, subject: model });
-      const model = step.model ?? intent.attribution.model;
+      const asked = step.model ?? intent.attribution.model;
+      // A model the gate refuses (MODEL_NOT_ALLOWED) is not priced: the price book need not know it.
+      const model = allowedModels(intent.attribution.model, plan.fallbackModel).includes(asked) ? asked : intent.attribution.model;
       // The budget ladder: past its degrade threshold, steps run on the fallback model (critical work last).
       const critical = config.policies.criticalPriorities.includes(intent.priority);
       const budgetDegrade = (await scopeLadder(db, intent.attribution, now)).some((w) => shouldDegrade(w.step, w.sharePct, critical, config.policies.ladder));
@@ -437,6 +439,7 @@ export function createActivities(deps: ActivityDeps) {
         fallbackModel: plan.fallbackModel,
         costMicros: price(model),
         fallbackCostMicros: plan.fallbackModel === null ? null : price(plan.fallbackModel),
+        reservedMicros: plan.worstCaseMicros,
         tools: { catalog: config.tools, declared: intent.tools },
         toolOverheadTokens: plan.toolOverheadTokens ?? 0,
         degradeAtFraction: config.policies.stepGate.degradeAtFraction,

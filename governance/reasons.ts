@@ -10,6 +10,10 @@ export const ReasonCode = {
   CapMaxSteps: 'CAP_MAX_STEPS',
   CapMaxToolCalls: 'CAP_MAX_TOOL_CALLS',
   CapDeadline: 'CAP_DEADLINE',
+  /** A step would take the task's charges past the worst case admission reserved for it (plan.worstCaseMicros). */
+  CapReservation: 'CAP_RESERVATION',
+  /** A step names a model other than the intent's model or its template's fallback model. */
+  ModelNotAllowed: 'MODEL_NOT_ALLOWED',
   MaxGpusPerTask: 'MAX_GPUS_PER_TASK',
   GpuTypeUnknown: 'GPU_TYPE_UNKNOWN',
   SharingUnsupported: 'SHARING_UNSUPPORTED',

@@ -43,6 +43,13 @@ export interface StepContext {
   /** Price of the step on the model it asks for, and on the fallback (null without one). */
   costMicros: number;
   fallbackCostMicros: number | null;
+  /**
+   * What admission reserved for the task (`plan.worstCaseMicros`): its token cap priced on the
+   * intent's model at admission. A step is priced on the model it runs on at the price in force
+   * now, which can be dearer (the fallback, a new price-book version), so the gate holds the
+   * task's charges to the reservation as well as to maxUsd: nothing is ever spent without a hold.
+   */
+  reservedMicros: number;
   tools: ToolPolicy;
   /** Tokens the declared tools' definitions add to the step's context. */
   toolOverheadTokens: number;
@@ -65,16 +72,32 @@ export type StepDecision =
     }
   | { answer: 'deny'; reason: Reason };
 
+/** The models a step may run on: the intent's model and, where its template has one, the fallback. */
+export function allowedModels(primaryModel: string, fallbackModel: string | null): string[] {
+  return fallbackModel === null || fallbackModel === primaryModel ? [primaryModel] : [primaryModel, fallbackModel];
+}
+
 /**
  * The per-step gate. A step is allowed only if, with it, every cap still holds; the step that
  * would cross a cap is denied, so a cap stops the agent at exactly that step and nothing past a
  * cap is ever charged. Near the USD or token cap (or when the step only fits on the cheaper
- * model), a task with a fallback model is answered `degrade` before it is ever denied.
+ * model), a task with a fallback model is answered `degrade` before it is ever denied. The USD
+ * ceiling is the smaller of maxUsd and what admission reserved, so the task never spends past its
+ * reservation; a step may run only on the intent's model or its fallback, the two the
+ * reservation and the degrade ladder know.
  */
 export function evaluateStep(ctx: StepContext): StepDecision {
   const { caps, totals, step } = ctx;
   const cap = (code: Reason['code'], what: string, limit: number, requested: number, name: string) =>
     ({ answer: 'deny', reason: reason(code, `${what} ${requested} would cross the cap ${limit}`, limit, requested, `task#caps.${name}`) }) as const;
+
+  // First, before anything is priced: a model the task was not admitted for is refused outright.
+  const model = step.model ?? ctx.primaryModel;
+  const allowed = allowedModels(ctx.primaryModel, ctx.fallbackModel);
+  if (!allowed.includes(model)) {
+    const which = ctx.fallbackModel === null ? `the intent's model ${ctx.primaryModel}` : `the intent's model ${ctx.primaryModel} or its fallback ${ctx.fallbackModel}`;
+    return { answer: 'deny', reason: reason(ReasonCode.ModelNotAllowed, `model ${model} is not allowed for this task: a step may run only on ${which}`, allowed.join('|'), model, 'intent#attribution.model') };
+  }
 
   if (caps.deadline !== null && Date.parse(ctx.now) > Date.parse(caps.deadline)) {
     return { answer: 'deny', reason: reason(ReasonCode.CapDeadline, `deadline ${caps.deadline} has passed`, caps.deadline, ctx.now, 'task#caps.deadline') };
@@ -96,19 +119,27 @@ export function evaluateStep(ctx: StepContext): StepDecision {
   const tokens = totals.tokens + step.tokensIn + step.tokensOut;
   if (tokens > caps.maxTokens) return cap(ReasonCode.CapMaxTokens, 'tokens', caps.maxTokens, tokens, 'maxTokens');
 
-  const maxMicros = Math.round(caps.maxUsd * 1_000_000);
-  const model = step.model ?? ctx.primaryModel;
+  const usdMicros = Math.round(caps.maxUsd * 1_000_000);
+  const maxMicros = Math.min(usdMicros, ctx.reservedMicros);
+  // Past the ceiling: named as the reservation where that is the lower of the two, else as maxUsd.
+  const overUsd = (what: string, total: number) =>
+    ctx.reservedMicros < usdMicros
+      ? ({
+          answer: 'deny',
+          reason: reason(ReasonCode.CapReservation, `${what} ${microsToUsd(total)} would pass the ${microsToUsd(ctx.reservedMicros)} reserved for the task at admission`, microsToUsd(ctx.reservedMicros), microsToUsd(total), 'task#plan.worstCaseMicros'),
+        } as const)
+      : cap(ReasonCode.CapMaxUsd, what, caps.maxUsd, microsToUsd(total), 'maxUsd');
   const primaryTotal = totals.costMicros + ctx.costMicros;
   const canDegrade = ctx.fallbackModel !== null && ctx.fallbackCostMicros !== null && model !== ctx.fallbackModel;
   const near = totals.degraded || primaryTotal > maxMicros * ctx.degradeAtFraction || tokens > caps.maxTokens * ctx.degradeAtFraction;
   const next = (costMicros: number, degraded: boolean): StepTotals => ({ steps, toolCalls, tokens, costMicros, degraded });
   if (canDegrade && (near || primaryTotal > maxMicros || ctx.budgetDegrade === true)) {
     const fallbackTotal = totals.costMicros + ctx.fallbackCostMicros!;
-    if (fallbackTotal > maxMicros) return cap(ReasonCode.CapMaxUsd, 'USD (on the fallback model)', caps.maxUsd, microsToUsd(fallbackTotal), 'maxUsd');
+    if (fallbackTotal > maxMicros) return overUsd('USD (on the fallback model)', fallbackTotal);
     // Near a cap, degrading sticks for the rest of the task; a budget degrade lasts while the ladder says so.
     const sticky = near || primaryTotal > maxMicros;
     return { answer: 'degrade', totals: next(fallbackTotal, sticky || totals.degraded), model: ctx.fallbackModel!, costMicros: ctx.fallbackCostMicros!, needsApproval: approval, sideEffect };
   }
-  if (primaryTotal > maxMicros) return cap(ReasonCode.CapMaxUsd, 'USD', caps.maxUsd, microsToUsd(primaryTotal), 'maxUsd');
+  if (primaryTotal > maxMicros) return overUsd('USD', primaryTotal);
   return { answer: 'allow', totals: next(primaryTotal, totals.degraded), model, costMicros: ctx.costMicros, needsApproval: approval, sideEffect };
 }

@@ -104,10 +104,18 @@ export type ReserveResult = { ok: true; amountMicros: number } | { ok: false; re
 /**
  * Reserves a task's worst case against every budget window that covers it, all or nothing, in one
  * transaction with the windows locked: concurrent reservations can never overspend a budget.
- * Idempotent by task id. The task moves to Reserved in the same transaction.
+ * Idempotent by task id, overlapping calls for one task included. The task moves to Reserved in the same transaction.
  */
 export async function reserve(db: Db, taskId: string, a: Attribution, amountMicros: number, at: Date, quota?: GpuQuotaCheck, opts: { requeued?: boolean } = {}): Promise<ReserveResult> {
   return db.tx(async (c) => {
+    // One reserve() of a task at a time. An activity retried after a timeout while its first
+    // attempt still runs would otherwise pass the look for an existing reservation below alongside
+    // it, queue on the window locks, and insert a second row (reservations_pkey) instead of
+    // answering ok. The later call waits here and then finds the earlier one's row. Taken first,
+    // before the quota lock and the window rows, so the lock order is the same for every caller;
+    // the smallest fix: no retry loop (ON CONFLICT would have to undo the window updates) and no
+    // serializable transaction (its aborts would hit every concurrent reservation of a budget).
+    await c.query("SELECT pg_advisory_xact_lock(hashtext('reserve/' || $1))", [taskId]);
     const existing = await c.query<{ amount_micros: number }>('SELECT amount_micros FROM reservations WHERE task_id = $1', [taskId]);
     // A preempted task keeps its budget reservation while it waits; its quota is checked again.
     if (existing.rows[0] && !opts.requeued) return { ok: true, amountMicros: existing.rows[0].amount_micros };

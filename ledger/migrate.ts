@@ -27,10 +27,16 @@ function ledgerStorage(client: pg.PoolClient): UmzugStorage {
 
 /**
  * Brings the ledger schema up to date with the versioned SQL files in ledger/migrations.
- * Safe to call from many processes at once: an advisory lock lets one migrate while the others wait.
+ * Safe to call from many processes at once: an advisory lock lets one migrate while the others
+ * wait. The embedded ledger is one PGlite session shared by every connection, where that lock is
+ * granted to all at once (advisory locks are re-entrant within a session); there each migration
+ * looks again, inside its own transaction, whether another migrator applied it meanwhile. The
+ * embedded server gives an open transaction the whole session, so that look and the migration
+ * are one unit. Returns the migrations this call applied.
  */
 export async function migrate(db: Db): Promise<string[]> {
   return db.withClient(async (client) => {
+    const applied: string[] = [];
     try {
       // Waiting for another migrator, or building an index on a large table, may take longer than
       // the ledger's statement timeout allows an ordinary statement; RESET below restores it.
@@ -41,12 +47,19 @@ export async function migrate(db: Db): Promise<string[]> {
         migrations: files.map((file) => ({
           name: basename(file, '.sql'),
           up: async () => {
+            const name = basename(file, '.sql');
             await client.query('BEGIN');
             try {
+              const done = await client.query('SELECT 1 FROM govloop_migrations WHERE name = $1', [name]);
+              if (done.rowCount !== 0) {
+                await client.query('COMMIT');
+                return;
+              }
               await client.query(readFileSync(join(migrationsDir, file), 'utf8'));
               // Logged inside the migration's own transaction: applied and recorded, or neither.
-              await client.query('INSERT INTO govloop_migrations (name) VALUES ($1)', [basename(file, '.sql')]);
+              await client.query('INSERT INTO govloop_migrations (name) VALUES ($1)', [name]);
               await client.query('COMMIT');
+              applied.push(name);
             } catch (err) {
               await client.query('ROLLBACK');
               throw err;
@@ -56,8 +69,8 @@ export async function migrate(db: Db): Promise<string[]> {
         storage: ledgerStorage(client),
         logger: undefined,
       });
-      const applied = await umzug.up();
-      return applied.map((m) => m.name);
+      await umzug.up();
+      return applied;
     } finally {
       await client.query('SELECT pg_advisory_unlock($1)', [LOCK_KEY]).catch(() => undefined);
       await client.query('RESET statement_timeout').catch(() => undefined);

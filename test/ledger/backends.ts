@@ -101,15 +101,15 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 /**
  * Waits until `n` sessions of this database wait on a lock while running a statement containing
- * `sqlFragment` (PostgreSQL). PGlite runs one transaction at a time, so there the callers are
- * simply queued behind the blocker: give them a moment to queue up.
+ * `sqlFragment` (or any of several) (PostgreSQL). PGlite runs one transaction at a time, so there
+ * the callers are simply queued behind the blocker: give them a moment to queue up.
  */
-export async function lockWaiters(backend: Backend, db: Db, sqlFragment: string, n: number): Promise<void> {
+export async function lockWaiters(backend: Backend, db: Db, sqlFragment: string | string[], n: number): Promise<void> {
   if (backend.name === 'pglite') return sleep(300);
   for (let i = 0; i < 400; i++) {
     const { rows } = await db.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND position($1 in query) > 0",
-      [sqlFragment],
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND EXISTS (SELECT 1 FROM unnest($1::text[]) f WHERE position(f in query) > 0)",
+      [([] as string[]).concat(sqlFragment)],
     );
     if (rows[0]!.n >= n) return;
     await sleep(25);

@@ -87,28 +87,27 @@ describe.each(backends)('budget reservations on $name', (backend) => {
     expect((await windows(db, tenant))['*/*']!.reserved).toBe(usdToMicros(4));
   });
 
-  // BUG (PostgreSQL only): reserve() looks for an existing reservation of the task without a lock
-  // (ledger/budgets.ts, first statement of reserve), so two calls for the same task that overlap
-  // (an activity retried after a timeout while its first attempt still runs) both pass that check
-  // and queue on the budget windows' FOR UPDATE; the second then inserts a duplicate reservations
-  // row and throws "duplicate key value violates unique constraint reservations_pkey" instead of
-  // answering { ok: true } like a sequential repeat. PGlite runs one transaction at a time, so it
-  // does not show the race.
-  (backend.name === 'postgresql' ? it.fails : it)('overlapping reserve() calls for one task both answer ok and hold it once', async () => {
+  // Two calls for the same task that overlap (an activity retried after a timeout while its first
+  // attempt still runs) must answer like a sequential repeat. Once both passed reserve()'s look for
+  // an existing reservation before either inserted, and the second threw "duplicate key value
+  // violates unique constraint reservations_pkey"; now the second waits on the task's advisory
+  // lock. PGlite runs one transaction at a time, so it never showed the race.
+  it('overlapping reserve() calls for one task both answer ok and hold it once', async () => {
     const { db } = ledger;
     const tenant = newTenant();
     const a = attributionOf(tenant);
     await setBudget(db, { tenant }, 'total', 10, 'test');
     await budgetHeadroom(db, a, AT); // creates the window row
     const t = await newTask(db, tenant);
-    // Hold the window, so both calls get past their first look before either inserts.
+    // Hold the window, so both calls are in flight before either inserts: one waits on the window,
+    // the other on the task's lock (before the fix, both on the window).
     const blocker = await db.pool.connect();
     let results: ReserveResult[];
     try {
       await blocker.query('BEGIN');
       await blocker.query('SELECT 1 FROM budget_windows w JOIN budgets b ON b.id = w.budget_id WHERE b.tenant = $1 FOR UPDATE OF w', [tenant]);
       const calls = Promise.allSettled([reserve(db, t, a, usdToMicros(4), AT), reserve(db, t, a, usdToMicros(4), AT)]);
-      await lockWaiters(backend, db, 'FOR UPDATE OF w', 2);
+      await lockWaiters(backend, db, ['FOR UPDATE OF w', "hashtext('reserve/'"], 2);
       await blocker.query('ROLLBACK');
       results = (await calls).map((r) => (r.status === 'fulfilled' ? r.value : { ok: false, retry: false, reasons: [{ code: 'THREW', message: String(r.reason) }] as never }));
     } finally {
@@ -119,6 +118,8 @@ describe.each(backends)('budget reservations on $name', (backend) => {
       { ok: true, amountMicros: usdToMicros(4) },
     ]);
     expect((await windows(db, tenant))['*/*']!.reserved).toBe(usdToMicros(4));
+    const held = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM reservations WHERE task_id = $1', [t]);
+    expect(held.rows[0]!.n).toBe(1);
   });
 
   it('a reservation must fit every covering budget, all or nothing, and names only the short ones', async () => {

@@ -49,14 +49,13 @@ describe.each(backends)('migrations on $name', (backend) => {
     }
   });
 
-  // BUG (PGlite only): migrate() (ledger/migrate.ts) keeps other migrators out with a session-level
-  // pg_advisory_lock. The embedded ledger (ledger/embedded.ts) serves ONE PGlite session to every
-  // connection, so the second migrator's pg_advisory_lock is granted at once (advisory locks are
-  // re-entrant within a session): both read an empty govloop_migrations and both run 0001, and the
-  // second fails with `MigrationError: Migration 0001_ledger (up) failed: relation "attributions"
-  // already exists`. Two processes starting on a fresh embedded ledger at once (`govloop dev` and a
-  // `govloop worker` pointed at it, both migrate on start) hit it. PostgreSQL serialises them.
-  (backend.name === 'pglite' ? it.fails : it)('two concurrent migrate() calls on a fresh ledger both succeed, and apply each migration once', async () => {
+  // The embedded ledger (ledger/embedded.ts) serves ONE PGlite session to every connection, where
+  // migrate()'s session-level pg_advisory_lock is granted to both migrators at once (advisory locks
+  // are re-entrant within a session). Both once read an empty govloop_migrations and both ran 0001,
+  // the second failing with `relation "attributions" already exists`: two processes starting on a
+  // fresh embedded ledger at once (`govloop dev` and a `govloop worker` pointed at it) hit it.
+  // PostgreSQL serialises them by the lock; PGlite by each migration's own look in its transaction.
+  it('two concurrent migrate() calls on a fresh ledger both succeed, and apply each migration once', async () => {
     const ledger = await backend.scratch();
     try {
       const [a, b] = [ledger.pool(2), ledger.pool(2)];

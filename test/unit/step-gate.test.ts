@@ -29,6 +29,7 @@ class GateBuilder {
   private declared = ['search.web', 'db.read'];
   private overhead = 0;
   private fallbackModel: string | null = null;
+  private reservation: number | null = null;
 
   caps(c: Partial<EffectiveCaps>): this {
     this.c = { ...this.c, ...c };
@@ -51,6 +52,12 @@ class GateBuilder {
     return this;
   }
 
+  /** What admission reserved; without it (the default) the reservation is maxUsd, as when maxUsd binds the worst case. */
+  reserved(micros: number): this {
+    this.reservation = micros;
+    return this;
+  }
+
   context(totals: StepTotals, s: StepSpec): StepContext {
     return {
       caps: this.c,
@@ -60,6 +67,7 @@ class GateBuilder {
       fallbackModel: this.fallbackModel,
       costMicros: s.costMicros,
       fallbackCostMicros: this.fallbackModel === null ? null : (s.fallbackCostMicros ?? s.costMicros),
+      reservedMicros: this.reservation ?? Math.round(this.c.maxUsd * 1_000_000),
       tools: { catalog, declared: this.declared },
       toolOverheadTokens: this.overhead,
       degradeAtFraction: 0.8,
@@ -176,6 +184,52 @@ const cases: Case[] = [
     wantReason: { code: 'TOOL_NOT_ALLOWED', limit: 'search.web', requested: 'tickets.update', policy: 'intent#tools' },
     wantTotals: { steps: 0, toolCalls: 0, tokens: 0, costMicros: 0 },
   },
+  {
+    name: "a step on a model that is neither the intent's nor its fallback is denied, charges nothing, and the task goes on",
+    gate: gate().fallback('small-fast'),
+    steps: [small, { usage: step(10, 10, 100, { model: 'frontier-large' }), costMicros: 1 }, small],
+    wantAnswers: ['allow', 'deny', 'allow'],
+    wantReason: { code: 'MODEL_NOT_ALLOWED', limit: 'llama-3-8b|small-fast', requested: 'frontier-large', policy: 'intent#attribution.model' },
+    wantTotals: { steps: 2, tokens: 400, costMicros: 2000 },
+  },
+  {
+    name: "without a fallback, only the intent's model is allowed",
+    gate: gate(),
+    steps: [{ usage: step(10, 10, 100, { model: 'llama-3-8b' }), costMicros: 7 }, { usage: step(10, 10, 100, { model: 'small-fast' }), costMicros: 1 }],
+    wantAnswers: ['allow', 'deny'],
+    wantReason: { code: 'MODEL_NOT_ALLOWED', limit: 'llama-3-8b', requested: 'small-fast', policy: 'intent#attribution.model' },
+    wantTotals: { steps: 1, costMicros: 7 },
+  },
+  {
+    name: 'a step may name the fallback model itself, and is charged its price on it',
+    gate: gate().fallback('small-fast'),
+    steps: [{ usage: step(10, 10, 100, { model: 'small-fast' }), costMicros: 3, fallbackCostMicros: 3 }],
+    wantAnswers: ['allow'],
+    wantTotals: { steps: 1, costMicros: 3, degraded: false },
+  },
+  {
+    name: 'the reservation, below maxUsd, is the ceiling: the step that would pass it is denied, one that lands on it is allowed',
+    gate: gate().caps({ maxUsd: 1 }).reserved(500_000),
+    steps: [{ usage: step(10, 10, 100), costMicros: 300_000 }, { usage: step(10, 10, 100), costMicros: 300_000 }, { usage: step(10, 10, 100), costMicros: 200_000 }],
+    wantAnswers: ['allow', 'deny', 'allow'],
+    wantReason: { code: 'CAP_RESERVATION', limit: 0.5, requested: 0.6, policy: 'task#plan.worstCaseMicros' },
+    wantTotals: { steps: 2, costMicros: 500_000 },
+  },
+  {
+    name: 'a step that would pass the reservation on the primary model degrades when it fits on the fallback',
+    gate: gate().caps({ maxUsd: 1 }).reserved(500_000).fallback('small-fast'),
+    steps: [{ usage: step(10, 10, 100), costMicros: 300_000, fallbackCostMicros: 100_000 }, { usage: step(10, 10, 100), costMicros: 300_000, fallbackCostMicros: 100_000 }],
+    wantAnswers: ['allow', 'degrade'],
+    wantTotals: { steps: 2, costMicros: 400_000, degraded: true },
+  },
+  {
+    name: 'a fallback dearer than the reservation leaves is denied at the reservation, not at maxUsd',
+    gate: gate().caps({ maxUsd: 1 }).reserved(500_000).fallback('small-fast'),
+    steps: [{ usage: step(10, 10, 100, { model: 'small-fast' }), costMicros: 600_000, fallbackCostMicros: 600_000 }],
+    wantAnswers: ['deny'],
+    wantReason: { code: 'CAP_RESERVATION', limit: 0.5, requested: 0.6, policy: 'task#plan.worstCaseMicros' },
+    wantTotals: { steps: 0, costMicros: 0 },
+  },
 ];
 
 describe('evaluateStep', () => {
@@ -265,24 +319,74 @@ describe('evaluateStep', () => {
 });
 
 describe('evaluateStep against what admission reserved', () => {
-  // BUG: a step may name any model (StepUsage.model), and gateStep (activities/index.ts) prices it
-  // on that model, but the worst case reserved at admission (governance/plan.ts worstCaseMicros)
-  // prices the token cap on the intent's attribution.model only. The gate checks only maxUsd, so
-  // an agent on llama-3-8b (reserved: 2M tokens x $0.40/M = $0.80) is allowed one 100k-token step
-  // on frontier-large ($2.50) and spends 3x its reservation; chargeBudgets then spends the excess
-  // without a hold, past the budget the reservation was checked against.
-  it.fails('never lets a hosted agent spend more than the worst case reserved for it', () => {
+  // Admission reserves the token cap priced on the intent's model (governance/plan.ts
+  // worstCaseMicros), and chargeBudgets spends past the reservation without a hold. gateStep
+  // prices each step on the model it runs on, at the price in force now. Once a step could name
+  // any model (frontier-large on a llama-3-8b task spent 3x its reservation in one step); now it
+  // may name only the intent's model or the fallback, and the gate holds the charges to the
+  // reservation too, whatever the fallback or a later price-book version costs.
+  const version = priceVersionAt(config.priceBook, T0);
+  /** Priced as gateStep prices a step: its input and output tokens on the model it runs on. */
+  const priceOn = (v: typeof version, model: string, s: StepUsage) =>
+    costMicros(v, { meter: 'tokens_in', quantity: s.tokensIn, subject: model }) + costMicros(v, { meter: 'tokens_out', quantity: s.tokensOut, subject: model });
+
+  it('never lets a hosted agent spend more than the worst case reserved for it', () => {
     const intent = anIntent().agent().build();
     const { caps } = resolveCaps(intent, config.policies.kinds.agent!, config.policies.name);
     const reserved = worstCaseMicros(intent, caps, config, T0);
     expect(reserved).toBe(800_000);
-    const version = priceVersionAt(config.priceBook, T0);
-    // Priced as gateStep prices a step: its input and output tokens on the model it runs on.
-    const price = (model: string, s: StepUsage) =>
-      costMicros(version, { meter: 'tokens_in', quantity: s.tokensIn, subject: model }) + costMicros(version, { meter: 'tokens_out', quantity: s.tokensOut, subject: model });
     const s = step(0, 100_000, 1000, { model: 'frontier-large' });
-    const d = evaluateStep(gate().caps(caps).fallback('small-fast').context(zeroTotals, { usage: s, costMicros: price('frontier-large', s), fallbackCostMicros: price('small-fast', s) }));
-    const charged = d.answer === 'deny' ? 0 : d.totals.costMicros;
-    expect(charged).toBeLessThanOrEqual(reserved);
+    const d = evaluateStep(gate().caps(caps).fallback('small-fast').reserved(reserved).context(zeroTotals, { usage: s, costMicros: priceOn(version, 'frontier-large', s), fallbackCostMicros: priceOn(version, 'small-fast', s) }));
+    expect(d).toMatchObject({ answer: 'deny', reason: { code: 'MODEL_NOT_ALLOWED', requested: 'frontier-large', limit: 'llama-3-8b|small-fast' } });
+  });
+
+  it('property: on any model, fallback and price-book version, the charges of what it lets through never pass the reservation', () => {
+    const models = ['llama-3-8b', 'llama-3-70b', 'small-fast', 'frontier-large'];
+    // A later price-book version, dearer by `rise`, takes effect while the task runs.
+    const later = (rise: number) => ({
+      ...version,
+      version: version.version + 1,
+      tokensPerMillionUsd: Object.fromEntries(Object.entries(version.tokensPerMillionUsd).map(([m, p]) => [m, { in: p.in * rise, out: p.out * rise }])),
+    });
+    const stepArb = fc.record({
+      tokensIn: fc.integer({ min: 0, max: 60_000 }),
+      tokensOut: fc.integer({ min: 0, max: 60_000 }),
+      model: fc.option(fc.constantFrom(...models), { nil: undefined }),
+      repriced: fc.boolean(),
+    });
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...models),
+        fc.option(fc.constantFrom(...models), { nil: null }),
+        fc.integer({ min: 1_000, max: 400_000 }),
+        fc.integer({ min: 1, max: 20_000_000 }),
+        fc.double({ min: 1, max: 10, noNaN: true }),
+        fc.array(stepArb, { maxLength: 40 }),
+        (primary, fallback, maxTokens, maxMicros, rise, steps) => {
+          const intent = anIntent().agent().model(primary).caps({ maxTokens, maxUsd: maxMicros / 1_000_000 }).build();
+          const { caps } = resolveCaps(intent, config.policies.kinds.agent!, config.policies.name);
+          const reserved = worstCaseMicros(intent, caps, config, T0);
+          const g = gate().caps({ ...caps, maxContextTokens: 1_000_000, maxSteps: 1000, maxToolCalls: 1000 }).reserved(reserved);
+          if (fallback !== null) g.fallback(fallback);
+          let totals = zeroTotals;
+          let charged = 0;
+          for (const s of steps) {
+            const usage = step(s.tokensIn, s.tokensOut, 100, s.model === undefined ? {} : { model: s.model });
+            const v = s.repriced ? later(rise) : version;
+            const d = evaluateStep({
+              ...g.context(totals, { usage, costMicros: priceOn(v, usage.model ?? primary, usage), ...(fallback !== null ? { fallbackCostMicros: priceOn(v, fallback, usage) } : {}) }),
+              primaryModel: primary,
+            });
+            if (d.answer === 'deny') continue;
+            expect([primary, fallback]).toContain(d.model);
+            charged += d.costMicros;
+            totals = d.totals;
+            expect(totals.costMicros).toBe(charged);
+            expect(charged).toBeLessThanOrEqual(reserved);
+          }
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 });

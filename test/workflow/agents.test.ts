@@ -126,7 +126,8 @@ describe('the step gate stops an agent at exactly the step that crosses a cap', 
 
   it('answers degrade (with the fallback model) before deny, and charges degraded steps at the fallback price', async () => {
     // frontier-large: $5/M in, $25/M out. A step of 40k in + 4k out costs $0.30; on small-fast $0.0048.
-    const taskId = await startAgent('degrade', { maxUsd: 1, maxTokens: 1_000_000 });
+    // The task runs on frontier-large (a step may name only the intent's model or the fallback).
+    const taskId = await startAgent('degrade', { maxUsd: 1, maxTokens: 1_000_000 }, { attribution: { tenant: h.tenant, team: 'search', project: 'ranker', model: 'frontier-large', useCase: 'relevance' } });
     const s: StepUsage = { tokensIn: 40_000, tokensOut: 4_000, contextTokens: 40_000, model: 'frontier-large' };
     const answers = [];
     for (let i = 0; i < 4; i++) answers.push(await gov.step(taskId, s));
@@ -148,6 +149,38 @@ describe('the step gate stops an agent at exactly the step that crosses a cap', 
       { subject: 'small-fast', cost: 9_600 },
     ]);
     expect(status.costUsd).toBeCloseTo(0.6096, 9);
+  });
+
+  it("refuses a step on a model other than the intent's or its fallback, charges nothing, and the task goes on", async () => {
+    // The task runs on llama-3-8b (its reservation priced there); the agent template's fallback is small-fast.
+    const taskId = await startAgent('model', {});
+    const s = (model?: string): StepUsage => ({ tokensIn: 1000, tokensOut: 500, contextTokens: 1000, ...(model ? { model } : {}) });
+    const dearer = await gov.step(taskId, s('frontier-large'));
+    expect(dearer).toMatchObject({ answer: 'deny', reason: { code: 'MODEL_NOT_ALLOWED', limit: 'llama-3-8b|small-fast', requested: 'frontier-large', policy: 'intent#attribution.model' } });
+    expect(dearer.reason?.message).toMatch(/llama-3-8b.*small-fast/);
+    const answers = [await gov.step(taskId, s('small-fast')), await gov.step(taskId, s()), await gov.step(taskId, s('llama-3-8b'))];
+    expect(answers.map((a) => a.answer)).toEqual(['allow', 'allow', 'allow']);
+    await gov.finish(taskId, 'carol');
+    const status = await gov.result(taskId);
+    expect(status.state).toBe('Succeeded');
+    expect(status.usage.steps).toBe(3);
+    // The ledger charged the three allowed steps, each on its own model, and nothing on frontier-large.
+    const { rows } = await h.db.query<{ subject: string; tin: number; tout: number }>(
+      `SELECT subject, SUM(quantity) FILTER (WHERE meter = 'tokens_in') AS tin, SUM(quantity) FILTER (WHERE meter = 'tokens_out') AS tout
+       FROM usage_events WHERE task_id = $1 GROUP BY subject ORDER BY subject`,
+      [taskId],
+    );
+    expect(rows).toEqual([
+      { subject: 'llama-3-8b', tin: 2000, tout: 1000 },
+      { subject: 'small-fast', tin: 1000, tout: 500 },
+    ]);
+    const steps = (await auditOf(taskId)).filter((r) => r.action === 'step');
+    expect(steps.map((r) => [r.decision, r.detail.reason?.code ?? r.detail.model])).toEqual([
+      ['deny', 'MODEL_NOT_ALLOWED'],
+      ['allow', 'small-fast'],
+      ['allow', 'llama-3-8b'],
+      ['allow', 'llama-3-8b'],
+    ]);
   });
 
   it('denies tools outside the catalog and tools the task did not declare, without stopping it', async () => {
