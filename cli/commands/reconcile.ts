@@ -6,14 +6,20 @@ import { TASK_QUEUE_CONTROL } from '../../workflows/messages';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 
-const whole = (what: string) => z.coerce.number({ error: `must be a whole number of ${what}` }).int(`must be a whole number of ${what}`);
+/** A whole number of `what` in [min, max]; each way of being wrong says which (a schema-wide message would also cover the bounds). */
+const whole = (what: string, min: number, max: number) =>
+  z.coerce
+    .number({ error: (i) => (i.code === 'invalid_type' ? `must be a whole number of ${what}` : undefined) })
+    .int(`must be a whole number of ${what}`)
+    .min(min, `must be at least ${min}`)
+    .max(max, `must be at most ${max}`);
 const ReconcileOptions = z.strictObject({
-  graceSeconds: whole('seconds').min(0).max(7 * 86_400).optional(),
-  limit: whole('tasks').min(1).max(5000).optional(),
+  graceSeconds: whole('seconds', 0, 7 * 86_400).optional(),
+  limit: whole('tasks', 1, 5000).optional(),
   dryRun: z.boolean().default(false),
   tenant: z.string().min(1).max(200).optional(),
   taskQueue: z.string().min(1).max(200).default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
-  waitSeconds: whole('seconds').min(1).max(3600).default(120),
+  waitSeconds: whole('seconds', 1, 3600).default(120),
   json: z.boolean().default(false),
 });
 

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { setBudget } from '../../ledger/budgets';
 import { teamGpusInUse } from '../../ledger/tasks';
 import { taskUsage } from '../../ledger/usage';
@@ -12,6 +12,7 @@ import { startStack } from '../../runtime/stack';
 import { GovloopClient } from '../../sdk';
 import { bundleWorkflows } from '../../workers/worker';
 import { type ReconcileInput, type ReconcileReport, reconciler } from '../../workflows/reconciler';
+import { govloop } from '../support/cli';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
 
 let bundle: WorkflowBundleWithSourceMap;
@@ -180,6 +181,39 @@ describe('the reconciler', () => {
     const report = await h.client.workflow.getHandle<typeof reconciler>(run!.workflowId, run!.firstExecutionRunId).result();
     expect(report.settled.map((s) => s.taskId)).toEqual([taskId]);
     expect((await ledgerOf(taskId)).state).toBe('Failed');
+  });
+});
+
+describe('govloop reconcile', () => {
+  it('runs one pass now and prints what it settled; bad flags are named', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'govloop-reconcile-cli-'));
+    const env = { TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_DATA_DIR: join(dir, 'state') };
+    const scope = ['--tenant', h.tenant, '--task-queue', h.controlQueue];
+    try {
+      const bad = await govloop(['reconcile', '--grace-seconds', 'soon', '--limit', '0', ...scope], env);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('--grace-seconds: must be a whole number of seconds');
+      expect(bad.stderr).toContain('--limit: must be at least 1');
+
+      const taskId = (await gov.submit(agent('cli'), { requester: 'carol' })).taskId;
+      await h.until(taskId, (s) => s.state === 'Running');
+      await terminate(taskId);
+
+      const held = (await ledgerOf(taskId)).reservation.remaining_micros / 1e6;
+      const run = await govloop(['reconcile', '--grace-seconds', '0', ...scope], env);
+      expect(run.code, run.stderr).toBe(0);
+      const line = run.stdout.split('\n').find((l) => l.includes(taskId));
+      expect(line).toMatch(/agent.*Reserved.*Failed.*TERMINATED.*\$0\.00/);
+      expect(line).toContain(`$${held.toFixed(2)}`);
+      expect(run.stdout).toContain('settled 1');
+      expect((await ledgerOf(taskId)).state).toBe('Failed');
+
+      const again = await govloop(['reconcile', '--grace-seconds', '0', '--json', ...scope], env);
+      expect(again.code, again.stderr).toBe(0);
+      expect(again.json()).toMatchObject({ settled: [], orphans: [], skipped: [] });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
