@@ -27,6 +27,7 @@ import { callTool } from '../tools/executor';
 import { type QuotaDecision, type Victim, admitQuota } from '../governance/quota';
 import { closePreemption, openPreemption, quotaLockKey, quotaState } from '../ledger/quota';
 import { createAuditActivities } from './audit';
+import { createReconcileActivities } from './reconcile';
 import { type Authenticator, type Caller, createAuthenticator } from '../identity/authenticate';
 import { IdentityError } from '../identity/errors';
 import { type Principal, actorName } from '../governance/authz';
@@ -182,6 +183,7 @@ export function createActivities(deps: ActivityDeps) {
 
   return {
     ...createAuditActivities({ db, config }),
+    ...createReconcileActivities({ db, config, cluster: backend.cluster, dispatchQueue, clock }),
     /**
      * Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log.
      * First: who submits (from the credential), may they submit in the intent's tenant, and is the

@@ -8,6 +8,7 @@ import * as demo from './commands/demo';
 import * as dev from './commands/dev';
 import * as doctor from './commands/doctor';
 import * as ledger from './commands/ledger';
+import * as reconcile from './commands/reconcile';
 import * as serve from './commands/serve';
 import * as submit from './commands/submit';
 import * as tasks from './commands/tasks';
@@ -18,7 +19,7 @@ const program = new Command('govloop')
   .showHelpAfterError()
   .exitOverride();
 
-for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, serve, doctor]) m.register(program);
+for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, reconcile, serve, doctor]) m.register(program);
 
 function wantsJson(): boolean {
   return process.argv.includes('--json');

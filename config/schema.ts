@@ -150,6 +150,18 @@ export const PoliciesFile = z.strictObject({
       checkpointEverySeconds: z.number().int().min(10).max(86_400).default(300),
     })
     .default({ checkpointDir: null, signingKeyFile: null, checkpointEverySeconds: 300 }),
+  /**
+   * The reconciler (the govloop-reconcile Temporal Schedule): every everySeconds it settles tasks
+   * whose workflow closed without settling them, once the workflow has been closed graceSeconds
+   * (time to reset a run terminated by mistake); at most batch tasks per pass, oldest first.
+   */
+  reconcile: z
+    .strictObject({
+      everySeconds: z.number().int().min(10).max(86_400).default(300),
+      graceSeconds: z.number().int().min(0).max(7 * 86_400).default(120),
+      batch: z.number().int().min(1).max(5000).default(200),
+    })
+    .default({ everySeconds: 300, graceSeconds: 120, batch: 200 }),
 });
 export type Policies = z.infer<typeof PoliciesFile>;
 

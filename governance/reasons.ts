@@ -60,6 +60,8 @@ export const ReasonCode = {
   /** Faults (decision 0020): input no retry can fix (SQLSTATE 22/23, a schema refused inside an activity); a call whose bounded retries ran out. */
   DataError: 'DATA_ERROR',
   RetriesExhausted: 'RETRIES_EXHAUSTED',
+  /** The task's workflow closed (terminated, timed out, failed, cancelled) without settling it: the reconciler did. */
+  Reconciled: 'RECONCILED',
 } as const;
 export type ReasonCode = (typeof ReasonCode)[keyof typeof ReasonCode];
 

@@ -198,22 +198,25 @@ export async function chargeBudgets(q: Queryable, taskId: string | null, a: Pick
 
 /** Releases what is left of a task's reservation. Idempotent. Returns the micros released. */
 export async function release(db: Db, taskId: string): Promise<number> {
-  return db.tx(async (c) => {
-    const r = await c.query<{ remaining_micros: number }>(`SELECT remaining_micros FROM reservations WHERE task_id = $1 AND state = 'held' FOR UPDATE`, [taskId]);
-    const row = r.rows[0];
-    if (!row) return 0;
-    const holds = await c.query<{ budget_id: number; window_key: string }>('SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id', [taskId]);
-    for (const h of holds.rows) {
-      await c.query(
-        'SELECT 1 FROM budget_windows WHERE budget_id = $1 AND window_key = $2 FOR UPDATE',
-        [h.budget_id, h.window_key],
-      );
-      await c.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [h.budget_id, h.window_key, row.remaining_micros]);
-    }
-    await c.query(`UPDATE reservations SET state = 'released', remaining_micros = 0, released_at = now() WHERE task_id = $1`, [taskId]);
-    await appendAudit(c, { actor: 'govloop', taskId, action: 'release', decision: 'released', detail: { usd: microsToUsd(row.remaining_micros) }, dedupeKey: `${taskId}:release` });
-    return row.remaining_micros;
-  });
+  return db.tx((c) => releaseIn(c, taskId));
+}
+
+/** release() inside the caller's transaction (the reconciler settles and releases in one). */
+export async function releaseIn(c: Queryable, taskId: string): Promise<number> {
+  const r = await c.query<{ remaining_micros: number }>(`SELECT remaining_micros FROM reservations WHERE task_id = $1 AND state = 'held' FOR UPDATE`, [taskId]);
+  const row = r.rows[0];
+  if (!row) return 0;
+  const holds = await c.query<{ budget_id: number; window_key: string }>('SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id', [taskId]);
+  for (const h of holds.rows) {
+    await c.query(
+      'SELECT 1 FROM budget_windows WHERE budget_id = $1 AND window_key = $2 FOR UPDATE',
+      [h.budget_id, h.window_key],
+    );
+    await c.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [h.budget_id, h.window_key, row.remaining_micros]);
+  }
+  await c.query(`UPDATE reservations SET state = 'released', remaining_micros = 0, released_at = now() WHERE task_id = $1`, [taskId]);
+  await appendAudit(c, { actor: 'govloop', taskId, action: 'release', decision: 'released', detail: { usd: microsToUsd(row.remaining_micros) }, dedupeKey: `${taskId}:release` });
+  return row.remaining_micros;
 }
 
 export interface BudgetView {

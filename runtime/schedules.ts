@@ -3,7 +3,8 @@ import type { Queryable } from '../ledger/db';
 import type { LadderConfig } from '../governance/ladder';
 import { crossedBudgets, listBudgets } from '../ledger/ladder';
 import { type BudgetKey, TASK_QUEUE_CONTROL, budgetControllerId, budgetNudgeSignal } from '../workflows/messages';
-import { auditCheckpoint, budgetController, meteringRollup } from '../workflows';
+import { auditCheckpoint, budgetController, meteringRollup, reconciler } from '../workflows';
+import type { ReconcileInput } from '../workflows/reconciler';
 
 export const METERING_ROLLUP_SCHEDULE = 'govloop-metering-rollup';
 
@@ -60,6 +61,39 @@ export async function ensureAuditCheckpointSchedule(
       action,
       policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
       memo: { what: 'signed checkpoints of the audit chain (govloop audit verify compares with them)' },
+    });
+    return { scheduleId, created: true };
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+    await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
+    return { scheduleId, created: false };
+  }
+}
+
+export const RECONCILE_SCHEDULE = 'govloop-reconcile';
+
+/**
+ * Creates the reconciler's Temporal Schedule (tasks whose workflow closed without settling them
+ * are settled and released, runbooks/reconciled.md), or brings an existing one to the given
+ * interval and task queue; every worker start calls it. Overlaps are skipped (a pass is
+ * idempotent) and missed runs caught up once: one pass covers every orphan since the last.
+ * `input`: the passes' options (none in production: policies.reconcile decides).
+ */
+export async function ensureReconcileSchedule(
+  client: Client,
+  opts: { everySeconds: number; taskQueue?: string; scheduleId?: string; input?: ReconcileInput },
+): Promise<{ scheduleId: string; created: boolean }> {
+  const scheduleId = opts.scheduleId ?? RECONCILE_SCHEDULE;
+  const taskQueue = opts.taskQueue ?? TASK_QUEUE_CONTROL;
+  const spec = { intervals: [{ every: opts.everySeconds * 1000 }] };
+  const action = { type: 'startWorkflow' as const, workflowType: reconciler, workflowId: `${scheduleId}-run`, taskQueue, args: [opts.input ?? {}] as [ReconcileInput] };
+  try {
+    await client.schedule.create({
+      scheduleId,
+      spec,
+      action,
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
+      memo: { what: 'settles and releases tasks whose workflow closed without settling them (govloop reconcile runs a pass now)' },
     });
     return { scheduleId, created: true };
   } catch (err) {

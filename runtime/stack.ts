@@ -7,7 +7,7 @@ import { Db } from '../ledger/db';
 import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
 import { createWorkers } from '../workers/worker';
-import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureRollupSchedule } from './schedules';
+import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureReconcileSchedule, ensureRollupSchedule } from './schedules';
 import { auditPaths } from '../ledger/audit-checkpoints';
 import { type DevServer, startDevServer } from './dev-server';
 import { clearDevState, writeDevState } from './environment';
@@ -79,6 +79,7 @@ export async function startStack(opts: {
     const workers = await createWorkers({ connection, namespace: server.namespace, db, config: opts.config, backend });
     await ensureRollupSchedule(client, { everySeconds: opts.config.policies.metering.rollupEverySeconds });
     await ensureAuditCheckpointSchedule(client, { everySeconds: opts.config.policies.audit.checkpointEverySeconds });
+    await ensureReconcileSchedule(client, { everySeconds: opts.config.policies.reconcile.everySeconds });
     await ensureBudgetControllers(client, db);
     const running = Promise.all(workers.map((w) => w.run())).then(() => undefined);
     stops.push(async () => {

@@ -2,3 +2,4 @@ export { governedTask } from './governed-task';
 export { meteringRollup } from './metering-rollup';
 export { budgetController } from './budget-controller';
 export { auditCheckpoint } from './audit-checkpoint';
+export { reconciler } from './reconciler';

@@ -4,7 +4,7 @@ import { loadConfig } from '../../config/load';
 import { connectTemporal, dataDir, openLedger, readDevState } from '../../runtime/environment';
 import { installLogging } from '../../runtime/logging';
 import { startStack } from '../../runtime/stack';
-import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureRollupSchedule } from '../../runtime/schedules';
+import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureReconcileSchedule, ensureRollupSchedule } from '../../runtime/schedules';
 import { auditPaths } from '../../ledger/audit-checkpoints';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { ClusterBackend } from '../../cluster/backend';
@@ -67,7 +67,7 @@ Ctrl-C stops everything.`);
     .description('run the control and dispatch workers against TEMPORAL_ADDRESS and DATABASE_URL (or a running govloop dev)')
     .option('--task-queue <name>', 'control task queue', process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL)
     .option('--cluster <name>', 'simulated cluster name (default: config/cluster.yaml)')
-    .option('--no-controllers', 'start no budget controllers and no rollup schedule (another worker pool owns them)')
+    .option('--no-controllers', 'start no budget controllers and no schedules (rollup, audit checkpoint, reconcile: another worker pool owns them)')
     .option('--backend <kind>', 'cluster backend: simulated | kubernetes (KUBECONFIG, ~/.kube/config or in-cluster); default $GOVLOOP_CLUSTER_BACKEND or simulated')
     .option('--k8s-namespace <ns>', 'namespace of the Jobs (kubernetes backend); default $GOVLOOP_K8S_NAMESPACE or govloop')
     .option('--k8s-checkpoint-grace <seconds>', 'least preemption grace on Kubernetes: the pods see the checkpoint request through the downward API within about a minute, then save; the longer of this and policies.preemption.graceMillis is waited; default $GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS or 90')
@@ -124,6 +124,7 @@ Ctrl-C stops everything.`);
           try {
             await ensureRollupSchedule(temporal.client, { everySeconds: config.policies.metering.rollupEverySeconds, taskQueue: o.taskQueue });
             await ensureAuditCheckpointSchedule(temporal.client, { everySeconds: config.policies.audit.checkpointEverySeconds, taskQueue: o.taskQueue });
+            await ensureReconcileSchedule(temporal.client, { everySeconds: config.policies.reconcile.everySeconds, taskQueue: o.taskQueue });
             await ensureBudgetControllers(temporal.client, ledger.db, o.taskQueue);
           } finally {
             await temporal.connection.close();
