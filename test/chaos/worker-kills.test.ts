@@ -10,6 +10,7 @@ import { Db } from '../../ledger/db';
 import { setBudget, showBudgets } from '../../ledger/budgets';
 import { taskUsage } from '../../ledger/usage';
 import { GovloopClient, GovloopStateError } from '../../sdk';
+import { bundleWorkflows } from '../../workers/worker';
 import type { TaskStatus } from '../../workflows/messages';
 import { repoRoot } from '../support/cli';
 import { intent } from '../support/harness';
@@ -91,9 +92,17 @@ let db: Db;
 let connection: Connection;
 let gov: GovloopClient;
 let configDir: string;
+let bundlePath: string;
 
 const startWorker = (): WorkerProcess =>
-  startWorkerProcess({ taskQueue, cluster, temporalAddress: inject('temporalAddress'), databaseUrl: inject('databaseUrl'), speedup: SPEEDUP, env: { GOVLOOP_CONFIG_DIR: configDir } });
+  startWorkerProcess({
+    taskQueue,
+    cluster,
+    temporalAddress: inject('temporalAddress'),
+    databaseUrl: inject('databaseUrl'),
+    speedup: SPEEDUP,
+    env: { GOVLOOP_CONFIG_DIR: configDir, GOVLOOP_WORKFLOW_BUNDLE: bundlePath },
+  });
 
 /**
  * An update waits for a worker to take it; with workers coming and going the client's long poll
@@ -135,6 +144,10 @@ beforeAll(async () => {
   cpSync(join(repoRoot, 'config'), configDir, { recursive: true });
   const policies = join(configDir, 'policies.yaml');
   writeFileSync(policies, readFileSync(policies, 'utf8').replace(/^preemption: .*$/m, 'preemption: { graceMillis: 1000, minRunSeconds: 0 }'));
+  // One workflow bundle for the 21 workers, as a deployment ships it: each then starts in
+  // seconds instead of bundling workflows/ again (`govloop worker --workflow-bundle`).
+  bundlePath = join(dir, 'workflow-bundle.js');
+  writeFileSync(bundlePath, (await bundleWorkflows()).code);
   db = new Db(inject('databaseUrl'), 4);
   connection = await Connection.connect({ address: inject('temporalAddress') });
   gov = new GovloopClient(new Client({ connection }), taskQueue);
@@ -177,7 +190,9 @@ describe('chaos: the worker killed at random points of dispatch', () => {
     const atKills: { dispatching: number; running: number }[] = [];
     try {
       for (let round = 0; round < KILLS; round++) {
+        const born = Date.now();
         await w.ready;
+        const readyMs = Date.now() - born;
         for (const t of tasks.filter((x) => x.round === round)) {
           submits.push(submit(t));
           submitted.add(t.taskId);
@@ -189,6 +204,7 @@ describe('chaos: the worker killed at random points of dispatch', () => {
         const seen = await ledgerTasks(db, cluster, [...submitted]);
         const settledOrRunning = seen.filter((s) => s.final || s.state === 'Running').length;
         atKills.push({ dispatching: submitted.size - settledOrRunning, running: seen.filter((s) => s.state === 'Running').length });
+        console.log(`worker-kills: kill ${round + 1}/${KILLS}: worker ready after ${readyMs} ms, killed ${plan.lifeMs[round]} ms later; ${atKills.at(-1)!.dispatching} on their way to the cluster, ${atKills.at(-1)!.running} running, ${seen.filter((x) => x.final).length} ended`);
         w = startWorker();
       }
       await w.ready;
