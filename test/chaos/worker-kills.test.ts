@@ -3,6 +3,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Connection, WorkflowUpdateRPCTimeoutOrCancelledError } from '@temporalio/client';
+import { decodeTimeoutType } from '@temporalio/common';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { z } from 'zod';
@@ -40,7 +41,7 @@ const KILLS = 20;
 /** Simulated seconds per real second: a 2,000–6,000 s job runs 10–30 s, across several kills. */
 const SPEEDUP = 200;
 /** A worker lives from "running" for 0 to this many ms before it is killed. */
-const MAX_LIFE_MS = 4000;
+const MAX_LIFE_MS = 5000;
 const PLAIN = 10;
 /** Tasks cancelled once running; their jobs could not finish on their own within the test. */
 const CANCELLED = 2;
@@ -50,7 +51,8 @@ const GPU_HOUR_USD = { H100: 4, A100: 2 } as const;
 
 const plan = fc.sample(
   fc.record({
-    lifeMs: fc.array(fc.integer({ min: 0, max: MAX_LIFE_MS }), { minLength: KILLS, maxLength: KILLS }),
+    // Uniform (fast-check leans towards small numbers unless told not to).
+    lifeMs: fc.array(fc.noBias(fc.integer({ min: 0, max: MAX_LIFE_MS })), { minLength: KILLS, maxLength: KILLS }),
     plain: fc.array(
       fc.record({
         // Tasks arrive over the first three quarters of the kills, so dispatches meet kills.
@@ -130,6 +132,35 @@ const meteredRange = (key: string): { from: number; to: number } => {
   return { from: Number(m[1]), to: Number(m[2]) };
 };
 
+/**
+ * What the kills cut off, from the tasks' histories (every run of each, found by workflow id):
+ * activity attempts that never reported back (a started event with attempt n means n - 1 tries
+ * were lost, each to a killed worker here) by activity, and workflow tasks that timed out while
+ * a worker held them.
+ */
+async function cutOff(client: Client, taskIds: readonly string[]): Promise<{ attempts: Record<string, number>; workflowTasks: number }> {
+  const attempts: Record<string, number> = {};
+  let workflowTasks = 0;
+  for (const id of taskIds) {
+    for await (const run of client.workflow.list({ query: `WorkflowId = '${id}'` })) {
+      const history = await client.workflow.getHandle(id, run.runId).fetchHistory();
+      const scheduled = new Map<string, string>();
+      for (const e of history.events ?? []) {
+        const a = e.activityTaskScheduledEventAttributes;
+        if (a) scheduled.set(String(e.eventId), a.activityType?.name ?? '?');
+        const started = e.activityTaskStartedEventAttributes;
+        if (started && (started.attempt ?? 1) > 1) {
+          const name = scheduled.get(String(started.scheduledEventId)) ?? '?';
+          attempts[name] = (attempts[name] ?? 0) + (started.attempt! - 1);
+        }
+        // START_TO_CLOSE: a worker took the task and never answered.
+        if (decodeTimeoutType(e.workflowTaskTimedOutEventAttributes?.timeoutType) === 'START_TO_CLOSE') workflowTasks++;
+      }
+    }
+  }
+  return { attempts, workflowTasks };
+}
+
 const running = async (taskId: string): Promise<LedgerTask | undefined> => {
   const [t] = await ledgerTasks(db, cluster, [taskId]);
   return t && t.state === 'Running' && t.jobPhase === 'Running' && t.gpuSeconds > 0 ? t : undefined;
@@ -163,8 +194,11 @@ afterAll(async () => {
 describe('chaos: the worker killed at random points of dispatch', () => {
   it(`loses no task, meters no second twice, creates no Job twice, and charges exactly, across ${KILLS} SIGKILLs`, async () => {
     const started = Date.now();
-    const submits: Promise<unknown>[] = [];
-    const actions: Promise<string>[] = [];
+    // Each call's outcome is kept as a value at once, so a failure waits for the checks below
+    // instead of surfacing as an unhandled rejection in the middle of the kills.
+    const outcome = <T>(what: string, p: Promise<T>) => p.then((value) => ({ ok: true as const, value }), (err: unknown) => ({ ok: false as const, error: `${what}: ${String(err)}` }));
+    const submits: Promise<{ ok: boolean; error?: string }>[] = [];
+    const actions: ReturnType<typeof outcome<'answered' | 'refused after a timeout'>>[] = [];
     const submitted = new Set<string>();
     const submit = (t: Planned) =>
       gov.submit(
@@ -194,9 +228,9 @@ describe('chaos: the worker killed at random points of dispatch', () => {
         await w.ready;
         const readyMs = Date.now() - born;
         for (const t of tasks.filter((x) => x.round === round)) {
-          submits.push(submit(t));
+          submits.push(outcome(`submit ${t.taskId}`, submit(t)));
           submitted.add(t.taskId);
-          if (t.role !== 'plain') actions.push(act(t));
+          if (t.role !== 'plain') actions.push(outcome(`${t.role} ${t.taskId}`, act(t)));
         }
         await new Promise((r) => setTimeout(r, plan.lifeMs[round]));
         await w.kill();
@@ -220,10 +254,9 @@ describe('chaos: the worker killed at random points of dispatch', () => {
         DRAIN_MS,
         () => `${describeTasks(seen.filter((t) => !t.final))}; worker: ${w.tail().slice(-1500)}`,
       );
-      const answers = await Promise.allSettled([...submits, ...actions]);
-      const refused = answers.filter((a) => a.status === 'rejected').map((a) => String((a as PromiseRejectedResult).reason));
-      expect(refused, 'every submit, cancel and preempt was answered').toEqual([]);
-      const ambiguous = (await Promise.all(actions)).filter((a) => a !== 'answered').length;
+      const answers = await Promise.all([...submits, ...actions]);
+      expect(answers.flatMap((a) => (a.ok ? [] : [a.error])), 'every submit, cancel and preempt was answered').toEqual([]);
+      const ambiguous = (await Promise.all(actions)).filter((a) => a.ok && a.value !== 'answered').length;
       // The workflow's own answer, from the last run of each task (followed by workflow id).
       const results = new Map<string, TaskStatus>();
       for (const id of ids) results.set(id, await gov.result(id));
@@ -299,9 +332,15 @@ describe('chaos: the worker killed at random points of dispatch', () => {
       expect({ lost, duplicatedRows, gaps, duplicatedJobs }).toEqual({ lost: 0, duplicatedRows: 0, gaps: 0, duplicatedJobs: 0 });
 
       const wallS = Math.round((Date.now() - started) / 1000);
+      const cut = await cutOff(gov.client, ids);
+      const lostAttempts = Object.entries(cut.attempts)
+        .sort((a, b) => b[1] - a[1])
+        .map(([name, n]) => `${name} ${n}`)
+        .join(', ');
       const duringDispatch = atKills.filter((k) => k.dispatching > 0).length;
       console.log(
-        `worker-kills: seed ${seed}; ${KILLS} SIGKILLs (${duringDispatch} with a task on its way to the cluster, ${atKills.filter((k) => k.running > 0).length} with jobs running); ` +
+        `worker-kills: seed ${seed}; ${KILLS} SIGKILLs (${duringDispatch} with a task on its way to the cluster, ${atKills.filter((k) => k.running > 0).length} with jobs running; ` +
+          `cut off: ${cut.workflowTasks} workflow tasks, activity attempts ${lostAttempts || 'none'}); ` +
           `${tasks.length} tasks (${PLAIN} plain, ${CANCELLED} cancelled, 1 preempted; ${ambiguous} of those calls asked twice): ${lost} lost; ${usage.rows.length} usage rows, ${duplicatedRows} duplicated, ${gaps} gaps; ` +
           `${jobs.rows.length} Jobs, ${duplicatedJobs} duplicated; charges exact; ${wallS} s wall`,
       );
