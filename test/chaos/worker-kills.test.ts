@@ -40,9 +40,14 @@ const cluster = `sim-kills-${suffix}`;
 const KILLS = 20;
 /** Simulated seconds per real second: a 2,000–6,000 s job runs 10–30 s, across several kills. */
 const SPEEDUP = 200;
-/** A worker lives from "running" for 0 to this many ms before it is killed. */
-const MAX_LIFE_MS = 5000;
-const PLAIN = 10;
+/**
+ * A worker lives from "running" for 0 to this many ms before it is killed. Each round's task is
+ * submitted as the worker comes up, and admission and dispatch take about this long here, so
+ * the kills fall at random points of them (and of the runs, cancels and preemptions under way).
+ */
+const MAX_LIFE_MS = 3000;
+/** One plain task arrives in each round. */
+const PLAIN = KILLS;
 /** Tasks cancelled once running; their jobs could not finish on their own within the test. */
 const CANCELLED = 2;
 /** Waiting for every task to end after the last restart: far above what it takes, only a hang reaches it. */
@@ -55,16 +60,14 @@ const plan = fc.sample(
     lifeMs: fc.array(fc.noBias(fc.integer({ min: 0, max: MAX_LIFE_MS })), { minLength: KILLS, maxLength: KILLS }),
     plain: fc.array(
       fc.record({
-        // Tasks arrive over the first three quarters of the kills, so dispatches meet kills.
-        round: fc.integer({ min: 0, max: Math.floor((KILLS * 3) / 4) }),
         gpus: fc.integer({ min: 1, max: 4 }),
         gpuType: fc.constantFrom('H100' as const, 'A100' as const),
         durationS: fc.integer({ min: 2000, max: 6000 }),
       }),
       { minLength: PLAIN, maxLength: PLAIN },
     ),
-    cancelRound: fc.array(fc.integer({ min: 0, max: KILLS / 2 }), { minLength: CANCELLED, maxLength: CANCELLED }),
-    preemptRound: fc.integer({ min: 0, max: KILLS / 2 }),
+    cancelRound: fc.array(fc.noBias(fc.integer({ min: 0, max: KILLS / 2 })), { minLength: CANCELLED, maxLength: CANCELLED }),
+    preemptRound: fc.noBias(fc.integer({ min: 0, max: KILLS / 2 })),
   }),
   { seed, numRuns: 1 },
 )[0]!;
@@ -83,7 +86,7 @@ interface Planned {
 }
 
 const tasks: Planned[] = [
-  ...plan.plain.map((p, i): Planned => ({ taskId: `kills-${suffix}-plain-${i}`, team: `plain-${i}`, ...p, role: 'plain', want: 'Succeeded' })),
+  ...plan.plain.map((p, i): Planned => ({ taskId: `kills-${suffix}-plain-${i}`, team: `plain-${i}`, round: i, ...p, role: 'plain', want: 'Succeeded' })),
   ...plan.cancelRound.map((round, i): Planned => ({ taskId: `kills-${suffix}-cancel-${i}`, team: `cancel-${i}`, round, gpus: 1, gpuType: 'H100', durationS: 100_000, role: 'cancel', want: 'Cancelled' })),
   // Long enough that it still runs when the preemption arrives; it finishes after its requeue.
   { taskId: `kills-${suffix}-preempt`, team: 'preempt', round: plan.preemptRound, gpus: 2, gpuType: 'A100', durationS: 8000, role: 'preempt', want: 'Succeeded' },
