@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Client, Connection, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError, type WorkflowHandle } from '@temporalio/client';
+import { Client, Connection, ServiceError, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError, type WorkflowHandle, isGrpcServiceError } from '@temporalio/client';
 import { z } from 'zod';
 import { type FieldError, Intent, fieldErrors } from '../governance/intent';
 import { type StepUsage, StepUsageSchema } from '../governance/step-gate';
@@ -255,6 +255,30 @@ export class BudgetLease {
 /** Visibility query quoting: single quotes doubled away. */
 const quote = (s: string) => `'${s.replace(/'/g, "''")}'`;
 
+
+/**
+ * The server refuses an update outright (FAILED_PRECONDITION, "Workflow Task in failed state")
+ * while the workflow's task has failed or timed out several times in a row, which is what a
+ * worker that crashes while holding it causes. The refused update was never admitted, so asking
+ * again is safe for every update; it goes through once a worker has completed the task. The
+ * bound (about two minutes) only stops a client from waiting on a workflow that never recovers.
+ */
+const NOT_READY_ATTEMPTS = 30;
+const GRPC_FAILED_PRECONDITION = 9;
+const workflowNotReady = (err: unknown): boolean => {
+  const grpc = err instanceof ServiceError ? err.cause : err;
+  return isGrpcServiceError(grpc) && grpc.code === GRPC_FAILED_PRECONDITION && /Workflow Task in failed state/i.test(grpc.details ?? grpc.message);
+};
+async function whenWorkflowReady<T>(call: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      if (!workflowNotReady(err) || attempt >= NOT_READY_ATTEMPTS) throw err;
+      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** (attempt - 1))));
+    }
+  }
+}
 /**
  * The typed client an application service uses to run work inside the governance loop:
  * submit an intent, gate each agent step, read status, finish or cancel.
@@ -331,7 +355,7 @@ export class GovloopClient {
     // server answers DEADLINE_EXCEEDED) attaches to the same admission instead of admitting twice.
     for (let attempt = 1; ; attempt++) {
       try {
-        return await handle.executeUpdate(admissionUpdate, { updateId: ADMISSION_UPDATE_ID });
+        return await whenWorkflowReady(() => handle.executeUpdate(admissionUpdate, { updateId: ADMISSION_UPDATE_ID }));
       } catch (err) {
         if (!(err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) || attempt >= 5) throw err;
       }
@@ -396,7 +420,7 @@ export class GovloopClient {
   /** Runs an update and turns the workflow's refusals into typed errors. */
   private async update<T>(taskId: string, fn: () => Promise<T>): Promise<T> {
     try {
-      return await fn();
+      return await whenWorkflowReady(fn);
     } catch (err) {
       const cause = err instanceof WorkflowUpdateFailedError ? (err.cause as { type?: string; message: string } | undefined) : undefined;
       if (cause?.type === 'InvalidStep' || cause?.type === 'InvalidDecision' || cause?.type === 'InvalidRequest') {

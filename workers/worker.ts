@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { NativeConnection, Worker, type WorkflowBundleWithSourceMap, bundleWorkflowCode } from '@temporalio/worker';
+import { NativeConnection, Worker, type WorkflowBundleOption, type WorkflowBundleWithSourceMap, bundleWorkflowCode } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { dataErrorInterceptors } from '../activities/errors';
 import type { GovConfig } from '../config/load';
@@ -32,7 +32,8 @@ export interface GovWorkerOptions {
   /** Control queue name; tests use their own so files can run side by side. */
   controlQueue?: string;
   dispatchQueue?: string;
-  bundle?: WorkflowBundleWithSourceMap;
+  /** Bundled code (tests bundle once per file) or a pre-built bundle's path; absent: bundled now. */
+  bundle?: WorkflowBundleOption;
 }
 
 /**

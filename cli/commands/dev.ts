@@ -14,7 +14,8 @@ import { createWorkers, runWorkers } from '../../workers/worker';
 import { NativeConnection } from '@temporalio/worker';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import { TASK_QUEUE_CONTROL, jobChangedSignal } from '../../workflows/messages';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { CliExit, Exit, parseOptions } from '../util';
 
 const port = z.coerce.number({ error: 'must be a port number' }).int().min(1).max(65535);
@@ -27,6 +28,11 @@ const WorkerOptions = z.strictObject({
   k8sNamespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a Kubernetes namespace name').max(63).default(process.env.GOVLOOP_K8S_NAMESPACE ?? 'govloop'),
   k8sPlacement: z.enum(['govloop', 'scheduler']).default((process.env.GOVLOOP_K8S_PLACEMENT as 'govloop' | 'scheduler' | undefined) ?? 'govloop'),
   k8sCheckpointGrace: z.coerce.number().int('whole seconds').min(0).max(3600).default(Number(process.env.GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS ?? 90)),
+  workflowBundle: z
+    .string()
+    .min(1)
+    .refine((p) => existsSync(p), 'no such file (write one with: npm run bundle:workflows -- PATH)')
+    .optional(),
 });
 
 /** Resolves on the first SIGINT/SIGTERM. */
@@ -71,6 +77,7 @@ Ctrl-C stops everything.`);
     .option('--backend <kind>', 'cluster backend: simulated | kubernetes (KUBECONFIG, ~/.kube/config or in-cluster); default $GOVLOOP_CLUSTER_BACKEND or simulated')
     .option('--k8s-namespace <ns>', 'namespace of the Jobs (kubernetes backend); default $GOVLOOP_K8S_NAMESPACE or govloop')
     .option('--k8s-checkpoint-grace <seconds>', 'least preemption grace on Kubernetes: the pods see the checkpoint request through the downward API within about a minute, then save; the longer of this and policies.preemption.graceMillis is waited; default $GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS or 90')
+    .option('--workflow-bundle <path>', 'a workflow bundle pre-built by `npm run bundle:workflows -- PATH` from this same checkout, instead of bundling workflows/ at every start (seconds of CPU); default $GOVLOOP_WORKFLOW_BUNDLE', process.env.GOVLOOP_WORKFLOW_BUNDLE)
     .option('--k8s-placement <mode>', 'who picks the nodes (kubernetes backend): govloop (pins each Job to the nodes governance/placement.ts chooses from the Nodes\' govloop.io/* labels) | scheduler (the kube-scheduler); default $GOVLOOP_K8S_PLACEMENT or govloop')
     .action(async (raw) => {
       const o = parseOptions(WorkerOptions, raw);
@@ -118,7 +125,7 @@ Ctrl-C stops everything.`);
           await sim.sync();
           backend = sim;
         }
-        const workers = await createWorkers({ connection, namespace, db: ledger.db, config, backend, controlQueue: o.taskQueue });
+        const workers = await createWorkers({ connection, namespace, db: ledger.db, config, backend, controlQueue: o.taskQueue, ...(o.workflowBundle ? { bundle: { codePath: resolve(o.workflowBundle) } } : {}) });
         if (o.controllers) {
           const temporal = await connectTemporal(program.opts().dataDir);
           try {
