@@ -14,6 +14,10 @@ export interface Known {
   gpuTypes: string[];
   migProfiles: string[];
   tools: string[];
+  /** Each tool's risk class, for plausible intents. */
+  toolRisk: Record<string, string>;
+  /** The policy's ceilings per kind, for plausible intents. */
+  limits: Record<string, { maxContextTokens: number; maxSteps: number; maxToolCalls: number; maxTokens: number; maxUsd: number; maxGpuHours: number; maxGpusPerTask: number; maxRiskClass: string }>;
 }
 
 export type Doc = Record<string, any>;
@@ -118,6 +122,64 @@ const labelsArb = fc.dictionary(
   fc.oneof(fc.constant(''), textArb(256)),
   { maxKeys: 8 },
 );
+
+const RISKS = ['low', 'medium', 'high', 'critical'];
+
+/**
+ * A valid intent the policy could admit: caps under the kind's ceilings, a deadline ahead, known
+ * priorities, GPU types and tools of allowed risk. The values are still drawn from the whole of
+ * each range (a maxUsd of 5e-324, a model name in any script), so admission, reservation,
+ * dispatch and cancel see them too, not only the rejection path.
+ */
+function plausibleIntent(kind: WorkloadKind, known: Known): fc.Arbitrary<Doc> {
+  const l = known.limits[kind]!;
+  const risks = RISKS.slice(0, RISKS.indexOf(l.maxRiskClass) + 1);
+  const upTo = (max: number) => fc.oneof(fc.integer({ min: 1, max: Math.max(1, Math.min(max, 1000)) }), fc.constant(Math.max(1, max)));
+  const caps = fc.record(
+    {
+      maxContextTokens: upTo(l.maxContextTokens),
+      maxSteps: upTo(l.maxSteps),
+      ...(l.maxToolCalls > 0 ? { maxToolCalls: fc.integer({ min: 0, max: l.maxToolCalls }) } : {}),
+      maxTokens: upTo(l.maxTokens),
+      maxUsd: fc.oneof(fc.double({ min: 0.001, max: l.maxUsd, noNaN: true }), fc.constantFrom(Number.MIN_VALUE, l.maxUsd)),
+      maxGpuHours: fc.oneof(fc.double({ min: 0, max: l.maxGpuHours, noNaN: true }), fc.constant(l.maxGpuHours)),
+      deadline: fc.date({ min: new Date('2090-01-01T00:00:00Z'), max: new Date('9999-12-31T00:00:00Z'), noInvalidDate: true }).map((d) => d.toISOString()),
+    },
+    { requiredKeys: [] },
+  );
+  const gpuType = fc.constantFrom(...known.gpuTypes);
+  const resources =
+    l.maxGpusPerTask === 0
+      ? fc.constant({ gpus: 0 })
+      : fc.oneof(
+          fc.constant({ gpus: 0 }),
+          fc.record({ gpus: fc.integer({ min: 1, max: Math.min(l.maxGpusPerTask, 8) }), gpuType, sharing: fc.constant('exclusive') }),
+          fc.record({ gpus: fc.constant(1), gpuType, sharing: fc.constantFrom('mps', 'timeslice'), gpuMilli: fc.integer({ min: 1, max: 999 }) }),
+          fc.record({ gpus: fc.integer({ min: 1, max: Math.min(l.maxGpusPerTask, 4) }), gpuType, sharing: fc.constantFrom(...known.migProfiles.map((p) => `mig:${p}`)) }),
+        );
+  const tools = known.tools.filter((t) => risks.includes(known.toolRisk[t] ?? 'critical'));
+  return fc.record(
+    {
+      kind: fc.constant(kind),
+      name: nameArb,
+      attribution: fc.record({ tenant: fc.constant(known.tenant), team: nameArb, project: nameArb, model: textArb(128), useCase: nameArb }),
+      caps,
+      priority: fc.constantFrom(...known.priorities),
+      riskClass: fc.constantFrom(...risks),
+      tools: l.maxToolCalls > 0 && tools.length > 0 ? fc.subarray(tools) : fc.constant([]),
+      resources,
+      // Short simulated jobs, so an admitted one may also run to its end before it is cancelled.
+      simulation: fc.record({ durationSeconds: fc.double({ min: 0.001, max: 600, noNaN: true }), tokensPerSecond: fc.double({ min: 0, max: 1000, noNaN: true }) }),
+      labels: labelsArb,
+    },
+    { requiredKeys: ['kind', 'name', 'attribution'] },
+  );
+}
+
+/** Valid intents to really start: mostly ones the policy could admit, the rest any valid intent. */
+export function startableIntent(kind: WorkloadKind, known: Known): fc.Arbitrary<Doc> {
+  return fc.oneof({ weight: 3, arbitrary: plausibleIntent(kind, known) }, { weight: 2, arbitrary: validIntent(kind, known) });
+}
 
 /** A valid intent of `kind`: the required fields, and any of the optional ones. */
 export function validIntent(kind: WorkloadKind, known: Known): fc.Arbitrary<Doc> {
@@ -233,8 +295,10 @@ export function nested(depth: number, array: boolean): unknown {
   return v;
 }
 
-const deepArb = fc.tuple(fc.integer({ min: 100, max: 20_000 }), fc.boolean()).map(([d, a]) => nested(d, a));
-const hugeArb = fc.integer({ min: 1_000, max: 1_000_000 }).map((n) => 'x'.repeat(n));
+/** Deep enough, now and then, to overflow the stack of any recursive walker (about 10,000 frames). */
+const deepArb = fc.tuple(fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 100, max: 2_000 }) }, { weight: 1, arbitrary: fc.constant(20_000) }), fc.boolean()).map(([d, a]) => nested(d, a));
+/** Longer than any bound; now and then past gRPC's 4 MiB message limit. */
+const hugeArb = fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 1_000, max: 100_000 }) }, { weight: 1, arbitrary: fc.constant(4 * 1024 * 1024 + 1) }).map((n) => 'x'.repeat(n));
 const controlArb = fc.constantFrom(...CONTROL_CODES).map((c) => String.fromCharCode(c));
 const loneSurrogateArb = fc.integer({ min: 0xd800, max: 0xdfff }).map((c) => String.fromCharCode(c));
 

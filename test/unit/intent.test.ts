@@ -175,6 +175,14 @@ describe('parseIntentText', () => {
     expect(errorsOf(JSON.stringify(doc))).toEqual(want);
   });
 
+  it.each([
+    { name: 'a Map of caps', caps: new Map([['maxUsd', 5]]), want: 'expected an object of fields, received Map' },
+    { name: 'a Date for caps', caps: new Date('2099-12-01T00:00:00Z'), want: 'expected an object of fields, received Date' },
+    { name: 'a class instance for caps', caps: new (class Limits { maxUsd = 5 })(), want: 'expected an object of fields, received Limits' },
+  ])('refuses $name instead of taking it as no caps (the SDK; JSON and YAML give plain objects)', ({ caps, want }) => {
+    expect(validate(Intent, { ...valid(), caps })).toEqual({ ok: false, errors: [{ path: 'caps', message: want }] });
+  });
+
   it('keeps surrogate pairs, labels named like Object methods, and an empty label value', () => {
     const doc = valid();
     doc.attribution.model = 'llama-\u{1F999}';
