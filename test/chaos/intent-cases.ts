@@ -118,7 +118,8 @@ const simulationArb = fc.record(
 );
 
 const labelsArb = fc.dictionary(
-  fc.oneof(fc.stringMatching(/^[a-z][a-z0-9./-]{0,20}$/), textArb(63), fc.constantFrom('constructor', 'toString', 'hasOwnProperty', 'valueOf')),
+  // fast-check's strings lean towards `__proto__` now and then: the one label name the intent refuses.
+  fc.oneof(fc.stringMatching(/^[a-z][a-z0-9./-]{0,20}$/), textArb(63), fc.constantFrom('constructor', 'toString', 'hasOwnProperty', 'valueOf')).filter((k) => k !== '__proto__'),
   fc.oneof(fc.constant(''), textArb(256)),
   { maxKeys: 8 },
 );
