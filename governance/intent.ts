@@ -65,7 +65,7 @@ export type GpuTopology = z.infer<typeof GpuTopology>;
 export const Resources = z
   .strictObject({
     gpus: z.number().int().nonnegative(),
-    gpuType: z.string().min(1).optional(),
+    gpuType: z.string().min(1).max(63).optional(),
     sharing: Sharing.default('exclusive'),
     gpuMilli: z.number().int().min(1).max(999).optional(),
     topology: GpuTopology.optional(),
@@ -90,17 +90,56 @@ export const Simulation = z.strictObject({
 });
 export type Simulation = z.infer<typeof Simulation>;
 
+/**
+ * A check of the raw input before `schema` parses it, keeping the schema's input type for callers.
+ * For what a parse cannot see afterwards: what it drops or takes as something else.
+ */
+function before<T extends z.ZodType>(check: (v: unknown, ctx: z.RefinementCtx) => void, schema: T) {
+  return z.preprocess<z.input<T>, T, z.input<T>>((v, ctx) => (check(v, ctx), v), schema);
+}
+
+/**
+ * Only a plain object (what JSON and YAML give) where an object of fields is expected: zod takes
+ * any object, and a Date or a Map has no own fields, so `caps: new Map([['maxUsd', 5]])` passed as
+ * no caps at all and the cap was lost without a word.
+ */
+const plain = <T extends z.ZodType>(schema: T) =>
+  before((v, ctx) => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return;
+    const proto: unknown = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null) {
+      ctx.addIssue({ code: 'custom', input: v, message: `expected an object of fields, received ${(v as object).constructor?.name ?? 'an object'}` });
+    }
+  }, schema);
+
+/**
+ * Free-form labels. A record drops an own `__proto__` key without a word (assigning it to a plain
+ * object would set the prototype instead), so it is refused before the record sees it.
+ */
+const Labels = before(
+  (v, ctx) => {
+    if (v !== null && typeof v === 'object' && Object.hasOwn(v, '__proto__')) ctx.addIssue({ code: 'custom', path: ['__proto__'], input: v, message: 'not a label name: a JavaScript object cannot hold it' });
+  },
+  z.record(z.string().max(63), z.string().max(256)).refine((r) => Object.keys(r).length <= 32, 'at most 32 labels'),
+);
+
+/**
+ * Every string and list has a bound: the intent travels in the workflow's input and in the
+ * activity calls that carry it (on each cluster poll), and `priority` becomes a search attribute,
+ * so an unbounded field would fail at Temporal's payload and search-attribute limits after
+ * `submit` had accepted it (chaos suite, test/chaos/intents.test.ts).
+ */
 export const Intent = z.strictObject({
   kind: WorkloadKind,
   name,
-  attribution: Attribution,
-  caps: Caps.default({}),
-  priority: z.string().min(1).default('normal'),
+  attribution: plain(Attribution),
+  caps: plain(Caps).default({}),
+  priority: z.string().min(1).max(63).default('normal'),
   riskClass: RiskClass.default('low'),
-  tools: z.array(z.string().min(1)).default([]),
-  resources: Resources.default({ gpus: 0, sharing: 'exclusive' }),
-  simulation: Simulation.optional(),
-  labels: z.record(z.string(), z.string()).default({}),
+  tools: z.array(z.string().min(1).max(128)).max(64).default([]),
+  resources: plain(Resources).default({ gpus: 0, sharing: 'exclusive' }),
+  simulation: plain(Simulation).optional(),
+  labels: Labels.default({}),
 }).superRefine(refuseControlCharacters);
 export type Intent = z.infer<typeof Intent>;
 /** What a caller writes: defaults not applied yet. */

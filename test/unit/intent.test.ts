@@ -1,7 +1,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { type FieldError, parseIntentText } from '../../governance/intent';
+import { type FieldError, Intent, parseIntentText, validate } from '../../governance/intent';
 import { stringify } from 'yaml';
 import { defaultConfigDir } from '../../config/load';
 import { anIntent } from '../support/builders';
@@ -142,6 +142,53 @@ describe('parseIntentText', () => {
     const doc = valid();
     change(doc);
     expect(errorsOf(stringify(doc))).toEqual(want);
+  });
+
+  // Found by the chaos suite (test/chaos/intents.test.ts): each of these passed submit, then failed
+  // in PostgreSQL (jsonb refuses a lone surrogate), at Temporal's limits, or lost the label silently.
+  it.each<{ name: string; change: (d: ReturnType<typeof valid>) => void; want: FieldError[] }>([
+    {
+      name: 'a lone surrogate in the model',
+      change: (d) => void (d.attribution.model = 'llama\ud800'),
+      want: [{ path: 'attribution.model', message: 'must be well-formed Unicode: a lone surrogate (\\ud800 at 5)' }],
+    },
+    {
+      name: 'a lone surrogate in a label key',
+      change: (d) => void (d.labels = { ['\udc00k']: 'v' }),
+      want: [{ path: 'labels.\udc00k', message: 'key must be well-formed Unicode: a lone surrogate (\\udc00 at 0)' }],
+    },
+    {
+      name: 'a "__proto__" label',
+      change: (d) => void (d.labels = JSON.parse('{"__proto__": "x", "team": "search"}')),
+      want: [{ path: 'labels.__proto__', message: 'not a label name: a JavaScript object cannot hold it' }],
+    },
+    { name: 'a priority too long for a search attribute', change: (d) => void (d.priority = 'p'.repeat(64)), want: [{ path: 'priority', message: 'Too big: expected string to have <=63 characters' }] },
+    { name: 'a tool name of 129 characters', change: (d) => void (d.tools = ['t'.repeat(129)]), want: [{ path: 'tools.0', message: 'Too big: expected string to have <=128 characters' }] },
+    { name: '65 tools', change: (d) => void (d.tools = Array.from({ length: 65 }, (_, i) => `t${i}`)), want: [{ path: 'tools', message: 'Too big: expected array to have <=64 items' }] },
+    { name: 'a GPU type of 64 characters', change: (d) => void (d.resources.gpuType = 'G'.repeat(64)), want: [{ path: 'resources.gpuType', message: 'Too big: expected string to have <=63 characters' }] },
+    { name: 'a label value of 257 characters', change: (d) => void (d.labels = { team: 'v'.repeat(257) }), want: [{ path: 'labels.team', message: 'Too big: expected string to have <=256 characters' }] },
+    { name: '33 labels', change: (d) => void (d.labels = Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`l${i}`, 'v']))), want: [{ path: 'labels', message: 'at most 32 labels' }] },
+  ])('refuses $name, through the SDK and as JSON text', ({ change, want }) => {
+    const doc = valid();
+    change(doc);
+    expect(validate(Intent, doc)).toEqual({ ok: false, errors: want });
+    expect(errorsOf(JSON.stringify(doc))).toEqual(want);
+  });
+
+  it.each([
+    { name: 'a Map of caps', caps: new Map([['maxUsd', 5]]), want: 'expected an object of fields, received Map' },
+    { name: 'a Date for caps', caps: new Date('2099-12-01T00:00:00Z'), want: 'expected an object of fields, received Date' },
+    { name: 'a class instance for caps', caps: new (class Limits { maxUsd = 5 })(), want: 'expected an object of fields, received Limits' },
+  ])('refuses $name instead of taking it as no caps (the SDK; JSON and YAML give plain objects)', ({ caps, want }) => {
+    expect(validate(Intent, { ...valid(), caps })).toEqual({ ok: false, errors: [{ path: 'caps', message: want }] });
+  });
+
+  it('keeps surrogate pairs, labels named like Object methods, and an empty label value', () => {
+    const doc = valid();
+    doc.attribution.model = 'llama-\u{1F999}';
+    doc.labels = { constructor: 'c', toString: '', hasOwnProperty: 'h' };
+    const r = validate(Intent, doc);
+    expect(r.ok && [r.value.attribution.model, r.value.labels]).toEqual(['llama-\u{1F999}', { constructor: 'c', toString: '', hasOwnProperty: 'h' }]);
   });
 
   it('refuses a negative cap and a fractional GPU count, naming each path', () => {
