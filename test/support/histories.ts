@@ -17,10 +17,20 @@ export async function saveHistories(client: Client, opts: { cli: string; address
   const dir = process.env.GOVLOOP_RECORD_HISTORIES === '1' ? fixturesDir : runHistoriesDir;
   mkdirSync(dir, { recursive: true });
   let n = 0;
+  // A workflow that continued as new has several closed runs under one id: the first run listed
+  // (the newest) keeps the plain name, older ones get --run-2, --run-3 ...
+  const seen = new Map<string, number>();
   for await (const wf of client.workflow.list({ query: `TaskQueue = '${opts.taskQueue}' AND ExecutionStatus != 'Running'` })) {
     const json = execFileSync(opts.cli, ['workflow', 'show', '--address', opts.address, '--workflow-id', wf.workflowId, '--run-id', wf.runId, '--output', 'json'], { maxBuffer: 64 << 20 });
-    const name = wf.workflowId.replace(/-[0-9a-f]{8}$/, '');
-    writeFileSync(join(dir, `${opts.prefix}--${name}.json`), json);
+    const name = wf.workflowId
+      // Stable names across re-recordings: no schedule timestamp, no random suffix or tenant, no odd characters.
+      .replace(/-run-\d{4}-\d{2}-\d{2}T[\d:]+Z$/, '')
+      .replace(/-[0-9a-f]{8}$/, '')
+      .replace(/(?<![A-Za-z])t-[0-9a-f]{8}/g, 'tenant')
+      .replace(/[^A-Za-z0-9_.-]+/g, '_');
+    const k = (seen.get(name) ?? 0) + 1;
+    seen.set(name, k);
+    writeFileSync(join(dir, `${opts.prefix}--${name}${k > 1 ? `--run-${k}` : ''}.json`), json);
     n++;
   }
   return n;

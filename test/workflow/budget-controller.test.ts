@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Attribution } from '../../governance/intent';
 import { setBudget } from '../../ledger/budgets';
 import { recordUsage } from '../../ledger/usage';
@@ -8,6 +8,7 @@ import { bundleWorkflows } from '../../workers/worker';
 import { budgetStatusQuery } from '../../workflows/messages';
 import { type Webhook, startWebhook } from '../support/webhook';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
+import { saveHistories } from '../support/histories';
 
 let h: Harness;
 let gov: GovloopClient;
@@ -28,6 +29,9 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  // Controllers run until stopped: end this file's (their histories so far replay like any other).
+  for await (const w of h.client.workflow.list({ query: `TaskQueue = '${h.controlQueue}' AND ExecutionStatus = 'Running'` })) await h.client.workflow.getHandle(w.workflowId, w.runId).terminate('test over').catch(() => undefined);
+  await saveHistories(h.client, { cli: inject('temporalCli'), address: inject('temporalAddress'), taskQueue: h.controlQueue, prefix: 'budget-controller' });
   await h.close();
   hook.close();
 });

@@ -1,10 +1,11 @@
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { grantAccess } from '../../ledger/approvals';
 import { taskUsage } from '../../ledger/usage';
 import { GovloopClient, type StepUsage } from '../../sdk';
 import { bundleWorkflows } from '../../workers/worker';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
+import { saveHistories } from '../support/histories';
 
 /**
  * Continue-as-new (decision 0022): a task hands over to a fresh run of itself once its history is
@@ -26,6 +27,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await saveHistories(h.client, { cli: inject('temporalCli'), address: inject('temporalAddress'), taskQueue: h.controlQueue, prefix: 'continue-as-new' });
   await h?.close();
 });
 

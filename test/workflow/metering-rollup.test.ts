@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { rollupUsageBy } from '../../ledger/rollups';
 import { recordUsage } from '../../ledger/usage';
 import { ensureRollupSchedule } from '../../runtime/schedules';
 import { bundleWorkflows } from '../../workers/worker';
 import { type Harness, createHarness } from '../support/harness';
+import { saveHistories } from '../support/histories';
 
 let h: Harness;
 const scheduleId = `rollup-test-${randomUUID().slice(0, 8)}`;
@@ -15,6 +16,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await saveHistories(h.client, { cli: inject('temporalCli'), address: inject('temporalAddress'), taskQueue: h.controlQueue, prefix: 'metering-rollup' });
   await h.client.schedule.getHandle(scheduleId).delete().catch(() => undefined);
   await h.close();
 });
