@@ -21,7 +21,10 @@ export default tseslint.config(
         {
           patterns: [
             { group: ['node:*'], message: 'workflow code is deterministic: no Node builtins' },
-            { group: ['@temporalio/activity', '@temporalio/client', '@temporalio/worker'], message: 'workflow code may import @temporalio/workflow and @temporalio/common only' },
+            {
+              group: ['@temporalio/activity', '@temporalio/client', '@temporalio/worker'],
+              message: 'workflow code may import @temporalio/workflow and @temporalio/common only',
+            },
             { group: ['uuid', 'pg', '**/ledger/*', '**/cluster/*', '**/runtime/*'], message: 'no I/O from workflow code: call an activity' },
           ],
         },

@@ -34,11 +34,20 @@ export function dataErrorMessage(err: unknown): string {
 
 /** Turns a data error thrown by any activity into a non-retryable failure; everything else retries as configured. */
 class DataErrorsAreFinal implements ActivityInboundCallsInterceptor {
-  async execute(input: Parameters<NonNullable<ActivityInboundCallsInterceptor['execute']>>[0], next: Parameters<NonNullable<ActivityInboundCallsInterceptor['execute']>>[1]): Promise<unknown> {
+  async execute(
+    input: Parameters<NonNullable<ActivityInboundCallsInterceptor['execute']>>[0],
+    next: Parameters<NonNullable<ActivityInboundCallsInterceptor['execute']>>[1],
+  ): Promise<unknown> {
     try {
       return await next(input);
     } catch (err) {
-      if (isDataError(err)) throw ApplicationFailure.create({ message: dataErrorMessage(err), type: DATA_ERROR, nonRetryable: true, cause: err instanceof Error ? err : undefined });
+      if (isDataError(err))
+        throw ApplicationFailure.create({
+          message: dataErrorMessage(err),
+          type: DATA_ERROR,
+          nonRetryable: true,
+          cause: err instanceof Error ? err : undefined,
+        });
       throw err;
     }
   }

@@ -19,7 +19,16 @@ import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
 import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
 import { type RollupRun, rollUp } from '../ledger/rollups';
 import { nudgeCrossed } from '../runtime/schedules';
-import { type LeaseGrant, type LeaseReport, type LeaseScope, closeLease, expireLeases, grantLease, reportLease, scopeBurnMicrosPerHour } from '../ledger/leases';
+import {
+  type LeaseGrant,
+  type LeaseReport,
+  type LeaseScope,
+  closeLease,
+  expireLeases,
+  grantLease,
+  reportLease,
+  scopeBurnMicrosPerHour,
+} from '../ledger/leases';
 import { type BudgetSnapshot, applyLadderChange, budgetIdOf, budgetSnapshot, recordBudgetPreemption, runningGpuWork, scopeLadder } from '../ledger/ladder';
 import { type LadderMove, type LadderStep, ladderMove, preemptionVictim, shouldDegrade } from '../governance/ladder';
 import { approverRoles } from '../governance/tools';
@@ -64,13 +73,24 @@ export interface Timing {
 
 /** The gate's answer, as the workflow sees it. */
 export type GateOutcome =
-  | { answer: 'allow' | 'degrade'; totals: StepTotals; model: string; costMicros: number; sideEffect: boolean; argsDigest: string | null; approvalToken?: string }
+  | {
+      answer: 'allow' | 'degrade';
+      totals: StepTotals;
+      model: string;
+      costMicros: number;
+      sideEffect: boolean;
+      argsDigest: string | null;
+      approvalToken?: string;
+    }
   | { answer: 'deny'; reason: Reason }
   | { answer: 'await-approval'; approvalId: string; argsDigest: string; requestedAt: number; escalateAfterMs: number; expiresAt: number; tiers: number };
 
 const digest = digestArgs;
 
-async function upsertCompensation(q: Queryable, r: { taskId: string; seq: number; tool: string; compensation: string; args: unknown; state: 'done' | 'failed'; attempts: number; error: string | null }): Promise<void> {
+async function upsertCompensation(
+  q: Queryable,
+  r: { taskId: string; seq: number; tool: string; compensation: string; args: unknown; state: 'done' | 'failed'; attempts: number; error: string | null },
+): Promise<void> {
   await q.query(
     `INSERT INTO compensations (task_id, seq, tool, compensation, args, state, attempts, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
      ON CONFLICT (task_id, seq) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts, error = EXCLUDED.error, updated_at = now()`,
@@ -83,7 +103,12 @@ async function notify(config: GovConfig, event: Record<string, unknown>): Promis
   log.warn('notification', event);
   if (!config.policies.notifyUrl) return;
   try {
-    await fetch(config.policies.notifyUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(event), signal: AbortSignal.timeout(10_000) });
+    await fetch(config.policies.notifyUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(event),
+      signal: AbortSignal.timeout(10_000),
+    });
   } catch (err) {
     log.warn('notification webhook failed', { url: config.policies.notifyUrl, error: String(err) });
   }
@@ -104,7 +129,15 @@ export interface Observation {
  */
 export function createActivities(deps: ActivityDeps) {
   const { db, config, backend, dispatchQueue, clock = () => new Date(), auth = createAuthenticator(deps.config.auth) } = deps;
-  const timing: Timing = { pollMillis: config.simulation.pollMillis, queueRetryMillis: config.simulation.queueRetryMillis, dispatchQueue, compensation: config.policies.compensation, preemptGraceMillis: config.policies.preemption.graceMillis, retries: config.policies.retries, continueAsNewEvents: config.policies.history.continueAsNewEvents };
+  const timing: Timing = {
+    pollMillis: config.simulation.pollMillis,
+    queueRetryMillis: config.simulation.queueRetryMillis,
+    dispatchQueue,
+    compensation: config.policies.compensation,
+    preemptGraceMillis: config.policies.preemption.graceMillis,
+    retries: config.policies.retries,
+    continueAsNewEvents: config.policies.history.continueAsNewEvents,
+  };
 
   /** Usage or a reservation may have pushed a budget past a threshold: its controller looks now (best effort). */
   const nudgeBudgets = async (a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>) => {
@@ -118,7 +151,13 @@ export function createActivities(deps: ActivityDeps) {
   /** The GPU part of an intent (translate() copies it into the plan unchanged), as the cluster places it. */
   function gpuRequest(intent: Intent): GpuRequest {
     const r = intent.resources;
-    return { gpus: r.gpus, gpuType: r.gpuType ?? '', sharing: r.sharing, ...(r.gpuMilli !== undefined ? { gpuMilli: r.gpuMilli } : {}), ...(r.topology ? { topology: r.topology } : {}) };
+    return {
+      gpus: r.gpus,
+      gpuType: r.gpuType ?? '',
+      sharing: r.sharing,
+      ...(r.gpuMilli !== undefined ? { gpuMilli: r.gpuMilli } : {}),
+      ...(r.topology ? { topology: r.topology } : {}),
+    };
   }
 
   /**
@@ -129,16 +168,35 @@ export function createActivities(deps: ActivityDeps) {
    * ledger has one session: a read on another connection inside the transaction would wait for it
    * forever.
    */
-  async function decideQuota(taskId: string, intent: Intent, q: Queryable = db, known?: { capacity: ClusterCapacity | undefined }): Promise<QuotaDecision | null> {
+  async function decideQuota(
+    taskId: string,
+    intent: Intent,
+    q: Queryable = db,
+    known?: { capacity: ClusterCapacity | undefined },
+  ): Promise<QuotaDecision | null> {
     const { gpuType } = intent.resources;
     const gpus = quotaGpus(intent.resources);
     if (gpus <= 0 || !gpuType || !config.cluster.gpuTypes[gpuType]) return null;
     const a = intent.attribution;
     const capacity = known ? known.capacity : backend.capacity ? await backend.capacity(gpuType, gpuRequest(intent)) : undefined;
     const staleAfterMs = config.policies.preemption.graceMillis + 60_000;
-    const state = await quotaState(q, config.policies, { taskId, tenant: a.tenant, team: a.team, gpuType }, gpuQuotaFor(config.policies, a, gpuType), capacity, staleAfterMs);
+    const state = await quotaState(
+      q,
+      config.policies,
+      { taskId, tenant: a.tenant, team: a.team, gpuType },
+      gpuQuotaFor(config.policies, a, gpuType),
+      capacity,
+      staleAfterMs,
+    );
     const created = await q.query<{ created_at: Date }>('SELECT created_at FROM tasks WHERE task_id = $1', [taskId]);
-    return admitQuota(state, { taskId, tenant: a.tenant, team: a.team, gpus, priority: config.policies.priorities[intent.priority] ?? 0, queuedAt: (created.rows[0]?.created_at ?? clock()).toISOString() });
+    return admitQuota(state, {
+      taskId,
+      tenant: a.tenant,
+      team: a.team,
+      gpus,
+      priority: config.policies.priorities[intent.priority] ?? 0,
+      queuedAt: (created.rows[0]?.created_at ?? clock()).toISOString(),
+    });
   }
 
   /** The principal of a call, or why there is none (the identity error's code). */
@@ -190,7 +248,13 @@ export function createActivities(deps: ActivityDeps) {
      * task id this run's own. A refusal there is audited and writes nothing else: the workflow
      * ends without touching the ledger again (`refused`).
      */
-    async admitTask(input: { taskId: string; intent: Intent; requester: string; attempt: number; credential?: string }): Promise<{ result: AdmissionResult; timing: Timing; preempt?: Victim[]; requester?: string; refused?: { code: string; message: string } }> {
+    async admitTask(input: {
+      taskId: string;
+      intent: Intent;
+      requester: string;
+      attempt: number;
+      credential?: string;
+    }): Promise<{ result: AdmissionResult; timing: Timing; preempt?: Victim[]; requester?: string; refused?: { code: string; message: string } }> {
       const { taskId, intent } = input;
       const now = clock();
       const runId = Context.current().info.workflowExecution?.runId ?? '';
@@ -238,10 +302,22 @@ export function createActivities(deps: ActivityDeps) {
       const quota = await decideQuota(taskId, intent);
       const result = admit(intent, { config, now: now.toISOString(), budgets, teamGpusInUse: teamGpus, ...(quota ? { quota } : {}) });
       // Quota says preempt, and nothing else holds the task back: the victims are told (by the workflow) to make room.
-      const preempt = quota?.decision === 'preempt' && result.decision === 'queued' && result.reasons.every((r) => r.code === 'PREEMPTION_PENDING') ? quota.victims : undefined;
+      const preempt =
+        quota?.decision === 'preempt' && result.decision === 'queued' && result.reasons.every((r) => r.code === 'PREEMPTION_PENDING')
+          ? quota.victims
+          : undefined;
       await db.tx(async (c) => {
         for (const v of preempt ?? []) {
-          await openPreemption(c, { victimTaskId: v.taskId, preemptorTaskId: taskId, by: 'govloop', reason: `${v.why}: ${taskId} of ${intent.attribution.tenant}/${intent.attribution.team} needs ${intent.resources.gpus} ${gpuType} GPUs`, preemptorTenant: intent.attribution.tenant, preemptorTeam: intent.attribution.team, gpuType: gpuType ?? null, gpus: v.gpus });
+          await openPreemption(c, {
+            victimTaskId: v.taskId,
+            preemptorTaskId: taskId,
+            by: 'govloop',
+            reason: `${v.why}: ${taskId} of ${intent.attribution.tenant}/${intent.attribution.team} needs ${intent.resources.gpus} ${gpuType} GPUs`,
+            preemptorTenant: intent.attribution.tenant,
+            preemptorTeam: intent.attribution.team,
+            gpuType: gpuType ?? null,
+            gpus: v.gpus,
+          });
         }
         await updateTask(c, taskId, {
           decision: result.decision,
@@ -264,7 +340,12 @@ export function createActivities(deps: ActivityDeps) {
           dedupeKey: `${taskId}:admission:${input.attempt}`,
         });
       });
-      log.info('admission', { taskId, decision: result.decision, reasons: result.reasons.map((r) => r.code), ...(preempt ? { preempt: preempt.map((v) => v.taskId) } : {}) });
+      log.info('admission', {
+        taskId,
+        decision: result.decision,
+        reasons: result.reasons.map((r) => r.code),
+        ...(preempt ? { preempt: preempt.map((v) => v.taskId) } : {}),
+      });
       return { result, timing, requester, ...(preempt ? { preempt } : {}) };
     },
 
@@ -318,7 +399,14 @@ export function createActivities(deps: ActivityDeps) {
         await backend.resume(name);
         await db.tx(async (c) => {
           await updateTask(c, taskId, { state: 'Running' });
-          await appendAudit(c, { actor: 'govloop', taskId, action: 'dispatch', decision: 'running', detail: { cluster: backend.cluster, job: name, nodes: created.nodes, placement: created.explanation ?? null }, dedupeKey: `${taskId}:dispatch` });
+          await appendAudit(c, {
+            actor: 'govloop',
+            taskId,
+            action: 'dispatch',
+            decision: 'running',
+            detail: { cluster: backend.cluster, job: name, nodes: created.nodes, placement: created.explanation ?? null },
+            dedupeKey: `${taskId}:dispatch`,
+          });
         });
       }
       return { ...created, job: name };
@@ -344,7 +432,16 @@ export function createActivities(deps: ActivityDeps) {
           const cur = await c.query<{ metered: number }>('SELECT metered FROM meter_cursors WHERE task_id = $1 AND meter = $2 FOR UPDATE', [taskId, meter]);
           const metered = cur.rows[0]!.metered;
           if (cumulative > metered) {
-            events.push({ key: `${taskId}:${meter}:${metered}-${cumulative}`, taskId, attribution: intent.attribution, meter, subject, quantity: cumulative - metered, cumulativeBefore: metered, occurredAt: now });
+            events.push({
+              key: `${taskId}:${meter}:${metered}-${cumulative}`,
+              taskId,
+              attribution: intent.attribution,
+              meter,
+              subject,
+              quantity: cumulative - metered,
+              cumulativeBefore: metered,
+              occurredAt: now,
+            });
             await c.query('UPDATE meter_cursors SET metered = $3 WHERE task_id = $1 AND meter = $2', [taskId, meter, cumulative]);
           }
         }
@@ -355,13 +452,38 @@ export function createActivities(deps: ActivityDeps) {
       let capBreach: Reason | null = null;
       const maxUsdMicros = Math.round(plan.caps.maxUsd * 1e6);
       if (usage.gpuSeconds / 3600 > plan.caps.maxGpuHours) {
-        capBreach = { code: 'CAP_MAX_GPU_HOURS', message: `used ${(usage.gpuSeconds / 3600).toFixed(3)} GPU-hours, cap ${plan.caps.maxGpuHours}`, limit: plan.caps.maxGpuHours, requested: usage.gpuSeconds / 3600, policy: 'task#caps.maxGpuHours' };
+        capBreach = {
+          code: 'CAP_MAX_GPU_HOURS',
+          message: `used ${(usage.gpuSeconds / 3600).toFixed(3)} GPU-hours, cap ${plan.caps.maxGpuHours}`,
+          limit: plan.caps.maxGpuHours,
+          requested: usage.gpuSeconds / 3600,
+          policy: 'task#caps.maxGpuHours',
+        };
       } else if (usage.costMicros > maxUsdMicros) {
-        capBreach = { code: 'CAP_MAX_USD', message: `spent $${(usage.costMicros / 1e6).toFixed(2)}, cap $${plan.caps.maxUsd}`, limit: plan.caps.maxUsd, requested: usage.costMicros / 1e6, policy: 'task#caps.maxUsd' };
+        capBreach = {
+          code: 'CAP_MAX_USD',
+          message: `spent $${(usage.costMicros / 1e6).toFixed(2)}, cap $${plan.caps.maxUsd}`,
+          limit: plan.caps.maxUsd,
+          requested: usage.costMicros / 1e6,
+          policy: 'task#caps.maxUsd',
+        };
       } else if (plan.caps.deadline !== null && now.getTime() > Date.parse(plan.caps.deadline) && status.phase === 'Running') {
-        capBreach = { code: 'CAP_DEADLINE', message: `deadline ${plan.caps.deadline} passed while running`, limit: plan.caps.deadline, requested: now.toISOString(), policy: 'task#caps.deadline' };
+        capBreach = {
+          code: 'CAP_DEADLINE',
+          message: `deadline ${plan.caps.deadline} passed while running`,
+          limit: plan.caps.deadline,
+          requested: now.toISOString(),
+          policy: 'task#caps.deadline',
+        };
       }
-      return { phase: status.phase, nodes: status.nodes, progress: status.progressSeconds / plan.simulation.durationSeconds, usage, capBreach, message: status.message };
+      return {
+        phase: status.phase,
+        nodes: status.nodes,
+        progress: status.progressSeconds / plan.simulation.durationSeconds,
+        usage,
+        capBreach,
+        message: status.message,
+      };
     },
 
     async deleteJob(input: { job: string }): Promise<void> {
@@ -386,8 +508,22 @@ export function createActivities(deps: ActivityDeps) {
     },
 
     /** Preemption, step 3: the ledger record (lost GPU-seconds against the preemptor's team), the task Preempted, the audit row naming the preemptor. */
-    async recordPreemption(input: { taskId: string; round: number; by: string; reason: string; preemptor: string | null; lostGpuSecondsTotal: number; gpuType: string | null; gpus: number }): Promise<{ round: number; lostGpuSeconds: number }> {
-      const preemptor = input.preemptor ? await db.query<{ tenant: string; team: string }>('SELECT a.tenant, a.team FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1', [input.preemptor]) : null;
+    async recordPreemption(input: {
+      taskId: string;
+      round: number;
+      by: string;
+      reason: string;
+      preemptor: string | null;
+      lostGpuSecondsTotal: number;
+      gpuType: string | null;
+      gpus: number;
+    }): Promise<{ round: number; lostGpuSeconds: number }> {
+      const preemptor = input.preemptor
+        ? await db.query<{ tenant: string; team: string }>(
+            'SELECT a.tenant, a.team FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1',
+            [input.preemptor],
+          )
+        : null;
       const team = preemptor?.rows[0] ?? null;
       const r = await db.tx((c) =>
         closePreemption(c, {
@@ -413,7 +549,17 @@ export function createActivities(deps: ActivityDeps) {
      * human opens an approval request instead and commits nothing until `approved` names it.
      * Idempotent by (task, seq): a retried activity answers the same and charges once.
      */
-    async gateStep(input: { taskId: string; seq: number; intent: Intent; plan: Plan; totals: StepTotals; step: StepUsage; requester?: string; approved?: string; caller?: Caller }): Promise<GateOutcome> {
+    async gateStep(input: {
+      taskId: string;
+      seq: number;
+      intent: Intent;
+      plan: Plan;
+      totals: StepTotals;
+      step: StepUsage;
+      requester?: string;
+      approved?: string;
+      caller?: Caller;
+    }): Promise<GateOutcome> {
       const { taskId, seq, intent, plan, totals, step } = input;
       const now = clock();
       const runId = Context.current().info.workflowExecution?.runId ?? '';
@@ -425,7 +571,8 @@ export function createActivities(deps: ActivityDeps) {
       }
       const version = priceVersionAt(config.priceBook, now.toISOString());
       const price = (model: string) =>
-        costMicros(version, { meter: 'tokens_in', quantity: step.tokensIn, subject: model }) + costMicros(version, { meter: 'tokens_out', quantity: step.tokensOut, subject: model });
+        costMicros(version, { meter: 'tokens_in', quantity: step.tokensIn, subject: model }) +
+        costMicros(version, { meter: 'tokens_out', quantity: step.tokensOut, subject: model });
       const asked = step.model ?? intent.attribution.model;
       // A model the gate refuses (MODEL_NOT_ALLOWED) is not priced: the price book need not know it.
       const model = allowedModels(intent.attribution.model, plan.fallbackModel).includes(asked) ? asked : intent.attribution.model;
@@ -450,7 +597,22 @@ export function createActivities(deps: ActivityDeps) {
       const argsDigest = step.tool !== undefined ? digest(step.toolArgs ?? null) : null;
       const dedupeKey = `${taskId}:step:${seq}${input.approved ? ':approved' : ''}`;
       const auditStep = (q: Queryable, answer: string, detail: Record<string, unknown>) =>
-        appendAudit(q, { actor: 'govloop', taskId, action: 'step', decision: answer, detail: { seq, tool: step.tool ?? null, argsDigest, tokensIn: step.tokensIn, tokensOut: step.tokensOut, contextTokens: step.contextTokens, ...detail }, dedupeKey });
+        appendAudit(q, {
+          actor: 'govloop',
+          taskId,
+          action: 'step',
+          decision: answer,
+          detail: {
+            seq,
+            tool: step.tool ?? null,
+            argsDigest,
+            tokensIn: step.tokensIn,
+            tokensOut: step.tokensOut,
+            contextTokens: step.contextTokens,
+            ...detail,
+          },
+          dedupeKey,
+        });
       if (decision.answer === 'deny') {
         await db.tx((c) => auditStep(c, 'deny', { reason: decision.reason }));
         return { answer: 'deny', reason: decision.reason };
@@ -478,7 +640,11 @@ export function createActivities(deps: ActivityDeps) {
           await auditStep(c, 'await-approval', { approvalId, approverRoles: approverRoles(entry, 0) });
           return r;
         });
-        if (row === null) return { answer: 'deny', reason: await approvalMismatch(approvalId, taskId, 'an approval request with this id exists for another run, step or arguments') };
+        if (row === null)
+          return {
+            answer: 'deny',
+            reason: await approvalMismatch(approvalId, taskId, 'an approval request with this id exists for another run, step or arguments'),
+          };
         return {
           answer: 'await-approval',
           approvalId,
@@ -494,23 +660,82 @@ export function createActivities(deps: ActivityDeps) {
         // The approval must be the one asked for this very call: same run, step, tool and arguments.
         const a = await getApproval(db, input.approved);
         if (!a || a.state !== 'approved' || !approvalMatches(a, { runId, seq, tool: step.tool ?? '', argsDigest: argsDigest ?? '' })) {
-          return { answer: 'deny', reason: await approvalMismatch(input.approved, taskId, a ? `approval ${a.approvalId} (${a.state}) was given for another run, step or arguments` : `no approval ${input.approved}`) };
+          return {
+            answer: 'deny',
+            reason: await approvalMismatch(
+              input.approved,
+              taskId,
+              a ? `approval ${a.approvalId} (${a.state}) was given for another run, step or arguments` : `no approval ${input.approved}`,
+            ),
+          };
         }
-        approvalToken = signApproval({ approvalId: a.approvalId, taskId, runId, seq, tool: a.tool, argsDigest: a.argsDigest, approvedBy: a.decidedBy ?? '', expiresAt: new Date(now.getTime() + config.auth.approvalTokenTtlSeconds * 1000).toISOString() });
+        approvalToken = signApproval({
+          approvalId: a.approvalId,
+          taskId,
+          runId,
+          seq,
+          tool: a.tool,
+          argsDigest: a.argsDigest,
+          approvedBy: a.decidedBy ?? '',
+          expiresAt: new Date(now.getTime() + config.auth.approvalTokenTtlSeconds * 1000).toISOString(),
+        });
       }
       const attribution = { ...intent.attribution, model: decision.model };
       await db.tx(async (c) => {
-        await recordUsageIn(c, config.priceBook, [
-          { key: `${taskId}:step:${seq}:tokens_in`, taskId, attribution, tool: step.tool ?? null, meter: 'tokens_in', subject: decision.model, quantity: step.tokensIn, occurredAt: now },
-          { key: `${taskId}:step:${seq}:tokens_out`, taskId, attribution, tool: step.tool ?? null, meter: 'tokens_out', subject: decision.model, quantity: step.tokensOut, occurredAt: now },
-        ], config.policies.usageLimits);
-        await auditStep(c, decision.answer, { model: decision.model, costUsd: decision.costMicros / 1e6, ...(input.approved ? { approvalId: input.approved } : {}) });
+        await recordUsageIn(
+          c,
+          config.priceBook,
+          [
+            {
+              key: `${taskId}:step:${seq}:tokens_in`,
+              taskId,
+              attribution,
+              tool: step.tool ?? null,
+              meter: 'tokens_in',
+              subject: decision.model,
+              quantity: step.tokensIn,
+              occurredAt: now,
+            },
+            {
+              key: `${taskId}:step:${seq}:tokens_out`,
+              taskId,
+              attribution,
+              tool: step.tool ?? null,
+              meter: 'tokens_out',
+              subject: decision.model,
+              quantity: step.tokensOut,
+              occurredAt: now,
+            },
+          ],
+          config.policies.usageLimits,
+        );
+        await auditStep(c, decision.answer, {
+          model: decision.model,
+          costUsd: decision.costMicros / 1e6,
+          ...(input.approved ? { approvalId: input.approved } : {}),
+        });
       });
-      return { answer: decision.answer, totals: decision.totals, model: decision.model, costMicros: decision.costMicros, sideEffect: decision.sideEffect, argsDigest, ...(approvalToken ? { approvalToken } : {}) };
+      return {
+        answer: decision.answer,
+        totals: decision.totals,
+        model: decision.model,
+        costMicros: decision.costMicros,
+        sideEffect: decision.sideEffect,
+        argsDigest,
+        ...(approvalToken ? { approvalToken } : {}),
+      };
     },
 
     /** An approver's (or the TTL's) decision on a tool call, recorded exactly once in the ledger. */
-    async decideApproval(input: { approvalId: string; tool: string; decision: 'approve' | 'reject' | 'expire'; by?: string; caller?: Caller; reason: string; force?: boolean }): Promise<DecideResult> {
+    async decideApproval(input: {
+      approvalId: string;
+      tool: string;
+      decision: 'approve' | 'reject' | 'expire';
+      by?: string;
+      caller?: Caller;
+      reason: string;
+      force?: boolean;
+    }): Promise<DecideResult> {
       const entry = config.tools.tools[input.tool];
       // A person's decision names its decider by credential; only govloop's own expiry passes `by`.
       let principal: Principal | undefined;
@@ -518,14 +743,40 @@ export function createActivities(deps: ActivityDeps) {
         const who = await whoIs(db, input.caller ?? (input.by !== undefined ? { as: input.by } : {}));
         if (!who.ok) {
           const row = await getApproval(db, input.approvalId);
-          await auditRefusal(db, null, input.decision, who, { approvalId: input.approvalId, claimed: input.caller?.as ?? input.by ?? null }, row?.taskId ?? null);
-          return { recorded: false, approvalId: input.approvalId, taskId: row?.taskId ?? null, state: row?.state ?? null, code: who.code, message: who.message };
+          await auditRefusal(
+            db,
+            null,
+            input.decision,
+            who,
+            { approvalId: input.approvalId, claimed: input.caller?.as ?? input.by ?? null },
+            row?.taskId ?? null,
+          );
+          return {
+            recorded: false,
+            approvalId: input.approvalId,
+            taskId: row?.taskId ?? null,
+            state: row?.state ?? null,
+            code: who.code,
+            message: who.message,
+          };
         }
         principal = who.principal;
       }
       const { caller: _caller, ...rest } = input;
-      const r = await decideApproval(db, { ...rest, by: principal ? actorName(principal) : (input.by ?? 'govloop'), ...(principal ? { principal } : {}), tiers: entry ? entry.approvers.map((t) => t.roles) : [], now: clock() });
-      log.info('approval decision', { approvalId: input.approvalId, decision: input.decision, by: r.recorded ? r.by : (principal ? actorName(principal) : input.by), recorded: r.recorded, ...(r.recorded ? {} : { code: r.code }) });
+      const r = await decideApproval(db, {
+        ...rest,
+        by: principal ? actorName(principal) : (input.by ?? 'govloop'),
+        ...(principal ? { principal } : {}),
+        tiers: entry ? entry.approvers.map((t) => t.roles) : [],
+        now: clock(),
+      });
+      log.info('approval decision', {
+        approvalId: input.approvalId,
+        decision: input.decision,
+        by: r.recorded ? r.by : principal ? actorName(principal) : input.by,
+        recorded: r.recorded,
+        ...(r.recorded ? {} : { code: r.code }),
+      });
       return r;
     },
 
@@ -535,7 +786,17 @@ export function createActivities(deps: ActivityDeps) {
       const roles = entry?.approvers[input.fromTier + 1]?.roles ?? [];
       const { escalated, row } = await escalateApproval(db, { approvalId: input.approvalId, fromTier: input.fromTier, roles, now: clock() });
       if (escalated && row) {
-        await notify(config, { event: 'approval.escalated', approvalId: row.approvalId, taskId: row.taskId, tenant: row.tenant, tool: row.tool, tier: row.tier, notifyRoles: roles, expiresAt: row.expiresAt.toISOString(), runbook: 'runbooks/escalated.md' });
+        await notify(config, {
+          event: 'approval.escalated',
+          approvalId: row.approvalId,
+          taskId: row.taskId,
+          tenant: row.tenant,
+          tool: row.tool,
+          tier: row.tier,
+          notifyRoles: roles,
+          expiresAt: row.expiresAt.toISOString(),
+          runbook: 'runbooks/escalated.md',
+        });
       }
       return { escalated, tier: row?.tier ?? input.fromTier, state: row?.state ?? 'pending' };
     },
@@ -552,10 +813,23 @@ export function createActivities(deps: ActivityDeps) {
       if (done.rowCount) return { compensation, detail: 'already compensated' };
       const attempt = Context.current().info.attempt;
       try {
-        const r = await callTool(config.tools.tools[compensation]!, { tool: compensation, args: input.args, taskId: input.taskId, step: input.seq, undoes: input.tool });
+        const r = await callTool(config.tools.tools[compensation]!, {
+          tool: compensation,
+          args: input.args,
+          taskId: input.taskId,
+          step: input.seq,
+          undoes: input.tool,
+        });
         await db.tx(async (c) => {
           await upsertCompensation(c, { ...input, compensation, state: 'done', attempts: attempt, error: null });
-          await appendAudit(c, { actor: 'govloop', taskId: input.taskId, action: 'compensation', decision: 'done', detail: { seq: input.seq, tool: input.tool, compensation, detail: r.detail }, dedupeKey: `${input.taskId}:compensate:${input.seq}` });
+          await appendAudit(c, {
+            actor: 'govloop',
+            taskId: input.taskId,
+            action: 'compensation',
+            decision: 'done',
+            detail: { seq: input.seq, tool: input.tool, compensation, detail: r.detail },
+            dedupeKey: `${input.taskId}:compensate:${input.seq}`,
+          });
         });
         return { compensation, detail: r.detail };
       } catch (err) {
@@ -568,9 +842,23 @@ export function createActivities(deps: ActivityDeps) {
     async compensationFailed(input: { taskId: string; seq: number; tool: string; error: string }): Promise<void> {
       await db.tx(async (c) => {
         await updateTask(c, input.taskId, { state: 'NeedsOperator' });
-        await appendAudit(c, { actor: 'govloop', taskId: input.taskId, action: 'compensation', decision: 'failed', detail: input, dedupeKey: `${input.taskId}:compensate:${input.seq}:failed` });
+        await appendAudit(c, {
+          actor: 'govloop',
+          taskId: input.taskId,
+          action: 'compensation',
+          decision: 'failed',
+          detail: input,
+          dedupeKey: `${input.taskId}:compensate:${input.seq}:failed`,
+        });
       });
-      await notify(config, { event: 'task.needs-operator', taskId: input.taskId, tool: input.tool, step: input.seq, error: input.error, runbook: 'runbooks/needsoperator.md' });
+      await notify(config, {
+        event: 'task.needs-operator',
+        taskId: input.taskId,
+        tool: input.tool,
+        step: input.seq,
+        error: input.error,
+        runbook: 'runbooks/needsoperator.md',
+      });
     },
 
     /**
@@ -594,10 +882,16 @@ export function createActivities(deps: ActivityDeps) {
         const found =
           sys.kind === 'budget-preempt'
             ? await db.query('SELECT 1 FROM ladder_events WHERE action = $1', [`preempt:${taskId}`])
-            : await db.query('SELECT 1 FROM preemptions WHERE victim_task_id = $1 AND preemptor_task_id = $2 AND suspended_at IS NULL', [taskId, sys.preemptor]);
+            : await db.query('SELECT 1 FROM preemptions WHERE victim_task_id = $1 AND preemptor_task_id = $2 AND suspended_at IS NULL', [
+                taskId,
+                sys.preemptor,
+              ]);
         const by = sys.kind === 'budget-preempt' ? 'budget-controller' : 'govloop';
         if (found.rowCount) return { ok: true, by };
-        const d = { code: 'FORBIDDEN', message: sys.kind === 'budget-preempt' ? `no budget controller ordered ${taskId} stopped` : `no open preemption of ${taskId} for ${sys.preemptor}` };
+        const d = {
+          code: 'FORBIDDEN',
+          message: sys.kind === 'budget-preempt' ? `no budget controller ordered ${taskId} stopped` : `no open preemption of ${taskId} for ${sys.preemptor}`,
+        };
         await auditRefusal(db, { subject: by, verified: false }, action, d, { tenant, system: sys.kind }, taskId);
         return { ok: false, ...d };
       }
@@ -611,7 +905,13 @@ export function createActivities(deps: ActivityDeps) {
       return db.tx(async (c) => {
         const d = await checkAccess(c, who.principal, own ? 'task.own' : 'operate', tenant, { taskId, detail: { attempted: action } });
         if (!d.allowed) return { ok: false as const, code: d.code, message: d.message };
-        await appendAudit(c, { actor: by, taskId, action: `task.${action}`, decision: 'accepted', detail: { via: d.via, ...(input.reason ? { reason: input.reason } : {}) } });
+        await appendAudit(c, {
+          actor: by,
+          taskId,
+          action: `task.${action}`,
+          decision: 'accepted',
+          detail: { via: d.via, ...(input.reason ? { reason: input.reason } : {}) },
+        });
         return { ok: true as const, by };
       });
     },
@@ -621,16 +921,36 @@ export function createActivities(deps: ActivityDeps) {
       await db.tx(async (c) => {
         await updateTask(c, input.taskId, { state: input.state });
         const key = input.round === undefined ? `${input.taskId}:resolve` : `${input.taskId}:resolve:escalation:${input.round}`;
-        await appendAudit(c, { actor: input.by, taskId: input.taskId, action: 'operator.resolve', decision: input.state, detail: { reason: input.reason }, dedupeKey: key });
+        await appendAudit(c, {
+          actor: input.by,
+          taskId: input.taskId,
+          action: 'operator.resolve',
+          decision: input.state,
+          detail: { reason: input.reason },
+          dedupeKey: key,
+        });
       });
     },
 
     /** A call of the task ran out of its bounded retries (decision 0020): page, then record it where the ledger answers. */
     async operatorNeeded(input: { taskId: string; activity: string; error: string; round: number }): Promise<void> {
-      await notify(config, { event: 'task.needs-operator', taskId: input.taskId, activity: input.activity, error: input.error, runbook: 'runbooks/needsoperator.md' });
+      await notify(config, {
+        event: 'task.needs-operator',
+        taskId: input.taskId,
+        activity: input.activity,
+        error: input.error,
+        runbook: 'runbooks/needsoperator.md',
+      });
       await db.tx(async (c) => {
         await updateTask(c, input.taskId, { state: 'NeedsOperator' });
-        await appendAudit(c, { actor: 'govloop', taskId: input.taskId, action: 'retries.exhausted', decision: 'needs-operator', detail: { activity: input.activity, error: input.error }, dedupeKey: `${input.taskId}:escalation:${input.round}` });
+        await appendAudit(c, {
+          actor: 'govloop',
+          taskId: input.taskId,
+          action: 'retries.exhausted',
+          decision: 'needs-operator',
+          detail: { activity: input.activity, error: input.error },
+          dedupeKey: `${input.taskId}:escalation:${input.round}`,
+        });
       });
     },
 
@@ -641,7 +961,14 @@ export function createActivities(deps: ActivityDeps) {
       const usage = await taskUsage(db, taskId);
       await db.tx(async (c) => {
         await updateTask(c, taskId, { state, finished: true, ...(reasons.length ? { reasons } : {}) });
-        await appendAudit(c, { actor: 'govloop', taskId, action: 'settle', decision: state, detail: { costUsd: usage.costMicros / 1e6, releasedUsd: released / 1e6, gpuSeconds: usage.gpuSeconds, reasons }, dedupeKey: `${taskId}:settle` });
+        await appendAudit(c, {
+          actor: 'govloop',
+          taskId,
+          action: 'settle',
+          decision: state,
+          detail: { costUsd: usage.costMicros / 1e6, releasedUsd: released / 1e6, gpuSeconds: usage.gpuSeconds, reasons },
+          dedupeKey: `${taskId}:settle`,
+        });
       });
       return usage;
     },
@@ -655,7 +982,11 @@ export function createActivities(deps: ActivityDeps) {
      * The budget controller's round: the budget's current window and the ladder move from the
      * step the controller holds (pure: governance/ladder.ts), plus its timing.
      */
-    async observeBudget(input: { budget: BudgetKey; step: LadderStep; window: string | null }): Promise<{ snapshot: BudgetSnapshot | null; move: LadderMove | null; pollMillis: number; roundsPerRun: number }> {
+    async observeBudget(input: {
+      budget: BudgetKey;
+      step: LadderStep;
+      window: string | null;
+    }): Promise<{ snapshot: BudgetSnapshot | null; move: LadderMove | null; pollMillis: number; roundsPerRun: number }> {
       const timingOut = { pollMillis: config.policies.budgetController.pollMillis, roundsPerRun: config.policies.budgetController.roundsPerRun };
       const budgetId = await budgetIdOf(db, input.budget);
       const snapshot = budgetId === null ? null : await budgetSnapshot(db, budgetId, clock());
@@ -666,10 +997,26 @@ export function createActivities(deps: ActivityDeps) {
     },
 
     /** Records a ladder move (each step fires once per crossing) and notifies for the steps that fired. */
-    async applyLadder(input: { budgetId: number; window: string; crossing: number; from: LadderStep; to: LadderStep; fired: LadderStep[]; sharePct: number; scope: string }): Promise<LadderStep[]> {
+    async applyLadder(input: {
+      budgetId: number;
+      window: string;
+      crossing: number;
+      from: LadderStep;
+      to: LadderStep;
+      fired: LadderStep[];
+      sharePct: number;
+      scope: string;
+    }): Promise<LadderStep[]> {
       const fresh = await applyLadderChange(db, input);
       for (const step of fresh) {
-        await notify(config, { event: 'budget.ladder', step, scope: input.scope, window: input.window, sharePct: Math.round(input.sharePct * 100) / 100, runbook: 'runbooks/budget-ladder.md' });
+        await notify(config, {
+          event: 'budget.ladder',
+          step,
+          scope: input.scope,
+          window: input.window,
+          sharePct: Math.round(input.sharePct * 100) / 100,
+          runbook: 'runbooks/budget-ladder.md',
+        });
       }
       log.info('budget ladder', { budgetId: input.budgetId, from: input.from, to: input.to, fired: fresh });
       return fresh;
@@ -684,7 +1031,15 @@ export function createActivities(deps: ActivityDeps) {
     },
 
     /** A budget lease for an in-process spender (sized by burn rate and the ladder; held on every covering window). */
-    async grantLease(input: { leaseId: string; scope: LeaseScope; holder: string; usd?: number; tokens?: number; model?: string; ttlSeconds: number }): Promise<LeaseGrant> {
+    async grantLease(input: {
+      leaseId: string;
+      scope: LeaseScope;
+      holder: string;
+      usd?: number;
+      tokens?: number;
+      model?: string;
+      ttlSeconds: number;
+    }): Promise<LeaseGrant> {
       const now = clock();
       let requestedMicros = usdToMicros(input.usd ?? 0);
       if (input.tokens !== undefined) {
@@ -693,7 +1048,16 @@ export function createActivities(deps: ActivityDeps) {
         requestedMicros = costMicros(v, { meter: 'tokens_out', quantity: input.tokens, subject: input.model ?? 'default' });
       }
       const burn = await scopeBurnMicrosPerHour(db, input.scope, now);
-      const g = await grantLease(db, { leaseId: input.leaseId, scope: input.scope, holder: input.holder, requestedMicros, ttlSeconds: input.ttlSeconds, burnMicrosPerHour: burn, now, ladder: config.policies.ladder });
+      const g = await grantLease(db, {
+        leaseId: input.leaseId,
+        scope: input.scope,
+        holder: input.holder,
+        requestedMicros,
+        ttlSeconds: input.ttlSeconds,
+        burnMicrosPerHour: burn,
+        now,
+        ladder: config.policies.ladder,
+      });
       if (g.granted && !g.idempotent) await nudgeBudgets({ tenant: input.scope.tenant, team: input.scope.team ?? '', project: input.scope.project ?? '' });
       return g;
     },

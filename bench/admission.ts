@@ -41,7 +41,14 @@ const examplesDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'config'
 const benchNow = new Date();
 
 function headroom(scope: string, limitUsd: number, reservedUsd: number, spentUsd: number, period: Period = 'month'): BudgetHeadroom {
-  return { scope, period, window: windowKey(period, benchNow), limitMicros: usdToMicros(limitUsd), reservedMicros: usdToMicros(reservedUsd), spentMicros: usdToMicros(spentUsd) };
+  return {
+    scope,
+    period,
+    window: windowKey(period, benchNow),
+    limitMicros: usdToMicros(limitUsd),
+    reservedMicros: usdToMicros(reservedUsd),
+    spentMicros: usdToMicros(spentUsd),
+  };
 }
 
 /** Budget snapshots as the ledger returns them: tenant, team and project scopes, with some spend. */
@@ -64,7 +71,9 @@ const exampleWant: Record<string, Expect> = {
 };
 
 function exampleCases(): Case[] {
-  const files = readdirSync(examplesDir).filter((f) => f.endsWith('.yaml')).sort();
+  const files = readdirSync(examplesDir)
+    .filter((f) => f.endsWith('.yaml'))
+    .sort();
   return files.map((file) => {
     const text = readFileSync(join(examplesDir, file), 'utf8');
     const doc = parseYaml(text) as Record<string, unknown>;
@@ -104,11 +113,32 @@ function generatedCases(): Case[] {
   });
   const cases: Case[] = [];
   const add = (label: string, doc: Record<string, unknown>, want: Expect, opts: { tight?: boolean; teamGpusInUse?: number } = {}) =>
-    cases.push({ label, source: 'generated', doc, budgets: budgetsFor(doc as { attribution: { tenant: string } }, opts.tight ?? false), teamGpusInUse: opts.teamGpusInUse ?? 0, want });
+    cases.push({
+      label,
+      source: 'generated',
+      doc,
+      budgets: budgetsFor(doc as { attribution: { tenant: string } }, opts.tight ?? false),
+      teamGpusInUse: opts.teamGpusInUse ?? 0,
+      want,
+    });
 
   add('admitted: training 4xH100', training({}), 'admitted', { teamGpusInUse: 4 });
-  add('admitted: finetune 2xA100', training({ kind: 'finetune', name: 'chat-ft', resources: { gpus: 2, gpuType: 'A100', sharing: 'exclusive' }, caps: { maxUsd: 120, maxGpuHours: 16 } }), 'admitted');
-  add('admitted: inference MIG slice', training({ kind: 'inference', name: 'chat-serve', priority: 'high', resources: { gpus: 1, gpuType: 'A100', sharing: 'mig:1g.10gb' }, caps: { maxUsd: 20, maxGpuHours: 24 } }), 'admitted');
+  add(
+    'admitted: finetune 2xA100',
+    training({ kind: 'finetune', name: 'chat-ft', resources: { gpus: 2, gpuType: 'A100', sharing: 'exclusive' }, caps: { maxUsd: 120, maxGpuHours: 16 } }),
+    'admitted',
+  );
+  add(
+    'admitted: inference MIG slice',
+    training({
+      kind: 'inference',
+      name: 'chat-serve',
+      priority: 'high',
+      resources: { gpus: 1, gpuType: 'A100', sharing: 'mig:1g.10gb' },
+      caps: { maxUsd: 20, maxGpuHours: 24 },
+    }),
+    'admitted',
+  );
   add('admitted: agent 2 tools', agent({}), 'admitted');
   add('admitted: agent, caps from policy', agent({ caps: {}, tools: ['search.web'] }), 'admitted');
   add('rejected: maxGpuHours over cap', training({ name: 'huge', caps: { maxUsd: 20000, maxGpuHours: 100000 } }), 'rejected');
@@ -117,9 +147,31 @@ function generatedCases(): Case[] {
   add('rejected: tool not in catalog', agent({ name: 'unknown-tool', tools: ['search.web', 'crm.export'] }), 'rejected');
   add('rejected: deadline passed', training({ name: 'late', caps: { maxUsd: 400, maxGpuHours: 48, deadline: '2001-01-01T00:00:00Z' } }), 'rejected');
   add('rejected: over budget (project)', training({ name: 'pricey', caps: { maxUsd: 4000, maxGpuHours: 400 } }), 'rejected', { tight: true });
-  add('rejected: over budget (agent)', agent({ name: 'agent-pricey', attribution: attribution('support', 'helpdesk', 'frontier-large', 'ticket-triage'), caps: { maxUsd: 90, maxSteps: 200, maxTokens: 2_000_000 } }), 'rejected', { tight: true });
-  add('queued: team H100 quota busy', training({ name: 'waits', resources: { gpus: 8, gpuType: 'H100', sharing: 'exclusive' } }), 'queued', { teamGpusInUse: 12 });
-  add('queued: team A100 quota busy', training({ name: 'waits-a100', kind: 'batch', attribution: attribution('search', 'ranker', 'llama-3-8b', 'offline-eval'), resources: { gpus: 4, gpuType: 'A100', sharing: 'exclusive' }, caps: { maxUsd: 100, maxGpuHours: 32 } }), 'queued', { teamGpusInUse: 6 });
+  add(
+    'rejected: over budget (agent)',
+    agent({
+      name: 'agent-pricey',
+      attribution: attribution('support', 'helpdesk', 'frontier-large', 'ticket-triage'),
+      caps: { maxUsd: 90, maxSteps: 200, maxTokens: 2_000_000 },
+    }),
+    'rejected',
+    { tight: true },
+  );
+  add('queued: team H100 quota busy', training({ name: 'waits', resources: { gpus: 8, gpuType: 'H100', sharing: 'exclusive' } }), 'queued', {
+    teamGpusInUse: 12,
+  });
+  add(
+    'queued: team A100 quota busy',
+    training({
+      name: 'waits-a100',
+      kind: 'batch',
+      attribution: attribution('search', 'ranker', 'llama-3-8b', 'offline-eval'),
+      resources: { gpus: 4, gpuType: 'A100', sharing: 'exclusive' },
+      caps: { maxUsd: 100, maxGpuHours: 32 },
+    }),
+    'queued',
+    { teamGpusInUse: 6 },
+  );
   return cases;
 }
 
@@ -217,8 +269,17 @@ function main() {
     return { label: p.label, decision: p.got, codes: p.codes, parseUs: round(1e6 / parseOps, 2), admitUs: p.intent ? round(1e6 / admitOps, 2) : null };
   });
 
-  const stats = (xs: number[]) => ({ medianPerSec: Math.round(median(xs)), minPerSec: Math.round(Math.min(...xs)), maxPerSec: Math.round(Math.max(...xs)), usPerOp: round(1e6 / median(xs), 3), rounds: xs.map(Math.round) });
-  const results = Object.fromEntries(parts.map((p) => [p.name, { what: p.what, ...stats(perRound[p.name]!) }])) as Record<'decision' | 'parse' | 'admit', ReturnType<typeof stats> & { what: string }>;
+  const stats = (xs: number[]) => ({
+    medianPerSec: Math.round(median(xs)),
+    minPerSec: Math.round(Math.min(...xs)),
+    maxPerSec: Math.round(Math.max(...xs)),
+    usPerOp: round(1e6 / median(xs), 3),
+    rounds: xs.map(Math.round),
+  });
+  const results = Object.fromEntries(parts.map((p) => [p.name, { what: p.what, ...stats(perRound[p.name]!) }])) as Record<
+    'decision' | 'parse' | 'admit',
+    ReturnType<typeof stats> & { what: string }
+  >;
   const mix = {
     cases: prepared.length,
     examples: prepared.filter((p) => p.source === 'example').length,
@@ -248,7 +309,11 @@ function main() {
   } else {
     console.log(`machine:    ${describeMachine(m)}`);
     console.log(`parameters: ${flags.seconds} s measured in ${rounds} rounds (${Math.round(sliceMs)} ms per part per round), after warm-up`);
-    console.log(`mix:        ${mix.cases} documents (${mix.examples} from config/examples, ${mix.generated} generated): ${Object.entries(mix.byDecision).map(([k, v]) => `${v} ${k}`).join(', ')}`);
+    console.log(
+      `mix:        ${mix.cases} documents (${mix.examples} from config/examples, ${mix.generated} generated): ${Object.entries(mix.byDecision)
+        .map(([k, v]) => `${v} ${k}`)
+        .join(', ')}`,
+    );
     console.log();
     console.log(
       table(
@@ -259,9 +324,16 @@ function main() {
         }),
       ),
     );
-    console.log(`Intent.parse costs ${ratio.parseToAdmit}x an admit(); validation is ${Math.round(ratio.parseShareOfDecision * 100)}% of a decision (medians, same run).`);
+    console.log(
+      `Intent.parse costs ${ratio.parseToAdmit}x an admit(); validation is ${Math.round(ratio.parseShareOfDecision * 100)}% of a decision (medians, same run).`,
+    );
     console.log();
-    console.log(table(['case', 'decision', 'reason codes', 'parse µs', 'admit µs'], perCase.map((c) => [c.label, c.decision, c.codes.join(' ') || '—', c.parseUs.toFixed(2), c.admitUs === null ? '—' : c.admitUs.toFixed(2)])));
+    console.log(
+      table(
+        ['case', 'decision', 'reason codes', 'parse µs', 'admit µs'],
+        perCase.map((c) => [c.label, c.decision, c.codes.join(' ') || '—', c.parseUs.toFixed(2), c.admitUs === null ? '—' : c.admitUs.toFixed(2)]),
+      ),
+    );
   }
   if (mismatches.length > 0) {
     console.error(`\n${mismatches.length} case(s) no longer decide as the bench expects (policy or code changed?):`);

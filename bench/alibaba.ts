@@ -53,7 +53,9 @@ export interface AlibabaPod {
 
 /** Parses a header + rows CSV without quoting (the trace has none) into records by column name. */
 function readCsv(path: string, required: string[]): Record<string, string>[] {
-  const lines = readFileSync(path, 'utf8').split(/\r?\n/).filter((l) => l.trim() !== '');
+  const lines = readFileSync(path, 'utf8')
+    .split(/\r?\n/)
+    .filter((l) => l.trim() !== '');
   const header = (lines.shift() ?? '').split(',').map((h) => h.trim());
   const missing = required.filter((c) => !header.includes(c));
   if (missing.length > 0) throw new Error(`${path}: missing columns ${missing.join(', ')} (header: ${header.join(',')})`);
@@ -171,7 +173,6 @@ export function alibabaWorkload(pods: readonly AlibabaPod[]): WorkloadProfile {
     return { weight, gpus: r.gpus, gpuMilli: r.gpuMilli, gpuType: r.gpuType, cpuMilli: r.cpuMilli, memoryMib: r.memoryMib };
   });
 }
-
 
 /**
  * FGD's arrival process: pods drawn uniformly with replacement from the list, no departures,

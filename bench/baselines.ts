@@ -104,7 +104,12 @@ export function typicalPods(requests: readonly PlacementRequest[], threshold = 0
   // Count descending; the simulator breaks ties by CPU, GPU share, GPU count, type, all descending.
   const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
   const sorted = [...counts.values()].sort(
-    (a, b) => b.n - a.n || b.shape.cpu - a.shape.cpu || b.shape.milli - a.shape.milli || b.shape.count - a.shape.count || cmp(b.shape.types.join('|'), a.shape.types.join('|')),
+    (a, b) =>
+      b.n - a.n ||
+      b.shape.cpu - a.shape.cpu ||
+      b.shape.milli - a.shape.milli ||
+      b.shape.count - a.shape.count ||
+      cmp(b.shape.types.join('|'), a.shape.types.join('|')),
   );
   const total = requests.length;
   const out: TypicalPod[] = [];
@@ -358,7 +363,14 @@ export function paperPolicy(name: PaperPolicyName, options: PaperPolicyOptions):
           placed: false,
           policy,
           requestId: r.id ?? null,
-          reason: { code: PlacementReasonCode.InvalidRequest, message: 'the paper baselines do not model MIG', requested: `MIG ${r.migProfile}`, level: null, largestFit: null, clusterFit: null },
+          reason: {
+            code: PlacementReasonCode.InvalidRequest,
+            message: 'the paper baselines do not model MIG',
+            requested: `MIG ${r.migProfile}`,
+            level: null,
+            largestFit: null,
+            clusterFit: null,
+          },
         };
       }
       if (index !== st.index) {
@@ -392,8 +404,20 @@ export function paperPolicy(name: PaperPolicyName, options: PaperPolicyOptions):
         // No feasible node. An invalid request or an unknown type is worded by placeOnNode's checks.
         const check = placeOnNode(st, r, policy, 0);
         if (!check.placed && check.reason.code !== PlacementReasonCode.InsufficientCapacity) return check;
-        const requested = check.placed ? r.id ?? 'request' : check.reason.requested;
-        return { placed: false, policy, requestId: r.id ?? null, reason: { code: PlacementReasonCode.InsufficientCapacity, message: `no node can take ${requested}`, requested, level: 'node', largestFit: null, clusterFit: null } };
+        const requested = check.placed ? (r.id ?? 'request') : check.reason.requested;
+        return {
+          placed: false,
+          policy,
+          requestId: r.id ?? null,
+          reason: {
+            code: PlacementReasonCode.InsufficientCapacity,
+            message: `no node can take ${requested}`,
+            requested,
+            level: 'node',
+            largestFit: null,
+            clusterFit: null,
+          },
+        };
       }
       let gpus: number[] | undefined;
       if (p.count > 0 && p.milli < MILLI) {

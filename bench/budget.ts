@@ -44,7 +44,10 @@ const usage = `usage: tsx bench/budget.ts [--seconds S] [--round-trips N] [--cro
   --json          print one JSON object instead of tables`;
 
 async function main() {
-  const flags = parseFlags({ seconds: 3, 'round-trips': 300, crossings: 24, 'poll-ms': 1000, 'database-url': undefined as string | undefined, json: false }, usage);
+  const flags = parseFlags(
+    { seconds: 3, 'round-trips': 300, crossings: 24, 'poll-ms': 1000, 'database-url': undefined as string | undefined, json: false },
+    usage,
+  );
   const m = machine();
   const log = (s: string) => {
     if (!flags.json) console.log(s);
@@ -74,7 +77,15 @@ async function main() {
     stops.push(() => conn.close());
     const client = new Client({ connection: conn, namespace: server.namespace });
     const controlQueue = `govloop-control-bench-${suffix}`;
-    const workers = await createWorkers({ connection: native, namespace: server.namespace, db, config, backend, controlQueue, bundle: await bundleWorkflows() });
+    const workers = await createWorkers({
+      connection: native,
+      namespace: server.namespace,
+      db,
+      config,
+      backend,
+      controlQueue,
+      bundle: await bundleWorkflows(),
+    });
     const running = Promise.all(workers.map((w) => w.run()));
     stops.push(async () => {
       for (const w of workers) w.shutdown();
@@ -123,7 +134,9 @@ async function main() {
           await setBudget(db, { tenant: t }, 'total', 100, 'bench');
           await startBudgetController(client, { tenant: t, team: '*', project: '*', period: 'total' }, controlQueue);
           await new Promise((r) => setTimeout(r, 200 + ((i * 997) % Math.max(1, Math.round(flags['poll-ms'] * 2)))));
-          await recordUsage(db, config.priceBook, [{ key: `${t}:cross`, taskId: null, attribution, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 55 * 900, occurredAt: new Date() }]);
+          await recordUsage(db, config.priceBook, [
+            { key: `${t}:cross`, taskId: null, attribution, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 55 * 900, occurredAt: new Date() },
+          ]);
           const crossedAt = nowMs();
           if (mode === 'nudge') await nudgeCrossed(client, db, attribution, config.policies.ladder);
           for (;;) {
@@ -144,7 +157,14 @@ async function main() {
     const result = {
       machine: m,
       ledger: ledger ? 'pglite' : 'postgresql',
-      leaseChecks: { inProcessPerSec: Math.round(inProcessPerSec), allowed, checks, roundTripPerSec: round(roundTripPerSec, 1), roundTripMs: rts, ratio: Math.round(inProcessPerSec / roundTripPerSec) },
+      leaseChecks: {
+        inProcessPerSec: Math.round(inProcessPerSec),
+        allowed,
+        checks,
+        roundTripPerSec: round(roundTripPerSec, 1),
+        roundTripMs: rts,
+        ratio: Math.round(inProcessPerSec / roundTripPerSec),
+      },
       thresholdToAction: { pollMs: flags['poll-ms'], crossings, pollOnlyMs: lat, withNudgeMs: nud },
     };
     if (flags.json) {
@@ -161,10 +181,15 @@ async function main() {
       ),
     );
     console.log(`in process / round trip: ${fmt(inProcessPerSec / roundTripPerSec, 0)}x (same run)`);
-    console.log(table(['threshold crossing → ladder step in the ledger', 'n', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms'], [
+    console.log(
+      table(
+        ['threshold crossing → ladder step in the ledger', 'n', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms'],
+        [
           [`controller poll only (every ${flags['poll-ms']} ms)`, lat.n, fmt(lat.p50, 0), fmt(lat.p90, 0), fmt(lat.p99, 0), fmt(lat.max, 0)],
           ['with the nudge on recording (serve, workers)', nud.n, fmt(nud.p50, 0), fmt(nud.p90, 0), fmt(nud.p99, 0), fmt(nud.max, 0)],
-        ]));
+        ],
+      ),
+    );
   } finally {
     for (const s of stops.reverse()) await s().catch(() => undefined);
     rmSync(dataDir, { recursive: true, force: true });

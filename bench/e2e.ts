@@ -178,7 +178,17 @@ const errText = (err: unknown) => {
 
 async function main() {
   const flags = parseFlags(
-    { tasks: 80, concurrency: 8, steps: 5, 'cluster-tasks': 48, 'sim-seconds': 1800, 'database-url': undefined as string | undefined, 'ledger-pool': 10, 'timeout-seconds': 300, json: false },
+    {
+      tasks: 80,
+      concurrency: 8,
+      steps: 5,
+      'cluster-tasks': 48,
+      'sim-seconds': 1800,
+      'database-url': undefined as string | undefined,
+      'ledger-pool': 10,
+      'timeout-seconds': 300,
+      json: false,
+    },
     usage,
   );
   const tasks = Math.round(flags.tasks);
@@ -310,9 +320,17 @@ async function main() {
         await running;
       },
     });
-    log(`ledger:     ${ledger ? 'embedded PGlite (in this process)' : 'PostgreSQL'}, pool of ${ledgerPool}; Temporal dev server ${server.address} (${cli.source} ${cli.path})`);
-    log(`setup:      ${Object.entries(setup).map(([k, v]) => `${k.replace(/Ms$/, '')} ${v} ms`).join(', ')}`);
-    log(`parameters: ${tasks} agent tasks, ${concurrency} at a time, ${steps} steps each; ${clusterTasks} simulated training jobs of ${flags['sim-seconds']} s at ${SPEEDUP}x, polled every ${POLL_MILLIS} ms`);
+    log(
+      `ledger:     ${ledger ? 'embedded PGlite (in this process)' : 'PostgreSQL'}, pool of ${ledgerPool}; Temporal dev server ${server.address} (${cli.source} ${cli.path})`,
+    );
+    log(
+      `setup:      ${Object.entries(setup)
+        .map(([k, v]) => `${k.replace(/Ms$/, '')} ${v} ms`)
+        .join(', ')}`,
+    );
+    log(
+      `parameters: ${tasks} agent tasks, ${concurrency} at a time, ${steps} steps each; ${clusterTasks} simulated training jobs of ${flags['sim-seconds']} s at ${SPEEDUP}x, polled every ${POLL_MILLIS} ms`,
+    );
 
     const start = async (input: IntentInput, name: string) => {
       const intent = Intent.parse(input);
@@ -382,7 +400,15 @@ async function main() {
         workflowId = handle.workflowId;
         const result: TaskStatus = await handle.result();
         const ok = result.state === 'Succeeded';
-        return { workflowId, ok, error: ok ? null : `ended ${result.state}: ${result.reasons.map((r) => `${r.code} ${r.message}`).join('; ')}`, state: result.state, totalMs: nowMs() - t0, gpuSeconds: result.usage.gpuSeconds, costUsd: result.costUsd };
+        return {
+          workflowId,
+          ok,
+          error: ok ? null : `ended ${result.state}: ${result.reasons.map((r) => `${r.code} ${r.message}`).join('; ')}`,
+          state: result.state,
+          totalMs: nowMs() - t0,
+          gpuSeconds: result.usage.gpuSeconds,
+          costUsd: result.costUsd,
+        };
       } catch (err) {
         return { workflowId, ok: false, error: errText(err), state: 'error', totalMs: nowMs() - t0, gpuSeconds: 0, costUsd: 0 };
       }
@@ -407,9 +433,18 @@ async function main() {
 
     const okAgents = agents.filter((r) => r.ok);
     // Server-side view of the step path, from the histories of (at most) 20 measured agent tasks.
-    const breakdown = await stepBreakdown(client, okAgents.slice(0, 20).map((r) => r.workflowId));
-    const agentTrouble = await historyTrouble(client, agents.filter((r) => r.workflowId !== ''));
-    const clusterTrouble = await historyTrouble(client, trainings.filter((r) => r.workflowId !== ''));
+    const breakdown = await stepBreakdown(
+      client,
+      okAgents.slice(0, 20).map((r) => r.workflowId),
+    );
+    const agentTrouble = await historyTrouble(
+      client,
+      agents.filter((r) => r.workflowId !== ''),
+    );
+    const clusterTrouble = await historyTrouble(
+      client,
+      trainings.filter((r) => r.workflowId !== ''),
+    );
     const okTrainings = trainings.filter((r) => r.ok);
     const stepsAll = okAgents.flatMap((r) => r.stepMs);
     const failures = [...agents.filter((r) => !r.ok).map((r) => `agent: ${r.error}`), ...trainings.filter((r) => !r.ok).map((r) => `training: ${r.error}`)];
@@ -417,7 +452,18 @@ async function main() {
     const report = {
       benchmark: 'e2e',
       machine: m,
-      parameters: { tasks, concurrency, steps, clusterTasks, simSeconds: flags['sim-seconds'], speedup: SPEEDUP, pollMillis: POLL_MILLIS, ledger: ledger ? 'embedded-pglite' : 'postgresql', ledgerPool, temporalCli: cli.source },
+      parameters: {
+        tasks,
+        concurrency,
+        steps,
+        clusterTasks,
+        simSeconds: flags['sim-seconds'],
+        speedup: SPEEDUP,
+        pollMillis: POLL_MILLIS,
+        ledger: ledger ? 'embedded-pglite' : 'postgresql',
+        ledgerPool,
+        temporalCli: cli.source,
+      },
       setupMs: setup,
       agents: {
         completed: okAgents.length,
@@ -441,8 +487,14 @@ async function main() {
         taskMs: s(okTrainings.map((r) => r.totalMs)),
         /** What one job would take if it only ran its simulated time: the rest is control-plane overhead. */
         simulatedRunMs: Math.round((flags['sim-seconds'] / SPEEDUP) * 1000),
-        gpuSecondsMetered: round(okTrainings.reduce((a, r) => a + r.gpuSeconds, 0), 0),
-        costUsd: round(okTrainings.reduce((a, r) => a + r.costUsd, 0), 2),
+        gpuSecondsMetered: round(
+          okTrainings.reduce((a, r) => a + r.gpuSeconds, 0),
+          0,
+        ),
+        costUsd: round(
+          okTrainings.reduce((a, r) => a + r.costUsd, 0),
+          2,
+        ),
       },
       /** From the workflow histories: what Temporal retried, and the slowest task's longest wait. */
       histories: { agents: agentTrouble, cluster: clusterTrouble },
@@ -460,9 +512,27 @@ async function main() {
         table(
           ['throughput', 'done', 'failed', 'wall s', 'per second'],
           [
-            ['agent tasks (submit → admit → steps → finish → result)', report.agents.completed, report.agents.failed, report.agents.wallSeconds.toFixed(2), report.agents.tasksPerSecond.toFixed(2)],
-            ['step-gate updates (during the agent phase)', report.stepGate.steps, '', report.agents.wallSeconds.toFixed(2), report.agents.stepsPerSecond.toFixed(1)],
-            ['simulated training jobs (submit → run → settle)', report.cluster.completed, report.cluster.failed, report.cluster.wallSeconds.toFixed(2), report.cluster.tasksPerSecond.toFixed(2)],
+            [
+              'agent tasks (submit → admit → steps → finish → result)',
+              report.agents.completed,
+              report.agents.failed,
+              report.agents.wallSeconds.toFixed(2),
+              report.agents.tasksPerSecond.toFixed(2),
+            ],
+            [
+              'step-gate updates (during the agent phase)',
+              report.stepGate.steps,
+              '',
+              report.agents.wallSeconds.toFixed(2),
+              report.agents.stepsPerSecond.toFixed(1),
+            ],
+            [
+              'simulated training jobs (submit → run → settle)',
+              report.cluster.completed,
+              report.cluster.failed,
+              report.cluster.wallSeconds.toFixed(2),
+              report.cluster.tasksPerSecond.toFixed(2),
+            ],
           ],
         ),
       );
@@ -480,11 +550,18 @@ async function main() {
           ],
         ),
       );
-      console.log(`metered: ${fmt(report.cluster.gpuSecondsMetered, 0)} GPU-seconds, $${report.cluster.costUsd.toFixed(2)} over ${report.cluster.completed} training jobs`);
-      for (const [what, t] of [['agent tasks', agentTrouble], ['training jobs', clusterTrouble]] as const) {
+      console.log(
+        `metered: ${fmt(report.cluster.gpuSecondsMetered, 0)} GPU-seconds, $${report.cluster.costUsd.toFixed(2)} over ${report.cluster.completed} training jobs`,
+      );
+      for (const [what, t] of [
+        ['agent tasks', agentTrouble],
+        ['training jobs', clusterTrouble],
+      ] as const) {
         console.log(
           `histories, ${what}: ${t.workflowTaskTimeouts} workflow-task timeouts, ${t.workflowTaskFailures} workflow-task failures, ${t.activityTimeouts} activity timeouts, ${t.activityFailures} activity failures, ${t.activityRetries} activity retries` +
-            (t.slowest ? `; slowest ${t.slowest.workflowId} ${fmt(t.slowest.ms, 0)} ms, longest wait ${fmt(t.slowest.longestGapMs, 0)} ms (${t.slowest.gapFrom} → ${t.slowest.gapTo})` : ''),
+            (t.slowest
+              ? `; slowest ${t.slowest.workflowId} ${fmt(t.slowest.ms, 0)} ms, longest wait ${fmt(t.slowest.longestGapMs, 0)} ms (${t.slowest.gapFrom} → ${t.slowest.gapTo})`
+              : ''),
         );
       }
       showActivityFailures((l) => console.log(l));

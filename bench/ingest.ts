@@ -41,7 +41,6 @@ interface Event {
   gpuType?: string;
 }
 
-
 /** `n` events of `tenant`, `resent` of them copies of earlier ones, shuffled. */
 function makeEvents(tenant: string, n: number, resent: number, now: Date, seed: number): { events: Event[]; unique: number } {
   const r = rng(seed);
@@ -53,7 +52,13 @@ function makeEvents(tenant: string, n: number, resent: number, now: Date, seed: 
     return {
       id: `ev-${seed}-${i}`,
       time: new Date(now.getTime() - Math.floor(r() * 3_600_000)).toISOString(),
-      attribution: { tenant, team: pick(['search', 'support', 'ads', 'infra']), project: pick(['ranker', 'helpdesk', 'bidder']), model: pick(['llama-3-8b', 'llama-3-70b', 'frontier-large']), useCase: 'relevance' },
+      attribution: {
+        tenant,
+        team: pick(['search', 'support', 'ads', 'infra']),
+        project: pick(['ranker', 'helpdesk', 'bidder']),
+        model: pick(['llama-3-8b', 'llama-3-70b', 'frontier-large']),
+        useCase: 'relevance',
+      },
       meter,
       quantity: meter === 'gpu_seconds' ? Math.floor(r() * 600) : Math.floor(r() * 20_000),
       ...(meter === 'gpu_seconds' ? { gpuType: pick(['H100', 'A100']) } : {}),
@@ -104,19 +109,26 @@ async function main() {
       await setBudget(db, { tenant }, 'month', 1e9, 'bench');
       const { key } = await createKey(db, tenant, 'bench');
       const { events: evs, unique } = makeEvents(tenant, events, flags.resent, new Date(), 1000 + round);
-      const bodies = Array.from({ length: Math.ceil(evs.length / batchSize) }, (_, i) => JSON.stringify({ events: evs.slice(i * batchSize, (i + 1) * batchSize) }));
+      const bodies = Array.from({ length: Math.ceil(evs.length / batchSize) }, (_, i) =>
+        JSON.stringify({ events: evs.slice(i * batchSize, (i + 1) * batchSize) }),
+      );
       let accepted = 0;
       let duplicates = 0;
       const start = nowMs();
       await pool(bodies.length, concurrency, async (i) => {
-        const res = await fetch(`${base}/v1/usage`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: bodies[i]! });
+        const res = await fetch(`${base}/v1/usage`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+          body: bodies[i]!,
+        });
         const body = (await res.json()) as { accepted: number; duplicates: number; rejected: unknown[] };
         if (res.status !== 200 || body.rejected.length > 0) throw new Error(`POST /v1/usage answered ${res.status}: ${JSON.stringify(body).slice(0, 300)}`);
         accepted += body.accepted;
         duplicates += body.duplicates;
       });
       const seconds = (nowMs() - start) / 1000;
-      if (accepted !== unique || duplicates !== evs.length - unique) throw new Error(`API round ${round}: accepted ${accepted}, duplicates ${duplicates}; want ${unique}, ${evs.length - unique}`);
+      if (accepted !== unique || duplicates !== evs.length - unique)
+        throw new Error(`API round ${round}: accepted ${accepted}, duplicates ${duplicates}; want ${unique}, ${evs.length - unique}`);
       return { seconds, eventsPerSec: evs.length / seconds, accepted, duplicates };
     };
 
@@ -144,7 +156,9 @@ async function main() {
               const attr = ids.get(`${a.team}|${a.project}|${a.model}`)!;
               const version = priceVersionAt(priceBook, e.time);
               const subject = e.meter === 'gpu_seconds' ? `${e.gpuType}:exclusive` : a.model;
-              const cost = ['tokens_in', 'tokens_out', 'gpu_seconds'].includes(e.meter) ? costMicros(version, { meter: e.meter as Meter, quantity: e.quantity, subject }) : 0;
+              const cost = ['tokens_in', 'tokens_out', 'gpu_seconds'].includes(e.meter)
+                ? costMicros(version, { meter: e.meter as Meter, quantity: e.quantity, subject })
+                : 0;
               const r = await c.query(
                 `INSERT INTO usage_events (idempotency_key, task_id, attribution_id, tool, meter, subject, quantity, price_version, cost_micros, occurred_at)
                  VALUES ($1, NULL, $2, NULL, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING`,
@@ -179,7 +193,12 @@ async function main() {
       }
     }
 
-    const stats = (xs: number[]) => ({ medianPerSec: Math.round(median(xs)), minPerSec: Math.round(Math.min(...xs)), maxPerSec: Math.round(Math.max(...xs)), rounds: xs.map(Math.round) });
+    const stats = (xs: number[]) => ({
+      medianPerSec: Math.round(median(xs)),
+      minPerSec: Math.round(Math.min(...xs)),
+      maxPerSec: Math.round(Math.max(...xs)),
+      rounds: xs.map(Math.round),
+    });
     const results = {
       api: { what: `POST /v1/usage over HTTP, ${batchSize} events per request, ${concurrency} in flight`, ...stats(perRound.map((p) => p.api.eventsPerSec)) },
       baseline: { what: `one INSERT … ON CONFLICT per event, ${concurrency} connections`, ...stats(perRound.map((p) => p.baseline.eventsPerSec)) },
@@ -199,15 +218,25 @@ async function main() {
     } else {
       console.log(`machine:    ${describeMachine(m)}`);
       console.log(`postgres:   ${report.postgres} at ${url.host} (database ${dbName}, dropped afterwards)`);
-      console.log(`parameters: ${events} events per path per round (${Math.round(flags.resent * 100)}% re-sent, shuffled), ${rounds} rounds after a warm-up round, paths alternating`);
+      console.log(
+        `parameters: ${events} events per path per round (${Math.round(flags.resent * 100)}% re-sent, shuffled), ${rounds} rounds after a warm-up round, paths alternating`,
+      );
       console.log();
       console.log(
         table(
           ['path', 'median events/s', 'min /s', 'max /s', 'per round /s'],
-          (['api', 'baseline'] as const).map((k) => [results[k].what, fmt(results[k].medianPerSec), fmt(results[k].minPerSec), fmt(results[k].maxPerSec), results[k].rounds.map((x) => fmt(x)).join(' / ')]),
+          (['api', 'baseline'] as const).map((k) => [
+            results[k].what,
+            fmt(results[k].medianPerSec),
+            fmt(results[k].minPerSec),
+            fmt(results[k].maxPerSec),
+            results[k].rounds.map((x) => fmt(x)).join(' / '),
+          ]),
         ),
       );
-      console.log(`API / per-event INSERT: ${ratio}x (medians; per round ${perRoundRatios.join(', ')}). The baseline skips HTTP, validation and budget charging.`);
+      console.log(
+        `API / per-event INSERT: ${ratio}x (medians; per round ${perRoundRatios.join(', ')}). The baseline skips HTTP, validation and budget charging.`,
+      );
     }
   } finally {
     await api.app.close();

@@ -19,7 +19,19 @@
  *   doubleBooked       GPUs held beyond capacity, recounted from the placements (`audit`), summed
  */
 import { basename } from 'node:path';
-import { type PlaceResult, type Placement, type PlacementRequest, type PlacementState, audit, bestFit, commit, emptyState, firstFit, place, usage } from '../governance/placement';
+import {
+  type PlaceResult,
+  type Placement,
+  type PlacementRequest,
+  type PlacementState,
+  audit,
+  bestFit,
+  commit,
+  emptyState,
+  firstFit,
+  place,
+  usage,
+} from '../governance/placement';
 import { buildTopologyIndex } from '../governance/topology';
 import { DEFAULT_NODES, DEFAULT_PODS, alibabaTopology, alibabaWorkload, loadNodes, loadPods, podRequest, samplePods } from './alibaba';
 import { type Decider, PAPER_POLICIES, type PaperPolicyName, paperPolicy } from './baselines';
@@ -128,10 +140,12 @@ function placementMain(): void {
       doubleBooked: rs.reduce((s, r) => s + r.doubleBooked, 0),
     };
   }
-  const result = Object.fromEntries(policies.map((p) => [p, summarize(perRun[p])])) as Partial<Record<PolicyName, PolicyFigures>> & Record<OwnPolicy, PolicyFigures>;
+  const result = Object.fromEntries(policies.map((p) => [p, summarize(perRun[p])])) as Partial<Record<PolicyName, PolicyFigures>> &
+    Record<OwnPolicy, PolicyFigures>;
 
   const broken = policies.filter((p) => perRun[p].some((r) => r.doubleBooked > 0 || r.overcommittedNodes > 0 || r.stateMismatch > 0));
-  if (broken.length > 0) console.error(`placement bench: accounting check FAILED for ${broken.join(', ')} (double-booked GPUs, over-committed nodes or state ≠ recount)`);
+  if (broken.length > 0)
+    console.error(`placement bench: accounting check FAILED for ${broken.join(', ')} (double-booked GPUs, over-committed nodes or state ≠ recount)`);
 
   if (flags.json) {
     console.log(JSON.stringify(result));
@@ -142,12 +156,24 @@ function placementMain(): void {
       `nodes ${basename(flags.nodes)}: ${index.nodes.length} nodes, ${index.totalGpus} GPUs, ${index.domains.rack.length} racks, ${index.domains.block.length} blocks; ` +
         `pods ${basename(flags.pods)}: ${pods.length} (${workload.length} GPU shapes); multi-GPU pods ${flags.spread ? 'may span nodes' : 'on one node'}`,
     );
-    console.log(`${runs} run(s), seeds ${flags.seed}…${flags.seed + runs - 1}, ${fmt(arrivals / runs, 0)} arrivals per run on average (until asked GPUs ≥ capacity)\n`);
+    console.log(
+      `${runs} run(s), seeds ${flags.seed}…${flags.seed + runs - 1}, ${fmt(arrivals / runs, 0)} arrivals per run on average (until asked GPUs ≥ capacity)\n`,
+    );
     const base = result.bestFit.unallocatedGpus;
     const gov = result.govloop.unallocatedGpus;
     console.log(
       table(
-        ['policy', 'allocated share', 'unallocated GPUs', 'vs bestFit', 'govloop fewer unallocated', 'refused pods', 'single-domain', 'decisions/s', 'double-booked'],
+        [
+          'policy',
+          'allocated share',
+          'unallocated GPUs',
+          'vs bestFit',
+          'govloop fewer unallocated',
+          'refused pods',
+          'single-domain',
+          'decisions/s',
+          'double-booked',
+        ],
         policies.map((p) => {
           const f = result[p]!;
           return [

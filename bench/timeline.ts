@@ -63,9 +63,30 @@
  * busy period were while pods waited (see IdleFigures).
  */
 import { basename } from 'node:path';
-import { type Placement, type PlacementRequest, type PlacementState, commit, emptyState, firstFit, heldPlacement, place, release } from '../governance/placement';
+import {
+  type Placement,
+  type PlacementRequest,
+  type PlacementState,
+  commit,
+  emptyState,
+  firstFit,
+  heldPlacement,
+  place,
+  release,
+} from '../governance/placement';
 import { type TopologyIndex, buildTopologyIndex } from '../governance/topology';
-import { type AlibabaNode, type AlibabaPod, DEFAULT_NODES, DEFAULT_PODS, alibabaTopology, alibabaWorkload, loadNodes, loadPods, podGpus, podRequest } from './alibaba';
+import {
+  type AlibabaNode,
+  type AlibabaPod,
+  DEFAULT_NODES,
+  DEFAULT_PODS,
+  alibabaTopology,
+  alibabaWorkload,
+  loadNodes,
+  loadPods,
+  podGpus,
+  podRequest,
+} from './alibaba';
 import { describeMachine, fail, fmt, machine, nowMs, parseFlags, percentile, round, table } from './lib';
 
 /** The defaults the reported figures use (docs/benchmarks.md). */
@@ -430,7 +451,8 @@ export function reservationFor(st: PlacementState, req: PlacementRequest): Assig
       for (let g = 0; g < node.gpus; g++) {
         const used = st.gpuMilli[node.gpuOffset + g]!;
         if (used === 0 && free.length < req.gpus) free.push(g);
-        else if (used > 0 && used < 1000) held.push({ kind: 'milli', node: node.name, gpus: [g], milli: 1000 - used, sharing: 'mps', cpuMilli: 0, memoryMib: 0 });
+        else if (used > 0 && used < 1000)
+          held.push({ kind: 'milli', node: node.name, gpus: [g], milli: 1000 - used, sharing: 'mps', cpuMilli: 0, memoryMib: 0 });
       }
       held.unshift(free.length > 0 ? { kind: 'whole', gpus: free, ...res } : { kind: 'cpu', gpus: [], ...res });
     } else if (req.gpuMilli !== undefined) {
@@ -647,7 +669,9 @@ export function simulateTimeline(
     sim.reservations = new Map();
     sim.resVersion++;
     if (maxReservations <= 0) return;
-    const aged = sim.pending.filter((j) => j.running === null && sim.time - j.pendingSince + j.waited >= reserveAfter).sort((a, b) => a.arrival - b.arrival || a.i - b.i);
+    const aged = sim.pending
+      .filter((j) => j.running === null && sim.time - j.pendingSince + j.waited >= reserveAfter)
+      .sort((a, b) => a.arrival - b.arrival || a.i - b.i);
     const shapes = new Set<string>();
     for (const j of aged) {
       if (sim.reservations.size >= maxReservations) break;
@@ -776,7 +800,13 @@ export function simulateTimeline(
  * `target` GPUs, when every pod runs at its (compressed) arrival time: bisection on log K, since
  * the demand grows with K. 1 when the trace is already that busy.
  */
-export function compressionFor(pods: readonly AlibabaPod[], t0: number, span: number, lifetime: (p: AlibabaPod) => number, target: number): { k: number; demand: number } {
+export function compressionFor(
+  pods: readonly AlibabaPod[],
+  t0: number,
+  span: number,
+  lifetime: (p: AlibabaPod) => number,
+  target: number,
+): { k: number; demand: number } {
   const demand = (k: number) => {
     const end = span / k;
     let area = 0;
@@ -863,7 +893,9 @@ export function printTimeline(r: TimelineResult, nodesFile: string, podsFile: st
     r[p].preemptions,
     fmt(r[p].decisionsPerSec, 0),
   ]);
-  console.log(table(['policy', 'GPU utilization', 'last start s', 'GPU-s lost to preemption', 'mean delay s', 'p99 delay s', 'preemptions', 'decisions/s'], rows));
+  console.log(
+    table(['policy', 'GPU utilization', 'last start s', 'GPU-s lost to preemption', 'mean delay s', 'p99 delay s', 'preemptions', 'decisions/s'], rows),
+  );
   if (r.govloop.idle && r.fifo.idle) {
     const idleRows = (['govloop', 'fifo'] as const).map((p) => {
       const i = r[p].idle!;

@@ -20,7 +20,9 @@ export class CliExit extends Error {
 export function parseOptions<T>(schema: z.ZodType<T>, opts: unknown): T {
   const r = schema.safeParse(opts);
   if (r.success) return r.data;
-  const lines = fieldErrors(r.error).map((e) => `  ${e.path === '(root)' ? '(options)' : `--${e.path.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`}: ${e.message}`);
+  const lines = fieldErrors(r.error).map(
+    (e) => `  ${e.path === '(root)' ? '(options)' : `--${e.path.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`}: ${e.message}`,
+  );
   throw new CliExit(Exit.BadInput, `invalid options:\n${lines.join('\n')}`, { errors: fieldErrors(r.error) });
 }
 

@@ -72,9 +72,7 @@ export function loadConfig(dir = process.env.GOVLOOP_CONFIG_DIR ?? defaultConfig
     if (!(n > 0)) throw new ConfigError('GOVLOOP_SIM_SPEEDUP', [{ path: '(env)', message: `must be a positive number, got "${speedup}"` }]);
     simulation.speedup = n;
   }
-  const priceBook = loadFile(root, 'pricebook.yaml', PriceBookFile).versions.sort(
-    (a, b) => Date.parse(a.effectiveFrom) - Date.parse(b.effectiveFrom),
-  );
+  const priceBook = loadFile(root, 'pricebook.yaml', PriceBookFile).versions.sort((a, b) => Date.parse(a.effectiveFrom) - Date.parse(b.effectiveFrom));
   const policies = loadFile(root, 'policies.yaml', PoliciesFile);
   if (process.env.GOVLOOP_NOTIFY_URL) policies.notifyUrl = process.env.GOVLOOP_NOTIFY_URL;
   const cluster = loadFile(root, 'cluster.yaml', ClusterFile);
@@ -112,12 +110,20 @@ function loadAuth(root: string): AuthConfig {
     };
   }
   if (env.GOVLOOP_PLATFORM_ADMINS) {
-    merged.platformAdmins = [...((doc.platformAdmins as string[] | undefined) ?? []), ...env.GOVLOOP_PLATFORM_ADMINS.split(',').map((s) => s.trim()).filter(Boolean)];
+    merged.platformAdmins = [
+      ...((doc.platformAdmins as string[] | undefined) ?? []),
+      ...env.GOVLOOP_PLATFORM_ADMINS.split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+    ];
   }
   const parsed = AuthFile.safeParse(merged);
-  if (!parsed.success) throw new ConfigError(`${join(root, 'auth.yaml')} (with GOVLOOP_AUTH_MODE / GOVLOOP_OIDC_* / GOVLOOP_PLATFORM_ADMINS)`, fieldErrors(parsed.error));
+  if (!parsed.success)
+    throw new ConfigError(`${join(root, 'auth.yaml')} (with GOVLOOP_AUTH_MODE / GOVLOOP_OIDC_* / GOVLOOP_PLATFORM_ADMINS)`, fieldErrors(parsed.error));
   if (parsed.data.mode === 'required' && parsed.data.platformAdmins.length === 0) {
-    throw new ConfigError(join(root, 'auth.yaml'), [{ path: 'platformAdmins', message: 'mode: required needs at least one platform admin to bootstrap roles' }]);
+    throw new ConfigError(join(root, 'auth.yaml'), [
+      { path: 'platformAdmins', message: 'mode: required needs at least one platform admin to bootstrap roles' },
+    ]);
   }
   return parsed.data;
 }

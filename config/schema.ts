@@ -36,17 +36,16 @@ export const CohortTeam = z.strictObject({
   lendingLimit: z.number().int().nonnegative().nullable().default(null),
   weight: z.number().positive().default(1),
 });
-export const Cohort = z
-  .strictObject({ name: z.string().min(1), gpuType: z.string().min(1), teams: z.array(CohortTeam).min(1) })
-  .superRefine((c, ctx) => {
-    const seen = new Set<string>();
-    c.teams.forEach((t, i) => {
-      const k = `${t.tenant}/${t.team}`;
-      if (seen.has(k)) ctx.addIssue({ code: 'custom', path: ['teams', i], message: `${k} is twice in cohort ${c.name}` });
-      seen.add(k);
-      if (t.lendingLimit !== null && t.lendingLimit > t.nominal) ctx.addIssue({ code: 'custom', path: ['teams', i, 'lendingLimit'], message: `lends ${t.lendingLimit}, more than its nominal ${t.nominal}` });
-    });
+export const Cohort = z.strictObject({ name: z.string().min(1), gpuType: z.string().min(1), teams: z.array(CohortTeam).min(1) }).superRefine((c, ctx) => {
+  const seen = new Set<string>();
+  c.teams.forEach((t, i) => {
+    const k = `${t.tenant}/${t.team}`;
+    if (seen.has(k)) ctx.addIssue({ code: 'custom', path: ['teams', i], message: `${k} is twice in cohort ${c.name}` });
+    seen.add(k);
+    if (t.lendingLimit !== null && t.lendingLimit > t.nominal)
+      ctx.addIssue({ code: 'custom', path: ['teams', i, 'lendingLimit'], message: `lends ${t.lendingLimit}, more than its nominal ${t.nominal}` });
   });
+});
 export type Cohort = z.infer<typeof Cohort>;
 
 export const PoliciesFile = z.strictObject({
@@ -158,7 +157,12 @@ export const PoliciesFile = z.strictObject({
   reconcile: z
     .strictObject({
       everySeconds: z.number().int().min(10).max(86_400).default(300),
-      graceSeconds: z.number().int().min(0).max(7 * 86_400).default(120),
+      graceSeconds: z
+        .number()
+        .int()
+        .min(0)
+        .max(7 * 86_400)
+        .default(120),
       batch: z.number().int().min(1).max(5000).default(200),
     })
     .default({ everySeconds: 300, graceSeconds: 120, batch: 200 }),
@@ -203,7 +207,9 @@ export const ClusterNode = z.strictObject({
   cpuMilli: z.number().int().positive().default(192_000),
   memoryMib: z.number().int().positive().default(2_097_152),
   /** Ways of sharing a GPU the node allows (whole GPUs always). */
-  sharing: z.strictObject({ mig: z.boolean().default(false), mps: z.boolean().default(false), timeslice: z.boolean().default(false) }).default({ mig: false, mps: false, timeslice: false }),
+  sharing: z
+    .strictObject({ mig: z.boolean().default(false), mps: z.boolean().default(false), timeslice: z.boolean().default(false) })
+    .default({ mig: false, mps: false, timeslice: false }),
 });
 export type ClusterNode = z.infer<typeof ClusterNode>;
 export const ClusterFile = z.strictObject({
@@ -261,7 +267,11 @@ export const ToolsFile = z
         ctx.addIssue({ code: 'custom', path: ['tools', name, 'approvers'], message: `a ${t.risk}-risk tool needs at least one approver tier` });
       }
       if (t.escalateAfterSeconds > t.approvalTtlSeconds) {
-        ctx.addIssue({ code: 'custom', path: ['tools', name, 'escalateAfterSeconds'], message: `escalation after ${t.escalateAfterSeconds}s comes after the approval TTL ${t.approvalTtlSeconds}s` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['tools', name, 'escalateAfterSeconds'],
+          message: `escalation after ${t.escalateAfterSeconds}s comes after the approval TTL ${t.approvalTtlSeconds}s`,
+        });
       }
     }
   });

@@ -36,9 +36,7 @@ export interface AdmissionContext {
 }
 
 export type AdmissionResult =
-  | { decision: 'admitted'; plan: Plan; reasons: [] }
-  | { decision: 'queued'; plan: Plan; reasons: Reason[] }
-  | { decision: 'rejected'; reasons: Reason[] };
+  { decision: 'admitted'; plan: Plan; reasons: [] } | { decision: 'queued'; plan: Plan; reasons: Reason[] } | { decision: 'rejected'; reasons: Reason[] };
 
 const riskOrder: RiskClass[] = ['low', 'medium', 'high', 'critical'];
 
@@ -61,12 +59,24 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
   }
   if (policies.priorities[intent.priority] === undefined) {
     reasons.push(
-      reason(ReasonCode.PriorityUnknown, `priority "${intent.priority}" is not one of ${Object.keys(policies.priorities).join(', ')}`, null, intent.priority, `${policy}#priorities`),
+      reason(
+        ReasonCode.PriorityUnknown,
+        `priority "${intent.priority}" is not one of ${Object.keys(policies.priorities).join(', ')}`,
+        null,
+        intent.priority,
+        `${policy}#priorities`,
+      ),
     );
   }
   if (riskOrder.indexOf(intent.riskClass) > riskOrder.indexOf(limits.maxRiskClass)) {
     reasons.push(
-      reason(ReasonCode.RiskClassNotAllowed, `risk class ${intent.riskClass} is above ${limits.maxRiskClass} for ${intent.kind}`, limits.maxRiskClass, intent.riskClass, `${policy}#kinds.${intent.kind}.maxRiskClass`),
+      reason(
+        ReasonCode.RiskClassNotAllowed,
+        `risk class ${intent.riskClass} is above ${limits.maxRiskClass} for ${intent.kind}`,
+        limits.maxRiskClass,
+        intent.riskClass,
+        `${policy}#kinds.${intent.kind}.maxRiskClass`,
+      ),
     );
   }
 
@@ -74,35 +84,77 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
   reasons.push(...admitTools(ctx.config.tools, intent.tools, limits.maxRiskClass, `${policy}#kinds.${intent.kind}`));
   const overhead = toolOverheadTokens(ctx.config.tools, intent.tools);
   if (intent.tools.length > 0 && overhead >= caps.maxContextTokens) {
-    reasons.push(reason(ReasonCode.CapMaxContextTokens, `the declared tools' definitions take ${overhead} tokens, leaving no room under maxContextTokens ${caps.maxContextTokens}`, caps.maxContextTokens, overhead, 'tools#definitionTokens'));
+    reasons.push(
+      reason(
+        ReasonCode.CapMaxContextTokens,
+        `the declared tools' definitions take ${overhead} tokens, leaving no room under maxContextTokens ${caps.maxContextTokens}`,
+        caps.maxContextTokens,
+        overhead,
+        'tools#definitionTokens',
+      ),
+    );
   }
 
   // GPUs: ceiling per task, known type, supported sharing, team quota, cluster size.
   const { gpus, gpuType, sharing } = intent.resources;
   let quotaBusy: Reason | undefined;
   if (gpus > limits.maxGpusPerTask) {
-    reasons.push(reason(ReasonCode.MaxGpusPerTask, `${gpus} GPUs is above the ${intent.kind} ceiling ${limits.maxGpusPerTask}`, limits.maxGpusPerTask, gpus, `${policy}#kinds.${intent.kind}.maxGpusPerTask`));
+    reasons.push(
+      reason(
+        ReasonCode.MaxGpusPerTask,
+        `${gpus} GPUs is above the ${intent.kind} ceiling ${limits.maxGpusPerTask}`,
+        limits.maxGpusPerTask,
+        gpus,
+        `${policy}#kinds.${intent.kind}.maxGpusPerTask`,
+      ),
+    );
   }
   if (gpus > 0 && gpuType !== undefined) {
     const typeInfo = ctx.config.cluster.gpuTypes[gpuType];
     const nodes = ctx.config.cluster.nodes.filter((n) => n.gpuType === gpuType);
     if (!typeInfo || nodes.length === 0) {
-      reasons.push(reason(ReasonCode.GpuTypeUnknown, `cluster ${ctx.config.cluster.name} has no ${gpuType} GPUs`, Object.keys(ctx.config.cluster.gpuTypes).join('|'), gpuType, `cluster/${ctx.config.cluster.name}#gpuTypes`));
+      reasons.push(
+        reason(
+          ReasonCode.GpuTypeUnknown,
+          `cluster ${ctx.config.cluster.name} has no ${gpuType} GPUs`,
+          Object.keys(ctx.config.cluster.gpuTypes).join('|'),
+          gpuType,
+          `cluster/${ctx.config.cluster.name}#gpuTypes`,
+        ),
+      );
     } else {
       if (sharing.startsWith('mig:') && !typeInfo.migProfiles.includes(sharing.slice(4))) {
-        reasons.push(reason(ReasonCode.SharingUnsupported, `${gpuType} has no MIG profile ${sharing.slice(4)}`, typeInfo.migProfiles.join('|'), sharing, `cluster/${ctx.config.cluster.name}#gpuTypes.${gpuType}.migProfiles`));
+        reasons.push(
+          reason(
+            ReasonCode.SharingUnsupported,
+            `${gpuType} has no MIG profile ${sharing.slice(4)}`,
+            typeInfo.migProfiles.join('|'),
+            sharing,
+            `cluster/${ctx.config.cluster.name}#gpuTypes.${gpuType}.migProfiles`,
+          ),
+        );
       }
       const mode = sharing.startsWith('mig:') ? 'mig' : sharing === 'mps' || sharing === 'timeslice' ? sharing : null;
       const able = mode === null ? nodes : nodes.filter((n) => n.sharing[mode]);
       if (mode !== null && able.length === 0) {
-        reasons.push(reason(ReasonCode.SharingUnsupported, `no ${gpuType} node of cluster ${ctx.config.cluster.name} allows ${mode}`, null, sharing, `cluster/${ctx.config.cluster.name}#nodes`));
+        reasons.push(
+          reason(
+            ReasonCode.SharingUnsupported,
+            `no ${gpuType} node of cluster ${ctx.config.cluster.name} allows ${mode}`,
+            null,
+            sharing,
+            `cluster/${ctx.config.cluster.name}#nodes`,
+          ),
+        );
       } else if (sharing === 'exclusive') {
         // A gang may span nodes, but never wider than a required level; the largest domain of that level bounds it.
         const level = intent.resources.topology?.mode === 'required' ? intent.resources.topology.level : 'cluster';
         const largest = largestDomain(able, level);
         if (gpus > largest) {
           const where = level === 'cluster' ? `the cluster has ${largest}` : `the largest ${level} has ${largest} and the job requires one ${level}`;
-          reasons.push(reason(ReasonCode.GpuCapacityExceeded, `${gpus} ${gpuType} GPUs do not fit: ${where}`, largest, gpus, `cluster/${ctx.config.cluster.name}#nodes`));
+          reasons.push(
+            reason(ReasonCode.GpuCapacityExceeded, `${gpus} ${gpuType} GPUs do not fit: ${where}`, largest, gpus, `cluster/${ctx.config.cluster.name}#nodes`),
+          );
         }
       }
       const asked = quotaGpus(intent.resources);
@@ -111,9 +163,17 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
         if (ctx.quota.decision === 'rejected') reasons.push(ctx.quota.reason);
         else if (ctx.quota.decision !== 'admitted') quotaBusy = ctx.quota.reason;
       } else if (asked > quota) {
-        reasons.push(reason(ReasonCode.GpuQuotaExceeded, `${asked} ${gpuType} GPUs is above team ${intent.attribution.team}'s quota ${quota}`, quota, asked, quotaPolicy));
+        reasons.push(
+          reason(ReasonCode.GpuQuotaExceeded, `${asked} ${gpuType} GPUs is above team ${intent.attribution.team}'s quota ${quota}`, quota, asked, quotaPolicy),
+        );
       } else if (addGpus(ctx.teamGpusInUse, asked) > quota) {
-        quotaBusy = reason(ReasonCode.GpuQuotaBusy, `team ${intent.attribution.team} holds ${ctx.teamGpusInUse} of ${quota} ${gpuType} GPUs; ${asked} more must wait`, quota - ctx.teamGpusInUse, asked, quotaPolicy);
+        quotaBusy = reason(
+          ReasonCode.GpuQuotaBusy,
+          `team ${intent.attribution.team} holds ${ctx.teamGpusInUse} of ${quota} ${gpuType} GPUs; ${asked} more must wait`,
+          quota - ctx.teamGpusInUse,
+          asked,
+          quotaPolicy,
+        );
       }
     }
   }
@@ -128,7 +188,18 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
 
   // Budgets: the worst case must fit the headroom of every scope that covers the task.
   if (ctx.budgets.length === 0 && policies.requireBudget) {
-    return { decision: 'rejected', reasons: [reason(ReasonCode.BudgetMissing, `no budget covers ${intent.attribution.tenant}/${intent.attribution.team}/${intent.attribution.project}`, null, microsToUsd(plan.worstCaseMicros), `${policy}#requireBudget`)] };
+    return {
+      decision: 'rejected',
+      reasons: [
+        reason(
+          ReasonCode.BudgetMissing,
+          `no budget covers ${intent.attribution.tenant}/${intent.attribution.team}/${intent.attribution.project}`,
+          null,
+          microsToUsd(plan.worstCaseMicros),
+          `${policy}#requireBudget`,
+        ),
+      ],
+    };
   }
   // The ladder at its queue step (the hard limit): new work in the scope waits instead of being refused.
   const held = ctx.budgets.filter((b) => b.ladderStep === 'queue' || b.ladderStep === 'preempt');
@@ -174,7 +245,8 @@ export function ladderQueueReason(b: BudgetHeadroom, askedMicros: number): Reaso
 
 /** GPUs of the largest domain at `level` among `nodes` (whole GPUs; an NVLink domain defaults to its node). */
 function largestDomain(nodes: readonly ClusterNode[], level: 'node' | 'nvlink' | 'rack' | 'block' | 'cluster'): number {
-  const key = (n: ClusterNode) => (level === 'node' ? n.name : level === 'nvlink' ? (n.nvlinkDomain ?? n.name) : level === 'rack' ? n.rack : level === 'block' ? n.block : '');
+  const key = (n: ClusterNode) =>
+    level === 'node' ? n.name : level === 'nvlink' ? (n.nvlinkDomain ?? n.name) : level === 'rack' ? n.rack : level === 'block' ? n.block : '';
   const total = new Map<string, number>();
   for (const n of nodes) total.set(key(n), (total.get(key(n)) ?? 0) + n.gpus);
   return Math.max(0, ...total.values());

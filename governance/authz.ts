@@ -55,7 +55,11 @@ export function authorize(p: Principal, action: Action, tenant: string, roles: r
   const allowed: readonly string[] = [...Actions[action], ...extraRoles];
   const held = roles.find((r) => allowed.includes(r));
   if (held !== undefined) return { allowed: true, via: held };
-  return { allowed: false, code: 'FORBIDDEN', message: `${actorName(p)} holds none of the roles ${allowed.join(', ')} in tenant ${tenant} (needed to ${action})` };
+  return {
+    allowed: false,
+    code: 'FORBIDDEN',
+    message: `${actorName(p)} holds none of the roles ${allowed.join(', ')} in tenant ${tenant} (needed to ${action})`,
+  };
 }
 
 /** Roles `access grant` accepts: the fixed ones, and the approver roles the tool catalog names. */

@@ -30,11 +30,7 @@ export const capCode = (cap: NumericCap): ReasonCode => capCodes[cap];
  * Compares each cap the intent asks for with the ceiling of its kind. Returns the effective caps,
  * or one reason per cap that asks for more than policy allows.
  */
-export function resolveCaps(
-  intent: Pick<Intent, 'kind' | 'caps'>,
-  limits: KindLimits,
-  policyName: string,
-): { caps: EffectiveCaps; reasons: Reason[] } {
+export function resolveCaps(intent: Pick<Intent, 'kind' | 'caps'>, limits: KindLimits, policyName: string): { caps: EffectiveCaps; reasons: Reason[] } {
   const reasons: Reason[] = [];
   const pick = (cap: NumericCap): number => {
     const asked = intent.caps[cap];
@@ -42,7 +38,13 @@ export function resolveCaps(
     if (asked === undefined) return limit;
     if (asked > limit) {
       reasons.push(
-        reason(capCodes[cap], `${cap} ${asked} is above the ${intent.kind} ceiling ${limit}`, limit, asked, `policies/${policyName}#kinds.${intent.kind}.${cap}`),
+        reason(
+          capCodes[cap],
+          `${cap} ${asked} is above the ${intent.kind} ceiling ${limit}`,
+          limit,
+          asked,
+          `policies/${policyName}#kinds.${intent.kind}.${cap}`,
+        ),
       );
     }
     return asked;

@@ -74,16 +74,26 @@ export const Resources = z
     if (r.gpus > 0 && r.gpuType === undefined) ctx.addIssue({ code: 'custom', message: 'gpuType is required when gpus > 0', path: ['gpuType'] });
     const shared = r.sharing === 'mps' || r.sharing === 'timeslice';
     if (shared && r.gpus > 0) {
-      if (r.gpus !== 1) ctx.addIssue({ code: 'custom', message: `sharing ${r.sharing} is a share of one GPU: gpus must be 1 (ask for gpuMilli thousandths of it)`, path: ['gpus'] });
-      if (r.gpuMilli === undefined) ctx.addIssue({ code: 'custom', message: `required with sharing ${r.sharing}: the share of the GPU in thousandths, 1–999`, path: ['gpuMilli'] });
+      if (r.gpus !== 1)
+        ctx.addIssue({
+          code: 'custom',
+          message: `sharing ${r.sharing} is a share of one GPU: gpus must be 1 (ask for gpuMilli thousandths of it)`,
+          path: ['gpus'],
+        });
+      if (r.gpuMilli === undefined)
+        ctx.addIssue({ code: 'custom', message: `required with sharing ${r.sharing}: the share of the GPU in thousandths, 1–999`, path: ['gpuMilli'] });
     }
-    if (!shared && r.gpuMilli !== undefined) ctx.addIssue({ code: 'custom', message: `gpuMilli is a share of one GPU through mps or timeslice, not with sharing ${r.sharing}`, path: ['gpuMilli'] });
+    if (!shared && r.gpuMilli !== undefined)
+      ctx.addIssue({ code: 'custom', message: `gpuMilli is a share of one GPU through mps or timeslice, not with sharing ${r.sharing}`, path: ['gpuMilli'] });
     if (r.gpus === 0 && r.topology !== undefined) ctx.addIssue({ code: 'custom', message: 'topology applies to GPU work only (gpus > 0)', path: ['topology'] });
   });
 export type Resources = z.infer<typeof Resources>;
 
 export const Simulation = z.strictObject({
-  durationSeconds: z.number().positive().max(30 * 24 * 3600),
+  durationSeconds: z
+    .number()
+    .positive()
+    .max(30 * 24 * 3600),
   tokensPerSecond: z.number().nonnegative().default(0),
   /** Make the simulated job fail after this many simulated seconds (fault drills). */
   failAfterSeconds: z.number().positive().optional(),
@@ -118,7 +128,8 @@ const plain = <T extends z.ZodType>(schema: T) =>
  */
 const Labels = before(
   (v, ctx) => {
-    if (v !== null && typeof v === 'object' && Object.hasOwn(v, '__proto__')) ctx.addIssue({ code: 'custom', path: ['__proto__'], input: v, message: 'not a label name: a JavaScript object cannot hold it' });
+    if (v !== null && typeof v === 'object' && Object.hasOwn(v, '__proto__'))
+      ctx.addIssue({ code: 'custom', path: ['__proto__'], input: v, message: 'not a label name: a JavaScript object cannot hold it' });
   },
   z.record(z.string().max(63), z.string().max(256)).refine((r) => Object.keys(r).length <= 32, 'at most 32 labels'),
 );
@@ -129,18 +140,20 @@ const Labels = before(
  * so an unbounded field would fail at Temporal's payload and search-attribute limits after
  * `submit` had accepted it (chaos suite, test/chaos/intents.test.ts).
  */
-export const Intent = z.strictObject({
-  kind: WorkloadKind,
-  name,
-  attribution: plain(Attribution),
-  caps: plain(Caps).default({}),
-  priority: z.string().min(1).max(63).default('normal'),
-  riskClass: RiskClass.default('low'),
-  tools: z.array(z.string().min(1).max(128)).max(64).default([]),
-  resources: plain(Resources).default({ gpus: 0, sharing: 'exclusive' }),
-  simulation: plain(Simulation).optional(),
-  labels: Labels.default({}),
-}).superRefine(refuseControlCharacters);
+export const Intent = z
+  .strictObject({
+    kind: WorkloadKind,
+    name,
+    attribution: plain(Attribution),
+    caps: plain(Caps).default({}),
+    priority: z.string().min(1).max(63).default('normal'),
+    riskClass: RiskClass.default('low'),
+    tools: z.array(z.string().min(1).max(128)).max(64).default([]),
+    resources: plain(Resources).default({ gpus: 0, sharing: 'exclusive' }),
+    simulation: plain(Simulation).optional(),
+    labels: Labels.default({}),
+  })
+  .superRefine(refuseControlCharacters);
 export type Intent = z.infer<typeof Intent>;
 /** What a caller writes: defaults not applied yet. */
 export type IntentInput = z.input<typeof Intent>;

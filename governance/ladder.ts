@@ -66,7 +66,10 @@ export function stepThreshold(step: LadderStep, l: LadderConfig = DEFAULT_LADDER
  * (`fired`, lowest first: a jump from 40 % to 105 % fires notify, throttle and queue); moving
  * down fires nothing, so crossing a threshold again later fires it again.
  */
-export type LadderMove = { kind: 'none'; step: LadderStep } | { kind: 'up'; from: LadderStep; step: LadderStep; fired: LadderStep[] } | { kind: 'down'; from: LadderStep; step: LadderStep };
+export type LadderMove =
+  | { kind: 'none'; step: LadderStep }
+  | { kind: 'up'; from: LadderStep; step: LadderStep; fired: LadderStep[] }
+  | { kind: 'down'; from: LadderStep; step: LadderStep };
 
 export function ladderMove(from: LadderStep, sharePct: number, l: LadderConfig = DEFAULT_LADDER): LadderMove {
   const step = ladderStep(sharePct, l);
@@ -114,7 +117,10 @@ export function preemptionVictim(running: readonly RunningWork[]): RunningWork |
 }
 
 /** Burn rate (USD/hour) and the forecast spend at the end of the window, from the spend so far. */
-export function forecast(w: { spentUsd: number; windowStart: Date; windowEnd: Date | null; now: Date; recentUsdPerHour: number | null }): { burnUsdPerHour: number; forecastUsd: number | null } {
+export function forecast(w: { spentUsd: number; windowStart: Date; windowEnd: Date | null; now: Date; recentUsdPerHour: number | null }): {
+  burnUsdPerHour: number;
+  forecastUsd: number | null;
+} {
   const elapsedH = Math.max(1 / 60, (w.now.getTime() - w.windowStart.getTime()) / 3_600_000);
   const burn = w.recentUsdPerHour ?? w.spentUsd / elapsedH;
   if (w.windowEnd === null) return { burnUsdPerHour: burn, forecastUsd: null };
@@ -127,7 +133,10 @@ export function forecast(w: { spentUsd: number; windowStart: Date; windowEnd: Da
  * lifetimes at its current rate (when it burns at all), shrunk under throttle, and never more than
  * a quarter of the headroom left (so several holders can lease at once). Micro-dollars.
  */
-export function leaseSize(x: { requestedMicros: number; burnMicrosPerHour: number; ttlSeconds: number; step: LadderStep; headroomMicros: number }, l: LadderConfig = DEFAULT_LADDER): number {
+export function leaseSize(
+  x: { requestedMicros: number; burnMicrosPerHour: number; ttlSeconds: number; step: LadderStep; headroomMicros: number },
+  l: LadderConfig = DEFAULT_LADDER,
+): number {
   if (stepRank(x.step) >= stepRank('queue')) return 0;
   let size = x.requestedMicros;
   if (x.burnMicrosPerHour > 0) size = Math.min(size, Math.max(1, Math.round((x.burnMicrosPerHour * x.ttlSeconds * 2) / 3600)));

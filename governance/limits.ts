@@ -88,7 +88,11 @@ export function checkCost(limits: UsageLimits, priced: { cost: number; streamTot
     return { ok: false, field: 'quantity', message: `costs ${usd(priced.cost)}, above the cap of ${usd(max)} per event (usageLimits.maxUsdPerEvent)` };
   }
   if (priced.streamTotal !== undefined && !(priced.streamTotal <= MAX_LEDGER_MICROS)) {
-    return { ok: false, field: 'offset', message: `the stream's total is priced at ${usd(priced.streamTotal)}, above the ledger's ceiling of ${usd(MAX_LEDGER_MICROS)}` };
+    return {
+      ok: false,
+      field: 'offset',
+      message: `the stream's total is priced at ${usd(priced.streamTotal)}, above the ledger's ceiling of ${usd(MAX_LEDGER_MICROS)}`,
+    };
   }
   return { ok: true };
 }

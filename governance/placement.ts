@@ -51,7 +51,10 @@ export const PlacementRequest = z
     id: z.string().optional(),
     gpus: z.number().int().positive().optional(),
     gpuMilli: z.number().int().min(1).max(999).optional(),
-    migProfile: z.string().regex(/^\d+g\.\d+gb$/).optional(),
+    migProfile: z
+      .string()
+      .regex(/^\d+g\.\d+gb$/)
+      .optional(),
     sharing: z.enum(['mps', 'timeslice']).optional(),
     gpuType: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
     cpuMilli: z.number().int().nonnegative().optional(),
@@ -340,7 +343,11 @@ interface Demand {
 const CLUSTER_PREFERRED: TopologyConstraint = { level: 'cluster', mode: 'preferred' };
 const KEY_SPACE = 1_000_003;
 
-function refuse(policy: PlacementPolicy, requestId: string | null, reason: Omit<PlacementReason, 'level' | 'largestFit' | 'clusterFit'> & Partial<PlacementReason>): PlacementRefusal {
+function refuse(
+  policy: PlacementPolicy,
+  requestId: string | null,
+  reason: Omit<PlacementReason, 'level' | 'largestFit' | 'clusterFit'> & Partial<PlacementReason>,
+): PlacementRefusal {
   return { placed: false, policy, requestId, reason: { level: null, largestFit: null, clusterFit: null, ...reason } };
 }
 
@@ -645,7 +652,17 @@ function compileProfile(index: TopologyIndex, profile: WorkloadProfile): Compile
       }
       typeOk[i] = 1;
     });
-    classes.push({ weight: c.weight, kind, count: kind === K_WHOLE ? c.gpus! : 1, milli: c.gpuMilli ?? 0, migC, migM, typeOk, cpu: c.cpuMilli ?? 0, mem: c.memoryMib ?? 0 });
+    classes.push({
+      weight: c.weight,
+      kind,
+      count: kind === K_WHOLE ? c.gpus! : 1,
+      milli: c.gpuMilli ?? 0,
+      migC,
+      migM,
+      typeOk,
+      cpu: c.cpuMilli ?? 0,
+      mem: c.memoryMib ?? 0,
+    });
     sum += c.weight;
   }
   for (const c of classes) c.weight /= sum;
@@ -726,7 +743,8 @@ const TOTALS = new WeakMap<TopologyIndex, IndexTotals>();
 function totalsOf(index: TopologyIndex): IndexTotals {
   let t = TOTALS.get(index);
   if (t === undefined) {
-    const of = (level: 'nvlink' | 'rack' | 'block') => Float64Array.from(index.domains[level], (dom) => dom.nodes.reduce((s, n) => s + index.nodes[n]!.gpus, 0));
+    const of = (level: 'nvlink' | 'rack' | 'block') =>
+      Float64Array.from(index.domains[level], (dom) => dom.nodes.reduce((s, n) => s + index.nodes[n]!.gpus, 0));
     const typeGpus = new Float64Array(index.gpuTypes.length);
     for (const node of index.nodes) typeGpus[node.type]! += node.gpus;
     t = { typeGpus, nvlink: of('nvlink'), rack: of('rack'), block: of('block') };
@@ -927,7 +945,9 @@ function singleNodeAssignment(st: PlacementState, node: IndexedNode, d: Demand):
       break;
     }
   }
-  return d.kind === 'milli' ? { kind: 'milli', gpus: [gpu], milli: d.milli, sharing: shareOf(st, node, gpu, d), ...base } : { kind: 'mig', gpus: [gpu], migProfile: d.migProfile, ...base };
+  return d.kind === 'milli'
+    ? { kind: 'milli', gpus: [gpu], milli: d.milli, sharing: shareOf(st, node, gpu, d), ...base }
+    : { kind: 'mig', gpus: [gpu], migProfile: d.migProfile, ...base };
 }
 
 /** The sharing mode a share placed on this GPU runs in. */
@@ -1199,7 +1219,12 @@ export function placeOnNode(state: PlacementState, request: PlacementRequest, po
   const node = state.index.nodes[n];
   if (node === undefined) throw new RangeError(`placeOnNode: no node ${n}`);
   const misfit = (why: string) =>
-    refuse(policy, id, { code: PlacementReasonCode.InsufficientCapacity, message: `node ${node.name} cannot take ${d.words}: ${why}`, requested: d.words, level: 'node' });
+    refuse(policy, id, {
+      code: PlacementReasonCode.InsufficientCapacity,
+      message: `node ${node.name} cannot take ${d.words}: ${why}`,
+      requested: d.words,
+      level: 'node',
+    });
   if (!staticOk(node, d)) return misfit('GPU type or sharing mode not offered');
   if (state.cpuFree[n]! < d.cpu || state.memFree[n]! < d.mem) return misfit('not enough free CPU or memory');
   const base = { node: node.name, cpuMilli: d.cpu, memoryMib: d.mem };
@@ -1207,7 +1232,10 @@ export function placeOnNode(state: PlacementState, request: PlacementRequest, po
   if (d.kind === 'cpu') a = { kind: 'cpu', gpus: [], ...base };
   else if (d.kind === 'whole') {
     const chosen = gpus === undefined ? freeGpus(state, node, d.count) : [...gpus];
-    const ok = chosen.length === d.count && new Set(chosen).size === chosen.length && chosen.every((g) => Number.isInteger(g) && g >= 0 && g < node.gpus && state.gpuMode[node.gpuOffset + g] === FREE);
+    const ok =
+      chosen.length === d.count &&
+      new Set(chosen).size === chosen.length &&
+      chosen.every((g) => Number.isInteger(g) && g >= 0 && g < node.gpus && state.gpuMode[node.gpuOffset + g] === FREE);
     if (!ok) return misfit(`${d.count} free GPU${d.count === 1 ? '' : 's'} needed`);
     a = { kind: 'whole', gpus: chosen, ...base };
   } else {
@@ -1221,7 +1249,9 @@ export function placeOnNode(state: PlacementState, request: PlacementRequest, po
       const p = t.migProfiles.get(d.migProfile)!;
       const x = node.gpuOffset + g;
       const mode = state.gpuMode[x]!;
-      const fits = mode === FREE || (mode === MIG && state.migCompute[x]! + p.computeSlices <= t.migComputeSlices && state.migMemory[x]! + p.memorySlices <= t.migMemorySlices);
+      const fits =
+        mode === FREE ||
+        (mode === MIG && state.migCompute[x]! + p.computeSlices <= t.migComputeSlices && state.migMemory[x]! + p.memorySlices <= t.migMemorySlices);
       if (!fits) return misfit(`GPU ${g} has no room for MIG ${d.migProfile}`);
       a = { kind: 'mig', gpus: [g], migProfile: d.migProfile, ...base };
     }
@@ -1269,7 +1299,13 @@ export function heldPlacement(assignments: Assignment[]): Placement {
     requestId: null,
     assignments,
     domain: { level: 'cluster', id: 'held' },
-    explanation: { chosenLevel: 'cluster', whyNotSmaller: [], fragmentationAfter: 0, constraint: { level: 'cluster', mode: 'preferred', satisfied: true }, summary: 'held' },
+    explanation: {
+      chosenLevel: 'cluster',
+      whyNotSmaller: [],
+      fragmentationAfter: 0,
+      constraint: { level: 'cluster', mode: 'preferred', satisfied: true },
+      summary: 'held',
+    },
   };
 }
 
@@ -1409,7 +1445,8 @@ export function audit(index: TopologyIndex, placements: readonly Placement[]): A
     for (let g = 0; g < node.gpus; g++) {
       const x = node.gpuOffset + g;
       const kinds = (whole[x]! > 0 ? 1 : 0) + (milli[x]! > 0 ? 1 : 0) + (milliTs[x]! > 0 ? 1 : 0) + (migC[x]! > 0 ? 1 : 0);
-      if (kinds > 1 || whole[x]! > 1 || milli[x]! > MILLI || milliTs[x]! > MILLI || migC[x]! > t.migComputeSlices || migM[x]! > t.migMemorySlices) doubleBooked++;
+      if (kinds > 1 || whole[x]! > 1 || milli[x]! > MILLI || milliTs[x]! > MILLI || migC[x]! > t.migComputeSlices || migM[x]! > t.migMemorySlices)
+        doubleBooked++;
       allocated += whole[x]! + (milli[x]! + milliTs[x]!) / MILLI + migC[x]! / t.migComputeSlices;
     }
   }

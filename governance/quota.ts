@@ -151,7 +151,8 @@ export function dominantShare(state: QuotaState, t: { tenant: string; team: stri
 export function queueOrder(state: QuotaState, requests: readonly QuotaRequest[]): QuotaRequest[] {
   const share = new Map(requests.map((r) => [r.taskId, dominantShare(state, r)]));
   return [...requests].sort(
-    (a, b) => b.priority - a.priority || share.get(a.taskId)! - share.get(b.taskId)! || a.queuedAt.localeCompare(b.queuedAt) || a.taskId.localeCompare(b.taskId),
+    (a, b) =>
+      b.priority - a.priority || share.get(a.taskId)! - share.get(b.taskId)! || a.queuedAt.localeCompare(b.queuedAt) || a.taskId.localeCompare(b.taskId),
   );
 }
 
@@ -203,7 +204,16 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
       )
     : s.flat.quota;
   if (req.gpus > ceiling) {
-    return { decision: 'rejected', reason: reason(ReasonCode.GpuQuotaExceeded, `${req.gpus} ${s.gpuType} GPUs is above team ${req.team}'s quota ${ceiling}${member ? ` (nominal ${member.nominal} plus what it may borrow in cohort ${cohort!.name})` : ''}`, ceiling, req.gpus, policy) };
+    return {
+      decision: 'rejected',
+      reason: reason(
+        ReasonCode.GpuQuotaExceeded,
+        `${req.gpus} ${s.gpuType} GPUs is above team ${req.team}'s quota ${ceiling}${member ? ` (nominal ${member.nominal} plus what it may borrow in cohort ${cohort!.name})` : ''}`,
+        ceiling,
+        req.gpus,
+        policy,
+      ),
+    };
   }
 
   const usage = usageByTeam(s.running);
@@ -217,19 +227,31 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
   if (fitsQuota(s, withReq, asked)) {
     if (borrows > 0) {
       // Fair share: a request ahead of this one, from another team, that fits now goes first.
-      const ahead = ordered.slice(0, position - 1).find((p) => key(p) !== team && fitsQuota(s, new Map(usage).set(key(p), addGpus(usage.get(key(p)) ?? 0, p.gpus)), new Map()));
+      const ahead = ordered
+        .slice(0, position - 1)
+        .find((p) => key(p) !== team && fitsQuota(s, new Map(usage).set(key(p), addGpus(usage.get(key(p)) ?? 0, p.gpus)), new Map()));
       if (ahead) {
         return {
           decision: 'queued',
           position,
-          reason: reason(ReasonCode.FairShareWait, `team ${req.team} would borrow ${borrows} ${s.gpuType} GPUs; ${ahead.taskId} of team ${ahead.team} comes first by priority and fair share`, null, req.gpus, policy),
+          reason: reason(
+            ReasonCode.FairShareWait,
+            `team ${req.team} would borrow ${borrows} ${s.gpuType} GPUs; ${ahead.taskId} of team ${ahead.team} comes first by priority and fair share`,
+            null,
+            req.gpus,
+            policy,
+          ),
         };
       }
     }
     return { decision: 'admitted', mode: borrows > 0 ? 'borrowing' : 'nominal', borrowed: borrows };
   }
 
-  const busy = (message: string) => ({ decision: 'queued' as const, position, reason: reason(ReasonCode.GpuQuotaBusy, message, ceiling - held, req.gpus, policy) });
+  const busy = (message: string) => ({
+    decision: 'queued' as const,
+    position,
+    reason: reason(ReasonCode.GpuQuotaBusy, message, ceiling - held, req.gpus, policy),
+  });
   const describe = member
     ? `team ${req.team} holds ${held} ${s.gpuType} GPUs (nominal ${member.nominal}) and cohort ${cohort!.name} has no idle quota for ${req.gpus} more`
     : `team ${req.team} holds ${held} of ${s.flat.quota} ${s.gpuType} GPUs; ${req.gpus} more must wait`;
@@ -240,15 +262,35 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
   if (inFlight.length > 0) {
     const after = usageByTeam(settled);
     if (fitsQuota(s, after.set(team, addGpus(after.get(team) ?? 0, req.gpus)), new Map())) {
-      return { decision: 'queued', position, reason: reason(ReasonCode.PreemptionPending, `${describe}; waiting for ${inFlight.length} preempted workload(s) to free their GPUs`, null, req.gpus, policy) };
+      return {
+        decision: 'queued',
+        position,
+        reason: reason(
+          ReasonCode.PreemptionPending,
+          `${describe}; waiting for ${inFlight.length} preempted workload(s) to free their GPUs`,
+          null,
+          req.gpus,
+          policy,
+        ),
+      };
     }
   }
 
   const victims = chooseVictims(s, req, settled);
   if (victims === null) {
-    const young = (s.minRunSeconds ?? 0) > 0 ? preemptionCandidates({ ...s, minRunSeconds: 0 }, req, settled).filter((v) => shielded(s, settled.find((w) => w.taskId === v.taskId)!)) : [];
+    const young =
+      (s.minRunSeconds ?? 0) > 0
+        ? preemptionCandidates({ ...s, minRunSeconds: 0 }, req, settled).filter((v) =>
+            shielded(
+              s,
+              settled.find((w) => w.taskId === v.taskId)!,
+            ),
+          )
+        : [];
     if (young.length === 0) return busy(describe);
-    return busy(`${describe}; ${young.length} workload(s) it could preempt started less than ${s.minRunSeconds} s ago (preemption.minRunSeconds): ${young.map((v) => v.taskId).join(', ')}`);
+    return busy(
+      `${describe}; ${young.length} workload(s) it could preempt started less than ${s.minRunSeconds} s ago (preemption.minRunSeconds): ${young.map((v) => v.taskId).join(', ')}`,
+    );
   }
   const lost = sum(victims.map((v) => v.lostGpuSeconds));
   return {
@@ -269,7 +311,15 @@ export function preemptionCandidates(state: QuotaState, req: QuotaRequest, runni
   for (const w of running) {
     if (w.priority > req.priority) continue; // never a job of higher priority
     if (shielded(state, w)) continue; // too recently (re)started
-    const v: Omit<Victim, 'why'> = { taskId: w.taskId, tenant: w.tenant, team: w.team, gpus: w.gpus, priority: w.priority, node: w.node, lostGpuSeconds: w.lostGpuSeconds };
+    const v: Omit<Victim, 'why'> = {
+      taskId: w.taskId,
+      tenant: w.tenant,
+      team: w.team,
+      gpus: w.gpus,
+      priority: w.priority,
+      node: w.node,
+      lostGpuSeconds: w.lostGpuSeconds,
+    };
     if (key(w) === key(req)) {
       if (w.priority < req.priority) out.push({ ...v, why: 'priority' });
     } else if (member) {
@@ -298,7 +348,9 @@ function ownLowerPriority(running: readonly Workload[], req: QuotaRequest): numb
  * that, greedy (cheapest first, then drop what is not needed).
  */
 export function chooseVictims(state: QuotaState, req: QuotaRequest, running: readonly Workload[]): Victim[] | null {
-  const candidates = preemptionCandidates(state, req, running).sort((a, b) => a.lostGpuSeconds - b.lostGpuSeconds || a.priority - b.priority || a.taskId.localeCompare(b.taskId));
+  const candidates = preemptionCandidates(state, req, running).sort(
+    (a, b) => a.lostGpuSeconds - b.lostGpuSeconds || a.priority - b.priority || a.taskId.localeCompare(b.taskId),
+  );
   if (candidates.length === 0) return null;
   const usage = usageByTeam(running);
   const valid = (set: readonly Victim[]): boolean => {

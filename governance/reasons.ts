@@ -76,12 +76,6 @@ export interface Reason {
   policy: string;
 }
 
-export function reason(
-  code: ReasonCode,
-  message: string,
-  limit: Reason['limit'],
-  requested: Reason['requested'],
-  policy: string,
-): Reason {
+export function reason(code: ReasonCode, message: string, limit: Reason['limit'], requested: Reason['requested'], policy: string): Reason {
   return { code, message, limit, requested, policy };
 }

@@ -10,7 +10,8 @@ import { type Reason, ReasonCode } from './reasons';
  */
 
 /** Temporal's names of a workflow execution's status (WorkflowExecutionStatusName of @temporalio/client). */
-export type WorkflowStatusName = 'UNSPECIFIED' | 'RUNNING' | 'COMPLETED' | 'FAILED' | 'CANCELLED' | 'TERMINATED' | 'CONTINUED_AS_NEW' | 'TIMED_OUT' | 'PAUSED' | 'UNKNOWN';
+export type WorkflowStatusName =
+  'UNSPECIFIED' | 'RUNNING' | 'COMPLETED' | 'FAILED' | 'CANCELLED' | 'TERMINATED' | 'CONTINUED_AS_NEW' | 'TIMED_OUT' | 'PAUSED' | 'UNKNOWN';
 
 /** What Temporal said about the task's workflow id: its latest run, or that there is none. */
 export type WorkflowSight = { found: true; status: WorkflowStatusName; runId: string; closeTime: Date | null } | { found: false };

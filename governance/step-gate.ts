@@ -16,7 +16,9 @@ export const StepUsageSchema = z.strictObject({
   model: NameText.optional(),
   tool: NameText.optional(),
   /** The tool call's arguments: digested for the approval request, replayed to its compensation. */
-  toolArgs: Json.refine((v) => JSON.stringify(v).length <= 16_384, 'at most 16 KiB of JSON').superRefine(refuseControlCharacters).optional(),
+  toolArgs: Json.refine((v) => JSON.stringify(v).length <= 16_384, 'at most 16 KiB of JSON')
+    .superRefine(refuseControlCharacters)
+    .optional(),
   latencyMs: z.number().nonnegative().optional(),
 });
 /** One agent step as the agent reports it before committing it: a model call, or a tool call. */
@@ -95,8 +97,18 @@ export function evaluateStep(ctx: StepContext): StepDecision {
   const model = step.model ?? ctx.primaryModel;
   const allowed = allowedModels(ctx.primaryModel, ctx.fallbackModel);
   if (!allowed.includes(model)) {
-    const which = ctx.fallbackModel === null ? `the intent's model ${ctx.primaryModel}` : `the intent's model ${ctx.primaryModel} or its fallback ${ctx.fallbackModel}`;
-    return { answer: 'deny', reason: reason(ReasonCode.ModelNotAllowed, `model ${model} is not allowed for this task: a step may run only on ${which}`, allowed.join('|'), model, 'intent#attribution.model') };
+    const which =
+      ctx.fallbackModel === null ? `the intent's model ${ctx.primaryModel}` : `the intent's model ${ctx.primaryModel} or its fallback ${ctx.fallbackModel}`;
+    return {
+      answer: 'deny',
+      reason: reason(
+        ReasonCode.ModelNotAllowed,
+        `model ${model} is not allowed for this task: a step may run only on ${which}`,
+        allowed.join('|'),
+        model,
+        'intent#attribution.model',
+      ),
+    };
   }
 
   if (caps.deadline !== null && Date.parse(ctx.now) > Date.parse(caps.deadline)) {
@@ -111,7 +123,8 @@ export function evaluateStep(ctx: StepContext): StepDecision {
     sideEffect = hasSideEffect(t.entry);
   }
   const context = step.contextTokens + ctx.toolOverheadTokens;
-  if (context > caps.maxContextTokens) return cap(ReasonCode.CapMaxContextTokens, 'context tokens (with tool definitions)', caps.maxContextTokens, context, 'maxContextTokens');
+  if (context > caps.maxContextTokens)
+    return cap(ReasonCode.CapMaxContextTokens, 'context tokens (with tool definitions)', caps.maxContextTokens, context, 'maxContextTokens');
   const steps = totals.steps + 1;
   if (steps > caps.maxSteps) return cap(ReasonCode.CapMaxSteps, 'steps', caps.maxSteps, steps, 'maxSteps');
   const toolCalls = totals.toolCalls + (step.tool !== undefined ? 1 : 0);
@@ -126,7 +139,13 @@ export function evaluateStep(ctx: StepContext): StepDecision {
     ctx.reservedMicros < usdMicros
       ? ({
           answer: 'deny',
-          reason: reason(ReasonCode.CapReservation, `${what} ${microsToUsd(total)} would pass the ${microsToUsd(ctx.reservedMicros)} reserved for the task at admission`, microsToUsd(ctx.reservedMicros), microsToUsd(total), 'task#plan.worstCaseMicros'),
+          reason: reason(
+            ReasonCode.CapReservation,
+            `${what} ${microsToUsd(total)} would pass the ${microsToUsd(ctx.reservedMicros)} reserved for the task at admission`,
+            microsToUsd(ctx.reservedMicros),
+            microsToUsd(total),
+            'task#plan.worstCaseMicros',
+          ),
         } as const)
       : cap(ReasonCode.CapMaxUsd, what, caps.maxUsd, microsToUsd(total), 'maxUsd');
   const primaryTotal = totals.costMicros + ctx.costMicros;
@@ -138,7 +157,14 @@ export function evaluateStep(ctx: StepContext): StepDecision {
     if (fallbackTotal > maxMicros) return overUsd('USD (on the fallback model)', fallbackTotal);
     // Near a cap, degrading sticks for the rest of the task; a budget degrade lasts while the ladder says so.
     const sticky = near || primaryTotal > maxMicros;
-    return { answer: 'degrade', totals: next(fallbackTotal, sticky || totals.degraded), model: ctx.fallbackModel!, costMicros: ctx.fallbackCostMicros!, needsApproval: approval, sideEffect };
+    return {
+      answer: 'degrade',
+      totals: next(fallbackTotal, sticky || totals.degraded),
+      model: ctx.fallbackModel!,
+      costMicros: ctx.fallbackCostMicros!,
+      needsApproval: approval,
+      sideEffect,
+    };
   }
   if (primaryTotal > maxMicros) return overUsd('USD', primaryTotal);
   return { answer: 'allow', totals: next(primaryTotal, totals.degraded), model, costMicros: ctx.costMicros, needsApproval: approval, sideEffect };

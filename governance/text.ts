@@ -49,7 +49,6 @@ export function refuseControlCharacters(value: unknown, ctx: z.RefinementCtx): v
   walk(value, []);
 }
 
-
 /** Text a person typed: no control characters but tab and newline (they break logs and PostgreSQL text), well-formed Unicode. */
 const typed = (max: number) =>
   z

@@ -18,7 +18,10 @@ export function checkTool(policy: ToolPolicy, tool: string): { ok: true; entry: 
     return { ok: false, reason: reason(ReasonCode.ToolUnknown, `tool ${tool} is not in the tool catalog`, null, tool, 'tools#catalog') };
   }
   if (!policy.declared.includes(tool)) {
-    return { ok: false, reason: reason(ReasonCode.ToolNotAllowed, `tool ${tool} is not declared by the task`, policy.declared.join('|') || null, tool, 'intent#tools') };
+    return {
+      ok: false,
+      reason: reason(ReasonCode.ToolNotAllowed, `tool ${tool} is not declared by the task`, policy.declared.join('|') || null, tool, 'intent#tools'),
+    };
   }
   return { ok: true, entry };
 }
@@ -50,7 +53,9 @@ export function admitTools(catalog: ToolCatalog, declared: string[], maxRisk: Ri
     const entry = catalog.tools[t];
     if (!entry) reasons.push(reason(ReasonCode.ToolUnknown, `tool ${t} is not in the tool catalog`, null, t, 'tools#catalog'));
     else if (riskRank(entry.risk) > riskRank(maxRisk)) {
-      reasons.push(reason(ReasonCode.ToolRiskNotAllowed, `tool ${t} is ${entry.risk} risk, above the ceiling ${maxRisk}`, maxRisk, entry.risk, `${policy}.maxRiskClass`));
+      reasons.push(
+        reason(ReasonCode.ToolRiskNotAllowed, `tool ${t} is ${entry.risk} risk, above the ceiling ${maxRisk}`, maxRisk, entry.risk, `${policy}.maxRiskClass`),
+      );
     }
   }
   return reasons;

@@ -100,7 +100,11 @@ export const Topology = z
           seen.node.add(node.name);
           const type = t.gpuTypes[node.gpuType];
           if (type === undefined) {
-            ctx.addIssue({ code: 'custom', path: [...path, 'gpuType'], message: `unknown GPU type "${node.gpuType}" (gpuTypes: ${Object.keys(t.gpuTypes).join(', ')})` });
+            ctx.addIssue({
+              code: 'custom',
+              path: [...path, 'gpuType'],
+              message: `unknown GPU type "${node.gpuType}" (gpuTypes: ${Object.keys(t.gpuTypes).join(', ')})`,
+            });
           } else if (node.sharing.mig && type.mig === undefined) {
             ctx.addIssue({ code: 'custom', path: [...path, 'sharing', 'mig'], message: `GPU type "${node.gpuType}" has no MIG profiles` });
           }

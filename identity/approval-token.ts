@@ -22,7 +22,10 @@ export interface ApprovalClaims {
 }
 
 /** The digest approvals bind to: SHA-256 of the arguments as canonical JSON. */
-export const argsDigest = (args: unknown): string => `sha256:${createHash('sha256').update(canonicalJson(args ?? null)).digest('hex')}`;
+export const argsDigest = (args: unknown): string =>
+  `sha256:${createHash('sha256')
+    .update(canonicalJson(args ?? null))
+    .digest('hex')}`;
 
 export function signApprovalToken(key: SigningKey, claims: Omit<ApprovalClaims, 'v' | 'keyId'>): string {
   const full: ApprovalClaims = { v: 1, ...claims, keyId: key.keyId };
@@ -31,7 +34,11 @@ export function signApprovalToken(key: SigningKey, claims: Omit<ApprovalClaims, 
 
 export type ApprovalCheck =
   | { ok: true; claims: ApprovalClaims }
-  | { ok: false; code: 'APPROVAL_TOKEN_MISSING' | 'APPROVAL_TOKEN_INVALID' | 'APPROVAL_TOKEN_EXPIRED' | 'APPROVAL_TOOL_MISMATCH' | 'APPROVAL_ARGS_MISMATCH'; message: string };
+  | {
+      ok: false;
+      code: 'APPROVAL_TOKEN_MISSING' | 'APPROVAL_TOKEN_INVALID' | 'APPROVAL_TOKEN_EXPIRED' | 'APPROVAL_TOOL_MISMATCH' | 'APPROVAL_ARGS_MISMATCH';
+      message: string;
+    };
 
 /** Checks a token for the call about to run: signature, tool, exact arguments, expiry. */
 export function verifyApprovalToken(publicKey: KeyObject, token: string | null | undefined, call: { tool: string; args: unknown; now?: Date }): ApprovalCheck {
@@ -44,11 +51,17 @@ export function verifyApprovalToken(publicKey: KeyObject, token: string | null |
   } catch {
     return { ok: false, code: 'APPROVAL_TOKEN_INVALID', message: 'the approval token is malformed' };
   }
-  if (claims?.v !== 1 || !verifyJson(publicKey, claims, sig)) return { ok: false, code: 'APPROVAL_TOKEN_INVALID', message: 'the approval token does not verify against govloop’s public key' };
+  if (claims?.v !== 1 || !verifyJson(publicKey, claims, sig))
+    return { ok: false, code: 'APPROVAL_TOKEN_INVALID', message: 'the approval token does not verify against govloop’s public key' };
   if (claims.tool !== call.tool) return { ok: false, code: 'APPROVAL_TOOL_MISMATCH', message: `the approval is for ${claims.tool}, not ${call.tool}` };
   if (claims.argsDigest !== argsDigest(call.args)) {
-    return { ok: false, code: 'APPROVAL_ARGS_MISMATCH', message: `approval ${claims.approvalId} was given for other arguments (${claims.argsDigest}); these are ${argsDigest(call.args)}` };
+    return {
+      ok: false,
+      code: 'APPROVAL_ARGS_MISMATCH',
+      message: `approval ${claims.approvalId} was given for other arguments (${claims.argsDigest}); these are ${argsDigest(call.args)}`,
+    };
   }
-  if (Date.parse(claims.expiresAt) <= (call.now ?? new Date()).getTime()) return { ok: false, code: 'APPROVAL_TOKEN_EXPIRED', message: `approval token of ${claims.approvalId} expired at ${claims.expiresAt}` };
+  if (Date.parse(claims.expiresAt) <= (call.now ?? new Date()).getTime())
+    return { ok: false, code: 'APPROVAL_TOKEN_EXPIRED', message: `approval token of ${claims.approvalId} expired at ${claims.expiresAt}` };
   return { ok: true, claims };
 }

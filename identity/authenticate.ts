@@ -44,7 +44,10 @@ export function createAuthenticator(auth: AuthConfig): Authenticator {
       }
       if (auth.mode === 'required') {
         throw caller.as !== undefined
-          ? new IdentityError('AUTH_REQUIRED', `auth is required: a typed name (${caller.as}) is not an identity; pass a credential (GOVLOOP_TOKEN or GOVLOOP_API_KEY)`)
+          ? new IdentityError(
+              'AUTH_REQUIRED',
+              `auth is required: a typed name (${caller.as}) is not an identity; pass a credential (GOVLOOP_TOKEN or GOVLOOP_API_KEY)`,
+            )
           : new IdentityError('UNAUTHENTICATED', 'auth is required: pass a credential (GOVLOOP_TOKEN or GOVLOOP_API_KEY)');
       }
       // auth: none — a typed name, marked unverified wherever it is shown. Not a security boundary:

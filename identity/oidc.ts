@@ -17,7 +17,17 @@
  * The issuer may be configured with or without a trailing slash; tokens whose `iss` is either form
  * are accepted (hydra keeps whichever form `urls.self.issuer` has).
  */
-import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTHeaderParameters, type FlattenedJWSInput, type JWTVerifyGetKey, type JWTPayload } from 'jose';
+import {
+  createRemoteJWKSet,
+  decodeJwt,
+  decodeProtectedHeader,
+  errors,
+  jwtVerify,
+  type JWTHeaderParameters,
+  type FlattenedJWSInput,
+  type JWTVerifyGetKey,
+  type JWTPayload,
+} from 'jose';
 import { IdentityError } from './errors';
 
 export interface OidcConfig {
@@ -137,13 +147,22 @@ export function createOidcVerifier(cfg: OidcConfig): OidcVerifier {
       const p = e.payload;
       switch (e.claim) {
         case 'iss':
-          throw new IdentityError('TOKEN_ISSUER', p.iss === undefined ? `token names no issuer, expected ${issuer}` : `token issued by ${String(p.iss)}, expected ${issuer}`);
+          throw new IdentityError(
+            'TOKEN_ISSUER',
+            p.iss === undefined ? `token names no issuer, expected ${issuer}` : `token issued by ${String(p.iss)}, expected ${issuer}`,
+          );
         case 'aud':
           throw new IdentityError('TOKEN_AUDIENCE', `token is for ${describeAud(p.aud)}, expected ${JSON.stringify(audience)}`);
         case 'nbf':
-          throw new IdentityError('TOKEN_INVALID', `token not valid before ${typeof p.nbf === 'number' ? new Date(p.nbf * 1000).toISOString() : String(p.nbf)}`);
+          throw new IdentityError(
+            'TOKEN_INVALID',
+            `token not valid before ${typeof p.nbf === 'number' ? new Date(p.nbf * 1000).toISOString() : String(p.nbf)}`,
+          );
         default:
-          throw new IdentityError('TOKEN_INVALID', e.reason === 'missing' ? `token has no "${e.claim}" claim` : `token's "${e.claim}" claim is invalid: ${e.message}`);
+          throw new IdentityError(
+            'TOKEN_INVALID',
+            e.reason === 'missing' ? `token has no "${e.claim}" claim` : `token's "${e.claim}" claim is invalid: ${e.message}`,
+          );
       }
     }
     if (e instanceof errors.JWKSNoMatchingKey) {
@@ -190,7 +209,10 @@ export function createOidcVerifier(cfg: OidcConfig): OidcVerifier {
       }
       const subject = payload[subjectClaim];
       if (typeof subject !== 'string' || subject === '') {
-        throw new IdentityError('TOKEN_INVALID', subject === undefined ? `token has no "${subjectClaim}" claim` : `token's "${subjectClaim}" claim is not a non-empty string`);
+        throw new IdentityError(
+          'TOKEN_INVALID',
+          subject === undefined ? `token has no "${subjectClaim}" claim` : `token's "${subjectClaim}" claim is not a non-empty string`,
+        );
       }
       const aud = payload.aud === undefined ? [] : Array.isArray(payload.aud) ? payload.aud : [payload.aud];
       return {

@@ -17,7 +17,10 @@ export interface SigningKey {
 
 /** The key id of a public key: first 16 hex digits of SHA-256 over its SPKI DER. */
 export function keyIdOf(publicKey: KeyObject): string {
-  return createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex').slice(0, 16);
+  return createHash('sha256')
+    .update(publicKey.export({ type: 'spki', format: 'der' }))
+    .digest('hex')
+    .slice(0, 16);
 }
 
 function fromPrivate(privateKey: KeyObject, path: string): SigningKey {

@@ -60,8 +60,19 @@ const toRow = (r: Record<string, any>): ApprovalRow => ({
  */
 export async function grantAccess(q: Db | Queryable, g: { tenant: string; user: string; role: string; by: string }): Promise<boolean> {
   const run = async (c: Queryable) => {
-    const r = await c.query('INSERT INTO access_grants (tenant, user_name, role, granted_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [g.tenant, g.user, g.role, g.by]);
-    await appendAudit(c, { actor: g.by, taskId: null, action: 'access.grant', decision: r.rowCount ? 'recorded' : 'unchanged', detail: { tenant: g.tenant, user: g.user, role: g.role } });
+    const r = await c.query('INSERT INTO access_grants (tenant, user_name, role, granted_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING', [
+      g.tenant,
+      g.user,
+      g.role,
+      g.by,
+    ]);
+    await appendAudit(c, {
+      actor: g.by,
+      taskId: null,
+      action: 'access.grant',
+      decision: r.rowCount ? 'recorded' : 'unchanged',
+      detail: { tenant: g.tenant, user: g.user, role: g.role },
+    });
     return (r.rowCount ?? 0) > 0;
   };
   return q instanceof Db ? q.tx(run) : run(q);
@@ -70,13 +81,22 @@ export async function grantAccess(q: Db | Queryable, g: { tenant: string; user: 
 export async function revokeAccess(q: Db | Queryable, g: { tenant: string; user: string; role: string; by: string }): Promise<boolean> {
   const run = async (c: Queryable) => {
     const r = await c.query('DELETE FROM access_grants WHERE tenant = $1 AND user_name = $2 AND role = $3', [g.tenant, g.user, g.role]);
-    await appendAudit(c, { actor: g.by, taskId: null, action: 'access.revoke', decision: r.rowCount ? 'recorded' : 'unchanged', detail: { tenant: g.tenant, user: g.user, role: g.role } });
+    await appendAudit(c, {
+      actor: g.by,
+      taskId: null,
+      action: 'access.revoke',
+      decision: r.rowCount ? 'recorded' : 'unchanged',
+      detail: { tenant: g.tenant, user: g.user, role: g.role },
+    });
     return (r.rowCount ?? 0) > 0;
   };
   return q instanceof Db ? q.tx(run) : run(q);
 }
 
-export async function listAccess(q: Queryable, tenant?: string | string[]): Promise<{ tenant: string; user: string; role: string; grantedBy: string; grantedAt: Date }[]> {
+export async function listAccess(
+  q: Queryable,
+  tenant?: string | string[],
+): Promise<{ tenant: string; user: string; role: string; grantedBy: string; grantedAt: Date }[]> {
   const { rows } = await q.query(
     `SELECT tenant, user_name, role, granted_by, granted_at FROM access_grants WHERE ($1::text[] IS NULL OR tenant = ANY($1)) ORDER BY tenant, user_name, role`,
     [tenant === undefined ? null : Array.isArray(tenant) ? tenant : [tenant]],
@@ -91,19 +111,53 @@ export async function listAccess(q: Queryable, tenant?: string | string[]): Prom
  */
 export async function requestApproval(
   q: Queryable,
-  a: { approvalId: string; taskId: string; runId?: string; seq?: number; tenant: string; tool: string; argsDigest: string; requester: string; costSoFarMicros: number; requestedAt: Date; escalateAt: Date; expiresAt: Date },
+  a: {
+    approvalId: string;
+    taskId: string;
+    runId?: string;
+    seq?: number;
+    tenant: string;
+    tool: string;
+    argsDigest: string;
+    requester: string;
+    costSoFarMicros: number;
+    requestedAt: Date;
+    escalateAt: Date;
+    expiresAt: Date;
+  },
 ): Promise<ApprovalRow> {
   await q.query(
     `INSERT INTO approvals (approval_id, task_id, tenant, tool, args_digest, requester, cost_so_far_micros, state, requested_at, escalate_at, expires_at, run_id, seq)
      VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12) ON CONFLICT (approval_id) DO NOTHING`,
-    [a.approvalId, a.taskId, a.tenant, a.tool, a.argsDigest, a.requester, a.costSoFarMicros, a.requestedAt, a.escalateAt, a.expiresAt, a.runId ?? null, a.seq ?? null],
+    [
+      a.approvalId,
+      a.taskId,
+      a.tenant,
+      a.tool,
+      a.argsDigest,
+      a.requester,
+      a.costSoFarMicros,
+      a.requestedAt,
+      a.escalateAt,
+      a.expiresAt,
+      a.runId ?? null,
+      a.seq ?? null,
+    ],
   );
   return (await getApproval(q, a.approvalId))!;
 }
 
 /** Is `row` the approval of exactly this call: its run, its step, its tool, its arguments? */
-export function approvalMatches(row: Pick<ApprovalRow, 'runId' | 'seq' | 'tool' | 'argsDigest'>, call: { runId: string; seq: number; tool: string; argsDigest: string }): boolean {
-  return (row.runId === null || row.runId === call.runId) && (row.seq === null || row.seq === call.seq) && row.tool === call.tool && row.argsDigest === call.argsDigest;
+export function approvalMatches(
+  row: Pick<ApprovalRow, 'runId' | 'seq' | 'tool' | 'argsDigest'>,
+  call: { runId: string; seq: number; tool: string; argsDigest: string },
+): boolean {
+  return (
+    (row.runId === null || row.runId === call.runId) &&
+    (row.seq === null || row.seq === call.seq) &&
+    row.tool === call.tool &&
+    row.argsDigest === call.argsDigest
+  );
 }
 
 /** Two actor names of the same person, whether or not either is marked unverified. */
@@ -117,7 +171,10 @@ export async function getApproval(q: Queryable, approvalId: string, lock = false
 /** Requests still waiting for a human, oldest first. */
 export async function pendingApprovals(q: Queryable, tenant?: string | string[]): Promise<ApprovalRow[]> {
   const tenants = tenant === undefined ? null : Array.isArray(tenant) ? tenant : [tenant];
-  const { rows } = await q.query(`SELECT ${columns} FROM approvals WHERE state = 'pending' AND ($1::text[] IS NULL OR tenant = ANY($1)) ORDER BY requested_at, approval_id`, [tenants]);
+  const { rows } = await q.query(
+    `SELECT ${columns} FROM approvals WHERE state = 'pending' AND ($1::text[] IS NULL OR tenant = ANY($1)) ORDER BY requested_at, approval_id`,
+    [tenants],
+  );
   return rows.map(toRow);
 }
 
@@ -147,10 +204,17 @@ export async function decideApproval(db: Db, input: DecideInput): Promise<Decide
   const d = input.principal ? { ...input, by: actorName(input.principal) } : input;
   return db.tx(async (c) => {
     const row = await getApproval(c, d.approvalId, true);
-    if (!row) return { recorded: false, approvalId: d.approvalId, taskId: null, state: null, code: 'not-found', message: `no approval request ${d.approvalId}` };
+    if (!row)
+      return { recorded: false, approvalId: d.approvalId, taskId: null, state: null, code: 'not-found', message: `no approval request ${d.approvalId}` };
     const refuse = async (code: RefusalCode, message: string, state: ApprovalState = row.state): Promise<DecideResult> => {
       if (d.decision !== 'expire') {
-        await appendAudit(c, { actor: d.by, taskId: row.taskId, action: 'approval.refused', decision: code, detail: { approvalId: d.approvalId, attempted: d.decision, reason: d.reason, message } });
+        await appendAudit(c, {
+          actor: d.by,
+          taskId: row.taskId,
+          action: 'approval.refused',
+          decision: code,
+          detail: { approvalId: d.approvalId, attempted: d.decision, reason: d.reason, message },
+        });
       }
       return { recorded: false, approvalId: d.approvalId, taskId: row.taskId, state, code, message };
     };
@@ -164,7 +228,13 @@ export async function decideApproval(db: Db, input: DecideInput): Promise<Decide
     }
     const expired = d.now.getTime() >= row.expiresAt.getTime();
     const record = async (state: Exclude<ApprovalState, 'pending'>, by: string, reason: string): Promise<DecideResult> => {
-      await c.query('UPDATE approvals SET state = $2, decided_by = $3, decided_at = $4, reason = $5 WHERE approval_id = $1', [d.approvalId, state, by, d.now, reason]);
+      await c.query('UPDATE approvals SET state = $2, decided_by = $3, decided_at = $4, reason = $5 WHERE approval_id = $1', [
+        d.approvalId,
+        state,
+        by,
+        d.now,
+        reason,
+      ]);
       await appendAudit(c, {
         actor: by,
         taskId: row.taskId,
@@ -186,18 +256,26 @@ export async function decideApproval(db: Db, input: DecideInput): Promise<Decide
       return refuse('expired', `the request expired at ${row.expiresAt.toISOString()}`, 'expired');
     }
     if (sameIdentity(d.by, row.requester)) return refuse('self-approval', `${d.by} requested this tool call and cannot decide it (four eyes)`);
-    if (d.principal?.tenantScope && d.principal.tenantScope !== row.tenant) return refuse('TENANT_SCOPE', `${d.by}'s key is for tenant ${d.principal.tenantScope}, not ${row.tenant}`);
+    if (d.principal?.tenantScope && d.principal.tenantScope !== row.tenant)
+      return refuse('TENANT_SCOPE', `${d.by}'s key is for tenant ${d.principal.tenantScope}, not ${row.tenant}`);
     const roles = [...new Set(d.tiers.slice(0, row.tier + 1).flat())];
     // Roles are granted to the subject; platform-admin does not stand in for a tool's approver role.
     const subject = d.principal?.subject ?? d.by;
-    const { rows: held } = await c.query<{ role: string }>('SELECT role FROM access_grants WHERE tenant = $1 AND user_name = $2 AND role = ANY($3)', [row.tenant, subject, roles]);
+    const { rows: held } = await c.query<{ role: string }>('SELECT role FROM access_grants WHERE tenant = $1 AND user_name = $2 AND role = ANY($3)', [
+      row.tenant,
+      subject,
+      roles,
+    ]);
     if (held.length === 0) return refuse('missing-role', `${d.by} holds none of the roles ${roles.join(', ')} for tenant ${row.tenant} and tool ${row.tool}`);
     return record(want, d.by, d.reason);
   });
 }
 
 /** Moves a pending request to the next approver tier; idempotent (`fromTier` must still be current). */
-export async function escalateApproval(db: Db, e: { approvalId: string; fromTier: number; roles: string[]; now: Date }): Promise<{ escalated: boolean; row: ApprovalRow | undefined }> {
+export async function escalateApproval(
+  db: Db,
+  e: { approvalId: string; fromTier: number; roles: string[]; now: Date },
+): Promise<{ escalated: boolean; row: ApprovalRow | undefined }> {
   return db.tx(async (c) => {
     const r = await c.query("UPDATE approvals SET tier = tier + 1 WHERE approval_id = $1 AND state = 'pending' AND tier = $2", [e.approvalId, e.fromTier]);
     const row = await getApproval(c, e.approvalId);

@@ -66,11 +66,20 @@ function checkLine(text: string, publicKey: KeyObject, keyId: string): { checkpo
   const parsed = CheckpointLine.safeParse(doc);
   if (!parsed.success) {
     const seq = (doc as { seq?: unknown } | null)?.seq;
-    return { seq: typeof seq === 'number' ? seq : null, message: `not a checkpoint (${parsed.error.issues.map((i) => `${i.path.join('.') || '(line)'}: ${i.message}`).join('; ')})` };
+    return {
+      seq: typeof seq === 'number' ? seq : null,
+      message: `not a checkpoint (${parsed.error.issues.map((i) => `${i.path.join('.') || '(line)'}: ${i.message}`).join('; ')})`,
+    };
   }
   const { sig, ...signed } = parsed.data;
   if (!verifyJson(publicKey, signed, sig)) {
-    return { seq: signed.seq, message: signed.keyId === keyId ? `seq ${signed.seq}: the signature does not verify` : `seq ${signed.seq}: signed by key ${signed.keyId}, not by ${keyId}, or forged` };
+    return {
+      seq: signed.seq,
+      message:
+        signed.keyId === keyId
+          ? `seq ${signed.seq}: the signature does not verify`
+          : `seq ${signed.seq}: signed by key ${signed.keyId}, not by ${keyId}, or forged`,
+    };
   }
   return { checkpoint: parsed.data };
 }
@@ -103,7 +112,12 @@ export async function readAuditCheckpoints(dir: string, publicKey: KeyObject): P
     const follows = before === undefined ? c.seq === 1 && c.prevHeadId === 0 : before === null || (c.seq === before.seq + 1 && c.prevHeadId === before.headId);
     if (!follows) {
       const what = before ? `follows seq ${before.seq} (head ${before.headId})` : 'is the first line';
-      out.findings.push({ line, seq: c.seq, problem: 'checkpoint-gap', message: `checkpoint line ${line}: seq ${c.seq} (from row ${c.prevHeadId + 1}) ${what}: checkpoints between are missing from the file` });
+      out.findings.push({
+        line,
+        seq: c.seq,
+        problem: 'checkpoint-gap',
+        message: `checkpoint line ${line}: seq ${c.seq} (from row ${c.prevHeadId + 1}) ${what}: checkpoints between are missing from the file`,
+      });
     }
     out.checkpoints.push(c);
     before = c;
@@ -153,7 +167,9 @@ function lastCheckpoint(dir: string, key: SigningKey): AuditCheckpoint | null {
   if (text === null) return null;
   const checked = checkLine(text, key.publicKey, key.keyId);
   if (!('checkpoint' in checked)) {
-    throw new AuditCheckpointRefused(`${file}: the last line: ${checked.message}; no checkpoint is added after a line that does not verify (runbooks/audit-verify-failed.md)`);
+    throw new AuditCheckpointRefused(
+      `${file}: the last line: ${checked.message}; no checkpoint is added after a line that does not verify (runbooks/audit-verify-failed.md)`,
+    );
   }
   return checked.checkpoint;
 }
@@ -182,14 +198,18 @@ export async function writeAuditCheckpoint(q: Queryable, opts: { dir: string; ke
   if (prev) {
     const { rows } = await q.query<{ hash: string }>('SELECT hash FROM audit_log WHERE id = $1', [prev.headId]);
     if (rows[0]?.hash !== prev.headHash) {
-      throw new AuditCheckpointRefused(`row ${prev.headId}, the head of checkpoint ${prev.seq}, is ${rows[0] ? 'not the row checkpointed' : 'gone'}: run govloop audit verify`);
+      throw new AuditCheckpointRefused(
+        `row ${prev.headId}, the head of checkpoint ${prev.seq}, is ${rows[0] ? 'not the row checkpointed' : 'gone'}: run govloop audit verify`,
+      );
     }
     prevHash = prev.headHash;
   }
   const rowHashes: [number, string][] = [];
   for await (const r of auditRows(q, { afterId: prev?.headId ?? 0, ...(opts.batchSize !== undefined ? { batchSize: opts.batchSize } : {}) })) {
     if (recomputeHash(r) !== r.hash || r.prev_hash !== prevHash) {
-      throw new AuditCheckpointRefused(`row ${r.id} does not fit the chain (${recomputeHash(r) !== r.hash ? 'altered' : 'does not follow its predecessor'}): run govloop audit verify`);
+      throw new AuditCheckpointRefused(
+        `row ${r.id} does not fit the chain (${recomputeHash(r) !== r.hash ? 'altered' : 'does not follow its predecessor'}): run govloop audit verify`,
+      );
     }
     rowHashes.push([r.id, r.hash]);
     prevHash = r.hash;
@@ -225,7 +245,10 @@ export async function writeAuditCheckpoint(q: Queryable, opts: { dir: string; ke
  * Where checkpoints and the signing key live: policies.audit, where null means under the data dir
  * (`audit-checkpoints/`, `govloop-signing-key.pem`); a relative path is taken from the data dir too.
  */
-export function auditPaths(audit: { checkpointDir: string | null; signingKeyFile: string | null }, dataDir: string): { checkpointDir: string; signingKeyFile: string } {
+export function auditPaths(
+  audit: { checkpointDir: string | null; signingKeyFile: string | null },
+  dataDir: string,
+): { checkpointDir: string; signingKeyFile: string } {
   return {
     checkpointDir: resolve(dataDir, audit.checkpointDir ?? 'audit-checkpoints'),
     signingKeyFile: resolve(dataDir, audit.signingKeyFile ?? 'govloop-signing-key.pem'),

@@ -34,7 +34,17 @@ export function canonicalJson(value: unknown): string {
 function rowHash(prev: string, row: { id: number; at: Date; actor: string; taskId: string | null; action: string; decision: string; detail: unknown }): string {
   return createHash('sha256')
     .update(prev)
-    .update(canonicalJson({ id: row.id, at: row.at.toISOString(), actor: row.actor, taskId: row.taskId, action: row.action, decision: row.decision, detail: row.detail }))
+    .update(
+      canonicalJson({
+        id: row.id,
+        at: row.at.toISOString(),
+        actor: row.actor,
+        taskId: row.taskId,
+        action: row.action,
+        decision: row.decision,
+        detail: row.detail,
+      }),
+    )
     .digest('hex');
 }
 
@@ -79,7 +89,8 @@ export interface AuditRow {
 }
 
 /** The hash a row's content and prev_hash give; equal to `hash` for a row nobody edited. */
-export const recomputeHash = (r: AuditRow): string => rowHash(r.prev_hash, { id: r.id, at: r.at, actor: r.actor, taskId: r.task_id, action: r.action, decision: r.decision, detail: r.detail });
+export const recomputeHash = (r: AuditRow): string =>
+  rowHash(r.prev_hash, { id: r.id, at: r.at, actor: r.actor, taskId: r.task_id, action: r.action, decision: r.decision, detail: r.detail });
 
 /**
  * The rows after `afterId`, in id order, read in batches of `batchSize` by keyset pagination:
@@ -173,27 +184,47 @@ export async function verifyAudit(q: Queryable, opts: { checkpoints?: AuditCheck
       // A checkpointed row that should come before this one is not in the table. When this row is
       // past the newest checkpoint, everything checkpointed from the missing row on is gone.
       const cut = r.id > newestHead;
-      return fail(next[0], cut ? 'cut-tail' : 'removed', `row ${next[0]} is in checkpoint ${next[2]} but not in the table${cut ? ', nor is any checkpointed row after it' : ''}`);
+      return fail(
+        next[0],
+        cut ? 'cut-tail' : 'removed',
+        `row ${next[0]} is in checkpoint ${next[2]} but not in the table${cut ? ', nor is any checkpointed row after it' : ''}`,
+      );
     }
     if (recomputeHash(r) !== r.hash) return fail(r.id, 'altered', `row ${r.id}'s content does not give its hash`);
     if (r.prev_hash !== prev) {
       // The row is self-consistent but does not follow its predecessor: either it was forged into
       // the chain, or the row it followed is gone.
       const known = (await q.query('SELECT 1 FROM audit_log WHERE hash = $1 LIMIT 1', [r.prev_hash])).rowCount;
-      return known ? fail(r.id, 'inserted', `row ${r.id} follows a row other than its predecessor`) : fail(r.id, 'removed-before', `the row that row ${r.id} followed is gone`);
+      return known
+        ? fail(r.id, 'inserted', `row ${r.id} follows a row other than its predecessor`)
+        : fail(r.id, 'removed-before', `the row that row ${r.id} followed is gone`);
     }
     if (next && next[0] === r.id) {
-      if (next[1] !== r.hash) return fail(r.id, 'rewritten', `row ${r.id} fits the chain, but its hash is not the one checkpoint ${next[2]} signed: the chain was rewritten from here`);
+      if (next[1] !== r.hash)
+        return fail(
+          r.id,
+          'rewritten',
+          `row ${r.id} fits the chain, but its hash is not the one checkpoint ${next[2]} signed: the chain was rewritten from here`,
+        );
       j++;
     } else {
       while (k < ranges.length && ranges[k]!.to < r.id) k++;
       const range = ranges[k];
-      if (range && range.from < r.id) return fail(r.id, 'inserted', `row ${r.id} is not in checkpoint ${range.seq}, which covers ids ${range.from + 1}..${range.to}`);
+      if (range && range.from < r.id)
+        return fail(r.id, 'inserted', `row ${r.id} is not in checkpoint ${range.seq}, which covers ids ${range.from + 1}..${range.to}`);
     }
     prev = r.hash;
   }
   const missing = expected[j];
-  if (missing) return { ok: false, rows: n, firstBadId: missing[0], problem: 'cut-tail', message: `the table ends before row ${missing[0]} of checkpoint ${missing[2]} (checkpointed head: row ${newestHead})`, ...extras };
+  if (missing)
+    return {
+      ok: false,
+      rows: n,
+      firstBadId: missing[0],
+      problem: 'cut-tail',
+      message: `the table ends before row ${missing[0]} of checkpoint ${missing[2]} (checkpointed head: row ${newestHead})`,
+      ...extras,
+    };
   const bad = findings[0];
   if (bad) return { ok: false, rows: n, firstBadId: null, problem: bad.problem, message: bad.message, checkpointLine: bad.line, ...extras };
   return { ok: true, rows: n, ...extras };

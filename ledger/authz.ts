@@ -36,8 +36,21 @@ export async function checkAccess(
 }
 
 /** Audits a refused call: who (as far as known), what, the code. */
-export async function auditRefusal(q: Queryable, p: Pick<Principal, 'subject' | 'verified'> | null, action: string, d: { code: string; message: string }, detail: Record<string, unknown>, taskId: string | null = null): Promise<void> {
-  await appendAudit(q, { actor: p ? actorName(p) : 'unauthenticated', taskId, action: 'authz.refused', decision: d.code, detail: { attempted: action, message: d.message, ...detail } });
+export async function auditRefusal(
+  q: Queryable,
+  p: Pick<Principal, 'subject' | 'verified'> | null,
+  action: string,
+  d: { code: string; message: string },
+  detail: Record<string, unknown>,
+  taskId: string | null = null,
+): Promise<void> {
+  await appendAudit(q, {
+    actor: p ? actorName(p) : 'unauthenticated',
+    taskId,
+    action: 'authz.refused',
+    decision: d.code,
+    detail: { attempted: action, message: d.message, ...detail },
+  });
 }
 
 /** The tenants `p` may read: null for all (a platform admin), else the tenants where it holds a role (a key: its own tenant). */

@@ -106,7 +106,15 @@ export type ReserveResult = { ok: true; amountMicros: number } | { ok: false; re
  * transaction with the windows locked: concurrent reservations can never overspend a budget.
  * Idempotent by task id, overlapping calls for one task included. The task moves to Reserved in the same transaction.
  */
-export async function reserve(db: Db, taskId: string, a: Attribution, amountMicros: number, at: Date, quota?: GpuQuotaCheck, opts: { requeued?: boolean } = {}): Promise<ReserveResult> {
+export async function reserve(
+  db: Db,
+  taskId: string,
+  a: Attribution,
+  amountMicros: number,
+  at: Date,
+  quota?: GpuQuotaCheck,
+  opts: { requeued?: boolean } = {},
+): Promise<ReserveResult> {
   return db.tx(async (c) => {
     // One reserve() of a task at a time. An activity retried after a timeout while its first
     // attempt still runs would otherwise pass the look for an existing reservation below alongside
@@ -129,7 +137,15 @@ export async function reserve(db: Db, taskId: string, a: Attribution, amountMicr
         return {
           ok: false,
           retry: true,
-          reasons: [reason(ReasonCode.GpuQuotaBusy, `team ${a.team} holds ${inUse} of ${quota.quota} ${quota.gpuType} GPUs; ${quota.gpus} more must wait`, quota.quota - inUse, quota.gpus, quota.policy)],
+          reasons: [
+            reason(
+              ReasonCode.GpuQuotaBusy,
+              `team ${a.team} holds ${inUse} of ${quota.quota} ${quota.gpuType} GPUs; ${quota.gpus} more must wait`,
+              quota.quota - inUse,
+              quota.gpus,
+              quota.policy,
+            ),
+          ],
         };
       }
     }
@@ -148,14 +164,19 @@ export async function reserve(db: Db, taskId: string, a: Attribution, amountMicr
       return { ok: false, retry: false, reasons };
     }
     for (const w of windows) {
-      await c.query('UPDATE budget_windows SET reserved_micros = reserved_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, amountMicros]);
+      await c.query('UPDATE budget_windows SET reserved_micros = reserved_micros + $3 WHERE budget_id = $1 AND window_key = $2', [
+        w.budget_id,
+        w.window_key,
+        amountMicros,
+      ]);
     }
     await c.query(`INSERT INTO reservations (task_id, amount_micros, remaining_micros, state) VALUES ($1, $2, $2, 'held')`, [taskId, amountMicros]);
     if (windows.length > 0) {
-      await c.query(
-        'INSERT INTO reservation_holds (task_id, budget_id, window_key) SELECT $1, * FROM unnest($2::bigint[], $3::text[])',
-        [taskId, windows.map((w) => w.budget_id), windows.map((w) => w.window_key)],
-      );
+      await c.query('INSERT INTO reservation_holds (task_id, budget_id, window_key) SELECT $1, * FROM unnest($2::bigint[], $3::text[])', [
+        taskId,
+        windows.map((w) => w.budget_id),
+        windows.map((w) => w.window_key),
+      ]);
     }
     await c.query(`UPDATE tasks SET state = 'Reserved' WHERE task_id = $1`, [taskId]);
     await appendAudit(c, {
@@ -174,25 +195,43 @@ export async function reserve(db: Db, taskId: string, a: Attribution, amountMicr
  * Moves `costMicros` of a task's usage from reserved to spent. Called in the transaction that
  * records the usage. Usage beyond what is still reserved is spent without a hold.
  */
-export async function chargeBudgets(q: Queryable, taskId: string | null, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, costMicros: number, at: Date): Promise<void> {
+export async function chargeBudgets(
+  q: Queryable,
+  taskId: string | null,
+  a: Pick<Attribution, 'tenant' | 'team' | 'project'>,
+  costMicros: number,
+  at: Date,
+): Promise<void> {
   let consumed = 0;
   let holds: { budget_id: number; window_key: string }[] = [];
   if (taskId !== null) {
-    const r = await q.query<{ remaining_micros: number }>(`SELECT remaining_micros FROM reservations WHERE task_id = $1 AND state = 'held' FOR UPDATE`, [taskId]);
+    const r = await q.query<{ remaining_micros: number }>(`SELECT remaining_micros FROM reservations WHERE task_id = $1 AND state = 'held' FOR UPDATE`, [
+      taskId,
+    ]);
     if (r.rows[0]) {
       consumed = Math.min(costMicros, r.rows[0].remaining_micros);
       await q.query('UPDATE reservations SET remaining_micros = remaining_micros - $2 WHERE task_id = $1', [taskId, consumed]);
-      holds = (await q.query<{ budget_id: number; window_key: string }>('SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id', [taskId])).rows;
+      holds = (
+        await q.query<{ budget_id: number; window_key: string }>('SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id', [
+          taskId,
+        ])
+      ).rows;
     }
   }
   const windows = await coveringWindows(q, a, at, true);
   for (const h of holds) {
-    await q.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [h.budget_id, h.window_key, consumed]);
+    await q.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [
+      h.budget_id,
+      h.window_key,
+      consumed,
+    ]);
   }
   for (const w of windows) {
-    await q.query('UPDATE budget_windows SET spent_micros = spent_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, costMicros]).catch((err: unknown) => {
-      throw overLimit(err, `the spend of budget ${scopeLabel(w)} ${w.period} window ${w.window_key}`, costMicros) ?? err;
-    });
+    await q
+      .query('UPDATE budget_windows SET spent_micros = spent_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, costMicros])
+      .catch((err: unknown) => {
+        throw overLimit(err, `the spend of budget ${scopeLabel(w)} ${w.period} window ${w.window_key}`, costMicros) ?? err;
+      });
   }
 }
 
@@ -206,16 +245,27 @@ export async function releaseIn(c: Queryable, taskId: string): Promise<number> {
   const r = await c.query<{ remaining_micros: number }>(`SELECT remaining_micros FROM reservations WHERE task_id = $1 AND state = 'held' FOR UPDATE`, [taskId]);
   const row = r.rows[0];
   if (!row) return 0;
-  const holds = await c.query<{ budget_id: number; window_key: string }>('SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id', [taskId]);
+  const holds = await c.query<{ budget_id: number; window_key: string }>(
+    'SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id',
+    [taskId],
+  );
   for (const h of holds.rows) {
-    await c.query(
-      'SELECT 1 FROM budget_windows WHERE budget_id = $1 AND window_key = $2 FOR UPDATE',
-      [h.budget_id, h.window_key],
-    );
-    await c.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [h.budget_id, h.window_key, row.remaining_micros]);
+    await c.query('SELECT 1 FROM budget_windows WHERE budget_id = $1 AND window_key = $2 FOR UPDATE', [h.budget_id, h.window_key]);
+    await c.query('UPDATE budget_windows SET reserved_micros = GREATEST(0, reserved_micros - $3) WHERE budget_id = $1 AND window_key = $2', [
+      h.budget_id,
+      h.window_key,
+      row.remaining_micros,
+    ]);
   }
   await c.query(`UPDATE reservations SET state = 'released', remaining_micros = 0, released_at = now() WHERE task_id = $1`, [taskId]);
-  await appendAudit(c, { actor: 'govloop', taskId, action: 'release', decision: 'released', detail: { usd: microsToUsd(row.remaining_micros) }, dedupeKey: `${taskId}:release` });
+  await appendAudit(c, {
+    actor: 'govloop',
+    taskId,
+    action: 'release',
+    decision: 'released',
+    detail: { usd: microsToUsd(row.remaining_micros) },
+    dedupeKey: `${taskId}:release`,
+  });
   return row.remaining_micros;
 }
 
@@ -239,7 +289,10 @@ export async function showBudgets(q: Queryable, filter: BudgetScope & { period?:
   const out: BudgetView[] = [];
   for (const b of rows) {
     const key = windowKey(b.period, at);
-    const w = await q.query<{ reserved_micros: number; spent_micros: number }>('SELECT reserved_micros, spent_micros FROM budget_windows WHERE budget_id = $1 AND window_key = $2', [b.id, key]);
+    const w = await q.query<{ reserved_micros: number; spent_micros: number }>(
+      'SELECT reserved_micros, spent_micros FROM budget_windows WHERE budget_id = $1 AND window_key = $2',
+      [b.id, key],
+    );
     out.push({
       budgetId: b.id,
       scope: scopeLabel(b),
@@ -270,7 +323,14 @@ export interface ChangeAuthority {
  * What `govloop budget set` does: a new budget, or a lower limit, applies at once; a raise of an
  * existing limit is recorded as pending until another person approves it (four eyes).
  */
-export async function requestBudgetChange(db: Db, scope: BudgetScope, period: Period, usd: number, who: string | ChangeAuthority, why: string): Promise<BudgetChange> {
+export async function requestBudgetChange(
+  db: Db,
+  scope: BudgetScope,
+  period: Period,
+  usd: number,
+  who: string | ChangeAuthority,
+  why: string,
+): Promise<BudgetChange> {
   const micros = usdToMicros(usd);
   const actor = typeof who === 'string' ? who : actorName(who.principal);
   return db.tx(async (c) => {
@@ -291,7 +351,13 @@ export async function requestBudgetChange(db: Db, scope: BudgetScope, period: Pe
         [row.id, row.limit_micros, micros, actor, why],
       );
       const raiseId = r.rows[0]!.id;
-      await appendAudit(c, { actor, taskId: null, action: micros > row.limit_micros ? 'budget.raise' : 'budget.lower', decision: 'requested', detail: { raiseId, scope: scopeLabel(scope), period, fromUsd: microsToUsd(row.limit_micros), toUsd: usd, reason: why } });
+      await appendAudit(c, {
+        actor,
+        taskId: null,
+        action: micros > row.limit_micros ? 'budget.raise' : 'budget.lower',
+        decision: 'requested',
+        detail: { raiseId, scope: scopeLabel(scope), period, fromUsd: microsToUsd(row.limit_micros), toUsd: usd, reason: why },
+      });
       return { applied: false, raiseId, budgetId: row.id, fromUsd: microsToUsd(row.limit_micros), toUsd: usd };
     }
     const up = await c.query<{ id: number }>(
@@ -306,14 +372,31 @@ export async function requestBudgetChange(db: Db, scope: BudgetScope, period: Pe
 }
 
 export type RaiseDecision =
-  | { recorded: true; raiseId: number; budgetId: number; budget: { tenant: string; team: string; project: string; period: Period }; state: 'approved' | 'rejected'; limitUsd: number }
+  | {
+      recorded: true;
+      raiseId: number;
+      budgetId: number;
+      budget: { tenant: string; team: string; project: string; period: Period };
+      state: 'approved' | 'rejected';
+      limitUsd: number;
+    }
   | { recorded: false; raiseId: number; code: 'not-found' | 'self-approval' | 'already-decided' | 'FORBIDDEN' | 'TENANT_SCOPE'; message: string };
 
 /** Approves or rejects a pending raise; the requester cannot decide their own. */
 export async function decideRaise(db: Db, raiseId: number, decision: 'approve' | 'reject', who: string | Principal, why: string): Promise<RaiseDecision> {
   const by = typeof who === 'string' ? who : actorName(who);
   return db.tx(async (c) => {
-    const r = await c.query<{ budget_id: number; to_micros: number; from_micros: number; requested_by: string; state: string; tenant: string; team: string; project: string; period: Period }>(
+    const r = await c.query<{
+      budget_id: number;
+      to_micros: number;
+      from_micros: number;
+      requested_by: string;
+      state: string;
+      tenant: string;
+      team: string;
+      project: string;
+      period: Period;
+    }>(
       `SELECT r.budget_id, r.to_micros, r.from_micros, r.requested_by, r.state, b.tenant, b.team, b.project, b.period
          FROM budget_raises r JOIN budgets b ON b.id = r.budget_id WHERE r.id = $1 FOR UPDATE OF r`,
       [raiseId],
@@ -333,7 +416,20 @@ export async function decideRaise(db: Db, raiseId: number, decision: 'approve' |
     const state = decision === 'approve' ? 'approved' : 'rejected';
     await c.query('UPDATE budget_raises SET state = $2, decided_by = $3, decided_at = now() WHERE id = $1', [raiseId, state, by]);
     if (state === 'approved') await c.query('UPDATE budgets SET limit_micros = $2, updated_at = now() WHERE id = $1', [row.budget_id, row.to_micros]);
-    await appendAudit(c, { actor: by, taskId: null, action: row.to_micros > row.from_micros ? 'budget.raise' : 'budget.lower', decision: state, detail: { raiseId, budgetId: row.budget_id, fromUsd: microsToUsd(row.from_micros), toUsd: microsToUsd(row.to_micros), reason: why } });
-    return { recorded: true, raiseId, budgetId: row.budget_id, budget: { tenant: row.tenant, team: row.team, project: row.project, period: row.period }, state, limitUsd: microsToUsd(state === 'approved' ? row.to_micros : row.from_micros) };
+    await appendAudit(c, {
+      actor: by,
+      taskId: null,
+      action: row.to_micros > row.from_micros ? 'budget.raise' : 'budget.lower',
+      decision: state,
+      detail: { raiseId, budgetId: row.budget_id, fromUsd: microsToUsd(row.from_micros), toUsd: microsToUsd(row.to_micros), reason: why },
+    });
+    return {
+      recorded: true,
+      raiseId,
+      budgetId: row.budget_id,
+      budget: { tenant: row.tenant, team: row.team, project: row.project, period: row.period },
+      state,
+      limitUsd: microsToUsd(state === 'approved' ? row.to_micros : row.from_micros),
+    };
   });
 }

@@ -14,7 +14,9 @@ export function overLimit(err: unknown, what: string, addingMicros: number): Usa
   const e = err as { code?: string; constraint?: string };
   const over = e.code === '22003' || (e.code === '23514' && typeof e.constraint === 'string' && e.constraint.endsWith('_max'));
   if (!over) return null;
-  return new UsageLimitError(`adding $${(addingMicros / 1e6).toLocaleString('en-US')} to ${what} would pass the ledger's ceiling of $${(MAX_LEDGER_MICROS / 1e6).toLocaleString('en-US')} (2^53 - 1 micro-dollars): refused, nothing recorded`);
+  return new UsageLimitError(
+    `adding $${(addingMicros / 1e6).toLocaleString('en-US')} to ${what} would pass the ledger's ceiling of $${(MAX_LEDGER_MICROS / 1e6).toLocaleString('en-US')} (2^53 - 1 micro-dollars): refused, nothing recorded`,
+  );
 }
 
 export interface Queryable {
@@ -64,7 +66,8 @@ const CONNECTION_SQLSTATE = /^(08...|57P0[1235]|25P03)$/;
 /** Socket errors of a server that is down, restarting or unreachable. */
 const CONNECTION_ERRNO = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND']);
 /** pg 8's own errors for a lost or unobtainable connection carry no code, only these messages. */
-const CONNECTION_MESSAGE = /^(Connection terminated|Client has encountered a connection error|Client was closed and is not queryable|timeout exceeded when trying to connect)/;
+const CONNECTION_MESSAGE =
+  /^(Connection terminated|Client has encountered a connection error|Client was closed and is not queryable|timeout exceeded when trying to connect)/;
 
 /** True when `err` says the ledger could not be reached or dropped the connection: worth a retry, never a data error. */
 export function isConnectionError(err: unknown): boolean {
@@ -154,7 +157,10 @@ export class Db implements Queryable {
     } catch (err) {
       failure = err;
       // The most telling cause: the statement's own SQLSTATE (57P01 …) if it had one, else what the client heard.
-      if (lost) throw err instanceof LedgerUnavailableError ? err : new LedgerUnavailableError(isConnectionError(err) && typeof (err as { code?: unknown }).code === 'string' ? err : lost);
+      if (lost)
+        throw err instanceof LedgerUnavailableError
+          ? err
+          : new LedgerUnavailableError(isConnectionError(err) && typeof (err as { code?: unknown }).code === 'string' ? err : lost);
       throw asLedgerError(err);
     } finally {
       client.removeListener('error', onError);

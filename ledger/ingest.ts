@@ -64,7 +64,12 @@ export const IngestEvent = z
     meter: z.enum(IngestMeters, { error: `must be one of ${IngestMeters.join(', ')}` }),
     quantity,
     /** gpu_seconds only: the GPU type and sharing mode it was measured on (price-book keys). */
-    gpuType: z.string().min(1).max(64).regex(/^[^:]+$/, 'must not contain ":"').optional(),
+    gpuType: z
+      .string()
+      .min(1)
+      .max(64)
+      .regex(/^[^:]+$/, 'must not contain ":"')
+      .optional(),
     sharing: Sharing.optional(),
     /** One stream of partial events: `offset` is the stream's total quantity before this event. */
     streamId: id.optional(),
@@ -73,10 +78,13 @@ export const IngestEvent = z
   .superRefine((e, ctx) => {
     if (TokenMeters.has(e.meter) && !Number.isInteger(e.quantity)) ctx.addIssue({ code: 'custom', path: ['quantity'], message: 'tokens are whole numbers' });
     if (e.meter !== 'gpu_seconds') {
-      for (const k of ['gpuType', 'sharing'] as const) if (e[k] !== undefined) ctx.addIssue({ code: 'custom', path: [k], message: 'only for meter gpu_seconds' });
+      for (const k of ['gpuType', 'sharing'] as const)
+        if (e[k] !== undefined) ctx.addIssue({ code: 'custom', path: [k], message: 'only for meter gpu_seconds' });
     }
-    if ((e.streamId === undefined) !== (e.offset === undefined)) ctx.addIssue({ code: 'custom', path: [e.streamId === undefined ? 'streamId' : 'offset'], message: 'streamId and offset go together' });
-    if (e.offset !== undefined && TokenMeters.has(e.meter) && !Number.isInteger(e.offset)) ctx.addIssue({ code: 'custom', path: ['offset'], message: 'tokens are whole numbers' });
+    if ((e.streamId === undefined) !== (e.offset === undefined))
+      ctx.addIssue({ code: 'custom', path: [e.streamId === undefined ? 'streamId' : 'offset'], message: 'streamId and offset go together' });
+    if (e.offset !== undefined && TokenMeters.has(e.meter) && !Number.isInteger(e.offset))
+      ctx.addIssue({ code: 'custom', path: ['offset'], message: 'tokens are whole numbers' });
   })
   .superRefine(refuseControlCharacters);
 export type IngestEvent = z.infer<typeof IngestEvent>;
@@ -142,7 +150,9 @@ export function parseIngestRequest(body: unknown): { ok: true; events: IngestEve
 export async function ingestUsage(db: Db, tenant: string, body: unknown, opts: IngestOptions): Promise<IngestOutcome> {
   const parsed = parseIngestRequest(body);
   if (!parsed.ok) return { outcome: 'invalid', errors: parsed.errors };
-  const foreign = parsed.events.flatMap((e, i) => (e.attribution.tenant === tenant ? [] : [{ path: `events.${i}.attribution.tenant`, message: `${e.attribution.tenant} is not the tenant of this API key` }]));
+  const foreign = parsed.events.flatMap((e, i) =>
+    e.attribution.tenant === tenant ? [] : [{ path: `events.${i}.attribution.tenant`, message: `${e.attribution.tenant} is not the tenant of this API key` }],
+  );
   if (foreign.length > 0) return { outcome: 'forbidden', errors: foreign };
   const limits = opts.limits ?? DEFAULT_USAGE_LIMITS;
   const over = parsed.events.flatMap((e, i) => {
@@ -157,7 +167,10 @@ export async function ingestUsage(db: Db, tenant: string, body: unknown, opts: I
     // An event over the cost cap (found before anything is written), or a sum past the ceiling (rolled back).
     const index = err.key === undefined ? -1 : parsed.events.findIndex((e) => eventKey(tenant, e.id) === err.key);
     if (index < 0) return { outcome: 'refused', errors: [{ path: 'events', message: err.message }] };
-    return { outcome: 'invalid', errors: [{ path: `events.${index}.${err.field ?? 'quantity'}`, message: err.message.replace(/^usage event \S+: \w+: /, '') }] };
+    return {
+      outcome: 'invalid',
+      errors: [{ path: `events.${index}.${err.field ?? 'quantity'}`, message: err.message.replace(/^usage event \S+: \w+: /, '') }],
+    };
   }
 }
 
@@ -178,7 +191,8 @@ export async function recordIngested(db: Db, tenant: string, events: readonly In
   events.forEach((e, index) => {
     if (e.attribution.tenant !== tenant) throw new Error(`event ${index} is of tenant ${e.attribution.tenant}, not ${tenant}`);
     const at = new Date(e.time);
-    if (at.getTime() < oldest) return void outside.push({ index, code: 'stale', reason: `time: ${e.time} is older than the ${opts.maxAgeHours} h ingestion window` });
+    if (at.getTime() < oldest)
+      return void outside.push({ index, code: 'stale', reason: `time: ${e.time} is older than the ${opts.maxAgeHours} h ingestion window` });
     if (at.getTime() > latest) return void outside.push({ index, code: 'future', reason: `time: ${e.time} is more than ${skew} s in the future` });
     valid.push({ index, e, at });
   });
@@ -217,7 +231,11 @@ export async function recordIngested(db: Db, tenant: string, events: readonly In
       e.attribution.team ??= task.team;
       e.attribution.project ??= task.project;
       if (task.team !== e.attribution.team || task.project !== e.attribution.project) {
-        rejected.push({ index, code: 'task', reason: `taskId: task ${e.taskId} belongs to ${task.team}/${task.project}, not ${e.attribution.team}/${e.attribution.project}` });
+        rejected.push({
+          index,
+          code: 'task',
+          reason: `taskId: task ${e.taskId} belongs to ${task.team}/${task.project}, not ${e.attribution.team}/${e.attribution.project}`,
+        });
         continue;
       }
     }

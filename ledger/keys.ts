@@ -43,7 +43,10 @@ export async function createKey(q: Db | Queryable, tenant: string, by: string, s
   const key = `${KEY_PREFIX}${randomBytes(32).toString('base64url')}`;
   const prefix = key.slice(0, DISPLAY_CHARS);
   const run = async (c: Queryable): Promise<CreatedKey> => {
-    const { rows } = await c.query<{ id: number }>('INSERT INTO api_keys (tenant, key_hash, prefix, created_by, subject) VALUES ($1, $2, $3, $4, $5) RETURNING id', [tenant, hashKey(key), prefix, by, subject]);
+    const { rows } = await c.query<{ id: number }>(
+      'INSERT INTO api_keys (tenant, key_hash, prefix, created_by, subject) VALUES ($1, $2, $3, $4, $5) RETURNING id',
+      [tenant, hashKey(key), prefix, by, subject],
+    );
     const id = rows[0]!.id;
     await appendAudit(c, { actor: by, taskId: null, action: 'apikey.create', decision: 'recorded', detail: { tenant, subject, prefix, keyId: id } });
     return { id, key, tenant, subject, prefix };
@@ -54,7 +57,10 @@ export async function createKey(q: Db | Queryable, tenant: string, by: string, s
 /** The user and tenant of a live key issued to a user; null for a malformed, unknown, revoked or tenant-only key. */
 export async function principalOfKey(q: Queryable, key: string): Promise<{ subject: string; tenant: string } | null> {
   if (!KEY_PATTERN.test(key)) return null;
-  const { rows } = await q.query<{ tenant: string; subject: string | null }>('SELECT tenant, subject FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL', [hashKey(key)]);
+  const { rows } = await q.query<{ tenant: string; subject: string | null }>(
+    'SELECT tenant, subject FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL',
+    [hashKey(key)],
+  );
   const r = rows[0];
   return r && r.subject !== null ? { subject: r.subject, tenant: r.tenant } : null;
 }
@@ -71,7 +77,10 @@ export type RevokeResult = { revoked: true; key: KeyInfo } | { revoked: false; r
 /** Revokes the one key of `tenant` whose display prefix is `prefix`; audited as `apikey.revoke`. */
 export async function revokeKey(q: Db | Queryable, tenant: string, prefix: string, by: string): Promise<RevokeResult> {
   const run = async (c: Queryable): Promise<RevokeResult> => {
-    const { rows } = await c.query<{ id: number; revoked_at: Date | null }>('SELECT id, revoked_at FROM api_keys WHERE tenant = $1 AND prefix = $2 FOR UPDATE', [tenant, prefix]);
+    const { rows } = await c.query<{ id: number; revoked_at: Date | null }>(
+      'SELECT id, revoked_at FROM api_keys WHERE tenant = $1 AND prefix = $2 FOR UPDATE',
+      [tenant, prefix],
+    );
     if (rows.length === 0) return { revoked: false, reason: 'not-found' };
     const live = rows.filter((r) => r.revoked_at === null);
     if (live.length === 0) return { revoked: false, reason: 'already-revoked' };
@@ -86,9 +95,22 @@ export async function revokeKey(q: Db | Queryable, tenant: string, prefix: strin
 
 /** A tenant's keys, newest first: prefixes and dates, never hashes. */
 export async function listKeys(q: Queryable, tenant: string): Promise<KeyInfo[]> {
-  const { rows } = await q.query<{ id: number; tenant: string; subject: string | null; prefix: string; created_by: string; created_at: Date; revoked_at: Date | null }>(
-    'SELECT id, tenant, subject, prefix, created_by, created_at, revoked_at FROM api_keys WHERE tenant = $1 ORDER BY id DESC',
-    [tenant],
-  );
-  return rows.map((r) => ({ id: r.id, tenant: r.tenant, subject: r.subject, prefix: r.prefix, createdBy: r.created_by, createdAt: r.created_at, revokedAt: r.revoked_at }));
+  const { rows } = await q.query<{
+    id: number;
+    tenant: string;
+    subject: string | null;
+    prefix: string;
+    created_by: string;
+    created_at: Date;
+    revoked_at: Date | null;
+  }>('SELECT id, tenant, subject, prefix, created_by, created_at, revoked_at FROM api_keys WHERE tenant = $1 ORDER BY id DESC', [tenant]);
+  return rows.map((r) => ({
+    id: r.id,
+    tenant: r.tenant,
+    subject: r.subject,
+    prefix: r.prefix,
+    createdBy: r.created_by,
+    createdAt: r.created_at,
+    revokedAt: r.revoked_at,
+  }));
 }

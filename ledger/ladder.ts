@@ -49,7 +49,13 @@ export async function budgetSnapshot(q: Queryable, budgetId: number, now: Date):
     [budget.tenant, budget.team, budget.project, since, now],
   );
   const hours = Math.max(1 / 60, (now.getTime() - since.getTime()) / 3_600_000);
-  const f = forecast({ spentUsd: microsToUsd(row.spent_micros), windowStart: bounds.start, windowEnd: bounds.end, now, recentUsdPerHour: microsToUsd(Number(recent.rows[0]?.cost ?? 0)) / hours });
+  const f = forecast({
+    spentUsd: microsToUsd(row.spent_micros),
+    windowStart: bounds.start,
+    windowEnd: bounds.end,
+    now,
+    recentUsdPerHour: microsToUsd(Number(recent.rows[0]?.cost ?? 0)) / hours,
+  });
   return {
     budgetId,
     scope: scopeLabel(budget),
@@ -87,7 +93,11 @@ export interface LadderChange {
  */
 export async function applyLadderChange(db: Db, c: LadderChange, actor = 'budget-controller'): Promise<LadderStep[]> {
   return db.tx(async (q) => {
-    await q.query('UPDATE budget_windows SET ladder_step = $3, ladder_changed_at = now() WHERE budget_id = $1 AND window_key = $2', [c.budgetId, c.window, c.to]);
+    await q.query('UPDATE budget_windows SET ladder_step = $3, ladder_changed_at = now() WHERE budget_id = $1 AND window_key = $2', [
+      c.budgetId,
+      c.window,
+      c.to,
+    ]);
     const fresh: LadderStep[] = [];
     for (const step of c.fired) {
       const r = await q.query(
@@ -97,14 +107,31 @@ export async function applyLadderChange(db: Db, c: LadderChange, actor = 'budget
       );
       if (r.rowCount) fresh.push(step);
     }
-    const scope = await q.query<{ tenant: string; team: string; project: string; period: string }>('SELECT tenant, team, project, period FROM budgets WHERE id = $1', [c.budgetId]);
+    const scope = await q.query<{ tenant: string; team: string; project: string; period: string }>(
+      'SELECT tenant, team, project, period FROM budgets WHERE id = $1',
+      [c.budgetId],
+    );
     const b = scope.rows[0];
     const label = b ? `${scopeLabel(b)}:${b.period}:${c.window}` : String(c.budgetId);
     if (c.fired.length === 0) {
-      await appendAudit(q, { actor, taskId: null, action: 'budget.ladder', decision: c.to, detail: { budget: label, from: c.from, sharePct: round(c.sharePct) }, dedupeKey: `ladder:${c.budgetId}:${c.window}:${c.crossing}:down:${c.to}` });
+      await appendAudit(q, {
+        actor,
+        taskId: null,
+        action: 'budget.ladder',
+        decision: c.to,
+        detail: { budget: label, from: c.from, sharePct: round(c.sharePct) },
+        dedupeKey: `ladder:${c.budgetId}:${c.window}:${c.crossing}:down:${c.to}`,
+      });
     }
     for (const step of fresh) {
-      await appendAudit(q, { actor, taskId: null, action: 'budget.ladder', decision: step, detail: { budget: label, from: c.from, sharePct: round(c.sharePct) }, dedupeKey: `ladder:${c.budgetId}:${c.window}:${c.crossing}:${step}` });
+      await appendAudit(q, {
+        actor,
+        taskId: null,
+        action: 'budget.ladder',
+        decision: step,
+        detail: { budget: label, from: c.from, sharePct: round(c.sharePct) },
+        dedupeKey: `ladder:${c.budgetId}:${c.window}:${c.crossing}:${step}`,
+      });
     }
     return fresh;
   });
@@ -113,7 +140,10 @@ export async function applyLadderChange(db: Db, c: LadderChange, actor = 'budget
 const round = (x: number) => (Number.isFinite(x) ? Math.round(x * 100) / 100 : x);
 
 /** Records a preemption the controller made (idempotent per crossing and victim). */
-export async function recordBudgetPreemption(db: Db, p: { budgetId: number; window: string; crossing: number; taskId: string; sharePct: number }): Promise<boolean> {
+export async function recordBudgetPreemption(
+  db: Db,
+  p: { budgetId: number; window: string; crossing: number; taskId: string; sharePct: number },
+): Promise<boolean> {
   return db.tx(async (q) => {
     const r = await q.query(
       `INSERT INTO ladder_events (budget_id, window_key, crossing, step, action, share_pct, detail) VALUES ($1, $2, $3, 'preempt', $4, $5, $6)
@@ -121,7 +151,14 @@ export async function recordBudgetPreemption(db: Db, p: { budgetId: number; wind
       [p.budgetId, p.window, p.crossing, `preempt:${p.taskId}`, p.sharePct, { taskId: p.taskId }],
     );
     if (!r.rowCount) return false;
-    await appendAudit(q, { actor: 'budget-controller', taskId: p.taskId, action: 'preempt', decision: 'stopped', detail: { budgetId: p.budgetId, window: p.window, sharePct: round(p.sharePct) }, dedupeKey: `preempt:${p.budgetId}:${p.window}:${p.crossing}:${p.taskId}` });
+    await appendAudit(q, {
+      actor: 'budget-controller',
+      taskId: p.taskId,
+      action: 'preempt',
+      decision: 'stopped',
+      detail: { budgetId: p.budgetId, window: p.window, sharePct: round(p.sharePct) },
+      dedupeKey: `preempt:${p.budgetId}:${p.window}:${p.crossing}:${p.taskId}`,
+    });
     return true;
   });
 }
@@ -137,7 +174,16 @@ export interface WindowLadder {
 export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date): Promise<WindowLadder[]> {
   // One query (the step gate runs this on every agent step): each covering budget joined to its
   // current window; a budget whose window has no row yet has nothing spent or reserved in it.
-  const { rows } = await q.query<{ tenant: string; team: string; project: string; period: Period; limit_micros: number; ladder_step: LadderStep; reserved_micros: number; spent_micros: number }>(
+  const { rows } = await q.query<{
+    tenant: string;
+    team: string;
+    project: string;
+    period: Period;
+    limit_micros: number;
+    ladder_step: LadderStep;
+    reserved_micros: number;
+    spent_micros: number;
+  }>(
     `SELECT b.tenant, b.team, b.project, b.period, b.limit_micros, w.ladder_step, w.reserved_micros, w.spent_micros
        FROM budgets b JOIN budget_windows w ON w.budget_id = b.id
         AND w.window_key = CASE b.period WHEN 'day' THEN $4 WHEN 'week' THEN $5 WHEN 'month' THEN $6 ELSE 'total' END
@@ -154,7 +200,13 @@ export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 
 }
 
 /** Running GPU work of a budget's scope, for the preempt step. */
-export async function runningGpuWork(q: Queryable, budgetId: number, priorities: Record<string, number>, critical: string[], now: Date): Promise<{ taskId: string; priority: number; critical: boolean; gpuHoursAtRisk: number }[]> {
+export async function runningGpuWork(
+  q: Queryable,
+  budgetId: number,
+  priorities: Record<string, number>,
+  critical: string[],
+  now: Date,
+): Promise<{ taskId: string; priority: number; critical: boolean; gpuHoursAtRisk: number }[]> {
   const { rows } = await q.query<{ task_id: string; priority: string; gpus: number; started: Date }>(
     `SELECT t.task_id, t.priority, COALESCE((t.plan->'gpu'->>'count')::int, 0) AS gpus, t.created_at AS started
        FROM tasks t JOIN attributions a ON a.id = t.attribution_id JOIN budgets b ON b.id = $1
@@ -172,13 +224,20 @@ export async function runningGpuWork(q: Queryable, budgetId: number, priorities:
 
 /** Every budget's key, for starting controllers. */
 export async function listBudgets(q: Queryable): Promise<{ tenant: string; team: string; project: string; period: Period }[]> {
-  const { rows } = await q.query<{ tenant: string; team: string; project: string; period: Period }>('SELECT tenant, team, project, period FROM budgets ORDER BY id');
+  const { rows } = await q.query<{ tenant: string; team: string; project: string; period: Period }>(
+    'SELECT tenant, team, project, period FROM budgets ORDER BY id',
+  );
   return rows;
 }
 
 /** The id of the budget with this key (scope levels it does not narrow are '*'), or null. */
 export async function budgetIdOf(q: Queryable, k: { tenant: string; team: string; project: string; period: string }): Promise<number | null> {
-  const { rows } = await q.query<{ id: number }>(`SELECT id FROM budgets WHERE tenant = $1 AND team = $2 AND project = $3 AND period = $4 AND unit = 'usd'`, [k.tenant, k.team, k.project, k.period]);
+  const { rows } = await q.query<{ id: number }>(`SELECT id FROM budgets WHERE tenant = $1 AND team = $2 AND project = $3 AND period = $4 AND unit = 'usd'`, [
+    k.tenant,
+    k.team,
+    k.project,
+    k.period,
+  ]);
   return rows[0]?.id ?? null;
 }
 
@@ -189,7 +248,12 @@ export type { LadderConfig };
  * Budgets covering an attribution whose share has passed the next threshold above the step their
  * controller last recorded: their controllers should look now rather than at their next poll.
  */
-export async function crossedBudgets(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, now: Date, ladder: LadderConfig): Promise<WindowLadder['budget'][]> {
+export async function crossedBudgets(
+  q: Queryable,
+  a: Pick<Attribution, 'tenant' | 'team' | 'project'>,
+  now: Date,
+  ladder: LadderConfig,
+): Promise<WindowLadder['budget'][]> {
   const windows = await scopeLadder(q, a, now);
   return windows.filter((w) => stepRank(ladderStep(w.sharePct, ladder)) > stepRank(w.step)).map((w) => w.budget);
 }
@@ -209,12 +273,36 @@ export interface RaiseView {
 
 /** Budget raises of a tenant, pending first then newest (what `govloop budget raises` lists). */
 export async function listRaises(q: Queryable, tenant: string, pendingOnly: boolean): Promise<RaiseView[]> {
-  const { rows } = await q.query<{ id: number; tenant: string; team: string; project: string; period: string; from_micros: number; to_micros: number; requested_by: string; reason: string; state: string; decided_by: string | null; requested_at: Date }>(
+  const { rows } = await q.query<{
+    id: number;
+    tenant: string;
+    team: string;
+    project: string;
+    period: string;
+    from_micros: number;
+    to_micros: number;
+    requested_by: string;
+    reason: string;
+    state: string;
+    decided_by: string | null;
+    requested_at: Date;
+  }>(
     `SELECT r.id, b.tenant, b.team, b.project, b.period, r.from_micros, r.to_micros, r.requested_by, r.reason, r.state, r.decided_by, r.requested_at
        FROM budget_raises r JOIN budgets b ON b.id = r.budget_id
       WHERE b.tenant = $1 AND (NOT $2 OR r.state = 'pending')
       ORDER BY (r.state = 'pending') DESC, r.id DESC LIMIT 200`,
     [tenant, pendingOnly],
   );
-  return rows.map((r) => ({ raiseId: r.id, scope: scopeLabel(r), period: r.period, fromUsd: microsToUsd(r.from_micros), toUsd: microsToUsd(r.to_micros), requestedBy: r.requested_by, reason: r.reason, state: r.state, decidedBy: r.decided_by, requestedAt: r.requested_at.toISOString() }));
+  return rows.map((r) => ({
+    raiseId: r.id,
+    scope: scopeLabel(r),
+    period: r.period,
+    fromUsd: microsToUsd(r.from_micros),
+    toUsd: microsToUsd(r.to_micros),
+    requestedBy: r.requested_by,
+    reason: r.reason,
+    state: r.state,
+    decidedBy: r.decided_by,
+    requestedAt: r.requested_at.toISOString(),
+  }));
 }

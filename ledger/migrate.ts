@@ -42,7 +42,9 @@ export async function migrate(db: Db): Promise<string[]> {
       // the ledger's statement timeout allows an ordinary statement; RESET below restores it.
       await client.query('SET statement_timeout = 0');
       await client.query('SELECT pg_advisory_lock($1)', [LOCK_KEY]);
-      const files = readdirSync(migrationsDir).filter((f) => f.endsWith('.sql')).sort();
+      const files = readdirSync(migrationsDir)
+        .filter((f) => f.endsWith('.sql'))
+        .sort();
       const umzug = new Umzug({
         migrations: files.map((file) => ({
           name: basename(file, '.sql'),

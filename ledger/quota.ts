@@ -91,7 +91,14 @@ export async function quotaState(
     };
   });
   const waiting = await gpuTasks(q, teams, req.gpuType, WAITING_STATES, req.taskId);
-  const pending: QuotaRequest[] = waiting.map((r) => ({ taskId: r.task_id, tenant: r.tenant, team: r.team, gpus: r.gpus, priority: prio(r.priority), queuedAt: r.created_at.toISOString() }));
+  const pending: QuotaRequest[] = waiting.map((r) => ({
+    taskId: r.task_id,
+    tenant: r.tenant,
+    team: r.team,
+    gpus: r.gpus,
+    priority: prio(r.priority),
+    queuedAt: r.created_at.toISOString(),
+  }));
   return {
     gpuType: req.gpuType,
     cohort,
@@ -136,27 +143,54 @@ export async function openPreemption(q: Queryable, p: PreemptionOrder): Promise<
  * preemption), records the GPU-seconds it lost this time (cumulative lost minus what earlier rounds
  * recorded), moves the task to Preempted and audits it naming the preemptor. Idempotent.
  */
-export async function closePreemption(q: Queryable, p: PreemptionOrder & { round: number; lostGpuSecondsTotal: number }): Promise<{ round: number; lostGpuSeconds: number }> {
+export async function closePreemption(
+  q: Queryable,
+  p: PreemptionOrder & { round: number; lostGpuSecondsTotal: number },
+): Promise<{ round: number; lostGpuSeconds: number }> {
   await q.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`preempt/${p.victimTaskId}`]);
   // A retried close of a round already closed answers the same.
-  const done = await q.query<{ lost_gpu_seconds: number }>('SELECT lost_gpu_seconds FROM preemptions WHERE victim_task_id = $1 AND round = $2 AND suspended_at IS NOT NULL', [p.victimTaskId, p.round]);
+  const done = await q.query<{ lost_gpu_seconds: number }>(
+    'SELECT lost_gpu_seconds FROM preemptions WHERE victim_task_id = $1 AND round = $2 AND suspended_at IS NOT NULL',
+    [p.victimTaskId, p.round],
+  );
   if (done.rows[0]) return { round: p.round, lostGpuSeconds: done.rows[0].lost_gpu_seconds };
   // An operator's preemption (or one whose order was lost) has no open row yet.
   await openPreemption(q, p);
-  const row = (await q.query<{ round: number; preemptor_task_id: string | null; by: string; reason: string; preemptor_tenant: string | null; preemptor_team: string | null }>(
-    'SELECT round, preemptor_task_id, by, reason, preemptor_tenant, preemptor_team FROM preemptions WHERE victim_task_id = $1 AND suspended_at IS NULL',
-    [p.victimTaskId],
-  )).rows[0]!;
-  const before = await q.query<{ lost: number }>('SELECT COALESCE(SUM(lost_gpu_seconds), 0)::float8 AS lost FROM preemptions WHERE victim_task_id = $1 AND round < $2', [p.victimTaskId, row.round]);
+  const row = (
+    await q.query<{
+      round: number;
+      preemptor_task_id: string | null;
+      by: string;
+      reason: string;
+      preemptor_tenant: string | null;
+      preemptor_team: string | null;
+    }>('SELECT round, preemptor_task_id, by, reason, preemptor_tenant, preemptor_team FROM preemptions WHERE victim_task_id = $1 AND suspended_at IS NULL', [
+      p.victimTaskId,
+    ])
+  ).rows[0]!;
+  const before = await q.query<{ lost: number }>(
+    'SELECT COALESCE(SUM(lost_gpu_seconds), 0)::float8 AS lost FROM preemptions WHERE victim_task_id = $1 AND round < $2',
+    [p.victimTaskId, row.round],
+  );
   const lost = Math.max(0, p.lostGpuSecondsTotal - before.rows[0]!.lost);
-  await q.query('UPDATE preemptions SET suspended_at = now(), lost_gpu_seconds = $3 WHERE victim_task_id = $1 AND round = $2', [p.victimTaskId, row.round, lost]);
+  await q.query('UPDATE preemptions SET suspended_at = now(), lost_gpu_seconds = $3 WHERE victim_task_id = $1 AND round = $2', [
+    p.victimTaskId,
+    row.round,
+    lost,
+  ]);
   await q.query(`UPDATE tasks SET state = 'Preempted' WHERE task_id = $1 AND finished_at IS NULL`, [p.victimTaskId]);
   await appendAudit(q, {
     actor: row.by,
     taskId: p.victimTaskId,
     action: 'preempt',
     decision: 'suspended',
-    detail: { round: row.round, preemptor: row.preemptor_task_id, preemptorTeam: row.preemptor_team ? `${row.preemptor_tenant}/${row.preemptor_team}` : null, reason: row.reason, lostGpuSeconds: lost },
+    detail: {
+      round: row.round,
+      preemptor: row.preemptor_task_id,
+      preemptorTeam: row.preemptor_team ? `${row.preemptor_tenant}/${row.preemptor_team}` : null,
+      reason: row.reason,
+      lostGpuSeconds: lost,
+    },
     dedupeKey: `${p.victimTaskId}:preempt:${row.round}`,
   });
   return { round: row.round, lostGpuSeconds: lost };
@@ -192,10 +226,20 @@ export async function queuedTasks(q: Queryable, policies: Policies, tenant?: str
   for (const r of rows) {
     const g = groupOf(r);
     if (!groups.has(g)) {
-      const state = r.gpu_type && r.gpus > 0 ? await quotaState(q, policies, { taskId: '', tenant: r.tenant, team: r.team, gpuType: r.gpu_type }, { quota: 0, policy: '' }) : null;
+      const state =
+        r.gpu_type && r.gpus > 0
+          ? await quotaState(q, policies, { taskId: '', tenant: r.tenant, team: r.team, gpuType: r.gpu_type }, { quota: 0, policy: '' })
+          : null;
       groups.set(g, { state, requests: [] });
     }
-    groups.get(g)!.requests.push({ taskId: r.task_id, tenant: r.tenant, team: r.team, gpus: r.gpus, priority: policies.priorities[r.priority] ?? 0, queuedAt: r.created_at.toISOString() });
+    groups.get(g)!.requests.push({
+      taskId: r.task_id,
+      tenant: r.tenant,
+      team: r.team,
+      gpus: r.gpus,
+      priority: policies.priorities[r.priority] ?? 0,
+      queuedAt: r.created_at.toISOString(),
+    });
   }
   const position = new Map<string, number>();
   for (const { state, requests } of groups.values()) {

@@ -198,7 +198,10 @@ export interface Capacity {
  * Showback: cost by dimensions from the rollups, unit costs, unattributed usage, and idle
  * capacity (when the cluster's capacity is given), for [from, to).
  */
-export async function showback(q: Queryable, opts: { by: UsageDim[]; from: Date; to: Date; tenant?: string; capacity?: Capacity; now?: Date; priceBook?: PriceBookVersion[] }): Promise<ShowbackReport> {
+export async function showback(
+  q: Queryable,
+  opts: { by: UsageDim[]; from: Date; to: Date; tenant?: string; capacity?: Capacity; now?: Date; priceBook?: PriceBookVersion[] },
+): Promise<ShowbackReport> {
   const { by, from, to, tenant } = opts;
   const rows = await rollupUsageBy(q, by, from, to, tenant);
   const grain = grainFor(from, to);
@@ -232,7 +235,11 @@ export async function showback(q: Queryable, opts: { by: UsageDim[]; from: Date;
   if (opts.capacity && tenant === undefined) {
     // Idle over the elapsed part of the period: from its start (or the first usage, for "all") to now.
     const now = opts.now ?? new Date();
-    const first = await q.query<{ first: Date | null }>('SELECT min(bucket) AS first FROM usage_rollups WHERE grain = $1 AND bucket >= $2 AND bucket < $3', [grain, from, to]);
+    const first = await q.query<{ first: Date | null }>('SELECT min(bucket) AS first FROM usage_rollups WHERE grain = $1 AND bucket >= $2 AND bucket < $3', [
+      grain,
+      from,
+      to,
+    ]);
     const start = Math.max(from.getTime(), first.rows[0]?.first?.getTime() ?? now.getTime());
     const hours = Math.max(0, (Math.min(to.getTime(), now.getTime()) - start) / 3_600_000);
     const used = await q.query<{ gpu_type: string; gpu_seconds: number }>(

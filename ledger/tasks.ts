@@ -21,8 +21,15 @@ export async function upsertTask(q: Queryable, t: { taskId: string; intent: Inte
  * admission). `reused`: the row belongs to another run — one still open, or one that closed (rows
  * from before run ids were kept count as another run once finished). Locks the row.
  */
-export async function taskOwnership(q: Queryable, taskId: string, runId: string): Promise<{ owner: 'mine' | 'reused'; requester: string | null; runId: string | null }> {
-  const { rows } = await q.query<{ run_id: string | null; finished_at: Date | null; requester: string }>('SELECT run_id, finished_at, requester FROM tasks WHERE task_id = $1 FOR UPDATE', [taskId]);
+export async function taskOwnership(
+  q: Queryable,
+  taskId: string,
+  runId: string,
+): Promise<{ owner: 'mine' | 'reused'; requester: string | null; runId: string | null }> {
+  const { rows } = await q.query<{ run_id: string | null; finished_at: Date | null; requester: string }>(
+    'SELECT run_id, finished_at, requester FROM tasks WHERE task_id = $1 FOR UPDATE',
+    [taskId],
+  );
   const r = rows[0];
   if (!r) return { owner: 'mine', requester: null, runId: null };
   if (r.run_id === runId) return { owner: 'mine', requester: r.requester, runId };
@@ -83,5 +90,17 @@ export async function getTask(q: Queryable, taskId: string): Promise<TaskRow | u
     [taskId],
   );
   const r = rows[0];
-  return r && { taskId: r.task_id, kind: r.kind, name: r.name, state: r.state, decision: r.decision, costUsd: r.cost_micros / 1e6, tenant: r.tenant, team: r.team, project: r.project };
+  return (
+    r && {
+      taskId: r.task_id,
+      kind: r.kind,
+      name: r.name,
+      state: r.state,
+      decision: r.decision,
+      costUsd: r.cost_micros / 1e6,
+      tenant: r.tenant,
+      team: r.team,
+      project: r.project,
+    }
+  );
 }

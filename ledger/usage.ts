@@ -40,7 +40,12 @@ export interface RecordResult {
  * Appends usage and charges it, in one transaction: the events (idempotent by key), the task's
  * running cost and the budgets' spend move together or not at all.
  */
-export async function recordUsage(db: Db, priceBook: PriceBookVersion[], events: UsageEvent[], limits: UsageLimits = DEFAULT_USAGE_LIMITS): Promise<RecordResult> {
+export async function recordUsage(
+  db: Db,
+  priceBook: PriceBookVersion[],
+  events: UsageEvent[],
+  limits: UsageLimits = DEFAULT_USAGE_LIMITS,
+): Promise<RecordResult> {
   if (events.length === 0) return { accepted: 0, duplicates: 0, costMicros: 0 };
   return db.tx((c) => recordUsageIn(c, priceBook, events, limits));
 }
@@ -50,7 +55,11 @@ export async function recordUsage(db: Db, priceBook: PriceBookVersion[], events:
  * UsageLimitError for an event over its meter's quantity cap or the cost cap. A stream part is
  * priced on the running total (round(after) - round(before)).
  */
-export function priceUsage(priceBook: PriceBookVersion[], e: Pick<UsageEvent, 'key' | 'meter' | 'subject' | 'quantity' | 'cumulativeBefore' | 'occurredAt'>, limits: UsageLimits): { version: PriceBookVersion; cost: number } {
+export function priceUsage(
+  priceBook: PriceBookVersion[],
+  e: Pick<UsageEvent, 'key' | 'meter' | 'subject' | 'quantity' | 'cumulativeBefore' | 'occurredAt'>,
+  limits: UsageLimits,
+): { version: PriceBookVersion; cost: number } {
   const q = checkQuantity(limits, e.meter, e.quantity);
   if (!q.ok) throw new UsageLimitError(`usage event ${e.key}: quantity: ${q.message}`, q.field, e.key);
   const version = priceVersionAt(priceBook, e.occurredAt.toISOString());
@@ -68,7 +77,12 @@ export function priceUsage(priceBook: PriceBookVersion[], e: Pick<UsageEvent, 'k
  * cost cap (governance/limits.ts); and, with the transaction then to be rolled back, for a charge
  * that would carry a budget window or a task's cost past the ledger's ceiling.
  */
-export async function recordUsageIn(c: Queryable, priceBook: PriceBookVersion[], events: UsageEvent[], limits: UsageLimits = DEFAULT_USAGE_LIMITS): Promise<RecordResult> {
+export async function recordUsageIn(
+  c: Queryable,
+  priceBook: PriceBookVersion[],
+  events: UsageEvent[],
+  limits: UsageLimits = DEFAULT_USAGE_LIMITS,
+): Promise<RecordResult> {
   const rows = [];
   // One lookup per distinct attribution tuple, not per event.
   const attributionIds = new Map<string, number>();
@@ -161,7 +175,15 @@ export interface UsageRow {
 
 export const UsageDims = ['tenant', 'team', 'project', 'model', 'useCase', 'tool', 'meter'] as const;
 export type UsageDim = (typeof UsageDims)[number];
-const dimColumn: Record<UsageDim, string> = { tenant: 'a.tenant', team: 'a.team', project: 'a.project', model: 'a.model', useCase: 'a.use_case', tool: "COALESCE(u.tool, '')", meter: 'u.meter' };
+const dimColumn: Record<UsageDim, string> = {
+  tenant: 'a.tenant',
+  team: 'a.team',
+  project: 'a.project',
+  model: 'a.model',
+  useCase: 'a.use_case',
+  tool: "COALESCE(u.tool, '')",
+  meter: 'u.meter',
+};
 
 /** Usage and cost grouped by attribution dimensions over [from, to). */
 export async function usageBy(q: Queryable, dims: UsageDim[], from: Date, to: Date, tenant?: string): Promise<UsageRow[]> {

@@ -47,15 +47,23 @@ export async function startDevServer(opts: {
   const uiPort = opts.uiPort ?? 8233;
   const namespace = opts.namespace ?? 'default';
   const args = [
-    'server', 'start-dev',
-    '--db-filename', join(opts.dataDir, 'temporal.db'),
-    '--ip', '127.0.0.1',
-    '--port', String(port),
-    '--namespace', namespace,
-    '--log-level', 'error',
+    'server',
+    'start-dev',
+    '--db-filename',
+    join(opts.dataDir, 'temporal.db'),
+    '--ip',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--namespace',
+    namespace,
+    '--log-level',
+    'error',
     // Dev-server metrics bind a fixed port by default; a random one lets several servers coexist.
-    '--metrics-port', String(await freePort()),
-    '--http-port', String(await freePort()),
+    '--metrics-port',
+    String(await freePort()),
+    '--http-port',
+    String(await freePort()),
     ...(opts.headless ? ['--headless'] : ['--ui-port', String(uiPort)]),
     ...Object.entries(searchAttributeTypes).flatMap(([k, t]) => ['--search-attribute', `${k}=${t}`]),
   ];

@@ -86,7 +86,13 @@ export async function ensureReconcileSchedule(
   const scheduleId = opts.scheduleId ?? RECONCILE_SCHEDULE;
   const taskQueue = opts.taskQueue ?? TASK_QUEUE_CONTROL;
   const spec = { intervals: [{ every: opts.everySeconds * 1000 }] };
-  const action = { type: 'startWorkflow' as const, workflowType: reconciler, workflowId: `${scheduleId}-run`, taskQueue, args: [opts.input ?? {}] as [ReconcileInput] };
+  const action = {
+    type: 'startWorkflow' as const,
+    workflowType: reconciler,
+    workflowId: `${scheduleId}-run`,
+    taskQueue,
+    args: [opts.input ?? {}] as [ReconcileInput],
+  };
   try {
     await client.schedule.create({
       scheduleId,
@@ -109,7 +115,13 @@ export async function ensureReconcileSchedule(
  */
 export async function startBudgetController(client: Client, budget: BudgetKey, taskQueue = TASK_QUEUE_CONTROL): Promise<{ workflowId: string; runId: string }> {
   const workflowId = budgetControllerId(budget);
-  const handle = await client.workflow.signalWithStart(budgetController, { workflowId, taskQueue, args: [{ budget }], signal: budgetNudgeSignal, signalArgs: [] });
+  const handle = await client.workflow.signalWithStart(budgetController, {
+    workflowId,
+    taskQueue,
+    args: [{ budget }],
+    signal: budgetNudgeSignal,
+    signalArgs: [],
+  });
   return { workflowId, runId: handle.signaledRunId };
 }
 
@@ -125,8 +137,18 @@ export async function ensureBudgetControllers(client: Client, db: Queryable, tas
  * the ladder moves now instead of at their next poll. Best effort: a controller not running (or
  * a signal that fails) is caught by its next poll or the next worker start.
  */
-export async function nudgeCrossed(client: Client, db: Queryable, a: { tenant: string; team: string; project: string }, ladder: LadderConfig, now = new Date()): Promise<number> {
+export async function nudgeCrossed(
+  client: Client,
+  db: Queryable,
+  a: { tenant: string; team: string; project: string },
+  ladder: LadderConfig,
+  now = new Date(),
+): Promise<number> {
   const crossed = await crossedBudgets(db, a, now, ladder);
-  for (const b of crossed) await client.workflow.getHandle(budgetControllerId(b)).signal(budgetNudgeSignal).catch(() => undefined);
+  for (const b of crossed)
+    await client.workflow
+      .getHandle(budgetControllerId(b))
+      .signal(budgetNudgeSignal)
+      .catch(() => undefined);
   return crossed.length;
 }

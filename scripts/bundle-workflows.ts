@@ -7,7 +7,9 @@ import { z } from 'zod';
 import { bundleWorkflows } from '../workers/worker';
 
 async function run(): Promise<void> {
-  const args = z.tuple([z.string().min(1, 'the bundle path, e.g. dist/workflow-bundle.js')], { error: 'usage: npm run bundle:workflows -- PATH' }).safeParse(process.argv.slice(2));
+  const args = z
+    .tuple([z.string().min(1, 'the bundle path, e.g. dist/workflow-bundle.js')], { error: 'usage: npm run bundle:workflows -- PATH' })
+    .safeParse(process.argv.slice(2));
   if (!args.success) throw new Error(`bundle:workflows: ${args.error.issues.map((i) => i.message).join('; ')}`);
   const out = resolve(args.data[0]);
   const bundle = await bundleWorkflows();

@@ -7,7 +7,12 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 const run = (cmd, args) => spawnSync(cmd, args, { stdio: 'inherit' }).status ?? 1;
 const npx = process.platform === 'win32' ? 'npx.cmd' : 'npx';
 
-if (run(npx, ['tsc', '-p', '.']) !== 0 || run(npx, ['eslint', '.']) !== 0) {
+// Types, lint rules, then the formatter's check (prettier: `npm run format` rewrites).
+if (
+  run(npx, ['tsc', '-p', '.']) !== 0 ||
+  run(npx, ['eslint', '.']) !== 0 ||
+  run(npx, ['prettier', '--check', '--log-level', 'warn', '**/*.{ts,js,mjs}']) !== 0
+) {
   console.log('0 passed, 1 failed');
   process.exit(1);
 }
@@ -28,4 +33,4 @@ if (process.env.GOVLOOP_SKIP_CHAOS !== '1') results.push(suite('chaos', ['--conf
 const sum = (k) => results.reduce((n, r) => n + r[k], 0);
 const skipped = sum('skipped');
 console.log(`${sum('passed')} passed, ${sum('failed')} failed${skipped ? `, ${skipped} skipped` : ''}`);
-process.exit(sum('total') === 0 ? 1 : results.find((r) => r.code !== 0)?.code ?? 0);
+process.exit(sum('total') === 0 ? 1 : (results.find((r) => r.code !== 0)?.code ?? 0));

@@ -1,5 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import { Client, Connection, ServiceError, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError, type WorkflowHandle, isGrpcServiceError } from '@temporalio/client';
+import {
+  Client,
+  Connection,
+  ServiceError,
+  WorkflowUpdateFailedError,
+  WorkflowUpdateRPCTimeoutOrCancelledError,
+  type WorkflowHandle,
+  isGrpcServiceError,
+} from '@temporalio/client';
 import { z } from 'zod';
 import { type FieldError, Intent, fieldErrors } from '../governance/intent';
 import { type StepUsage, StepUsageSchema } from '../governance/step-gate';
@@ -90,13 +98,32 @@ export interface TaskOutcome {
   costUsd: number | null;
 }
 
-export const outcomeOf = (s: TaskStatus): TaskOutcome => ({ taskId: s.taskId, decision: s.decision, reasons: s.reasons, state: s.state, usage: s.usage, costUsd: s.costUsd });
+export const outcomeOf = (s: TaskStatus): TaskOutcome => ({
+  taskId: s.taskId,
+  decision: s.decision,
+  reasons: s.reasons,
+  state: s.state,
+  usage: s.usage,
+  costUsd: s.costUsd,
+});
 
 const Requester = z.string().min(1).max(128);
-const TaskId = z.string().min(1).max(200).regex(/^[A-Za-z0-9._:-]+$/, 'letters, digits, ".", "_", ":" and "-"');
+const TaskId = z
+  .string()
+  .min(1)
+  .max(200)
+  .regex(/^[A-Za-z0-9._:-]+$/, 'letters, digits, ".", "_", ":" and "-"');
 /** A person's decision: why, and (under `auth: none` only) a typed name; `by` is the older spelling of `as`. */
-const Decision = z.strictObject({ by: NameText.optional(), as: NameText.optional(), reason: ReasonText }).transform(({ by, as, reason }) => ({ reason, ...(as ?? by ? { as: (as ?? by)! } : {}) }));
-const ListFilter = z.strictObject({ state: z.string().min(1).optional(), tenant: z.string().min(1).optional(), team: z.string().min(1).optional(), kind: z.string().min(1).optional(), limit: z.number().int().positive().max(10_000).default(100) });
+const Decision = z
+  .strictObject({ by: NameText.optional(), as: NameText.optional(), reason: ReasonText })
+  .transform(({ by, as, reason }) => ({ reason, ...((as ?? by) ? { as: (as ?? by)! } : {}) }));
+const ListFilter = z.strictObject({
+  state: z.string().min(1).optional(),
+  tenant: z.string().min(1).optional(),
+  team: z.string().min(1).optional(),
+  kind: z.string().min(1).optional(),
+  limit: z.number().int().positive().max(10_000).default(100),
+});
 
 function check<T>(schema: z.ZodType<T>, value: unknown, prefix?: string): T {
   const r = schema.safeParse(value);
@@ -104,7 +131,9 @@ function check<T>(schema: z.ZodType<T>, value: unknown, prefix?: string): T {
   throw new GovloopInputError(fieldErrors(r.error).map((e) => ({ ...e, path: prefix ? (e.path === '(root)' ? prefix : `${prefix}.${e.path}`) : e.path })));
 }
 
-const Scope = z.strictObject({ tenant: z.string().min(1).max(63), team: z.string().min(1).max(63).optional(), project: z.string().min(1).max(63).optional() }).refine((x) => x.project === undefined || x.team !== undefined, { message: 'a project scope needs a team', path: ['project'] });
+const Scope = z
+  .strictObject({ tenant: z.string().min(1).max(63), team: z.string().min(1).max(63).optional(), project: z.string().min(1).max(63).optional() })
+  .refine((x) => x.project === undefined || x.team !== undefined, { message: 'a project scope needs a team', path: ['project'] });
 const LeaseOptions = z
   .strictObject({
     scope: Scope,
@@ -177,7 +206,16 @@ export class BudgetLease {
   async acquire(): Promise<void> {
     const requestId = `${this.requestPrefix}-${++this.requests}`;
     const a = await this.handle.executeUpdate(leaseUpdate, {
-      args: [{ requestId, holder: this.opts.holder, ttlSeconds: this.opts.ttlSeconds, ...(this.opts.usd !== undefined ? { usd: this.opts.usd } : {}), ...(this.opts.tokens !== undefined ? { tokens: this.opts.tokens } : {}), ...(this.opts.model !== undefined ? { model: this.opts.model } : {}) }],
+      args: [
+        {
+          requestId,
+          holder: this.opts.holder,
+          ttlSeconds: this.opts.ttlSeconds,
+          ...(this.opts.usd !== undefined ? { usd: this.opts.usd } : {}),
+          ...(this.opts.tokens !== undefined ? { tokens: this.opts.tokens } : {}),
+          ...(this.opts.model !== undefined ? { model: this.opts.model } : {}),
+        },
+      ],
     });
     if (!a.granted) throw new GovloopLeaseError(a.reason);
     this.grants++;
@@ -231,7 +269,9 @@ export class BudgetLease {
       const micros = l.spentMicros - l.reportedMicros;
       if (micros <= 0) continue;
       const seq = l.seq + 1;
-      await this.handle.executeUpdate(leaseSpendUpdate, { args: [{ leaseId: l.leaseId, seq, usd: micros / 1e6, ...(this.opts.model !== undefined ? { model: this.opts.model } : {}) }] });
+      await this.handle.executeUpdate(leaseSpendUpdate, {
+        args: [{ leaseId: l.leaseId, seq, usd: micros / 1e6, ...(this.opts.model !== undefined ? { model: this.opts.model } : {}) }],
+      });
       l.seq = seq;
       l.reportedMicros += micros;
     }
@@ -254,7 +294,6 @@ export class BudgetLease {
 
 /** Visibility query quoting: single quotes doubled away. */
 const quote = (s: string) => `'${s.replace(/'/g, "''")}'`;
-
 
 /**
  * The server refuses an update outright (FAILED_PRECONDITION, "Workflow Task in failed state")
@@ -301,7 +340,11 @@ export class GovloopClient {
 
   static async connect(opts: { address?: string; namespace?: string; taskQueue?: string; credential?: string } = {}): Promise<GovloopClient> {
     const connection = await Connection.connect({ address: opts.address ?? process.env.TEMPORAL_ADDRESS ?? 'localhost:7233' });
-    return new GovloopClient(new Client({ connection, namespace: opts.namespace ?? process.env.TEMPORAL_NAMESPACE ?? 'default' }), opts.taskQueue, opts.credential ? { credential: opts.credential } : {});
+    return new GovloopClient(
+      new Client({ connection, namespace: opts.namespace ?? process.env.TEMPORAL_NAMESPACE ?? 'default' }),
+      opts.taskQueue,
+      opts.credential ? { credential: opts.credential } : {},
+    );
   }
 
   /** The same client acting with another credential (a service acting for several users). */
@@ -325,7 +368,13 @@ export class GovloopClient {
     const key = { tenant: o.scope.tenant, team: o.scope.team ?? '*', project: o.scope.project ?? '*', period: o.period };
     const workflowId = budgetControllerId(key);
     // The budget's controller: started here if no worker has started it yet.
-    await this.client.workflow.signalWithStart(budgetController, { workflowId, taskQueue: this.taskQueue, args: [{ budget: key }], signal: budgetNudgeSignal, signalArgs: [] });
+    await this.client.workflow.signalWithStart(budgetController, {
+      workflowId,
+      taskQueue: this.taskQueue,
+      args: [{ budget: key }],
+      signal: budgetNudgeSignal,
+      signalArgs: [],
+    });
     const lease = new BudgetLease(this, workflowId, o, `${o.holder.replace(/[^A-Za-z0-9._:-]/g, '_')}-${randomBytes(4).toString('hex')}`);
     await lease.acquire();
     return lease;
@@ -342,7 +391,8 @@ export class GovloopClient {
   async submit(intent: unknown, opts: { requester?: string; taskId?: string } = {}): Promise<AdmissionAnswer> {
     const parsed = check(Intent, intent);
     // With a credential the requester is whoever it names; a typed one counts only under auth: none.
-    if (opts.requester === undefined && !this.credential) throw new GovloopInputError([{ path: 'requester', message: 'required without a credential (GOVLOOP_TOKEN / GOVLOOP_API_KEY)' }]);
+    if (opts.requester === undefined && !this.credential)
+      throw new GovloopInputError([{ path: 'requester', message: 'required without a credential (GOVLOOP_TOKEN / GOVLOOP_API_KEY)' }]);
     const requester = check(Requester, opts.requester ?? 'credential', 'requester');
     const taskId = opts.taskId !== undefined ? check(TaskId, opts.taskId, 'taskId') : `${parsed.name}-${randomBytes(4).toString('hex')}`;
     const handle = await this.client.workflow.start(governedTask, {
@@ -412,7 +462,9 @@ export class GovloopClient {
   /** After a failed compensation (NeedsOperator): the operator says the side effect is dealt with. */
   async resolve(taskId: string, d: { reason: string; as?: string; by?: string }): Promise<{ state: GovState }> {
     const decision = check(Decision, d);
-    const r = await this.update(taskId, () => this.handle(taskId).executeUpdate(resolveUpdate, { args: [{ reason: decision.reason, ...this.caller(decision.as) }] }));
+    const r = await this.update(taskId, () =>
+      this.handle(taskId).executeUpdate(resolveUpdate, { args: [{ reason: decision.reason, ...this.caller(decision.as) }] }),
+    );
     if ('accepted' in r) throw new GovloopAccessError(r.code, r.message);
     return r;
   }
@@ -424,7 +476,9 @@ export class GovloopClient {
     } catch (err) {
       const cause = err instanceof WorkflowUpdateFailedError ? (err.cause as { type?: string; message: string } | undefined) : undefined;
       if (cause?.type === 'InvalidStep' || cause?.type === 'InvalidDecision' || cause?.type === 'InvalidRequest') {
-        throw new GovloopInputError(cause.message.split('; ').map((m) => ({ path: m.split(': ')[0] ?? '(root)', message: m.split(': ').slice(1).join(': ') || m })));
+        throw new GovloopInputError(
+          cause.message.split('; ').map((m) => ({ path: m.split(': ')[0] ?? '(root)', message: m.split(': ').slice(1).join(': ') || m })),
+        );
       }
       if (cause?.type === 'UnknownApproval') throw new GovloopNotFoundError(cause.message);
       if (cause) throw new GovloopStateError(cause.message);
@@ -450,7 +504,9 @@ export class GovloopClient {
   /** An operator preempts a running cluster task: checkpoint, suspend, requeue. */
   async preempt(taskId: string, d: { reason: string; as?: string }): Promise<TaskCallAnswer & { accepted: true }> {
     const decision = check(Decision, d);
-    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(preemptTaskUpdate, { args: [{ reason: decision.reason, ...this.caller(decision.as) }] }));
+    return this.taskCall(taskId, () =>
+      this.handle(taskId).executeUpdate(preemptTaskUpdate, { args: [{ reason: decision.reason, ...this.caller(decision.as) }] }),
+    );
   }
 
   private async taskCall(taskId: string, fn: () => Promise<TaskCallAnswer>): Promise<TaskCallAnswer & { accepted: true }> {
@@ -460,7 +516,9 @@ export class GovloopClient {
   }
 
   /** Tasks by governance state and attribution, newest first (a visibility query on the search attributes). */
-  async list(filter: z.input<typeof ListFilter> = {}): Promise<{ taskId: string; state: string; tenant: string; team: string; kind: string; status: string; startTime: Date }[]> {
+  async list(
+    filter: z.input<typeof ListFilter> = {},
+  ): Promise<{ taskId: string; state: string; tenant: string; team: string; kind: string; status: string; startTime: Date }[]> {
     const f = check(ListFilter, filter);
     const clauses = [`WorkflowType = 'governedTask'`];
     if (f.state) clauses.push(`GovState = ${quote(f.state)}`);

@@ -94,11 +94,21 @@ const UsageQuery = z
     by: z
       .string()
       .default('team')
-      .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean))
+      .transform((s) =>
+        s
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean),
+      )
       .pipe(z.array(z.enum(ReportDims, { error: `each dimension must be one of ${ReportDims.join(', ')}` }))),
   })
   .refine((q) => q.from === undefined || q.to === undefined || Date.parse(q.from) < Date.parse(q.to), { message: 'must be after from', path: ['to'] });
-const BudgetQuery = z.strictObject({ tenant: scopeName.optional(), team: scopeName.optional(), project: scopeName.optional(), period: z.enum(Periods).optional() });
+const BudgetQuery = z.strictObject({
+  tenant: scopeName.optional(),
+  team: scopeName.optional(),
+  project: scopeName.optional(),
+  period: z.enum(Periods).optional(),
+});
 
 function bearer(req: FastifyRequest): string | undefined {
   const h = req.headers.authorization;
@@ -124,7 +134,8 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
   }
   /** A tenant named in a query must be the caller's. */
   const ownTenant = (tenant: string, named: string | undefined) => {
-    if (named !== undefined && named !== tenant) throw new ApiError(403, `this API key is for tenant ${tenant} only`, [{ path: 'tenant', message: `${named} is not the tenant of this API key` }]);
+    if (named !== undefined && named !== tenant)
+      throw new ApiError(403, `this API key is for tenant ${tenant} only`, [{ path: 'tenant', message: `${named} is not the tenant of this API key` }]);
   };
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
@@ -137,7 +148,10 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
       // batch whose commit was cut off may or may not be in; re-sending it is safe (events are
       // counted once by id).
       req.log.warn({ err }, 'ledger unavailable');
-      return reply.code(503).header('retry-after', '5').send({ error: 'the ledger (PostgreSQL) is unavailable: retry in a few seconds; re-sending the same usage events is safe, each is counted once' });
+      return reply
+        .code(503)
+        .header('retry-after', '5')
+        .send({ error: 'the ledger (PostgreSQL) is unavailable: retry in a few seconds; re-sending the same usage events is safe, each is counted once' });
     }
     const status = err.statusCode ?? 500;
     if (status >= 400 && status < 500) {
@@ -162,7 +176,13 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
 
   app.post('/v1/usage', async (req: FastifyRequest, reply: FastifyReply) => {
     const tenant = await callerTenant(req);
-    const r = await ingestUsage(db, tenant, req.body, { now: clock(), maxAgeHours: config.maxAgeHours, futureSkewSeconds: config.futureSkewSeconds, priceBook: config.priceBook, ...(config.usageLimits ? { limits: config.usageLimits } : {}) });
+    const r = await ingestUsage(db, tenant, req.body, {
+      now: clock(),
+      maxAgeHours: config.maxAgeHours,
+      futureSkewSeconds: config.futureSkewSeconds,
+      priceBook: config.priceBook,
+      ...(config.usageLimits ? { limits: config.usageLimits } : {}),
+    });
     if (r.outcome === 'invalid') throw badInput(r.errors);
     if (r.outcome === 'refused') throw new ApiError(422, 'usage refused: recording it would pass a ledger limit; nothing was written', r.errors);
     if (r.outcome === 'forbidden') throw new ApiError(403, `this API key is for tenant ${tenant} only`, r.errors);
@@ -192,7 +212,11 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
     const tenant = await callerTenant(req);
     const q = parse(BudgetQuery, req.query);
     ownTenant(tenant, q.tenant);
-    const budgets = await showBudgets(db, { tenant, ...(q.team ? { team: q.team } : {}), ...(q.project ? { project: q.project } : {}), ...(q.period ? { period: q.period } : {}) }, clock());
+    const budgets = await showBudgets(
+      db,
+      { tenant, ...(q.team ? { team: q.team } : {}), ...(q.project ? { project: q.project } : {}), ...(q.period ? { period: q.period } : {}) },
+      clock(),
+    );
     return { tenant, budgets };
   });
 

@@ -257,7 +257,12 @@ export function budgetBurn(b: BudgetView, ladder: LadderConfig = DEFAULT_LADDER)
   const limit = Math.round(b.limitUsd * 1e6);
   const share = budgetShare(Math.round(b.spentUsd * 1e6), limit);
   const committed = budgetShare(Math.round((b.spentUsd + b.reservedUsd) * 1e6), limit);
-  return { ...b, share: finiteOrNull(share), committedShare: finiteOrNull(committed), step: ladderStep(burnShare({ limitMicros: limit, spentMicros: Math.round(b.spentUsd * 1e6), reservedMicros: Math.round(b.reservedUsd * 1e6) }), ladder) };
+  return {
+    ...b,
+    share: finiteOrNull(share),
+    committedShare: finiteOrNull(committed),
+    step: ladderStep(burnShare({ limitMicros: limit, spentMicros: Math.round(b.spentUsd * 1e6), reservedMicros: Math.round(b.reservedUsd * 1e6) }), ladder),
+  };
 }
 
 export interface TaskFilter {
@@ -312,7 +317,11 @@ export async function dashboardTasks(q: Queryable, tenant: string, filter: TaskF
  * rollups up to date first (idempotent, what the meteringRollup schedule does), so the weekly
  * figures equal usage_events exactly.
  */
-export async function dashboard(db: Db, tenant: string, opts: { weeks: number; now: Date; config: DashboardConfig; topN?: number; recentTasks?: number }): Promise<Dashboard> {
+export async function dashboard(
+  db: Db,
+  tenant: string,
+  opts: { weeks: number; now: Date; config: DashboardConfig; topN?: number; recentTasks?: number },
+): Promise<Dashboard> {
   const { now, config } = opts;
   const topN = opts.topN ?? 10;
   const weeks = lastWeeks(now, opts.weeks);
@@ -416,7 +425,8 @@ const chartJsPath = join(dirname(createRequire(import.meta.url).resolve('chart.j
 
 /** The page's own origin only: no inline script, no CDN, nothing framed, no referrer sent to Temporal UI. */
 const pageHeaders = {
-  'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  'content-security-policy':
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
   'referrer-policy': 'no-referrer',
   'x-content-type-options': 'nosniff',
   'cache-control': 'no-cache',

@@ -62,7 +62,9 @@ export function createMetrics(db: Queryable, clock: () => Date = () => new Date(
     labelNames: ['decision'],
     registers: [registry],
     async collect() {
-      const { rows } = await db.query<{ decision: string; n: number }>('SELECT decision, count(*)::bigint AS n FROM tasks WHERE decision IS NOT NULL GROUP BY decision');
+      const { rows } = await db.query<{ decision: string; n: number }>(
+        'SELECT decision, count(*)::bigint AS n FROM tasks WHERE decision IS NOT NULL GROUP BY decision',
+      );
       this.reset();
       for (const r of rows) this.set({ decision: r.decision }, Number(r.n));
     },
@@ -70,7 +72,16 @@ export function createMetrics(db: Queryable, clock: () => Date = () => new Date(
 
   // One query for the four budget gauges of a scrape: prom-client collects them concurrently,
   // so they share the query in flight.
-  type BudgetRow = { tenant: string; team: string; project: string; period: string; limit_micros: number; reserved_micros: number; spent_micros: number; ladder_step: string };
+  type BudgetRow = {
+    tenant: string;
+    team: string;
+    project: string;
+    period: string;
+    limit_micros: number;
+    reserved_micros: number;
+    spent_micros: number;
+    ladder_step: string;
+  };
   let inFlight: Promise<BudgetRow[]> | undefined;
   const budgetRows = (): Promise<BudgetRow[]> => {
     if (inFlight) return inFlight;
@@ -111,8 +122,10 @@ export function createMetrics(db: Queryable, clock: () => Date = () => new Date(
     return r.limit_micros > 0 ? used / r.limit_micros : used > 0 ? 1 : 0;
   });
 
-  budgetGauge('govloop_budget_ladder_step', 'The enforcement ladder step in force per budget (its controller sets it): 0 ok, 1 notify, 2 throttle, 3 queue, 4 preempt', (r) =>
-    Math.max(0, LadderSteps.indexOf(r.ladder_step as (typeof LadderSteps)[number])),
+  budgetGauge(
+    'govloop_budget_ladder_step',
+    'The enforcement ladder step in force per budget (its controller sets it): 0 ok, 1 notify, 2 throttle, 3 queue, 4 preempt',
+    (r) => Math.max(0, LadderSteps.indexOf(r.ladder_step as (typeof LadderSteps)[number])),
   );
 
   new Gauge({

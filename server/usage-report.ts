@@ -3,7 +3,14 @@ import type { Queryable } from '../ledger/db';
 /** Dimensions `GET /v1/usage?by=` groups by; rows are always per meter as well. */
 export const ReportDims = ['team', 'project', 'model', 'useCase', 'tool', 'taskId'] as const;
 export type ReportDim = (typeof ReportDims)[number];
-const column: Record<ReportDim, string> = { team: 'a.team', project: 'a.project', model: 'a.model', useCase: 'a.use_case', tool: "COALESCE(u.tool, '')", taskId: "COALESCE(u.task_id, '')" };
+const column: Record<ReportDim, string> = {
+  team: 'a.team',
+  project: 'a.project',
+  model: 'a.model',
+  useCase: 'a.use_case',
+  tool: "COALESCE(u.tool, '')",
+  taskId: "COALESCE(u.task_id, '')",
+};
 
 export interface ReportRow {
   [dim: string]: string | number;
@@ -31,7 +38,13 @@ export async function usageReport(q: Queryable, tenant: string, dims: readonly R
     [tenant, from, to],
   );
   return rows.map((r) => {
-    const out: ReportRow = { meter: r.meter, quantity: Number(r.quantity), costMicros: Number(r.cost), costUsd: Number(r.cost) / 1e6, events: Number(r.events) };
+    const out: ReportRow = {
+      meter: r.meter,
+      quantity: Number(r.quantity),
+      costMicros: Number(r.cost),
+      costUsd: Number(r.cost) / 1e6,
+      events: Number(r.events),
+    };
     for (const d of dims) out[d] = r[d];
     return out;
   });

@@ -57,7 +57,13 @@ export async function createWorkers(opts: GovWorkerOptions): Promise<Worker[]> {
     connection: opts.connection,
     namespace: opts.namespace,
     taskQueue: dispatchQueue,
-    activities: { dispatchJob: activities.dispatchJob, observeJob: activities.observeJob, deleteJob: activities.deleteJob, checkpointJob: activities.checkpointJob, suspendJob: activities.suspendJob },
+    activities: {
+      dispatchJob: activities.dispatchJob,
+      observeJob: activities.observeJob,
+      deleteJob: activities.deleteJob,
+      checkpointJob: activities.checkpointJob,
+      suspendJob: activities.suspendJob,
+    },
     interceptors: { activity: [dataErrorInterceptors] },
   });
   return [control, dispatch];
@@ -68,4 +74,3 @@ export async function runWorkers(workers: Worker[], signal?: AbortSignal): Promi
   if (signal) signal.addEventListener('abort', () => workers.forEach((w) => w.getState() === 'RUNNING' && w.shutdown()), { once: true });
   await Promise.all(workers.map((w) => w.run()));
 }
-

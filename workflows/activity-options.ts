@@ -17,11 +17,23 @@ export const LEDGER_ACTIVITY: ActivityOptions = {
  */
 export const TASK_LEDGER_ACTIVITY: ActivityOptions = {
   startToCloseTimeout: '30 seconds',
-  retry: { initialInterval: '200 milliseconds', backoffCoefficient: 2, maximumInterval: '10 seconds', maximumAttempts: 40, nonRetryableErrorTypes: ['DataError'] },
+  retry: {
+    initialInterval: '200 milliseconds',
+    backoffCoefficient: 2,
+    maximumInterval: '10 seconds',
+    maximumAttempts: 40,
+    nonRetryableErrorTypes: ['DataError'],
+  },
 };
 
 /** A governed task's cluster calls: a bit more time per try and a longer bound (about 20 minutes) before an operator is asked. */
 export const TASK_CLUSTER_ACTIVITY: ActivityOptions = {
   startToCloseTimeout: '60 seconds',
-  retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds', maximumAttempts: 45, nonRetryableErrorTypes: ['DataError'] },
+  retry: {
+    initialInterval: '500 milliseconds',
+    backoffCoefficient: 2,
+    maximumInterval: '30 seconds',
+    maximumAttempts: 45,
+    nonRetryableErrorTypes: ['DataError'],
+  },
 };

@@ -1,4 +1,13 @@
-import { ApplicationFailure, allHandlersFinished, condition, continueAsNew, getExternalWorkflowHandle, proxyActivities, setHandler, workflowInfo } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  allHandlersFinished,
+  condition,
+  continueAsNew,
+  getExternalWorkflowHandle,
+  proxyActivities,
+  setHandler,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { LEDGER_ACTIVITY } from './activity-options';
 import {
@@ -68,12 +77,24 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
 
   // Leases of this budget's scope: granted and closed through the ledger; expired by the loop.
   const leases = new Set<string>(input.state?.leases ?? []);
-  const scopeOf = () => ({ tenant: s.budget.tenant, ...(s.budget.team !== '*' ? { team: s.budget.team } : {}), ...(s.budget.project !== '*' ? { project: s.budget.project } : {}) });
+  const scopeOf = () => ({
+    tenant: s.budget.tenant,
+    ...(s.budget.team !== '*' ? { team: s.budget.team } : {}),
+    ...(s.budget.project !== '*' ? { project: s.budget.project } : {}),
+  });
   setHandler(
     leaseUpdate,
     async (r) => {
       const leaseId = `${s.budget.tenant}/${s.budget.team}/${s.budget.project}:${r.requestId}`;
-      const g = await ledger.grantLease({ leaseId, scope: scopeOf(), holder: r.holder, ttlSeconds: r.ttlSeconds, ...(r.usd !== undefined ? { usd: r.usd } : {}), ...(r.tokens !== undefined ? { tokens: r.tokens } : {}), ...(r.model !== undefined ? { model: r.model } : {}) });
+      const g = await ledger.grantLease({
+        leaseId,
+        scope: scopeOf(),
+        holder: r.holder,
+        ttlSeconds: r.ttlSeconds,
+        ...(r.usd !== undefined ? { usd: r.usd } : {}),
+        ...(r.tokens !== undefined ? { tokens: r.tokens } : {}),
+        ...(r.model !== undefined ? { model: r.model } : {}),
+      });
       if (!g.granted) return g;
       leases.add(leaseId);
       return { granted: true, leaseId, amountUsd: g.amountMicros / 1e6, expiresAt: g.expiresAt, step: g.step };
@@ -88,13 +109,22 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
   setHandler(
     leaseSpendUpdate,
     async (x: LeaseSpend) => {
-      const r = await ledger.reportLeaseSpend({ leaseId: x.leaseId, seq: x.seq, micros: Math.round(x.usd * 1e6), ...(x.model !== undefined ? { model: x.model } : {}), ...(x.useCase !== undefined ? { useCase: x.useCase } : {}) });
-      return r.recorded ? { recorded: true, spentUsd: r.spentMicros / 1e6, leftUsd: r.leftMicros / 1e6, duplicate: r.duplicate } : { recorded: false, code: r.code };
+      const r = await ledger.reportLeaseSpend({
+        leaseId: x.leaseId,
+        seq: x.seq,
+        micros: Math.round(x.usd * 1e6),
+        ...(x.model !== undefined ? { model: x.model } : {}),
+        ...(x.useCase !== undefined ? { useCase: x.useCase } : {}),
+      });
+      return r.recorded
+        ? { recorded: true, spentUsd: r.spentMicros / 1e6, leftUsd: r.leftMicros / 1e6, duplicate: r.duplicate }
+        : { recorded: false, code: r.code };
     },
     {
       validator: (x) => {
         const e: string[] = [];
-        if (typeof x?.leaseId !== 'string' || !x.leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`)) e.push(`leaseId: not a lease of ${s.budget.tenant}/${s.budget.team}/${s.budget.project}`);
+        if (typeof x?.leaseId !== 'string' || !x.leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`))
+          e.push(`leaseId: not a lease of ${s.budget.tenant}/${s.budget.team}/${s.budget.project}`);
         if (typeof x?.seq !== 'number' || !Number.isInteger(x.seq) || x.seq < 1) e.push('seq: a whole number from 1');
         if (typeof x?.usd !== 'number' || !Number.isFinite(x.usd) || x.usd < 0 || x.usd > 1e9) e.push('usd: a number from 0');
         if (e.length) throw fail(e.join('; '), LeaseErrors.UnknownLease);
@@ -110,7 +140,8 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     },
     {
       validator: (x) => {
-        if (typeof x?.leaseId !== 'string' || !x.leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`)) throw fail(`leaseId: not a lease of this budget`, LeaseErrors.UnknownLease);
+        if (typeof x?.leaseId !== 'string' || !x.leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`))
+          throw fail(`leaseId: not a lease of this budget`, LeaseErrors.UnknownLease);
         if (typeof x?.by !== 'string' || x.by.length === 0) throw fail('by: required');
       },
     },
@@ -133,9 +164,27 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     const move = o.move;
     if (move.kind === 'up') {
       s.crossing++;
-      await ledger.applyLadder({ budgetId: snap.budgetId, window: snap.window, crossing: s.crossing, from: move.from, to: move.step, fired: move.fired, sharePct: snap.sharePct, scope: s.scope });
+      await ledger.applyLadder({
+        budgetId: snap.budgetId,
+        window: snap.window,
+        crossing: s.crossing,
+        from: move.from,
+        to: move.step,
+        fired: move.fired,
+        sharePct: snap.sharePct,
+        scope: s.scope,
+      });
     } else if (move.kind === 'down') {
-      await ledger.applyLadder({ budgetId: snap.budgetId, window: snap.window, crossing: s.crossing, from: move.from, to: move.step, fired: [], sharePct: snap.sharePct, scope: s.scope });
+      await ledger.applyLadder({
+        budgetId: snap.budgetId,
+        window: snap.window,
+        crossing: s.crossing,
+        from: move.from,
+        to: move.step,
+        fired: [],
+        sharePct: snap.sharePct,
+        scope: s.scope,
+      });
     }
     s.step = move.step;
     if (s.step === 'preempt') {
@@ -153,5 +202,8 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     nudged = false;
   }
   await condition(allHandlersFinished);
-  return continueAsNew<typeof budgetController>({ budget: s.budget, state: { window: s.window, step: s.step, crossing: s.crossing, preempted: s.preempted.slice(-100), leases: [...leases] } });
+  return continueAsNew<typeof budgetController>({
+    budget: s.budget,
+    state: { window: s.window, step: s.step, crossing: s.crossing, preempted: s.preempted.slice(-100), leases: [...leases] },
+  });
 }

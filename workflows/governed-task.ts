@@ -69,7 +69,9 @@ import { TASK_CLUSTER_ACTIVITY, TASK_LEDGER_ACTIVITY } from './activity-options'
 
 /** Ledger calls with the default bound; the task swaps in its config's bound once admission told it (timing.retries). */
 const boundedLedger = (maxAttempts?: number) =>
-  proxyActivities<Activities>(maxAttempts === undefined ? TASK_LEDGER_ACTIVITY : { ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: maxAttempts } });
+  proxyActivities<Activities>(
+    maxAttempts === undefined ? TASK_LEDGER_ACTIVITY : { ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: maxAttempts } },
+  );
 /**
  * The step gate on the agent's hot path runs as a local activity: one ledger transaction inside
  * the workflow task that took the update, no round trip through the server's activity queue. It
@@ -84,7 +86,11 @@ const gateStep: Activities['gateStep'] = (input) => (patched('step-gate-local-ac
  * a longer bound; past it the task asks an operator (a cluster outage must not lose the task).
  */
 const clusterActivities = (taskQueue: string, maxAttempts?: number) =>
-  proxyActivities<Activities>({ ...TASK_CLUSTER_ACTIVITY, taskQueue, ...(maxAttempts === undefined ? {} : { retry: { ...TASK_CLUSTER_ACTIVITY.retry, maximumAttempts: maxAttempts } }) });
+  proxyActivities<Activities>({
+    ...TASK_CLUSTER_ACTIVITY,
+    taskQueue,
+    ...(maxAttempts === undefined ? {} : { retry: { ...TASK_CLUSTER_ACTIVITY.retry, maximumAttempts: maxAttempts } }),
+  });
 
 /** A call whose bounded retries ran out (as opposed to one refused for good: a data error, a non-retryable failure). */
 const retriesExhausted = (err: unknown): err is ActivityFailure =>
@@ -92,7 +98,8 @@ const retriesExhausted = (err: unknown): err is ActivityFailure =>
 /** A call refused because its input is wrong (activities/errors.ts): no retry can fix it. */
 const dataError = (err: unknown): string | null =>
   err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === 'DataError' ? err.cause.message : null;
-const causeText = (err: unknown): string => (err instanceof ActivityFailure && err.cause ? err.cause.message : err instanceof Error ? err.message : String(err));
+const causeText = (err: unknown): string =>
+  err instanceof ActivityFailure && err.cause ? err.cause.message : err instanceof Error ? err.message : String(err);
 
 export const TaskErrors = {
   InvalidStep: 'InvalidStep',
@@ -115,13 +122,15 @@ function parseOrRefuse<T>(schema: z.ZodType<T>, payload: unknown, errorType: str
   return parsed.data;
 }
 /** The caller part of a message, for the activity that authenticates it. */
-const callerOf = (m: { credential?: string | undefined; as?: string | undefined }) => ({ ...(m.credential ? { credential: m.credential } : {}), ...(m.as !== undefined ? { as: m.as } : {}) });
+const callerOf = (m: { credential?: string | undefined; as?: string | undefined }) => ({
+  ...(m.credential ? { credential: m.credential } : {}),
+  ...(m.as !== undefined ? { as: m.as } : {}),
+});
 
 /** History length at which a task continues as new when its config does not say (older histories' timing). */
 const CONTINUE_AS_NEW_EVENTS = 4000;
 /** Decided approvals a task carries into its next run, newest first (their outcome may still be asked for). */
 const CARRIED_DECIDED_APPROVALS = 50;
-
 
 /**
  * One governed workload: admission → translation → reservation → dispatch → run → settle → audit.
@@ -301,8 +310,19 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // Who may act on this task is decided by an activity, against the ledger (decision 0018): people
   // by their credential, govloop's own workflows by the ledger row that ordered the action.
   type TaskAction = 'cancel' | 'finish' | 'preempt' | 'resolve';
-  const authorize = (action: TaskAction, m: { credential?: string | undefined; as?: string | undefined; reason?: string }, system?: { kind: 'budget-preempt' } | { kind: 'preemptor'; preemptor: string }) =>
-    rawLedger().authorizeTaskCall({ taskId, tenant: intent.attribution.tenant, requester, action, ...(m.reason ? { reason: m.reason } : {}), ...(system ? { system } : { caller: callerOf(m) }) });
+  const authorize = (
+    action: TaskAction,
+    m: { credential?: string | undefined; as?: string | undefined; reason?: string },
+    system?: { kind: 'budget-preempt' } | { kind: 'preemptor'; preemptor: string },
+  ) =>
+    rawLedger().authorizeTaskCall({
+      taskId,
+      tenant: intent.attribution.tenant,
+      requester,
+      action,
+      ...(m.reason ? { reason: m.reason } : {}),
+      ...(system ? { system } : { caller: callerOf(m) }),
+    });
   const preemptible = () => {
     // Only a cluster job that holds GPUs can be preempted; one preemption at a time.
     const holding = state === GovState.Reserved || state === GovState.Dispatched || state === GovState.Running;
@@ -433,13 +453,23 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       approvals.set(out.approvalId, approval);
       setState(GovState.AwaitingApproval);
       upsertMemo({ approval: view(approval) });
-      const r: Reason = { code: 'AWAITING_APPROVAL', message: `${step.tool} needs a human approval (${out.approvalId})`, limit: null, requested: step.tool!, policy: `tools#${step.tool}.risk` };
+      const r: Reason = {
+        code: 'AWAITING_APPROVAL',
+        message: `${step.tool} needs a human approval (${out.approvalId})`,
+        limit: null,
+        requested: step.tool!,
+        policy: `tools#${step.tool}.risk`,
+      };
       return answer('await-approval', r, { approvalId: out.approvalId });
     }
     totals = out.totals;
     usage = { ...usage, tokensIn: usage.tokensIn + step.tokensIn, tokensOut: usage.tokensOut + step.tokensOut, costMicros: out.totals.costMicros };
     if (out.sideEffect && step.tool !== undefined) sideEffects.push({ seq, tool: step.tool, args: step.toolArgs ?? null });
-    return answer(out.answer, null, { approvalId, fallbackModel: out.answer === 'degrade' ? out.model : null, ...(out.approvalToken ? { approvalToken: out.approvalToken } : {}) });
+    return answer(out.answer, null, {
+      approvalId,
+      fallbackModel: out.answer === 'degrade' ? out.model : null,
+      ...(out.approvalToken ? { approvalToken: out.approvalToken } : {}),
+    });
   };
 
   setHandler(
@@ -451,7 +481,13 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       // One step at a time: each is judged against the totals the previous one left.
       const run = gate.then(async (): Promise<StepAnswer> => {
         if (awaiting()) {
-          const r: Reason = { code: 'AWAITING_APPROVAL', message: `task waits for approval ${approval?.approvalId}; no step until it is decided`, limit: null, requested: null, policy: 'task#state' };
+          const r: Reason = {
+            code: 'AWAITING_APPROVAL',
+            message: `task waits for approval ${approval?.approvalId}; no step until it is decided`,
+            limit: null,
+            requested: null,
+            policy: 'task#state',
+          };
           return answer('deny', r, { approvalId: approval?.approvalId ?? null });
         }
         if (state !== GovState.Running) {
@@ -459,12 +495,14 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
           return answer('deny', r);
         }
         const seq = ++stepSeq;
-        const out = await gateStep({ taskId, seq, intent, plan: plan!, totals, step, requester, caller: callerOf({ credential, as }) }).catch((err: unknown) => {
-          // Input the ledger refuses for good ends the task; any other failure is the caller's to retry.
-          const bad = dataError(err);
-          if (bad !== null && fatal === null) fatal = { code: 'DATA_ERROR', message: `step ${seq}: ${bad}`, limit: null, requested: null, policy: 'ledger' };
-          throw err;
-        });
+        const out = await gateStep({ taskId, seq, intent, plan: plan!, totals, step, requester, caller: callerOf({ credential, as }) }).catch(
+          (err: unknown) => {
+            // Input the ledger refuses for good ends the task; any other failure is the caller's to retry.
+            const bad = dataError(err);
+            if (bad !== null && fatal === null) fatal = { code: 'DATA_ERROR', message: `step ${seq}: ${bad}`, limit: null, requested: null, policy: 'ledger' };
+            throw err;
+          },
+        );
         return applyGate(out, seq, step, null);
       });
       gate = run.catch(() => undefined);
@@ -474,7 +512,10 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       validator: (step) => {
         parseOrRefuse(StepRequestSchema, step, TaskErrors.InvalidStep);
         if (plan !== null && plan.placement !== 'hosted') {
-          throw ApplicationFailure.nonRetryable(`task ${taskId} runs on the cluster; only hosted agent/inference tasks take steps`, TaskErrors.NotAcceptingSteps);
+          throw ApplicationFailure.nonRetryable(
+            `task ${taskId} runs on the cluster; only hosted agent/inference tasks take steps`,
+            TaskErrors.NotAcceptingSteps,
+          );
         }
         if (FINAL_STATES.includes(state) || state === GovState.NeedsOperator || state === GovState.Settling) {
           throw ApplicationFailure.nonRetryable(`task ${taskId} is ${state} and takes no more steps`, TaskErrors.NotAcceptingSteps);
@@ -497,7 +538,13 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     const a = approvals.get(d.approvalId)!;
     // The decider is whoever the credential says (the activity derives it); a typed name counts only under auth: none.
     const legacyBy = (d as { by?: string }).by;
-    const r = await ledger.decideApproval({ approvalId: d.approvalId, tool: a.tool, decision: kind, caller: callerOf({ ...d, ...(legacyBy !== undefined && d.as === undefined ? { as: legacyBy } : {}) }), reason: d.reason });
+    const r = await ledger.decideApproval({
+      approvalId: d.approvalId,
+      tool: a.tool,
+      decision: kind,
+      caller: callerOf({ ...d, ...(legacyBy !== undefined && d.as === undefined ? { as: legacyBy } : {}) }),
+      reason: d.reason,
+    });
     follow(a, r);
     return r.recorded
       ? { recorded: true, approvalId: r.approvalId, state: r.state, by: r.by, idempotent: r.idempotent }
@@ -505,7 +552,8 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   };
   const decisionValidator = (d: ApprovalDecision) => {
     parseOrRefuse(ApprovalDecisionSchema, d, TaskErrors.InvalidDecision);
-    if (!approvals.has(d.approvalId)) throw ApplicationFailure.nonRetryable(`task ${taskId} has no approval request ${d.approvalId}`, TaskErrors.UnknownApproval);
+    if (!approvals.has(d.approvalId))
+      throw ApplicationFailure.nonRetryable(`task ${taskId} has no approval request ${d.approvalId}`, TaskErrors.UnknownApproval);
   };
   setHandler(approveUpdate, (d) => decide('approve', d), { validator: decisionValidator });
   setHandler(rejectUpdate, (d) => decide('reject', d), { validator: decisionValidator });
@@ -541,7 +589,8 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     {
       validator: (r) => {
         parseOrRefuse(ResolveRequestSchema, r, TaskErrors.InvalidDecision);
-        if (state !== GovState.NeedsOperator) throw ApplicationFailure.nonRetryable(`task ${taskId} is ${state}, not NeedsOperator`, TaskErrors.NotNeedingOperator);
+        if (state !== GovState.NeedsOperator)
+          throw ApplicationFailure.nonRetryable(`task ${taskId} is ${state}, not NeedsOperator`, TaskErrors.NotNeedingOperator);
       },
     },
   );
@@ -561,7 +610,13 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   /** Admitted and reserved: null; refused before admission ('refused'); else the final state to finish with. */
   const admission = async (): Promise<GovState | null | 'refused'> => {
     for (;;) {
-      const admitted = await ledger.admitTask({ taskId, intent, requester: input.requester, attempt: ++attempt, ...(input.credential ? { credential: input.credential } : {}) });
+      const admitted = await ledger.admitTask({
+        taskId,
+        intent,
+        requester: input.requester,
+        attempt: ++attempt,
+        ...(input.credential ? { credential: input.credential } : {}),
+      });
       timing = admitted.timing;
       const result = admitted.result;
       reasons = result.reasons;
@@ -581,7 +636,11 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       if (admitted.preempt && patched('preemption')) {
         for (const v of admitted.preempt) {
           await getExternalWorkflowHandle(v.taskId)
-            .signal(preemptSignal, { by: 'govloop', reason: `${v.why}: ${taskId} needs ${intent.resources.gpus} ${intent.resources.gpuType} GPUs`, preemptor: taskId })
+            .signal(preemptSignal, {
+              by: 'govloop',
+              reason: `${v.why}: ${taskId} needs ${intent.resources.gpus} ${intent.resources.gpuType} GPUs`,
+              preemptor: taskId,
+            })
             .catch(() => undefined); // the victim already ended: its GPUs are free anyway
         }
       }
@@ -632,11 +691,12 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // From here on the task holds a reservation: every way out goes through settle.
   const cluster = escalating(() => clusterActivities(timing.dispatchQueue, timing.retries?.clusterMaxAttempts));
   /** Where the cluster loop starts: placing the job, watching it, or readmission after a preemption. */
-  let stage: 'dispatch' | 'running' | 'readmission' = resumeAt === 'running' ? 'running' : resumeAt === 'admission' ? (preemptions > 0 ? 'readmission' : 'dispatch') : 'dispatch';
+  let stage: 'dispatch' | 'running' | 'readmission' =
+    resumeAt === 'running' ? 'running' : resumeAt === 'admission' ? (preemptions > 0 ? 'readmission' : 'dispatch') : 'dispatch';
   try {
     // A preempted job comes back here once readmitted: placed again and resumed from its checkpoint.
     while (plan.placement === 'cluster') {
-      for (; stage === 'dispatch'; ) {
+      for (; stage === 'dispatch';) {
         const d = await cluster.dispatchJob({ taskId, intent, plan });
         job = d.job;
         if (d.ok) {
@@ -654,7 +714,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
         await continueIfLong('dispatch');
         if (await condition(() => cancelled !== null, timing.queueRetryMillis)) return finish(GovState.Cancelled);
       }
-      for (; stage === 'running'; ) {
+      for (; stage === 'running';) {
         if (job === null) throw ApplicationFailure.nonRetryable(`task ${taskId} runs on the cluster without a job`);
         await continueIfLong('running');
         await condition(() => cancelled !== null || preemptReq !== null || jobChanged, timing.pollMillis);
@@ -674,7 +734,9 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
         }
         if (lastObservation.phase === 'Succeeded') return finish(GovState.Succeeded);
         if (lastObservation.phase === 'Failed' || lastObservation.phase === 'Deleted') {
-          reasons = [{ code: 'NOT_RUNNING', message: lastObservation.message ?? `job ${lastObservation.phase}`, limit: null, requested: null, policy: `cluster/${job}` }];
+          reasons = [
+            { code: 'NOT_RUNNING', message: lastObservation.message ?? `job ${lastObservation.phase}`, limit: null, requested: null, policy: `cluster/${job}` },
+          ];
           await cluster.deleteJob({ job });
           return finish(GovState.Failed);
         }
@@ -726,7 +788,9 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       return finish(GovState.Rejected);
     }
     if (!inTime) {
-      reasons = [{ code: 'CAP_DEADLINE', message: `deadline ${plan.caps.deadline} passed`, limit: plan.caps.deadline, requested: null, policy: 'task#caps.deadline' }];
+      reasons = [
+        { code: 'CAP_DEADLINE', message: `deadline ${plan.caps.deadline} passed`, limit: plan.caps.deadline, requested: null, policy: 'task#caps.deadline' },
+      ];
       return finish(GovState.CapExceeded);
     }
     return finish(GovState.Succeeded);
@@ -736,7 +800,11 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     log.error('task failed; compensating', { taskId, error: String(err) });
     if (job !== null) await cluster.deleteJob({ job });
     const bad = dataError(err);
-    reasons = [bad !== null ? { code: 'DATA_ERROR', message: bad, limit: null, requested: null, policy: 'ledger' } : { code: 'NOT_RUNNING', message: `task failed: ${causeText(err)}`, limit: null, requested: null, policy: 'workflow' }];
+    reasons = [
+      bad !== null
+        ? { code: 'DATA_ERROR', message: bad, limit: null, requested: null, policy: 'ledger' }
+        : { code: 'NOT_RUNNING', message: `task failed: ${causeText(err)}`, limit: null, requested: null, policy: 'workflow' },
+    ];
     return finish(GovState.Failed);
   }
 
@@ -759,8 +827,25 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     usage = lastObservation.usage;
     progress = lastObservation.progress;
     preemptions++;
-    const r = await ledger.recordPreemption({ taskId, round: preemptions, by: p.by, reason: p.reason, preemptor: p.preemptor, lostGpuSecondsTotal: suspended.lostGpuSecondsTotal, gpuType: plan!.gpu.type, gpus: plan!.gpu.count });
-    reasons = [{ code: 'PREEMPTED', message: `preempted by ${p.preemptor ?? p.by} (${p.reason}); ${r.lostGpuSeconds} GPU-seconds since the checkpoint lost`, limit: null, requested: null, policy: p.preemptor ? `task/${p.preemptor}` : 'operator' }];
+    const r = await ledger.recordPreemption({
+      taskId,
+      round: preemptions,
+      by: p.by,
+      reason: p.reason,
+      preemptor: p.preemptor,
+      lostGpuSecondsTotal: suspended.lostGpuSecondsTotal,
+      gpuType: plan!.gpu.type,
+      gpus: plan!.gpu.count,
+    });
+    reasons = [
+      {
+        code: 'PREEMPTED',
+        message: `preempted by ${p.preemptor ?? p.by} (${p.reason}); ${r.lostGpuSeconds} GPU-seconds since the checkpoint lost`,
+        limit: null,
+        requested: null,
+        policy: p.preemptor ? `task/${p.preemptor}` : 'operator',
+      },
+    ];
     nodes = [];
     preemptReq = null;
     decision = 'queued';
@@ -809,7 +894,10 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     const code = a.state === 'rejected' ? 'APPROVAL_REJECTED' : 'APPROVAL_EXPIRED';
     const r: Reason = {
       code,
-      message: a.state === 'rejected' ? `${a.tool} call ${a.approvalId} rejected by ${a.decidedBy}` : `${a.tool} call ${a.approvalId} was not approved before ${a.expiresAt}`,
+      message:
+        a.state === 'rejected'
+          ? `${a.tool} call ${a.approvalId} rejected by ${a.decidedBy}`
+          : `${a.tool} call ${a.approvalId} was not approved before ${a.expiresAt}`,
       limit: null,
       requested: a.tool,
       policy: `tools#${a.tool}.approvers`,
@@ -827,7 +915,13 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     const policy = timing.compensation ?? { maxAttempts: 5, initialIntervalMs: 500 };
     const compensator = proxyActivities<Activities>({
       startToCloseTimeout: '60 seconds',
-      retry: { initialInterval: policy.initialIntervalMs, backoffCoefficient: 2, maximumInterval: '30 seconds', maximumAttempts: policy.maxAttempts, nonRetryableErrorTypes: ['NoCompensation'] },
+      retry: {
+        initialInterval: policy.initialIntervalMs,
+        backoffCoefficient: 2,
+        maximumInterval: '30 seconds',
+        maximumAttempts: policy.maxAttempts,
+        nonRetryableErrorTypes: ['NoCompensation'],
+      },
     });
     for (const s of [...sideEffects].reverse()) {
       const c: CompensationView = { step: s.seq, tool: s.tool, state: 'pending', error: null };
@@ -842,7 +936,16 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
         c.state = 'failed';
         const e = err instanceof Error ? err : new Error(String(err));
         c.error = e.cause instanceof Error ? e.cause.message : e.message;
-        reasons = [...reasons, { code: 'COMPENSATION_FAILED', message: `undoing ${s.tool} (step ${s.seq}) failed: ${c.error}`, limit: null, requested: s.tool, policy: `tools#${s.tool}.compensation` }];
+        reasons = [
+          ...reasons,
+          {
+            code: 'COMPENSATION_FAILED',
+            message: `undoing ${s.tool} (step ${s.seq}) failed: ${c.error}`,
+            limit: null,
+            requested: s.tool,
+            policy: `tools#${s.tool}.compensation`,
+          },
+        ];
         await ledger.compensationFailed({ taskId, seq: s.seq, tool: s.tool, error: c.error ?? 'unknown' });
         setState(GovState.NeedsOperator);
         await condition(() => resolution !== null);
@@ -862,7 +965,13 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   async function askOperator(activity: string, err: ActivityFailure): Promise<void> {
     const before = state;
     const error = causeText(err);
-    const why: Reason = { code: 'RETRIES_EXHAUSTED', message: `${activity} kept failing: ${error}; fix the cause, then resolve the task`, limit: null, requested: activity, policy: 'policies#retries' };
+    const why: Reason = {
+      code: 'RETRIES_EXHAUSTED',
+      message: `${activity} kept failing: ${error}; fix the cause, then resolve the task`,
+      limit: null,
+      requested: activity,
+      policy: 'policies#retries',
+    };
     reasons = [...reasons.filter((r) => r.code !== 'RETRIES_EXHAUSTED'), why];
     setState(GovState.NeedsOperator);
     upsertMemo({ escalation: { activity, error } });
@@ -887,9 +996,21 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     // A request nobody decided closes with the task.
     if (approval !== null && approval.state === 'pending') {
       const a: HeldApproval = approval;
-      const r = await ledger.decideApproval({ approvalId: a.approvalId, tool: a.tool, decision: 'expire', by: 'govloop', reason: `task ended ${final}`, force: true });
+      const r = await ledger.decideApproval({
+        approvalId: a.approvalId,
+        tool: a.tool,
+        decision: 'expire',
+        by: 'govloop',
+        reason: `task ended ${final}`,
+        force: true,
+      });
       follow(a, r);
-      if (a.outcome === null) a.outcome = answer('deny', { code: 'NOT_RUNNING', message: `task ended ${final}`, limit: null, requested: null, policy: 'task#state' }, { approvalId: a.approvalId });
+      if (a.outcome === null)
+        a.outcome = answer(
+          'deny',
+          { code: 'NOT_RUNNING', message: `task ended ${final}`, limit: null, requested: null, policy: 'task#state' },
+          { approvalId: a.approvalId },
+        );
     }
     if (final !== GovState.Succeeded && sideEffects.length > 0) await rollBack();
     state = GovState.Settling;

@@ -279,8 +279,7 @@ export interface LeaseRequest {
   ttlSeconds: number;
 }
 export type LeaseAnswer =
-  | { granted: true; leaseId: string; amountUsd: number; expiresAt: string; step: string }
-  | { granted: false; leaseId: string; reason: Reason };
+  { granted: true; leaseId: string; amountUsd: number; expiresAt: string; step: string } | { granted: false; leaseId: string; reason: Reason };
 export const leaseUpdate = defineUpdate<LeaseAnswer, [LeaseRequest]>('lease');
 export interface LeaseSpend {
   leaseId: string;
@@ -290,6 +289,8 @@ export interface LeaseSpend {
   model?: string;
   useCase?: string;
 }
-export const leaseSpendUpdate = defineUpdate<{ recorded: boolean; spentUsd?: number; leftUsd?: number; duplicate?: boolean; code?: string }, [LeaseSpend]>('leaseSpend');
+export const leaseSpendUpdate = defineUpdate<{ recorded: boolean; spentUsd?: number; leftUsd?: number; duplicate?: boolean; code?: string }, [LeaseSpend]>(
+  'leaseSpend',
+);
 export const leaseReturnUpdate = defineUpdate<{ closed: boolean; returnedUsd: number }, [{ leaseId: string; by: string }]>('leaseReturn');
 export const LeaseErrors = { InvalidLeaseRequest: 'InvalidLeaseRequest', UnknownLease: 'UnknownLease' } as const;

@@ -8,7 +8,12 @@ import { issuesText } from './schemas';
  * may shorten the grace, cap the batch, keep to one tenant, or only look (dryRun).
  */
 export const ReconcileInputSchema = z.strictObject({
-  graceSeconds: z.number().int().min(0).max(7 * 86_400).optional(),
+  graceSeconds: z
+    .number()
+    .int()
+    .min(0)
+    .max(7 * 86_400)
+    .optional(),
   limit: z.number().int().min(1).max(5000).optional(),
   dryRun: z.boolean().optional(),
   /** Only this tenant's tasks (an operator's look at one tenant; tests, which share a ledger). */
@@ -72,7 +77,10 @@ export async function reconciler(input: ReconcileInput = {}): Promise<ReconcileR
       if (orphan.job) await clusterOf(orphan.job.dispatchQueue).deleteJob({ job: orphan.job.name });
     } catch (err) {
       if (!(err instanceof ActivityFailure)) throw err;
-      report.skipped.push({ taskId: orphan.taskId, why: `job ${orphan.job!.name} on ${orphan.job!.cluster} not deleted: ${err.cause?.message ?? err.message}` });
+      report.skipped.push({
+        taskId: orphan.taskId,
+        why: `job ${orphan.job!.name} on ${orphan.job!.cluster} not deleted: ${err.cause?.message ?? err.message}`,
+      });
       continue;
     }
     try {

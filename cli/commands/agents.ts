@@ -27,8 +27,15 @@ async function decide(ctx: CommandContext, kind: 'approve' | 'reject', approvalI
     if (!(err instanceof GovloopNotFoundError)) throw err;
     const row = await getApproval(await ctx.db(), approvalId);
     if (!row) throw new CliExit(Exit.Failure, `no approval request ${approvalId}`, { approvalId, code: 'not-found' });
-    if (row.state === 'expired') return { recorded: false, approvalId, code: 'expired', message: `the request expired at ${row.expiresAt.toISOString()}`, state: row.state };
-    return { recorded: false, approvalId, code: 'already-decided', message: `already ${row.state} by ${row.decidedBy} (task ${row.taskId} has ended)`, state: row.state };
+    if (row.state === 'expired')
+      return { recorded: false, approvalId, code: 'expired', message: `the request expired at ${row.expiresAt.toISOString()}`, state: row.state };
+    return {
+      recorded: false,
+      approvalId,
+      code: 'already-decided',
+      message: `already ${row.state} by ${row.decidedBy} (task ${row.taskId} has ended)`,
+      state: row.state,
+    };
   }
 }
 
@@ -60,7 +67,17 @@ export function register(program: Command): void {
         console.log(
           table(
             ['approval', 'tenant', 'tool', 'requester', 'cost so far', 'tier', 'waiting', 'expires in', 'args'],
-            rows.map((r) => [r.approvalId, r.tenant, r.tool, r.requester, usd(r.costSoFarUsd), r.tier, `${Math.round((now - r.requestedAt.getTime()) / 1000)}s`, `${Math.round((r.expiresAt.getTime() - now) / 1000)}s`, r.argsDigest.slice(0, 19)]),
+            rows.map((r) => [
+              r.approvalId,
+              r.tenant,
+              r.tool,
+              r.requester,
+              usd(r.costSoFarUsd),
+              r.tier,
+              `${Math.round((now - r.requestedAt.getTime()) / 1000)}s`,
+              `${Math.round((r.expiresAt.getTime() - now) / 1000)}s`,
+              r.argsDigest.slice(0, 19),
+            ]),
           ),
         );
       });
@@ -97,7 +114,9 @@ export function register(program: Command): void {
       });
     });
 
-  const access = program.command('access').description('who holds which role in a tenant: viewer, requester, approver, budget-owner, tenant-admin, and the tool catalog\'s approver roles');
+  const access = program
+    .command('access')
+    .description("who holds which role in a tenant: viewer, requester, approver, budget-owner, tenant-admin, and the tool catalog's approver roles");
   for (const verb of ['grant', 'revoke'] as const) {
     access
       .command(verb)
@@ -143,7 +162,12 @@ export function register(program: Command): void {
         if (o.tenant) await ctx.allow(p, 'read', o.tenant);
         const rows = await listAccess(await ctx.db(), o.tenant ?? (await readableTenants(await ctx.db(), p)) ?? undefined);
         if (o.json) return printJson(rows);
-        console.log(table(['tenant', 'user', 'role', 'granted by', 'at'], rows.map((r) => [r.tenant, r.user, r.role, r.grantedBy, r.grantedAt.toISOString()])));
+        console.log(
+          table(
+            ['tenant', 'user', 'role', 'granted by', 'at'],
+            rows.map((r) => [r.tenant, r.user, r.role, r.grantedBy, r.grantedAt.toISOString()]),
+          ),
+        );
       });
     });
 }

@@ -4,7 +4,14 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { type AuditVerdict, verifyAudit } from '../../ledger/audit';
-import { AuditCheckpointRefused, CHECKPOINT_FILE, type AuditCheckpoints, auditPaths, readAuditCheckpoints, writeAuditCheckpoint } from '../../ledger/audit-checkpoints';
+import {
+  AuditCheckpointRefused,
+  CHECKPOINT_FILE,
+  type AuditCheckpoints,
+  auditPaths,
+  readAuditCheckpoints,
+  writeAuditCheckpoint,
+} from '../../ledger/audit-checkpoints';
 import { keyIdOf, loadOrCreateSigningKey, loadPublicKey } from '../../identity/signing';
 import { dataDir as dataDirOf } from '../../runtime/environment';
 import { type CommandContext, withContext } from '../context';
@@ -31,13 +38,16 @@ function describe(v: AuditVerdict, cps: AuditCheckpoints | null, dir: string): s
   const lines: string[] = [];
   if (v.ok) {
     const c = v.checkpoints;
-    lines.push(`audit chain intact: ${v.rows} rows; ${c ? `${c.verified} signed checkpoint${c.verified === 1 ? '' : 's'} agree, up to row ${c.headId ?? '—'} (${c.file})` : `no checkpoints in ${dir}: the chain was checked by itself`}`);
+    lines.push(
+      `audit chain intact: ${v.rows} rows; ${c ? `${c.verified} signed checkpoint${c.verified === 1 ? '' : 's'} agree, up to row ${c.headId ?? '—'} (${c.file})` : `no checkpoints in ${dir}: the chain was checked by itself`}`,
+    );
   } else if (v.firstBadId !== null) {
     lines.push(`audit chain broken at row ${v.firstBadId} (${v.problem}); ${v.rows} rows`, `  ${v.message}`);
   } else {
     lines.push(`audit checkpoints broken at line ${v.checkpointLine} of ${cps?.file ?? dir} (${v.problem}); ${v.rows} rows`, `  ${v.message}`);
   }
-  for (const f of v.checkpointFindings ?? []) if (v.ok || v.firstBadId !== null || f.line !== v.checkpointLine) lines.push(`  also: ${f.message} (${f.problem})`);
+  for (const f of v.checkpointFindings ?? [])
+    if (v.ok || v.firstBadId !== null || f.line !== v.checkpointLine) lines.push(`  also: ${f.message} (${f.problem})`);
   if (!v.ok) lines.push('  runbook: runbooks/audit-verify-failed.md');
   return lines.join('\n');
 }
@@ -59,7 +69,8 @@ export function registerAuditCommands(audit: Command, dataDir: () => string | un
         let cps: AuditCheckpoints | null = null;
         if (existsSync(file)) {
           const keyFile = o.publicKey ?? paths.signingKeyFile;
-          if (!isFile(keyFile)) throw new CliExit(Exit.Failure, `${file} holds checkpoints, but there is no key to check them with at ${keyFile}: give --public-key FILE`);
+          if (!isFile(keyFile))
+            throw new CliExit(Exit.Failure, `${file} holds checkpoints, but there is no key to check them with at ${keyFile}: give --public-key FILE`);
           let publicKey: KeyObject;
           try {
             publicKey = loadPublicKey(keyFile);
@@ -100,7 +111,11 @@ export function registerAuditCommands(audit: Command, dataDir: () => string | un
         const out = { file: r.file, written: r.written, seq: c?.seq ?? null, headId: c?.headId ?? null, rows: c?.rows ?? null, keyId: keyIdOf(key.publicKey) };
         if (o.json) return printJson(out);
         if (!c) return console.log(`the audit log is empty: nothing to checkpoint (${r.file})`);
-        console.log(r.written ? `checkpoint ${c.seq}: rows ${c.prevHeadId + 1}..${c.headId} (${c.rows} in all), signed by key ${c.keyId}, appended to ${r.file}` : `no rows since checkpoint ${c.seq} (head row ${c.headId}): nothing written`);
+        console.log(
+          r.written
+            ? `checkpoint ${c.seq}: rows ${c.prevHeadId + 1}..${c.headId} (${c.rows} in all), signed by key ${c.keyId}, appended to ${r.file}`
+            : `no rows since checkpoint ${c.seq} (head row ${c.headId}): nothing written`,
+        );
       });
     });
 }

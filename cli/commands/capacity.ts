@@ -31,7 +31,16 @@ export function register(program: Command): void {
         console.log(
           table(
             ['task', 'state', 'tenant/team', 'priority', 'GPUs', 'position', 'queued at', 'why'],
-            rows.map((r) => [r.taskId, r.state, `${r.tenant}/${r.team}`, r.priority, r.gpuType ? `${r.gpus} x ${r.gpuType}` : '-', r.position, r.queuedAt, r.reasons.map((x) => `${x.code}: ${x.message}`).join('; ') || '-']),
+            rows.map((r) => [
+              r.taskId,
+              r.state,
+              `${r.tenant}/${r.team}`,
+              r.priority,
+              r.gpuType ? `${r.gpus} x ${r.gpuType}` : '-',
+              r.position,
+              r.queuedAt,
+              r.reasons.map((x) => `${x.code}: ${x.message}`).join('; ') || '-',
+            ]),
           ),
         );
       });
@@ -41,7 +50,7 @@ export function register(program: Command): void {
     .command('preempt')
     .description('preempt a running cluster task: it checkpoints, is suspended after the grace period, requeued, and resumes from its checkpoint (audited)')
     .argument('<taskId>')
-    .option('--as <user>', 'who preempts (auth: none only; a tenant-admin of the task\'s tenant)')
+    .option('--as <user>', "who preempts (auth: none only; a tenant-admin of the task's tenant)")
     .option('--reason <text>', 'why (required)')
     .option('--json', 'print JSON')
     .action(async (taskId: string, raw) => {
@@ -51,11 +60,17 @@ export function register(program: Command): void {
         try {
           r = await (await ctx.gov()).preempt(taskId, { reason: opts.reason, ...(opts.as !== undefined ? { as: opts.as } : {}) });
         } catch (err) {
-          if (err instanceof GovloopStateError) throw new CliExit(Exit.Rejected, `${err.message}: only a cluster job that holds GPUs can be preempted`, { taskId, code: 'not-preemptible' });
+          if (err instanceof GovloopStateError)
+            throw new CliExit(Exit.Rejected, `${err.message}: only a cluster job that holds GPUs can be preempted`, { taskId, code: 'not-preemptible' });
           if (err instanceof GovloopNotFoundError) {
             // The task has ended (or never was): say which, as for a running one that holds no GPUs.
             const s = await (await ctx.gov()).status(taskId).catch(() => null);
-            if (s) throw new CliExit(Exit.Rejected, `task ${taskId} is ${s.state}: only a cluster job that holds GPUs can be preempted`, { taskId, state: s.state, code: 'not-preemptible' });
+            if (s)
+              throw new CliExit(Exit.Rejected, `task ${taskId} is ${s.state}: only a cluster job that holds GPUs can be preempted`, {
+                taskId,
+                state: s.state,
+                code: 'not-preemptible',
+              });
           }
           throw err;
         }
@@ -66,7 +81,7 @@ export function register(program: Command): void {
 
   program
     .command('preemptions')
-    .description('work lost to preemption (GPU-hours since the victims\' checkpoints), by the team that preempted')
+    .description("work lost to preemption (GPU-hours since the victims' checkpoints), by the team that preempted")
     .option('--tenant <tenant>', 'preemptor tenant')
     .option('--json', 'print JSON')
     .action(async (raw) => {
@@ -74,7 +89,12 @@ export function register(program: Command): void {
       await withContext(dataDir(), async (ctx) => {
         const rows = await preemptionLosses(await ctx.db(), opts.tenant);
         if (opts.json) return printJson(rows);
-        console.log(table(['preemptor team', 'preemptions', 'lost GPU-hours'], rows.map((r) => [r.preemptorTeam, r.preemptions, r.lostGpuHours])));
+        console.log(
+          table(
+            ['preemptor team', 'preemptions', 'lost GPU-hours'],
+            rows.map((r) => [r.preemptorTeam, r.preemptions, r.lostGpuHours]),
+          ),
+        );
       });
     });
 }

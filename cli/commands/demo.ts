@@ -45,12 +45,19 @@ export function register(program: Command): void {
       const stack = await startStack({ dataDir: dir, config, headless: !o.keep, uiPort: o.uiPort, onProgress: say });
       try {
         say(`up: Temporal ${stack.address}, ledger ${stack.ledgerSource}${stack.uiUrl ? `, UI ${stack.uiUrl}` : ''}`);
-        for (const [scope, usdLimit] of [[{ tenant: 'acme', team: 'search' }, 500], [{ tenant: 'acme', team: 'research' }, 2000], [{ tenant: 'acme', team: 'support' }, 50], [{ tenant: 'globex' }, 20]] as const) {
+        for (const [scope, usdLimit] of [
+          [{ tenant: 'acme', team: 'search' }, 500],
+          [{ tenant: 'acme', team: 'research' }, 2000],
+          [{ tenant: 'acme', team: 'support' }, 50],
+          [{ tenant: 'globex' }, 20],
+        ] as const) {
           await setBudget(stack.db, scope, 'month', usdLimit, 'demo');
           say(`budget ${scope.tenant}/${'team' in scope ? scope.team : '*'}/* month ${usd(usdLimit)}`);
         }
         const intents: Intent[] = [];
-        for (const f of readdirSync(examplesDir).filter((f) => f.endsWith('.yaml')).sort()) {
+        for (const f of readdirSync(examplesDir)
+          .filter((f) => f.endsWith('.yaml'))
+          .sort()) {
           const parsed = parseIntentText(readFileSync(join(examplesDir, f), 'utf8'));
           if (parsed.ok) intents.push(parsed.value);
           else say(`${f}: invalid intent, not submitted (${parsed.errors.map((e) => `${e.path}: ${e.message}`).join('; ')})`);
@@ -81,18 +88,40 @@ export function register(program: Command): void {
           if (Date.now() - lastTick > 3000) {
             lastTick = Date.now();
             const running = statuses.filter((s) => s.state === 'Running');
-            if (running.length) say(`running: ${running.map((s) => `${s.name} ${s.progress !== null ? `${Math.round(s.progress * 100)}%` : `${s.usage.steps} steps`} ${usd(s.costUsd)}`).join(' | ')}`);
+            if (running.length)
+              say(
+                `running: ${running.map((s) => `${s.name} ${s.progress !== null ? `${Math.round(s.progress * 100)}%` : `${s.usage.steps} steps`} ${usd(s.costUsd)}`).join(' | ')}`,
+              );
           }
           await new Promise((r) => setTimeout(r, 500));
         }
         await agentRun;
 
         console.log('\nOutcomes');
-        console.log(table(['task', 'kind', 'decision', 'state', 'reason', 'GPU-hours', 'tokens', 'cost'], statuses.map((s) => [s.name, s.kind, s.decision, s.state, s.reasons.map((r) => r.code).join(', ') || '-', s.usage.gpuHours, s.usage.tokensIn + s.usage.tokensOut + s.usage.tokensProcessed, usd(s.costUsd)])));
+        console.log(
+          table(
+            ['task', 'kind', 'decision', 'state', 'reason', 'GPU-hours', 'tokens', 'cost'],
+            statuses.map((s) => [
+              s.name,
+              s.kind,
+              s.decision,
+              s.state,
+              s.reasons.map((r) => r.code).join(', ') || '-',
+              s.usage.gpuHours,
+              s.usage.tokensIn + s.usage.tokensOut + s.usage.tokensProcessed,
+              usd(s.costUsd),
+            ]),
+          ),
+        );
         await rollUp(stack.db, { lateArrivalSeconds: config.policies.metering.lateArrivalSeconds });
         const rows = await rollupUsageBy(stack.db, ['tenant', 'team'], new Date(0), new Date(8.64e15));
-        console.log('\nShowback by team (from the ledger\'s usage rollups; `govloop report` for unit costs)');
-        console.log(table(['tenant', 'team', 'tasks', 'GPU-hours', 'tokens', 'cost'], rows.map((r) => [String(r.tenant), String(r.team), r.tasks ?? '-', r.gpuHours, r.tokens, usd(r.costUsd)])));
+        console.log("\nShowback by team (from the ledger's usage rollups; `govloop report` for unit costs)");
+        console.log(
+          table(
+            ['tenant', 'team', 'tasks', 'GPU-hours', 'tokens', 'cost'],
+            rows.map((r) => [String(r.tenant), String(r.team), r.tasks ?? '-', r.gpuHours, r.tokens, usd(r.costUsd)]),
+          ),
+        );
         const expected = new Map(intents.map((i, k) => [ids[k], i.name]));
         const failed = statuses.filter((s) => s.state === 'Failed');
         if (failed.length) throw new CliExit(Exit.Failure, `demo tasks failed: ${failed.map((s) => expected.get(s.taskId)).join(', ')}`);

@@ -21,13 +21,28 @@ import { CliExit, Exit, parseOptions } from '../util';
 const port = z.coerce.number({ error: 'must be a port number' }).int().min(1).max(65535);
 const DevOptions = z.strictObject({ port: port.default(7233), uiPort: port.default(8233), ledgerPort: port.optional(), headless: z.boolean().default(false) });
 const WorkerOptions = z.strictObject({
-  taskQueue: z.string().min(1).default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
-  cluster: z.string().regex(/^[a-z0-9-]+$/).optional(),
+  taskQueue: z
+    .string()
+    .min(1)
+    .default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
+  cluster: z
+    .string()
+    .regex(/^[a-z0-9-]+$/)
+    .optional(),
   controllers: z.boolean().default(true),
   backend: z.enum(['simulated', 'kubernetes']).default((process.env.GOVLOOP_CLUSTER_BACKEND as 'simulated' | 'kubernetes' | undefined) ?? 'simulated'),
-  k8sNamespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a Kubernetes namespace name').max(63).default(process.env.GOVLOOP_K8S_NAMESPACE ?? 'govloop'),
+  k8sNamespace: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a Kubernetes namespace name')
+    .max(63)
+    .default(process.env.GOVLOOP_K8S_NAMESPACE ?? 'govloop'),
   k8sPlacement: z.enum(['govloop', 'scheduler']).default((process.env.GOVLOOP_K8S_PLACEMENT as 'govloop' | 'scheduler' | undefined) ?? 'govloop'),
-  k8sCheckpointGrace: z.coerce.number().int('whole seconds').min(0).max(3600).default(Number(process.env.GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS ?? 90)),
+  k8sCheckpointGrace: z.coerce
+    .number()
+    .int('whole seconds')
+    .min(0)
+    .max(3600)
+    .default(Number(process.env.GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS ?? 90)),
   workflowBundle: z
     .string()
     .min(1)
@@ -36,10 +51,11 @@ const WorkerOptions = z.strictObject({
 });
 
 /** Resolves on the first SIGINT/SIGTERM. */
-const untilSignal = () => new Promise<string>((resolve) => {
-  process.once('SIGINT', () => resolve('SIGINT'));
-  process.once('SIGTERM', () => resolve('SIGTERM'));
-});
+const untilSignal = () =>
+  new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
 
 export function register(program: Command): void {
   program
@@ -55,7 +71,15 @@ export function register(program: Command): void {
       if (readDevState(dir)) throw new CliExit(Exit.Failure, `govloop dev is already running for ${dir}`);
       const config = loadConfig();
       installLogging({ file: join(dir, 'worker.log') });
-      const stack = await startStack({ dataDir: dir, config, port: o.port, uiPort: o.uiPort, ...(o.ledgerPort ? { ledgerPort: o.ledgerPort } : {}), headless: o.headless, onProgress: (m) => console.log(m) });
+      const stack = await startStack({
+        dataDir: dir,
+        config,
+        port: o.port,
+        uiPort: o.uiPort,
+        ...(o.ledgerPort ? { ledgerPort: o.ledgerPort } : {}),
+        headless: o.headless,
+        onProgress: (m) => console.log(m),
+      });
       console.log(`govloop dev is up (data in ${dir})
   Temporal   ${stack.address}  namespace ${stack.namespace}
   UI         ${stack.uiUrl ?? '(headless)'}
@@ -74,11 +98,24 @@ Ctrl-C stops everything.`);
     .option('--task-queue <name>', 'control task queue', process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL)
     .option('--cluster <name>', 'simulated cluster name (default: config/cluster.yaml)')
     .option('--no-controllers', 'start no budget controllers and no schedules (rollup, audit checkpoint, reconcile: another worker pool owns them)')
-    .option('--backend <kind>', 'cluster backend: simulated | kubernetes (KUBECONFIG, ~/.kube/config or in-cluster); default $GOVLOOP_CLUSTER_BACKEND or simulated')
+    .option(
+      '--backend <kind>',
+      'cluster backend: simulated | kubernetes (KUBECONFIG, ~/.kube/config or in-cluster); default $GOVLOOP_CLUSTER_BACKEND or simulated',
+    )
     .option('--k8s-namespace <ns>', 'namespace of the Jobs (kubernetes backend); default $GOVLOOP_K8S_NAMESPACE or govloop')
-    .option('--k8s-checkpoint-grace <seconds>', 'least preemption grace on Kubernetes: the pods see the checkpoint request through the downward API within about a minute, then save; the longer of this and policies.preemption.graceMillis is waited; default $GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS or 90')
-    .option('--workflow-bundle <path>', 'a workflow bundle pre-built by `npm run bundle:workflows -- PATH` from this same checkout, instead of bundling workflows/ at every start (seconds of CPU); default $GOVLOOP_WORKFLOW_BUNDLE', process.env.GOVLOOP_WORKFLOW_BUNDLE)
-    .option('--k8s-placement <mode>', 'who picks the nodes (kubernetes backend): govloop (pins each Job to the nodes governance/placement.ts chooses from the Nodes\' govloop.io/* labels) | scheduler (the kube-scheduler); default $GOVLOOP_K8S_PLACEMENT or govloop')
+    .option(
+      '--k8s-checkpoint-grace <seconds>',
+      'least preemption grace on Kubernetes: the pods see the checkpoint request through the downward API within about a minute, then save; the longer of this and policies.preemption.graceMillis is waited; default $GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS or 90',
+    )
+    .option(
+      '--workflow-bundle <path>',
+      'a workflow bundle pre-built by `npm run bundle:workflows -- PATH` from this same checkout, instead of bundling workflows/ at every start (seconds of CPU); default $GOVLOOP_WORKFLOW_BUNDLE',
+      process.env.GOVLOOP_WORKFLOW_BUNDLE,
+    )
+    .option(
+      '--k8s-placement <mode>',
+      "who picks the nodes (kubernetes backend): govloop (pins each Job to the nodes governance/placement.ts chooses from the Nodes' govloop.io/* labels) | scheduler (the kube-scheduler); default $GOVLOOP_K8S_PLACEMENT or govloop",
+    )
     .action(async (raw) => {
       const o = parseOptions(WorkerOptions, raw);
       const logger = installLogging();
@@ -113,7 +150,11 @@ Ctrl-C stops everything.`);
           // the workflow's poll stays the fallback when a watch event is missed.
           const temporal = await connectTemporal(program.opts().dataDir);
           const w = k8s.watchJobs(
-            (e) => void temporal.client.workflow.getHandle(e.taskId).signal(jobChangedSignal, { job: e.job, phase: e.phase }).catch(() => undefined),
+            (e) =>
+              void temporal.client.workflow
+                .getHandle(e.taskId)
+                .signal(jobChangedSignal, { job: e.job, phase: e.phase })
+                .catch(() => undefined),
             (err) => logger.warn({ err: String(err) }, 'kubernetes job watch failed; reconnecting'),
           );
           stopWatch = () => {
@@ -125,7 +166,15 @@ Ctrl-C stops everything.`);
           await sim.sync();
           backend = sim;
         }
-        const workers = await createWorkers({ connection, namespace, db: ledger.db, config, backend, controlQueue: o.taskQueue, ...(o.workflowBundle ? { bundle: { codePath: resolve(o.workflowBundle) } } : {}) });
+        const workers = await createWorkers({
+          connection,
+          namespace,
+          db: ledger.db,
+          config,
+          backend,
+          controlQueue: o.taskQueue,
+          ...(o.workflowBundle ? { bundle: { codePath: resolve(o.workflowBundle) } } : {}),
+        });
         if (o.controllers) {
           const temporal = await connectTemporal(program.opts().dataDir);
           try {
@@ -140,7 +189,9 @@ Ctrl-C stops everything.`);
         const abort = new AbortController();
         void untilSignal().then(() => abort.abort());
         logger.info({ address, namespace, taskQueue: o.taskQueue, ledger: ledger.source }, 'worker started');
-        console.error(`worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name} (${o.backend}${o.backend === 'kubernetes' ? ` namespace ${o.k8sNamespace}, placement ${o.k8sPlacement}` : ''}); ledger ${ledger.source}`);
+        console.error(
+          `worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name} (${o.backend}${o.backend === 'kubernetes' ? ` namespace ${o.k8sNamespace}, placement ${o.k8sPlacement}` : ''}); ledger ${ledger.source}`,
+        );
         await runWorkers(workers, abort.signal);
         stopWatch();
       } finally {

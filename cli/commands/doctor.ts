@@ -17,7 +17,12 @@ export function register(program: Command): void {
       const dir = dataDir(program.opts().dataDir);
       const dev = readDevState(dir);
       const report = {
-        config: { policies: config.policies.name, cluster: config.cluster.name, nodes: config.cluster.nodes.length, gpus: config.cluster.nodes.reduce((s, n) => s + n.gpus, 0) },
+        config: {
+          policies: config.policies.name,
+          cluster: config.cluster.name,
+          nodes: config.cluster.nodes.length,
+          gpus: config.cluster.nodes.reduce((s, n) => s + n.gpus, 0),
+        },
         temporalCli: cli ?? null,
         temporal: process.env.TEMPORAL_ADDRESS ?? dev?.temporalAddress ?? 'localhost:7233 (default)',
         ledger: process.env.DATABASE_URL ? 'DATABASE_URL' : dev ? `govloop dev (${dev.databaseUrl})` : `embedded PGlite in ${dir}/ledger`,

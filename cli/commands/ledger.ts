@@ -17,23 +17,34 @@ import { dataDir as dataDirOf, readDevState } from '../../runtime/environment';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 
 const scopeName = z.string().min(1).max(63);
-const BudgetSet = z.strictObject({
+const BudgetSet = z
+  .strictObject({
+    tenant: scopeName,
+    team: scopeName.optional(),
+    project: scopeName.optional(),
+    usd: z.coerce.number({ error: 'must be a number' }).nonnegative().max(1e12),
+    period: z.enum(Periods).default('month'),
+    as: z.string().min(1).max(128).optional(),
+    reason: z.string().min(1).max(1000).default('budget set'),
+  })
+  .refine((o) => o.project === undefined || o.team !== undefined, { message: 'a project budget needs --team', path: ['project'] });
+const RaiseDecision = z.strictObject({ as: z.string().min(1).max(128).optional(), reason: z.string().min(1).max(1000) });
+const RaiseId = z.coerce.number({ error: 'must be a number' }).int().positive();
+const BudgetShow = z.strictObject({
   tenant: scopeName,
   team: scopeName.optional(),
   project: scopeName.optional(),
-  usd: z.coerce.number({ error: 'must be a number' }).nonnegative().max(1e12),
-  period: z.enum(Periods).default('month'),
-  as: z.string().min(1).max(128).optional(),
-  reason: z.string().min(1).max(1000).default('budget set'),
-}).refine((o) => o.project === undefined || o.team !== undefined, { message: 'a project budget needs --team', path: ['project'] });
-const RaiseDecision = z.strictObject({ as: z.string().min(1).max(128).optional(), reason: z.string().min(1).max(1000) });
-const RaiseId = z.coerce.number({ error: 'must be a number' }).int().positive();
-const BudgetShow = z.strictObject({ tenant: scopeName, team: scopeName.optional(), project: scopeName.optional(), period: z.enum(Periods).optional(), as: scopeName.optional(), json: z.boolean().default(false) });
+  period: z.enum(Periods).optional(),
+  as: scopeName.optional(),
+  json: z.boolean().default(false),
+});
 
 /** `--period` of usage: today | week | month | all | YYYY-MM | YYYY-MM-DD, as a [from, to) range in UTC. */
 export function periodRange(p: string, now = new Date()): { from: Date; to: Date } | undefined {
   const day = (y: number, m: number, d: number) => new Date(Date.UTC(y, m, d));
-  const y = now.getUTCFullYear(), m = now.getUTCMonth(), d = now.getUTCDate();
+  const y = now.getUTCFullYear(),
+    m = now.getUTCMonth(),
+    d = now.getUTCDate();
   if (p === 'today') return { from: day(y, m, d), to: day(y, m, d + 1) };
   if (p === 'week') return { from: day(y, m, d - ((now.getUTCDay() + 6) % 7)), to: day(y, m, d - ((now.getUTCDay() + 6) % 7) + 7) };
   if (p === 'month') return { from: day(y, m, 1), to: day(y, m + 1, 1) };
@@ -49,9 +60,17 @@ const UsageOptions = z.strictObject({
   by: z
     .string()
     .default('team')
-    .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean))
+    .transform((s) =>
+      s
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean),
+    )
     .pipe(z.array(z.enum(UsageDims, { error: `each dimension must be one of ${UsageDims.join(', ')}` })).min(1)),
-  period: z.string().default('month').refine((p) => periodRange(p) !== undefined, 'today | week | month | all | YYYY-MM | YYYY-MM-DD'),
+  period: z
+    .string()
+    .default('month')
+    .refine((p) => periodRange(p) !== undefined, 'today | week | month | all | YYYY-MM | YYYY-MM-DD'),
   tenant: scopeName.optional(),
   as: scopeName.optional(),
   json: z.boolean().default(false),
@@ -93,7 +112,8 @@ async function nudgeController(ctx: CommandContext, budget: BudgetKey): Promise<
 async function readScope(ctx: CommandContext, tenant: string | undefined, as: string | undefined): Promise<void> {
   const p = await ctx.principal(as, 'usage');
   if (tenant !== undefined) await ctx.allow(p, 'read', tenant);
-  else if (!p.platformAdmin || p.tenantScope !== null) throw refused({ code: 'FORBIDDEN', message: `usage of every tenant is for platform admins; ${actorName(p)} names one with --tenant` }, p);
+  else if (!p.platformAdmin || p.tenantScope !== null)
+    throw refused({ code: 'FORBIDDEN', message: `usage of every tenant is for platform admins; ${actorName(p)} names one with --tenant` }, p);
 }
 
 export function register(program: Command): void {
@@ -116,12 +136,21 @@ export function register(program: Command): void {
         const db = await ctx.db();
         const principal = await ctx.principal(o.as ?? (ctx.credential ? undefined : process.env.USER), 'budget.set');
         const scope = { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}) };
-        const r = await requestBudgetChange(db, scope, o.period, o.usd, { principal, lowerSecondPersonAbove: ctx.config().auth.budgetLowerSecondPersonAbove }, o.reason);
+        const r = await requestBudgetChange(
+          db,
+          scope,
+          o.period,
+          o.usd,
+          { principal, lowerSecondPersonAbove: ctx.config().auth.budgetLowerSecondPersonAbove },
+          o.reason,
+        );
         const label = `${o.tenant}/${o.team ?? '*'}/${o.project ?? '*'} ${o.period}`;
         if (!r.applied && 'refused' in r) throw refused(r.refused, principal);
         if (!r.applied) {
           const what = r.toUsd > r.fromUsd ? 'raise' : 'lowering';
-          console.log(`budget ${label}: ${what} ${usd(r.fromUsd)} → ${usd(r.toUsd)} is pending as change ${r.raiseId}; someone other than ${actorName(principal)} approves it: govloop budget approve ${r.raiseId} --reason TEXT`);
+          console.log(
+            `budget ${label}: ${what} ${usd(r.fromUsd)} → ${usd(r.toUsd)} is pending as change ${r.raiseId}; someone other than ${actorName(principal)} approves it: govloop budget approve ${r.raiseId} --reason TEXT`,
+          );
           return;
         }
         console.log(`budget ${label}: ${usd(o.usd)}`);
@@ -137,13 +166,21 @@ export function register(program: Command): void {
     .option('--as <user>', 'who asks (auth: none only)')
     .option('--json', 'print JSON')
     .action(async (raw) => {
-      const o = parseOptions(z.strictObject({ tenant: scopeName, all: z.boolean().default(false), as: scopeName.optional(), json: z.boolean().default(false) }), raw);
+      const o = parseOptions(
+        z.strictObject({ tenant: scopeName, all: z.boolean().default(false), as: scopeName.optional(), json: z.boolean().default(false) }),
+        raw,
+      );
       await withContext(dataDir(), async (ctx) => {
         await ctx.allow(await ctx.principal(o.as, 'budget.raises'), 'read', o.tenant);
         const rows = await listRaises(await ctx.db(), o.tenant, !o.all);
         if (o.json) return printJson(rows);
         if (rows.length === 0) return console.log(`no ${o.all ? '' : 'pending '}budget raises for ${o.tenant}`);
-        console.log(table(['raise', 'scope', 'period', 'from', 'to', 'requested by', 'reason', 'state', 'decided by'], rows.map((r) => [r.raiseId, r.scope, r.period, usd(r.fromUsd), usd(r.toUsd), r.requestedBy, r.reason, r.state, r.decidedBy ?? '—'])));
+        console.log(
+          table(
+            ['raise', 'scope', 'period', 'from', 'to', 'requested by', 'reason', 'state', 'decided by'],
+            rows.map((r) => [r.raiseId, r.scope, r.period, usd(r.fromUsd), usd(r.toUsd), r.requestedBy, r.reason, r.state, r.decidedBy ?? '—']),
+          ),
+        );
       });
     });
 
@@ -182,19 +219,41 @@ export function register(program: Command): void {
         await ctx.allow(await ctx.principal(o.as, 'budget.show'), 'read', o.tenant);
         const db = await ctx.db();
         const now = new Date();
-        const views = await showBudgets(db, { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}), ...(o.period ? { period: o.period } : {}) }, now);
+        const views = await showBudgets(
+          db,
+          { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}), ...(o.period ? { period: o.period } : {}) },
+          now,
+        );
         const full = [];
         for (const v of views) {
           const snap = await budgetSnapshot(db, v.budgetId, now);
           const { budgetId: _id, ...rest } = v;
-          full.push({ ...rest, sharePct: snap ? Math.round(snap.sharePct * 100) / 100 : null, step: snap?.step ?? 'ok', burnUsdPerHour: snap ? Math.round(snap.burnUsdPerHour * 1e6) / 1e6 : 0, forecastUsd: snap?.forecastUsd == null ? null : Math.round(snap.forecastUsd * 100) / 100 });
+          full.push({
+            ...rest,
+            sharePct: snap ? Math.round(snap.sharePct * 100) / 100 : null,
+            step: snap?.step ?? 'ok',
+            burnUsdPerHour: snap ? Math.round(snap.burnUsdPerHour * 1e6) / 1e6 : 0,
+            forecastUsd: snap?.forecastUsd == null ? null : Math.round(snap.forecastUsd * 100) / 100,
+          });
         }
         if (o.json) return printJson(full.length === 1 && (o.team !== undefined || o.period !== undefined) ? full[0] : full);
         if (full.length === 0) return console.log(`no budget for ${o.tenant}`);
         console.log(
           table(
             ['scope', 'period', 'window', 'limit', 'reserved', 'spent', 'left', 'used', 'step', 'burn /h', 'forecast'],
-            full.map((v) => [v.scope, v.period, v.window, usd(v.limitUsd), usd(v.reservedUsd), usd(v.spentUsd), usd(v.limitUsd - v.reservedUsd - v.spentUsd), v.sharePct === null ? '—' : `${v.sharePct} %`, v.step, usd(v.burnUsdPerHour), v.forecastUsd === null ? '—' : usd(v.forecastUsd)]),
+            full.map((v) => [
+              v.scope,
+              v.period,
+              v.window,
+              usd(v.limitUsd),
+              usd(v.reservedUsd),
+              usd(v.spentUsd),
+              usd(v.limitUsd - v.reservedUsd - v.spentUsd),
+              v.sharePct === null ? '—' : `${v.sharePct} %`,
+              v.step,
+              usd(v.burnUsdPerHour),
+              v.forecastUsd === null ? '—' : usd(v.forecastUsd),
+            ]),
           ),
         );
       });
@@ -219,7 +278,12 @@ export function register(program: Command): void {
         await rollUp(db, { lateArrivalSeconds: ctx.config().policies.metering.lateArrivalSeconds });
         const rows = await rollupUsageBy(db, o.by as UsageDim[], from, to, o.tenant);
         if (o.json) return printJson(rows);
-        console.log(table([...o.by, 'cost', 'GPU-hours', 'tokens', 'tasks'], rows.map((r) => [...o.by.map((d) => String(r[d])), usd(r.costUsd), r.gpuHours, r.tokens, r.tasks ?? '—'])));
+        console.log(
+          table(
+            [...o.by, 'cost', 'GPU-hours', 'tokens', 'tasks'],
+            rows.map((r) => [...o.by.map((d) => String(r[d])), usd(r.costUsd), r.gpuHours, r.tokens, r.tasks ?? '—']),
+          ),
+        );
       });
     });
 
@@ -238,23 +302,52 @@ export function register(program: Command): void {
         await readScope(ctx, o.tenant, o.as);
         const db = await ctx.db();
         await rollUp(db, { lateArrivalSeconds: ctx.config().policies.metering.lateArrivalSeconds });
-        const r = await showback(db, { by: o.by as UsageDim[], from, to, ...(o.tenant ? { tenant: o.tenant } : {}), capacity: clusterCapacity(ctx.config()), priceBook: ctx.config().priceBook });
+        const r = await showback(db, {
+          by: o.by as UsageDim[],
+          from,
+          to,
+          ...(o.tenant ? { tenant: o.tenant } : {}),
+          capacity: clusterCapacity(ctx.config()),
+          priceBook: ctx.config().priceBook,
+        });
         if (o.format === 'json') return printJson(r);
         const header = [...o.by, 'costUsd', 'gpuHours', 'tokensIn', 'tokensOut', 'events', 'tasks'];
         const rows = r.rows.map((x) => [...o.by.map((d) => String(x[d])), x.costUsd, x.gpuHours, x.tokensIn, x.tokensOut, x.events, x.tasks ?? '']);
         if (o.format === 'csv') return process.stdout.write(stringify([header, ...rows]));
-        console.log(`showback ${o.period} (${r.period.from.slice(0, 10)} – ${r.period.to.slice(0, 10)})${o.tenant ? ` tenant ${o.tenant}` : ''}: ${usd(r.totalCostUsd)}`);
-        console.log(table(header, rows.map((x) => x.map((v, i) => (i === o.by.length ? usd(Number(v)) : v)))));
+        console.log(
+          `showback ${o.period} (${r.period.from.slice(0, 10)} – ${r.period.to.slice(0, 10)})${o.tenant ? ` tenant ${o.tenant}` : ''}: ${usd(r.totalCostUsd)}`,
+        );
+        console.log(
+          table(
+            header,
+            rows.map((x) => x.map((v, i) => (i === o.by.length ? usd(Number(v)) : v))),
+          ),
+        );
         const u = r.unitCosts;
         console.log(
           table(
             ['per 1M tokens', 'per GPU-hour', 'per agent task', 'per training job', 'unattributed', 'idle GPU-hours', 'idle cost'],
-            [[fmtUnit(u.per1MTokensUsd), fmtUnit(u.perGpuHourUsd), fmtUnit(u.perAgentTaskUsd), fmtUnit(u.perTrainingJobUsd), `${usd(r.unattributed.costUsd)} (${r.unattributed.events} events)`, r.idle ? r.idle.gpuHours.toFixed(1) : '—', r.idle ? usd(r.idle.costUsd) : '—']],
+            [
+              [
+                fmtUnit(u.per1MTokensUsd),
+                fmtUnit(u.perGpuHourUsd),
+                fmtUnit(u.perAgentTaskUsd),
+                fmtUnit(u.perTrainingJobUsd),
+                `${usd(r.unattributed.costUsd)} (${r.unattributed.events} events)`,
+                r.idle ? r.idle.gpuHours.toFixed(1) : '—',
+                r.idle ? usd(r.idle.costUsd) : '—',
+              ],
+            ],
           ),
         );
         if (r.preemptionLosses.length > 0) {
           console.log('GPU work lost to preemption, charged to the preemptor’s team');
-          console.log(table(['tenant', 'team', 'preemptions', 'GPU-hours lost', 'cost'], r.preemptionLosses.map((l) => [l.tenant, l.team, l.preemptions, l.gpuHours.toFixed(3), usd(l.costUsd)])));
+          console.log(
+            table(
+              ['tenant', 'team', 'preemptions', 'GPU-hours lost', 'cost'],
+              r.preemptionLosses.map((l) => [l.tenant, l.team, l.preemptions, l.gpuHours.toFixed(3), usd(l.costUsd)]),
+            ),
+          );
         }
       });
     });
@@ -272,13 +365,21 @@ export function register(program: Command): void {
       await withContext(dataDir(), async (ctx) => {
         const p = await ctx.principal(o.as, 'audit.show');
         // A task's trail is its tenant's to read; rows of a task the ledger never admitted, a platform admin's.
-        const t = await (await ctx.db()).query<{ tenant: string }>('SELECT a.tenant FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1', [taskId]);
+        const t = await (
+          await ctx.db()
+        ).query<{ tenant: string }>('SELECT a.tenant FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1', [taskId]);
         if (t.rows[0]) await ctx.allow(p, 'read', t.rows[0].tenant, { taskId });
-        else if (!p.platformAdmin || p.tenantScope !== null) throw refused({ code: 'FORBIDDEN', message: `${taskId} is no task of a tenant ${actorName(p)} may read` }, p);
+        else if (!p.platformAdmin || p.tenantScope !== null)
+          throw refused({ code: 'FORBIDDEN', message: `${taskId} is no task of a tenant ${actorName(p)} may read` }, p);
         const { rows } = await (await ctx.db()).query('SELECT id, at, actor, action, decision, detail FROM audit_log WHERE task_id = $1 ORDER BY id', [taskId]);
         if (rows.length === 0) throw new CliExit(Exit.Failure, `no audit rows for ${taskId}`);
         if (o.json) return printJson(rows);
-        console.log(table(['id', 'at', 'actor', 'action', 'decision', 'detail'], rows.map((r) => [r.id, r.at.toISOString(), r.actor, r.action, r.decision, JSON.stringify(r.detail).slice(0, 80)])));
+        console.log(
+          table(
+            ['id', 'at', 'actor', 'action', 'decision', 'detail'],
+            rows.map((r) => [r.id, r.at.toISOString(), r.actor, r.action, r.decision, JSON.stringify(r.detail).slice(0, 80)]),
+          ),
+        );
       });
     });
 }

@@ -27,7 +27,12 @@ const ServeOptions = z.strictObject({
 });
 const KeysCreate = z.strictObject({ tenant, user: NameText.optional(), as: NameText.optional(), json: z.boolean().default(false) });
 const KeysList = z.strictObject({ tenant, as: NameText.optional(), json: z.boolean().default(false) });
-const KeysRevoke = z.strictObject({ tenant, prefix: z.string().regex(/^glk_[A-Za-z0-9_-]{8}$/, 'the 12-character prefix shown by keys list, e.g. glk_AbC123xY'), as: NameText.optional(), json: z.boolean().default(false) });
+const KeysRevoke = z.strictObject({
+  tenant,
+  prefix: z.string().regex(/^glk_[A-Za-z0-9_-]{8}$/, 'the 12-character prefix shown by keys list, e.g. glk_AbC123xY'),
+  as: NameText.optional(),
+  json: z.boolean().default(false),
+});
 
 /** Resolves on the first SIGINT/SIGTERM. */
 const untilSignal = () =>
@@ -41,10 +46,15 @@ export function register(program: Command): void {
 
   program
     .command('serve')
-    .description('run the HTTP API: POST /v1/usage, GET /v1/usage, GET /v1/budgets (tenant API keys), the /dashboard page, /metrics (GOVLOOP_METRICS_TOKEN), /healthz')
+    .description(
+      'run the HTTP API: POST /v1/usage, GET /v1/usage, GET /v1/budgets (tenant API keys), the /dashboard page, /metrics (GOVLOOP_METRICS_TOKEN), /healthz',
+    )
     .option('--port <n>', 'port to listen on (0: any free port)', '8080')
     .option('--host <host>', 'address to bind', '127.0.0.1')
-    .option('--max-age-hours <n>', `usage events older than this are rejected as stale (default $GOVLOOP_INGEST_MAX_AGE_HOURS or ${apiConfigDefaults.maxAgeHours})`)
+    .option(
+      '--max-age-hours <n>',
+      `usage events older than this are rejected as stale (default $GOVLOOP_INGEST_MAX_AGE_HOURS or ${apiConfigDefaults.maxAgeHours})`,
+    )
     .option('--future-skew-seconds <n>', `how far ahead of this clock an event may be (default ${apiConfigDefaults.futureSkewSeconds})`)
     .option('--temporal-ui <url>', "Temporal UI that the dashboard's task ids link to (default $GOVLOOP_TEMPORAL_UI, or the UI of a running govloop dev)")
     .action(async (raw) => {
@@ -61,7 +71,12 @@ export function register(program: Command): void {
       const temporal = process.env.TEMPORAL_ADDRESS || dev ? await connectTemporal(dataDir()).catch(() => undefined) : undefined;
       try {
         const { app } = await buildApi({
-          ...(temporal ? { onRecorded: async (scopes: { tenant: string; team: string; project: string }[]) => void (await Promise.all(scopes.map((sc) => nudgeCrossed(temporal.client, ledger.db, sc, config.policies.ladder)))) } : {}),
+          ...(temporal
+            ? {
+                onRecorded: async (scopes: { tenant: string; team: string; project: string }[]) =>
+                  void (await Promise.all(scopes.map((sc) => nudgeCrossed(temporal.client, ledger.db, sc, config.policies.ladder)))),
+              }
+            : {}),
           db: ledger.db,
           config: {
             priceBook: config.priceBook,
@@ -75,8 +90,12 @@ export function register(program: Command): void {
         });
         const address = await app.listen({ port: o.port, host: o.host });
         // Tests and scripts read this line for the port when --port 0.
-        console.log(`govloop API listening on ${address} (ledger ${ledger.source}; stale after ${o.maxAgeHours} h; /metrics ${metricsToken ? 'on' : 'off: set GOVLOOP_METRICS_TOKEN'})`);
-        console.log(`dashboard: ${address}/dashboard (asks for a tenant API key; Temporal UI links ${temporalUiUrl ? `to ${temporalUiUrl}` : 'off: --temporal-ui URL'})`);
+        console.log(
+          `govloop API listening on ${address} (ledger ${ledger.source}; stale after ${o.maxAgeHours} h; /metrics ${metricsToken ? 'on' : 'off: set GOVLOOP_METRICS_TOKEN'})`,
+        );
+        console.log(
+          `dashboard: ${address}/dashboard (asks for a tenant API key; Temporal UI links ${temporalUiUrl ? `to ${temporalUiUrl}` : 'off: --temporal-ui URL'})`,
+        );
         const why = await untilSignal();
         console.error(`${why}: stopping ...`);
         await app.close();
@@ -108,7 +127,9 @@ export function register(program: Command): void {
         const k = r.key;
         if (o.json) return printJson({ key: k.key, prefix: k.prefix, tenant: k.tenant, user: k.subject, id: k.id });
         console.log(k.key);
-        console.error(`API key ${k.prefix}… for tenant ${k.tenant}: shown once, keep it now (revoke: govloop keys revoke --tenant ${k.tenant} --prefix ${k.prefix})`);
+        console.error(
+          `API key ${k.prefix}… for tenant ${k.tenant}: shown once, keep it now (revoke: govloop keys revoke --tenant ${k.tenant} --prefix ${k.prefix})`,
+        );
       });
     });
 
@@ -125,7 +146,12 @@ export function register(program: Command): void {
         const list = await listKeys(await ctx.db(), o.tenant);
         if (o.json) return printJson(list);
         if (list.length === 0) return console.log(`no API keys for ${o.tenant}`);
-        console.log(table(['prefix', 'user', 'created', 'by', 'revoked'], list.map((k) => [k.prefix, k.subject ?? '(tenant key)', k.createdAt.toISOString(), k.createdBy, k.revokedAt?.toISOString() ?? '—'])));
+        console.log(
+          table(
+            ['prefix', 'user', 'created', 'by', 'revoked'],
+            list.map((k) => [k.prefix, k.subject ?? '(tenant key)', k.createdAt.toISOString(), k.createdBy, k.revokedAt?.toISOString() ?? '—']),
+          ),
+        );
       });
     });
 
@@ -140,7 +166,9 @@ export function register(program: Command): void {
       const o = parseOptions(KeysRevoke, raw);
       await withContext(dataDir(), async (ctx) => {
         const p = await ctx.principal(o.as, 'keys.revoke');
-        const out = await (await ctx.db()).tx(async (c) => {
+        const out = await (
+          await ctx.db()
+        ).tx(async (c) => {
           const d = await checkAccess(c, p, 'keys.manage', o.tenant, { detail: { prefix: o.prefix } });
           return d.allowed ? { allowed: true as const, r: await revokeKey(c, o.tenant, o.prefix, actorName(p)) } : d;
         });
@@ -154,7 +182,13 @@ export function register(program: Command): void {
           if (o.json) return printJson(r);
           return console.log(`${o.prefix}… of ${o.tenant} was already revoked`);
         }
-        throw new CliExit(Exit.Failure, r.reason === 'not-found' ? `no API key ${o.prefix}… for tenant ${o.tenant}` : `more than one live key of ${o.tenant} starts with ${o.prefix}: revoke them in the ledger`, r);
+        throw new CliExit(
+          Exit.Failure,
+          r.reason === 'not-found'
+            ? `no API key ${o.prefix}… for tenant ${o.tenant}`
+            : `more than one live key of ${o.tenant} starts with ${o.prefix}: revoke them in the ledger`,
+          r,
+        );
       });
     });
 }

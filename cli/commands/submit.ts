@@ -6,7 +6,12 @@ import { outcomeOf, type TaskOutcome } from '../../sdk';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, usd } from '../util';
 
-const Options = z.strictObject({ wait: z.boolean().default(false), json: z.boolean().default(false), as: z.string().min(1).max(128).optional(), id: z.string().min(1).optional() });
+const Options = z.strictObject({
+  wait: z.boolean().default(false),
+  json: z.boolean().default(false),
+  as: z.string().min(1).max(128).optional(),
+  id: z.string().min(1).optional(),
+});
 
 export function printOutcome(o: TaskOutcome, json: boolean): void {
   if (json) return printJson(o);
@@ -33,13 +38,22 @@ export function register(program: Command): void {
       }
       const parsed = parseIntentText(text);
       if (!parsed.ok) {
-        throw new CliExit(Exit.BadInput, `invalid intent ${file}:\n${parsed.errors.map((e) => `  ${e.path}: ${e.message}`).join('\n')}`, { errors: parsed.errors });
+        throw new CliExit(Exit.BadInput, `invalid intent ${file}:\n${parsed.errors.map((e) => `  ${e.path}: ${e.message}`).join('\n')}`, {
+          errors: parsed.errors,
+        });
       }
       await withContext(program.opts().dataDir, async (ctx) => {
         const gov = await ctx.gov();
         const requester = opts.as ?? (gov.credential ? undefined : (process.env.USER ?? 'cli'));
         const admission = await gov.submit(parsed.value, { ...(requester !== undefined ? { requester } : {}), ...(opts.id ? { taskId: opts.id } : {}) });
-        let outcome: TaskOutcome = { taskId: admission.taskId, decision: admission.decision, reasons: admission.reasons, state: admission.state, usage: null, costUsd: null };
+        let outcome: TaskOutcome = {
+          taskId: admission.taskId,
+          decision: admission.decision,
+          reasons: admission.reasons,
+          state: admission.state,
+          usage: null,
+          costUsd: null,
+        };
         if (opts.wait && admission.decision !== 'rejected') outcome = outcomeOf(await gov.result(admission.taskId));
         else if (admission.decision === 'rejected') outcome = outcomeOf(await gov.result(admission.taskId));
         printOutcome(outcome, opts.json);

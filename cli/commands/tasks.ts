@@ -7,10 +7,22 @@ import { withContext } from '../context';
 import { Exit, parseOptions, printJson, table, usd } from '../util';
 import { printOutcome } from './submit';
 
-const int = (name: string) => z.coerce.number({ error: `${name} must be a number` }).int().nonnegative();
+const int = (name: string) =>
+  z.coerce
+    .number({ error: `${name} must be a number` })
+    .int()
+    .nonnegative();
 
 const StatusOptions = z.strictObject({ as: NameText.optional(), json: z.boolean().default(false) });
-const ListOptions = z.strictObject({ state: z.string().optional(), tenant: z.string().optional(), team: z.string().optional(), kind: z.string().optional(), limit: z.coerce.number().int().positive().default(50), as: NameText.optional(), json: z.boolean().default(false) });
+const ListOptions = z.strictObject({
+  state: z.string().optional(),
+  tenant: z.string().optional(),
+  team: z.string().optional(),
+  kind: z.string().optional(),
+  limit: z.coerce.number().int().positive().default(50),
+  as: NameText.optional(),
+  json: z.boolean().default(false),
+});
 const CancelOptions = z.strictObject({ as: NameText.optional(), reason: ReasonText.default('cancelled from the CLI') });
 const StepOptions = z.strictObject({
   tokensIn: int('tokens-in'),
@@ -53,13 +65,22 @@ export function register(program: Command): void {
         printOutcome(outcomeOf(s), false);
         if (s.requester) console.log(`  requested by ${s.requester}`);
         console.log(`  kind ${s.kind}, ${s.attribution.tenant}/${s.attribution.team}/${s.attribution.project}, model ${s.attribution.model}`);
-        if (s.plan) console.log(`  plan ${s.plan.template}: ${s.plan.gpu.count} x ${s.plan.gpu.type ?? 'hosted'} (${s.plan.gpu.sharing}), worst case ${usd(s.plan.worstCaseMicros / 1e6)}`);
+        if (s.plan)
+          console.log(
+            `  plan ${s.plan.template}: ${s.plan.gpu.count} x ${s.plan.gpu.type ?? 'hosted'} (${s.plan.gpu.sharing}), worst case ${usd(s.plan.worstCaseMicros / 1e6)}`,
+          );
         if (s.nodes.length) console.log(`  nodes ${s.nodes.join(', ')}`);
-        console.log(`  usage: ${s.usage.gpuHours.toFixed(3)} GPU-h, ${s.usage.tokensIn + s.usage.tokensOut + s.usage.tokensProcessed} tokens, ${s.usage.steps} steps${s.progress !== null ? `, ${(s.progress * 100).toFixed(0)}% done` : ''}`);
+        console.log(
+          `  usage: ${s.usage.gpuHours.toFixed(3)} GPU-h, ${s.usage.tokensIn + s.usage.tokensOut + s.usage.tokensProcessed} tokens, ${s.usage.steps} steps${s.progress !== null ? `, ${(s.progress * 100).toFixed(0)}% done` : ''}`,
+        );
         const a = s.approval;
-        if (a) console.log(`  approval ${a.approvalId}: ${a.tool} ${a.state}${a.decidedBy ? ` by ${a.decidedBy}` : ''}, tier ${a.tier}, requested by ${a.requester}, expires ${a.expiresAt}, args ${a.argsDigest}`);
+        if (a)
+          console.log(
+            `  approval ${a.approvalId}: ${a.tool} ${a.state}${a.decidedBy ? ` by ${a.decidedBy}` : ''}, tier ${a.tier}, requested by ${a.requester}, expires ${a.expiresAt}, args ${a.argsDigest}`,
+          );
         for (const c of s.compensations ?? []) console.log(`  compensation of step ${c.step} (${c.tool}): ${c.state}${c.error ? `: ${c.error}` : ''}`);
-        if (s.state === 'NeedsOperator') console.log(`  runbook: runbooks/needsoperator.md — undo by hand, then: govloop resolve ${s.taskId} --as YOU --reason "..."`);
+        if (s.state === 'NeedsOperator')
+          console.log(`  runbook: runbooks/needsoperator.md — undo by hand, then: govloop resolve ${s.taskId} --as YOU --reason "..."`);
       });
     });
 
@@ -82,9 +103,20 @@ export function register(program: Command): void {
         const tenants = opts.tenant ? [opts.tenant] : await readableTenants(await ctx.db(), p);
         const gov = await ctx.gov();
         const filter = { state: opts.state, team: opts.team, kind: opts.kind, limit: opts.limit };
-        const rows = tenants === null ? await gov.list(filter) : (await Promise.all(tenants.map((tenant) => gov.list({ ...filter, tenant })))).flat().sort((a, b) => b.startTime.getTime() - a.startTime.getTime()).slice(0, opts.limit);
+        const rows =
+          tenants === null
+            ? await gov.list(filter)
+            : (await Promise.all(tenants.map((tenant) => gov.list({ ...filter, tenant }))))
+                .flat()
+                .sort((a, b) => b.startTime.getTime() - a.startTime.getTime())
+                .slice(0, opts.limit);
         if (opts.json) return printJson(rows);
-        console.log(table(['task', 'state', 'tenant', 'team', 'kind', 'started'], rows.map((r) => [r.taskId, r.state, r.tenant, r.team, r.kind, r.startTime.toISOString()])));
+        console.log(
+          table(
+            ['task', 'state', 'tenant', 'team', 'kind', 'started'],
+            rows.map((r) => [r.taskId, r.state, r.tenant, r.team, r.kind, r.startTime.toISOString()]),
+          ),
+        );
       });
     });
 
@@ -104,7 +136,7 @@ export function register(program: Command): void {
 
   program
     .command('step')
-    .description("an agent step through the gate: answers allow, degrade (use the fallback model), deny (with the reason) or await-approval")
+    .description('an agent step through the gate: answers allow, degrade (use the fallback model), deny (with the reason) or await-approval')
     .argument('<taskId>')
     .requiredOption('--tokens-in <n>')
     .requiredOption('--tokens-out <n>')
@@ -118,15 +150,21 @@ export function register(program: Command): void {
     .action(async (taskId: string, raw) => {
       const opts = parseOptions(StepOptions, raw);
       await withContext(dataDir(), async (ctx) => {
-        const a = await (await ctx.gov()).step(taskId, {
-          tokensIn: opts.tokensIn,
-          tokensOut: opts.tokensOut,
-          contextTokens: opts.context,
-          ...(opts.model ? { model: opts.model } : {}),
-          ...(opts.tool ? { tool: opts.tool } : {}),
-          ...(opts.toolArgs !== undefined ? { toolArgs: opts.toolArgs } : {}),
-          ...(opts.latencyMs !== undefined ? { latencyMs: opts.latencyMs } : {}),
-        }, opts.as !== undefined ? { as: opts.as } : {});
+        const a = await (
+          await ctx.gov()
+        ).step(
+          taskId,
+          {
+            tokensIn: opts.tokensIn,
+            tokensOut: opts.tokensOut,
+            contextTokens: opts.context,
+            ...(opts.model ? { model: opts.model } : {}),
+            ...(opts.tool ? { tool: opts.tool } : {}),
+            ...(opts.toolArgs !== undefined ? { toolArgs: opts.toolArgs } : {}),
+            ...(opts.latencyMs !== undefined ? { latencyMs: opts.latencyMs } : {}),
+          },
+          opts.as !== undefined ? { as: opts.as } : {},
+        );
         if (opts.json) printJson(a);
         else {
           const extra = a.answer === 'degrade' ? ` on ${a.fallbackModel}` : a.answer === 'await-approval' ? ` ${a.approvalId}` : '';

@@ -74,7 +74,18 @@ import {
   taskIdOf,
 } from './manifests';
 import { type LeasesApi, PlacementLease, type PlacementLeaseOptions } from './lease';
-import { type GpuAsk, type HeldGpus, type NodeLabelOptions, type TopologyReading, decidePlacement, heldByJobs, heldByPods, holdsNodes, readTopology, usedGpus } from './placement';
+import {
+  type GpuAsk,
+  type HeldGpus,
+  type NodeLabelOptions,
+  type TopologyReading,
+  decidePlacement,
+  heldByJobs,
+  heldByPods,
+  holdsNodes,
+  readTopology,
+  usedGpus,
+} from './placement';
 
 /** The BatchV1Api calls the backend makes (client-node's object-parameter API); tests may inject their own. */
 export interface JobsApi {
@@ -193,11 +204,16 @@ function statusBody(err: unknown): Partial<V1Status> | null {
 export function kubernetesFailure(what: string, err: unknown, need = 'create/get/patch/delete on jobs.batch in this namespace'): ApplicationFailure {
   const code = apiStatusCode(err);
   if (code === null) {
-    return ApplicationFailure.create({ type: KubernetesErrorType.Api, message: `kubernetes: ${what}: ${(err as Error)?.message ?? String(err)}`, cause: err instanceof Error ? err : undefined });
+    return ApplicationFailure.create({
+      type: KubernetesErrorType.Api,
+      message: `kubernetes: ${what}: ${(err as Error)?.message ?? String(err)}`,
+      cause: err instanceof Error ? err : undefined,
+    });
   }
   const s = statusBody(err);
   const said = [s?.reason, s?.message].filter(Boolean).join(': ') || (code === 401 ? 'Unauthorized' : 'no Status in the answer');
-  const hint = code === 401 ? ' (check the kubeconfig credentials)' : code === 403 ? ` (the service account needs ${need}; deploy/rbac.yaml has all govloop needs)` : '';
+  const hint =
+    code === 401 ? ' (check the kubeconfig credentials)' : code === 403 ? ` (the service account needs ${need}; deploy/rbac.yaml has all govloop needs)` : '';
   return ApplicationFailure.create({
     type: code === 400 || code === 422 ? KubernetesErrorType.Invalid : KubernetesErrorType.Api,
     message: `kubernetes: ${what}: HTTP ${code}: ${said}${hint}`,
@@ -246,11 +262,26 @@ export class KubernetesCluster implements ClusterBackend {
     this.clock = opts.clock ?? (() => new Date());
     this.checkpointGraceMillis = opts.checkpointGraceMillis ?? 90_000;
     const leases = source instanceof KubeConfig ? source.makeApiClient(CoordinationV1Api) : source.leases;
-    this.lease = leases && opts.placementLease !== false ? new PlacementLease(leases, this.namespace, `govloop-placement-${this.cluster}`.slice(0, 253), opts.placementLease || {}) : null;
+    this.lease =
+      leases && opts.placementLease !== false
+        ? new PlacementLease(leases, this.namespace, `govloop-placement-${this.cluster}`.slice(0, 253), opts.placementLease || {})
+        : null;
   }
 
   private manifestOptions(): ManifestOptions {
-    const { place: _p, clock: _c, fieldManager: _f, conflictRetries: _r, placement: _pl, nodeLabels: _n, countOtherPods: _o, onPlacementNote: _on, placementLease: _l, checkpointGraceMillis: _g, ...rest } = this.opts;
+    const {
+      place: _p,
+      clock: _c,
+      fieldManager: _f,
+      conflictRetries: _r,
+      placement: _pl,
+      nodeLabels: _n,
+      countOtherPods: _o,
+      onPlacementNote: _on,
+      placementLease: _l,
+      checkpointGraceMillis: _g,
+      ...rest
+    } = this.opts;
     return { ...rest, namespace: this.namespace, cluster: this.cluster };
   }
 
@@ -364,7 +395,11 @@ export class KubernetesCluster implements ClusterBackend {
     const attempts = this.opts.conflictRetries ?? 5;
     for (let attempt = 1; ; attempt++) {
       const job = await this.read(spec.name, 'read job to place it again');
-      if (!job) throw ApplicationFailure.create({ type: KubernetesErrorType.Api, message: `kubernetes: place job ${spec.name} again: not found in namespace ${this.namespace}` });
+      if (!job)
+        throw ApplicationFailure.create({
+          type: KubernetesErrorType.Api,
+          message: `kubernetes: place job ${spec.name} again: not found in namespace ${this.namespace}`,
+        });
       if (!needsPlacement(job)) return { ok: true, job };
       const had = podShape(job);
       const gets = podShape(want);
@@ -384,14 +419,27 @@ export class KubernetesCluster implements ClusterBackend {
       const changed = canonical(job.spec?.template.spec?.affinity ?? null) !== canonical(affinity);
       if (changed && job.status?.startTime) {
         try {
-          await this.jobs.patchNamespacedJobStatus({ name: spec.name, namespace: this.namespace, body: { status: { startTime: null } }, fieldManager: this.fieldManager }, mergePatch);
+          await this.jobs.patchNamespacedJobStatus(
+            { name: spec.name, namespace: this.namespace, body: { status: { startTime: null } }, fieldManager: this.fieldManager },
+            mergePatch,
+          );
         } catch (err) {
-          throw kubernetesFailure(`reset status.startTime of job ${spec.name} in namespace ${this.namespace}`, err, 'patch on jobs.batch/status in this namespace');
+          throw kubernetesFailure(
+            `reset status.startTime of job ${spec.name} in namespace ${this.namespace}`,
+            err,
+            'patch on jobs.batch/status in this namespace',
+          );
         }
         continue; // read again: the status write changed the resourceVersion
       }
-      const annotations: Record<string, string | null> = { [Annotation.nodes]: placement.kind === 'nodes' ? placement.nodes.join(',') : null, [Annotation.preemptedAt]: null };
-      const body = { metadata: { annotations, resourceVersion: job.metadata?.resourceVersion }, ...(changed ? { spec: { template: { spec: { affinity } } } } : {}) };
+      const annotations: Record<string, string | null> = {
+        [Annotation.nodes]: placement.kind === 'nodes' ? placement.nodes.join(',') : null,
+        [Annotation.preemptedAt]: null,
+      };
+      const body = {
+        metadata: { annotations, resourceVersion: job.metadata?.resourceVersion },
+        ...(changed ? { spec: { template: { spec: { affinity } } } } : {}),
+      };
       try {
         const patched = await this.jobs.patchNamespacedJob({ name: spec.name, namespace: this.namespace, body, fieldManager: this.fieldManager }, mergePatch);
         return { ok: true, job: patched };
@@ -409,7 +457,10 @@ export class KubernetesCluster implements ClusterBackend {
   private async ensureService(job: V1Job): Promise<void> {
     if (!isGang(job)) return;
     const name = job.metadata!.name!;
-    const body = gangServiceManifest(job, { namespace: this.namespace, ...(this.opts.rendezvousPort !== undefined ? { rendezvousPort: this.opts.rendezvousPort } : {}) });
+    const body = gangServiceManifest(job, {
+      namespace: this.namespace,
+      ...(this.opts.rendezvousPort !== undefined ? { rendezvousPort: this.opts.rendezvousPort } : {}),
+    });
     const what = `create service ${name} in namespace ${this.namespace}`;
     const need = 'create/get/patch/delete on services in this namespace';
     try {
@@ -429,13 +480,18 @@ export class KubernetesCluster implements ClusterBackend {
       throw ApplicationFailure.create({
         type: KubernetesErrorType.NameTaken,
         nonRetryable: true,
-        message: `kubernetes: service ${name} in namespace ${this.namespace} is not the rendezvous Service of task ${taskIdOf(job)} (${owner ? `task ${owner}` : 'not govloop\'s'}); delete it or rename`,
+        message: `kubernetes: service ${name} in namespace ${this.namespace} is not the rendezvous Service of task ${taskIdOf(job)} (${owner ? `task ${owner}` : "not govloop's"}); delete it or rename`,
       });
     }
     if (existing.metadata?.ownerReferences?.some((r) => r.uid === job.metadata?.uid)) return;
     try {
       await this.core.patchNamespacedService(
-        { name, namespace: this.namespace, body: { metadata: { ownerReferences: body.metadata!.ownerReferences, resourceVersion: existing.metadata?.resourceVersion } }, fieldManager: this.fieldManager },
+        {
+          name,
+          namespace: this.namespace,
+          body: { metadata: { ownerReferences: body.metadata!.ownerReferences, resourceVersion: existing.metadata?.resourceVersion } },
+          fieldManager: this.fieldManager,
+        },
         mergePatch,
       );
     } catch (err) {
@@ -536,7 +592,14 @@ export class KubernetesCluster implements ClusterBackend {
       const cluster = this.cluster;
       cap.fits = (freed) => {
         const gone = new Set(freed);
-        return decidePlacement(reading, held.filter((h) => h.taskId === null || !gone.has(h.taskId)), request, cluster).decision.kind !== 'none';
+        return (
+          decidePlacement(
+            reading,
+            held.filter((h) => h.taskId === null || !gone.has(h.taskId)),
+            request,
+            cluster,
+          ).decision.kind !== 'none'
+        );
       };
     }
     return cap;
@@ -564,17 +627,25 @@ export class KubernetesCluster implements ClusterBackend {
         ? this.core.listPodForAllNamespaces({ fieldSelector: ACTIVE_PODS })
         : this.core.listNamespacedPod({ namespace: this.namespace, labelSelector: `${LABEL_MANAGED_BY}=${MANAGED_BY}`, fieldSelector: ACTIVE_PODS }),
     ]);
-    if (n.status === 'rejected') throw kubernetesFailure(`list nodes${typeLabel ? ` labelled ${typeLabel}` : ''}`, n.reason, 'get/list on nodes (a ClusterRole)');
+    if (n.status === 'rejected')
+      throw kubernetesFailure(`list nodes${typeLabel ? ` labelled ${typeLabel}` : ''}`, n.reason, 'get/list on nodes (a ClusterRole)');
     if (j.status === 'rejected') throw kubernetesFailure(`list jobs in namespace ${this.namespace}`, j.reason, 'list on jobs.batch in this namespace');
     if (p.status === 'rejected') {
-      throw kubernetesFailure(others ? 'list pods in all namespaces' : `list pods in namespace ${this.namespace}`, p.reason, others ? 'list on pods in all namespaces (a ClusterRole), or countOtherPods: false' : 'list on pods in this namespace');
+      throw kubernetesFailure(
+        others ? 'list pods in all namespaces' : `list pods in namespace ${this.namespace}`,
+        p.reason,
+        others ? 'list on pods in all namespaces (a ClusterRole), or countOtherPods: false' : 'list on pods in this namespace',
+      );
     }
     const nodes: V1Node[] = n.value.items;
     const jobs = j.value.items;
     const pods = p.value.items;
     const reading = readTopology(nodes, this.cluster, { ...this.opts.nodeLabels, gpuTypeLabel: typeLabel });
     const counted = new Set(jobs.filter(holdsNodes).map((j) => `${j.metadata?.namespace ?? this.namespace}/${j.metadata?.name ?? ''}`));
-    const held = [...heldByJobs(jobs), ...heldByPods(pods, counted, reading.nodes, { ...(this.opts.sharedGpuResource ? { sharedGpuResource: this.opts.sharedGpuResource } : {}) })];
+    const held = [
+      ...heldByJobs(jobs),
+      ...heldByPods(pods, counted, reading.nodes, { ...(this.opts.sharedGpuResource ? { sharedGpuResource: this.opts.sharedGpuResource } : {}) }),
+    ];
     return { reading, held, jobs, pods };
   }
 
@@ -586,7 +657,17 @@ export class KubernetesCluster implements ClusterBackend {
     const job = await this.read(name, 'read job');
     if (!job) {
       const last = this.tombstones.get(name);
-      return last ?? { name, phase: 'Deleted', nodes: [], progressSeconds: 0, gpuSeconds: 0, tokens: 0, message: `job ${name} not found in namespace ${this.namespace}` };
+      return (
+        last ?? {
+          name,
+          phase: 'Deleted',
+          nodes: [],
+          progressSeconds: 0,
+          gpuSeconds: 0,
+          tokens: 0,
+          message: `job ${name} not found in namespace ${this.namespace}`,
+        }
+      );
     }
     return this.statusOf(job);
   }
@@ -610,7 +691,8 @@ export class KubernetesCluster implements ClusterBackend {
     try {
       await this.core.deleteNamespacedService({ name, namespace: this.namespace });
     } catch (err) {
-      if (apiStatusCode(err) !== 404) throw kubernetesFailure(`delete service ${name} in namespace ${this.namespace}`, err, 'delete on services in this namespace');
+      if (apiStatusCode(err) !== 404)
+        throw kubernetesFailure(`delete service ${name} in namespace ${this.namespace}`, err, 'delete on services in this namespace');
     }
   }
   /**
@@ -715,11 +797,19 @@ export class KubernetesCluster implements ClusterBackend {
    * Reads the Job, asks `change` for a merge patch (null: nothing to do), and sends it with the
    * resourceVersion it read; 409 Conflict means someone else wrote in between, so it reads again.
    */
-  private async readModifyWrite(name: string, verb: string, change: (job: V1Job) => { metadata: { annotations: Record<string, string | null> }; spec?: { suspend: boolean } } | null): Promise<void> {
+  private async readModifyWrite(
+    name: string,
+    verb: string,
+    change: (job: V1Job) => { metadata: { annotations: Record<string, string | null> }; spec?: { suspend: boolean } } | null,
+  ): Promise<void> {
     const attempts = this.opts.conflictRetries ?? 5;
     for (let attempt = 1; ; attempt++) {
       const job = await this.read(name, `read job to ${verb}`);
-      if (!job) throw ApplicationFailure.create({ type: KubernetesErrorType.Api, message: `kubernetes: ${verb} job ${name}: not found in namespace ${this.namespace}` });
+      if (!job)
+        throw ApplicationFailure.create({
+          type: KubernetesErrorType.Api,
+          message: `kubernetes: ${verb} job ${name}: not found in namespace ${this.namespace}`,
+        });
       const patch = change(job);
       if (patch === null) return;
       const body = { ...patch, metadata: { ...patch.metadata, resourceVersion: job.metadata?.resourceVersion } };
@@ -750,5 +840,9 @@ function podShape(job: V1Job): { pods: number; indexed: boolean; limits: Record<
 
 /** JSON with sorted keys, to compare objects the API server may have re-ordered. */
 function canonical(v: unknown): string {
-  return JSON.stringify(v, (_k, x: unknown) => (x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b))) : x));
+  return JSON.stringify(v, (_k, x: unknown) =>
+    x && typeof x === 'object' && !Array.isArray(x)
+      ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)))
+      : x,
+  );
 }

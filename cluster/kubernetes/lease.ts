@@ -118,7 +118,13 @@ export class PlacementLease {
               namespace: this.namespace,
               body: {
                 metadata: { resourceVersion: lease.metadata?.resourceVersion },
-                spec: { holderIdentity: this.identity, leaseDurationSeconds: this.durationSeconds, acquireTime: microTime(now), renewTime: microTime(now), leaseTransitions: transitions },
+                spec: {
+                  holderIdentity: this.identity,
+                  leaseDurationSeconds: this.durationSeconds,
+                  acquireTime: microTime(now),
+                  renewTime: microTime(now),
+                  leaseTransitions: transitions,
+                },
               },
             },
             mergePatch,
@@ -143,7 +149,11 @@ export class PlacementLease {
     if (!lease || lease.spec?.holderIdentity !== this.identity) return;
     try {
       await this.api.patchNamespacedLease(
-        { name: this.name, namespace: this.namespace, body: { metadata: { resourceVersion: lease.metadata?.resourceVersion }, spec: { holderIdentity: null } } },
+        {
+          name: this.name,
+          namespace: this.namespace,
+          body: { metadata: { resourceVersion: lease.metadata?.resourceVersion }, spec: { holderIdentity: null } },
+        },
         mergePatch,
       );
     } catch (err) {
@@ -162,7 +172,10 @@ export class PlacementLease {
 
   private async createEmpty(): Promise<void> {
     try {
-      await this.api.createNamespacedLease({ namespace: this.namespace, body: { metadata: { name: this.name, labels: { 'app.kubernetes.io/managed-by': 'govloop' } }, spec: {} } });
+      await this.api.createNamespacedLease({
+        namespace: this.namespace,
+        body: { metadata: { name: this.name, labels: { 'app.kubernetes.io/managed-by': 'govloop' } }, spec: {} },
+      });
     } catch (err) {
       if (statusOf(err) !== 409) throw leaseFailure(`create lease ${this.namespace}/${this.name}`, err);
     }

@@ -145,7 +145,11 @@ export interface GangShape {
  * spans nodes); mps / timeslice → the shared-GPU resource (one pod). A multi-node exclusive gang
  * has one pod per node with an equal share each; an uneven split cannot be one Job and is refused.
  */
-export function gangShape(spec: Pick<JobSpec, 'gpus' | 'sharing'>, placement: Placement, opts: Pick<ManifestOptions, 'gpusPerNode' | 'sharedGpuResource'> = {}): GangShape {
+export function gangShape(
+  spec: Pick<JobSpec, 'gpus' | 'sharing'>,
+  placement: Placement,
+  opts: Pick<ManifestOptions, 'gpusPerNode' | 'sharedGpuResource'> = {},
+): GangShape {
   if (spec.gpus === 0) return { pods: 1, perPod: 0, resource: null };
   if (spec.sharing.startsWith('mig:')) return { pods: 1, perPod: spec.gpus, resource: `nvidia.com/mig-${spec.sharing.slice(4)}` };
   if (spec.sharing === 'mps' || spec.sharing === 'timeslice') return { pods: 1, perPod: spec.gpus, resource: opts.sharedGpuResource ?? 'nvidia.com/gpu' };

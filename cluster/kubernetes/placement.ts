@@ -195,8 +195,25 @@ export function readTopology(nodes: readonly V1Node[], cluster: string, opts: No
     }
   }
 
-  const nodesOut: GpuNode[] = out.map(({ name, gpuType, gpus, replicas, sharing, rack, block, nvlink, mig }) => ({ name, gpuType, gpus, replicas, sharing, rack, block, nvlink, mig }));
-  if (typeLabel === null) return { nodes: nodesOut, index: null, skipped, notes, unusable: 'the GPU-type node label is turned off (gpuTypeLabel: null): govloop cannot tell the GPU types apart' };
+  const nodesOut: GpuNode[] = out.map(({ name, gpuType, gpus, replicas, sharing, rack, block, nvlink, mig }) => ({
+    name,
+    gpuType,
+    gpus,
+    replicas,
+    sharing,
+    rack,
+    block,
+    nvlink,
+    mig,
+  }));
+  if (typeLabel === null)
+    return {
+      nodes: nodesOut,
+      index: null,
+      skipped,
+      notes,
+      unusable: 'the GPU-type node label is turned off (gpuTypeLabel: null): govloop cannot tell the GPU types apart',
+    };
   if (out.length === 0) {
     const why = skipped.length ? `; left out: ${skipped.map((s) => `${s.node} (${s.why})`).join(', ')}` : '';
     return { nodes: [], index: null, skipped, notes, unusable: `no schedulable Node carries the label ${typeLabel}${why}` };
@@ -207,7 +224,15 @@ export function readTopology(nodes: readonly V1Node[], cluster: string, opts: No
     blocks.set(n.block, racks);
     const list = racks.get(n.rack) ?? [];
     racks.set(n.rack, list);
-    list.push({ name: n.name, gpuType: n.gpuType, gpus: n.gpus, cpuMilli: n.cpuMilli, memoryMib: n.memoryMib, nvlinkDomain: n.nvlink, sharing: { mig: false, mps: n.sharing.mps, timeslice: n.sharing.timeslice } });
+    list.push({
+      name: n.name,
+      gpuType: n.gpuType,
+      gpus: n.gpus,
+      cpuMilli: n.cpuMilli,
+      memoryMib: n.memoryMib,
+      nvlinkDomain: n.nvlink,
+      sharing: { mig: false, mps: n.sharing.mps, timeslice: n.sharing.timeslice },
+    });
   }
   let topology: Topology;
   try {
@@ -246,7 +271,6 @@ export function holdsNodes(job: V1Job): boolean {
   return (phase === 'Running' || phase === 'Suspended') && nodesOf(job).length > 0;
 }
 
-
 /** The GPUs of the govloop Jobs that hold their nodes (`holdsNodes`), per node. */
 export function heldByJobs(jobs: readonly V1Job[]): HeldGpus[] {
   const out: HeldGpus[] = [];
@@ -259,8 +283,10 @@ export function heldByJobs(jobs: readonly V1Job[]): HeldGpus[] {
     const sharing = a[Annotation.sharing] ?? 'exclusive';
     const base = { owner: `Job ${job.metadata?.namespace ?? ''}/${job.metadata?.name ?? ''}`, taskId: taskIdOf(job) };
     const milli = Number(a[Annotation.gpuMilli]);
-    if (sharing.startsWith('mig:')) out.push({ ...base, node: nodes[0]!, kind: 'mig', profile: sharing.slice(4), count: gpus, units: migUnits(sharing.slice(4), gpus) });
-    else if ((sharing === 'mps' || sharing === 'timeslice') && Number.isInteger(milli) && milli > 0 && milli < 1000) out.push({ ...base, node: nodes[0]!, kind: 'share', milli, sharing });
+    if (sharing.startsWith('mig:'))
+      out.push({ ...base, node: nodes[0]!, kind: 'mig', profile: sharing.slice(4), count: gpus, units: migUnits(sharing.slice(4), gpus) });
+    else if ((sharing === 'mps' || sharing === 'timeslice') && Number.isInteger(milli) && milli > 0 && milli < 1000)
+      out.push({ ...base, node: nodes[0]!, kind: 'share', milli, sharing });
     else for (const node of nodes) out.push({ ...base, node, kind: 'whole', gpus: Math.ceil(gpus / nodes.length) });
   }
   return out;
@@ -271,7 +297,12 @@ export function heldByJobs(jobs: readonly V1Job[]): HeldGpus[] {
  * (`counted`: `ns/job-name`). `nvidia.com/gpu` (or the renamed shared resource) on a node with
  * replicas is a share of 1/replicas; `nvidia.com/mig-<p>` counts by its slices. Finished pods hold nothing.
  */
-export function heldByPods(pods: readonly V1Pod[], counted: ReadonlySet<string>, nodes: readonly GpuNode[], opts: Pick<NodeLabelOptions, 'sharedGpuResource'> = {}): HeldGpus[] {
+export function heldByPods(
+  pods: readonly V1Pod[],
+  counted: ReadonlySet<string>,
+  nodes: readonly GpuNode[],
+  opts: Pick<NodeLabelOptions, 'sharedGpuResource'> = {},
+): HeldGpus[] {
   const byName = new Map(nodes.map((n) => [n.name, n]));
   const out: HeldGpus[] = [];
   for (const pod of pods) {
@@ -283,7 +314,11 @@ export function heldByPods(pods: readonly V1Pod[], counted: ReadonlySet<string>,
     if (jobName && counted.has(`${ns}/${jobName}`)) continue;
     const node = byName.get(nodeName);
     const govloop = pod.metadata?.labels?.[LABEL_MANAGED_BY] === MANAGED_BY;
-    const base = { owner: `Pod ${ns}/${pod.metadata?.name ?? ''}`, taskId: govloop ? (pod.metadata?.annotations?.[Annotation.taskId] ?? null) : null, node: nodeName };
+    const base = {
+      owner: `Pod ${ns}/${pod.metadata?.name ?? ''}`,
+      taskId: govloop ? (pod.metadata?.annotations?.[Annotation.taskId] ?? null) : null,
+      node: nodeName,
+    };
     for (const c of pod.spec?.containers ?? []) {
       const res = { ...(c.resources?.requests ?? {}), ...(c.resources?.limits ?? {}) };
       for (const [name, q] of Object.entries(res)) {
@@ -401,7 +436,12 @@ export type PlaceDecision = (Placement & { explanation?: string }) | { kind: 'no
  * unevenly (12 = 8 + 4), the even split inside the same domain is taken (6 + 6), or, when there is
  * none, the job waits. `note`: why govloop left the choice to the kube-scheduler (`kind: 'any'`).
  */
-export function decidePlacement(reading: TopologyReading, held: readonly HeldGpus[], ask: GpuAsk, cluster: string): { decision: PlaceDecision; note: string | null; stateNotes: string[] } {
+export function decidePlacement(
+  reading: TopologyReading,
+  held: readonly HeldGpus[],
+  ask: GpuAsk,
+  cluster: string,
+): { decision: PlaceDecision; note: string | null; stateNotes: string[] } {
   const any = (note: string | null) => ({ decision: { kind: 'any' } as const, note, stateNotes: [] });
   if (ask.gpus <= 0) return any(null);
   if (reading.index === null) return any(reading.unusable ?? 'no topology');
@@ -445,12 +485,22 @@ export function decidePlacement(reading: TopologyReading, held: readonly HeldGpu
     const fit = candidates.filter((c) => c.free >= per).sort((a, b) => a.free - b.free || a.name.localeCompare(b.name));
     if (fit.length < k) continue;
     return {
-      decision: { kind: 'nodes', nodes: fit.slice(0, k).map((c) => c.name).sort(), explanation: `${r.explanation.summary}; split evenly as ${k} × ${per} GPUs (one pod template per Job)` },
+      decision: {
+        kind: 'nodes',
+        nodes: fit
+          .slice(0, k)
+          .map((c) => c.name)
+          .sort(),
+        explanation: `${r.explanation.summary}; split evenly as ${k} × ${per} GPUs (one pod template per Job)`,
+      },
       note: null,
       stateNotes: notes,
     };
   }
-  return noRoom(`placement: ${ask.gpus} ${ask.gpuType} GPUs fit in ${r.domain.level} ${r.domain.id} only as ${counts.join(' + ')}; one Job gives every pod the same GPUs and no even split fits there now`, null);
+  return noRoom(
+    `placement: ${ask.gpus} ${ask.gpuType} GPUs fit in ${r.domain.level} ${r.domain.id} only as ${counts.join(' + ')}; one Job gives every pod the same GPUs and no even split fits there now`,
+    null,
+  );
 }
 
 /**
@@ -462,10 +512,20 @@ export function decidePlacement(reading: TopologyReading, held: readonly HeldGpu
  * the kube-scheduler decides, and says so. Every topology level holds one node, so a `required`
  * topology is always met.
  */
-function decideMig(reading: TopologyReading, held: readonly HeldGpus[], ask: GpuAsk, cluster: string): { decision: PlaceDecision; note: string | null; stateNotes: string[] } {
+function decideMig(
+  reading: TopologyReading,
+  held: readonly HeldGpus[],
+  ask: GpuAsk,
+  cluster: string,
+): { decision: PlaceDecision; note: string | null; stateNotes: string[] } {
   const profile = ask.sharing.slice(4);
   const nodes = reading.nodes.filter((n) => n.gpuType === ask.gpuType && (n.mig[profile] ?? 0) > 0);
-  if (nodes.length === 0) return { decision: { kind: 'any' }, note: `no schedulable ${ask.gpuType} Node advertises ${MIG_RESOURCE}${profile}: the kube-scheduler places MIG ${profile}`, stateNotes: [] };
+  if (nodes.length === 0)
+    return {
+      decision: { kind: 'any' },
+      note: `no schedulable ${ask.gpuType} Node advertises ${MIG_RESOURCE}${profile}: the kube-scheduler places MIG ${profile}`,
+      stateNotes: [],
+    };
   const usedOn = new Map<string, number>();
   for (const h of held) if (h.kind === 'mig' && h.profile === profile) usedOn.set(h.node, (usedOn.get(h.node) ?? 0) + h.count);
   const free = nodes.map((n) => ({ name: n.name, allocatable: n.mig[profile]!, free: Math.max(0, n.mig[profile]! - (usedOn.get(n.name) ?? 0)) }));
@@ -476,14 +536,24 @@ function decideMig(reading: TopologyReading, held: readonly HeldGpus[], ask: Gpu
     return {
       decision: {
         kind: 'none',
-        reason: reason(ReasonCode.GpuCapacityBusy, `placement: ${ask.gpus} MIG ${profile} instance(s) of ${ask.gpuType}: at most ${most} free on one node (${free.map((f) => `${f.name} ${f.free}/${f.allocatable}`).join(', ')})`, most, ask.gpus, `cluster/${cluster}`),
+        reason: reason(
+          ReasonCode.GpuCapacityBusy,
+          `placement: ${ask.gpus} MIG ${profile} instance(s) of ${ask.gpuType}: at most ${most} free on one node (${free.map((f) => `${f.name} ${f.free}/${f.allocatable}`).join(', ')})`,
+          most,
+          ask.gpus,
+          `cluster/${cluster}`,
+        ),
       },
       note: null,
       stateNotes: [],
     };
   }
   return {
-    decision: { kind: 'nodes', nodes: [best.name], explanation: `node ${best.name}: ${ask.gpus} of its ${best.free} free MIG ${profile} instances (of ${best.allocatable}); best fit over ${fit.length} node(s) with room` },
+    decision: {
+      kind: 'nodes',
+      nodes: [best.name],
+      explanation: `node ${best.name}: ${ask.gpus} of its ${best.free} free MIG ${profile} instances (of ${best.allocatable}); best fit over ${fit.length} node(s) with room`,
+    },
     note: null,
     stateNotes: [],
   };

@@ -3,9 +3,30 @@ import type { ClusterConfig } from '../../config/schema';
 import type { Db } from '../../ledger/db';
 import { ReasonCode, reason } from '../../governance/reasons';
 import type { Queryable } from '../../ledger/db';
-import { type Assignment, type Placement, type PlacementRequest, type PlacementState, PlacementStateError, commit, emptyState, enclosingDomain, heldPlacement, place, release } from '../../governance/placement';
+import {
+  type Assignment,
+  type Placement,
+  type PlacementRequest,
+  type PlacementState,
+  PlacementStateError,
+  commit,
+  emptyState,
+  enclosingDomain,
+  heldPlacement,
+  place,
+  release,
+} from '../../governance/placement';
 import { TOPOLOGY_LEVELS, type TopologyIndex } from '../../governance/topology';
-import { type ClusterBackend, type ClusterCapacity, ClusterErrorType, type CreateResult, type GpuRequest, type JobPhase, type JobSpec, type JobStatus } from '../backend';
+import {
+  type ClusterBackend,
+  type ClusterCapacity,
+  ClusterErrorType,
+  type CreateResult,
+  type GpuRequest,
+  type JobPhase,
+  type JobSpec,
+  type JobStatus,
+} from '../backend';
 import { clusterIndex } from './topology';
 
 interface JobRow {
@@ -59,7 +80,10 @@ export class SimulatedCluster implements ClusterBackend {
 
   async create(spec: JobSpec): Promise<CreateResult> {
     return this.db.tx(async (c) => {
-      const existing = await c.query<{ task_id: string; node: string | null; phase: JobPhase; assignments: Assignment[] | null }>('SELECT task_id, node, phase, assignments FROM sim_jobs WHERE cluster = $1 AND name = $2', [this.cluster, spec.name]);
+      const existing = await c.query<{ task_id: string; node: string | null; phase: JobPhase; assignments: Assignment[] | null }>(
+        'SELECT task_id, node, phase, assignments FROM sim_jobs WHERE cluster = $1 AND name = $2',
+        [this.cluster, spec.name],
+      );
       const prior = existing.rows[0];
       if (prior && prior.task_id !== spec.taskId) {
         // Another task's job: never adopt its placement, progress or meters (a retried dispatch of the same task is the only re-create).
@@ -75,13 +99,31 @@ export class SimulatedCluster implements ClusterBackend {
       const assignments = JSON.stringify(placed.assignments);
       if (prior) {
         // A preempted job placed again: it keeps its progress (from its checkpoint) and its meters.
-        await c.query('UPDATE sim_jobs SET node = $3, assignments = $4 WHERE cluster = $1 AND name = $2', [this.cluster, spec.name, placed.nodes[0], assignments]);
+        await c.query('UPDATE sim_jobs SET node = $3, assignments = $4 WHERE cluster = $1 AND name = $2', [
+          this.cluster,
+          spec.name,
+          placed.nodes[0],
+          assignments,
+        ]);
         return { ok: true, nodes: placed.nodes, explanation: placed.explanation };
       }
       await c.query(
         `INSERT INTO sim_jobs (cluster, name, task_id, node, assignments, gpus, gpu_type, sharing, phase, duration_s, fail_after_s, tokens_per_second, labels)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'Suspended', $9, $10, $11, $12)`,
-        [this.cluster, spec.name, spec.taskId, placed.nodes[0], assignments, spec.gpus, spec.gpuType, spec.sharing, spec.simulation.durationSeconds, spec.simulation.failAfterSeconds, spec.simulation.tokensPerSecond, spec.labels],
+        [
+          this.cluster,
+          spec.name,
+          spec.taskId,
+          placed.nodes[0],
+          assignments,
+          spec.gpus,
+          spec.gpuType,
+          spec.sharing,
+          spec.simulation.durationSeconds,
+          spec.simulation.failAfterSeconds,
+          spec.simulation.tokensPerSecond,
+          spec.labels,
+        ],
       );
       return { ok: true, nodes: placed.nodes, explanation: placed.explanation };
     });
@@ -94,11 +136,24 @@ export class SimulatedCluster implements ClusterBackend {
    * domains stay whole. The cluster's nodes are locked so no GPU is booked twice. The placement's
    * explanation comes back with the result (the dispatch audit row keeps it).
    */
-  private async placeIn(c: Queryable, spec: JobSpec): Promise<{ ok: true; nodes: string[]; assignments: Assignment[]; explanation: string } | { ok: false; reason: ReturnType<typeof reason> }> {
+  private async placeIn(
+    c: Queryable,
+    spec: JobSpec,
+  ): Promise<{ ok: true; nodes: string[]; assignments: Assignment[]; explanation: string } | { ok: false; reason: ReturnType<typeof reason> }> {
     await c.query('SELECT name FROM sim_nodes WHERE cluster = $1 ORDER BY name FOR UPDATE', [this.cluster]);
     const { state } = await this.held(c);
     const p = placeRequest(state, spec);
-    if (!p.placed) return { ok: false, reason: reason(ReasonCode.GpuCapacityBusy, `cluster ${this.cluster} cannot place it now: ${p.message}`, null, describe(spec), `cluster/${this.cluster}`) };
+    if (!p.placed)
+      return {
+        ok: false,
+        reason: reason(
+          ReasonCode.GpuCapacityBusy,
+          `cluster ${this.cluster} cannot place it now: ${p.message}`,
+          null,
+          describe(spec),
+          `cluster/${this.cluster}`,
+        ),
+      };
     return { ok: true, nodes: [...new Set(p.assignments.map((a) => a.node))], assignments: p.assignments, explanation: p.summary };
   }
 
@@ -126,7 +181,11 @@ export class SimulatedCluster implements ClusterBackend {
   }
 
   async resume(name: string): Promise<void> {
-    await this.db.query(`UPDATE sim_jobs SET phase = 'Running', resumed_at = $3, running_since = $3 WHERE cluster = $1 AND name = $2 AND phase = 'Suspended'`, [this.cluster, name, this.clock()]);
+    await this.db.query(`UPDATE sim_jobs SET phase = 'Running', resumed_at = $3, running_since = $3 WHERE cluster = $1 AND name = $2 AND phase = 'Suspended'`, [
+      this.cluster,
+      name,
+      this.clock(),
+    ]);
   }
 
   async suspend(name: string): Promise<void> {
@@ -147,9 +206,14 @@ export class SimulatedCluster implements ClusterBackend {
     const { index, state, byTask } = await this.held(this.db);
     const booked = new Map<string, Set<number>>();
     for (const p of byTask.values()) for (const a of p.assignments) for (const g of a.gpus) booked.set(a.node, (booked.get(a.node) ?? new Set()).add(g));
-    const nodes = index.nodes.filter((n) => index.gpuTypes[n.type]?.name === gpuType).map((n) => ({ name: n.name, gpus: n.gpus, used: booked.get(n.name)?.size ?? 0 }));
+    const nodes = index.nodes
+      .filter((n) => index.gpuTypes[n.type]?.name === gpuType)
+      .map((n) => ({ name: n.name, gpus: n.gpus, used: booked.get(n.name)?.size ?? 0 }));
     const now = this.clock().getTime();
-    const jobs = await this.db.query<JobRow & { task_id: string }>(`SELECT * FROM sim_jobs WHERE cluster = $1 AND gpu_type = $2 AND phase = 'Running'`, [this.cluster, gpuType]);
+    const jobs = await this.db.query<JobRow & { task_id: string }>(`SELECT * FROM sim_jobs WHERE cluster = $1 AND gpu_type = $2 AND phase = 'Running'`, [
+      this.cluster,
+      gpuType,
+    ]);
     const out: ClusterCapacity = {
       nodes,
       jobs: jobs.rows.map((j) => {
@@ -259,7 +323,10 @@ function describe(r: GpuRequest): string {
  * its topology allows); `mig:<profile>` is one placement per instance, all or nothing, and a
  * `required` level holds for all of them together; an mps / timeslice share is one placement.
  */
-export function placeRequest(state: PlacementState, r: GpuRequest): { placed: true; assignments: Assignment[]; summary: string } | { placed: false; message: string } {
+export function placeRequest(
+  state: PlacementState,
+  r: GpuRequest,
+): { placed: true; assignments: Assignment[]; summary: string } | { placed: false; message: string } {
   const topology = r.topology;
   if (r.sharing === 'exclusive') {
     const p = place(state, { gpus: r.gpus, gpuType: r.gpuType, ...(topology ? { topology } : {}) });

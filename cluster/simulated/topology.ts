@@ -1,5 +1,13 @@
 import type { ClusterConfig } from '../../config/schema';
-import { MIG_80GB, type Topology, TopologyError, type TopologyIndex, type TopologyNodeInput, buildTopologyIndex, parseTopology } from '../../governance/topology';
+import {
+  MIG_80GB,
+  type Topology,
+  TopologyError,
+  type TopologyIndex,
+  type TopologyNodeInput,
+  buildTopologyIndex,
+  parseTopology,
+} from '../../governance/topology';
 
 /**
  * config/cluster.yaml (nodes with GPU type and count, rack, block, NVLink domain, sharing) as the
@@ -14,7 +22,15 @@ export function clusterTopology(cluster: ClusterConfig): Topology {
     blocks.set(n.block, racks);
     const nodes = racks.get(n.rack) ?? [];
     racks.set(n.rack, nodes);
-    const node: TopologyNodeInput = { name: n.name, gpuType: n.gpuType, gpus: n.gpus, cpuMilli: n.cpuMilli, memoryMib: n.memoryMib, nvlinkDomain: n.nvlinkDomain ?? n.name, sharing: n.sharing };
+    const node: TopologyNodeInput = {
+      name: n.name,
+      gpuType: n.gpuType,
+      gpus: n.gpus,
+      cpuMilli: n.cpuMilli,
+      memoryMib: n.memoryMib,
+      nvlinkDomain: n.nvlinkDomain ?? n.name,
+      sharing: n.sharing,
+    };
     nodes.push(node);
     at.set(node, i);
   }
@@ -23,9 +39,9 @@ export function clusterTopology(cluster: ClusterConfig): Topology {
     return profiles.length > 0 ? { mig: { computeSlices: 7, memorySlices: 8, profiles } } : {};
   };
   const doc = {
-      cluster: cluster.name,
-      gpuTypes: Object.fromEntries(Object.entries(cluster.gpuTypes).map(([t, g]) => [t, { memoryGb: g.memoryGb, ...mig(g.migProfiles) }])),
-      blocks: [...blocks].map(([name, racks]) => ({ name, racks: [...racks].map(([rack, nodes]) => ({ name: rack, nodes })) })),
+    cluster: cluster.name,
+    gpuTypes: Object.fromEntries(Object.entries(cluster.gpuTypes).map(([t, g]) => [t, { memoryGb: g.memoryGb, ...mig(g.migProfiles) }])),
+    blocks: [...blocks].map(([name, racks]) => ({ name, racks: [...racks].map(([rack, nodes]) => ({ name: rack, nodes })) })),
   };
   try {
     return parseTopology(doc, 'cluster.yaml');
@@ -37,7 +53,10 @@ export function clusterTopology(cluster: ClusterConfig): Topology {
         const node = doc.blocks[Number(b)]?.racks[Number(r)]?.nodes[Number(n)];
         return node ? `nodes.${at.get(node)}` : _m;
       });
-    throw new TopologyError('cluster.yaml', err.errors.map((e) => ({ path: path(e.path), message: e.message })));
+    throw new TopologyError(
+      'cluster.yaml',
+      err.errors.map((e) => ({ path: path(e.path), message: e.message })),
+    );
   }
 }
 

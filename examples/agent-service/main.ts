@@ -77,7 +77,15 @@ async function main(): Promise<void> {
       resources: { gpus: 0 },
     },
     checkApproval,
-    ...(o.approver || process.env.GOVLOOP_APPROVER_TOKEN ? { approver: async (id: string) => void (await approverGov.approve(id, { reason: 'example service auto-approval', ...(o.approver && !process.env.GOVLOOP_APPROVER_TOKEN ? { as: o.approver } : {}) })) } : {}),
+    ...(o.approver || process.env.GOVLOOP_APPROVER_TOKEN
+      ? {
+          approver: async (id: string) =>
+            void (await approverGov.approve(id, {
+              reason: 'example service auto-approval',
+              ...(o.approver && !process.env.GOVLOOP_APPROVER_TOKEN ? { as: o.approver } : {}),
+            })),
+        }
+      : {}),
   }));
   const started = Date.now();
   const reports = await runAgents(gov, runs, o.concurrency);
@@ -92,7 +100,12 @@ async function main(): Promise<void> {
   const states = new Map<string, number>();
   for (const r of reports) states.set(r.state, (states.get(r.state) ?? 0) + 1);
   console.log(`${reports.length} agents in ${seconds.toFixed(1)} s: ${[...states].map(([s, n]) => `${n} ${s}`).join(', ')}`);
-  console.log(table(['model', 'tokens in (reported)', 'tokens out (reported)'], [...byModel].map(([m, t]) => [m, t.tokensIn, t.tokensOut])));
+  console.log(
+    table(
+      ['model', 'tokens in (reported)', 'tokens out (reported)'],
+      [...byModel].map(([m, t]) => [m, t.tokensIn, t.tokensOut]),
+    ),
+  );
   console.log(`compare: govloop usage --by model --tenant ${o.tenant} --period today`);
   await gov.client.connection.close();
 }

@@ -48,10 +48,22 @@
 
   const palette = ['#2f6fde', '#e07b16', '#2e9e6a', '#8e2c8e', '#d64541', '#15a3b8', '#9a7b12', '#5f6caf', '#c2417f', '#6f8f2f', '#7a5c3e', '#3f3f3f'];
   const kindColors = {
-    'admission-rejected': '#a52a26', 'budget-rejected': '#d64541', 'step-denied': '#f07470', 'cap-stop': '#8e2c8e',
-    cancelled: '#7d7d7d', queued: '#d9a400', 'step-degraded': '#e07b16', 'held-for-approval': '#f2c14e',
-    'approval-escalated': '#c98a00', approved: '#2e9e6a', 'approval-rejected': '#b03a2e', 'approval-expired': '#9b6b6b',
-    'approval-refused': '#c46a5f', compensated: '#15a3b8', 'compensation-failed': '#5a1f1f', 'operator-resolved': '#5f6caf',
+    'admission-rejected': '#a52a26',
+    'budget-rejected': '#d64541',
+    'step-denied': '#f07470',
+    'cap-stop': '#8e2c8e',
+    cancelled: '#7d7d7d',
+    queued: '#d9a400',
+    'step-degraded': '#e07b16',
+    'held-for-approval': '#f2c14e',
+    'approval-escalated': '#c98a00',
+    approved: '#2e9e6a',
+    'approval-rejected': '#b03a2e',
+    'approval-expired': '#9b6b6b',
+    'approval-refused': '#c46a5f',
+    compensated: '#15a3b8',
+    'compensation-failed': '#5a1f1f',
+    'operator-resolved': '#5f6caf',
   };
 
   // ---- state ----
@@ -107,7 +119,8 @@
   // ---- rendering ----
   function render(d) {
     $('[data-testid=tenant]').textContent = `tenant ${d.tenant}`;
-    $('[data-testid=period]').textContent = `${d.weeks.length} week${d.weeks.length === 1 ? '' : 's'} from ${d.from.slice(0, 10)} to ${d.to.slice(0, 10)} (UTC, ISO weeks) · generated ${d.generatedAt.replace('T', ' ').slice(0, 19)} UTC`;
+    $('[data-testid=period]').textContent =
+      `${d.weeks.length} week${d.weeks.length === 1 ? '' : 's'} from ${d.from.slice(0, 10)} to ${d.to.slice(0, 10)} (UTC, ISO weeks) · generated ${d.generatedAt.replace('T', ' ').slice(0, 19)} UTC`;
     setFigure('total-cost', fmtUsd(d.totals.costUsd), d.totals.costUsd);
     setFigure('total-tokens', int.format(d.totals.tokens), d.totals.tokens);
     setFigure('total-gpu-hours', dec2.format(d.totals.gpuHours), d.totals.gpuHours);
@@ -117,7 +130,9 @@
     renderBudgets(d.budgets);
     drawEnforcement(d);
     renderTop(d);
-    $('#temporal-note').textContent = d.temporal ? `task ids open Temporal UI (namespace ${d.temporal.namespace})` : 'Temporal UI links are off: start govloop serve with --temporal-ui URL';
+    $('#temporal-note').textContent = d.temporal
+      ? `task ids open Temporal UI (namespace ${d.temporal.namespace})`
+      : 'Temporal UI links are off: start govloop serve with --temporal-ui URL';
   }
 
   function setFigure(testid, text, value) {
@@ -173,7 +188,10 @@
     const teams = d.top.teams;
     replaceChart('share-chart', {
       type: 'doughnut',
-      data: { labels: teams.map((t) => t.key), datasets: [{ data: teams.map((t) => t.costUsd), backgroundColor: teams.map((_, i) => palette[i % palette.length]) }] },
+      data: {
+        labels: teams.map((t) => t.key),
+        datasets: [{ data: teams.map((t) => t.costUsd), backgroundColor: teams.map((_, i) => palette[i % palette.length]) }],
+      },
       options: { ...baseOptions, plugins: { legend: { position: 'bottom' }, tooltip: { callbacks: { label: (c) => `${c.label}: ${fmtUsd(c.parsed)}` } } } },
     });
   }
@@ -183,7 +201,7 @@
     box.replaceChildren();
     if (!budgets.length) box.append(h('div', { class: 'empty', text: 'No budgets for this tenant (govloop budget set).' }));
     for (const b of budgets) {
-      const pct = (x) => `${Math.min(100, Math.max(0, x * 100 / 1.2))}%`; // the bar spans 0–120 % of the limit
+      const pct = (x) => `${Math.min(100, Math.max(0, (x * 100) / 1.2))}%`; // the bar spans 0–120 % of the limit
       const spent = h('div', { class: `spent fill-${b.step}` });
       spent.style.width = pct(b.share === null ? 1.2 : b.share);
       const reserved = h('div', { class: 'reserved' });
@@ -196,17 +214,34 @@
         bar.append(tick);
       }
       box.append(
-        h('div', { class: 'budget', 'data-testid': 'budget', 'data-scope': b.scope, 'data-period': b.period },
-          h('div', { class: 'budget-head' },
+        h(
+          'div',
+          { class: 'budget', 'data-testid': 'budget', 'data-scope': b.scope, 'data-period': b.period },
+          h(
+            'div',
+            { class: 'budget-head' },
             h('span', { class: 'budget-scope', text: b.window === b.period ? `${b.scope} · ${b.period}` : `${b.scope} · ${b.period} ${b.window}` }),
-            h('span', {},
-              h('span', { 'data-testid': 'budget-share', 'data-value': b.share === null ? 'Infinity' : b.share, text: fmtPct(b.share) }), ' ',
-              h('span', { class: `step step-${b.step}`, 'data-testid': 'budget-step', text: b.step }))),
+            h(
+              'span',
+              {},
+              h('span', { 'data-testid': 'budget-share', 'data-value': b.share === null ? 'Infinity' : b.share, text: fmtPct(b.share) }),
+              ' ',
+              h('span', { class: `step step-${b.step}`, 'data-testid': 'budget-step', text: b.step }),
+            ),
+          ),
           bar,
-          h('div', { class: 'budget-figures' },
-            'spent ', h('span', { 'data-testid': 'budget-spent', 'data-value': b.spentUsd, text: fmtUsd(b.spentUsd) }),
-            ' · reserved ', h('span', { 'data-testid': 'budget-reserved', 'data-value': b.reservedUsd, text: fmtUsd(b.reservedUsd) }),
-            ' · limit ', h('span', { 'data-testid': 'budget-limit', 'data-value': b.limitUsd, text: fmtUsd(b.limitUsd) }))));
+          h(
+            'div',
+            { class: 'budget-figures' },
+            'spent ',
+            h('span', { 'data-testid': 'budget-spent', 'data-value': b.spentUsd, text: fmtUsd(b.spentUsd) }),
+            ' · reserved ',
+            h('span', { 'data-testid': 'budget-reserved', 'data-value': b.reservedUsd, text: fmtUsd(b.reservedUsd) }),
+            ' · limit ',
+            h('span', { 'data-testid': 'budget-limit', 'data-value': b.limitUsd, text: fmtUsd(b.limitUsd) }),
+          ),
+        ),
+      );
     }
   }
 
@@ -218,8 +253,15 @@
     const count = (day, kind) => d.enforcement.filter((e) => e.day === day && e.kind === kind).reduce((s, e) => s + e.count, 0);
     replaceChart('enforcement-chart', {
       type: 'bar',
-      data: { labels: days.map((x) => x.slice(5)), datasets: kinds.map((k) => ({ label: k, backgroundColor: kindColors[k] || '#999', data: days.map((day) => count(day, k)) })) },
-      options: { ...baseOptions, scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } } }, plugins: { legend: { position: 'bottom' } } },
+      data: {
+        labels: days.map((x) => x.slice(5)),
+        datasets: kinds.map((k) => ({ label: k, backgroundColor: kindColors[k] || '#999', data: days.map((day) => count(day, k)) })),
+      },
+      options: {
+        ...baseOptions,
+        scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } } },
+        plugins: { legend: { position: 'bottom' } },
+      },
     });
     const box = $('#enforcement-totals');
     box.replaceChildren();
@@ -235,14 +277,20 @@
     if (!rows.length) tbody.append(h('tr', {}, h('td', { class: 'empty', colspan: 2, text: 'No spend in this period.' })));
     for (const r of rows) {
       tbody.append(
-        h('tr', { class: onClick ? 'clickable' : undefined, 'data-testid': testid, 'data-key': r.key, onclick: onClick ? () => onClick(r) : undefined },
+        h(
+          'tr',
+          { class: onClick ? 'clickable' : undefined, 'data-testid': testid, 'data-key': r.key, onclick: onClick ? () => onClick(r) : undefined },
           h('td', {}, labelFor ? labelFor(r) : r.key),
-          h('td', { class: 'num', 'data-testid': 'cost', 'data-value': r.costUsd, text: fmtUsd(r.costUsd) })));
+          h('td', { class: 'num', 'data-testid': 'cost', 'data-value': r.costUsd, text: fmtUsd(r.costUsd) }),
+        ),
+      );
     }
   }
 
   function taskLink(taskId, url) {
-    return url ? h('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'mono', 'data-testid': 'task-link', text: taskId }) : h('span', { class: 'mono', text: taskId });
+    return url
+      ? h('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'mono', 'data-testid': 'task-link', text: taskId })
+      : h('span', { class: 'mono', text: taskId });
   }
 
   function renderTop(d) {
@@ -252,7 +300,8 @@
       setFilter({ team, project: project.join('/') });
     });
     spenderRows($('[data-testid=top-tasks] tbody'), 'top-task', d.top.tasks, null, (r) =>
-      h('span', {}, taskLink(r.key, r.temporalUrl), h('div', { class: 'muted small', text: `${r.name || '(no task row)'} · ${r.team}/${r.project}` })));
+      h('span', {}, taskLink(r.key, r.temporalUrl), h('div', { class: 'muted small', text: `${r.name || '(no task row)'} · ${r.team}/${r.project}` })),
+    );
   }
 
   // ---- task drill-down ----
@@ -269,8 +318,17 @@
     if (f) {
       const params = new URLSearchParams(Object.entries(f).filter(([, v]) => v));
       tasks = (await api(`/v1/dashboard/tasks?${params}`)).tasks;
-      chips.append(h('span', { class: 'chip', 'data-testid': 'filter-chip' }, Object.entries(f).filter(([, v]) => v).map(([k, v]) => `${k} = ${v}`).join(', '),
-        h('button', { type: 'button', title: 'show all recent tasks', onclick: () => setFilter(null), text: '✕' })));
+      chips.append(
+        h(
+          'span',
+          { class: 'chip', 'data-testid': 'filter-chip' },
+          Object.entries(f)
+            .filter(([, v]) => v)
+            .map(([k, v]) => `${k} = ${v}`)
+            .join(', '),
+          h('button', { type: 'button', title: 'show all recent tasks', onclick: () => setFilter(null), text: '✕' }),
+        ),
+      );
     } else {
       chips.append(h('span', { class: 'muted small', text: 'most recent; click a team, project or bar to drill down' }));
     }
@@ -279,7 +337,9 @@
     if (!tasks.length) tbody.append(h('tr', {}, h('td', { class: 'empty', colspan: 8, text: 'No tasks.' })));
     for (const t of tasks) {
       tbody.append(
-        h('tr', { 'data-testid': 'task', 'data-task-id': t.taskId },
+        h(
+          'tr',
+          { 'data-testid': 'task', 'data-task-id': t.taskId },
           h('td', {}, taskLink(t.taskId, t.temporalUrl)),
           h('td', { text: t.name }),
           h('td', { text: t.kind }),
@@ -287,7 +347,9 @@
           h('td', { text: `${t.team}/${t.project}` }),
           h('td', { text: t.model }),
           h('td', { class: 'num', 'data-testid': 'cost', 'data-value': t.costUsd, text: fmtUsd(t.costUsd) }),
-          h('td', { class: 'small muted', text: t.createdAt.replace('T', ' ').slice(0, 16) })));
+          h('td', { class: 'small muted', text: t.createdAt.replace('T', ' ').slice(0, 16) }),
+        ),
+      );
     }
   }
 

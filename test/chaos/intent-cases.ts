@@ -17,7 +17,19 @@ export interface Known {
   /** Each tool's risk class, for plausible intents. */
   toolRisk: Record<string, string>;
   /** The policy's ceilings per kind, for plausible intents. */
-  limits: Record<string, { maxContextTokens: number; maxSteps: number; maxToolCalls: number; maxTokens: number; maxUsd: number; maxGpuHours: number; maxGpusPerTask: number; maxRiskClass: string }>;
+  limits: Record<
+    string,
+    {
+      maxContextTokens: number;
+      maxSteps: number;
+      maxToolCalls: number;
+      maxTokens: number;
+      maxUsd: number;
+      maxGpuHours: number;
+      maxGpusPerTask: number;
+      maxRiskClass: string;
+    }
+  >;
 }
 
 export type Doc = Record<string, any>;
@@ -51,7 +63,10 @@ const textArb = (max: number) =>
       { weight: 4, arbitrary: fc.string({ unit: 'grapheme-ascii', minLength: 1, maxLength: Math.min(max, 24) }) },
       { weight: 2, arbitrary: fc.string({ unit: 'grapheme', minLength: 1, maxLength: Math.min(max, 16) }) },
       { weight: 1, arbitrary: fc.string({ unit: 'binary', minLength: 1, maxLength: Math.floor(max / 2) }) },
-      { weight: 1, arbitrary: fc.constantFrom('m'.repeat(max), '\u{1F600}'.repeat(max / 2), 'tab\tand\nnewline\r', "quote'\"\\", '$1::jsonb; DROP TABLE tasks') },
+      {
+        weight: 1,
+        arbitrary: fc.constantFrom('m'.repeat(max), '\u{1F600}'.repeat(max / 2), 'tab\tand\nnewline\r', 'quote\'"\\', '$1::jsonb; DROP TABLE tasks'),
+      },
     )
     .map((s) => s.replace(CONTROL, ' '))
     .filter((s) => s.length >= 1 && s.length <= max);
@@ -103,9 +118,14 @@ function resourcesArb(known: Known, gpuHeavy: boolean) {
   const mig = fc.record({
     gpus: fc.integer({ min: 1, max: 16 }),
     gpuType,
-    sharing: fc.oneof(fc.constantFrom(...known.migProfiles.map((p) => `mig:${p}`)), fc.tuple(fc.nat(99), fc.nat(999)).map(([g, m]) => `mig:${g}g.${m}gb`)),
+    sharing: fc.oneof(
+      fc.constantFrom(...known.migProfiles.map((p) => `mig:${p}`)),
+      fc.tuple(fc.nat(99), fc.nat(999)).map(([g, m]) => `mig:${g}g.${m}gb`),
+    ),
   });
-  return gpuHeavy ? fc.oneof({ weight: 1, arbitrary: none }, { weight: 4, arbitrary: gang }, { weight: 2, arbitrary: share }, { weight: 2, arbitrary: mig }) : fc.oneof({ weight: 6, arbitrary: none }, { weight: 1, arbitrary: gang }, { weight: 1, arbitrary: share }, { weight: 1, arbitrary: mig });
+  return gpuHeavy
+    ? fc.oneof({ weight: 1, arbitrary: none }, { weight: 4, arbitrary: gang }, { weight: 2, arbitrary: share }, { weight: 2, arbitrary: mig })
+    : fc.oneof({ weight: 6, arbitrary: none }, { weight: 1, arbitrary: gang }, { weight: 1, arbitrary: share }, { weight: 1, arbitrary: mig });
 }
 
 const simulationArb = fc.record(
@@ -119,7 +139,9 @@ const simulationArb = fc.record(
 
 const labelsArb = fc.dictionary(
   // fast-check's strings lean towards `__proto__` now and then: the one label name the intent refuses.
-  fc.oneof(fc.stringMatching(/^[a-z][a-z0-9./-]{0,20}$/), textArb(63), fc.constantFrom('constructor', 'toString', 'hasOwnProperty', 'valueOf')).filter((k) => k !== '__proto__'),
+  fc
+    .oneof(fc.stringMatching(/^[a-z][a-z0-9./-]{0,20}$/), textArb(63), fc.constantFrom('constructor', 'toString', 'hasOwnProperty', 'valueOf'))
+    .filter((k) => k !== '__proto__'),
   fc.oneof(fc.constant(''), textArb(256)),
   { maxKeys: 8 },
 );
@@ -156,7 +178,11 @@ function plausibleIntent(kind: WorkloadKind, known: Known): fc.Arbitrary<Doc> {
           fc.constant({ gpus: 0 }),
           fc.record({ gpus: fc.integer({ min: 1, max: Math.min(l.maxGpusPerTask, 8) }), gpuType, sharing: fc.constant('exclusive') }),
           fc.record({ gpus: fc.constant(1), gpuType, sharing: fc.constantFrom('mps', 'timeslice'), gpuMilli: fc.integer({ min: 1, max: 999 }) }),
-          fc.record({ gpus: fc.integer({ min: 1, max: Math.min(l.maxGpusPerTask, 4) }), gpuType, sharing: fc.constantFrom(...known.migProfiles.map((p) => `mig:${p}`)) }),
+          fc.record({
+            gpus: fc.integer({ min: 1, max: Math.min(l.maxGpusPerTask, 4) }),
+            gpuType,
+            sharing: fc.constantFrom(...known.migProfiles.map((p) => `mig:${p}`)),
+          }),
         );
   const tools = known.tools.filter((t) => risks.includes(known.toolRisk[t] ?? 'critical'));
   return fc.record(
@@ -170,7 +196,10 @@ function plausibleIntent(kind: WorkloadKind, known: Known): fc.Arbitrary<Doc> {
       tools: l.maxToolCalls > 0 && tools.length > 0 ? fc.subarray(tools) : fc.constant([]),
       resources,
       // Short simulated jobs, so an admitted one may also run to its end before it is cancelled.
-      simulation: fc.record({ durationSeconds: fc.double({ min: 0.001, max: 600, noNaN: true }), tokensPerSecond: fc.double({ min: 0, max: 1000, noNaN: true }) }),
+      simulation: fc.record({
+        durationSeconds: fc.double({ min: 0.001, max: 600, noNaN: true }),
+        tokensPerSecond: fc.double({ min: 0, max: 1000, noNaN: true }),
+      }),
       labels: labelsArb,
     },
     { requiredKeys: ['kind', 'name', 'attribution'] },
@@ -190,7 +219,10 @@ export function validIntent(kind: WorkloadKind, known: Known): fc.Arbitrary<Doc>
       kind: fc.constant(kind),
       name: nameArb,
       attribution: fc.record({
-        tenant: fc.oneof({ weight: 4, arbitrary: fc.constant(known.tenant) }, { weight: 1, arbitrary: fc.stringMatching(/^[a-z0-9]{1,20}$/).map((s) => `${known.tenant}-${s}`) }),
+        tenant: fc.oneof(
+          { weight: 4, arbitrary: fc.constant(known.tenant) },
+          { weight: 1, arbitrary: fc.stringMatching(/^[a-z0-9]{1,20}$/).map((s) => `${known.tenant}-${s}`) },
+        ),
         team: nameArb,
         project: nameArb,
         model: textArb(128),
@@ -212,7 +244,8 @@ export function validIntent(kind: WorkloadKind, known: Known): fc.Arbitrary<Doc>
 // Invalid intents: one thing broken
 
 /** What a field holds, which decides how it can be broken. */
-type FieldType = 'name' | 'text' | 'enum' | 'posInt' | 'nonNegInt' | 'pos' | 'nonNeg' | 'duration' | 'milli' | 'datetime' | 'sharing' | 'object' | 'record' | 'array';
+type FieldType =
+  'name' | 'text' | 'enum' | 'posInt' | 'nonNegInt' | 'pos' | 'nonNeg' | 'duration' | 'milli' | 'datetime' | 'sharing' | 'object' | 'record' | 'array';
 
 interface Slot {
   path: (string | number)[];
@@ -297,9 +330,13 @@ export function nested(depth: number, array: boolean): unknown {
 }
 
 /** Deep enough, now and then, to overflow the stack of any recursive walker (about 10,000 frames). */
-const deepArb = fc.tuple(fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 100, max: 2_000 }) }, { weight: 1, arbitrary: fc.constant(20_000) }), fc.boolean()).map(([d, a]) => nested(d, a));
+const deepArb = fc
+  .tuple(fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 100, max: 2_000 }) }, { weight: 1, arbitrary: fc.constant(20_000) }), fc.boolean())
+  .map(([d, a]) => nested(d, a));
 /** Longer than any bound; now and then past gRPC's 4 MiB message limit. */
-const hugeArb = fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 1_000, max: 100_000 }) }, { weight: 1, arbitrary: fc.constant(4 * 1024 * 1024 + 1) }).map((n) => 'x'.repeat(n));
+const hugeArb = fc
+  .oneof({ weight: 9, arbitrary: fc.integer({ min: 1_000, max: 100_000 }) }, { weight: 1, arbitrary: fc.constant(4 * 1024 * 1024 + 1) })
+  .map((n) => 'x'.repeat(n));
 const controlArb = fc.constantFrom(...CONTROL_CODES).map((c) => String.fromCharCode(c));
 const loneSurrogateArb = fc.integer({ min: 0xd800, max: 0xdfff }).map((c) => String.fromCharCode(c));
 
@@ -330,11 +367,18 @@ function wrongTypeArb(type: FieldType): fc.Arbitrary<unknown> {
 function outOfRangeArb(type: FieldType, max = 0, emptyOk = false): fc.Arbitrary<unknown> {
   switch (type) {
     case 'posInt':
-      return fc.oneof(fc.constantFrom(0, -0, -1, 0.5, 1.000001, MAX_SAFE + 1, 2 ** 64, 1e308), fc.integer({ min: -MAX_SAFE, max: 0 }), fc.double({ min: 1.1, max: 1e6, noNaN: true }).filter((x) => !Number.isInteger(x)));
+      return fc.oneof(
+        fc.constantFrom(0, -0, -1, 0.5, 1.000001, MAX_SAFE + 1, 2 ** 64, 1e308),
+        fc.integer({ min: -MAX_SAFE, max: 0 }),
+        fc.double({ min: 1.1, max: 1e6, noNaN: true }).filter((x) => !Number.isInteger(x)),
+      );
     case 'nonNegInt':
       return fc.oneof(fc.constantFrom(-1, 0.5, MAX_SAFE + 1, 2 ** 64, -Number.MIN_VALUE), fc.integer({ min: -MAX_SAFE, max: -1 }));
     case 'pos':
-      return fc.oneof(fc.constantFrom(0, -0, -1, -Number.MIN_VALUE, -Number.MAX_VALUE), fc.double({ max: -Number.MIN_VALUE, noNaN: true, noDefaultInfinity: true }));
+      return fc.oneof(
+        fc.constantFrom(0, -0, -1, -Number.MIN_VALUE, -Number.MAX_VALUE),
+        fc.double({ max: -Number.MIN_VALUE, noNaN: true, noDefaultInfinity: true }),
+      );
     case 'nonNeg':
       return fc.oneof(fc.constantFrom(-1, -Number.MIN_VALUE, -Number.MAX_VALUE), fc.double({ max: -Number.MIN_VALUE, noNaN: true, noDefaultInfinity: true }));
     case 'duration':
@@ -342,7 +386,18 @@ function outOfRangeArb(type: FieldType, max = 0, emptyOk = false): fc.Arbitrary<
     case 'milli':
       return fc.constantFrom(0, -1, 1000, 999.5, 10_000);
     case 'datetime':
-      return fc.constantFrom('2024-02-30T00:00:00Z', '2023-02-29T00:00:00Z', 'tomorrow', '2024-01-01', '2024-01-01T00:00:00', '2024-13-01T00:00:00Z', '2024-01-01T25:00:00Z', '+275760-09-13T00:00:00Z', '', new Date(NaN));
+      return fc.constantFrom(
+        '2024-02-30T00:00:00Z',
+        '2023-02-29T00:00:00Z',
+        'tomorrow',
+        '2024-01-01',
+        '2024-01-01T00:00:00',
+        '2024-13-01T00:00:00Z',
+        '2024-01-01T25:00:00Z',
+        '+275760-09-13T00:00:00Z',
+        '',
+        new Date(NaN),
+      );
     case 'sharing':
       return fc.constantFrom('', 'MPS', 'shared', 'mig', 'mig:', 'mig:1g', 'mig:1g.10GB', 'mig:1g.10gb ', 'exclusive\n', 'timeslice,mps');
     case 'enum':
@@ -353,7 +408,11 @@ function outOfRangeArb(type: FieldType, max = 0, emptyOk = false): fc.Arbitrary<
         hugeArb,
       );
     case 'text':
-      return fc.oneof(...(emptyOk ? [] : [fc.constant('')]), fc.integer({ min: max + 1, max: max + 1000 }).map((n) => 'y'.repeat(n)), hugeArb);
+      return fc.oneof(
+        ...(emptyOk ? [] : [fc.constant('')]),
+        fc.integer({ min: max + 1, max: max + 1000 }).map((n) => 'y'.repeat(n)),
+        hugeArb,
+      );
     default:
       return fc.constant(undefined);
   }
@@ -364,7 +423,22 @@ const isObject = (t: FieldType) => t === 'object';
 
 /** Keys no strict object of the intent has. */
 const unknownKeyArb = fc.oneof(
-  fc.constantFrom('__proto__', 'constructor', 'prototype', 'toString', 'hasOwnProperty', '__defineGetter__', 'gpu', 'Kind', 'kind ', 'maxDollars', 'cpus', '', '$where', 'x'.repeat(10_000)),
+  fc.constantFrom(
+    '__proto__',
+    'constructor',
+    'prototype',
+    'toString',
+    'hasOwnProperty',
+    '__defineGetter__',
+    'gpu',
+    'Kind',
+    'kind ',
+    'maxDollars',
+    'cpus',
+    '',
+    '$where',
+    'x'.repeat(10_000),
+  ),
   fc.stringMatching(/^[A-Z_$][A-Za-z0-9_$]{0,12}$/),
 );
 const anyValueArb = fc.oneof(fc.jsonValue({ maxDepth: 3 }), deepArb, fc.constantFrom<unknown>({ polluted: true }, { isAdmin: true }, NaN, null));
@@ -388,7 +462,10 @@ function mutationArb(doc: Doc): fc.Arbitrary<Mutation> {
     // A number, string or date out of its range; an unknown enum value; an invalid name.
     pick(scalars).chain((slot) => outOfRangeArb(slot.type, slot.max, slot.emptyOk).chain((v) => at(slot, v, `out of range at ${pathText(slot.path)}`))),
     // A required field left out.
-    pick(required).map((slot) => ({ name: `missing ${pathText(slot.path)}`, apply: (d: Doc) => ({ doc: deleteAt(d, slot.path), want: { path: pathText(slot.path) } }) })),
+    pick(required).map((slot) => ({
+      name: `missing ${pathText(slot.path)}`,
+      apply: (d: Doc) => ({ doc: deleteAt(d, slot.path), want: { path: pathText(slot.path) } }),
+    })),
     // A control character or a lone UTF-16 surrogate somewhere in a string.
     fc.tuple(pick(strings.filter((s) => s.type === 'text' || s.type === 'name')), fc.oneof(controlArb, loneSurrogateArb), fc.nat()).map(([slot, bad, pos]) => ({
       name: `${bad.charCodeAt(0) >= 0xd800 ? 'lone surrogate' : 'control character'} in ${pathText(slot.path)}`,
@@ -436,20 +513,34 @@ function mutationArb(doc: Doc): fc.Arbitrary<Mutation> {
         },
       })),
     // Too many tools.
-    fc.constant({ name: 'too many tools', apply: (d: Doc) => ({ doc: setAt(d, ['tools'], Array.from({ length: 65 }, (_, i) => `t${i}`)), want: { path: 'tools' } }) }),
+    fc.constant({
+      name: 'too many tools',
+      apply: (d: Doc) => ({
+        doc: setAt(
+          d,
+          ['tools'],
+          Array.from({ length: 65 }, (_, i) => `t${i}`),
+        ),
+        want: { path: 'tools' },
+      }),
+    }),
     // GPU requests that contradict themselves.
-    fc.constantFrom<[string, Doc, string]>(
-      ['gpus without a type', { gpus: 2 }, 'resources.gpuType'],
-      ['a share of two GPUs', { gpus: 2, gpuType: 'H100', sharing: 'mps', gpuMilli: 100 }, 'resources.gpus'],
-      ['a share without its size', { gpus: 1, gpuType: 'H100', sharing: 'timeslice' }, 'resources.gpuMilli'],
-      ['a size without a share', { gpus: 1, gpuType: 'H100', sharing: 'exclusive', gpuMilli: 500 }, 'resources.gpuMilli'],
-      ['a topology without GPUs', { gpus: 0, topology: { level: 'rack', mode: 'required' } }, 'resources.topology'],
-    ).map(([name, resources, path]) => ({ name, apply: (d: Doc) => ({ doc: setAt(d, ['resources'], resources), want: { path } }) })),
+    fc
+      .constantFrom<[string, Doc, string]>(
+        ['gpus without a type', { gpus: 2 }, 'resources.gpuType'],
+        ['a share of two GPUs', { gpus: 2, gpuType: 'H100', sharing: 'mps', gpuMilli: 100 }, 'resources.gpus'],
+        ['a share without its size', { gpus: 1, gpuType: 'H100', sharing: 'timeslice' }, 'resources.gpuMilli'],
+        ['a size without a share', { gpus: 1, gpuType: 'H100', sharing: 'exclusive', gpuMilli: 500 }, 'resources.gpuMilli'],
+        ['a topology without GPUs', { gpus: 0, topology: { level: 'rack', mode: 'required' } }, 'resources.topology'],
+      )
+      .map(([name, resources, path]) => ({ name, apply: (d: Doc) => ({ doc: setAt(d, ['resources'], resources), want: { path } }) })),
     // Not an intent at all.
-    fc.constantFrom<unknown>(null, undefined, 0, NaN, 'kind: agent', [], true, Symbol('intent'), () => ({ kind: 'agent' })).map((v) => ({
-      name: 'not an object',
-      apply: () => ({ doc: v, want: { path: '(root)' } }),
-    })),
+    fc
+      .constantFrom<unknown>(null, undefined, 0, NaN, 'kind: agent', [], true, Symbol('intent'), () => ({ kind: 'agent' }))
+      .map((v) => ({
+        name: 'not an object',
+        apply: () => ({ doc: v, want: { path: '(root)' } }),
+      })),
     // A Map is an object without the fields (its entries are not properties).
     fc.constant({ name: 'a Map of the fields', apply: (d: Doc) => ({ doc: new Map(Object.entries(d)), want: { path: 'kind' } }) }),
   ];

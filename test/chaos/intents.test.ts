@@ -78,7 +78,8 @@ function depth(text: string): number {
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (inString) {
-      if (c === 0x5c) i++; // a backslash escapes the next character
+      if (c === 0x5c)
+        i++; // a backslash escapes the next character
       else if (c === 0x22) inString = false;
     } else if (c === 0x22) inString = true;
     else if (c === 0x7b || c === 0x5b) max = Math.max(max, ++d);
@@ -122,7 +123,10 @@ async function pool<T, R>(items: T[], n: number, fn: (x: T, i: number) => Promis
 async function settled(taskId: string): Promise<TaskStatus> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => void gov.status(taskId).then((s) => reject(new Error(`${taskId} did not end: ${show({ state: s.state, reasons: s.reasons })}`)), reject), 60_000);
+    timer = setTimeout(
+      () => void gov.status(taskId).then((s) => reject(new Error(`${taskId} did not end: ${show({ state: s.state, reasons: s.reasons })}`)), reject),
+      60_000,
+    );
   });
   try {
     return await Promise.race([gov.result(taskId), late]);
@@ -133,7 +137,9 @@ async function settled(taskId: string): Promise<TaskStatus> {
 
 const show = (v: unknown) => {
   try {
-    return JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `${x}n` : typeof x === 'string' && x.length > 80 ? `${x.slice(0, 40)}…(${x.length})` : x))?.slice(0, 600);
+    return JSON.stringify(v, (_k, x) =>
+      typeof x === 'bigint' ? `${x}n` : typeof x === 'string' && x.length > 80 ? `${x.slice(0, 40)}…(${x.length})` : x,
+    )?.slice(0, 600);
   } catch {
     return String(v).slice(0, 200);
   }
@@ -192,7 +198,8 @@ describe('generated intents through submit', () => {
               throw err;
             }
             count.refused++;
-            if (!names(err.errors, c.want)) throw new Error(`${c.mutation}: the refusal does not name ${c.want.path}${c.want.mentions ? ` (${c.want.mentions})` : ''}: ${show(err.errors)}`);
+            if (!names(err.errors, c.want))
+              throw new Error(`${c.mutation}: the refusal does not name ${c.want.path}${c.want.mentions ? ` (${c.want.mentions})` : ''}: ${show(err.errors)}`);
             return;
           }
           throw new Error(`${c.mutation}: submit took an invalid intent: ${show(c.doc)}`);
@@ -221,7 +228,11 @@ describe('generated intents through submit', () => {
     phase('stored');
 
     // A random sample really starts: the loop answers each, and cancelling the admitted ones ends them.
-    const sample = KINDS.flatMap((kind) => fc.sample(startableIntent(kind, known), { numRuns: STARTED_PER_KIND, seed: SEED + 100 + KINDS.indexOf(kind) }).map((doc, n) => ({ kind, doc, taskId: `${prefix}-ok-${kind}-s${n}` })));
+    const sample = KINDS.flatMap((kind) =>
+      fc
+        .sample(startableIntent(kind, known), { numRuns: STARTED_PER_KIND, seed: SEED + 100 + KINDS.indexOf(kind) })
+        .map((doc, n) => ({ kind, doc, taskId: `${prefix}-ok-${kind}-s${n}` })),
+    );
     const answers = await pool(sample, 8, async (s): Promise<AdmissionAnswer> => {
       const a = await gov.submit(s.doc, { requester: 'chaos', taskId: s.taskId });
       count.started++;
@@ -229,7 +240,9 @@ describe('generated intents through submit', () => {
       // A short simulated job may have ended already: then there is nothing to cancel (the task
       // refuses it as ended, or has closed and takes no more messages).
       if (a.decision !== 'rejected') {
-        await gov.cancel(s.taskId, 'chaos', 'chaos suite: admission checked').catch((e: unknown) => expect([GovloopStateError, GovloopNotFoundError]).toContain((e as Error).constructor));
+        await gov
+          .cancel(s.taskId, 'chaos', 'chaos suite: admission checked')
+          .catch((e: unknown) => expect([GovloopStateError, GovloopNotFoundError]).toContain((e as Error).constructor));
       }
       return a;
     });
@@ -265,7 +278,12 @@ describe('generated intents through submit', () => {
     // `govloop submit` parses YAML before the same schema: a bounded sample through the real CLI.
     const dir = mkdtempSync(join(tmpdir(), 'chaos-intents-'));
     try {
-      const env = { TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_TASK_QUEUE: h.controlQueue, GOVLOOP_DATA_DIR: join(dir, 'state') };
+      const env = {
+        TEMPORAL_ADDRESS: inject('temporalAddress'),
+        DATABASE_URL: inject('databaseUrl'),
+        GOVLOOP_TASK_QUEUE: h.controlQueue,
+        GOVLOOP_DATA_DIR: join(dir, 'state'),
+      };
       // Only cases JSON keeps as they are (no NaN, Dates, bigints, thousands-deep nesting).
       const faithful = fc
         .sample(invalidIntent('training', known), { numRuns: CLI_RUNS * 20, seed: SEED + 200 })
@@ -273,7 +291,11 @@ describe('generated intents through submit', () => {
         .filter((c): c is { text: string; want: Want; mutation: string } => c.text !== null)
         .slice(0, CLI_RUNS);
       const yamlOnly = [
-        { text: `a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n`, want: { path: '(document)' }, mutation: 'alias bomb' },
+        {
+          text: `a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n`,
+          want: { path: '(document)' },
+          mutation: 'alias bomb',
+        },
         { text: 'kind: agent\nkind: training\n', want: { path: '(document)' }, mutation: 'duplicate key' },
         { text: `${'['.repeat(20_000)}`, want: { path: '(document)' }, mutation: 'nesting past the parser' },
         { text: 'kind: agent\n---\nkind: training\n', want: { path: '(document)' }, mutation: 'two documents' },
@@ -302,7 +324,10 @@ describe('generated intents through submit', () => {
     // Nothing was polluted and nothing went down: the workers run, and a plain intent is still admitted.
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(h.workers.map((w) => w.getState())).toEqual(h.workers.map(() => 'RUNNING'));
-    const after = await gov.submit(intent(h.tenant, { name: 'after-chaos', simulation: { durationSeconds: 60, tokensPerSecond: 1 } }), { requester: 'chaos', taskId: `${prefix}-ok-after` });
+    const after = await gov.submit(intent(h.tenant, { name: 'after-chaos', simulation: { durationSeconds: 60, tokensPerSecond: 1 } }), {
+      requester: 'chaos',
+      taskId: `${prefix}-ok-after`,
+    });
     expect(after.decision).toBe('admitted');
     expect((await gov.result(after.taskId)).state).toBe('Succeeded');
 

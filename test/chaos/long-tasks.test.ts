@@ -51,7 +51,12 @@ describe('long tasks across continue-as-new', () => {
     const started = Date.now();
     const seconds = 2 * 86_400;
     const { taskId, result } = await clusterH.submit(
-      intent(clusterH.tenant, { name: 'two-days', resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' }, caps: { maxGpuHours: 60, maxUsd: 300 }, simulation: { durationSeconds: seconds, tokensPerSecond: 5 } }),
+      intent(clusterH.tenant, {
+        name: 'two-days',
+        resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' },
+        caps: { maxGpuHours: 60, maxUsd: 300 },
+        simulation: { durationSeconds: seconds, tokensPerSecond: 5 },
+      }),
     );
     const status = await result();
     expect(status.state).toBe('Succeeded');
@@ -74,12 +79,25 @@ describe('long tasks across continue-as-new', () => {
     const started = Date.now();
     const gov = new GovloopClient(agentH.client, agentH.controlQueue);
     const a = await gov.submit(
-      intent(agentH.tenant, { kind: 'agent', name: 'twenty-thousand', resources: { gpus: 0 }, simulation: undefined, tools: ['search.web'], caps: { maxUsd: 90, maxSteps: 50_000, maxToolCalls: 5_000, maxTokens: 2_000_000 } }),
+      intent(agentH.tenant, {
+        kind: 'agent',
+        name: 'twenty-thousand',
+        resources: { gpus: 0 },
+        simulation: undefined,
+        tools: ['search.web'],
+        caps: { maxUsd: 90, maxSteps: 50_000, maxToolCalls: 5_000, maxTokens: 2_000_000 },
+      }),
       { requester: 'carol' },
     );
     expect(a.decision).toBe('admitted');
     const taskId = a.taskId;
-    const step = (i: number): StepUsage => ({ tokensIn: 20 + (i % 5), tokensOut: 10 + (i % 3), contextTokens: 400, model: 'small-fast', ...(i % 10 === 0 ? { tool: 'search.web' } : {}) });
+    const step = (i: number): StepUsage => ({
+      tokensIn: 20 + (i % 5),
+      tokensOut: 10 + (i % 3),
+      contextTokens: 400,
+      model: 'small-fast',
+      ...(i % 10 === 0 ? { tool: 'search.web' } : {}),
+    });
     let next = 0;
     let tokensIn = 0;
     let tokensOut = 0;

@@ -51,7 +51,10 @@ function spawnGovloop(name: string, args: string[], env: Record<string, string>)
 }
 
 const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null;
-const why = () => children.map((c) => `${c.name} (${alive(c.child) ? 'running' : `exited ${c.child.exitCode ?? c.child.signalCode}`}): ${c.log().slice(-3000)}`).join('\n---\n');
+const why = () =>
+  children
+    .map((c) => `${c.name} (${alive(c.child) ? 'running' : `exited ${c.child.exitCode ?? c.child.signalCode}`}): ${c.log().slice(-3000)}`)
+    .join('\n---\n');
 
 async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number, last?: () => string): Promise<T> {
   const end = Date.now() + timeoutMs;
@@ -63,7 +66,13 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeou
   }
 }
 
-const usageEvent = (id: string) => ({ id, time: new Date(Date.now() - 60_000).toISOString(), attribution: { tenant, team: 'ingest', project: 'api', model: 'llama-3-8b', useCase: 'chat' }, meter: 'tokens_out', quantity: 2_500_000 });
+const usageEvent = (id: string) => ({
+  id,
+  time: new Date(Date.now() - 60_000).toISOString(),
+  attribution: { tenant, team: 'ingest', project: 'api', model: 'llama-3-8b', useCase: 'chat' },
+  meter: 'tokens_out',
+  quantity: 2_500_000,
+});
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'govloop-pgrestart-'));
@@ -92,17 +101,30 @@ describe('PostgreSQL restarted twice mid-run', () => {
     expect(created.code, created.stderr).toBe(0);
     const key: string = created.json().key;
 
-    const worker = spawnGovloop('worker', ['worker', '--task-queue', taskQueue, '--cluster', `sim-pgrestart-${suffix}`, '--no-controllers'], { ...env, TEMPORAL_ADDRESS: inject('temporalAddress'), GOVLOOP_SIM_SPEEDUP: String(SPEEDUP) }).child;
+    const worker = spawnGovloop('worker', ['worker', '--task-queue', taskQueue, '--cluster', `sim-pgrestart-${suffix}`, '--no-controllers'], {
+      ...env,
+      TEMPORAL_ADDRESS: inject('temporalAddress'),
+      GOVLOOP_SIM_SPEEDUP: String(SPEEDUP),
+    }).child;
     const served = spawnGovloop('serve', ['serve', '--port', '0'], env);
     const serve = served.child;
     // Either process exiting fails the test at once, with its log, rather than at a timeout.
     const died = new Promise<never>((_, reject) => {
-      for (const [name, c] of [['worker', worker], ['serve', serve]] as const) c.once('exit', (code, signal) => reject(new Error(`govloop ${name} exited (${code ?? signal}):\n${why()}`)));
+      for (const [name, c] of [
+        ['worker', worker],
+        ['serve', serve],
+      ] as const)
+        c.once('exit', (code, signal) => reject(new Error(`govloop ${name} exited (${code ?? signal}):\n${why()}`)));
     });
     died.catch(() => undefined);
     const base = await waitFor('govloop serve to listen', async () => /listening on (http:\/\/\S+)/.exec(served.stdout())?.[1], 60_000);
 
-    const post = (events: unknown[]) => fetch(`${base}/v1/usage`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify({ events }) });
+    const post = (events: unknown[]) =>
+      fetch(`${base}/v1/usage`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ events }),
+      });
     /** A client that honours 503: re-sends the same batch until it is answered 200. */
     const sendUntilAccepted = async (events: unknown[]) =>
       waitFor(
@@ -127,7 +149,12 @@ describe('PostgreSQL restarted twice mid-run', () => {
     const ids: string[] = [];
     for (let i = 0; i < TASKS; i++) {
       const a = await gov.submit(
-        intent(tenant, { name: `pgrestart-${i}`, attribution: { tenant, team: `team-${i}`, project: 'p', model: 'llama-3-8b', useCase: 'u' }, resources: { gpus: 2, gpuType: i % 2 ? 'A100' : 'H100', sharing: 'exclusive' }, simulation: { durationSeconds: DURATION_S, tokensPerSecond: 7 } }),
+        intent(tenant, {
+          name: `pgrestart-${i}`,
+          attribution: { tenant, team: `team-${i}`, project: 'p', model: 'llama-3-8b', useCase: 'u' },
+          resources: { gpus: 2, gpuType: i % 2 ? 'A100' : 'H100', sharing: 'exclusive' },
+          simulation: { durationSeconds: DURATION_S, tokensPerSecond: 7 },
+        }),
         { requester: 'test' },
       );
       expect(a.decision).toBe('admitted');
@@ -186,8 +213,13 @@ describe('PostgreSQL restarted twice mid-run', () => {
       // The meter's rows, counted directly: each covers [before, after) of its meter's running
       // total, and together they tile [0, total] with no overlap. A row written twice (a retried
       // activity whose first commit went through) would overlap its twin.
-      const { rows } = await db.query<{ idempotency_key: string; meter: string }>('SELECT idempotency_key, meter FROM usage_events WHERE task_id = $1', [ids[i]]);
-      for (const [meter, total] of [['gpu_seconds', 2 * DURATION_S], ['tokens_processed', 7 * DURATION_S]] as const) {
+      const { rows } = await db.query<{ idempotency_key: string; meter: string }>('SELECT idempotency_key, meter FROM usage_events WHERE task_id = $1', [
+        ids[i],
+      ]);
+      for (const [meter, total] of [
+        ['gpu_seconds', 2 * DURATION_S],
+        ['tokens_processed', 7 * DURATION_S],
+      ] as const) {
         const ranges = rows
           .filter((row) => row.meter === meter)
           .map((row) => /:([0-9.e+]+)-([0-9.e+]+)$/.exec(row.idempotency_key)!.slice(1).map(Number) as [number, number])

@@ -87,9 +87,27 @@ interface Planned {
 
 const tasks: Planned[] = [
   ...plan.plain.map((p, i): Planned => ({ taskId: `kills-${suffix}-plain-${i}`, team: `plain-${i}`, round: i, ...p, role: 'plain', want: 'Succeeded' })),
-  ...plan.cancelRound.map((round, i): Planned => ({ taskId: `kills-${suffix}-cancel-${i}`, team: `cancel-${i}`, round, gpus: 1, gpuType: 'H100', durationS: 100_000, role: 'cancel', want: 'Cancelled' })),
+  ...plan.cancelRound.map((round, i): Planned => ({
+    taskId: `kills-${suffix}-cancel-${i}`,
+    team: `cancel-${i}`,
+    round,
+    gpus: 1,
+    gpuType: 'H100',
+    durationS: 100_000,
+    role: 'cancel',
+    want: 'Cancelled',
+  })),
   // Long enough that it still runs when the preemption arrives; it finishes after its requeue.
-  { taskId: `kills-${suffix}-preempt`, team: 'preempt', round: plan.preemptRound, gpus: 2, gpuType: 'A100', durationS: 8000, role: 'preempt', want: 'Succeeded' },
+  {
+    taskId: `kills-${suffix}-preempt`,
+    team: 'preempt',
+    round: plan.preemptRound,
+    gpus: 2,
+    gpuType: 'A100',
+    durationS: 8000,
+    role: 'preempt',
+    want: 'Succeeded',
+  },
 ];
 const ids = tasks.map((t) => t.taskId);
 
@@ -199,7 +217,11 @@ describe('chaos: the worker killed at random points of dispatch', () => {
     const started = Date.now();
     // Each call's outcome is kept as a value at once, so a failure waits for the checks below
     // instead of surfacing as an unhandled rejection in the middle of the kills.
-    const outcome = <T>(what: string, p: Promise<T>) => p.then((value) => ({ ok: true as const, value }), (err: unknown) => ({ ok: false as const, error: `${what}: ${String(err)}` }));
+    const outcome = <T>(what: string, p: Promise<T>) =>
+      p.then(
+        (value) => ({ ok: true as const, value }),
+        (err: unknown) => ({ ok: false as const, error: `${what}: ${String(err)}` }),
+      );
     const submits: Promise<{ ok: boolean; error?: string }>[] = [];
     const actions: ReturnType<typeof outcome<'answered' | 'refused after a timeout'>>[] = [];
     const submitted = new Set<string>();
@@ -218,7 +240,9 @@ describe('chaos: the worker killed at random points of dispatch', () => {
     const act = (t: Planned) => {
       const why = `chaos ${t.role}`;
       return waitFor(`${t.taskId} running before its ${t.role}`, () => running(t.taskId), DRAIN_MS).then(() =>
-        patiently(`${t.role} ${t.taskId}`, () => (t.role === 'cancel' ? gov.cancel(t.taskId, 'test', why) : gov.preempt(t.taskId, { reason: why, as: 'test' }))),
+        patiently(`${t.role} ${t.taskId}`, () =>
+          t.role === 'cancel' ? gov.cancel(t.taskId, 'test', why) : gov.preempt(t.taskId, { reason: why, as: 'test' }),
+        ),
       );
     };
 
@@ -241,7 +265,9 @@ describe('chaos: the worker killed at random points of dispatch', () => {
         const seen = await ledgerTasks(db, cluster, [...submitted]);
         const settledOrRunning = seen.filter((s) => s.final || s.state === 'Running').length;
         atKills.push({ dispatching: submitted.size - settledOrRunning, running: seen.filter((s) => s.state === 'Running').length });
-        console.log(`worker-kills: kill ${round + 1}/${KILLS}: worker ready after ${readyMs} ms, killed ${plan.lifeMs[round]} ms later; ${atKills.at(-1)!.dispatching} on their way to the cluster, ${atKills.at(-1)!.running} running, ${seen.filter((x) => x.final).length} ended`);
+        console.log(
+          `worker-kills: kill ${round + 1}/${KILLS}: worker ready after ${readyMs} ms, killed ${plan.lifeMs[round]} ms later; ${atKills.at(-1)!.dispatching} on their way to the cluster, ${atKills.at(-1)!.running} running, ${seen.filter((x) => x.final).length} ended`,
+        );
         w = startWorker();
       }
       await w.ready;
@@ -258,14 +284,18 @@ describe('chaos: the worker killed at random points of dispatch', () => {
         () => `${describeTasks(seen.filter((t) => !t.final))}; worker: ${w.tail().slice(-1500)}`,
       );
       const answers = await Promise.all([...submits, ...actions]);
-      expect(answers.flatMap((a) => (a.ok ? [] : [a.error])), 'every submit, cancel and preempt was answered').toEqual([]);
+      expect(
+        answers.flatMap((a) => (a.ok ? [] : [a.error])),
+        'every submit, cancel and preempt was answered',
+      ).toEqual([]);
       const ambiguous = (await Promise.all(actions)).filter((a) => a.ok && a.value !== 'answered').length;
       // The workflow's own answer, from the last run of each task (followed by workflow id).
       const results = new Map<string, TaskStatus>();
       for (const id of ids) results.set(id, await gov.result(id));
 
       // 0 lost: every task ended as it should.
-      for (const t of tasks) expect(`${t.taskId} ${results.get(t.taskId)!.state}`, JSON.stringify(results.get(t.taskId)!.reasons)).toBe(`${t.taskId} ${t.want}`);
+      for (const t of tasks)
+        expect(`${t.taskId} ${results.get(t.taskId)!.state}`, JSON.stringify(results.get(t.taskId)!.reasons)).toBe(`${t.taskId} ${t.want}`);
       const final = await ledgerTasks(db, cluster, ids);
       const lost = final.filter((t) => !t.final || t.state !== tasks.find((p) => p.taskId === t.taskId)!.want).length;
 
@@ -330,7 +360,10 @@ describe('chaos: the worker killed at random points of dispatch', () => {
       const [budget] = await showBudgets(db, { tenant }, new Date());
       expect(budget!.spentUsd).toBeCloseTo(totalMicros / 1e6, 6);
       expect(budget!.reservedUsd).toBe(0);
-      const preemptions = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM preemptions WHERE victim_task_id = ANY($1::text[]) AND suspended_at IS NOT NULL', [ids]);
+      const preemptions = await db.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM preemptions WHERE victim_task_id = ANY($1::text[]) AND suspended_at IS NOT NULL',
+        [ids],
+      );
       expect(preemptions.rows[0]!.n, 'the preempted task was preempted, once').toBe(1);
       expect({ lost, duplicatedRows, gaps, duplicatedJobs }).toEqual({ lost: 0, duplicatedRows: 0, gaps: 0, duplicatedJobs: 0 });
 

@@ -41,7 +41,19 @@ export interface RecordedRequest {
 }
 
 type Json = Record<string, unknown>;
-type Obj = Json & { metadata: Json & { name: string; namespace?: string; resourceVersion: string; uid?: string; annotations?: Record<string, string>; labels?: Record<string, string>; ownerReferences?: { uid: string }[] }; spec?: Json; status?: Json };
+type Obj = Json & {
+  metadata: Json & {
+    name: string;
+    namespace?: string;
+    resourceVersion: string;
+    uid?: string;
+    annotations?: Record<string, string>;
+    labels?: Record<string, string>;
+    ownerReferences?: { uid: string }[];
+  };
+  spec?: Json;
+  status?: Json;
+};
 type Job = Obj & { metadata: Obj['metadata'] & { namespace: string }; spec: Json; status: Json };
 
 const DNS1123 = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -74,15 +86,27 @@ function statusFor(code: number, r: Resource, ns: string | null, verb: string, n
     case 401:
       return statusError(401, 'Unauthorized', 'Unauthorized');
     case 403:
-      return statusError(403, 'Forbidden', `${qualified(r)}${name ? ` "${name}"` : ''} is forbidden: User "system:serviceaccount:govloop:dispatcher" cannot ${verb} resource "${r.plural}" in API group "${r.group}" ${where}`, details);
+      return statusError(
+        403,
+        'Forbidden',
+        `${qualified(r)}${name ? ` "${name}"` : ''} is forbidden: User "system:serviceaccount:govloop:dispatcher" cannot ${verb} resource "${r.plural}" in API group "${r.group}" ${where}`,
+        details,
+      );
     case 404:
       return statusError(404, 'NotFound', `${qualified(r)} "${name}" not found`, details);
     case 409:
-      return statusError(409, 'Conflict', `Operation cannot be fulfilled on ${qualified(r)} "${name}": the object has been modified; please apply your changes to the latest version and try again`, details);
+      return statusError(
+        409,
+        'Conflict',
+        `Operation cannot be fulfilled on ${qualified(r)} "${name}": the object has been modified; please apply your changes to the latest version and try again`,
+        details,
+      );
     case 429:
       return statusError(429, 'TooManyRequests', 'the server has received too many requests and has asked us to try again later', { retryAfterSeconds: 1 });
     case 500:
-      return statusError(500, 'InternalError', 'Internal error occurred: etcdserver: request timed out', { causes: [{ message: 'etcdserver: request timed out' }] });
+      return statusError(500, 'InternalError', 'Internal error occurred: etcdserver: request timed out', {
+        causes: [{ message: 'etcdserver: request timed out' }],
+      });
     case 503:
       return statusError(503, 'ServiceUnavailable', 'the server is currently unable to handle the request');
     default:
@@ -273,7 +297,15 @@ export class FakeApiServer {
   }
 
   private store(r: Resource): Map<string, Obj> {
-    return r.plural === 'jobs' ? (this.jobs as Map<string, Obj>) : r.plural === 'services' ? this.services : r.plural === 'pods' ? this.pods : r.plural === 'leases' ? this.leases : this.nodes;
+    return r.plural === 'jobs'
+      ? (this.jobs as Map<string, Obj>)
+      : r.plural === 'services'
+        ? this.services
+        : r.plural === 'pods'
+          ? this.pods
+          : r.plural === 'leases'
+            ? this.leases
+            : this.nodes;
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -300,9 +332,14 @@ export class FakeApiServer {
     if (i >= 0) {
       const [f] = this.failures.splice(i, 1);
       // Like RBAC, a create is authorized on the collection: its message has no object name.
-      return this.send(res, f!.code, statusFor(f!.code, r, ns, verb, name ?? (f!.code === 403 || !isObj(body) || !isObj(body.metadata) ? undefined : String(body.metadata.name))));
+      return this.send(
+        res,
+        f!.code,
+        statusFor(f!.code, r, ns, verb, name ?? (f!.code === 403 || !isObj(body) || !isObj(body.metadata) ? undefined : String(body.metadata.name))),
+      );
     }
-    if (ns !== null && !this.namespaces.has(ns)) return this.send(res, 404, statusError(404, 'NotFound', `namespaces "${ns}" not found`, { name: ns, kind: 'namespaces' }));
+    if (ns !== null && !this.namespaces.has(ns))
+      return this.send(res, 404, statusError(404, 'NotFound', `namespaces "${ns}" not found`, { name: ns, kind: 'namespaces' }));
 
     const store = this.store(r);
     if (method === 'POST' && !name) return this.create(res, r, ns, body);
@@ -322,8 +359,15 @@ export class FakeApiServer {
         req.on('close', () => this.watchers.delete(w));
         return;
       }
-      const items = [...store.values()].filter((o) => (ns === null || o.metadata.namespace === ns) && matchesLabels(selector, o.metadata.labels) && matchesFields(fields, o));
-      return this.send(res, 200, { kind: `${r.kind}List`, apiVersion: r.group ? `${r.group}/v1` : 'v1', metadata: { resourceVersion: String(this.rv) }, items });
+      const items = [...store.values()].filter(
+        (o) => (ns === null || o.metadata.namespace === ns) && matchesLabels(selector, o.metadata.labels) && matchesFields(fields, o),
+      );
+      return this.send(res, 200, {
+        kind: `${r.kind}List`,
+        apiVersion: r.group ? `${r.group}/v1` : 'v1',
+        metadata: { resourceVersion: String(this.rv) },
+        items,
+      });
     }
     const key = r.namespaced ? `${ns}/${name}` : String(name);
     const obj = name ? store.get(key) : undefined;
@@ -348,27 +392,60 @@ export class FakeApiServer {
       }
       this.jobs.delete(key);
       this.notify('DELETED', job);
-      return this.send(res, 200, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details: { name, group: 'batch', kind: 'jobs', uid: job.metadata.uid } });
+      return this.send(res, 200, {
+        kind: 'Status',
+        apiVersion: 'v1',
+        metadata: {},
+        status: 'Success',
+        details: { name, group: 'batch', kind: 'jobs', uid: job.metadata.uid },
+      });
     }
     return this.send(res, 405, statusError(405, 'MethodNotAllowed', `the server does not allow this method on the requested resource`));
   }
 
   private create(res: ServerResponse, r: Resource, ns: string | null, body: unknown): void {
-    if (!isObj(body) || !isObj(body.metadata) || (r.plural !== 'nodes' && !isObj(body.spec))) return this.send(res, 400, statusError(400, 'BadRequest', 'the body of the request was in an unknown format'));
+    if (!isObj(body) || !isObj(body.metadata) || (r.plural !== 'nodes' && !isObj(body.spec)))
+      return this.send(res, 400, statusError(400, 'BadRequest', 'the body of the request was in an unknown format'));
     const name = String(body.metadata.name ?? '');
     const causes: Json[] = [];
-    if (!DNS1123.test(name) || name.length > 63) causes.push({ reason: 'FieldValueInvalid', message: `Invalid value: "${name}": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'`, field: 'metadata.name' });
+    if (!DNS1123.test(name) || name.length > 63)
+      causes.push({
+        reason: 'FieldValueInvalid',
+        message: `Invalid value: "${name}": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'`,
+        field: 'metadata.name',
+      });
     if (ns !== null && body.metadata.namespace !== undefined && body.metadata.namespace !== ns) {
       return this.send(res, 400, statusError(400, 'BadRequest', 'the namespace of the provided object does not match the namespace sent on the request'));
     }
     if (causes.length) {
-      return this.send(res, 422, statusError(422, 'Invalid', `${r.kind}${r.group ? `.${r.group}` : ''} "${name}" is invalid: ${causes.map((c) => `${String(c.field)}: ${String(c.message)}`).join(', ')}`, { name, ...(r.group ? { group: r.group } : {}), kind: r.kind, causes }));
+      return this.send(
+        res,
+        422,
+        statusError(
+          422,
+          'Invalid',
+          `${r.kind}${r.group ? `.${r.group}` : ''} "${name}" is invalid: ${causes.map((c) => `${String(c.field)}: ${String(c.message)}`).join(', ')}`,
+          { name, ...(r.group ? { group: r.group } : {}), kind: r.kind, causes },
+        ),
+      );
     }
     const store = this.store(r);
     const key = r.namespaced ? `${ns}/${name}` : name;
-    if (store.has(key)) return this.send(res, 409, statusError(409, 'AlreadyExists', `${qualified(r)} "${name}" already exists`, { name, ...(r.group ? { group: r.group } : {}), kind: r.plural }));
+    if (store.has(key))
+      return this.send(
+        res,
+        409,
+        statusError(409, 'AlreadyExists', `${qualified(r)} "${name}" already exists`, { name, ...(r.group ? { group: r.group } : {}), kind: r.plural }),
+      );
     const obj = clone(body) as Obj;
-    obj.metadata = { ...obj.metadata, ...(ns !== null ? { namespace: ns } : {}), uid: randomUUID(), generation: 1, creationTimestamp: now(), resourceVersion: '' };
+    obj.metadata = {
+      ...obj.metadata,
+      ...(ns !== null ? { namespace: ns } : {}),
+      uid: randomUUID(),
+      generation: 1,
+      creationTimestamp: now(),
+      resourceVersion: '',
+    };
     if (r.plural === 'jobs') obj.status = {};
     store.set(key, obj);
     if (r.plural === 'jobs') this.bump(obj, 'ADDED');
@@ -379,7 +456,15 @@ export class FakeApiServer {
   private patch(res: ServerResponse, r: Resource, contentType: string, obj: Obj, body: unknown, status: boolean): void {
     const type = contentType.split(';')[0]!.trim();
     if (type !== 'application/merge-patch+json' && type !== 'application/strategic-merge-patch+json') {
-      return this.send(res, 415, statusError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml`));
+      return this.send(
+        res,
+        415,
+        statusError(
+          415,
+          'UnsupportedMediaType',
+          `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml`,
+        ),
+      );
     }
     if (!isObj(body)) return this.send(res, 400, statusError(400, 'BadRequest', 'the body of the request was in an unknown format'));
     const ns = obj.metadata.namespace ?? null;
@@ -388,7 +473,9 @@ export class FakeApiServer {
     if (rv !== undefined && rv !== obj.metadata.resourceVersion) return this.send(res, 409, statusFor(409, r, ns, 'patch', name));
     const merged = mergePatch(obj, body) as Obj;
     // The main resource does not change status; the status subresource changes only status.
-    const next: Obj = status ? { ...obj, status: (merged.status as Json | undefined) ?? {} } : { ...merged, ...(obj.status !== undefined ? { status: obj.status } : {}) };
+    const next: Obj = status
+      ? { ...obj, status: (merged.status as Json | undefined) ?? {} }
+      : { ...merged, ...(obj.status !== undefined ? { status: obj.status } : {}) };
     next.metadata = status ? obj.metadata : { ...next.metadata, name, ...(ns !== null ? { namespace: ns } : {}), uid: obj.metadata.uid! };
     if (r.plural === 'jobs' && !status) {
       const before = (obj.spec?.template ?? {}) as Json;
@@ -399,7 +486,12 @@ export class FakeApiServer {
           return this.send(
             res,
             422,
-            statusError(422, 'Invalid', `Job.batch "${name}" is invalid: spec.template: Invalid value: {...}: field is immutable`, { name, group: 'batch', kind: 'Job', causes: [{ reason: 'FieldValueInvalid', message: 'Invalid value: {...}: field is immutable', field: 'spec.template' }] }),
+            statusError(422, 'Invalid', `Job.batch "${name}" is invalid: spec.template: Invalid value: {...}: field is immutable`, {
+              name,
+              group: 'batch',
+              kind: 'Job',
+              causes: [{ reason: 'FieldValueInvalid', message: 'Invalid value: {...}: field is immutable', field: 'spec.template' }],
+            }),
           );
         }
       }

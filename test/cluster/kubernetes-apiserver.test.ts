@@ -7,7 +7,18 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ApiException, BatchV1Api, CoordinationV1Api, CoreV1Api, KubernetesObjectApi, type KubernetesObject, PatchStrategy, type V1Job, type V1Pod, setHeaderOptions } from '@kubernetes/client-node';
+import {
+  ApiException,
+  BatchV1Api,
+  CoordinationV1Api,
+  CoreV1Api,
+  KubernetesObjectApi,
+  type KubernetesObject,
+  PatchStrategy,
+  type V1Job,
+  type V1Pod,
+  setHeaderOptions,
+} from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
@@ -74,14 +85,24 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       const obj = doc.toJS() as KubernetesObject | null;
       if (obj) await objects.create(obj);
     }
-    backend = new KubernetesCluster(kc, { cluster: 'real', namespace: NS, clock: clock.fn, place: (s) => (s.gpus > 8 ? { kind: 'nodes', nodes: ['h100-04', 'h100-05'] } : { kind: 'nodes', nodes: ['h100-03'] }) });
+    backend = new KubernetesCluster(kc, {
+      cluster: 'real',
+      namespace: NS,
+      clock: clock.fn,
+      place: (s) => (s.gpus > 8 ? { kind: 'nodes', nodes: ['h100-04', 'h100-05'] } : { kind: 'nodes', nodes: ['h100-03'] }),
+    });
   }, 90_000);
   afterAll(async () => {
     await server?.stop();
   });
 
   it('stores the manifests the backend writes: exclusive, MIG, MPS, a two-node gang', async () => {
-    const specs = [aJob('real-excl').gpus(8).build(), aJob('real-mig').gpus(1, 'mig:3g.40gb').build(), aJob('real-mps').gpus(1, 'mps').build(), aJob('real-gang').gpus(16).build()];
+    const specs = [
+      aJob('real-excl').gpus(8).build(),
+      aJob('real-mig').gpus(1, 'mig:3g.40gb').build(),
+      aJob('real-mps').gpus(1, 'mps').build(),
+      aJob('real-gang').gpus(16).build(),
+    ];
     for (const spec of specs) {
       expect(await backend.create(spec)).toMatchObject({ ok: true });
       const job = await read(spec.name);
@@ -137,18 +158,40 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
     await backend.create(spec);
     await backend.resume(spec.name);
     const t = (s: number) => new Date(clock.now.getTime() + s * 1000);
-    await setStatus(spec.name, { startTime: t(0), active: 1, conditions: [{ type: 'Suspended', status: 'False', reason: 'JobResumed', message: 'Job resumed', lastTransitionTime: t(0), lastProbeTime: t(0) }] });
+    await setStatus(spec.name, {
+      startTime: t(0),
+      active: 1,
+      conditions: [{ type: 'Suspended', status: 'False', reason: 'JobResumed', message: 'Job resumed', lastTransitionTime: t(0), lastProbeTime: t(0) }],
+    });
     expect((await backend.status(spec.name))!.phase).toBe('Running');
     await setStatus(spec.name, {
       active: 0,
       failed: 1,
       conditions: [
-        { type: 'FailureTarget', status: 'True', reason: 'BackoffLimitExceeded', message: 'Job has reached the specified backoff limit', lastTransitionTime: t(20), lastProbeTime: t(20) },
-        { type: 'Failed', status: 'True', reason: 'BackoffLimitExceeded', message: 'Job has reached the specified backoff limit', lastTransitionTime: t(20), lastProbeTime: t(20) },
+        {
+          type: 'FailureTarget',
+          status: 'True',
+          reason: 'BackoffLimitExceeded',
+          message: 'Job has reached the specified backoff limit',
+          lastTransitionTime: t(20),
+          lastProbeTime: t(20),
+        },
+        {
+          type: 'Failed',
+          status: 'True',
+          reason: 'BackoffLimitExceeded',
+          message: 'Job has reached the specified backoff limit',
+          lastTransitionTime: t(20),
+          lastProbeTime: t(20),
+        },
       ],
     });
     clock.advance(100);
-    expect(await backend.status(spec.name)).toMatchObject({ phase: 'Failed', gpuSeconds: 40, message: 'BackoffLimitExceeded: Job has reached the specified backoff limit' });
+    expect(await backend.status(spec.name)).toMatchObject({
+      phase: 'Failed',
+      gpuSeconds: 40,
+      message: 'BackoffLimitExceeded: Job has reached the specified backoff limit',
+    });
   });
 
   it('a user RBAC grants nothing gets a 403 that says what is missing', async () => {
@@ -163,7 +206,10 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
 
   it('watchJobs sees the changes the API server streams', async () => {
     const events: JobEvent[] = [];
-    const w = backend.watchJobs((e) => events.push(e), (err) => console.warn('watch error', err));
+    const w = backend.watchJobs(
+      (e) => events.push(e),
+      (err) => console.warn('watch error', err),
+    );
     try {
       await new Promise((r) => setTimeout(r, 500));
       const spec = aJob('real-watched').build();
@@ -178,7 +224,6 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       w.stop();
     }
   });
-
 
   describe('gang Service, checkpoint protocol, placement again, capacity and RBAC on the real server', () => {
     /** The backend as the ServiceAccount deploy/rbac.yaml makes for the worker. */
@@ -201,8 +246,16 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       expect(await worker.create(spec)).toEqual({ ok: true, nodes: ['h100-04', 'h100-05'] });
       const job = await read(name);
       const svc = await core.readNamespacedService({ name, namespace: NS });
-      expect(svc.spec).toMatchObject({ clusterIP: 'None', clusterIPs: ['None'], selector: { 'batch.kubernetes.io/job-name': name }, publishNotReadyAddresses: true, ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }] });
-      expect(svc.metadata!.ownerReferences).toEqual([{ apiVersion: 'batch/v1', kind: 'Job', name, uid: job.metadata!.uid, controller: true, blockOwnerDeletion: true }]);
+      expect(svc.spec).toMatchObject({
+        clusterIP: 'None',
+        clusterIPs: ['None'],
+        selector: { 'batch.kubernetes.io/job-name': name },
+        publishNotReadyAddresses: true,
+        ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }],
+      });
+      expect(svc.metadata!.ownerReferences).toEqual([
+        { apiVersion: 'batch/v1', kind: 'Job', name, uid: job.metadata!.uid, controller: true, blockOwnerDeletion: true },
+      ]);
       expect(job.spec!.template.spec!.subdomain).toBe(name);
       expect(await worker.create(spec)).toEqual({ ok: true, nodes: ['h100-04', 'h100-05'] }); // idempotent, Service included
 
@@ -210,7 +263,9 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       const pods = [await podFromTemplate(job, 0, 'h100-04'), await podFromTemplate(job, 1, 'h100-05')];
       const env = pods[1]!.spec!.containers[0]!.env!;
       expect(env.find((e) => e.name === 'MASTER_ADDR')).toEqual({ name: 'MASTER_ADDR', value: `${name}-0.${name}` });
-      expect(env.find((e) => e.name === 'NODE_RANK')!.valueFrom!.fieldRef).toMatchObject({ fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']" });
+      expect(env.find((e) => e.name === 'NODE_RANK')!.valueFrom!.fieldRef).toMatchObject({
+        fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']",
+      });
       expect(pods[1]!.spec).toMatchObject({ hostname: `${name}-1`, subdomain: name, serviceAccountName: 'govloop-trainer' });
       expect(pods[1]!.spec!.volumes!.find((v) => v.name === 'govloop-podinfo')!.downwardAPI!.items).toEqual([
         { path: 'annotations', fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.annotations' } },
@@ -233,7 +288,10 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       clock.advance(100);
       await worker.checkpoint(name);
       const requested = clock.now.toISOString();
-      expect((await core.readNamespacedPod({ name: pod.metadata!.name!, namespace: NS })).metadata!.annotations).toMatchObject({ [Annotation.checkpointRequestedAt]: requested, [Annotation.taskId]: 'real-ckpt' });
+      expect((await core.readNamespacedPod({ name: pod.metadata!.name!, namespace: NS })).metadata!.annotations).toMatchObject({
+        [Annotation.checkpointRequestedAt]: requested,
+        [Annotation.taskId]: 'real-ckpt',
+      });
       expect((await read(name)).metadata!.annotations![Annotation.checkpointRequestedAt]).toBe(requested);
 
       // The trainer, as its ServiceAccount, reports the work its checkpoint holds on its Job.
@@ -244,9 +302,21 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       clock.advance(10);
       expect(await worker.status(name)).toMatchObject({ phase: 'Running', progressSeconds: 110, checkpointSeconds: 90, lostSeconds: 0, gpuSeconds: 880 });
       await worker.suspend(name);
-      expect(await worker.status(name)).toMatchObject({ phase: 'Suspended', nodes: [], progressSeconds: 90, checkpointSeconds: 90, lostSeconds: 20, gpuSeconds: 880 });
+      expect(await worker.status(name)).toMatchObject({
+        phase: 'Suspended',
+        nodes: [],
+        progressSeconds: 90,
+        checkpointSeconds: 90,
+        lostSeconds: 20,
+        gpuSeconds: 880,
+      });
       const stored = (await read(name)).metadata!.annotations!;
-      expect(stored).toMatchObject({ [Annotation.progressSeconds]: '90', [Annotation.lostSeconds]: '20', [Annotation.settledSeconds]: '110', [Annotation.preemptedFrom]: 'h100-03' });
+      expect(stored).toMatchObject({
+        [Annotation.progressSeconds]: '90',
+        [Annotation.lostSeconds]: '20',
+        [Annotation.settledSeconds]: '110',
+        [Annotation.preemptedFrom]: 'h100-03',
+      });
       expect(stored[Annotation.nodes]).toBeUndefined();
     });
 
@@ -261,31 +331,63 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       clock.advance(10);
       await worker.suspend(name);
       // What the reset is for: with startTime set, the pod template is immutable.
-      const refused = await batch.patchNamespacedJob({ name, namespace: NS, body: { spec: { template: { spec: { affinity: null } } } } }, mergePatch).catch((e: unknown) => e);
+      const refused = await batch
+        .patchNamespacedJob({ name, namespace: NS, body: { spec: { template: { spec: { affinity: null } } } } }, mergePatch)
+        .catch((e: unknown) => e);
       expect(refused).toMatchObject({ code: 422 });
-      expect(JSON.parse((refused as ApiException<string>).body)).toMatchObject({ reason: 'Invalid', details: { causes: [expect.objectContaining({ field: 'spec.template' })] } });
+      expect(JSON.parse((refused as ApiException<string>).body)).toMatchObject({
+        reason: 'Invalid',
+        details: { causes: [expect.objectContaining({ field: 'spec.template' })] },
+      });
 
       nodes = ['h100-07'];
       expect(await worker.create(spec)).toEqual({ ok: true, nodes: ['h100-07'] });
       const job = await read(name);
       expect(job.status!.startTime).toBeUndefined();
-      expect(job.spec!.template.spec!.affinity!.nodeAffinity!.requiredDuringSchedulingIgnoredDuringExecution!.nodeSelectorTerms[0]!.matchExpressions![0]).toEqual({ key: 'kubernetes.io/hostname', operator: 'In', values: ['h100-07'] });
+      expect(
+        job.spec!.template.spec!.affinity!.nodeAffinity!.requiredDuringSchedulingIgnoredDuringExecution!.nodeSelectorTerms[0]!.matchExpressions![0],
+      ).toEqual({ key: 'kubernetes.io/hostname', operator: 'In', values: ['h100-07'] });
       await worker.resume(name);
       expect(await worker.status(name)).toMatchObject({ phase: 'Running', nodes: ['h100-07'], progressSeconds: 10 });
     });
 
-    it('capacity and govloop placement from real Node objects, with GPUs held by another namespace\'s pods', async () => {
+    it("capacity and govloop placement from real Node objects, with GPUs held by another namespace's pods", async () => {
       const node = async (name: string, labels: Record<string, string>, gpus: number) => {
         await core.createNode({ body: { metadata: { name, labels: { 'kubernetes.io/hostname': name, ...labels } } } });
-        await core.patchNodeStatus({ name, body: { status: { capacity: { cpu: '96', memory: '1Ti', pods: '110', 'nvidia.com/gpu': String(gpus) }, allocatable: { cpu: '96', memory: '1Ti', pods: '110', 'nvidia.com/gpu': String(gpus) }, conditions: [{ type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'ok', lastHeartbeatTime: new Date(), lastTransitionTime: new Date() }] } } }, mergePatch);
+        await core.patchNodeStatus(
+          {
+            name,
+            body: {
+              status: {
+                capacity: { cpu: '96', memory: '1Ti', pods: '110', 'nvidia.com/gpu': String(gpus) },
+                allocatable: { cpu: '96', memory: '1Ti', pods: '110', 'nvidia.com/gpu': String(gpus) },
+                conditions: [
+                  { type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'ok', lastHeartbeatTime: new Date(), lastTransitionTime: new Date() },
+                ],
+              },
+            },
+          },
+          mergePatch,
+        );
       };
       await node('gpu-a', { 'govloop.io/gpu-type': 'B200', 'govloop.io/rack': 'r1' }, 8);
       await node('gpu-b', { 'govloop.io/gpu-type': 'B200', 'govloop.io/rack': 'r1' }, 8);
       await node('gpu-c', { 'govloop.io/gpu-type': 'B200', 'govloop.io/rack': 'r2' }, 4);
       await node('cpu-1', {}, 0);
       // A notebook in another namespace holds 3 GPUs of gpu-a; a finished pod holds none.
-      await core.createNamespacedPod({ namespace: 'ml', body: { metadata: { name: 'notebook' }, spec: { nodeName: 'gpu-a', containers: [{ name: 'c', image: 'x', resources: { limits: { 'nvidia.com/gpu': '3' } } }] } } });
-      const placing = new KubernetesCluster(kubeConfigFor(server.url, server.workerToken), { cluster: 'real', namespace: NS, clock: clock.fn, placement: 'govloop' });
+      await core.createNamespacedPod({
+        namespace: 'ml',
+        body: {
+          metadata: { name: 'notebook' },
+          spec: { nodeName: 'gpu-a', containers: [{ name: 'c', image: 'x', resources: { limits: { 'nvidia.com/gpu': '3' } } }] },
+        },
+      });
+      const placing = new KubernetesCluster(kubeConfigFor(server.url, server.workerToken), {
+        cluster: 'real',
+        namespace: NS,
+        clock: clock.fn,
+        placement: 'govloop',
+      });
       const spec = { ...aJob('real-placed').gpus(5).build(), gpuType: 'B200' };
       // Best fit: the 5 free GPUs of gpu-a.
       expect(await placing.create(spec)).toMatchObject({ ok: true, nodes: ['gpu-a'], explanation: expect.stringMatching(/node/) });
@@ -296,7 +398,10 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       ]);
       await placing.resume(spec.name);
       // A 16-GPU gang has no room (gpu-a is full, 8 + 4 are left): it waits.
-      expect(await placing.create({ ...aJob('real-gang-wait').gpus(16).build(), gpuType: 'B200' })).toMatchObject({ ok: false, reason: { code: 'GPU_CAPACITY_BUSY' } });
+      expect(await placing.create({ ...aJob('real-gang-wait').gpus(16).build(), gpuType: 'B200' })).toMatchObject({
+        ok: false,
+        reason: { code: 'GPU_CAPACITY_BUSY' },
+      });
       await expect(read(jobName('real-gang-wait'))).rejects.toMatchObject({ code: 404 });
       clock.advance(40);
       const cap = await placing.capacity('B200', { gpus: 8, gpuType: 'B200', sharing: 'exclusive' });
@@ -314,16 +419,24 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       const nobody = new KubernetesCluster(kubeConfigFor(server.url, server.nobodyToken), { cluster: 'real', namespace: NS });
       const err = await nobody.capacity('B200').catch((e: unknown) => e);
       expect((err as Error).message).toBe(
-          'kubernetes: list nodes labelled govloop.io/gpu-type: HTTP 403: Forbidden: nodes is forbidden: User "nobody" cannot list resource "nodes" in API group "" at the cluster scope (the service account needs get/list on nodes (a ClusterRole); deploy/rbac.yaml has all govloop needs)',
+        'kubernetes: list nodes labelled govloop.io/gpu-type: HTTP 403: Forbidden: nodes is forbidden: User "nobody" cannot list resource "nodes" in API group "" at the cluster scope (the service account needs get/list on nodes (a ClusterRole); deploy/rbac.yaml has all govloop needs)',
       );
       // Two worker processes place at once, as the worker ServiceAccount (deploy/rbac.yaml lets it
       // hold the placement Lease). 8 B200 GPUs are free on gpu-b and 4 on gpu-c: of four 6-GPU Jobs
       // exactly one is placed, on gpu-b.
-      const racer = (identity: string) => new KubernetesCluster(kubeConfigFor(server.url, server.workerToken), { cluster: 'real', namespace: NS, placement: 'govloop', placementLease: { identity } });
+      const racer = (identity: string) =>
+        new KubernetesCluster(kubeConfigFor(server.url, server.workerToken), {
+          cluster: 'real',
+          namespace: NS,
+          placement: 'govloop',
+          placementLease: { identity },
+        });
       const [r1, r2] = [racer('worker-1'), racer('worker-2')];
       const raced = await Promise.all([0, 1, 2, 3].map((i) => (i % 2 ? r1 : r2).create({ ...aJob(`real-race-${i}`).gpus(6).build(), gpuType: 'B200' })));
       expect(raced.filter((r) => r.ok).map((r) => (r.ok ? r.nodes : []))).toEqual([['gpu-b']]);
-      const lease = await kubeConfigFor(server.url, server.adminToken).makeApiClient(CoordinationV1Api).readNamespacedLease({ name: 'govloop-placement-real', namespace: NS });
+      const lease = await kubeConfigFor(server.url, server.adminToken)
+        .makeApiClient(CoordinationV1Api)
+        .readNamespacedLease({ name: 'govloop-placement-real', namespace: NS });
       expect(lease.spec?.holderIdentity).toBeUndefined();
       expect(lease.spec?.leaseTransitions).toBeGreaterThanOrEqual(5); // the placements above, then these four
     });
@@ -369,7 +482,9 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       const manifest = jobManifest(spec, { kind: 'any' }, { namespace: NS, cluster: 'real' });
       const created = await both((api) => api.createNamespacedJob({ namespace: NS, body: manifest }));
       expect(created.fake).toEqual(created.real);
-      const stale = await both((api) => api.patchNamespacedJob({ name: spec.name, namespace: NS, body: { metadata: { resourceVersion: '1' }, spec: { suspend: false } } }, mergePatch));
+      const stale = await both((api) =>
+        api.patchNamespacedJob({ name: spec.name, namespace: NS, body: { metadata: { resourceVersion: '1' }, spec: { suspend: false } } }, mergePatch),
+      );
       expect(stale.fake).toEqual(stale.real);
     });
 
@@ -393,9 +508,19 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
       await backend.create(spec);
       const fakeApi = kubeConfigFor(fake.url, 'x').makeApiClient(BatchV1Api);
       await fakeApi.createNamespacedJob({ namespace: NS, body: jobManifest(spec, { kind: 'any' }, { namespace: NS, cluster: 'fake' }) });
-      for (const api of [batch, fakeApi]) await api.patchNamespacedJobStatus({ name: spec.name, namespace: NS, body: { status: { startTime: new Date(Math.floor(Date.now() / 1000) * 1000) } } }, mergePatch);
-      const change = await both((api) => api.patchNamespacedJob({ name: spec.name, namespace: NS, body: { spec: { template: { spec: { affinity: null } } } } }, mergePatch));
-      const shape = (a: typeof change.real) => ({ code: a.code, reason: a.reason, fields: (a.details as { causes: { field: string }[] }).causes.map((c) => c.field) });
+      for (const api of [batch, fakeApi])
+        await api.patchNamespacedJobStatus(
+          { name: spec.name, namespace: NS, body: { status: { startTime: new Date(Math.floor(Date.now() / 1000) * 1000) } } },
+          mergePatch,
+        );
+      const change = await both((api) =>
+        api.patchNamespacedJob({ name: spec.name, namespace: NS, body: { spec: { template: { spec: { affinity: null } } } } }, mergePatch),
+      );
+      const shape = (a: typeof change.real) => ({
+        code: a.code,
+        reason: a.reason,
+        fields: (a.details as { causes: { field: string }[] }).causes.map((c) => c.field),
+      });
       expect(shape(change.fake)).toEqual(shape(change.real));
     });
 

@@ -7,7 +7,16 @@
 import type { V1Job, V1Node, V1Pod } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { Annotation, jobManifest, type Placement } from '../../cluster/kubernetes/manifests';
-import { type HeldGpus, decidePlacement, heldByJobs, heldByPods, parseQuantity, placementState, readTopology, usedGpus } from '../../cluster/kubernetes/placement';
+import {
+  type HeldGpus,
+  decidePlacement,
+  heldByJobs,
+  heldByPods,
+  parseQuantity,
+  placementState,
+  readTopology,
+  usedGpus,
+} from '../../cluster/kubernetes/placement';
 import { aJob } from './support';
 
 interface NodeShape {
@@ -47,13 +56,29 @@ export function gpuNode(name: string, s: NodeShape = {}): V1Node {
         pods: '110',
         ...Object.fromEntries(Object.entries(s.mig ?? {}).map(([p, n]) => [`nvidia.com/mig-${p}`, String(n)])),
       },
-      conditions: s.ready === null ? [] : [{ type: 'Ready', status: s.ready ?? 'True', reason: s.ready === 'False' ? 'KubeletNotReady' : s.ready === 'Unknown' ? 'NodeStatusUnknown' : 'KubeletReady' }],
+      conditions:
+        s.ready === null
+          ? []
+          : [
+              {
+                type: 'Ready',
+                status: s.ready ?? 'True',
+                reason: s.ready === 'False' ? 'KubeletNotReady' : s.ready === 'Unknown' ? 'NodeStatusUnknown' : 'KubeletReady',
+              },
+            ],
     },
   };
 }
 
 /** A govloop Job as the backend stores it, in a phase. */
-function storedJob(taskId: string, gpus: number, placement: Placement, phase: 'Suspended' | 'Running' | 'Succeeded' | 'Preempted', sharing: 'exclusive' | 'mps' | `mig:${string}` = 'exclusive', gpuMilli?: number): V1Job {
+function storedJob(
+  taskId: string,
+  gpus: number,
+  placement: Placement,
+  phase: 'Suspended' | 'Running' | 'Succeeded' | 'Preempted',
+  sharing: 'exclusive' | 'mps' | `mig:${string}` = 'exclusive',
+  gpuMilli?: number,
+): V1Job {
   const spec = { ...aJob(taskId).gpus(gpus, sharing).build(), ...(gpuMilli !== undefined ? { gpuMilli } : {}) };
   const job = jobManifest(spec, placement, { namespace: 'govloop', cluster: 'c' });
   job.metadata!.uid = `uid-${taskId}`;
@@ -66,9 +91,22 @@ function storedJob(taskId: string, gpus: number, placement: Placement, phase: 'S
   return job;
 }
 
-function gpuPod(ns: string, name: string, node: string | null, limits: Record<string, string>, extra: { phase?: string; jobName?: string; govloop?: boolean } = {}): V1Pod {
+function gpuPod(
+  ns: string,
+  name: string,
+  node: string | null,
+  limits: Record<string, string>,
+  extra: { phase?: string; jobName?: string; govloop?: boolean } = {},
+): V1Pod {
   return {
-    metadata: { name, namespace: ns, labels: { ...(extra.jobName ? { 'batch.kubernetes.io/job-name': extra.jobName } : {}), ...(extra.govloop ? { 'app.kubernetes.io/managed-by': 'govloop' } : {}) } },
+    metadata: {
+      name,
+      namespace: ns,
+      labels: {
+        ...(extra.jobName ? { 'batch.kubernetes.io/job-name': extra.jobName } : {}),
+        ...(extra.govloop ? { 'app.kubernetes.io/managed-by': 'govloop' } : {}),
+      },
+    },
     spec: { ...(node ? { nodeName: node } : {}), containers: [{ name: 'c', image: 'x', resources: { limits } }] },
     status: { phase: extra.phase ?? 'Running' },
   };
@@ -91,7 +129,12 @@ describe('parseQuantity', () => {
 
 describe('readTopology: Nodes → blocks, racks, NVLink domains', () => {
   const shape = (r: ReturnType<typeof readTopology>) =>
-    r.index === null ? null : r.index.domains.block.map((b) => [b.id, b.children.map((rk) => [r.index!.domains.rack[rk]!.id, r.index!.domains.rack[rk]!.nodes.map((n) => r.index!.nodes[n]!.name)])]);
+    r.index === null
+      ? null
+      : r.index.domains.block.map((b) => [
+          b.id,
+          b.children.map((rk) => [r.index!.domains.rack[rk]!.id, r.index!.domains.rack[rk]!.nodes.map((n) => r.index!.nodes[n]!.name)]),
+        ]);
 
   it('builds the tree from govloop.io/block, govloop.io/rack and govloop.io/nvlink-domain', () => {
     const r = readTopology(
@@ -105,10 +148,20 @@ describe('readTopology: Nodes → blocks, racks, NVLink domains', () => {
     );
     expect(r.unusable).toBeNull();
     expect(shape(r)).toEqual([
-      ['b0', [['r0', ['n0', 'n1']], ['r1', ['n2']]]],
+      [
+        'b0',
+        [
+          ['r0', ['n0', 'n1']],
+          ['r1', ['n2']],
+        ],
+      ],
       ['b1', [['r2', ['n3']]]],
     ]);
-    expect(r.index!.domains.nvlink.map((d) => [d.id, d.nodes.length])).toEqual([['nvl-a', 2], ['n2', 1], ['n3', 1]]);
+    expect(r.index!.domains.nvlink.map((d) => [d.id, d.nodes.length])).toEqual([
+      ['nvl-a', 2],
+      ['n2', 1],
+      ['n3', 1],
+    ]);
     expect(r.index!.totalGpus).toBe(32);
   });
 
@@ -126,7 +179,10 @@ describe('readTopology: Nodes → blocks, racks, NVLink domains', () => {
       ['b0', [['b0.rack-1', ['a']]]],
       ['b1', [['b1.rack-1', ['b']]]],
     ]);
-    expect(r.notes).toEqual(['rack "rack-1" is in blocks b0, b1: named <block>.rack-1', 'node b: NVLink domain "x" spans racks or GPU types; the node is a domain of its own']);
+    expect(r.notes).toEqual([
+      'rack "rack-1" is in blocks b0, b1: named <block>.rack-1',
+      'node b: NVLink domain "x" spans racks or GPU types; the node is a domain of its own',
+    ]);
   });
 
   it('leaves out cordoned and NotReady nodes, nodes without the GPU-type label, and more than 16 GPUs; reads shared replicas', () => {
@@ -154,11 +210,15 @@ describe('readTopology: Nodes → blocks, racks, NVLink domains', () => {
   });
 
   it('is unusable, saying why, when no node carries the GPU-type label or the label is off', () => {
-    expect(readTopology([gpuNode('x', { type: null })], 'c').unusable).toBe('no schedulable Node carries the label govloop.io/gpu-type; left out: x (has 8 nvidia.com/gpu but no govloop.io/gpu-type label)');
+    expect(readTopology([gpuNode('x', { type: null })], 'c').unusable).toBe(
+      'no schedulable Node carries the label govloop.io/gpu-type; left out: x (has 8 nvidia.com/gpu but no govloop.io/gpu-type label)',
+    );
     expect(readTopology([], 'c').unusable).toBe('no schedulable Node carries the label govloop.io/gpu-type');
     expect(readTopology([gpuNode('x')], 'c', { gpuTypeLabel: null }).unusable).toMatch(/turned off/);
     // Another label name for the GPU type.
-    const other = readTopology([{ ...gpuNode('x', { type: null }), metadata: { name: 'x', labels: { 'example.com/gpu': 'A100' } } }], 'c', { gpuTypeLabel: 'example.com/gpu' });
+    const other = readTopology([{ ...gpuNode('x', { type: null }), metadata: { name: 'x', labels: { 'example.com/gpu': 'A100' } } }], 'c', {
+      gpuTypeLabel: 'example.com/gpu',
+    });
     expect(other.nodes.map((n) => [n.name, n.gpuType])).toEqual([['x', 'A100']]);
   });
 });
@@ -195,7 +255,9 @@ describe('what is held', () => {
       gpuPod('ml', 'cpu', 'n0', { cpu: '4' }),
     ];
     const held = heldByPods(pods, new Set(['govloop/gl-x']), nodes);
-    expect(held.map((h) => [h.owner, h.node, h.kind === 'whole' ? h.gpus : h.kind === 'share' ? `${h.milli}/${h.sharing}` : `${h.count}×${h.profile}=${h.units}`])).toEqual([
+    expect(
+      held.map((h) => [h.owner, h.node, h.kind === 'whole' ? h.gpus : h.kind === 'share' ? `${h.milli}/${h.sharing}` : `${h.count}×${h.profile}=${h.units}`]),
+    ).toEqual([
       ['Pod ml/notebook', 'n0', 2],
       ['Pod govloop/gl-any-0', 'n0', 4],
       ['Pod ml/slice', 'shared', '250/timeslice'],
@@ -225,7 +287,10 @@ describe('what is held', () => {
     expect(state.freeWhole[n0]).toBe(0);
     // Both shares on one GPU of m0 (600 + 300 ≤ 1000): its second GPU stays whole.
     expect(state.freeWhole[m0]).toBe(1);
-    expect(notes).toEqual(['b holds 4 GPUs on n0, which has 2 free: counted 2', 'e holds a timeslice share on n0, which is not labelled for timeslice: not counted']);
+    expect(notes).toEqual([
+      'b holds 4 GPUs on n0, which has 2 free: counted 2',
+      'e holds a timeslice share on n0, which is not labelled for timeslice: not counted',
+    ]);
   });
 });
 
@@ -247,7 +312,12 @@ describe('decidePlacement', () => {
     { name: 'best fit: the partly used node before an empty one', held: [whole('a1', 5)], ask: ask(3), want: { kind: 'nodes', nodes: ['a1'] } },
     { name: 'a whole node when one is free', held: [whole('a0', 1), whole('a1', 1), whole('b0', 1)], ask: ask(8), want: { kind: 'nodes', nodes: ['b1'] } },
     { name: 'a 16-GPU gang on the two nodes of one rack', held: [whole('a0', 1)], ask: ask(16), want: { kind: 'nodes', nodes: ['b0', 'b1'] } },
-    { name: '12 GPUs that place() splits 8 + 4 are split evenly 6 + 6 in the same domain', held: [whole('a0', 2)], ask: ask(12), want: { kind: 'nodes', nodes: ['a0', 'a1'] } },
+    {
+      name: '12 GPUs that place() splits 8 + 4 are split evenly 6 + 6 in the same domain',
+      held: [whole('a0', 2)],
+      ask: ask(12),
+      want: { kind: 'nodes', nodes: ['a0', 'a1'] },
+    },
     { name: 'a share of an MPS GPU', held: [], ask: { gpus: 1, gpuType: 'A100', sharing: 'mps', gpuMilli: 250 }, want: { kind: 'nodes', nodes: ['s0'] } },
   ];
   it.each(cases)('$name', (c) => {
@@ -285,21 +355,44 @@ describe('decidePlacement', () => {
   });
 
   it('leaves MIG no node advertises, shares without gpuMilli, CPU-only jobs and unlabelled clusters to the kube-scheduler, saying why', () => {
-    expect(decidePlacement(reading, [], { gpus: 1, gpuType: 'A100', sharing: 'mig:3g.40gb' }, 'c')).toMatchObject({ decision: { kind: 'any' }, note: expect.stringMatching(/no schedulable A100 Node advertises nvidia.com\/mig-3g.40gb/) });
-    expect(decidePlacement(reading, [], { gpus: 1, gpuType: 'A100', sharing: 'mps' }, 'c')).toMatchObject({ decision: { kind: 'any' }, note: expect.stringMatching(/without gpuMilli/) });
+    expect(decidePlacement(reading, [], { gpus: 1, gpuType: 'A100', sharing: 'mig:3g.40gb' }, 'c')).toMatchObject({
+      decision: { kind: 'any' },
+      note: expect.stringMatching(/no schedulable A100 Node advertises nvidia.com\/mig-3g.40gb/),
+    });
+    expect(decidePlacement(reading, [], { gpus: 1, gpuType: 'A100', sharing: 'mps' }, 'c')).toMatchObject({
+      decision: { kind: 'any' },
+      note: expect.stringMatching(/without gpuMilli/),
+    });
     expect(decidePlacement(reading, [], { gpus: 0, gpuType: '', sharing: 'exclusive' }, 'c')).toMatchObject({ decision: { kind: 'any' }, note: null });
-    expect(decidePlacement(readTopology([gpuNode('x', { type: null })], 'c'), [], ask(8), 'c')).toMatchObject({ decision: { kind: 'any' }, note: expect.stringMatching(/no schedulable Node carries the label govloop.io\/gpu-type/) });
+    expect(decidePlacement(readTopology([gpuNode('x', { type: null })], 'c'), [], ask(8), 'c')).toMatchObject({
+      decision: { kind: 'any' },
+      note: expect.stringMatching(/no schedulable Node carries the label govloop.io\/gpu-type/),
+    });
   });
 });
 
 describe('decidePlacement: MIG instances the GPU operator partitioned ahead of time', () => {
   // m0: an A100 cut into 2 × 3g.40gb + 1 × 1g.10gb; m1: 4 × 3g.40gb; w: whole GPUs, no MIG.
   const reading = readTopology(
-    [gpuNode('m0', { type: 'A100', gpus: 0, mig: { '3g.40gb': 2, '1g.10gb': 1 } }), gpuNode('m1', { type: 'A100', gpus: 0, mig: { '3g.40gb': 4 } }), gpuNode('w', { type: 'A100', gpus: 8 })],
+    [
+      gpuNode('m0', { type: 'A100', gpus: 0, mig: { '3g.40gb': 2, '1g.10gb': 1 } }),
+      gpuNode('m1', { type: 'A100', gpus: 0, mig: { '3g.40gb': 4 } }),
+      gpuNode('w', { type: 'A100', gpus: 8 }),
+    ],
     'c',
   );
   const mig = (gpus: number, profile = '3g.40gb') => ({ gpus, gpuType: 'A100', sharing: `mig:${profile}` as const });
-  const notebook = heldByPods([{ metadata: { name: 'nb', namespace: 'ml' }, spec: { nodeName: 'm1', containers: [{ name: 'c', resources: { limits: { 'nvidia.com/mig-3g.40gb': '1' } } }] }, status: { phase: 'Running' } }], new Set(), reading.nodes);
+  const notebook = heldByPods(
+    [
+      {
+        metadata: { name: 'nb', namespace: 'ml' },
+        spec: { nodeName: 'm1', containers: [{ name: 'c', resources: { limits: { 'nvidia.com/mig-3g.40gb': '1' } } }] },
+        status: { phase: 'Running' },
+      },
+    ],
+    new Set(),
+    reading.nodes,
+  );
 
   it('reads the instances each node advertises, by profile', () => {
     expect(reading.nodes.map((n) => [n.name, n.mig])).toEqual([
@@ -311,7 +404,11 @@ describe('decidePlacement: MIG instances the GPU operator partitioned ahead of t
 
   it('pins to the node where fewest instances of the profile stay free; counts what pods and govloop Jobs hold', () => {
     // m0 has 2 free, m1 has 3 (one held by a notebook): 2 go to m0, 3 to m1.
-    expect(decidePlacement(reading, notebook, mig(2), 'c').decision).toMatchObject({ kind: 'nodes', nodes: ['m0'], explanation: expect.stringMatching(/2 of its 2 free MIG 3g.40gb instances \(of 2\)/) });
+    expect(decidePlacement(reading, notebook, mig(2), 'c').decision).toMatchObject({
+      kind: 'nodes',
+      nodes: ['m0'],
+      explanation: expect.stringMatching(/2 of its 2 free MIG 3g.40gb instances \(of 2\)/),
+    });
     expect(decidePlacement(reading, notebook, mig(3), 'c').decision).toMatchObject({ kind: 'nodes', nodes: ['m1'] });
     // A govloop Job holding both of m0's: one more goes to m1.
     const job = heldByJobs([storedJob('mig-job', 2, { kind: 'nodes', nodes: ['m0'] }, 'Running', 'mig:3g.40gb')]);

@@ -15,7 +15,19 @@ import { loadConfig } from '../../config/load';
 import { createActivities } from '../../activities';
 import { type Ledger, backends } from '../ledger/backends';
 import { KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
-import { Annotation, type ManifestOptions, type Placement, gangServiceManifest, isGang, jobAccounting, jobManifest, jobPhase, labelValue, runSeconds, suspendAnnotations } from '../../cluster/kubernetes/manifests';
+import {
+  Annotation,
+  type ManifestOptions,
+  type Placement,
+  gangServiceManifest,
+  isGang,
+  jobAccounting,
+  jobManifest,
+  jobPhase,
+  labelValue,
+  runSeconds,
+  suspendAnnotations,
+} from '../../cluster/kubernetes/manifests';
 import { PlacementLease } from '../../cluster/kubernetes/lease';
 import { FakeApiServer } from './fake-apiserver';
 import { ManualClock, aJob, kubeConfigFor } from './support';
@@ -25,9 +37,11 @@ const opts: ManifestOptions = { namespace: NS, cluster: 'gpu-east' };
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
 
 const mergePatchHeader = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
-const nodesOfStored = (job: { metadata: { annotations?: Record<string, string> } }) => (job.metadata.annotations?.[Annotation.nodes] ?? '').split(',').filter(Boolean);
+const nodesOfStored = (job: { metadata: { annotations?: Record<string, string> } }) =>
+  (job.metadata.annotations?.[Annotation.nodes] ?? '').split(',').filter(Boolean);
 const container = (job: V1Job) => job.spec!.template.spec!.containers[0]!;
-const nodeTerms = (job: V1Job) => job.spec!.template.spec!.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms[0]?.matchExpressions ?? [];
+const nodeTerms = (job: V1Job) =>
+  job.spec!.template.spec!.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms[0]?.matchExpressions ?? [];
 
 describe('jobManifest', () => {
   const cases: {
@@ -154,10 +168,24 @@ describe('jobManifest', () => {
     expect(nodeTerms(job)).toEqual(c.wantAffinity);
     expect(pod.affinity?.podAntiAffinity !== undefined).toBe(c.wantAntiAffinity);
     const env = Object.fromEntries(container(job).env!.map((e) => [e.name, e.value]));
-    expect(env).toMatchObject({ ...c.wantEnv, GOVLOOP_TASK_ID: c.spec.taskId, GOVLOOP_JOB_NAME: c.spec.name, GOVLOOP_NAMESPACE: NS, GOVLOOP_PODINFO_DIR: '/etc/govloop/podinfo' });
+    expect(env).toMatchObject({
+      ...c.wantEnv,
+      GOVLOOP_TASK_ID: c.spec.taskId,
+      GOVLOOP_JOB_NAME: c.spec.name,
+      GOVLOOP_NAMESPACE: NS,
+      GOVLOOP_PODINFO_DIR: '/etc/govloop/podinfo',
+    });
     // Every pod sees its own annotations (the checkpoint request) in a downward-API volume.
     expect(pod.volumes).toEqual([
-      { name: 'govloop-podinfo', downwardAPI: { items: [{ path: 'annotations', fieldRef: { fieldPath: 'metadata.annotations' } }, { path: 'labels', fieldRef: { fieldPath: 'metadata.labels' } }] } },
+      {
+        name: 'govloop-podinfo',
+        downwardAPI: {
+          items: [
+            { path: 'annotations', fieldRef: { fieldPath: 'metadata.annotations' } },
+            { path: 'labels', fieldRef: { fieldPath: 'metadata.labels' } },
+          ],
+        },
+      },
     ]);
     expect(container(job).volumeMounts).toEqual([{ name: 'govloop-podinfo', mountPath: '/etc/govloop/podinfo', readOnly: true }]);
     // A multi-pod gang: the headless Service of its name as subdomain, rank 0's address, each pod's rank.
@@ -167,26 +195,45 @@ describe('jobManifest', () => {
       for (const prefix of ['', 'PET_']) {
         expect(byName.get(`${prefix}MASTER_ADDR`)).toEqual({ name: `${prefix}MASTER_ADDR`, value: `${c.spec.name}-0.${c.spec.name}` });
         expect(byName.get(`${prefix}MASTER_PORT`)).toEqual({ name: `${prefix}MASTER_PORT`, value: '29500' });
-        expect(byName.get(`${prefix}NODE_RANK`)).toEqual({ name: `${prefix}NODE_RANK`, valueFrom: { fieldRef: { fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']" } } });
+        expect(byName.get(`${prefix}NODE_RANK`)).toEqual({
+          name: `${prefix}NODE_RANK`,
+          valueFrom: { fieldRef: { fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']" } },
+        });
       }
     } else {
       expect(pod.subdomain).toBeUndefined();
       expect([...byName.keys()].filter((k) => /MASTER|NODE_RANK/.test(k))).toEqual([]);
     }
-    expect(job.metadata!.labels).toMatchObject({ 'govloop.io/tenant': 'acme', 'govloop.io/team': 'search', 'govloop.io/project': 'ranker', 'govloop.io/task': c.spec.taskId, 'app.kubernetes.io/managed-by': 'govloop' });
+    expect(job.metadata!.labels).toMatchObject({
+      'govloop.io/tenant': 'acme',
+      'govloop.io/team': 'search',
+      'govloop.io/project': 'ranker',
+      'govloop.io/task': c.spec.taskId,
+      'app.kubernetes.io/managed-by': 'govloop',
+    });
     expect(job.spec!.template.metadata!.labels).toEqual(job.metadata!.labels);
-    expect(job.metadata!.annotations).toMatchObject({ [Annotation.taskId]: c.spec.taskId, [Annotation.gpus]: String(c.spec.gpus), [Annotation.sharing]: c.spec.sharing, [Annotation.cluster]: 'gpu-east' });
+    expect(job.metadata!.annotations).toMatchObject({
+      [Annotation.taskId]: c.spec.taskId,
+      [Annotation.gpus]: String(c.spec.gpus),
+      [Annotation.sharing]: c.spec.sharing,
+      [Annotation.cluster]: 'gpu-east',
+    });
   });
 
   it('rendezvous: the port is an option, and a template that sets MASTER_ADDR / MASTER_PORT keeps its own', () => {
-    const spec = aJob().gpus(16).runtime({ env: { MASTER_PORT: '12345' } }).build();
+    const spec = aJob()
+      .gpus(16)
+      .runtime({ env: { MASTER_PORT: '12345' } })
+      .build();
     const job = jobManifest(spec, { kind: 'nodes', nodes: ['a', 'b'] }, { ...opts, rendezvousPort: 23456 });
     const env = container(job).env!.filter((e) => e.name.endsWith('MASTER_PORT'));
     expect(env).toEqual([
       { name: 'MASTER_PORT', value: '12345' },
       { name: 'PET_MASTER_PORT', value: '23456' },
     ]);
-    expect(jobManifest(spec, { kind: 'nodes', nodes: ['a', 'b'] }, { ...opts, serviceAccountName: 'govloop-trainer' }).spec!.template.spec!.serviceAccountName).toBe('govloop-trainer');
+    expect(
+      jobManifest(spec, { kind: 'nodes', nodes: ['a', 'b'] }, { ...opts, serviceAccountName: 'govloop-trainer' }).spec!.template.spec!.serviceAccountName,
+    ).toBe('govloop-trainer');
   });
 
   it('records the GPU type and, for a share, its thousandths on the Job', () => {
@@ -195,7 +242,7 @@ describe('jobManifest', () => {
     expect(jobManifest(aJob().gpus(8).build(), { kind: 'any' }, opts).metadata!.annotations![Annotation.gpuMilli]).toBeUndefined();
   });
 
-  it('gangServiceManifest: headless, selects the Job\'s pods, publishes not-ready addresses, owned by the Job', () => {
+  it("gangServiceManifest: headless, selects the Job's pods, publishes not-ready addresses, owned by the Job", () => {
     const job = jobManifest(aJob('gang-svc').gpus(16).build(), { kind: 'nodes', nodes: ['a', 'b'] }, opts);
     job.metadata!.uid = '0b6c2d0e-uid';
     const name = jobName('gang-svc');
@@ -209,7 +256,12 @@ describe('jobManifest', () => {
         annotations: { [Annotation.taskId]: 'gang-svc' },
         ownerReferences: [{ apiVersion: 'batch/v1', kind: 'Job', name, uid: '0b6c2d0e-uid', controller: true, blockOwnerDeletion: true }],
       },
-      spec: { clusterIP: 'None', selector: { 'batch.kubernetes.io/job-name': name }, publishNotReadyAddresses: true, ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }] },
+      spec: {
+        clusterIP: 'None',
+        selector: { 'batch.kubernetes.io/job-name': name },
+        publishNotReadyAddresses: true,
+        ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }],
+      },
     });
     expect(isGang(job)).toBe(true);
     expect(isGang(jobManifest(aJob().gpus(8).build(), { kind: 'nodes', nodes: ['a'] }, opts))).toBe(false);
@@ -226,7 +278,11 @@ describe('jobManifest', () => {
 
   it('sanitizes label values and keeps the exact values in annotations', () => {
     const longTask = `t-${'x'.repeat(80)}`;
-    const job = jobManifest(aJob(longTask).labels({ 'govloop.io/tenant': 'Acme Corp/EU', 'govloop.io/team': '-search-', 'govloop.io/project': 'ok.project_1' }).build(), { kind: 'any' }, opts);
+    const job = jobManifest(
+      aJob(longTask).labels({ 'govloop.io/tenant': 'Acme Corp/EU', 'govloop.io/team': '-search-', 'govloop.io/project': 'ok.project_1' }).build(),
+      { kind: 'any' },
+      opts,
+    );
     const labels = job.metadata!.labels!;
     for (const v of Object.values(labels)) {
       expect(v.length).toBeLessThanOrEqual(63);
@@ -241,7 +297,12 @@ describe('jobManifest', () => {
   });
 
   const bad: { name: string; spec: JobSpec; placement: Placement; wantError: RegExp }[] = [
-    { name: 'uneven gang split', spec: aJob().gpus(12).build(), placement: { kind: 'nodes', nodes: ['a', 'b', 'c', 'd', 'e'] }, wantError: /do not split evenly/ },
+    {
+      name: 'uneven gang split',
+      spec: aJob().gpus(12).build(),
+      placement: { kind: 'nodes', nodes: ['a', 'b', 'c', 'd', 'e'] },
+      wantError: /do not split evenly/,
+    },
     { name: 'a node named twice', spec: aJob().gpus(16).build(), placement: { kind: 'nodes', nodes: ['a', 'a'] }, wantError: /names a node twice/ },
     { name: 'a name that is not DNS-1123', spec: { ...aJob().build(), name: 'Not_A_Name' }, placement: { kind: 'any' }, wantError: /DNS-1123/ },
     { name: 'an invalid label key', spec: aJob().labels({ 'bad key!': 'x' }).build(), placement: { kind: 'any' }, wantError: /label key/ },
@@ -254,16 +315,53 @@ describe('jobManifest', () => {
 describe('jobPhase', () => {
   const t0 = new Date('2026-01-01T00:00:00Z');
   const cond = (type: string, status = 'True', extra: Record<string, unknown> = {}) => ({ type, status, lastTransitionTime: t0, ...extra });
-  const job = (suspend: boolean, status: V1Job['status'] = {}, deleting = false): V1Job => ({ metadata: { name: 'j', ...(deleting ? { deletionTimestamp: t0 } : {}) }, spec: { suspend, template: {} }, status });
+  const job = (suspend: boolean, status: V1Job['status'] = {}, deleting = false): V1Job => ({
+    metadata: { name: 'j', ...(deleting ? { deletionTimestamp: t0 } : {}) },
+    spec: { suspend, template: {} },
+    status,
+  });
   const cases: { name: string; job: V1Job; wantPhase: JobPhase; wantMessage: string | null }[] = [
     { name: 'just created suspended, no condition yet', job: job(true), wantPhase: 'Suspended', wantMessage: null },
-    { name: 'Suspended condition True', job: job(true, { conditions: [cond('Suspended', 'True', { reason: 'JobSuspended', message: 'Job suspended' })] }), wantPhase: 'Suspended', wantMessage: 'Job suspended' },
-    { name: 'resumed, controller not caught up (Suspended still True)', job: job(false, { conditions: [cond('Suspended')] }), wantPhase: 'Running', wantMessage: null },
-    { name: 'resumed, Suspended False, pods active', job: job(false, { active: 2, ready: 1, conditions: [cond('Suspended', 'False')] }), wantPhase: 'Running', wantMessage: null },
-    { name: 'Complete', job: job(false, { succeeded: 1, conditions: [cond('SuccessCriteriaMet'), cond('Complete')] }), wantPhase: 'Succeeded', wantMessage: null },
+    {
+      name: 'Suspended condition True',
+      job: job(true, { conditions: [cond('Suspended', 'True', { reason: 'JobSuspended', message: 'Job suspended' })] }),
+      wantPhase: 'Suspended',
+      wantMessage: 'Job suspended',
+    },
+    {
+      name: 'resumed, controller not caught up (Suspended still True)',
+      job: job(false, { conditions: [cond('Suspended')] }),
+      wantPhase: 'Running',
+      wantMessage: null,
+    },
+    {
+      name: 'resumed, Suspended False, pods active',
+      job: job(false, { active: 2, ready: 1, conditions: [cond('Suspended', 'False')] }),
+      wantPhase: 'Running',
+      wantMessage: null,
+    },
+    {
+      name: 'Complete',
+      job: job(false, { succeeded: 1, conditions: [cond('SuccessCriteriaMet'), cond('Complete')] }),
+      wantPhase: 'Succeeded',
+      wantMessage: null,
+    },
     { name: 'SuccessCriteriaMet before Complete', job: job(false, { conditions: [cond('SuccessCriteriaMet')] }), wantPhase: 'Succeeded', wantMessage: null },
-    { name: 'Failed', job: job(false, { failed: 1, conditions: [cond('Failed', 'True', { reason: 'BackoffLimitExceeded', message: 'Job has reached the specified backoff limit' })] }), wantPhase: 'Failed', wantMessage: 'BackoffLimitExceeded: Job has reached the specified backoff limit' },
-    { name: 'FailureTarget before Failed', job: job(false, { conditions: [cond('FailureTarget', 'True', { reason: 'DeadlineExceeded' })] }), wantPhase: 'Failed', wantMessage: 'DeadlineExceeded' },
+    {
+      name: 'Failed',
+      job: job(false, {
+        failed: 1,
+        conditions: [cond('Failed', 'True', { reason: 'BackoffLimitExceeded', message: 'Job has reached the specified backoff limit' })],
+      }),
+      wantPhase: 'Failed',
+      wantMessage: 'BackoffLimitExceeded: Job has reached the specified backoff limit',
+    },
+    {
+      name: 'FailureTarget before Failed',
+      job: job(false, { conditions: [cond('FailureTarget', 'True', { reason: 'DeadlineExceeded' })] }),
+      wantPhase: 'Failed',
+      wantMessage: 'DeadlineExceeded',
+    },
     { name: 'Failed while suspended', job: job(true, { conditions: [cond('Suspended'), cond('Failed')] }), wantPhase: 'Failed', wantMessage: 'job failed' },
     { name: 'Complete False is not done', job: job(false, { conditions: [cond('Complete', 'False')] }), wantPhase: 'Running', wantMessage: null },
     { name: 'being deleted (foreground)', job: job(false, { active: 1 }, true), wantPhase: 'Deleted', wantMessage: 'job is being deleted' },
@@ -282,20 +380,47 @@ describe('jobPhase', () => {
     const now = at(1000);
     expect(runSeconds(base({ [Annotation.settledSeconds]: '40' }, {}, true), now)).toBe(40);
     expect(runSeconds(base({ [Annotation.settledSeconds]: '40', [Annotation.resumedAt]: at(900).toISOString() }), now)).toBe(140);
-    expect(runSeconds(base({ [Annotation.resumedAt]: at(100).toISOString() }, { completionTime: at(400), conditions: [{ type: 'Complete', status: 'True', lastTransitionTime: at(401) }] }), now)).toBe(300);
-    expect(runSeconds(base({ [Annotation.resumedAt]: at(100).toISOString() }, { conditions: [{ type: 'Failed', status: 'True', lastTransitionTime: at(150) }] }), now)).toBe(50);
+    expect(
+      runSeconds(
+        base(
+          { [Annotation.resumedAt]: at(100).toISOString() },
+          { completionTime: at(400), conditions: [{ type: 'Complete', status: 'True', lastTransitionTime: at(401) }] },
+        ),
+        now,
+      ),
+    ).toBe(300);
+    expect(
+      runSeconds(
+        base({ [Annotation.resumedAt]: at(100).toISOString() }, { conditions: [{ type: 'Failed', status: 'True', lastTransitionTime: at(150) }] }),
+        now,
+      ),
+    ).toBe(50);
     // Suspended by someone else (Kueue, kubectl): the segment ends when the controller says so.
-    expect(runSeconds(base({ [Annotation.resumedAt]: at(100).toISOString() }, { conditions: [{ type: 'Suspended', status: 'True', lastTransitionTime: at(700) }] }, true), now)).toBe(600);
+    expect(
+      runSeconds(
+        base({ [Annotation.resumedAt]: at(100).toISOString() }, { conditions: [{ type: 'Suspended', status: 'True', lastTransitionTime: at(700) }] }, true),
+        now,
+      ),
+    ).toBe(600);
     // An old Suspended condition from before the resume does not end the new segment.
-    expect(runSeconds(base({ [Annotation.resumedAt]: at(100).toISOString() }, { conditions: [{ type: 'Suspended', status: 'True', lastTransitionTime: at(50) }] }), now)).toBe(900);
+    expect(
+      runSeconds(
+        base({ [Annotation.resumedAt]: at(100).toISOString() }, { conditions: [{ type: 'Suspended', status: 'True', lastTransitionTime: at(50) }] }),
+        now,
+      ),
+    ).toBe(900);
     expect(runSeconds(base({ [Annotation.resumedAt]: at(100).toISOString() }, {}, false, at(200)), now)).toBe(100);
   });
 });
 
-describe('checkpoint accounting (the simulated cluster\'s settleProgress, on annotations)', () => {
+describe("checkpoint accounting (the simulated cluster's settleProgress, on annotations)", () => {
   const at = (s: number) => new Date(Date.parse('2026-01-01T00:00:00Z') + s * 1000);
   /** A running Job resumed at `resumedAt` with earlier segments and what the trainer reported. */
-  const running = (a: Record<string, string>, resumedAt = 0): V1Job => ({ metadata: { name: 'j', annotations: { [Annotation.resumedAt]: at(resumedAt).toISOString(), ...a } }, spec: { suspend: false, template: {} }, status: {} });
+  const running = (a: Record<string, string>, resumedAt = 0): V1Job => ({
+    metadata: { name: 'j', annotations: { [Annotation.resumedAt]: at(resumedAt).toISOString(), ...a } },
+    spec: { suspend: false, template: {} },
+    status: {},
+  });
   const cases: { name: string; job: V1Job; now: number; want: ReturnType<typeof jobAccounting>; wantSuspend: Record<string, string | null> }[] = [
     {
       name: 'no checkpoint reported: progress is run time, nothing known to be lost, kept on suspend',
@@ -313,7 +438,10 @@ describe('checkpoint accounting (the simulated cluster\'s settleProgress, on ann
     },
     {
       name: 'second round: resumed from 40 after 100 run, 50 more, checkpoint 70: back to 70, lost 60 + 20',
-      job: running({ [Annotation.settledSeconds]: '100', [Annotation.progressSeconds]: '40', [Annotation.lostSeconds]: '60', [Annotation.checkpointSeconds]: '70' }, 1000),
+      job: running(
+        { [Annotation.settledSeconds]: '100', [Annotation.progressSeconds]: '40', [Annotation.lostSeconds]: '60', [Annotation.checkpointSeconds]: '70' },
+        1000,
+      ),
       now: 1050,
       want: { ranSeconds: 150, progressSeconds: 90, checkpointSeconds: 70, lostSeconds: 60 },
       wantSuspend: { [Annotation.settledSeconds]: '150', [Annotation.progressSeconds]: '70', [Annotation.lostSeconds]: '80' },
@@ -335,10 +463,26 @@ describe('checkpoint accounting (the simulated cluster\'s settleProgress, on ann
   ];
   it.each(cases)('$name', (c) => {
     expect(jobAccounting(c.job, at(c.now))).toEqual(c.want);
-    const written = suspendAnnotations({ ...c.job, metadata: { ...c.job.metadata, annotations: { ...c.job.metadata!.annotations, [Annotation.nodes]: 'h100-03' } } }, at(c.now));
-    expect(written).toEqual({ ...c.wantSuspend, [Annotation.resumedAt]: null, [Annotation.nodes]: null, [Annotation.preemptedFrom]: 'h100-03', [Annotation.preemptedAt]: at(c.now).toISOString() });
+    const written = suspendAnnotations(
+      { ...c.job, metadata: { ...c.job.metadata, annotations: { ...c.job.metadata!.annotations, [Annotation.nodes]: 'h100-03' } } },
+      at(c.now),
+    );
+    expect(written).toEqual({
+      ...c.wantSuspend,
+      [Annotation.resumedAt]: null,
+      [Annotation.nodes]: null,
+      [Annotation.preemptedFrom]: 'h100-03',
+      [Annotation.preemptedAt]: at(c.now).toISOString(),
+    });
     // What the Job then reads as, suspended: progress and lost as written, run time stopped.
-    const suspended: V1Job = { ...c.job, metadata: { ...c.job.metadata, annotations: Object.fromEntries(Object.entries({ ...c.job.metadata!.annotations, ...written }).filter((e): e is [string, string] => e[1] !== null)) }, spec: { suspend: true, template: {} } };
+    const suspended: V1Job = {
+      ...c.job,
+      metadata: {
+        ...c.job.metadata,
+        annotations: Object.fromEntries(Object.entries({ ...c.job.metadata!.annotations, ...written }).filter((e): e is [string, string] => e[1] !== null)),
+      },
+      spec: { suspend: true, template: {} },
+    };
     const after = jobAccounting(suspended, at(c.now + 999));
     expect(after.ranSeconds).toBe(c.want.ranSeconds);
     expect(after.progressSeconds).toBe(Number(c.wantSuspend[Annotation.progressSeconds]));
@@ -354,7 +498,12 @@ describe('KubernetesCluster against a recorded API server', () => {
 
   beforeAll(async () => {
     const url = await server.start();
-    backend = new KubernetesCluster(kubeConfigFor(url, 'test-token'), { cluster: 'gpu-east', namespace: NS, clock: clock.fn, place: () => ({ kind: 'nodes', nodes: ['h100-03'] }) });
+    backend = new KubernetesCluster(kubeConfigFor(url, 'test-token'), {
+      cluster: 'gpu-east',
+      namespace: NS,
+      clock: clock.fn,
+      place: () => ({ kind: 'nodes', nodes: ['h100-03'] }),
+    });
   });
   afterAll(() => server.stop());
   afterEach(() => {
@@ -492,7 +641,15 @@ describe('KubernetesCluster against a recorded API server', () => {
   });
 
   it('a Job that was never seen reads as Deleted (the workflow ends the task instead of retrying forever)', async () => {
-    expect(await backend.status('gl-unknown')).toEqual({ name: 'gl-unknown', phase: 'Deleted', nodes: [], progressSeconds: 0, gpuSeconds: 0, tokens: 0, message: `job gl-unknown not found in namespace ${NS}` });
+    expect(await backend.status('gl-unknown')).toEqual({
+      name: 'gl-unknown',
+      phase: 'Deleted',
+      nodes: [],
+      progressSeconds: 0,
+      gpuSeconds: 0,
+      tokens: 0,
+      message: `job gl-unknown not found in namespace ${NS}`,
+    });
   });
 
   it('status follows the Job controller: each condition → its phase, usage stops at completion', async () => {
@@ -503,9 +660,27 @@ describe('KubernetesCluster against a recorded API server', () => {
     await backend.resume(name);
     const at = (s: number) => new Date(resumedAt.getTime() + s * 1000).toISOString();
     const steps: { status: Record<string, unknown>; advance: number; wantPhase: JobPhase; wantGpuSeconds: number; wantMessage?: string | null }[] = [
-      { status: { startTime: at(0), conditions: [{ type: 'Suspended', status: 'False', reason: 'JobResumed', lastTransitionTime: at(0) }] }, advance: 10, wantPhase: 'Running', wantGpuSeconds: 20 },
+      {
+        status: { startTime: at(0), conditions: [{ type: 'Suspended', status: 'False', reason: 'JobResumed', lastTransitionTime: at(0) }] },
+        advance: 10,
+        wantPhase: 'Running',
+        wantGpuSeconds: 20,
+      },
       { status: { startTime: at(0), active: 1, ready: 1 }, advance: 20, wantPhase: 'Running', wantGpuSeconds: 60 },
-      { status: { startTime: at(0), succeeded: 1, completionTime: at(40), conditions: [{ type: 'SuccessCriteriaMet', status: 'True', lastTransitionTime: at(40) }, { type: 'Complete', status: 'True', lastTransitionTime: at(40) }] }, advance: 30, wantPhase: 'Succeeded', wantGpuSeconds: 80 },
+      {
+        status: {
+          startTime: at(0),
+          succeeded: 1,
+          completionTime: at(40),
+          conditions: [
+            { type: 'SuccessCriteriaMet', status: 'True', lastTransitionTime: at(40) },
+            { type: 'Complete', status: 'True', lastTransitionTime: at(40) },
+          ],
+        },
+        advance: 30,
+        wantPhase: 'Succeeded',
+        wantGpuSeconds: 80,
+      },
     ];
     for (const s of steps) {
       server.setStatus(NS, name, s.status);
@@ -515,7 +690,18 @@ describe('KubernetesCluster against a recorded API server', () => {
     const failed = aJob('status-2').gpus(1).build();
     await backend.create(failed);
     await backend.resume(failed.name);
-    server.setStatus(NS, failed.name, { failed: 1, conditions: [{ type: 'Failed', status: 'True', reason: 'BackoffLimitExceeded', message: 'Job has reached the specified backoff limit', lastTransitionTime: clock.now.toISOString() }] });
+    server.setStatus(NS, failed.name, {
+      failed: 1,
+      conditions: [
+        {
+          type: 'Failed',
+          status: 'True',
+          reason: 'BackoffLimitExceeded',
+          message: 'Job has reached the specified backoff limit',
+          lastTransitionTime: clock.now.toISOString(),
+        },
+      ],
+    });
     expect(await backend.status(failed.name)).toMatchObject({ phase: 'Failed', message: 'BackoffLimitExceeded: Job has reached the specified backoff limit' });
     // Tokens, when the runner writes them on the Job.
     server.jobs.get(`${NS}/${name}`)!.metadata.annotations![Annotation.tokens] = '12345';
@@ -528,11 +714,24 @@ describe('KubernetesCluster against a recorded API server', () => {
     server.requests.length = 0;
     server.failNext('PATCH', 409);
     await backend.resume(spec.name);
-    expect(server.calls()).toEqual([`GET ${path(spec.name)}`, `PATCH ${path(spec.name)}?fieldManager=govloop`, `GET ${path(spec.name)}`, `PATCH ${path(spec.name)}?fieldManager=govloop`]);
+    expect(server.calls()).toEqual([
+      `GET ${path(spec.name)}`,
+      `PATCH ${path(spec.name)}?fieldManager=govloop`,
+      `GET ${path(spec.name)}`,
+      `PATCH ${path(spec.name)}?fieldManager=govloop`,
+    ]);
     expect((await backend.status(spec.name))!.phase).toBe('Running');
   });
 
-  const failures: { name: string; method: string; code: number; call: (b: KubernetesCluster) => Promise<unknown>; wantType: string; wantRetryable: boolean; wantMessage: RegExp }[] = [
+  const failures: {
+    name: string;
+    method: string;
+    code: number;
+    call: (b: KubernetesCluster) => Promise<unknown>;
+    wantType: string;
+    wantRetryable: boolean;
+    wantMessage: RegExp;
+  }[] = [
     {
       name: '403 on create names the missing permission',
       method: 'POST',
@@ -540,7 +739,8 @@ describe('KubernetesCluster against a recorded API server', () => {
       call: (b) => b.create(aJob('forbidden-1').build()),
       wantType: KubernetesErrorType.Api,
       wantRetryable: true,
-      wantMessage: /^kubernetes: create job gl-forbidden-1-[0-9a-f]{16} in namespace govloop: HTTP 403: Forbidden: jobs\.batch is forbidden: User "system:serviceaccount:govloop:dispatcher" cannot create resource "jobs".*needs create\/get\/patch\/delete on jobs\.batch/,
+      wantMessage:
+        /^kubernetes: create job gl-forbidden-1-[0-9a-f]{16} in namespace govloop: HTTP 403: Forbidden: jobs\.batch is forbidden: User "system:serviceaccount:govloop:dispatcher" cannot create resource "jobs".*needs create\/get\/patch\/delete on jobs\.batch/,
     },
     {
       name: '500 on status is retryable and says what the server said',
@@ -598,13 +798,9 @@ describe('KubernetesCluster against a recorded API server', () => {
       server.setStatus(NS, spec.name, { conditions: [{ type: 'Complete', status: 'True' }] });
       await backend.delete(spec.name);
       server.finishDeletion(NS, spec.name);
-      await expect.poll(() => events.filter((e) => e.taskId === 'watched-1').map((e) => `${e.type}:${e.phase}`)).toEqual([
-        'ADDED:Suspended',
-        'MODIFIED:Running',
-        'MODIFIED:Succeeded',
-        'MODIFIED:Deleted',
-        'DELETED:Deleted',
-      ]);
+      await expect
+        .poll(() => events.filter((e) => e.taskId === 'watched-1').map((e) => `${e.type}:${e.phase}`))
+        .toEqual(['ADDED:Suspended', 'MODIFIED:Running', 'MODIFIED:Succeeded', 'MODIFIED:Deleted', 'DELETED:Deleted']);
       expect(server.requests.find((r) => r.query.watch)?.query).toMatchObject({ watch: 'true', labelSelector: 'govloop.io/task', allowWatchBookmarks: 'true' });
     } finally {
       w.stop();
@@ -613,7 +809,11 @@ describe('KubernetesCluster against a recorded API server', () => {
 
   it('watchJobs reconnects from the last resourceVersion when the server ends the stream', async () => {
     const events: JobEvent[] = [];
-    const w = backend.watchJobs((e) => events.push(e), () => {}, 50);
+    const w = backend.watchJobs(
+      (e) => events.push(e),
+      () => {},
+      50,
+    );
     try {
       await expect.poll(() => server.watching).toBe(1);
       const spec = aJob('watched-2').build();
@@ -624,7 +824,9 @@ describe('KubernetesCluster against a recorded API server', () => {
       await expect.poll(() => server.watching).toBe(1);
       expect(server.requests.filter((r) => r.query.watch).at(-1)!.query.resourceVersion).toBe(rv);
       await backend.resume(spec.name);
-      await expect.poll(() => events.filter((e) => e.taskId === 'watched-2').map((e) => `${e.type}:${e.phase}`)).toEqual(['ADDED:Suspended', 'MODIFIED:Running']);
+      await expect
+        .poll(() => events.filter((e) => e.taskId === 'watched-2').map((e) => `${e.type}:${e.phase}`))
+        .toEqual(['ADDED:Suspended', 'MODIFIED:Running']);
     } finally {
       w.stop();
     }
@@ -641,7 +843,12 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
   /** The pod the Job controller would make for index `i`. */
   const podOf = (job: string, i: number, phase = 'Running', node = `h100-0${i + 4}`) =>
     server.addPod({
-      metadata: { name: `${job}-${i}-x${i}`, namespace: NS, labels: { 'batch.kubernetes.io/job-name': job, 'app.kubernetes.io/managed-by': 'govloop' }, annotations: { 'batch.kubernetes.io/job-completion-index': String(i) } },
+      metadata: {
+        name: `${job}-${i}-x${i}`,
+        namespace: NS,
+        labels: { 'batch.kubernetes.io/job-name': job, 'app.kubernetes.io/managed-by': 'govloop' },
+        annotations: { 'batch.kubernetes.io/job-completion-index': String(i) },
+      },
       spec: { nodeName: node, containers: [{ name: 'task', image: 'x', resources: { limits: { 'nvidia.com/gpu': '8' } } }] },
       status: { phase },
     });
@@ -649,7 +856,12 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
   beforeAll(async () => {
     const url = await server.start();
     kc = kubeConfigFor(url, 'test-token');
-    backend = new KubernetesCluster(kc, { cluster: 'gpu-east', namespace: NS, clock: clock.fn, place: (s) => ({ kind: 'nodes', nodes: s.gpus > 8 ? ['h100-04', 'h100-05'] : ['h100-03'] }) });
+    backend = new KubernetesCluster(kc, {
+      cluster: 'gpu-east',
+      namespace: NS,
+      clock: clock.fn,
+      place: (s) => ({ kind: 'nodes', nodes: s.gpus > 8 ? ['h100-04', 'h100-05'] : ['h100-03'] }),
+    });
   });
   afterAll(() => server.stop());
   afterEach(() => {
@@ -663,14 +875,26 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
     expect(server.calls()).toEqual([`POST ${jobs()}?fieldManager=govloop`, `POST ${services()}?fieldManager=govloop`]);
     const job = server.jobs.get(`${NS}/${name}`)!;
     const svc = server.services.get(`${NS}/${name}`)!;
-    expect(svc.spec).toEqual({ clusterIP: 'None', selector: { 'batch.kubernetes.io/job-name': name }, publishNotReadyAddresses: true, ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }] });
-    expect(svc.metadata.ownerReferences).toEqual([{ apiVersion: 'batch/v1', kind: 'Job', name, uid: job.metadata.uid, controller: true, blockOwnerDeletion: true }]);
+    expect(svc.spec).toEqual({
+      clusterIP: 'None',
+      selector: { 'batch.kubernetes.io/job-name': name },
+      publishNotReadyAddresses: true,
+      ports: [{ name: 'rendezvous', port: 29500, targetPort: 29500, protocol: 'TCP' }],
+    });
+    expect(svc.metadata.ownerReferences).toEqual([
+      { apiVersion: 'batch/v1', kind: 'Job', name, uid: job.metadata.uid, controller: true, blockOwnerDeletion: true },
+    ]);
     expect((job.spec.template as { spec: { subdomain: string } }).spec.subdomain).toBe(name);
 
     // Again (a retried dispatch): both exist, nothing is written.
     server.requests.length = 0;
     expect(await backend.create(spec)).toEqual({ ok: true, nodes: ['h100-04', 'h100-05'] });
-    expect(server.calls()).toEqual([`POST ${jobs()}?fieldManager=govloop`, `GET ${jobs(name)}`, `POST ${services()}?fieldManager=govloop`, `GET ${services(name)}`]);
+    expect(server.calls()).toEqual([
+      `POST ${jobs()}?fieldManager=govloop`,
+      `GET ${jobs(name)}`,
+      `POST ${services()}?fieldManager=govloop`,
+      `GET ${services(name)}`,
+    ]);
 
     // One pod: no Service.
     server.requests.length = 0;
@@ -686,24 +910,39 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
     expect(server.calls().filter((c) => c.includes('/services'))).toHaveLength(1);
   });
 
-  it('a Service left by an earlier Job of the task is adopted (ownerReference to the new uid); someone else\'s Service of the name is refused', async () => {
+  it("a Service left by an earlier Job of the task is adopted (ownerReference to the new uid); someone else's Service of the name is refused", async () => {
     const spec = aJob('gang-2').gpus(16).build();
-    const stale = gangServiceManifest({ ...jobManifest(spec, { kind: 'nodes', nodes: ['a', 'b'] }, opts), metadata: { ...jobManifest(spec, { kind: 'nodes', nodes: ['a', 'b'] }, opts).metadata, uid: 'old-uid' } }, opts);
+    const stale = gangServiceManifest(
+      {
+        ...jobManifest(spec, { kind: 'nodes', nodes: ['a', 'b'] }, opts),
+        metadata: { ...jobManifest(spec, { kind: 'nodes', nodes: ['a', 'b'] }, opts).metadata, uid: 'old-uid' },
+      },
+      opts,
+    );
     await kc.makeApiClient(CoreV1Api).createNamespacedService({ namespace: NS, body: stale });
     server.requests.length = 0;
     await backend.create(spec);
     const uid = server.jobs.get(`${NS}/${spec.name}`)!.metadata.uid;
-    expect(server.calls()).toEqual([`POST ${jobs()}?fieldManager=govloop`, `POST ${services()}?fieldManager=govloop`, `GET ${services(spec.name)}`, `PATCH ${services(spec.name)}?fieldManager=govloop`]);
+    expect(server.calls()).toEqual([
+      `POST ${jobs()}?fieldManager=govloop`,
+      `POST ${services()}?fieldManager=govloop`,
+      `GET ${services(spec.name)}`,
+      `PATCH ${services(spec.name)}?fieldManager=govloop`,
+    ]);
     expect(server.services.get(`${NS}/${spec.name}`)!.metadata.ownerReferences).toEqual([expect.objectContaining({ uid, blockOwnerDeletion: true })]);
 
     const theirs = aJob('gang-3').gpus(16).build();
-    await kc.makeApiClient(CoreV1Api).createNamespacedService({ namespace: NS, body: { metadata: { name: theirs.name }, spec: { clusterIP: 'None', selector: { app: 'x' } } } });
+    await kc
+      .makeApiClient(CoreV1Api)
+      .createNamespacedService({ namespace: NS, body: { metadata: { name: theirs.name }, spec: { clusterIP: 'None', selector: { app: 'x' } } } });
     const err = await backend.create(theirs).catch((e: unknown) => e);
     expect(err).toMatchObject({ type: KubernetesErrorType.NameTaken, nonRetryable: true });
-    expect((err as Error).message).toBe(`kubernetes: service ${theirs.name} in namespace ${NS} is not the rendezvous Service of task gang-3 (not govloop's); delete it or rename`);
+    expect((err as Error).message).toBe(
+      `kubernetes: service ${theirs.name} in namespace ${NS} is not the rendezvous Service of task gang-3 (not govloop's); delete it or rename`,
+    );
   });
 
-  it('checkpoint: stamps the running Job and its unfinished pods; the trainer\'s checkpoint-seconds drive status, suspend and the lost seconds', async () => {
+  it("checkpoint: stamps the running Job and its unfinished pods; the trainer's checkpoint-seconds drive status, suspend and the lost seconds", async () => {
     const spec = aJob('ckpt-1').gpus(2).build();
     const { name } = spec;
     await backend.create(spec);
@@ -729,25 +968,47 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
       ['application/merge-patch+json', stamp],
     ]);
     // The pod keeps its own annotations (the completion index); the request is added.
-    expect(server.pods.get(`${NS}/${name}-0-x0`)!.metadata.annotations).toEqual({ 'batch.kubernetes.io/job-completion-index': '0', [Annotation.checkpointRequestedAt]: requestedAt });
+    expect(server.pods.get(`${NS}/${name}-0-x0`)!.metadata.annotations).toEqual({
+      'batch.kubernetes.io/job-completion-index': '0',
+      [Annotation.checkpointRequestedAt]: requestedAt,
+    });
     expect(server.pods.get(`${NS}/${name}-1-x1`)!.metadata.annotations![Annotation.checkpointRequestedAt]).toBeUndefined();
     expect(server.pods.get(`${NS}/gl-someone-else-0-x0`)!.metadata.annotations![Annotation.checkpointRequestedAt]).toBeUndefined();
     // Before the trainer answers, nothing is known about a checkpoint.
     expect(await backend.status(name)).toEqual({ name, phase: 'Running', nodes: ['h100-03'], progressSeconds: 100, gpuSeconds: 200, tokens: 0, message: null });
 
     // The trainer saved the state of its first 100 seconds and says so on its Job (a merge patch, as a trainer would send it).
-    await kc.makeApiClient(BatchV1Api).patchNamespacedJob({ name, namespace: NS, body: { metadata: { annotations: { [Annotation.checkpointSeconds]: '100' } } } }, mergePatchHeader);
+    await kc
+      .makeApiClient(BatchV1Api)
+      .patchNamespacedJob({ name, namespace: NS, body: { metadata: { annotations: { [Annotation.checkpointSeconds]: '100' } } } }, mergePatchHeader);
     clock.advance(30);
     expect(await backend.status(name)).toMatchObject({ phase: 'Running', progressSeconds: 130, checkpointSeconds: 100, lostSeconds: 0, gpuSeconds: 260 });
     await backend.suspend(name);
-    expect(await backend.status(name)).toEqual({ name, phase: 'Suspended', nodes: [], progressSeconds: 100, checkpointSeconds: 100, lostSeconds: 30, gpuSeconds: 260, tokens: 0, message: null });
+    expect(await backend.status(name)).toEqual({
+      name,
+      phase: 'Suspended',
+      nodes: [],
+      progressSeconds: 100,
+      checkpointSeconds: 100,
+      lostSeconds: 30,
+      gpuSeconds: 260,
+      tokens: 0,
+      message: null,
+    });
 
     // Readmitted: placed again, resumed; progress grows from the checkpoint, the lost seconds stay.
     clock.advance(500);
     await backend.create(spec);
     await backend.resume(name);
     clock.advance(50);
-    expect(await backend.status(name)).toMatchObject({ phase: 'Running', nodes: ['h100-03'], progressSeconds: 150, checkpointSeconds: 100, lostSeconds: 30, gpuSeconds: 360 });
+    expect(await backend.status(name)).toMatchObject({
+      phase: 'Running',
+      nodes: ['h100-03'],
+      progressSeconds: 150,
+      checkpointSeconds: 100,
+      lostSeconds: 30,
+      gpuSeconds: 360,
+    });
     // Preempted again with no newer checkpoint: back to 100 once more, 50 more lost.
     await backend.suspend(name);
     expect(await backend.status(name)).toMatchObject({ phase: 'Suspended', progressSeconds: 100, checkpointSeconds: 100, lostSeconds: 80, gpuSeconds: 360 });
@@ -767,7 +1028,12 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
 
   it('a preempted Job placed elsewhere on readmission: status.startTime reset, then its node affinity rewritten', async () => {
     let target = ['h100-06'];
-    const moving = new KubernetesCluster(kc, { cluster: 'gpu-east', namespace: NS, clock: clock.fn, place: () => ({ kind: 'nodes', nodes: [...target], explanation: `on ${target.join(',')}` }) });
+    const moving = new KubernetesCluster(kc, {
+      cluster: 'gpu-east',
+      namespace: NS,
+      clock: clock.fn,
+      place: () => ({ kind: 'nodes', nodes: [...target], explanation: `on ${target.join(',')}` }),
+    });
     const spec = aJob('move-1').gpus(8).build();
     const { name } = spec;
     expect(await moving.create(spec)).toEqual({ ok: true, nodes: ['h100-06'], explanation: 'on h100-06' });
@@ -788,7 +1054,10 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
     ]);
     const patches = server.requests.filter((r) => r.method === 'PATCH').map((r) => r.body as Record<string, unknown>);
     expect(patches[0]).toEqual({ status: { startTime: null } });
-    expect(patches[1]).toMatchObject({ metadata: { annotations: { [Annotation.nodes]: 'h100-07', [Annotation.preemptedAt]: null } }, spec: { template: { spec: { affinity: expect.any(Object) } } } });
+    expect(patches[1]).toMatchObject({
+      metadata: { annotations: { [Annotation.nodes]: 'h100-07', [Annotation.preemptedAt]: null } },
+      spec: { template: { spec: { affinity: expect.any(Object) } } },
+    });
     const stored = server.jobs.get(`${NS}/${name}`)!;
     expect(nodeTerms(stored as unknown as V1Job)).toEqual([
       { key: 'kubernetes.io/hostname', operator: 'In', values: ['h100-07'] },
@@ -805,7 +1074,7 @@ describe('KubernetesCluster: gang Service, checkpoint, placement again, capacity
     expect(refused).toMatchObject({ code: 422 });
   });
 
-  it('a preempted Job whose new placement needs another pod shape waits (Kubernetes keeps a Job\'s pods), saying why', async () => {
+  it("a preempted Job whose new placement needs another pod shape waits (Kubernetes keeps a Job's pods), saying why", async () => {
     let nodes = ['h100-06'];
     const b = new KubernetesCluster(kc, { cluster: 'gpu-east', namespace: NS, clock: clock.fn, place: () => ({ kind: 'nodes', nodes }) });
     const spec = aJob('move-2').gpus(8).build();
@@ -869,7 +1138,11 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
       status: { allocatable: { cpu: '96', memory: '1Ti', 'nvidia.com/gpu': String(gpus) }, conditions: [{ type: 'Ready', status: 'True' }] },
     });
   const pod = (ns: string, name: string, nodeName: string, gpus: number, more: { phase?: string; labels?: Record<string, string> } = {}) =>
-    server.addPod({ metadata: { name, namespace: ns, labels: more.labels ?? {} }, spec: { nodeName, containers: [{ name: 'c', image: 'x', resources: { limits: { 'nvidia.com/gpu': String(gpus) } } }] }, status: { phase: more.phase ?? 'Running' } });
+    server.addPod({
+      metadata: { name, namespace: ns, labels: more.labels ?? {} },
+      spec: { nodeName, containers: [{ name: 'c', image: 'x', resources: { limits: { 'nvidia.com/gpu': String(gpus) } } }] },
+      status: { phase: more.phase ?? 'Running' },
+    });
 
   beforeAll(async () => {
     kc = kubeConfigFor(await server.start(), 't');
@@ -913,7 +1186,12 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
     await b.create(a100);
     await b.resume(a100.name);
     clock.advance(100);
-    await kc.makeApiClient(BatchV1Api).patchNamespacedJob({ name: run.name, namespace: 'cap', body: { metadata: { annotations: { [Annotation.checkpointSeconds]: '40' } } } }, mergePatchHeader);
+    await kc
+      .makeApiClient(BatchV1Api)
+      .patchNamespacedJob(
+        { name: run.name, namespace: 'cap', body: { metadata: { annotations: { [Annotation.checkpointSeconds]: '40' } } } },
+        mergePatchHeader,
+      );
 
     server.requests.length = 0;
     const cap = await b.capacity('H100');
@@ -929,18 +1207,29 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
         { taskId: 'cap-any', node: 'n2', gpus: 2, lostSecondsIfSuspended: 100, runSeconds: 100 },
       ],
     });
-    expect(server.calls().sort()).toEqual([
-      '/api/v1/nodes?labelSelector=govloop.io%2Fgpu-type',
-      '/api/v1/pods?fieldSelector=status.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed',
-      '/apis/batch/v1/namespaces/cap/jobs?labelSelector=govloop.io%2Ftask',
-    ].map((p) => `GET ${p}`).sort());
+    expect(server.calls().sort()).toEqual(
+      [
+        '/api/v1/nodes?labelSelector=govloop.io%2Fgpu-type',
+        '/api/v1/pods?fieldSelector=status.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed',
+        '/apis/batch/v1/namespaces/cap/jobs?labelSelector=govloop.io%2Ftask',
+      ]
+        .map((p) => `GET ${p}`)
+        .sort(),
+    );
     expect((cap as { fits?: unknown }).fits).toBeUndefined(); // a placement hook, not govloop's: no in-memory placement
     expect(await b.capacity('A100')).toMatchObject({ nodes: [{ name: 'n3', gpus: 8, used: 8 }], jobs: [{ taskId: 'cap-a100', node: 'n3' }] });
   });
 
   it('govloop placement pins each Job to the node place() picks, around what is held; no room is a reason; concurrent creates never book a GPU twice', async () => {
     const notes: string[] = [];
-    const b = new KubernetesCluster(kc, { cluster: 'gpu-east', namespace: 'place', clock: clock.fn, placement: 'govloop', onPlacementNote: (n) => notes.push(n), countOtherPods: false });
+    const b = new KubernetesCluster(kc, {
+      cluster: 'gpu-east',
+      namespace: 'place',
+      clock: clock.fn,
+      placement: 'govloop',
+      onPlacementNote: (n) => notes.push(n),
+      countOtherPods: false,
+    });
     const first = await b.create(aJob('pl-1').gpus(6).build());
     expect(first).toMatchObject({ ok: true, nodes: [expect.stringMatching(/^n[12]$/)], explanation: expect.stringMatching(/node/) });
     const job1 = server.jobs.get(`place/${jobName('pl-1')}`)!;
@@ -961,10 +1250,15 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
     expect(server.requests.filter((r) => r.method === 'POST')).toEqual([]);
     // The pods govloop's own Jobs are listed in the namespace only (countOtherPods: false).
     expect(server.requests.filter((r) => r.path.endsWith('/pods')).map((r) => [r.path, r.query])).toEqual([
-      ['/api/v1/namespaces/place/pods', { labelSelector: 'app.kubernetes.io/managed-by=govloop', fieldSelector: 'status.phase!=Succeeded,status.phase!=Failed' }],
+      [
+        '/api/v1/namespaces/place/pods',
+        { labelSelector: 'app.kubernetes.io/managed-by=govloop', fieldSelector: 'status.phase!=Succeeded,status.phase!=Failed' },
+      ],
     ]);
     // capacity with the request: would it fit once pl-1 is gone? Yes; with nothing freed, no.
-    const cap = (await b.capacity('H100', { gpus: 6, gpuType: 'H100', sharing: 'exclusive' })) as Awaited<ReturnType<KubernetesCluster['capacity']>> & { fits?: (ids: readonly string[]) => boolean };
+    const cap = (await b.capacity('H100', { gpus: 6, gpuType: 'H100', sharing: 'exclusive' })) as Awaited<ReturnType<KubernetesCluster['capacity']>> & {
+      fits?: (ids: readonly string[]) => boolean;
+    };
     expect(cap.nodes.map((n) => n.used)).toEqual([8, 8]);
     expect(cap.fits!([])).toBe(false);
     expect(cap.fits!(['pl-1'])).toBe(true);
@@ -973,14 +1267,17 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
   });
 
   it('two worker processes placing on one cluster at once never book a GPU twice: the placement Lease lets one place at a time', async () => {
-    const worker = (identity: string) => new KubernetesCluster(kc, { cluster: 'gpu-race', namespace: 'race', placement: 'govloop', countOtherPods: false, placementLease: { identity } });
+    const worker = (identity: string) =>
+      new KubernetesCluster(kc, { cluster: 'gpu-race', namespace: 'race', placement: 'govloop', countOtherPods: false, placementLease: { identity } });
     const [w1, w2] = [worker('worker-1'), worker('worker-2')];
     // 16 free H100 GPUs (n1, n2; n4 is cordoned). Six 5-GPU Jobs from the two workers at once: two fit, one per node.
     const results = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? w1 : w2).create(aJob(`race-${i}`).gpus(5).build())));
     const placed = results.filter((r) => r.ok);
     expect(placed).toHaveLength(2);
     expect(placed.map((r) => (r.ok ? r.nodes[0] : '')).sort()).toEqual(['n1', 'n2']);
-    expect(results.filter((r) => !r.ok)).toEqual(Array.from({ length: 4 }, () => expect.objectContaining({ reason: expect.objectContaining({ code: 'GPU_CAPACITY_BUSY' }) })));
+    expect(results.filter((r) => !r.ok)).toEqual(
+      Array.from({ length: 4 }, () => expect.objectContaining({ reason: expect.objectContaining({ code: 'GPU_CAPACITY_BUSY' }) })),
+    );
     expect((await w2.capacity('H100')).nodes).toEqual([
       { name: 'n1', gpus: 8, used: 5 },
       { name: 'n2', gpus: 8, used: 5 },
@@ -1017,7 +1314,10 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
     const url = await srv.start();
     try {
       const migNode = (name: string, instances: number) =>
-        srv.addNode({ metadata: { name, labels: { 'kubernetes.io/hostname': name, 'govloop.io/gpu-type': 'A100' } }, status: { allocatable: { cpu: '64', memory: '512Gi', 'nvidia.com/mig-3g.40gb': String(instances) }, conditions: [{ type: 'Ready', status: 'True' }] } });
+        srv.addNode({
+          metadata: { name, labels: { 'kubernetes.io/hostname': name, 'govloop.io/gpu-type': 'A100' } },
+          status: { allocatable: { cpu: '64', memory: '512Gi', 'nvidia.com/mig-3g.40gb': String(instances) }, conditions: [{ type: 'Ready', status: 'True' }] },
+        });
       migNode('mig-a', 2);
       migNode('mig-b', 4);
       const b = new KubernetesCluster(kubeConfigFor(url, 't'), { cluster: 'mig', namespace: 'govloop', placement: 'govloop', countOtherPods: false });
@@ -1028,7 +1328,10 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
       expect(job.spec!.template.spec!.containers[0]!.resources!.limits).toEqual({ 'nvidia.com/mig-3g.40gb': '2' });
       // mig-a is full now: the next two go to mig-b; then 3 more fit nowhere.
       expect(await b.create(migJob('mig-2', 2))).toMatchObject({ ok: true, nodes: ['mig-b'] });
-      expect(await b.create(migJob('mig-3', 3))).toMatchObject({ ok: false, reason: { code: 'GPU_CAPACITY_BUSY', message: expect.stringMatching(/at most 2 free on one node \(mig-a 0\/2, mig-b 2\/4\)/) } });
+      expect(await b.create(migJob('mig-3', 3))).toMatchObject({
+        ok: false,
+        reason: { code: 'GPU_CAPACITY_BUSY', message: expect.stringMatching(/at most 2 free on one node \(mig-a 0\/2, mig-b 2\/4\)/) },
+      });
     } finally {
       await srv.stop();
     }
@@ -1040,10 +1343,17 @@ describe('KubernetesCluster: capacity and govloop placement from the Nodes (reco
     try {
       bare.addNode({ metadata: { name: 'plain', labels: {} }, status: { allocatable: { 'nvidia.com/gpu': '8' } } });
       const notes: string[] = [];
-      const b = new KubernetesCluster(kubeConfigFor(url, 't'), { cluster: 'plain', namespace: 'govloop', placement: 'govloop', onPlacementNote: (n) => notes.push(n) });
+      const b = new KubernetesCluster(kubeConfigFor(url, 't'), {
+        cluster: 'plain',
+        namespace: 'govloop',
+        placement: 'govloop',
+        onPlacementNote: (n) => notes.push(n),
+      });
       expect(await b.create(aJob('fb-1').build())).toEqual({ ok: true, nodes: [] });
       expect(await b.create(aJob('fb-2').build())).toEqual({ ok: true, nodes: [] });
-      expect(nodeTerms(bare.jobs.get(`govloop/${jobName('fb-1')}`) as unknown as V1Job)).toEqual([{ key: 'govloop.io/gpu-type', operator: 'In', values: ['H100'] }]);
+      expect(nodeTerms(bare.jobs.get(`govloop/${jobName('fb-1')}`) as unknown as V1Job)).toEqual([
+        { key: 'govloop.io/gpu-type', operator: 'In', values: ['H100'] },
+      ]);
       expect(notes).toEqual(['govloop placement: the kube-scheduler places 8 H100 (exclusive): no schedulable Node carries the label govloop.io/gpu-type']);
     } finally {
       await bare.stop();
@@ -1061,7 +1371,11 @@ describe('the workflow cannot tell it from the simulated cluster: preemption wit
 
   beforeAll(async () => {
     ledger = await backends.find((b) => b.name === 'pglite')!.open();
-    const config = ClusterFile.parse({ name: `parity-${randomUUID().slice(0, 8)}`, gpuTypes: { H100: { memoryGb: 80, migProfiles: [] } }, nodes: [{ name: 'h100-03', gpuType: 'H100', gpus: 8, rack: 'r0', block: 'b0' }] });
+    const config = ClusterFile.parse({
+      name: `parity-${randomUUID().slice(0, 8)}`,
+      gpuTypes: { H100: { memoryGb: 80, migProfiles: [] } },
+      nodes: [{ name: 'h100-03', gpuType: 'H100', gpus: 8, rack: 'r0', block: 'b0' }],
+    });
     sim = new SimulatedCluster(ledger.db, config, 1, clock.fn);
     await sim.sync();
     kc = kubeConfigFor(await server.start(), 't');
@@ -1073,7 +1387,12 @@ describe('the workflow cannot tell it from the simulated cluster: preemption wit
   });
 
   it('the same checkpoint, suspend, resume sequence gives the same progress, checkpoint, lost and GPU-seconds on both', async () => {
-    const spec = { ...aJob(`parity-${randomUUID().slice(0, 8)}`).gpus(4).build(), simulation: { durationSeconds: 100_000, tokensPerSecond: 0, failAfterSeconds: null } };
+    const spec = {
+      ...aJob(`parity-${randomUUID().slice(0, 8)}`)
+        .gpus(4)
+        .build(),
+      simulation: { durationSeconds: 100_000, tokensPerSecond: 0, failAfterSeconds: null },
+    };
     const both = async (f: (b: ClusterBackend) => Promise<unknown>) => {
       await f(sim);
       await f(k8s);
@@ -1083,9 +1402,22 @@ describe('the workflow cannot tell it from the simulated cluster: preemption wit
       await sim.checkpoint(spec.name);
       await k8s.checkpoint(spec.name);
       const progress = (await k8s.status(spec.name))!.progressSeconds;
-      await kc.makeApiClient(BatchV1Api).patchNamespacedJob({ name: spec.name, namespace: NS, body: { metadata: { annotations: { [Annotation.checkpointSeconds]: String(progress) } } } }, mergePatchHeader);
+      await kc
+        .makeApiClient(BatchV1Api)
+        .patchNamespacedJob(
+          { name: spec.name, namespace: NS, body: { metadata: { annotations: { [Annotation.checkpointSeconds]: String(progress) } } } },
+          mergePatchHeader,
+        );
     };
-    const view = (s: Awaited<ReturnType<ClusterBackend['status']>>) => s && { phase: s.phase, placed: s.nodes.length > 0, progressSeconds: s.progressSeconds, checkpointSeconds: s.checkpointSeconds, lostSeconds: s.lostSeconds, gpuSeconds: s.gpuSeconds };
+    const view = (s: Awaited<ReturnType<ClusterBackend['status']>>) =>
+      s && {
+        phase: s.phase,
+        placed: s.nodes.length > 0,
+        progressSeconds: s.progressSeconds,
+        checkpointSeconds: s.checkpointSeconds,
+        lostSeconds: s.lostSeconds,
+        gpuSeconds: s.gpuSeconds,
+      };
     const same = async (want: ReturnType<typeof view>) => {
       const [a, b] = [view(await sim.status(spec.name)), view(await k8s.status(spec.name))];
       expect({ kubernetes: b }).toEqual({ kubernetes: a });
@@ -1123,7 +1455,9 @@ describe('the workflow cannot tell it from the simulated cluster: preemption wit
 
   it('checkpointJob answers the grace the cluster needs: 90 s on Kubernetes (or what the worker says), none on the simulated cluster', async () => {
     const config = loadConfig();
-    const spec = aJob(`grace-${randomUUID().slice(0, 8)}`).gpus(1).build();
+    const spec = aJob(`grace-${randomUUID().slice(0, 8)}`)
+      .gpus(1)
+      .build();
     const answer = async (backend: ClusterBackend) => {
       await backend.create(spec);
       await backend.resume(spec.name);
@@ -1131,7 +1465,15 @@ describe('the workflow cannot tell it from the simulated cluster: preemption wit
     };
     expect(await answer(k8s)).toEqual({ graceMillis: 90_000 });
     expect(await answer(sim)).toEqual({ graceMillis: null });
-    const slow = new KubernetesCluster(kc, { cluster: 'parity', namespace: NS, clock: clock.fn, place: () => ({ kind: 'nodes', nodes: ['h100-03'] }), checkpointGraceMillis: 150_000 });
-    expect(await createActivities({ db: ledger.db, config, backend: slow, dispatchQueue: 'govloop-cluster-parity' }).checkpointJob({ job: spec.name })).toEqual({ graceMillis: 150_000 });
+    const slow = new KubernetesCluster(kc, {
+      cluster: 'parity',
+      namespace: NS,
+      clock: clock.fn,
+      place: () => ({ kind: 'nodes', nodes: ['h100-03'] }),
+      checkpointGraceMillis: 150_000,
+    });
+    expect(await createActivities({ db: ledger.db, config, backend: slow, dispatchQueue: 'govloop-cluster-parity' }).checkpointJob({ job: spec.name })).toEqual(
+      { graceMillis: 150_000 },
+    );
   });
 });

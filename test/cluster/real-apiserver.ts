@@ -33,7 +33,9 @@ function onPath(name: string): string | null {
 }
 
 export function findBinaries(): { kubeApiserver: string; etcd: string } | { missing: string } {
-  const kas = [process.env.KUBE_APISERVER, onPath('kube-apiserver'), join(homedir(), '.cache/govloop/bin/kube-apiserver')].find((p): p is string => !!p && executable(p));
+  const kas = [process.env.KUBE_APISERVER, onPath('kube-apiserver'), join(homedir(), '.cache/govloop/bin/kube-apiserver')].find(
+    (p): p is string => !!p && executable(p),
+  );
   const etcd = [process.env.ETCD, onPath('etcd')].find((p): p is string => !!p && executable(p));
   const missing = [
     kas ? null : 'kube-apiserver (set $KUBE_APISERVER, put it on PATH, or run test/cluster/build-kube-apiserver.sh)',
@@ -91,7 +93,10 @@ export async function startRealApiServer(bins: { kubeApiserver: string; etcd: st
   const workerToken = 'govloop-worker-token';
   const trainerToken = 'govloop-trainer-token';
   const sa = (name: string) => `system:serviceaccount:govloop:${name},${name}-uid,"system:serviceaccounts,system:serviceaccounts:govloop"`;
-  writeFileSync(join(dir, 'tokens.csv'), `${adminToken},admin,admin-uid,system:masters\n${nobodyToken},nobody,nobody-uid\n${workerToken},${sa('govloop-worker')}\n${trainerToken},${sa('govloop-trainer')}\n`);
+  writeFileSync(
+    join(dir, 'tokens.csv'),
+    `${adminToken},admin,admin-uid,system:masters\n${nobodyToken},nobody,nobody-uid\n${workerToken},${sa('govloop-worker')}\n${trainerToken},${sa('govloop-trainer')}\n`,
+  );
 
   const children: ChildProcess[] = [];
   const logs: string[] = [];
@@ -119,12 +124,18 @@ export async function startRealApiServer(bins: { kubeApiserver: string; etcd: st
 
   try {
     start(bins.etcd, [
-      '--data-dir', join(dir, 'etcd'),
-      '--listen-client-urls', `http://127.0.0.1:${etcdClient}`,
-      '--advertise-client-urls', `http://127.0.0.1:${etcdClient}`,
-      '--listen-peer-urls', `http://127.0.0.1:${etcdPeer}`,
-      '--initial-advertise-peer-urls', `http://127.0.0.1:${etcdPeer}`,
-      '--initial-cluster', `default=http://127.0.0.1:${etcdPeer}`,
+      '--data-dir',
+      join(dir, 'etcd'),
+      '--listen-client-urls',
+      `http://127.0.0.1:${etcdClient}`,
+      '--advertise-client-urls',
+      `http://127.0.0.1:${etcdClient}`,
+      '--listen-peer-urls',
+      `http://127.0.0.1:${etcdPeer}`,
+      '--initial-advertise-peer-urls',
+      `http://127.0.0.1:${etcdPeer}`,
+      '--initial-cluster',
+      `default=http://127.0.0.1:${etcdPeer}`,
     ]);
     const kas = start(bins.kubeApiserver, [
       `--etcd-servers=http://127.0.0.1:${etcdClient}`,

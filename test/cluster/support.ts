@@ -15,7 +15,11 @@ export class JobSpecBuilder {
       sharing: 'exclusive',
       priorityClass: 'govloop-normal',
       labels: { 'govloop.io/tenant': 'acme', 'govloop.io/team': 'search', 'govloop.io/project': 'ranker', 'govloop.io/task': taskId },
-      runtime: { image: 'nvcr.io/nvidia/pytorch:24.08-py3', command: ['torchrun', '--nnodes=$(NNODES)', '--nproc-per-node=$(GPUS_PER_NODE)', 'train.py'], env: {} },
+      runtime: {
+        image: 'nvcr.io/nvidia/pytorch:24.08-py3',
+        command: ['torchrun', '--nnodes=$(NNODES)', '--nproc-per-node=$(GPUS_PER_NODE)', 'train.py'],
+        env: {},
+      },
       simulation: { durationSeconds: 60, tokensPerSecond: 10, failAfterSeconds: null },
     };
   }

@@ -59,7 +59,9 @@ describe('the example agent service', () => {
         const w = want.get(model) ?? { tokensIn: 0, tokensOut: 0, cost: 0 };
         w.tokensIn += c.tokensIn;
         w.tokensOut += c.tokensOut;
-        w.cost += costMicros(version, { meter: 'tokens_in', quantity: c.tokensIn, subject: model }) + costMicros(version, { meter: 'tokens_out', quantity: c.tokensOut, subject: model });
+        w.cost +=
+          costMicros(version, { meter: 'tokens_in', quantity: c.tokensIn, subject: model }) +
+          costMicros(version, { meter: 'tokens_out', quantity: c.tokensOut, subject: model });
         want.set(model, w);
       });
     }
@@ -72,7 +74,9 @@ describe('the example agent service', () => {
        WHERE a.tenant = $1 GROUP BY u.subject ORDER BY u.subject`,
       [h.tenant],
     );
-    expect(rows).toEqual([...want].sort(([a], [b]) => a.localeCompare(b)).map(([subject, w]) => ({ subject, tin: w.tokensIn, tout: w.tokensOut, cost: w.cost })));
+    expect(rows).toEqual(
+      [...want].sort(([a], [b]) => a.localeCompare(b)).map(([subject, w]) => ({ subject, tin: w.tokensIn, tout: w.tokensOut, cost: w.cost })),
+    );
     // And the per-service report agrees with the ledger per model.
     const reported = new Map<string, number>();
     for (const r of reports) for (const [m, t] of Object.entries(r.reported)) reported.set(m, (reported.get(m) ?? 0) + t.tokensIn);

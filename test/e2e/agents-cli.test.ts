@@ -20,7 +20,12 @@ beforeAll(async () => {
   h = await createHarness({ bundle: await bundleWorkflows(), config });
   await h.startWorkers();
   dir = mkdtempSync(join(tmpdir(), 'govloop-agents-cli-'));
-  env = { TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_TASK_QUEUE: h.controlQueue, GOVLOOP_DATA_DIR: join(dir, 'state') };
+  env = {
+    TEMPORAL_ADDRESS: inject('temporalAddress'),
+    DATABASE_URL: inject('databaseUrl'),
+    GOVLOOP_TASK_QUEUE: h.controlQueue,
+    GOVLOOP_DATA_DIR: join(dir, 'state'),
+  };
 });
 
 afterAll(async () => {
@@ -30,7 +35,19 @@ afterAll(async () => {
 
 const agentFile = (name: string) => {
   const p = join(dir, `${name}.yaml`);
-  writeFileSync(p, stringify(intent(h.tenant, { kind: 'agent', name, resources: { gpus: 0 }, simulation: undefined, caps: { maxUsd: 5 }, tools: ['search.web', 'payments.refund', 'payments.quick_refund'] })));
+  writeFileSync(
+    p,
+    stringify(
+      intent(h.tenant, {
+        kind: 'agent',
+        name,
+        resources: { gpus: 0 },
+        simulation: undefined,
+        caps: { maxUsd: 5 },
+        tools: ['search.web', 'payments.refund', 'payments.quick_refund'],
+      }),
+    ),
+  );
   return p;
 };
 
@@ -49,7 +66,24 @@ describe('agent commands of the CLI, as a separate process', () => {
     expect(badStep.stderr).toMatch(/--tokens-in: tokens-in must be a number/);
     expect(badStep.stderr).toMatch(/--tool-args: must be JSON/);
 
-    const held = await govloop(['step', taskId, '--tokens-in', '100', '--tokens-out', '20', '--context', '500', '--tool', 'payments.refund', '--tool-args', '{"orderId":"o-9","amountUsd":40}', '--json'], env);
+    const held = await govloop(
+      [
+        'step',
+        taskId,
+        '--tokens-in',
+        '100',
+        '--tokens-out',
+        '20',
+        '--context',
+        '500',
+        '--tool',
+        'payments.refund',
+        '--tool-args',
+        '{"orderId":"o-9","amountUsd":40}',
+        '--json',
+      ],
+      env,
+    );
     expect(held.code, held.stderr).toBe(0);
     const { approvalId, answer } = held.json();
     expect(answer).toBe('await-approval');
@@ -107,7 +141,9 @@ describe('agent commands of the CLI, as a separate process', () => {
 
   it('approve after the request expired exits 3 with the code expired, read from the ledger once the task has ended', async () => {
     const { taskId } = (await govloop(['submit', agentFile('cli-expire'), '--as', 'carol', '--json'], env)).json();
-    const held = (await govloop(['step', taskId, '--tokens-in', '1', '--tokens-out', '1', '--context', '1', '--tool', 'payments.quick_refund', '--json'], env)).json();
+    const held = (
+      await govloop(['step', taskId, '--tokens-in', '1', '--tokens-out', '1', '--context', '1', '--tool', 'payments.quick_refund', '--json'], env)
+    ).json();
     const status = await h.client.workflow.getHandle(taskId).result();
     expect(status.reasons[0]?.code).toBe('APPROVAL_EXPIRED');
     const late = await govloop(['approve', held.approvalId, '--as', 'alice', '--reason', 'sorry, late', '--json'], env);

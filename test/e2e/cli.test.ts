@@ -21,7 +21,12 @@ beforeAll(async () => {
   h = await createHarness({ bundle: await bundleWorkflows() });
   await h.startWorkers();
   dir = mkdtempSync(join(tmpdir(), 'govloop-e2e-'));
-  env = { TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_TASK_QUEUE: h.controlQueue, GOVLOOP_DATA_DIR: join(dir, 'state') };
+  env = {
+    TEMPORAL_ADDRESS: inject('temporalAddress'),
+    DATABASE_URL: inject('databaseUrl'),
+    GOVLOOP_TASK_QUEUE: h.controlQueue,
+    GOVLOOP_DATA_DIR: join(dir, 'state'),
+  };
 });
 
 afterAll(async () => {
@@ -31,7 +36,17 @@ afterAll(async () => {
 
 describe('govloop CLI, as a separate process, against the real server and PostgreSQL', () => {
   it('submit --wait --json: an admitted task completes, with usage and cost attributed in the ledger', async () => {
-    const r = await govloop(['submit', file('ok.yaml', intent(h.tenant, { name: 'cli-ok', simulation: { durationSeconds: 1800, tokensPerSecond: 10 } })), '--wait', '--json', '--as', 'alice'], env);
+    const r = await govloop(
+      [
+        'submit',
+        file('ok.yaml', intent(h.tenant, { name: 'cli-ok', simulation: { durationSeconds: 1800, tokensPerSecond: 10 } })),
+        '--wait',
+        '--json',
+        '--as',
+        'alice',
+      ],
+      env,
+    );
     expect(r.code, r.stderr).toBe(0);
     const out = r.json();
     expect(out).toMatchObject({ decision: 'admitted', reasons: [], state: 'Succeeded', costUsd: 4 });
@@ -50,7 +65,17 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
   });
 
   it('submit without --wait prints the admission decision as soon as it is made', async () => {
-    const r = await govloop(['submit', file('nowait.yaml', intent(h.tenant, { name: 'cli-nowait', simulation: { durationSeconds: 2_000_000, tokensPerSecond: 0 }, caps: { maxUsd: 20000, maxGpuHours: 4096 } })), '--json'], env);
+    const r = await govloop(
+      [
+        'submit',
+        file(
+          'nowait.yaml',
+          intent(h.tenant, { name: 'cli-nowait', simulation: { durationSeconds: 2_000_000, tokensPerSecond: 0 }, caps: { maxUsd: 20000, maxGpuHours: 4096 } }),
+        ),
+        '--json',
+      ],
+      env,
+    );
     expect(r.code, r.stderr).toBe(0);
     const out = r.json();
     expect(out).toMatchObject({ decision: 'admitted', usage: null, costUsd: null });
@@ -60,21 +85,37 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
     const s = await h.client.workflow.getHandle(out.taskId).result();
     expect(s.state).toBe('Cancelled');
     const st = await govloop(['status', out.taskId, '--json'], env);
-    expect(st.json()).toMatchObject({ state: 'Cancelled', reasons: [expect.objectContaining({ code: 'CANCELLED', message: 'cancelled by bob (unverified): test over' })] });
+    expect(st.json()).toMatchObject({
+      state: 'Cancelled',
+      reasons: [expect.objectContaining({ code: 'CANCELLED', message: 'cancelled by bob (unverified): test over' })],
+    });
   });
 
   it('an over-cap intent exits 3 with the cap reason code', async () => {
     const r = await govloop(['submit', file('cap.yaml', intent(h.tenant, { name: 'cli-cap', caps: { maxUsd: 100, maxGpuHours: 99_999 } })), '--json'], env);
     expect(r.code).toBe(3);
-    expect(r.json()).toMatchObject({ decision: 'rejected', state: 'Rejected', reasons: [expect.objectContaining({ code: 'CAP_MAX_GPU_HOURS', limit: 4096, requested: 99_999 })] });
+    expect(r.json()).toMatchObject({
+      decision: 'rejected',
+      state: 'Rejected',
+      reasons: [expect.objectContaining({ code: 'CAP_MAX_GPU_HOURS', limit: 4096, requested: 99_999 })],
+    });
   });
 
   it('a malformed intent exits 2 with every field error and starts no workflow', async () => {
     const before = await h.client.workflow.count(`TaskQueue = '${h.controlQueue}'`);
-    const bad = { kind: 'training', name: 'Bad Name', attribution: { tenant: h.tenant, project: 'p', model: 'm', useCase: 'u' }, caps: { maxUsd: -5 }, resources: { gpus: 4 } };
+    const bad = {
+      kind: 'training',
+      name: 'Bad Name',
+      attribution: { tenant: h.tenant, project: 'p', model: 'm', useCase: 'u' },
+      caps: { maxUsd: -5 },
+      resources: { gpus: 4 },
+    };
     const r = await govloop(['submit', file('bad.yaml', bad), '--json'], env);
     expect(r.code).toBe(2);
-    const paths = r.json().errors.map((e: { path: string }) => e.path).sort();
+    const paths = r
+      .json()
+      .errors.map((e: { path: string }) => e.path)
+      .sort();
     expect(paths).toEqual(['attribution.team', 'caps.maxUsd', 'name', 'resources.gpuType']);
     expect(r.stderr).toMatch(/attribution\.team: /);
     const after = await h.client.workflow.count(`TaskQueue = '${h.controlQueue}'`);
@@ -103,7 +144,17 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
     expect(raiseId, raise.stdout).toBeDefined();
     expect((await govloop(['budget', 'show', '--tenant', tenant, '--team', 'search', '--json'], env)).json().limitUsd).toBe(120);
     const pending = (await govloop(['budget', 'raises', '--tenant', tenant, '--json'], env)).json();
-    expect(pending).toMatchObject([{ raiseId: Number(raiseId), scope: `${tenant}/search/*`, fromUsd: 120, toUsd: 200, requestedBy: 'alice (unverified)', reason: 'launch week', state: 'pending' }]);
+    expect(pending).toMatchObject([
+      {
+        raiseId: Number(raiseId),
+        scope: `${tenant}/search/*`,
+        fromUsd: 120,
+        toUsd: 200,
+        requestedBy: 'alice (unverified)',
+        reason: 'launch week',
+        state: 'pending',
+      },
+    ]);
     const self = await govloop(['budget', 'approve', raiseId!, '--as', 'alice', '--reason', 'mine'], env);
     expect(self.code).toBe(3);
     expect(self.stderr).toMatch(/self-approval/);
@@ -127,7 +178,22 @@ describe('govloop CLI, as a separate process, against the real server and Postgr
   }, 300_000); // a dozen CLI processes, each started by tsx: minutes on a loaded 2-core machine
 
   it('report: showback by team and project from the rollups as json and csv, unit costs included; a bad format exits 2', async () => {
-    const job = await govloop(['submit', file('report.yaml', intent(h.tenant, { name: 'cli-report', attribution: { ...intent(h.tenant).attribution, project: 'reports' }, simulation: { durationSeconds: 900, tokensPerSecond: 10 } })), '--wait', '--json'], env);
+    const job = await govloop(
+      [
+        'submit',
+        file(
+          'report.yaml',
+          intent(h.tenant, {
+            name: 'cli-report',
+            attribution: { ...intent(h.tenant).attribution, project: 'reports' },
+            simulation: { durationSeconds: 900, tokensPerSecond: 10 },
+          }),
+        ),
+        '--wait',
+        '--json',
+      ],
+      env,
+    );
     expect(job.code, job.stderr).toBe(0);
     const r = await govloop(['report', '--by', 'team,project', '--period', 'month', '--tenant', h.tenant, '--format', 'json'], env);
     expect(r.code, r.stderr).toBe(0);

@@ -60,7 +60,14 @@ async function seed(): Promise<void> {
   await setBudget(db, { tenant }, 'total', 100, 'test');
   await setBudget(db, { tenant, team: 'search' }, 'total', 40, 'test');
 
-  const attr = (t: string, a: Partial<Attribution>): Attribution => ({ tenant: t, team: 'search', project: 'ranker', model: 'llama-3-8b', useCase: 'relevance', ...a });
+  const attr = (t: string, a: Partial<Attribution>): Attribution => ({
+    tenant: t,
+    team: 'search',
+    project: 'ranker',
+    model: 'llama-3-8b',
+    useCase: 'relevance',
+    ...a,
+  });
   const ranker = attr(tenant, {});
   const embedder = attr(tenant, { project: 'embedder', useCase: 'retrieval' });
   const helpdesk = attr(tenant, { team: 'support', project: 'helpdesk', model: 'frontier-large', useCase: 'tickets' });
@@ -117,9 +124,23 @@ async function seed(): Promise<void> {
     dedupeKey: `${tasks.helpdesk}:step:7`,
   });
   await updateTask(db, tasks.embedder, { state: 'CapExceeded', finished: true });
-  await appendAudit(db, { actor: 'govloop', taskId: tasks.embedder, action: 'settle', decision: 'CapExceeded', detail: { costUsd: 10 }, dedupeKey: `${tasks.embedder}:settle` });
+  await appendAudit(db, {
+    actor: 'govloop',
+    taskId: tasks.embedder,
+    action: 'settle',
+    decision: 'CapExceeded',
+    detail: { costUsd: 10 },
+    dedupeKey: `${tasks.embedder}:settle`,
+  });
   await updateTask(db, tasks.ranker, { state: 'Succeeded', finished: true });
-  await appendAudit(db, { actor: 'govloop', taskId: tasks.ranker, action: 'settle', decision: 'Succeeded', detail: { costUsd: 24 }, dedupeKey: `${tasks.ranker}:settle` });
+  await appendAudit(db, {
+    actor: 'govloop',
+    taskId: tasks.ranker,
+    action: 'settle',
+    decision: 'Succeeded',
+    detail: { costUsd: 24 },
+    dedupeKey: `${tasks.ranker}:settle`,
+  });
 }
 
 // ---- what the ledger says, read directly (never through the dashboard's code) ----
@@ -147,7 +168,12 @@ async function ledgerBudgets(t: string): Promise<{ scope: string; limit: number;
        FROM budgets b JOIN budget_windows w ON w.budget_id = b.id WHERE b.tenant = $1 AND b.period = 'total'`,
     [t],
   );
-  return rows.map((r) => ({ scope: `${r.tenant}/${r.team}/${r.project}`, limit: Number(r.limit_micros), reserved: Number(r.reserved_micros), spent: Number(r.spent_micros) }));
+  return rows.map((r) => ({
+    scope: `${r.tenant}/${r.team}/${r.project}`,
+    limit: Number(r.limit_micros),
+    reserved: Number(r.reserved_micros),
+    spent: Number(r.spent_micros),
+  }));
 }
 
 async function ledgerTaskCosts(t: string): Promise<{ taskId: string; cost: number }[]> {
@@ -160,7 +186,8 @@ async function ledgerTaskCosts(t: string): Promise<{ taskId: string; cost: numbe
 }
 
 const usd = (micros: number) => micros / 1e6;
-const fmtUsd = (x: number) => new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD', minimumFractionDigits: 2, maximumFractionDigits: 2 }).format(x);
+const fmtUsd = (x: number) =>
+  new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD', minimumFractionDigits: 2, maximumFractionDigits: 2 }).format(x);
 
 // ---- the browser ----
 
@@ -195,7 +222,9 @@ const value = async (page: Page, sel: string) => Number(await page.locator(sel).
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} is missing: the dashboard test drives the Debian package chromium headless (apt-get install -y chromium; .ci/run installs it; or set GOVLOOP_CHROMIUM)`);
+    throw new Error(
+      `${CHROMIUM} is missing: the dashboard test drives the Debian package chromium headless (apt-get install -y chromium; .ci/run installs it; or set GOVLOOP_CHROMIUM)`,
+    );
   }
   db = new Db(inject('databaseUrl'), 4);
   api = await buildApi({
@@ -238,7 +267,9 @@ describe('GET /dashboard in headless Chromium', () => {
 
     // The weekly chart by team: each bar segment is that team's cost in that ISO week.
     const chart = await page.evaluate(() => {
-      const c = (globalThis as unknown as { Chart: { getChart(id: string): { data: { labels: string[]; datasets: { label: string; data: number[] }[] } } } }).Chart.getChart('weekly-chart');
+      const c = (
+        globalThis as unknown as { Chart: { getChart(id: string): { data: { labels: string[]; datasets: { label: string; data: number[] }[] } } } }
+      ).Chart.getChart('weekly-chart');
       return { labels: c.data.labels, datasets: c.data.datasets.map((d) => ({ label: d.label, data: d.data })) };
     });
     expect(chart.labels).toHaveLength(4);
@@ -256,14 +287,20 @@ describe('GET /dashboard in headless Chromium', () => {
       const share = b.spent / b.limit;
       expect(await value(page, `${row} [data-testid=budget-share]`)).toBe(share);
       expect(await text(page, `${row} [data-testid=budget-share]`)).toBe(`${(share * 100).toFixed(1)} %`);
-      expect(await text(page, `${row} [data-testid=budget-step]`)).toBe(ladderStep(burnShare({ limitMicros: b.limit, spentMicros: b.spent, reservedMicros: b.reserved })));
+      expect(await text(page, `${row} [data-testid=budget-step]`)).toBe(
+        ladderStep(burnShare({ limitMicros: b.limit, spentMicros: b.spent, reservedMicros: b.reserved })),
+      );
       expect(await value(page, `${row} [data-testid=budget-spent]`)).toBe(usd(b.spent));
       expect(await value(page, `${row} [data-testid=budget-reserved]`)).toBe(usd(b.reserved));
       expect(await value(page, `${row} [data-testid=budget-limit]`)).toBe(usd(b.limit));
     }
     // Not vacuous: search spent 34 and holds 5 of 40 (97.5 %, throttle), the tenant 60.50 of 100 (notify).
     const search = budgets.find((b) => b.scope === `${tenant}/search/*`)!;
-    expect([search.spent, search.reserved, ladderStep(burnShare({ limitMicros: search.limit, spentMicros: search.spent, reservedMicros: search.reserved }))]).toEqual([usdToMicros(34), usdToMicros(5), 'throttle']);
+    expect([
+      search.spent,
+      search.reserved,
+      ladderStep(burnShare({ limitMicros: search.limit, spentMicros: search.spent, reservedMicros: search.reserved })),
+    ]).toEqual([usdToMicros(34), usdToMicros(5), 'throttle']);
     expect(await text(page, `[data-testid=budget][data-scope="${tenant}/*/*"] [data-testid=budget-step]`)).toBe('notify');
 
     // Top spender task, linked into Temporal UI.
@@ -283,7 +320,9 @@ describe('GET /dashboard in headless Chromium', () => {
       [tenant],
     );
     const count = (action: string) => audit.find((r) => r.action === action)?.n ?? 0;
-    const chips = await page.locator('[data-testid=enforcement-total]').evaluateAll((els) => Object.fromEntries(els.map((e) => [e.getAttribute('data-kind'), Number(e.getAttribute('data-value'))])));
+    const chips = await page
+      .locator('[data-testid=enforcement-total]')
+      .evaluateAll((els) => Object.fromEntries(els.map((e) => [e.getAttribute('data-kind'), Number(e.getAttribute('data-value'))])));
     expect(chips).toEqual({ 'budget-rejected': count('reserve'), 'step-denied': count('step'), 'cap-stop': count('settle') });
     expect(Object.values(chips)).toEqual([1, 1, 1]);
 
@@ -303,7 +342,9 @@ describe('GET /dashboard in headless Chromium', () => {
     // Drill down: a click on the team narrows the tasks to that team's.
     await page.click('[data-testid=top-team][data-key=search]');
     await page.waitForSelector('[data-testid=filter-chip]');
-    await expect.poll(() => page.locator('[data-testid=task]').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-task-id')).sort())).toEqual([tasks.embedder, tasks.ranker].sort());
+    await expect
+      .poll(() => page.locator('[data-testid=task]').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-task-id')).sort()))
+      .toEqual([tasks.embedder, tasks.ranker].sort());
     await page.click('[data-testid=filter-chip] button');
     await expect.poll(() => page.locator('[data-testid=task]').count()).toBe(ledgerTasks.length);
 

@@ -20,7 +20,11 @@ const METRICS_TOKEN = `m-${randomUUID()}`;
 /** Starts `govloop serve --port 0` and resolves with the address it prints. */
 function serve(): Promise<string> {
   return new Promise((resolve, reject) => {
-    server = spawn(process.execPath, [govloopBin, 'serve', '--port', '0', '--max-age-hours', '24'], { cwd: repoRoot, env: { ...process.env, ...env, GOVLOOP_METRICS_TOKEN: METRICS_TOKEN }, stdio: ['ignore', 'pipe', 'pipe'] });
+    server = spawn(process.execPath, [govloopBin, 'serve', '--port', '0', '--max-age-hours', '24'], {
+      cwd: repoRoot,
+      env: { ...process.env, ...env, GOVLOOP_METRICS_TOKEN: METRICS_TOKEN },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     const timer = setTimeout(() => reject(new Error(`govloop serve did not start in 60 s:\n${out}\n${err}`)), 60_000);
@@ -55,7 +59,13 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const usageEvent = (id: string, t: string) => ({ id, time: new Date(Date.now() - 60_000).toISOString(), attribution: { tenant: t, team: 'search', project: 'ranker', model: 'llama-3-8b', useCase: 'relevance' }, meter: 'tokens_out', quantity: 2_500_000 });
+const usageEvent = (id: string, t: string) => ({
+  id,
+  time: new Date(Date.now() - 60_000).toISOString(),
+  attribution: { tenant: t, team: 'search', project: 'ranker', model: 'llama-3-8b', useCase: 'relevance' },
+  meter: 'tokens_out',
+  quantity: 2_500_000,
+});
 
 describe('govloop keys + govloop serve, as separate processes', () => {
   it('keys create --json prints a key once; serve accepts it over HTTP, counts a re-send once, and refuses it after keys revoke', async () => {
@@ -65,7 +75,8 @@ describe('govloop keys + govloop serve, as separate processes', () => {
     expect(key).toMatch(/^glk_[A-Za-z0-9_-]{43}$/);
     expect(key.startsWith(prefix)).toBe(true);
 
-    const send = (k: string, body: unknown) => fetch(`${base}/v1/usage`, { method: 'POST', headers: { authorization: `Bearer ${k}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const send = (k: string, body: unknown) =>
+      fetch(`${base}/v1/usage`, { method: 'POST', headers: { authorization: `Bearer ${k}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
     const first = await send(key, { events: [usageEvent('cli-1', tenant), usageEvent('cli-2', tenant)] });
     expect(first.status).toBe(200);
     expect(await first.json()).toEqual({ accepted: 2, duplicates: 0, rejected: [], unattributed: 0 });
@@ -76,7 +87,9 @@ describe('govloop keys + govloop serve, as separate processes', () => {
 
     // 5M llama-3-8b output tokens at $0.40/M.
     const report = await fetch(`${base}/v1/usage?by=model`, { headers: { authorization: `Bearer ${key}` } });
-    expect(((await report.json()) as { rows: unknown[] }).rows).toEqual([{ model: 'llama-3-8b', meter: 'tokens_out', quantity: 5_000_000, costMicros: 2_000_000, costUsd: 2, events: 2 }]);
+    expect(((await report.json()) as { rows: unknown[] }).rows).toEqual([
+      { model: 'llama-3-8b', meter: 'tokens_out', quantity: 5_000_000, costMicros: 2_000_000, costUsd: 2, events: 2 },
+    ]);
     // The same figure through the ledger CLI.
     const cli = await govloop(['usage', '--by', 'model', '--tenant', tenant, '--period', 'all', '--json'], env);
     expect(cli.json()).toEqual([expect.objectContaining({ model: 'llama-3-8b', costUsd: 2 })]);

@@ -43,7 +43,11 @@ beforeAll(async () => {
       status: { allocatable: { cpu: '96', memory: '1Ti', 'nvidia.com/gpu': '8' }, conditions: [{ type: 'Ready', status: 'True' }] },
     });
   }
-  api.addPod({ metadata: { name: 'notebook', namespace: 'default' }, spec: { nodeName: 'h100-b', containers: [{ name: 'c', image: 'x', resources: { limits: { 'nvidia.com/gpu': '4' } } }] }, status: { phase: 'Running' } });
+  api.addPod({
+    metadata: { name: 'notebook', namespace: 'default' },
+    spec: { nodeName: 'h100-b', containers: [{ name: 'c', image: 'x', resources: { limits: { 'nvidia.com/gpu': '4' } } }] },
+    status: { phase: 'Running' },
+  });
   dir = mkdtempSync(join(tmpdir(), 'govloop-k8s-'));
   const kubeconfig = join(dir, 'kubeconfig.yaml');
   writeFileSync(
@@ -62,10 +66,20 @@ beforeAll(async () => {
   // through the worker's Kubernetes watch (a jobChanged signal), or the test times out.
   const configDir = join(dir, 'config');
   cpSync(join(repoRoot, 'config'), configDir, { recursive: true });
-  writeFileSync(join(configDir, 'simulation.yaml'), readFileSync(join(configDir, 'simulation.yaml'), 'utf8').replace(/^pollMillis: .*$/m, 'pollMillis: 600000'));
+  writeFileSync(
+    join(configDir, 'simulation.yaml'),
+    readFileSync(join(configDir, 'simulation.yaml'), 'utf8').replace(/^pollMillis: .*$/m, 'pollMillis: 600000'),
+  );
   worker = spawn(process.execPath, [govloopBin, 'worker', '--task-queue', taskQueue, '--cluster', cluster, '--backend', 'kubernetes', '--no-controllers'], {
     cwd: repoRoot,
-    env: { ...process.env, KUBECONFIG: kubeconfig, GOVLOOP_CONFIG_DIR: configDir, TEMPORAL_ADDRESS: inject('temporalAddress'), DATABASE_URL: inject('databaseUrl'), GOVLOOP_LOG_LEVEL: 'warn' },
+    env: {
+      ...process.env,
+      KUBECONFIG: kubeconfig,
+      GOVLOOP_CONFIG_DIR: configDir,
+      TEMPORAL_ADDRESS: inject('temporalAddress'),
+      DATABASE_URL: inject('databaseUrl'),
+      GOVLOOP_LOG_LEVEL: 'warn',
+    },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   worker.stderr!.on('data', (d) => (stderr += String(d)));
@@ -95,12 +109,15 @@ const waitFor = async <T>(what: string, fn: () => T | undefined | Promise<T | un
 describe('govloop worker --backend kubernetes', () => {
   it('creates the Job suspended, resumes it, and settles the task as soon as the watch sees the Job complete', async () => {
     const tenant = `t-k8s-${suffix}`;
-    const a = await gov.submit(intent(tenant, { name: 'k8s-train', resources: { gpus: 2, gpuType: 'H100', sharing: 'exclusive' }, priority: 'high' }), { requester: 'test' });
+    const a = await gov.submit(intent(tenant, { name: 'k8s-train', resources: { gpus: 2, gpuType: 'H100', sharing: 'exclusive' }, priority: 'high' }), {
+      requester: 'test',
+    });
     expect(a.decision).toBe('admitted');
     const name = jobName(a.taskId);
     stateOf = async () => JSON.stringify(await gov.status(a.taskId));
     const job = await waitFor('the Job created and resumed', () => {
-      const j = api.jobs.get(`govloop/${name}`) as { spec: { suspend: boolean }; metadata: { labels: Record<string, string>; annotations: Record<string, string> } } | undefined;
+      const j = api.jobs.get(`govloop/${name}`) as
+        { spec: { suspend: boolean }; metadata: { labels: Record<string, string>; annotations: Record<string, string> } } | undefined;
       return j && j.spec.suspend === false ? j : undefined;
     });
     // Placed by govloop from the Nodes' labels, around the notebook's GPUs: pinned to h100-b.

@@ -30,7 +30,8 @@ let db: Db;
 let connection: Connection;
 let gov: GovloopClient;
 
-const worker = (speedup: number): WorkerProcess => startWorkerProcess({ taskQueue, cluster, temporalAddress: inject('temporalAddress'), databaseUrl: inject('databaseUrl'), speedup });
+const worker = (speedup: number): WorkerProcess =>
+  startWorkerProcess({ taskQueue, cluster, temporalAddress: inject('temporalAddress'), databaseUrl: inject('databaseUrl'), speedup });
 
 beforeAll(async () => {
   db = new Db(inject('databaseUrl'), 4);
@@ -51,7 +52,12 @@ describe('worker killed mid-run', () => {
     try {
       for (let i = 0; i < 4; i++) {
         const a = await gov.submit(
-          intent(tenant, { name: `restart-${i}`, attribution: { tenant, team: `team-${i}`, project: 'p', model: 'llama-3-8b', useCase: 'u' }, resources: { gpus: 2, gpuType: i % 2 ? 'A100' : 'H100', sharing: 'exclusive' }, simulation: { durationSeconds: DURATION_S, tokensPerSecond: 7 } }),
+          intent(tenant, {
+            name: `restart-${i}`,
+            attribution: { tenant, team: `team-${i}`, project: 'p', model: 'llama-3-8b', useCase: 'u' },
+            resources: { gpus: 2, gpuType: i % 2 ? 'A100' : 'H100', sharing: 'exclusive' },
+            simulation: { durationSeconds: DURATION_S, tokensPerSecond: 7 },
+          }),
           { requester: 'test' },
         );
         expect(a.decision).toBe('admitted');
@@ -63,7 +69,9 @@ describe('worker killed mid-run', () => {
         'every job running and metered',
         async () => {
           seen = await ledgerTasks(db, cluster, ids);
-          return seen.length === ids.length && seen.every((t) => t.state === 'Running' && t.jobs === 1 && t.jobPhase === 'Running' && t.gpuSeconds > 0) ? true : undefined;
+          return seen.length === ids.length && seen.every((t) => t.state === 'Running' && t.jobs === 1 && t.jobPhase === 'Running' && t.gpuSeconds > 0)
+            ? true
+            : undefined;
         },
         240_000,
         () => describeTasks(seen),
@@ -71,7 +79,10 @@ describe('worker killed mid-run', () => {
       await w.kill();
       // Nothing moves a task's ledger row without a worker: this is what the kill interrupted.
       const atKill = await ledgerTasks(db, cluster, ids);
-      expect(atKill.map((t) => t.state), describeTasks(atKill)).toEqual(ids.map(() => 'Running'));
+      expect(
+        atKill.map((t) => t.state),
+        describeTasks(atKill),
+      ).toEqual(ids.map(() => 'Running'));
       w = worker(SPEEDUP);
       const results = await Promise.all(ids.map((id) => gov.result(id)));
       for (const [i, r] of results.entries()) {

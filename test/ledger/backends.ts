@@ -74,7 +74,14 @@ export const backends: Backend[] = [postgresql, pglite];
 /** A tenant no other test uses. */
 export const newTenant = () => `t-${randomUUID()}`;
 
-export const attributionOf = (tenant: string, over: Partial<Attribution> = {}): Attribution => ({ tenant, team: 'search', project: 'ranker', model: 'llama-3-8b', useCase: 'relevance', ...over });
+export const attributionOf = (tenant: string, over: Partial<Attribution> = {}): Attribution => ({
+  tenant,
+  team: 'search',
+  project: 'ranker',
+  model: 'llama-3-8b',
+  useCase: 'relevance',
+  ...over,
+});
 
 /** Every usage, reservation and audit entry in these tests happens at this moment. */
 export const AT = new Date('2026-06-15T12:00:00.000Z');
@@ -82,7 +89,10 @@ export const AT = new Date('2026-06-15T12:00:00.000Z');
 /** A task row (reservations and charges need one), in the attribution of `tenant`/`team`. */
 export async function newTask(db: Db, tenant: string, opts: { team?: string; state?: string } = {}): Promise<string> {
   const taskId = `task-${randomUUID()}`;
-  const intent = anIntent().tenant(tenant).team(opts.team ?? 'search').build();
+  const intent = anIntent()
+    .tenant(tenant)
+    .team(opts.team ?? 'search')
+    .build();
   await upsertTask(db, { taskId, intent, requester: 'test', state: opts.state ?? 'Admitted' });
   return taskId;
 }

@@ -30,16 +30,28 @@ describe.each(backends)('budget reservations on $name', (backend) => {
     const held = tasks.filter((_, i) => results[i]!.ok);
     expect(held).toHaveLength(5);
     for (const r of results.filter((x) => !x.ok)) {
-      expect(r).toEqual({ ok: false, retry: false, reasons: [expect.objectContaining({ code: 'BUDGET_EXCEEDED', limit: 0, requested: 3, policy: `budget:${tenant}/*/*:total` })] });
+      expect(r).toEqual({
+        ok: false,
+        retry: false,
+        reasons: [expect.objectContaining({ code: 'BUDGET_EXCEEDED', limit: 0, requested: 3, policy: `budget:${tenant}/*/*:total` })],
+      });
     }
     expect(await windows(db, tenant)).toEqual({ '*/*': { limit: worst * 5, reserved: worst * 5, spent: 0 } });
-    expect(await showBudgets(db, { tenant }, AT)).toEqual([{ budgetId: expect.any(Number), scope: `${tenant}/*/*`, period: 'total', window: 'total', limitUsd: 15, reservedUsd: 15, spentUsd: 0 }]);
+    expect(await showBudgets(db, { tenant }, AT)).toEqual([
+      { budgetId: expect.any(Number), scope: `${tenant}/*/*`, period: 'total', window: 'total', limitUsd: 15, reservedUsd: 15, spentUsd: 0 },
+    ]);
     const rows = await db.query<{ task_id: string; state: string }>("SELECT task_id, state FROM tasks WHERE task_id = ANY($1) AND state = 'Reserved'", [tasks]);
     expect(rows.rows.map((r) => r.task_id).sort()).toEqual([...held].sort());
     const reservations = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM reservations WHERE task_id = ANY($1) AND state = 'held'", [tasks]);
     expect(reservations.rows[0]!.n).toBe(5);
-    const audit = await db.query<{ decision: string; n: number }>("SELECT decision, count(*)::int AS n FROM audit_log WHERE task_id = ANY($1) AND action = 'reserve' GROUP BY decision ORDER BY decision", [tasks]);
-    expect(audit.rows).toEqual([{ decision: 'held', n: 5 }, { decision: 'rejected', n: 15 }]);
+    const audit = await db.query<{ decision: string; n: number }>(
+      "SELECT decision, count(*)::int AS n FROM audit_log WHERE task_id = ANY($1) AND action = 'reserve' GROUP BY decision ORDER BY decision",
+      [tasks],
+    );
+    expect(audit.rows).toEqual([
+      { decision: 'held', n: 5 },
+      { decision: 'rejected', n: 15 },
+    ]);
   });
 
   it('release returns what is left of the reservation, once', async () => {
@@ -109,7 +121,9 @@ describe.each(backends)('budget reservations on $name', (backend) => {
       const calls = Promise.allSettled([reserve(db, t, a, usdToMicros(4), AT), reserve(db, t, a, usdToMicros(4), AT)]);
       await lockWaiters(backend, db, ['FOR UPDATE OF w', "hashtext('reserve/'"], 2);
       await blocker.query('ROLLBACK');
-      results = (await calls).map((r) => (r.status === 'fulfilled' ? r.value : { ok: false, retry: false, reasons: [{ code: 'THREW', message: String(r.reason) }] as never }));
+      results = (await calls).map((r) =>
+        r.status === 'fulfilled' ? r.value : { ok: false, retry: false, reasons: [{ code: 'THREW', message: String(r.reason) }] as never },
+      );
     } finally {
       blocker.release();
     }
@@ -133,7 +147,11 @@ describe.each(backends)('budget reservations on $name', (backend) => {
     const t = await newTask(db, tenant);
 
     const short = await reserve(db, t, a, usdToMicros(6), AT);
-    expect(short).toEqual({ ok: false, retry: false, reasons: [expect.objectContaining({ code: 'BUDGET_EXCEEDED', limit: 5, requested: 6, policy: `budget:${tenant}/search/*:total` })] });
+    expect(short).toEqual({
+      ok: false,
+      retry: false,
+      reasons: [expect.objectContaining({ code: 'BUDGET_EXCEEDED', limit: 5, requested: 6, policy: `budget:${tenant}/search/*:total` })],
+    });
     const w = await windows(db, tenant);
     expect(w['*/*']!.reserved).toBe(0);
     expect(w['search/*']!.reserved).toBe(0);

@@ -98,12 +98,14 @@ describe('budgets under concurrency and failure (postgresql)', () => {
             await pool.tx((c) => recordUsageIn(c, priceBook, [again]));
           } else if (op.kind === 'timeout') {
             // The attempt wrote everything, then died before commit: nothing of it may remain.
-            await pool.tx(async (c) => {
-              await recordUsageIn(c, priceBook, [stepEvent(t, 1_000_000 + i, op.tokens)]);
-              throw new Timeout('activity timed out');
-            }).catch((e: unknown) => {
-              if (!(e instanceof Timeout)) throw e;
-            });
+            await pool
+              .tx(async (c) => {
+                await recordUsageIn(c, priceBook, [stepEvent(t, 1_000_000 + i, op.tokens)]);
+                throw new Timeout('activity timed out');
+              })
+              .catch((e: unknown) => {
+                if (!(e instanceof Timeout)) throw e;
+              });
           } else {
             const e = stepEvent(t, i, op.tokens);
             await pool.tx((c) => recordUsageIn(c, priceBook, [e]));
@@ -129,7 +131,10 @@ describe('budgets under concurrency and failure (postgresql)', () => {
       for (const team of teams) expect(w[`${team}/*`], team).toMatchObject({ spent: spentOf(team), reserved: heldOf(team) });
       expect(w['*/*']).toMatchObject({ spent: spentOf('search') + spentOf('ads'), reserved: heldOf('search') + heldOf('ads') });
       // And every event was charged once: the ledger holds exactly the distinct events sent.
-      const n = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM usage_events u JOIN attributions a ON a.id = u.attribution_id WHERE a.tenant = $1', [tenant]);
+      const n = await db.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM usage_events u JOIN attributions a ON a.id = u.attribution_id WHERE a.tenant = $1',
+        [tenant],
+      );
       expect(n.rows[0]!.n).toBe(new Set(sent.map((e) => e.key)).size);
     };
     await check();

@@ -63,7 +63,10 @@ describe('a backend killed under a checked-out client', () => {
     );
     expect(uncaught).toEqual([]);
     expect(err).toBeInstanceOf(LedgerUnavailableError);
-    expect(err).toMatchObject({ code: '57P01', message: expect.stringMatching(/^ledger unavailable: 57P01 terminating connection due to administrator command/) });
+    expect(err).toMatchObject({
+      code: '57P01',
+      message: expect.stringMatching(/^ledger unavailable: 57P01 terminating connection due to administrator command/),
+    });
     expect(isDataError(err)).toBe(false);
 
     const next = await db.tx(async (c) => pidOf(c));
@@ -133,7 +136,9 @@ describe('a backend killed under a checked-out client', () => {
 
 describe('session settings', () => {
   it('every connection carries the statement and idle-in-transaction timeouts of its Db', async () => {
-    const { rows } = await db.query<{ s: string; i: string }>("SELECT current_setting('statement_timeout') AS s, current_setting('idle_in_transaction_session_timeout') AS i");
+    const { rows } = await db.query<{ s: string; i: string }>(
+      "SELECT current_setting('statement_timeout') AS s, current_setting('idle_in_transaction_session_timeout') AS i",
+    );
     expect(rows).toEqual([{ s: '30s', i: '1min' }]);
     const quick = new Db(inject('databaseUrl'), { max: 1, statementTimeoutMillis: 100 });
     const err = await quick

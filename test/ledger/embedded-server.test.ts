@@ -63,10 +63,12 @@ class RawClient {
     return new Promise((r) => this.waiters.push(r));
   }
   rows(): string[] {
-    return this.messages.filter((m) => m.type === 'D').map((m) => {
-      const len = m.body.readInt32BE(2);
-      return m.body.subarray(6, 6 + len).toString('utf8');
-    });
+    return this.messages
+      .filter((m) => m.type === 'D')
+      .map((m) => {
+        const len = m.body.readInt32BE(2);
+        return m.body.subarray(6, 6 + len).toString('utf8');
+      });
   }
 }
 

@@ -24,13 +24,30 @@ describe.each(backends)('budget windows and the ladder on $name', (backend) => {
     const id = (await budgetIdOf(db, { tenant, team: '*', project: '*', period: 'day' }))!;
     const late = new Date('2026-06-15T23:59:00Z');
     // $8 of H100 time late on the 15th, and the controller had moved the ladder to queue.
-    await recordUsage(db, priceBook, [{ key: `${tenant}:late`, taskId: null, attribution: attributionOf(tenant), meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 7200, occurredAt: late }]);
+    await recordUsage(db, priceBook, [
+      {
+        key: `${tenant}:late`,
+        taskId: null,
+        attribution: attributionOf(tenant),
+        meter: 'gpu_seconds',
+        subject: 'H100:exclusive',
+        quantity: 7200,
+        occurredAt: late,
+      },
+    ]);
     await db.query(`UPDATE budget_windows SET ladder_step = 'queue' WHERE budget_id = $1 AND window_key = '2026-06-15'`, [id]);
     expect(await budgetSnapshot(db, id, late)).toMatchObject({ window: '2026-06-15', spentMicros: 8_000_000, sharePct: 80, step: 'queue' });
     expect((await scopeLadder(db, attributionOf(tenant), late)).map((w) => w.step)).toEqual(['queue']);
 
     const next = new Date('2026-06-16T00:00:01Z');
-    expect(await budgetSnapshot(db, id, next)).toMatchObject({ window: '2026-06-16', spentMicros: 0, reservedMicros: 0, sharePct: 0, step: 'ok', forecastUsd: 0 });
+    expect(await budgetSnapshot(db, id, next)).toMatchObject({
+      window: '2026-06-16',
+      spentMicros: 0,
+      reservedMicros: 0,
+      sharePct: 0,
+      step: 'ok',
+      forecastUsd: 0,
+    });
     expect((await scopeLadder(db, attributionOf(tenant), next)).map((w) => [w.step, w.sharePct])).toEqual([['ok', 0]]);
   });
 });

@@ -28,7 +28,9 @@ describe.each(backends)('migrations on $name', (backend) => {
       expect(await migrate(ledger.db)).toEqual(allMigrations);
       const after = await schema(ledger.db);
       expect(after.applied).toEqual(allMigrations);
-      expect(after.columns.map((c) => c.t)).toEqual(expect.arrayContaining(['attributions', 'budgets', 'budget_windows', 'tasks', 'reservations', 'usage_events', 'audit_log', 'approvals']));
+      expect(after.columns.map((c) => c.t)).toEqual(
+        expect.arrayContaining(['attributions', 'budgets', 'budget_windows', 'tasks', 'reservations', 'usage_events', 'audit_log', 'approvals']),
+      );
 
       expect(await migrate(ledger.db)).toEqual([]);
       expect(await schema(ledger.db)).toEqual(after);

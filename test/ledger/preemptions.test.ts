@@ -32,7 +32,16 @@ describe.each(backends)('preemption records and the queue on $name', (backend) =
     const tenant = newTenant();
     const victim = await gpuTask(db, tenant, 'b', 4, 'Running');
     const preemptor = await gpuTask(db, tenant, 'a', 4, 'Queued');
-    const order = { victimTaskId: victim, preemptorTaskId: preemptor, by: 'govloop', reason: 'reclaim', preemptorTenant: tenant, preemptorTeam: 'a', gpuType: 'H100', gpus: 4 };
+    const order = {
+      victimTaskId: victim,
+      preemptorTaskId: preemptor,
+      by: 'govloop',
+      reason: 'reclaim',
+      preemptorTenant: tenant,
+      preemptorTeam: 'a',
+      gpuType: 'H100',
+      gpus: 4,
+    };
     expect(await openPreemption(db, order)).toBe(true);
     expect((await db.query('SELECT 1 FROM preemptions WHERE victim_task_id = $1', [victim])).rowCount).toBe(1);
 
@@ -81,7 +90,10 @@ describe.each(backends)('preemption records and the queue on $name', (backend) =
     // The young job would lose least, but it is shielded: the old one goes.
     expect(admitQuota(state, ask)).toMatchObject({ decision: 'preempt', victims: [{ taskId: old }] });
     // Without the shield (the shipped default), the cheapest victim is the young one.
-    expect(admitQuota(await quotaState(db, config.policies, req, flat, capacity(60)), ask)).toMatchObject({ decision: 'preempt', victims: [{ taskId: young }] });
+    expect(admitQuota(await quotaState(db, config.policies, req, flat, capacity(60)), ask)).toMatchObject({
+      decision: 'preempt',
+      victims: [{ taskId: young }],
+    });
     // Once it has run long enough it is a victim again.
     expect(admitQuota(await quotaState(db, shielded, req, flat, capacity(600)), ask)).toMatchObject({ decision: 'preempt', victims: [{ taskId: young }] });
   });

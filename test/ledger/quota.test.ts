@@ -75,7 +75,8 @@ describe.each(backends)('GPU quota recheck in reserve on $name', (backend) => {
     for (let i = 0; i < 6; i++) ids.push(await gpuTask(db, tenant, 3));
     const results = await Promise.all(ids.map((id, i) => reserve(i % 2 ? other : db, id, a, usdToMicros(1), AT, quota(3))));
     expect(results.filter((r) => r.ok)).toHaveLength(2);
-    for (const r of results.filter((x) => !x.ok)) expect(r).toMatchObject({ ok: false, retry: true, reasons: [{ code: 'GPU_QUOTA_BUSY', requested: 3, limit: 2 }] });
+    for (const r of results.filter((x) => !x.ok))
+      expect(r).toMatchObject({ ok: false, retry: true, reasons: [{ code: 'GPU_QUOTA_BUSY', requested: 3, limit: 2 }] });
     expect(await teamGpusInUse(db, tenant, 'search', 'H100', '')).toBe(6);
   });
 
@@ -92,6 +93,10 @@ describe.each(backends)('GPU quota recheck in reserve on $name', (backend) => {
     expect(await teamGpusInUse(db, tenant, 'search', 'H100', t)).toBe(2);
     expect(await reserve(db, t, a, usdToMicros(1), AT, quota(6))).toEqual({ ok: true, amountMicros: usdToMicros(1) });
     const late = await gpuTask(db, tenant, 1);
-    expect(await reserve(db, late, a, usdToMicros(1), AT, quota(1))).toMatchObject({ ok: false, retry: true, reasons: [{ code: 'GPU_QUOTA_BUSY', limit: 0, requested: 1 }] });
+    expect(await reserve(db, late, a, usdToMicros(1), AT, quota(1))).toMatchObject({
+      ok: false,
+      retry: true,
+      reasons: [{ code: 'GPU_QUOTA_BUSY', limit: 0, requested: 1 }],
+    });
   });
 });

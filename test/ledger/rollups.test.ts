@@ -112,13 +112,20 @@ describe.each(backends)('usage rollups on $name', (backend) => {
         want.set(k, w);
       }
       const rows = await rollupUsageBy(db, ['team', 'model', 'meter'], day(d), day(d + 1), tenant);
-      const got = new Map(rows.map((r) => [`${r.team}|${r.model}|${r.meter}`, { cost: Math.round(r.costUsd * 1e6), events: r.events, quantity: r.meter === 'gpu_seconds' ? Math.round(r.gpuHours * 3600) : r.tokens }]));
+      const got = new Map(
+        rows.map((r) => [
+          `${r.team}|${r.model}|${r.meter}`,
+          { cost: Math.round(r.costUsd * 1e6), events: r.events, quantity: r.meter === 'gpu_seconds' ? Math.round(r.gpuHours * 3600) : r.tokens },
+        ]),
+      );
       expect(got).toEqual(want);
     }
 
     // Hourly grain: every hour of the second day, all dimensions summed, against the truth.
     const hourRows = await Promise.all(
-      Array.from({ length: 24 }, (_, h) => rollupUsageBy(db, [], new Date(day(1).getTime() + h * 3_600_000), new Date(day(1).getTime() + (h + 1) * 3_600_000), tenant)),
+      Array.from({ length: 24 }, (_, h) =>
+        rollupUsageBy(db, [], new Date(day(1).getTime() + h * 3_600_000), new Date(day(1).getTime() + (h + 1) * 3_600_000), tenant),
+      ),
     );
     const wantHours = Array.from({ length: 24 }, (_, h) => {
       const ts = truth.filter((t) => Math.floor((t.e.occurredAt.getTime() - day(1).getTime()) / 3_600_000) === h);
@@ -141,7 +148,15 @@ describe.each(backends)('usage rollups on $name', (backend) => {
     const tenant = newTenant();
     const a = attributionOf(tenant);
     // One H100-hour each side of the price change: $4 under v1, $8 under v2.
-    const ev = (key: string, at: string): UsageEvent => ({ key: `${tenant}:${key}`, taskId: null, attribution: a, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 3600, occurredAt: new Date(at) });
+    const ev = (key: string, at: string): UsageEvent => ({
+      key: `${tenant}:${key}`,
+      taskId: null,
+      attribution: a,
+      meter: 'gpu_seconds',
+      subject: 'H100:exclusive',
+      quantity: 3600,
+      occurredAt: new Date(at),
+    });
     await recordUsage(db, book, [ev('a', '2026-06-14T23:30:00Z'), ev('b', '2026-06-15T00:30:00Z')]);
     await rollUp(db, { lateArrivalSeconds: 0 });
     const byDay = async () => Promise.all([0, 1, 2].map(async (d) => (await rollupUsageBy(db, [], day(d), day(d + 1), tenant))[0]?.costUsd ?? 0));
@@ -165,7 +180,15 @@ describe.each(backends)('usage rollups on $name', (backend) => {
     const at = new Date('2026-06-16T10:00:00Z');
     await recordUsage(db, book, [
       { key: `${tenant}:ok`, taskId: null, attribution: attributionOf(tenant), meter: 'tokens_in', subject: 'llama-3-8b', quantity: 1_000_000, occurredAt: at },
-      { key: `${tenant}:noteam`, taskId: null, attribution: attributionOf(tenant, { team: '', project: '' }), meter: 'tokens_in', subject: 'llama-3-8b', quantity: 2_000_000, occurredAt: at },
+      {
+        key: `${tenant}:noteam`,
+        taskId: null,
+        attribution: attributionOf(tenant, { team: '', project: '' }),
+        meter: 'tokens_in',
+        subject: 'llama-3-8b',
+        quantity: 2_000_000,
+        occurredAt: at,
+      },
     ]);
     await rollUp(db);
     const rows = await rollupUsageBy(db, ['team'], day(2), day(3), tenant);
@@ -186,7 +209,12 @@ describe.each(backends)('usage rollups on $name', (backend) => {
     const other = ledger.pool(2);
     await Promise.all([
       (async () => {
-        for (let i = 0; i < truth.length; i += 100) await recordUsage(db, book, truth.slice(i, i + 100).map((t) => t.e));
+        for (let i = 0; i < truth.length; i += 100)
+          await recordUsage(
+            db,
+            book,
+            truth.slice(i, i + 100).map((t) => t.e),
+          );
       })(),
       rollUp(other),
       rollUp(db),
@@ -203,7 +231,13 @@ describe('showback unit costs', () => {
     const ledger = await backends[1]!.open();
     try {
       const r = await showback(ledger.db, { by: ['team'], from: day(0), to: day(1), tenant: `t-${randomUUID()}` });
-      expect(r).toMatchObject({ rows: [], totalCostUsd: 0, unitCosts: { per1MTokensUsd: null, perGpuHourUsd: null, perAgentTaskUsd: null, perTrainingJobUsd: null }, unattributed: { costUsd: 0, events: 0 }, idle: null });
+      expect(r).toMatchObject({
+        rows: [],
+        totalCostUsd: 0,
+        unitCosts: { per1MTokensUsd: null, perGpuHourUsd: null, perAgentTaskUsd: null, perTrainingJobUsd: null },
+        unattributed: { costUsd: 0, events: 0 },
+        idle: null,
+      });
     } finally {
       await ledger.close();
     }

@@ -28,7 +28,18 @@ const cluster = (name: string): ClusterConfig =>
 
 const spec = (gpus: number, more: Partial<JobSpec> = {}): JobSpec => {
   const taskId = `t-${randomUUID().slice(0, 8)}`;
-  return { name: jobName(taskId), taskId, gpus, gpuType: 'H100', sharing: 'exclusive', priorityClass: 'govloop-normal', labels: {}, runtime: { image: 'x', command: ['x'], env: {} }, simulation: { durationSeconds: 600, tokensPerSecond: 0, failAfterSeconds: null }, ...more };
+  return {
+    name: jobName(taskId),
+    taskId,
+    gpus,
+    gpuType: 'H100',
+    sharing: 'exclusive',
+    priorityClass: 'govloop-normal',
+    labels: {},
+    runtime: { image: 'x', command: ['x'], env: {} },
+    simulation: { durationSeconds: 600, tokensPerSecond: 0, failAfterSeconds: null },
+    ...more,
+  };
 };
 
 /** Two racks of three 8-GPU H100 nodes, plus a MIG node and an MPS/time-slice node of A100s. */
@@ -57,7 +68,15 @@ describe.each(backends)('the simulated cluster places with governance/placement 
 
   it('turns a cluster config into a topology: blocks, racks, one NVLink domain per node', () => {
     const t = clusterTopology(cluster('c'));
-    expect(t.blocks.map((b) => [b.name, b.racks.map((r) => [r.name, r.nodes.map((n) => n.name)])])).toEqual([['b0', [['r0', ['n0', 'n1']], ['r1', ['n2']]]]]);
+    expect(t.blocks.map((b) => [b.name, b.racks.map((r) => [r.name, r.nodes.map((n) => n.name)])])).toEqual([
+      [
+        'b0',
+        [
+          ['r0', ['n0', 'n1']],
+          ['r1', ['n2']],
+        ],
+      ],
+    ]);
   });
 
   it('refuses a cluster.yaml whose nodes do not form a topology, naming the node as the file lists it', () => {
@@ -143,7 +162,10 @@ describe.each(backends)('the simulated cluster places with governance/placement 
     const sim = new SimulatedCluster(ledger.db, gangCluster(name), 1);
     await sim.sync();
     const held = async (job: JobSpec) => {
-      const r = await ledger.db.query<{ assignments: { node: string; gpus: number[]; kind: string }[] }>('SELECT assignments FROM sim_jobs WHERE cluster = $1 AND name = $2', [name, job.name]);
+      const r = await ledger.db.query<{ assignments: { node: string; gpus: number[]; kind: string }[] }>(
+        'SELECT assignments FROM sim_jobs WHERE cluster = $1 AND name = $2',
+        [name, job.name],
+      );
       return r.rows[0]!.assignments;
     };
     const mig = spec(7, { gpuType: 'A100', sharing: 'mig:1g.10gb' });

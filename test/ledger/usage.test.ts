@@ -28,7 +28,16 @@ describe.each(backends)('usage on $name', (backend) => {
     const taskId = await newTask(db, tenant, { state: 'Running' });
     expect(await reserve(db, taskId, attribution, usdToMicros(reserveUsd), AT)).toEqual({ ok: true, amountMicros: usdToMicros(reserveUsd) });
     // 900 H100-seconds at $4/hour: exactly $1.
-    const event = (key: string, over: Partial<UsageEvent> = {}): UsageEvent => ({ key: `${taskId}:${key}`, taskId, attribution, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 900, occurredAt: AT, ...over });
+    const event = (key: string, over: Partial<UsageEvent> = {}): UsageEvent => ({
+      key: `${taskId}:${key}`,
+      taskId,
+      attribution,
+      meter: 'gpu_seconds',
+      subject: 'H100:exclusive',
+      quantity: 900,
+      occurredAt: AT,
+      ...over,
+    });
     const state = async () => {
       const task = await db.query<{ cost_micros: number }>('SELECT cost_micros FROM tasks WHERE task_id = $1', [taskId]);
       const events = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM usage_events WHERE task_id = $1', [taskId]);
@@ -45,7 +54,9 @@ describe.each(backends)('usage on $name', (backend) => {
     expect(await recordUsage(db, priceBook, [e])).toEqual({ accepted: 1, duplicates: 0, costMicros: 1_000_000 });
     expect(await recordUsage(db, priceBook, [e])).toEqual({ accepted: 0, duplicates: 1, costMicros: 0 });
     expect(await f.state()).toEqual({ events: 1, taskCost: 1_000_000, spent: 1_000_000, reserved: 9_000_000 });
-    expect(await showBudgets(db, { tenant: f.tenant }, AT)).toEqual([{ budgetId: expect.any(Number), scope: `${f.tenant}/*/*`, period: 'total', window: 'total', limitUsd: 100, reservedUsd: 9, spentUsd: 1 }]);
+    expect(await showBudgets(db, { tenant: f.tenant }, AT)).toEqual([
+      { budgetId: expect.any(Number), scope: `${f.tenant}/*/*`, period: 'total', window: 'total', limitUsd: 100, reservedUsd: 9, spentUsd: 1 },
+    ]);
   });
 
   it('stores and charges a key repeated within one batch once', async () => {
@@ -63,7 +74,11 @@ describe.each(backends)('usage on $name', (backend) => {
     const batch = Array.from({ length: 10 }, (_, i) => f.event(`gpu:${i}`));
     // The same ten events, redelivered by another worker in another order, while a third
     // delivery races both with one of them.
-    const results = await Promise.all([recordUsage(db, priceBook, batch), recordUsage(other, priceBook, [...batch].reverse()), recordUsage(other, priceBook, [batch[4]!])]);
+    const results = await Promise.all([
+      recordUsage(db, priceBook, batch),
+      recordUsage(other, priceBook, [...batch].reverse()),
+      recordUsage(other, priceBook, [batch[4]!]),
+    ]);
     expect(results.reduce((s, r) => s + r.accepted, 0)).toBe(10);
     expect(results.reduce((s, r) => s + r.duplicates, 0)).toBe(11);
     expect(results.reduce((s, r) => s + r.costMicros, 0)).toBe(10_000_000);
@@ -100,20 +115,27 @@ describe.each(backends)('usage on $name', (backend) => {
   it('property: any split of a stream into partial events costs exactly what the whole does', async () => {
     const { db } = ledger;
     await fc.assert(
-      fc.asyncProperty(fc.array(fc.integer({ min: 1, max: 5000 }).map((q) => q / 10), { minLength: 1, maxLength: 8 }), fc.constantFrom('H100:exclusive', 'A100:mig:1g.10gb', 'H100:timeslice'), async (quantities, subject) => {
-        const f = await fixture(100);
-        let before = 0;
-        const events = quantities.map((q, i) => {
-          const e = f.event(`p:${i}`, { subject, quantity: q, cumulativeBefore: before });
-          before += q;
-          return e;
-        });
-        await recordUsage(db, priceBook, events);
-        const whole = costMicros(v1, { meter: 'gpu_seconds', quantity: before, subject });
-        const s = await f.state();
-        expect(s.taskCost).toBe(whole);
-        expect(s.spent).toBe(whole);
-      }),
+      fc.asyncProperty(
+        fc.array(
+          fc.integer({ min: 1, max: 5000 }).map((q) => q / 10),
+          { minLength: 1, maxLength: 8 },
+        ),
+        fc.constantFrom('H100:exclusive', 'A100:mig:1g.10gb', 'H100:timeslice'),
+        async (quantities, subject) => {
+          const f = await fixture(100);
+          let before = 0;
+          const events = quantities.map((q, i) => {
+            const e = f.event(`p:${i}`, { subject, quantity: q, cumulativeBefore: before });
+            before += q;
+            return e;
+          });
+          await recordUsage(db, priceBook, events);
+          const whole = costMicros(v1, { meter: 'gpu_seconds', quantity: before, subject });
+          const s = await f.state();
+          expect(s.taskCost).toBe(whole);
+          expect(s.spent).toBe(whole);
+        },
+      ),
       { numRuns: 5 },
     );
   });
@@ -132,7 +154,9 @@ describe.each(backends)('usage on $name', (backend) => {
     const f = await fixture();
     const key = `${f.taskId}:${randomUUID()}`;
     await recordUsage(db, priceBook, [f.event('x', { key })]);
-    await expect(db.query('UPDATE usage_events SET quantity = 0, cost_micros = 0 WHERE idempotency_key = $1', [key])).rejects.toThrow(/usage_events is append-only: UPDATE refused/);
+    await expect(db.query('UPDATE usage_events SET quantity = 0, cost_micros = 0 WHERE idempotency_key = $1', [key])).rejects.toThrow(
+      /usage_events is append-only: UPDATE refused/,
+    );
     await expect(db.query('DELETE FROM usage_events WHERE idempotency_key = $1', [key])).rejects.toThrow(/usage_events is append-only: DELETE refused/);
     const { rows } = await db.query('SELECT quantity, cost_micros FROM usage_events WHERE idempotency_key = $1', [key]);
     expect(rows).toEqual([{ quantity: 900, cost_micros: 1_000_000 }]);

@@ -55,12 +55,14 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
    */
   const ledgerState = async () => {
     const q = async (sql: string) => (await h.db.query(sql, [[tenantA, tenantB]])).rows;
-    const ours = "SELECT t.task_id FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE a.tenant = ANY($1)";
+    const ours = 'SELECT t.task_id FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE a.tenant = ANY($1)';
     return {
       grants: await q('SELECT tenant, user_name, role FROM access_grants WHERE tenant = ANY($1) ORDER BY 1, 2, 3'),
       keys: await q('SELECT tenant, subject, revoked_at FROM api_keys WHERE tenant = ANY($1) ORDER BY id'),
       budgets: await q('SELECT tenant, team, project, period, limit_micros FROM budgets WHERE tenant = ANY($1) ORDER BY id'),
-      changes: await q('SELECT r.budget_id, r.to_micros, r.state FROM budget_raises r JOIN budgets b ON b.id = r.budget_id WHERE b.tenant = ANY($1) ORDER BY r.id'),
+      changes: await q(
+        'SELECT r.budget_id, r.to_micros, r.state FROM budget_raises r JOIN budgets b ON b.id = r.budget_id WHERE b.tenant = ANY($1) ORDER BY r.id',
+      ),
       approvals: await q('SELECT approval_id, state, decided_by FROM approvals WHERE tenant = ANY($1) ORDER BY approval_id'),
       tasks: await q(`SELECT task_id, run_id, state, requester, cost_micros FROM tasks WHERE task_id IN (${ours}) ORDER BY task_id`),
       reservations: await q(`SELECT task_id, amount_micros, remaining_micros, state FROM reservations WHERE task_id IN (${ours}) ORDER BY task_id`),
@@ -69,7 +71,12 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
     };
   };
   const refusals = async (since: number) =>
-    (await h.db.query<{ actor: string; action: string; decision: string; detail: { attempted?: string } }>("SELECT actor, action, decision, detail FROM audit_log WHERE id > $1 AND action IN ('authz.refused', 'approval.refused') AND actor NOT LIKE '%(unverified)' AND (detail->>'tenant' IS NULL OR detail->>'tenant' = ANY($2)) ORDER BY id", [since, [tenantA, tenantB]])).rows;
+    (
+      await h.db.query<{ actor: string; action: string; decision: string; detail: { attempted?: string } }>(
+        "SELECT actor, action, decision, detail FROM audit_log WHERE id > $1 AND action IN ('authz.refused', 'approval.refused') AND actor NOT LIKE '%(unverified)' AND (detail->>'tenant' IS NULL OR detail->>'tenant' = ANY($2)) ORDER BY id",
+        [since, [tenantA, tenantB]],
+      )
+    ).rows;
   const auditHead = async () => (await h.db.query<{ id: number }>('SELECT coalesce(max(id), 0)::int AS id FROM audit_log')).rows[0]!.id;
 
   /** Runs `attack`, then checks the ledger is unchanged and the refusal audited with `code`. */
@@ -108,7 +115,11 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
       secrets[u] = c.clientSecret;
     }
     // `short` gets access tokens that live one second (hydra's per-client lifespans).
-    const life = await fetch(`${idp.adminUrl}/admin/clients/short/lifespans`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ client_credentials_grant_access_token_lifespan: '1s' }) });
+    const life = await fetch(`${idp.adminUrl}/admin/clients/short/lifespans`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ client_credentials_grant_access_token_lifespan: '1s' }),
+    });
     expect(life.status, await life.text()).toBe(200);
     for (const u of users) tokens[u] = await idp.token(u, secrets[u]!, [AUDIENCE]);
     tokens['alice-billing'] = await idp.token('alice', secrets.alice!, ['billing']);
@@ -116,7 +127,13 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
     tokens['alice-other-issuer'] = await other.token('alice', foreign.clientSecret, [AUDIENCE]);
 
     const config = testConfig();
-    config.auth = { mode: 'required', oidc: { issuer: idp.issuer, audience: AUDIENCE, subjectClaim: 'sub', clockToleranceSeconds: 0 }, platformAdmins: ['root'], budgetLowerSecondPersonAbove: 0.5, approvalTokenTtlSeconds: 900 };
+    config.auth = {
+      mode: 'required',
+      oidc: { issuer: idp.issuer, audience: AUDIENCE, subjectClaim: 'sub', clockToleranceSeconds: 0 },
+      platformAdmins: ['root'],
+      budgetLowerSecondPersonAbove: 0.5,
+      approvalTokenTtlSeconds: 900,
+    };
     keyFile = join(mkdtempSync(join(tmpdir(), 'govloop-keys-')), 'signing-key.pem');
     config.policies.audit = { ...config.policies.audit, signingKeyFile: keyFile };
     bundle = await bundleWorkflows();
@@ -209,7 +226,9 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
   });
 
   it('a `{}` preempt is refused (update) or ignored (signal); the task keeps its quota and runs on', async () => {
-    const a = await gov('carol').submit(intent(tenantA, { name: 'victim', caps: { maxUsd: 50, maxGpuHours: 10 }, simulation: { durationSeconds: 2_000_000, tokensPerSecond: 10 } }));
+    const a = await gov('carol').submit(
+      intent(tenantA, { name: 'victim', caps: { maxUsd: 50, maxGpuHours: 10 }, simulation: { durationSeconds: 2_000_000, tokensPerSecond: 10 } }),
+    );
     expect(a.decision).toBe('admitted');
     await h.until(a.taskId, (s) => s.state === 'Running');
     const handle = h.client.workflow.getHandle(a.taskId);
@@ -262,13 +281,17 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
     const key = ok.json().key as string;
     const t = await gov('carol').submit(agentIntent('key-scope'));
     await refusedAndAudited('TENANT_SCOPE', async () => {
-      await expect(new GovloopClient(h.client, h.controlQueue, { credential: key }).cancel(t.taskId, undefined, 'not yours')).rejects.toMatchObject({ code: 'TENANT_SCOPE' });
+      await expect(new GovloopClient(h.client, h.controlQueue, { credential: key }).cancel(t.taskId, undefined, 'not yours')).rejects.toMatchObject({
+        code: 'TENANT_SCOPE',
+      });
     });
     await end(t.taskId);
   });
 
   it('a budget zeroed by one person waits for a second budget owner', async () => {
-    const limit = async () => (await h.db.query<{ limit_micros: number }>("SELECT limit_micros FROM budgets WHERE tenant = $1 AND team = '*' AND period = 'total'", [tenantA])).rows[0]!.limit_micros;
+    const limit = async () =>
+      (await h.db.query<{ limit_micros: number }>("SELECT limit_micros FROM budgets WHERE tenant = $1 AND team = '*' AND period = 'total'", [tenantA])).rows[0]!
+        .limit_micros;
     await refusedAndAudited('FORBIDDEN', async () => {
       const r = await cli('mallory', ['budget', 'set', '--tenant', tenantA, '--usd', '0', '--period', 'total']);
       expect(r.code, r.stderr).toBe(3);
@@ -276,7 +299,11 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
     const set = await cli('bob', ['budget', 'set', '--tenant', tenantA, '--usd', '0', '--period', 'total']);
     expect(set.code, set.stderr).toBe(0);
     expect(await limit()).toBe(100_000_000);
-    const change = (await h.db.query<{ id: number }>("SELECT r.id FROM budget_raises r JOIN budgets b ON b.id = r.budget_id WHERE b.tenant = $1 AND r.state = 'pending'", [tenantA])).rows[0]!.id;
+    const change = (
+      await h.db.query<{ id: number }>("SELECT r.id FROM budget_raises r JOIN budgets b ON b.id = r.budget_id WHERE b.tenant = $1 AND r.state = 'pending'", [
+        tenantA,
+      ])
+    ).rows[0]!.id;
     await refusedAndAudited('self-approval', async () => {
       const r = await cli('bob', ['budget', 'approve', String(change), '--reason', 'mine']);
       expect(r.code).toBe(3);
@@ -289,7 +316,11 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
 
   it('a user of another tenant can neither read nor act on this tenant’s task', async () => {
     const { taskId, approvalId } = await heldRefund('cross-tenant', { orderId: 'o-4', amountUsd: 1 });
-    for (const args of [['status', taskId], ['audit', 'show', taskId], ['list', '--tenant', tenantA]]) {
+    for (const args of [
+      ['status', taskId],
+      ['audit', 'show', taskId],
+      ['list', '--tenant', tenantA],
+    ]) {
       await refusedAndAudited('FORBIDDEN', async () => {
         const r = await cli('eve', args);
         expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(3);
@@ -335,7 +366,10 @@ describe.skipIf(skip !== null)(`attacks on identity and authorization${skip ? ` 
     const key = loadPublicKey(keyFile);
     // The approved call as asked runs; the same approval for a bigger refund, another tool, or no token does not.
     expect(verifyApprovalToken(key, token, { tool: 'payments.refund', args })).toMatchObject({ ok: true, claims: { approvalId, approvedBy: 'alice', taskId } });
-    expect(verifyApprovalToken(key, token, { tool: 'payments.refund', args: { ...args, amountUsd: 4000 } })).toMatchObject({ ok: false, code: 'APPROVAL_ARGS_MISMATCH' });
+    expect(verifyApprovalToken(key, token, { tool: 'payments.refund', args: { ...args, amountUsd: 4000 } })).toMatchObject({
+      ok: false,
+      code: 'APPROVAL_ARGS_MISMATCH',
+    });
     expect(verifyApprovalToken(key, token, { tool: 'payments.reverse', args })).toMatchObject({ ok: false, code: 'APPROVAL_TOOL_MISMATCH' });
     expect(verifyApprovalToken(key, null, { tool: 'payments.refund', args })).toMatchObject({ ok: false, code: 'APPROVAL_TOKEN_MISSING' });
     const [body, sig] = token!.split('.');

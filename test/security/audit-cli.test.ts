@@ -45,12 +45,19 @@ describe('govloop audit checkpoint / verify', () => {
 
     // The owner switches the triggers off and rewrites row 3 and every hash after it.
     await db.query('ALTER TABLE audit_log DISABLE TRIGGER USER');
-    const { rows } = await db.query<AuditRow>('SELECT id, at, actor, task_id, action, decision, detail, prev_hash, hash FROM audit_log WHERE id >= 3 ORDER BY id');
+    const { rows } = await db.query<AuditRow>(
+      'SELECT id, at, actor, task_id, action, decision, detail, prev_hash, hash FROM audit_log WHERE id >= 3 ORDER BY id',
+    );
     let prev = rows[0]!.prev_hash;
     for (const r of rows) {
       const row = { ...r, detail: r.id === 3 ? { n: 99 } : r.detail, prev_hash: prev };
       row.hash = recomputeHash(row);
-      await db.query('UPDATE audit_log SET detail = $2, prev_hash = $3, hash = $4 WHERE id = $1', [row.id, JSON.stringify(row.detail), row.prev_hash, row.hash]);
+      await db.query('UPDATE audit_log SET detail = $2, prev_hash = $3, hash = $4 WHERE id = $1', [
+        row.id,
+        JSON.stringify(row.detail),
+        row.prev_hash,
+        row.hash,
+      ]);
       prev = row.hash;
     }
     await db.query('ALTER TABLE audit_log ENABLE TRIGGER USER');

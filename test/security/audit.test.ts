@@ -23,7 +23,8 @@ const COLUMNS = 'id, at, actor, task_id, action, decision, detail, prev_hash, ha
 /** Appends `n` rows in one transaction; returns their ids. */
 async function appendRows(ledger: Ledger, n: number, label: string): Promise<number[]> {
   await ledger.db.tx(async (c) => {
-    for (let i = 0; i < n; i++) await appendAudit(c, { actor: 'govloop', taskId: `${label}-${i}`, action: 'budget.set', decision: 'recorded', detail: { label, i, usd: 100 + i } });
+    for (let i = 0; i < n; i++)
+      await appendAudit(c, { actor: 'govloop', taskId: `${label}-${i}`, action: 'budget.set', decision: 'recorded', detail: { label, i, usd: 100 + i } });
   });
   const { rows } = await ledger.db.query<{ id: number }>('SELECT id FROM audit_log WHERE task_id LIKE $1 ORDER BY id', [`${label}-%`]);
   return rows.map((r) => r.id);
@@ -38,10 +39,22 @@ async function appendBulk(ledger: Ledger, n: number, label: string): Promise<num
     await c.query('SELECT pg_advisory_xact_lock($1)', [0x60fa0d1]);
     const tip = await c.query<{ hash: string }>('SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1');
     let prev = tip.rows[0]!.hash;
-    const ids = (await c.query<{ id: number }>("SELECT nextval(pg_get_serial_sequence('audit_log', 'id')) AS id FROM generate_series(1, $1)", [n])).rows.map((r) => r.id);
+    const ids = (await c.query<{ id: number }>("SELECT nextval(pg_get_serial_sequence('audit_log', 'id')) AS id FROM generate_series(1, $1)", [n])).rows.map(
+      (r) => r.id,
+    );
     const at = new Date('2026-06-15T12:00:00.000Z');
     const rows = ids.map((id, i) => {
-      const row: AuditRow = { id, at, actor: 'bulk', task_id: `${label}-${i}`, action: 'step', decision: 'allow', detail: { label, i }, prev_hash: prev, hash: '' };
+      const row: AuditRow = {
+        id,
+        at,
+        actor: 'bulk',
+        task_id: `${label}-${i}`,
+        action: 'step',
+        decision: 'allow',
+        detail: { label, i },
+        prev_hash: prev,
+        hash: '',
+      };
       row.hash = recomputeHash(row);
       prev = row.hash;
       return row;
@@ -51,7 +64,17 @@ async function appendBulk(ledger: Ledger, n: number, label: string): Promise<num
        SELECT u.id, u.at, u.actor, u.task_id, u.action, u.decision, u.detail::jsonb, u.prev_hash, u.hash
        FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
          AS u(id, at, actor, task_id, action, decision, detail, prev_hash, hash)`,
-      [ids, rows.map((r) => r.at), rows.map((r) => r.actor), rows.map((r) => r.task_id), rows.map((r) => r.action), rows.map((r) => r.decision), rows.map((r) => JSON.stringify(r.detail)), rows.map((r) => r.prev_hash), rows.map((r) => r.hash)],
+      [
+        ids,
+        rows.map((r) => r.at),
+        rows.map((r) => r.actor),
+        rows.map((r) => r.task_id),
+        rows.map((r) => r.action),
+        rows.map((r) => r.decision),
+        rows.map((r) => JSON.stringify(r.detail)),
+        rows.map((r) => r.prev_hash),
+        rows.map((r) => r.hash),
+      ],
     );
     return ids;
   });
@@ -81,7 +104,14 @@ async function relink(c: pg.PoolClient, fromId: number, prev: string, edit: (r: 
   for (const r of rows) {
     const row = { ...edit(r), prev_hash: prev };
     row.hash = recomputeHash(row);
-    await c.query('UPDATE audit_log SET actor = $2, decision = $3, detail = $4, prev_hash = $5, hash = $6 WHERE id = $1', [row.id, row.actor, row.decision, JSON.stringify(row.detail), row.prev_hash, row.hash]);
+    await c.query('UPDATE audit_log SET actor = $2, decision = $3, detail = $4, prev_hash = $5, hash = $6 WHERE id = $1', [
+      row.id,
+      row.actor,
+      row.decision,
+      JSON.stringify(row.detail),
+      row.prev_hash,
+      row.hash,
+    ]);
     prev = row.hash;
   }
 }
@@ -119,9 +149,15 @@ describe.each(backends)('the audit log against database access, on $name', (back
     key = loadOrCreateSigningKey(join(dir, 'key', 'signing.pem'));
     // Two checkpoints: rows 1..12, then 13..17.
     ids = await appendRows(ledger, 12, 'first');
-    expect(await writeAuditCheckpoint(ledger.db, { dir, key })).toMatchObject({ written: true, checkpoint: { seq: 1, prevHeadId: 0, headId: ids[11], rows: 12 } });
+    expect(await writeAuditCheckpoint(ledger.db, { dir, key })).toMatchObject({
+      written: true,
+      checkpoint: { seq: 1, prevHeadId: 0, headId: ids[11], rows: 12 },
+    });
     ids.push(...(await appendRows(ledger, 5, 'second')));
-    expect(await writeAuditCheckpoint(ledger.db, { dir, key })).toMatchObject({ written: true, checkpoint: { seq: 2, prevHeadId: ids[11], headId: ids[16], rows: 17 } });
+    expect(await writeAuditCheckpoint(ledger.db, { dir, key })).toMatchObject({
+      written: true,
+      checkpoint: { seq: 2, prevHeadId: ids[11], headId: ids[16], rows: 17 },
+    });
     checkpoints = await readAuditCheckpoints(dir, key.publicKey);
     expect(checkpoints.findings).toEqual([]);
     expect(checkpoints.checkpoints.map((c) => c.rowHashes.length)).toEqual([12, 5]);
@@ -151,7 +187,10 @@ describe.each(backends)('the audit log against database access, on $name', (back
     const target = ids[6]!;
     const { alone, withCheckpoints, writer } = await tampered(
       ledger,
-      async (c) => relink(c, target, (await c.query<{ prev_hash: string }>('SELECT prev_hash FROM audit_log WHERE id = $1', [target])).rows[0]!.prev_hash, (r) => (r.id === target ? { ...r, detail: { ...(r.detail as object), usd: 1 } } : r)),
+      async (c) =>
+        relink(c, target, (await c.query<{ prev_hash: string }>('SELECT prev_hash FROM audit_log WHERE id = $1', [target])).rows[0]!.prev_hash, (r) =>
+          r.id === target ? { ...r, detail: { ...(r.detail as object), usd: 1 } } : r,
+        ),
       async (c) => ({
         alone: await verifyAudit(c),
         withCheckpoints: await verifyAudit(c, { checkpoints }),
@@ -169,11 +208,19 @@ describe.each(backends)('the audit log against database access, on $name', (back
     const last = ids[16]!;
     const rewritten = await tampered(
       ledger,
-      async (c) => relink(c, last, (await c.query<{ prev_hash: string }>('SELECT prev_hash FROM audit_log WHERE id = $1', [last])).rows[0]!.prev_hash, (r) => ({ ...r, actor: 'mallory' })),
+      async (c) =>
+        relink(c, last, (await c.query<{ prev_hash: string }>('SELECT prev_hash FROM audit_log WHERE id = $1', [last])).rows[0]!.prev_hash, (r) => ({
+          ...r,
+          actor: 'mallory',
+        })),
       (c) => verifyAudit(c, { checkpoints }),
     );
     expect(rewritten).toMatchObject({ ok: false, firstBadId: last, problem: 'rewritten' });
-    const edited = await tampered(ledger, (c) => c.query("UPDATE audit_log SET decision = 'approved' WHERE id = $1", [ids[2]]), (c) => verifyAudit(c, { checkpoints }));
+    const edited = await tampered(
+      ledger,
+      (c) => c.query("UPDATE audit_log SET decision = 'approved' WHERE id = $1", [ids[2]]),
+      (c) => verifyAudit(c, { checkpoints }),
+    );
     expect(edited).toMatchObject({ ok: false, firstBadId: ids[2], problem: 'altered' });
   });
 
@@ -219,11 +266,23 @@ describe.each(backends)('the audit log against database access, on $name', (back
       copyFileSync(join(dir, CHECKPOINT_FILE), join(forgedDir, CHECKPOINT_FILE));
       const genuine = checkpoints.checkpoints[1]!;
       // A third checkpoint, claiming two rows that do not exist, with the second one's signature.
-      const { sig, ...claims } = { ...genuine, seq: 3, prevHeadId: genuine.headId, headId: genuine.headId + 2, rows: 19, rowHashes: [[genuine.headId + 1, 'a'.repeat(64)], [genuine.headId + 2, 'b'.repeat(64)]] as [number, string][] };
+      const { sig, ...claims } = {
+        ...genuine,
+        seq: 3,
+        prevHeadId: genuine.headId,
+        headId: genuine.headId + 2,
+        rows: 19,
+        rowHashes: [
+          [genuine.headId + 1, 'a'.repeat(64)],
+          [genuine.headId + 2, 'b'.repeat(64)],
+        ] as [number, string][],
+      };
       writeFileSync(join(forgedDir, CHECKPOINT_FILE), `${JSON.stringify({ ...claims, sig })}\n`, { flag: 'a' });
       const read = await readAuditCheckpoints(forgedDir, key.publicKey);
       expect(read.checkpoints.map((c) => c.seq)).toEqual([1, 2]);
-      expect(read.findings).toEqual([{ line: 3, seq: 3, problem: 'bad-checkpoint-signature', message: expect.stringMatching(/seq 3: the signature does not verify/) }]);
+      expect(read.findings).toEqual([
+        { line: 3, seq: 3, problem: 'bad-checkpoint-signature', message: expect.stringMatching(/seq 3: the signature does not verify/) },
+      ]);
       const v = await verifyAudit(ledger.db, { checkpoints: read });
       // The forged claim of a longer chain is not taken for a cut tail: the line itself is the finding.
       expect(v).toMatchObject({ ok: false, firstBadId: null, problem: 'bad-checkpoint-signature', checkpointLine: 3, rows: 17 });
@@ -234,10 +293,24 @@ describe.each(backends)('the audit log against database access, on $name', (back
       const target = ids[8]!;
       const verdict = await tampered(
         ledger,
-        async (c) => relink(c, target, (await c.query<{ prev_hash: string }>('SELECT prev_hash FROM audit_log WHERE id = $1', [target])).rows[0]!.prev_hash, (r) => (r.id === target ? { ...r, decision: 'forgiven' } : r)),
+        async (c) =>
+          relink(c, target, (await c.query<{ prev_hash: string }>('SELECT prev_hash FROM audit_log WHERE id = $1', [target])).rows[0]!.prev_hash, (r) =>
+            r.id === target ? { ...r, decision: 'forgiven' } : r,
+          ),
         async (c) => {
-          const rowHashes = (await c.query<{ id: number; hash: string }>('SELECT id, hash FROM audit_log ORDER BY id')).rows.map((r) => [r.id, r.hash] as [number, string]);
-          const forged = { seq: 1, at: new Date().toISOString(), prevHeadId: 0, headId: ids[16]!, headHash: rowHashes[16]![1], rows: 17, rowHashes, keyId: mallory.keyId };
+          const rowHashes = (await c.query<{ id: number; hash: string }>('SELECT id, hash FROM audit_log ORDER BY id')).rows.map(
+            (r) => [r.id, r.hash] as [number, string],
+          );
+          const forged = {
+            seq: 1,
+            at: new Date().toISOString(),
+            prevHeadId: 0,
+            headId: ids[16]!,
+            headHash: rowHashes[16]![1],
+            rows: 17,
+            rowHashes,
+            keyId: mallory.keyId,
+          };
           writeFileSync(join(forgedDir, CHECKPOINT_FILE), `${JSON.stringify({ ...forged, sig: signJson(mallory, forged) })}\n`, { flag: 'a' });
           return verifyAudit(c, { checkpoints: await readAuditCheckpoints(forgedDir, key.publicKey) });
         },
@@ -257,7 +330,9 @@ describe.each(backends)('the audit log against database access, on $name', (back
       expect(await verifyAudit(ledger.db, { checkpoints: gap })).toMatchObject({ ok: false, firstBadId: null, problem: 'checkpoint-gap', checkpointLine: 1 });
       // A torn or edited line is reported, not skipped.
       writeFileSync(join(forgedDir, CHECKPOINT_FILE), `${lines[0]}\n${lines[1]!.slice(0, 200)}\n`);
-      expect((await readAuditCheckpoints(forgedDir, key.publicKey)).findings).toMatchObject([{ line: 2, problem: 'bad-checkpoint-signature', message: expect.stringMatching(/not JSON/) }]);
+      expect((await readAuditCheckpoints(forgedDir, key.publicKey)).findings).toMatchObject([
+        { line: 2, problem: 'bad-checkpoint-signature', message: expect.stringMatching(/not JSON/) },
+      ]);
       await expect(writeAuditCheckpoint(ledger.db, { dir: forgedDir, key })).rejects.toThrow(AuditCheckpointRefused);
     } finally {
       rmSync(forgedDir, { recursive: true, force: true });

@@ -56,7 +56,11 @@ describe.skipIf(!!skipReason)('OIDC access tokens from a real ory hydra', () => 
   let validToken: string;
 
   beforeAll(async () => {
-    const started = await Promise.allSettled([startHydra(), startHydra({ issuerTrailingSlash: true }), startHydra({ accessTokenTtl: '1s', issuerTrailingSlash: true })]);
+    const started = await Promise.allSettled([
+      startHydra(),
+      startHydra({ issuerTrailingSlash: true }),
+      startHydra({ accessTokenTtl: '1s', issuerTrailingSlash: true }),
+    ]);
     const failed = started.find((s) => s.status === 'rejected');
     if (failed) {
       await Promise.all(started.map((s) => (s.status === 'fulfilled' ? s.value.stop() : undefined)));

@@ -63,7 +63,10 @@ const post = (auth: Record<string, string>, body: unknown) => api.app.inject({ m
 const get = (auth: Record<string, string>, url: string) => api.app.inject({ method: 'GET', url, headers: auth });
 
 async function eventCount(tenant: string): Promise<number> {
-  const { rows } = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM usage_events u JOIN attributions a ON a.id = u.attribution_id WHERE a.tenant = $1', [tenant]);
+  const { rows } = await db.query<{ n: number }>(
+    'SELECT count(*)::int AS n FROM usage_events u JOIN attributions a ON a.id = u.attribution_id WHERE a.tenant = $1',
+    [tenant],
+  );
   return rows[0]!.n;
 }
 
@@ -90,7 +93,14 @@ describe('POST /v1/usage', () => {
       const e = ev(tenant, {
         id: `e-${i}`,
         time: new Date(NOW.getTime() - (1 + (rng[r++ % rng.length]! % (60 * 60))) * 60_000).toISOString(),
-        attribution: { tenant, team: pick(teams), project: pick(projects), model: pick(models), useCase: 'relevance', ...(i % 5 === 0 ? { tool: 'search.web' } : {}) },
+        attribution: {
+          tenant,
+          team: pick(teams),
+          project: pick(projects),
+          model: pick(models),
+          useCase: 'relevance',
+          ...(i % 5 === 0 ? { tool: 'search.web' } : {}),
+        },
         meter,
         // Whole units (and half GPU-seconds): float sums are exact in any order.
         quantity: meter === 'gpu_seconds' ? (rng[r++ % rng.length]! % 7200) / 2 : rng[r++ % rng.length]! % 50_000,
@@ -144,10 +154,18 @@ describe('POST /v1/usage', () => {
     expect(got).toEqual(want);
 
     // ... and through the API, per attribution and meter.
-    const report = await get(auth, `/v1/usage?by=team,project,model,useCase,tool&from=${new Date(NOW.getTime() - 4 * 86_400_000).toISOString()}&to=${NOW.toISOString()}`);
+    const report = await get(
+      auth,
+      `/v1/usage?by=team,project,model,useCase,tool&from=${new Date(NOW.getTime() - 4 * 86_400_000).toISOString()}&to=${NOW.toISOString()}`,
+    );
     expect(report.statusCode, report.body).toBe(200);
     const viaApi = new Map<string, { quantity: number; costMicros: number; events: number }>(
-      report.json().rows.map((x: Record<string, string | number>) => [[x.team, x.project, x.model, x.useCase, x.tool, x.meter].join('|'), { quantity: x.quantity, costMicros: x.costMicros, events: x.events }]),
+      report
+        .json()
+        .rows.map((x: Record<string, string | number>) => [
+          [x.team, x.project, x.model, x.useCase, x.tool, x.meter].join('|'),
+          { quantity: x.quantity, costMicros: x.costMicros, events: x.events },
+        ]),
     );
     expect(viaApi).toEqual(want);
 
@@ -166,7 +184,17 @@ describe('POST /v1/usage', () => {
     // 1,000 parts of 7 llama-3-8b input tokens: $0.20/M → 1.4 µ$ a part; priced alone each rounds to 1 µ$.
     const parts = Array.from({ length: 1000 }, (_, i) => ev(tenant, { id: `s1-${i}`, streamId: 's1', offset: i * 7, quantity: 7 }));
     // A GPU stream in half-second parts on an H100 ($4/h).
-    const gpu = Array.from({ length: 2469 }, (_, i) => ev(tenant, { id: `g1-${i}`, meter: 'gpu_seconds', gpuType: 'H100', streamId: 'g1', offset: i * 0.5, quantity: 0.5, attribution: { tenant, team: 'search', project: 'ranker', model: 'gpu-run', useCase: 'relevance' } }));
+    const gpu = Array.from({ length: 2469 }, (_, i) =>
+      ev(tenant, {
+        id: `g1-${i}`,
+        meter: 'gpu_seconds',
+        gpuType: 'H100',
+        streamId: 'g1',
+        offset: i * 0.5,
+        quantity: 0.5,
+        attribution: { tenant, team: 'search', project: 'ranker', model: 'gpu-run', useCase: 'relevance' },
+      }),
+    );
     const shuffled = fc.sample(fc.shuffledSubarray([...parts, ...gpu], { minLength: parts.length + gpu.length }), { numRuns: 1, seed: 7 })[0]!;
     const resent = shuffled.filter((_, i) => i % 3 === 0);
     const all = [...shuffled, ...resent];
@@ -185,15 +213,25 @@ describe('POST /v1/usage', () => {
 
     // The same parts without stream offsets drift: each is rounded on its own.
     const loose = await tenantWithKey();
-    await post(loose.auth, { events: parts.map((p) => ({ ...p, attribution: { ...p.attribution, tenant: loose.tenant }, streamId: undefined, offset: undefined })) });
-    const drift = await db.query<{ cost: number }>('SELECT SUM(u.cost_micros)::bigint AS cost FROM usage_events u JOIN attributions a ON a.id = u.attribution_id WHERE a.tenant = $1', [loose.tenant]);
+    await post(loose.auth, {
+      events: parts.map((p) => ({ ...p, attribution: { ...p.attribution, tenant: loose.tenant }, streamId: undefined, offset: undefined })),
+    });
+    const drift = await db.query<{ cost: number }>(
+      'SELECT SUM(u.cost_micros)::bigint AS cost FROM usage_events u JOIN attributions a ON a.id = u.attribution_id WHERE a.tenant = $1',
+      [loose.tenant],
+    );
     expect(drift.rows[0]!.cost).toBe(1000);
   });
 
   it('rejects events outside the time window with a reason, records the rest, and answers a late re-send as a duplicate', async () => {
     const { tenant, auth } = await tenantWithKey();
     const hoursAgo = (h: number) => new Date(NOW.getTime() - h * 3_600_000).toISOString();
-    const events = [ev(tenant, { id: 'fresh', time: hoursAgo(71) }), ev(tenant, { id: 'stale', time: hoursAgo(73) }), ev(tenant, { id: 'future', time: new Date(NOW.getTime() + 600_000).toISOString() }), ev(tenant, { id: 'skewed', time: new Date(NOW.getTime() + 60_000).toISOString() })];
+    const events = [
+      ev(tenant, { id: 'fresh', time: hoursAgo(71) }),
+      ev(tenant, { id: 'stale', time: hoursAgo(73) }),
+      ev(tenant, { id: 'future', time: new Date(NOW.getTime() + 600_000).toISOString() }),
+      ev(tenant, { id: 'skewed', time: new Date(NOW.getTime() + 60_000).toISOString() }),
+    ];
     const a = await post(auth, { events });
     expect(a.statusCode).toBe(200);
     expect(a.json()).toEqual({
@@ -210,7 +248,12 @@ describe('POST /v1/usage', () => {
     now = new Date(NOW.getTime() + 48 * 3_600_000);
     try {
       const b = await post(auth, { events: [events[0]!, ev(tenant, { id: 'never-sent', time: hoursAgo(71) })] });
-      expect(b.json()).toEqual({ accepted: 0, duplicates: 1, unattributed: 0, rejected: [{ index: 1, code: 'stale', reason: expect.stringMatching(/older than the 72 h/) }] });
+      expect(b.json()).toEqual({
+        accepted: 0,
+        duplicates: 1,
+        unattributed: 0,
+        rejected: [{ index: 1, code: 'stale', reason: expect.stringMatching(/older than the 72 h/) }],
+      });
     } finally {
       now = NOW;
     }
@@ -276,11 +319,27 @@ describe('POST /v1/usage', () => {
     const { tenant, auth } = await tenantWithKey();
     const good = ev(tenant);
     const bad = { ...ev(tenant), meter: 'joules', quantity: -1, attribution: { tenant, team: 7, project: 'p', model: 'm', useCase: 'u' }, extra: 1 };
-    const r = await post(auth, { events: [good, bad, { ...ev(tenant), meter: 'tokens_out', quantity: 1.5, gpuType: 'H100', time: 'yesterday' }, { ...ev(tenant), streamId: 's' }] });
+    const r = await post(auth, {
+      events: [good, bad, { ...ev(tenant), meter: 'tokens_out', quantity: 1.5, gpuType: 'H100', time: 'yesterday' }, { ...ev(tenant), streamId: 's' }],
+    });
     expect(r.statusCode).toBe(400);
     expect(r.json().error).toBe('invalid input');
-    expect(r.json().errors.map((e: { path: string }) => e.path).sort()).toEqual(
-      ['events.1', 'events.1.attribution.team', 'events.1.meter', 'events.1.quantity', 'events.2.gpuType', 'events.2.quantity', 'events.2.time', 'events.3.offset'].sort(),
+    expect(
+      r
+        .json()
+        .errors.map((e: { path: string }) => e.path)
+        .sort(),
+    ).toEqual(
+      [
+        'events.1',
+        'events.1.attribution.team',
+        'events.1.meter',
+        'events.1.quantity',
+        'events.2.gpuType',
+        'events.2.quantity',
+        'events.2.time',
+        'events.3.offset',
+      ].sort(),
     );
     expect(await eventCount(tenant)).toBe(0);
 
@@ -294,7 +353,9 @@ describe('POST /v1/usage', () => {
     ]);
 
     // A NUL (PostgreSQL refuses it in text) or another control character anywhere: refused at the edge, with its path.
-    const r3 = await post(auth, { events: [good, { ...ev(tenant), id: 'evt\u0000' }, { ...ev(tenant), attribution: { ...ev(tenant).attribution, tool: 'search\u001b[2J' } }] });
+    const r3 = await post(auth, {
+      events: [good, { ...ev(tenant), id: 'evt\u0000' }, { ...ev(tenant), attribution: { ...ev(tenant).attribution, tool: 'search\u001b[2J' } }],
+    });
     expect(r3.statusCode).toBe(400);
     expect(r3.json().errors).toEqual([
       { path: 'events.1.id', message: 'must not contain control characters (\\u0000 at 3)' },
@@ -307,14 +368,24 @@ describe('POST /v1/usage', () => {
       expect(x.statusCode, JSON.stringify(body)).toBe(400);
       expect(x.json().errors.length).toBeGreaterThan(0);
     }
-    const notJson = await api.app.inject({ method: 'POST', url: '/v1/usage', headers: { ...auth, 'content-type': 'application/json' }, payload: '{"events": [' });
+    const notJson = await api.app.inject({
+      method: 'POST',
+      url: '/v1/usage',
+      headers: { ...auth, 'content-type': 'application/json' },
+      payload: '{"events": [',
+    });
     expect(notJson.statusCode).toBe(400);
     expect(notJson.json().errors[0].path).toBe('(body)');
     expect(await eventCount(tenant)).toBe(0);
 
     const q = await get(auth, '/v1/usage?by=team,colour&from=soon');
     expect(q.statusCode).toBe(400);
-    expect(q.json().errors.map((e: { path: string }) => e.path).sort()).toEqual(['by.1', 'from']);
+    expect(
+      q
+        .json()
+        .errors.map((e: { path: string }) => e.path)
+        .sort(),
+    ).toEqual(['by.1', 'from']);
   });
 });
 
@@ -354,9 +425,20 @@ describe('tenant isolation', () => {
     const revoked = await createKey(db, a.tenant, 'test');
     expect((await revokeKey(db, a.tenant, revoked.prefix, 'test')).revoked).toBe(true);
     const noKey = {};
-    const badKeys = [noKey, { authorization: 'Bearer nope' }, { authorization: `Bearer glk_${'A'.repeat(43)}` }, { authorization: `Bearer ${revoked.key}` }, { authorization: a.key }];
+    const badKeys = [
+      noKey,
+      { authorization: 'Bearer nope' },
+      { authorization: `Bearer glk_${'A'.repeat(43)}` },
+      { authorization: `Bearer ${revoked.key}` },
+      { authorization: a.key },
+    ];
     for (const h of badKeys) {
-      for (const [method, url] of [['POST', '/v1/usage'], ['GET', '/v1/usage'], ['GET', '/v1/budgets'], ['GET', '/metrics']] as const) {
+      for (const [method, url] of [
+        ['POST', '/v1/usage'],
+        ['GET', '/v1/usage'],
+        ['GET', '/v1/budgets'],
+        ['GET', '/metrics'],
+      ] as const) {
         const x = await api.app.inject({ method, url, headers: h, ...(method === 'POST' ? { payload: { events: [ev(a.tenant)] } } : {}) });
         expect(x.statusCode, `${method} ${url} ${JSON.stringify(h)}`).toBe(401);
       }
@@ -375,16 +457,24 @@ describe('GET /metrics and /healthz', () => {
       expect(m.headers['content-type']).toMatch(/^text\/plain/);
       return m.body;
     };
-    const counter = (text: string, series: string) => Number(new RegExp(`^${series.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN);
+    const counter = (text: string, series: string) =>
+      Number(new RegExp(`^${series.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN);
     const before = await scrape();
     // 100k frontier-large output tokens at $25/M: $2.50 of the $10 day.
-    const e = ev(tenant, { attribution: { tenant, team: 'search', project: 'ranker', model: 'frontier-large', useCase: 'relevance' }, meter: 'tokens_out', quantity: 100_000, time: NOW.toISOString() });
+    const e = ev(tenant, {
+      attribution: { tenant, team: 'search', project: 'ranker', model: 'frontier-large', useCase: 'relevance' },
+      meter: 'tokens_out',
+      quantity: 100_000,
+      time: NOW.toISOString(),
+    });
     await post(auth, { events: [e, e, ev(tenant, { time: '2020-01-01T00:00:00Z' })] });
     await post(auth, { events: [e] });
     const after = await scrape();
     expect(counter(after, 'govloop_usage_events_total{outcome="accepted"}') - counter(before, 'govloop_usage_events_total{outcome="accepted"}')).toBe(1);
     expect(counter(after, 'govloop_usage_events_total{outcome="duplicate"}') - counter(before, 'govloop_usage_events_total{outcome="duplicate"}')).toBe(2);
-    expect(counter(after, 'govloop_usage_events_rejected_total{reason="stale"}') - counter(before, 'govloop_usage_events_rejected_total{reason="stale"}')).toBe(1);
+    expect(counter(after, 'govloop_usage_events_rejected_total{reason="stale"}') - counter(before, 'govloop_usage_events_rejected_total{reason="stale"}')).toBe(
+      1,
+    );
     expect(counter(after, 'govloop_usage_requests_total{status="200"}') - counter(before, 'govloop_usage_requests_total{status="200"}')).toBe(2);
     const scope = `tenant="${tenant}",team="search",project="*",period="day"`;
     expect(counter(after, `govloop_budget_limit_usd{${scope}}`)).toBe(10);

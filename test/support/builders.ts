@@ -130,7 +130,10 @@ export class ConfigBuilder {
   }
 
   gpuQuota(tenant: string, team: string, gpuType: string, gpus: number): this {
-    this.config.policies.gpuQuotas = [...this.config.policies.gpuQuotas.filter((q) => !(q.tenant === tenant && q.team === team && q.gpuType === gpuType)), { tenant, team, gpuType, gpus }];
+    this.config.policies.gpuQuotas = [
+      ...this.config.policies.gpuQuotas.filter((q) => !(q.tenant === tenant && q.team === team && q.gpuType === gpuType)),
+      { tenant, team, gpuType, gpus },
+    ];
     return this;
   }
 

@@ -21,7 +21,11 @@ export async function saveHistories(client: Client, opts: { cli: string; address
   // (the newest) keeps the plain name, older ones get --run-2, --run-3 ...
   const seen = new Map<string, number>();
   for await (const wf of client.workflow.list({ query: `TaskQueue = '${opts.taskQueue}' AND ExecutionStatus != 'Running'` })) {
-    const json = execFileSync(opts.cli, ['workflow', 'show', '--address', opts.address, '--workflow-id', wf.workflowId, '--run-id', wf.runId, '--output', 'json'], { maxBuffer: 64 << 20 });
+    const json = execFileSync(
+      opts.cli,
+      ['workflow', 'show', '--address', opts.address, '--workflow-id', wf.workflowId, '--run-id', wf.runId, '--output', 'json'],
+      { maxBuffer: 64 << 20 },
+    );
     const name = wf.workflowId
       // Stable names across re-recordings: no schedule timestamp, no random suffix or tenant, no odd characters.
       .replace(/-run-\d{4}-\d{2}-\d{2}T[\d:]+Z$/, '')

@@ -196,7 +196,11 @@ async function startOnce(bin: string, opts: HydraOptions): Promise<Hydra | { ret
         token_endpoint_auth_method: 'client_secret_basic',
         access_token_strategy: 'jwt',
       };
-      const created = (await call(`${adminUrl}/admin/clients`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }, `create client ${id}`)) as { client_id: string };
+      const created = (await call(
+        `${adminUrl}/admin/clients`,
+        { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) },
+        `create client ${id}`,
+      )) as { client_id: string };
       return { clientId: created.client_id, clientSecret };
     },
     async token(clientId, clientSecret, audience) {

@@ -38,7 +38,14 @@ const TAIL_CHARS = 8000;
 export function startWorkerProcess(o: WorkerProcessOptions): WorkerProcess {
   const child = spawn(process.execPath, [govloopBin, 'worker', '--task-queue', o.taskQueue, '--cluster', o.cluster, '--no-controllers'], {
     cwd: repoRoot,
-    env: { ...process.env, TEMPORAL_ADDRESS: o.temporalAddress, DATABASE_URL: o.databaseUrl, GOVLOOP_SIM_SPEEDUP: String(o.speedup), GOVLOOP_LOG_LEVEL: 'warn', ...o.env },
+    env: {
+      ...process.env,
+      TEMPORAL_ADDRESS: o.temporalAddress,
+      DATABASE_URL: o.databaseUrl,
+      GOVLOOP_SIM_SPEEDUP: String(o.speedup),
+      GOVLOOP_LOG_LEVEL: 'warn',
+      ...o.env,
+    },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
@@ -85,7 +92,14 @@ export async function ledgerTasks(q: Queryable, cluster: string, taskIds: readon
        FROM tasks t WHERE t.task_id = ANY($1::text[]) ORDER BY t.task_id`,
     [taskIds, cluster],
   );
-  return rows.map((r) => ({ taskId: r.task_id, state: r.state, final: (FINAL_STATES as string[]).includes(r.state), jobs: r.jobs, jobPhase: r.job_phase, gpuSeconds: Number(r.gpu_seconds) }));
+  return rows.map((r) => ({
+    taskId: r.task_id,
+    state: r.state,
+    final: (FINAL_STATES as string[]).includes(r.state),
+    jobs: r.jobs,
+    jobPhase: r.job_phase,
+    gpuSeconds: Number(r.gpu_seconds),
+  }));
 }
 
 export const describeTasks = (ts: LedgerTask[]): string => ts.map((t) => `${t.taskId} ${t.state} job=${t.jobPhase ?? '-'} ${t.gpuSeconds} GPU-s`).join('; ');

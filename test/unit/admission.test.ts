@@ -28,7 +28,13 @@ interface Case {
 // maxUsd 100 — a worst case of $40.
 const cases: Case[] = [
   { name: 'admits an intent within every ceiling, quota and budget', intent: anIntent(), want: 'admitted', wantReasons: [], wantWorstCaseUsd: 40 },
-  { name: 'admits caps equal to the ceilings of the kind', intent: anIntent().caps({ maxUsd: 20_000, maxGpuHours: 4096 }), want: 'admitted', wantReasons: [], wantWorstCaseUsd: 4096 * 4 },
+  {
+    name: 'admits caps equal to the ceilings of the kind',
+    intent: anIntent().caps({ maxUsd: 20_000, maxGpuHours: 4096 }),
+    want: 'admitted',
+    wantReasons: [],
+    wantWorstCaseUsd: 4096 * 4,
+  },
   {
     name: 'CAP_MAX_USD: maxUsd above the kind ceiling',
     intent: anIntent().caps({ maxUsd: 20_001 }),
@@ -77,7 +83,13 @@ const cases: Case[] = [
     want: 'rejected',
     wantReasons: [{ code: 'CAP_DEADLINE', limit: NOW, requested: NOW, policy: 'intent#caps.deadline' }],
   },
-  { name: 'a deadline one second ahead is admitted', intent: anIntent().deadline('2026-06-01T00:00:01Z'), want: 'admitted', wantReasons: [], wantWorstCaseUsd: 40 },
+  {
+    name: 'a deadline one second ahead is admitted',
+    intent: anIntent().deadline('2026-06-01T00:00:01Z'),
+    want: 'admitted',
+    wantReasons: [],
+    wantWorstCaseUsd: 40,
+  },
   {
     name: 'PRIORITY_UNKNOWN: a priority class the policy does not define',
     intent: anIntent().priority('urgent'),
@@ -115,7 +127,14 @@ const cases: Case[] = [
     name: 'SHARING_UNSUPPORTED: a MIG profile the GPU type does not offer',
     intent: anIntent().gpus(1, 'H100', 'mig:9g.90gb'),
     want: 'rejected',
-    wantReasons: [{ code: 'SHARING_UNSUPPORTED', limit: '1g.10gb|1g.20gb|2g.20gb|3g.40gb|4g.40gb|7g.80gb', requested: 'mig:9g.90gb', policy: 'cluster/sim#gpuTypes.H100.migProfiles' }],
+    wantReasons: [
+      {
+        code: 'SHARING_UNSUPPORTED',
+        limit: '1g.10gb|1g.20gb|2g.20gb|3g.40gb|4g.40gb|7g.80gb',
+        requested: 'mig:9g.90gb',
+        policy: 'cluster/sim#gpuTypes.H100.migProfiles',
+      },
+    ],
   },
   {
     name: 'SHARING_UNSUPPORTED: MIG on a GPU type without MIG profiles',
@@ -125,7 +144,13 @@ const cases: Case[] = [
     wantReasons: [{ code: 'SHARING_UNSUPPORTED', limit: '', requested: 'mig:1g.10gb', policy: 'cluster/sim#gpuTypes.A100.migProfiles' }],
   },
   // 10 GPU-hours of an H100 MIG slice at $0.60.
-  { name: 'a MIG profile the GPU type offers is admitted', intent: anIntent().gpus(1, 'H100', 'mig:1g.10gb'), want: 'admitted', wantReasons: [], wantWorstCaseUsd: 6 },
+  {
+    name: 'a MIG profile the GPU type offers is admitted',
+    intent: anIntent().gpus(1, 'H100', 'mig:1g.10gb'),
+    want: 'admitted',
+    wantReasons: [],
+    wantWorstCaseUsd: 6,
+  },
   {
     name: 'GPU_CAPACITY_EXCEEDED: a gang required on one node, more GPUs than the largest node has',
     intent: anIntent().gpus(12).topology('node'),
@@ -140,7 +165,13 @@ const cases: Case[] = [
     wantReasons: [{ code: 'GPU_CAPACITY_EXCEEDED', limit: 48, requested: 56, policy: 'cluster/sim#nodes' }],
   },
   // 12 GPU-hours cap of training on 12 H100s; the gang spans two nodes.
-  { name: 'a gang larger than a node may span nodes', intent: anIntent().gpus(12), config: aConfig().gpuQuota('acme', 'search', 'H100', 16), want: 'admitted', wantReasons: [] },
+  {
+    name: 'a gang larger than a node may span nodes',
+    intent: anIntent().gpus(12),
+    config: aConfig().gpuQuota('acme', 'search', 'H100', 16),
+    want: 'admitted',
+    wantReasons: [],
+  },
   {
     name: 'SHARING_UNSUPPORTED: no node of the type allows the sharing mode',
     intent: anIntent().share(250, 'H100', 'mps'),
@@ -185,7 +216,14 @@ const cases: Case[] = [
     want: 'rejected',
     wantReasons: [{ code: 'BUDGET_EXCEEDED', limit: 35, requested: 40, policy: 'budget:acme/search/*:month' }],
   },
-  { name: 'a worst case that fits the headroom exactly is admitted', intent: anIntent(), budgets: [aBudget().limitUsd(50).spentUsd(10)], want: 'admitted', wantReasons: [], wantWorstCaseUsd: 40 },
+  {
+    name: 'a worst case that fits the headroom exactly is admitted',
+    intent: anIntent(),
+    budgets: [aBudget().limitUsd(50).spentUsd(10)],
+    want: 'admitted',
+    wantReasons: [],
+    wantWorstCaseUsd: 40,
+  },
   {
     name: 'BUDGET_EXCEEDED names only the covering budgets that are short',
     intent: anIntent(),
@@ -207,7 +245,15 @@ const cases: Case[] = [
     want: 'rejected',
     wantReasons: [{ code: 'BUDGET_MISSING', limit: null, requested: 40, policy: 'policies/default#requireBudget' }],
   },
-  { name: 'requireBudget with a covering budget that fits is admitted', intent: anIntent(), config: aConfig().requireBudget(), budgets: [aBudget()], want: 'admitted', wantReasons: [], wantWorstCaseUsd: 40 },
+  {
+    name: 'requireBudget with a covering budget that fits is admitted',
+    intent: anIntent(),
+    config: aConfig().requireBudget(),
+    budgets: [aBudget()],
+    want: 'admitted',
+    wantReasons: [],
+    wantWorstCaseUsd: 40,
+  },
   {
     name: 'a task short of budget is rejected even when it would otherwise only wait for GPUs',
     intent: anIntent(),
@@ -244,7 +290,13 @@ const cases: Case[] = [
     wantReasons: [{ code: 'NO_TEMPLATE', limit: null, requested: 'batch', policy: 'templates' }],
   },
   // A hosted agent on llama-3-8b: its 2M-token ceiling at $0.40/M out is a worst case of $0.80.
-  { name: 'admits a hosted agent with catalog tools', intent: anIntent().agent().tools('search.web'), want: 'admitted', wantReasons: [], wantWorstCaseUsd: 0.8 },
+  {
+    name: 'admits a hosted agent with catalog tools',
+    intent: anIntent().agent().tools('search.web'),
+    want: 'admitted',
+    wantReasons: [],
+    wantWorstCaseUsd: 0.8,
+  },
   {
     name: 'TOOL_UNKNOWN: an agent declares a tool that is not in the catalog',
     intent: anIntent().agent().tools('rm.rf'),
@@ -327,7 +379,9 @@ describe('admit', () => {
         fc.integer({ min: 0, max: 20 }),
         fc.array(budget, { maxLength: 4 }),
         (maxGpuHours, maxUsd, gpus, inUse, bs) => {
-          const budgets: BudgetHeadroom[] = bs.map((b, i) => aBudget().scope(`acme/search/p${i}`).limitUsd(b.limit).reservedUsd(b.reserved).spentUsd(b.spent).build());
+          const budgets: BudgetHeadroom[] = bs.map((b, i) =>
+            aBudget().scope(`acme/search/p${i}`).limitUsd(b.limit).reservedUsd(b.reserved).spentUsd(b.spent).build(),
+          );
           const got = admit(anIntent().caps({ maxGpuHours, maxUsd }).gpus(gpus).build(), { config: shipped, now: NOW, budgets, teamGpusInUse: inUse });
           const headroom = (b: BudgetHeadroom) => b.limitMicros - b.reservedMicros - b.spentMicros;
           const worst = usdToMicros(Math.min(maxUsd, maxGpuHours * 4));

@@ -1,13 +1,32 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { type Assignment, type PlaceResult, type Placement, type PlacementRequest, type PlacementState, audit, commit, emptyState, placeOnNode, heldPlacement } from '../../governance/placement';
+import {
+  type Assignment,
+  type PlaceResult,
+  type Placement,
+  type PlacementRequest,
+  type PlacementState,
+  audit,
+  commit,
+  emptyState,
+  placeOnNode,
+  heldPlacement,
+} from '../../governance/placement';
 import { type TopologyIndex, type TopologyInput, buildTopologyIndex, parseTopology } from '../../governance/topology';
 import { type Decider, PAPER_POLICIES, type PaperPolicyName, paperPolicy, typicalPods } from '../../bench/baselines';
 
 type NodeInput = TopologyInput['blocks'][number]['racks'][number]['nodes'][number];
 
 const SHARE = { mig: false, mps: true, timeslice: true };
-const node = (name: string, extra: Partial<NodeInput> = {}): NodeInput => ({ name, gpuType: 'G', gpus: 4, cpuMilli: 64_000, memoryMib: 262_144, sharing: SHARE, ...extra });
+const node = (name: string, extra: Partial<NodeInput> = {}): NodeInput => ({
+  name,
+  gpuType: 'G',
+  gpus: 4,
+  cpuMilli: 64_000,
+  memoryMib: 262_144,
+  sharing: SHARE,
+  ...extra,
+});
 
 function cluster(...nodes: NodeInput[]): TopologyIndex {
   return buildTopologyIndex(parseTopology({ cluster: 'test', gpuTypes: { G: {}, T: {} }, blocks: [{ name: 'b0', racks: [{ name: 'r0', nodes }] }] }));
@@ -15,7 +34,15 @@ function cluster(...nodes: NodeInput[]): TopologyIndex {
 
 const held = (...assignments: Assignment[]): Placement => heldPlacement(assignments);
 const whole = (n: string, ...gpus: number[]): Assignment => ({ kind: 'whole', node: n, gpus, cpuMilli: 0, memoryMib: 0 });
-const share = (n: string, gpu: number, milli: number): Assignment => ({ kind: 'milli', node: n, gpus: [gpu], milli, sharing: 'mps', cpuMilli: 0, memoryMib: 0 });
+const share = (n: string, gpu: number, milli: number): Assignment => ({
+  kind: 'milli',
+  node: n,
+  gpus: [gpu],
+  milli,
+  sharing: 'mps',
+  cpuMilli: 0,
+  memoryMib: 0,
+});
 
 /** Runs requests through a decider, committing each placement and telling the decider. */
 function run(d: Decider, st: PlacementState, requests: PlacementRequest[]): { state: PlacementState; results: PlaceResult[] } {
@@ -126,7 +153,12 @@ describe('the paper’s schedulers: scoring rules', () => {
 });
 
 describe('the paper’s schedulers: hard constraints', () => {
-  const index = cluster(node('g0', { cpuMilli: 8_000 }), node('g1', { memoryMib: 16_384 }), node('t0', { gpuType: 'T', gpus: 2 }), node('ts', { sharing: { mig: false, mps: false, timeslice: true } }));
+  const index = cluster(
+    node('g0', { cpuMilli: 8_000 }),
+    node('g1', { memoryMib: 16_384 }),
+    node('t0', { gpuType: 'T', gpus: 2 }),
+    node('ts', { sharing: { mig: false, mps: false, timeslice: true } }),
+  );
 
   it.each(PAPER_POLICIES)('%s honours GPU type, CPU, memory and the sharing mode', (name) => {
     const d = paperPolicy(name, { seed: 1, requests: [{ gpus: 1 }] });

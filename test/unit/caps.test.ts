@@ -14,15 +14,33 @@ const limits: KindLimits = {
   maxGpusPerTask: 8,
   maxRiskClass: 'medium',
 };
-const ceilings: EffectiveCaps = { maxContextTokens: 32_000, maxSteps: 10, maxToolCalls: 5, maxTokens: 1_000_000, maxUsd: 500, maxGpuHours: 100, deadline: null };
+const ceilings: EffectiveCaps = {
+  maxContextTokens: 32_000,
+  maxSteps: 10,
+  maxToolCalls: 5,
+  maxTokens: 1_000_000,
+  maxUsd: 500,
+  maxGpuHours: 100,
+  deadline: null,
+};
 
 describe('resolveCaps', () => {
   it.each<{ name: string; caps: Caps; wantCaps: EffectiveCaps; wantReasons: Pick<Reason, 'code' | 'limit' | 'requested' | 'policy'>[] }>([
     { name: 'an intent without caps runs under the ceilings', caps: {}, wantCaps: ceilings, wantReasons: [] },
     { name: 'caps below the ceilings are kept', caps: { maxUsd: 20, maxSteps: 3 }, wantCaps: { ...ceilings, maxUsd: 20, maxSteps: 3 }, wantReasons: [] },
-    { name: 'a cap of 0 is a cap, not a missing one', caps: { maxToolCalls: 0, maxGpuHours: 0 }, wantCaps: { ...ceilings, maxToolCalls: 0, maxGpuHours: 0 }, wantReasons: [] },
+    {
+      name: 'a cap of 0 is a cap, not a missing one',
+      caps: { maxToolCalls: 0, maxGpuHours: 0 },
+      wantCaps: { ...ceilings, maxToolCalls: 0, maxGpuHours: 0 },
+      wantReasons: [],
+    },
     { name: 'caps equal to the ceilings are allowed', caps: { maxUsd: 500, maxTokens: 1_000_000 }, wantCaps: ceilings, wantReasons: [] },
-    { name: 'the deadline passes through', caps: { deadline: '2099-01-01T00:00:00.000Z' }, wantCaps: { ...ceilings, deadline: '2099-01-01T00:00:00.000Z' }, wantReasons: [] },
+    {
+      name: 'the deadline passes through',
+      caps: { deadline: '2099-01-01T00:00:00.000Z' },
+      wantCaps: { ...ceilings, deadline: '2099-01-01T00:00:00.000Z' },
+      wantReasons: [],
+    },
     {
       name: 'a cap over its ceiling gives that cap’s reason',
       caps: { maxUsd: 500.01 },

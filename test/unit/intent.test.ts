@@ -15,7 +15,8 @@ function errorsOf(text: string): FieldError[] {
 }
 
 /** A valid intent as a plain object, to break one field of. */
-const valid = () => anIntent().toInput() as Record<string, unknown> & { attribution: Record<string, unknown>; resources: Record<string, unknown>; caps: Record<string, unknown> };
+const valid = () =>
+  anIntent().toInput() as Record<string, unknown> & { attribution: Record<string, unknown>; resources: Record<string, unknown>; caps: Record<string, unknown> };
 
 describe('parseIntentText', () => {
   it('reads a YAML intent, with an unquoted timestamp deadline normalised to ISO UTC', () => {
@@ -26,7 +27,15 @@ describe('parseIntentText', () => {
         kind: 'training',
         name: 'llama-ft-nightly',
         attribution: { tenant: 'acme', team: 'search', project: 'ranker', model: 'llama-3-8b', useCase: 'relevance' },
-        caps: { maxContextTokens: 32000, maxSteps: 1, maxToolCalls: 0, maxTokens: 2_000_000, maxUsd: 250, maxGpuHours: 64, deadline: '2099-12-01T00:00:00.000Z' },
+        caps: {
+          maxContextTokens: 32000,
+          maxSteps: 1,
+          maxToolCalls: 0,
+          maxTokens: 2_000_000,
+          maxUsd: 250,
+          maxGpuHours: 64,
+          deadline: '2099-12-01T00:00:00.000Z',
+        },
         priority: 'normal',
         riskClass: 'low',
         tools: [],
@@ -37,10 +46,13 @@ describe('parseIntentText', () => {
     });
   });
 
-  it.each(readdirSync(join(defaultConfigDir, 'examples')).filter((f) => f.endsWith('.yaml') && f !== 'bad-intent.yaml'))('the shipped example %s is a valid intent', (file) => {
-    const r = parseIntentText(example(file));
-    expect(r.ok ? 'ok' : r.errors).toBe('ok');
-  });
+  it.each(readdirSync(join(defaultConfigDir, 'examples')).filter((f) => f.endsWith('.yaml') && f !== 'bad-intent.yaml'))(
+    'the shipped example %s is a valid intent',
+    (file) => {
+      const r = parseIntentText(example(file));
+      expect(r.ok ? 'ok' : r.errors).toBe('ok');
+    },
+  );
 
   it('reads a gang with a topology and a share with its size', () => {
     const gang = parseIntentText(example('pretrain-gang.yaml'));
@@ -51,7 +63,13 @@ describe('parseIntentText', () => {
 
   it('reads the same intent written as JSON to the same value', () => {
     const yaml = parseIntentText(example('llama-ft-nightly.yaml'));
-    const asJson = JSON.stringify({ ...valid(), name: 'llama-ft-nightly', caps: { maxContextTokens: 32000, maxSteps: 1, maxToolCalls: 0, maxTokens: 2_000_000, maxUsd: 250, maxGpuHours: 64, deadline: '2099-12-01T00:00:00Z' }, resources: { gpus: 8, gpuType: 'H100', sharing: 'exclusive' }, simulation: { durationSeconds: 5400, tokensPerSecond: 2000 } });
+    const asJson = JSON.stringify({
+      ...valid(),
+      name: 'llama-ft-nightly',
+      caps: { maxContextTokens: 32000, maxSteps: 1, maxToolCalls: 0, maxTokens: 2_000_000, maxUsd: 250, maxGpuHours: 64, deadline: '2099-12-01T00:00:00Z' },
+      resources: { gpus: 8, gpuType: 'H100', sharing: 'exclusive' },
+      simulation: { durationSeconds: 5400, tokensPerSecond: 2000 },
+    });
     expect(parseIntentText(asJson)).toEqual(yaml);
   });
 
@@ -74,7 +92,14 @@ describe('parseIntentText', () => {
   });
 
   it('parses every shipped example except the one that is malformed on purpose', () => {
-    for (const f of ['chat-inference.yaml', 'globex-finetune.yaml', 'llama-ft-nightly.yaml', 'ranker-eval-batch.yaml', 'support-agent.yaml', 'too-big-pretrain.yaml']) {
+    for (const f of [
+      'chat-inference.yaml',
+      'globex-finetune.yaml',
+      'llama-ft-nightly.yaml',
+      'ranker-eval-batch.yaml',
+      'support-agent.yaml',
+      'too-big-pretrain.yaml',
+    ]) {
       expect(parseIntentText(example(f)).ok, f).toBe(true);
     }
   });
@@ -92,7 +117,11 @@ describe('parseIntentText', () => {
   });
 
   it.each<{ name: string; change: (d: ReturnType<typeof valid>) => void; want: FieldError[] }>([
-    { name: 'GPUs without a GPU type', change: (d) => void (d.resources = { gpus: 2 }), want: [{ path: 'resources.gpuType', message: 'gpuType is required when gpus > 0' }] },
+    {
+      name: 'GPUs without a GPU type',
+      change: (d) => void (d.resources = { gpus: 2 }),
+      want: [{ path: 'resources.gpuType', message: 'gpuType is required when gpus > 0' }],
+    },
     {
       name: 'an MPS share without its size',
       change: (d) => void (d.resources = { gpus: 1, gpuType: 'A100', sharing: 'mps' }),
@@ -135,9 +164,17 @@ describe('parseIntentText', () => {
     },
     { name: 'an unknown top-level key', change: (d) => void (d.gpu = 2), want: [{ path: '(root)', message: 'Unrecognized key: "gpu"' }] },
     { name: 'an unknown cap', change: (d) => void (d.caps.maxDollars = 5), want: [{ path: 'caps', message: 'Unrecognized key: "maxDollars"' }] },
-    { name: 'an unknown attribution field', change: (d) => void (d.attribution.owner = 'bob'), want: [{ path: 'attribution', message: 'Unrecognized key: "owner"' }] },
+    {
+      name: 'an unknown attribution field',
+      change: (d) => void (d.attribution.owner = 'bob'),
+      want: [{ path: 'attribution', message: 'Unrecognized key: "owner"' }],
+    },
     { name: 'an unknown resources field', change: (d) => void (d.resources.cpus = 4), want: [{ path: 'resources', message: 'Unrecognized key: "cpus"' }] },
-    { name: 'a deadline without a time zone', change: (d) => void (d.caps.deadline = '2099-12-01T00:00:00'), want: [{ path: 'caps.deadline', message: 'Invalid ISO datetime' }] },
+    {
+      name: 'a deadline without a time zone',
+      change: (d) => void (d.caps.deadline = '2099-12-01T00:00:00'),
+      want: [{ path: 'caps.deadline', message: 'Invalid ISO datetime' }],
+    },
   ])('refuses $name, naming the path', ({ change, want }) => {
     const doc = valid();
     change(doc);
@@ -162,12 +199,36 @@ describe('parseIntentText', () => {
       change: (d) => void (d.labels = JSON.parse('{"__proto__": "x", "team": "search"}')),
       want: [{ path: 'labels.__proto__', message: 'not a label name: a JavaScript object cannot hold it' }],
     },
-    { name: 'a priority too long for a search attribute', change: (d) => void (d.priority = 'p'.repeat(64)), want: [{ path: 'priority', message: 'Too big: expected string to have <=63 characters' }] },
-    { name: 'a tool name of 129 characters', change: (d) => void (d.tools = ['t'.repeat(129)]), want: [{ path: 'tools.0', message: 'Too big: expected string to have <=128 characters' }] },
-    { name: '65 tools', change: (d) => void (d.tools = Array.from({ length: 65 }, (_, i) => `t${i}`)), want: [{ path: 'tools', message: 'Too big: expected array to have <=64 items' }] },
-    { name: 'a GPU type of 64 characters', change: (d) => void (d.resources.gpuType = 'G'.repeat(64)), want: [{ path: 'resources.gpuType', message: 'Too big: expected string to have <=63 characters' }] },
-    { name: 'a label value of 257 characters', change: (d) => void (d.labels = { team: 'v'.repeat(257) }), want: [{ path: 'labels.team', message: 'Too big: expected string to have <=256 characters' }] },
-    { name: '33 labels', change: (d) => void (d.labels = Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`l${i}`, 'v']))), want: [{ path: 'labels', message: 'at most 32 labels' }] },
+    {
+      name: 'a priority too long for a search attribute',
+      change: (d) => void (d.priority = 'p'.repeat(64)),
+      want: [{ path: 'priority', message: 'Too big: expected string to have <=63 characters' }],
+    },
+    {
+      name: 'a tool name of 129 characters',
+      change: (d) => void (d.tools = ['t'.repeat(129)]),
+      want: [{ path: 'tools.0', message: 'Too big: expected string to have <=128 characters' }],
+    },
+    {
+      name: '65 tools',
+      change: (d) => void (d.tools = Array.from({ length: 65 }, (_, i) => `t${i}`)),
+      want: [{ path: 'tools', message: 'Too big: expected array to have <=64 items' }],
+    },
+    {
+      name: 'a GPU type of 64 characters',
+      change: (d) => void (d.resources.gpuType = 'G'.repeat(64)),
+      want: [{ path: 'resources.gpuType', message: 'Too big: expected string to have <=63 characters' }],
+    },
+    {
+      name: 'a label value of 257 characters',
+      change: (d) => void (d.labels = { team: 'v'.repeat(257) }),
+      want: [{ path: 'labels.team', message: 'Too big: expected string to have <=256 characters' }],
+    },
+    {
+      name: '33 labels',
+      change: (d) => void (d.labels = Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`l${i}`, 'v']))),
+      want: [{ path: 'labels', message: 'at most 32 labels' }],
+    },
   ])('refuses $name, through the SDK and as JSON text', ({ change, want }) => {
     const doc = valid();
     change(doc);
@@ -178,7 +239,13 @@ describe('parseIntentText', () => {
   it.each([
     { name: 'a Map of caps', caps: new Map([['maxUsd', 5]]), want: 'expected an object of fields, received Map' },
     { name: 'a Date for caps', caps: new Date('2099-12-01T00:00:00Z'), want: 'expected an object of fields, received Date' },
-    { name: 'a class instance for caps', caps: new (class Limits { maxUsd = 5 })(), want: 'expected an object of fields, received Limits' },
+    {
+      name: 'a class instance for caps',
+      caps: new (class Limits {
+        maxUsd = 5;
+      })(),
+      want: 'expected an object of fields, received Limits',
+    },
   ])('refuses $name instead of taking it as no caps (the SDK; JSON and YAML give plain objects)', ({ caps, want }) => {
     expect(validate(Intent, { ...valid(), caps })).toEqual({ ok: false, errors: [{ path: 'caps', message: want }] });
   });

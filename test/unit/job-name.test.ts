@@ -7,7 +7,11 @@ const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const isLabel = (s: string) => DNS1123_LABEL.test(s) && s.length <= 63;
 
 /** Task ids as people and tools write them: any text, and ids made of the characters the slug folds. */
-const taskIds = fc.oneof(fc.string({ minLength: 1, maxLength: 120 }), fc.string({ unit: fc.constantFrom('a', 'A', 'b', 'B', '-', '_', '.', '/', ' ', '1'), minLength: 1, maxLength: 90 }), fc.string({ unit: 'grapheme', maxLength: 40 }));
+const taskIds = fc.oneof(
+  fc.string({ minLength: 1, maxLength: 120 }),
+  fc.string({ unit: fc.constantFrom('a', 'A', 'b', 'B', '-', '_', '.', '/', ' ', '1'), minLength: 1, maxLength: 90 }),
+  fc.string({ unit: 'grapheme', maxLength: 40 }),
+);
 
 describe('jobName', () => {
   it('gives every task id a DNS-1123 label that leaves room for a gang pod index', () => {

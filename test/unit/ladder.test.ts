@@ -1,5 +1,18 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_LADDER, LadderConfig, type LadderStep, burnShare, forecast, ladderMove, ladderStep, leaseFactor, leaseSize, preemptionVictim, queuesAdmissions, shouldDegrade } from '../../governance/ladder';
+import {
+  DEFAULT_LADDER,
+  LadderConfig,
+  type LadderStep,
+  burnShare,
+  forecast,
+  ladderMove,
+  ladderStep,
+  leaseFactor,
+  leaseSize,
+  preemptionVictim,
+  queuesAdmissions,
+  shouldDegrade,
+} from '../../governance/ladder';
 
 describe('ladderStep (default thresholds 50 / 80 / 100 / 110 %)', () => {
   const cases: { share: number; want: LadderStep }[] = [
@@ -40,7 +53,12 @@ describe('ladderMove', () => {
   const cases: { name: string; from: LadderStep; share: number; want: ReturnType<typeof ladderMove> }[] = [
     { name: 'stays', from: 'notify', share: 60, want: { kind: 'none', step: 'notify' } },
     { name: 'one step up fires it', from: 'ok', share: 55, want: { kind: 'up', from: 'ok', step: 'notify', fired: ['notify'] } },
-    { name: 'a jump fires every step crossed, lowest first', from: 'ok', share: 105, want: { kind: 'up', from: 'ok', step: 'queue', fired: ['notify', 'throttle', 'queue'] } },
+    {
+      name: 'a jump fires every step crossed, lowest first',
+      from: 'ok',
+      share: 105,
+      want: { kind: 'up', from: 'ok', step: 'queue', fired: ['notify', 'throttle', 'queue'] },
+    },
     { name: 'down fires nothing', from: 'queue', share: 70, want: { kind: 'down', from: 'queue', step: 'notify' } },
     { name: 'up again after down fires again', from: 'notify', share: 85, want: { kind: 'up', from: 'notify', step: 'throttle', fired: ['throttle'] } },
   ];
@@ -49,14 +67,23 @@ describe('ladderMove', () => {
 
 describe('what each step enforces', () => {
   it('degrades non-critical work from throttle on, critical work only from the hard limit', () => {
-    expect([shouldDegrade('notify', 79, false), shouldDegrade('throttle', 80, false), shouldDegrade('throttle', 95, true), shouldDegrade('queue', 100, true)]).toEqual([false, true, false, true]);
+    expect([
+      shouldDegrade('notify', 79, false),
+      shouldDegrade('throttle', 80, false),
+      shouldDegrade('throttle', 95, true),
+      shouldDegrade('queue', 100, true),
+    ]).toEqual([false, true, false, true]);
     expect(shouldDegrade('notify', 75, false, LadderConfig.parse({ degradeAt: 70 }))).toBe(true);
   });
   it('queues admissions from the queue step', () => {
     expect((['ok', 'notify', 'throttle', 'queue', 'preempt'] as LadderStep[]).map(queuesAdmissions)).toEqual([false, false, false, true, true]);
   });
   it('shrinks leases from throttle on', () => {
-    expect([leaseFactor('notify'), leaseFactor('throttle'), leaseFactor('preempt')]).toEqual([1, DEFAULT_LADDER.throttleLeaseFactor, DEFAULT_LADDER.throttleLeaseFactor]);
+    expect([leaseFactor('notify'), leaseFactor('throttle'), leaseFactor('preempt')]).toEqual([
+      1,
+      DEFAULT_LADDER.throttleLeaseFactor,
+      DEFAULT_LADDER.throttleLeaseFactor,
+    ]);
   });
 });
 
@@ -74,9 +101,18 @@ describe('preemptionVictim', () => {
 
 describe('forecast', () => {
   it('projects the burn rate over what is left of the window', () => {
-    const f = forecast({ spentUsd: 10, windowStart: new Date('2026-11-01T00:00:00Z'), windowEnd: new Date('2026-12-01T00:00:00Z'), now: new Date('2026-11-11T00:00:00Z'), recentUsdPerHour: 0.5 });
+    const f = forecast({
+      spentUsd: 10,
+      windowStart: new Date('2026-11-01T00:00:00Z'),
+      windowEnd: new Date('2026-12-01T00:00:00Z'),
+      now: new Date('2026-11-11T00:00:00Z'),
+      recentUsdPerHour: 0.5,
+    });
     expect(f).toEqual({ burnUsdPerHour: 0.5, forecastUsd: 10 + 0.5 * 20 * 24 });
-    expect(forecast({ spentUsd: 10, windowStart: new Date(0), windowEnd: null, now: new Date(3_600_000 * 10), recentUsdPerHour: null })).toEqual({ burnUsdPerHour: 1, forecastUsd: null });
+    expect(forecast({ spentUsd: 10, windowStart: new Date(0), windowEnd: null, now: new Date(3_600_000 * 10), recentUsdPerHour: null })).toEqual({
+      burnUsdPerHour: 1,
+      forecastUsd: null,
+    });
   });
 });
 

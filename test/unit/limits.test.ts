@@ -9,9 +9,21 @@ import { MAX_EVENTS_PER_REQUEST } from '../../ledger/ingest';
 describe('checkQuantity (default caps)', () => {
   const cases: { meter: string; quantity: number; want: LimitCheck }[] = [
     { meter: 'gpu_seconds', quantity: 1e8, want: { ok: true } },
-    { meter: 'gpu_seconds', quantity: 1e8 + 1, want: { ok: false, field: 'quantity', message: '100,000,001 gpu_seconds is above the cap of 100,000,000 per event (usageLimits.perEvent.gpu_seconds)' } },
+    {
+      meter: 'gpu_seconds',
+      quantity: 1e8 + 1,
+      want: { ok: false, field: 'quantity', message: '100,000,001 gpu_seconds is above the cap of 100,000,000 per event (usageLimits.perEvent.gpu_seconds)' },
+    },
     { meter: 'tokens_out', quantity: 1e9, want: { ok: true } },
-    { meter: 'tokens_out', quantity: 1e15, want: { ok: false, field: 'quantity', message: '1,000,000,000,000,000 tokens_out is above the cap of 1,000,000,000 per event (usageLimits.perEvent.tokens_out)' } },
+    {
+      meter: 'tokens_out',
+      quantity: 1e15,
+      want: {
+        ok: false,
+        field: 'quantity',
+        message: '1,000,000,000,000,000 tokens_out is above the cap of 1,000,000,000 per event (usageLimits.perEvent.tokens_out)',
+      },
+    },
     { meter: 'network_bytes', quantity: 1e14, want: { ok: true } },
     // Lease spend is recorded as meter usd, capped by its lease, not here.
     { meter: 'usd', quantity: 1e12, want: { ok: true } },
@@ -52,7 +64,13 @@ describe('usageLimits in policies.yaml', () => {
     const dir = mkdtempSync(join(tmpdir(), 'govloop-limits-'));
     cpSync(defaultConfigDir, dir, { recursive: true, filter: (src) => !src.endsWith('.ts') });
     const file = join(dir, 'policies.yaml');
-    writeFileSync(file, readFileSync(file, 'utf8').replace(/^usageLimits:[\s\S]*?(?=^#)/m, 'usageLimits: { maxUsdPerEvent: 2000000, perEvent: { gpu_seconds: -1, tokens: 5 } }\n'));
+    writeFileSync(
+      file,
+      readFileSync(file, 'utf8').replace(
+        /^usageLimits:[\s\S]*?(?=^#)/m,
+        'usageLimits: { maxUsdPerEvent: 2000000, perEvent: { gpu_seconds: -1, tokens: 5 } }\n',
+      ),
+    );
     let err: unknown;
     try {
       loadConfig(dir);
@@ -61,6 +79,10 @@ describe('usageLimits in policies.yaml', () => {
     }
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as ConfigError).file).toBe(file);
-    expect((err as ConfigError).errors.map((e) => e.path).sort()).toEqual(['usageLimits.maxUsdPerEvent', 'usageLimits.perEvent', 'usageLimits.perEvent.gpu_seconds']);
+    expect((err as ConfigError).errors.map((e) => e.path).sort()).toEqual([
+      'usageLimits.maxUsdPerEvent',
+      'usageLimits.perEvent',
+      'usageLimits.perEvent.gpu_seconds',
+    ]);
   });
 });

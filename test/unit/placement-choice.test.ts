@@ -43,7 +43,10 @@ describe('place: among nodes whose fragmentation grows alike', () => {
   });
 
   it('a fresh node is opened in the GPU type with the largest free share', () => {
-    const index = topology({ name: 'h', nodes: [node('h0'), node('h1')] }, { name: 't', nodes: [node('t0', { gpuType: 'T4' }), node('t1', { gpuType: 'T4' })] });
+    const index = topology(
+      { name: 'h', nodes: [node('h0'), node('h1')] },
+      { name: 't', nodes: [node('t0', { gpuType: 'T4' }), node('t1', { gpuType: 'T4' })] },
+    );
     // H100 is half used (h0 full), T4 untouched: a 4-GPU job that fits either type opens a T4 node.
     const st = commit(emptyState(index), held(whole('h0', 0, 1, 2, 3)));
     expect(nodeOf(place(st, { gpus: 4, topology: { level: 'node', mode: 'required' } }))).toBe('t0');

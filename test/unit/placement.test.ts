@@ -20,7 +20,15 @@ import {
   release,
   usage,
 } from '../../governance/placement';
-import { MIG_80GB, TOPOLOGY_LEVELS, type TopologyIndex, type TopologyInput, type TopologyLevel, buildTopologyIndex, parseTopology } from '../../governance/topology';
+import {
+  MIG_80GB,
+  TOPOLOGY_LEVELS,
+  type TopologyIndex,
+  type TopologyInput,
+  type TopologyLevel,
+  buildTopologyIndex,
+  parseTopology,
+} from '../../governance/topology';
 
 // ---------------------------------------------------------------------------------------------
 // Fluent builders for hand-built topologies
@@ -298,7 +306,12 @@ const gangCases: GangCase[] = [
   {
     name: 'a list of GPU types allows either',
     index: mixedCluster,
-    busy: [whole('r0n0', 0, 1, 2, 3, 4, 5, 6, 7), whole('r0n1', 0, 1, 2, 3, 4, 5, 6, 7), whole('r1n0', 0, 1, 2, 3, 4, 5, 6, 7), whole('r1n1', 0, 1, 2, 3, 4, 5, 6, 7)],
+    busy: [
+      whole('r0n0', 0, 1, 2, 3, 4, 5, 6, 7),
+      whole('r0n1', 0, 1, 2, 3, 4, 5, 6, 7),
+      whole('r1n0', 0, 1, 2, 3, 4, 5, 6, 7),
+      whole('r1n1', 0, 1, 2, 3, 4, 5, 6, 7),
+    ],
     request: { gpus: 8, gpuType: ['H100', 'T4'] },
     wantLevel: 'node',
     wantNodes: ['r2n0'],
@@ -306,10 +319,7 @@ const gangCases: GangCase[] = [
   { name: 'an unknown GPU type is refused by name', index: mixedCluster, request: { gpus: 1, gpuType: 'B200' }, wantRefused: 'GPU_TYPE_UNKNOWN' },
   {
     name: 'CPU is honoured: a node without the CPU is passed over',
-    index: () =>
-      aTopology()
-        .rack('b0', 'r0', aNode('small').cpu(4_000), aNode('big').cpu(64_000))
-        .index(),
+    index: () => aTopology().rack('b0', 'r0', aNode('small').cpu(4_000), aNode('big').cpu(64_000)).index(),
     // Best fit alone would pick "small" (2 GPUs free against 4).
     busy: [whole('small', 0, 1)],
     request: { gpus: 1, cpuMilli: 8_000 },
@@ -317,10 +327,7 @@ const gangCases: GangCase[] = [
   },
   {
     name: 'memory is honoured: nowhere has 300 GiB',
-    index: () =>
-      aTopology()
-        .rack('b0', 'r0', aNode('a'), aNode('b'))
-        .index(),
+    index: () => aTopology().rack('b0', 'r0', aNode('a'), aNode('b')).index(),
     request: { gpus: 1, memoryMib: 300 * 1024 },
     wantRefused: 'INSUFFICIENT_CAPACITY',
   },
@@ -429,9 +436,24 @@ const gpuOf = (p: Placement) => `${p.assignments[0]!.node}/${p.assignments[0]!.g
 const shareCases: ShareCase[] = [
   { name: 'a MIG slice lands on a MIG node', request: { migProfile: '1g.10gb' }, wantGpu: 'm0/0' },
   { name: 'a second MIG slice packs onto the GPU already cut', before: [{ migProfile: '3g.40gb' }], request: { migProfile: '4g.40gb' }, wantSameGpuAs: 0 },
-  { name: 'seven 1g.10gb fill one GPU before another is cut', before: Array.from({ length: 6 }, () => ({ migProfile: '1g.10gb' })), request: { migProfile: '1g.10gb' }, wantSameGpuAs: 0 },
-  { name: 'the eighth 1g.10gb cuts a new GPU', before: Array.from({ length: 7 }, () => ({ migProfile: '1g.10gb' })), request: { migProfile: '1g.10gb' }, wantFreshGpu: true },
-  { name: 'MIG memory slices count too: 4 × 1g.20gb fill 8 memory slices', before: Array.from({ length: 4 }, () => ({ migProfile: '1g.20gb' })), request: { migProfile: '1g.10gb' }, wantFreshGpu: true },
+  {
+    name: 'seven 1g.10gb fill one GPU before another is cut',
+    before: Array.from({ length: 6 }, () => ({ migProfile: '1g.10gb' })),
+    request: { migProfile: '1g.10gb' },
+    wantSameGpuAs: 0,
+  },
+  {
+    name: 'the eighth 1g.10gb cuts a new GPU',
+    before: Array.from({ length: 7 }, () => ({ migProfile: '1g.10gb' })),
+    request: { migProfile: '1g.10gb' },
+    wantFreshGpu: true,
+  },
+  {
+    name: 'MIG memory slices count too: 4 × 1g.20gb fill 8 memory slices',
+    before: Array.from({ length: 4 }, () => ({ migProfile: '1g.20gb' })),
+    request: { migProfile: '1g.10gb' },
+    wantFreshGpu: true,
+  },
   {
     name: 'a MIG slice picks the fullest GPU that still fits (best fit)',
     before: [{ migProfile: '4g.40gb' }, { migProfile: '4g.40gb' }, { migProfile: '2g.20gb' }],
@@ -441,9 +463,27 @@ const shareCases: ShareCase[] = [
   { name: 'an unknown MIG profile is refused', request: { migProfile: '9g.90gb' }, wantRefused: 'MIG_PROFILE_UNKNOWN' },
   { name: 'a MIG profile on a type without MIG is refused', request: { migProfile: '1g.10gb', gpuType: 'T4' }, wantRefused: 'MIG_PROFILE_UNKNOWN' },
   { name: 'an MPS share lands on an MPS node', request: { gpuMilli: 300, sharing: 'mps' }, wantGpu: 'mps0/0' },
-  { name: 'MPS shares pack onto one GPU', before: [{ gpuMilli: 300, sharing: 'mps' }, { gpuMilli: 300, sharing: 'mps' }], request: { gpuMilli: 400, sharing: 'mps' }, wantSameGpuAs: 0 },
-  { name: 'a share that does not fit the used GPU takes a fresh one', before: [{ gpuMilli: 700, sharing: 'mps' }], request: { gpuMilli: 400, sharing: 'mps' }, wantFreshGpu: true },
-  { name: 'time-slice shares pack onto one GPU', before: [{ gpuMilli: 500, sharing: 'timeslice' }], request: { gpuMilli: 500, sharing: 'timeslice' }, wantSameGpuAs: 0 },
+  {
+    name: 'MPS shares pack onto one GPU',
+    before: [
+      { gpuMilli: 300, sharing: 'mps' },
+      { gpuMilli: 300, sharing: 'mps' },
+    ],
+    request: { gpuMilli: 400, sharing: 'mps' },
+    wantSameGpuAs: 0,
+  },
+  {
+    name: 'a share that does not fit the used GPU takes a fresh one',
+    before: [{ gpuMilli: 700, sharing: 'mps' }],
+    request: { gpuMilli: 400, sharing: 'mps' },
+    wantFreshGpu: true,
+  },
+  {
+    name: 'time-slice shares pack onto one GPU',
+    before: [{ gpuMilli: 500, sharing: 'timeslice' }],
+    request: { gpuMilli: 500, sharing: 'timeslice' },
+    wantSameGpuAs: 0,
+  },
   {
     name: 'a time-slice share never joins an MPS GPU, even on a node that allows both',
     // Four 500s fill mps0; the 200 goes to both0 GPU 0, which becomes an MPS GPU.
@@ -451,7 +491,12 @@ const shareCases: ShareCase[] = [
     request: { gpuMilli: 200, sharing: 'timeslice' },
     wantFreshGpu: true,
   },
-  { name: 'a share with no sharing mode packs onto a shared GPU of either mode', before: [{ gpuMilli: 500, sharing: 'timeslice' }], request: { gpuMilli: 300 }, wantSameGpuAs: 0 },
+  {
+    name: 'a share with no sharing mode packs onto a shared GPU of either mode',
+    before: [{ gpuMilli: 500, sharing: 'timeslice' }],
+    request: { gpuMilli: 300 },
+    wantSameGpuAs: 0,
+  },
   { name: 'a share on a type whose nodes do not share is refused', request: { gpuMilli: 500, gpuType: 'T4' }, wantRefused: 'SHARING_UNSUPPORTED' },
   { name: 'a gpuMilli of 1000 is refused (ask for gpus: 1)', request: { gpuMilli: 1000 }, wantRefused: 'INVALID_REQUEST' },
   { name: 'gpus and gpuMilli together are refused', request: { gpus: 1, gpuMilli: 500 }, wantRefused: 'INVALID_REQUEST' },
@@ -486,7 +531,10 @@ describe('place: fractional requests', () => {
 
   it('packs a stream of mixed MIG slices into as few GPUs as the slices need', () => {
     const profiles = ['3g.40gb', '2g.20gb', '1g.10gb', '1g.10gb', '3g.40gb', '4g.40gb', '2g.20gb', '1g.10gb'];
-    const { placements } = placeAll(emptyState(index), profiles.map((m) => ({ migProfile: m })));
+    const { placements } = placeAll(
+      emptyState(index),
+      profiles.map((m) => ({ migProfile: m })),
+    );
     const compute = profiles.reduce((s, m) => s + Number(m[0]), 0); // 17 compute slices → at least 3 GPUs
     expect(new Set(placements.map(gpuOf)).size).toBe(Math.ceil(compute / 7));
   });
@@ -510,9 +558,7 @@ describe('place: fractional requests', () => {
   });
 
   it('first fit and best fit place shares too, honouring the sharing mode', () => {
-    const one = aTopology()
-      .rack('b0', 'r0', aNode('both0').gpus(2).mps().timeslice())
-      .index();
+    const one = aTopology().rack('b0', 'r0', aNode('both0').gpus(2).mps().timeslice()).index();
     for (const policy of [firstFit, bestFit]) {
       let st = emptyState(one);
       const a = policy(st, { gpuMilli: 500, sharing: 'mps' });
@@ -532,9 +578,7 @@ describe('place: the fragmentation gradient against a workload profile', () => {
   it('puts a 1-GPU job where it leaves 4-GPU jobs a home, when 4-GPU jobs are expected', () => {
     // n0 has 5 free, n1 has 4 free. Best fit alone would pick n1 (fewer free) and strand n1's 3;
     // against a workload of 4-GPU jobs, n0 (5 → 4) keeps both nodes able to take one.
-    const index = aTopology()
-      .rack('b0', 'r0', aNode('n0').gpus(8), aNode('n1').gpus(8))
-      .index();
+    const index = aTopology().rack('b0', 'r0', aNode('n0').gpus(8), aNode('n1').gpus(8)).index();
     const workload: WorkloadProfile = [{ weight: 1, gpus: 4 }];
     const st = stateWith(index, [whole('n0', 0, 1, 2), whole('n1', 0, 1, 2, 3)], workload);
     const p = place(st, { gpus: 1 });
@@ -552,7 +596,9 @@ describe('commit and release', () => {
     const index = nvlinkCluster();
     const st = stateWith(index, [whole('r0n0', 1)]);
     expect(() => commit(st, held(whole('r0n0', 1)))).toThrow(PlacementStateError);
-    expect(() => commit(st, held({ kind: 'milli', node: 'r0n0', gpus: [1], milli: 100, sharing: 'mps', cpuMilli: 0, memoryMib: 0 }))).toThrow(PlacementStateError);
+    expect(() => commit(st, held({ kind: 'milli', node: 'r0n0', gpus: [1], milli: 100, sharing: 'mps', cpuMilli: 0, memoryMib: 0 }))).toThrow(
+      PlacementStateError,
+    );
   });
 
   it('refuse a stale placement: place twice on the same state, commit both', () => {
@@ -575,7 +621,9 @@ describe('commit and release', () => {
 
   it('refuse a share on a node that does not allow its sharing mode', () => {
     const st = emptyState(sharingCluster());
-    expect(() => commit(st, held({ kind: 'milli', node: 'mps0', gpus: [0], milli: 100, sharing: 'timeslice', cpuMilli: 0, memoryMib: 0 }))).toThrow(/timeslice/);
+    expect(() => commit(st, held({ kind: 'milli', node: 'mps0', gpus: [0], milli: 100, sharing: 'timeslice', cpuMilli: 0, memoryMib: 0 }))).toThrow(
+      /timeslice/,
+    );
   });
 });
 
@@ -641,7 +689,9 @@ const arbRequest: fc.Arbitrary<PlacementRequest> = fc
     gpuType: fc.constantFrom(undefined, 'H100', 'T4', ['H100', 'T4']),
     cpu: fc.integer({ min: 0, max: 3000 }),
     mem: fc.integer({ min: 0, max: 8192 }),
-    topology: fc.option(fc.record({ level: fc.constantFrom(...TOPOLOGY_LEVELS), mode: fc.constantFrom('required' as const, 'preferred' as const) }), { nil: undefined }),
+    topology: fc.option(fc.record({ level: fc.constantFrom(...TOPOLOGY_LEVELS), mode: fc.constantFrom('required' as const, 'preferred' as const) }), {
+      nil: undefined,
+    }),
   })
   .map((r) => {
     const base: PlacementRequest = { cpuMilli: r.cpu, memoryMib: r.mem };

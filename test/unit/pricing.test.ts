@@ -46,14 +46,26 @@ describe('costMicros', () => {
     { name: 'an H100-hour, exclusive', usage: { meter: 'gpu_seconds', quantity: 3600, subject: 'H100:exclusive' }, wantMicros: 4_000_000 },
     { name: 'one H100-second rounds to the nearest micro-dollar', usage: { meter: 'gpu_seconds', quantity: 1, subject: 'H100:exclusive' }, wantMicros: 1111 },
     { name: 'an H100-hour under MPS', usage: { meter: 'gpu_seconds', quantity: 3600, subject: 'H100:mps' }, wantMicros: 1_500_000 },
-    { name: 'an A100-hour of any MIG profile at the MIG price', usage: { meter: 'gpu_seconds', quantity: 3600, subject: 'A100:mig:1g.10gb' }, wantMicros: 300_000 },
+    {
+      name: 'an A100-hour of any MIG profile at the MIG price',
+      usage: { meter: 'gpu_seconds', quantity: 3600, subject: 'A100:mig:1g.10gb' },
+      wantMicros: 300_000,
+    },
     { name: 'an A100-hour time-sliced', usage: { meter: 'gpu_seconds', quantity: 3600, subject: 'A100:timeslice' }, wantMicros: 600_000 },
     { name: 'a GPU subject without sharing is exclusive', usage: { meter: 'gpu_seconds', quantity: 3600, subject: 'H100' }, wantMicros: 4_000_000 },
     { name: 'nothing used costs nothing', usage: { meter: 'gpu_seconds', quantity: 0, subject: 'H100:exclusive' }, wantMicros: 0 },
     { name: '1M input tokens of llama-3-8b', usage: { meter: 'tokens_in', quantity: 1_000_000, subject: 'llama-3-8b' }, wantMicros: 200_000 },
     { name: '1M output tokens of llama-3-8b', usage: { meter: 'tokens_out', quantity: 1_000_000, subject: 'llama-3-8b' }, wantMicros: 400_000 },
-    { name: 'a model not in the book gets the default input price', usage: { meter: 'tokens_in', quantity: 1_000_000, subject: 'mystery-9b' }, wantMicros: 3_000_000 },
-    { name: 'a model not in the book gets the default output price', usage: { meter: 'tokens_out', quantity: 1_000_000, subject: 'mystery-9b' }, wantMicros: 15_000_000 },
+    {
+      name: 'a model not in the book gets the default input price',
+      usage: { meter: 'tokens_in', quantity: 1_000_000, subject: 'mystery-9b' },
+      wantMicros: 3_000_000,
+    },
+    {
+      name: 'a model not in the book gets the default output price',
+      usage: { meter: 'tokens_out', quantity: 1_000_000, subject: 'mystery-9b' },
+      wantMicros: 15_000_000,
+    },
     { name: 'one llama-3-8b input token (0.2 micro) rounds down', usage: { meter: 'tokens_in', quantity: 1, subject: 'llama-3-8b' }, wantMicros: 0 },
     { name: 'three llama-3-8b input tokens (0.6 micro) round up', usage: { meter: 'tokens_in', quantity: 3, subject: 'llama-3-8b' }, wantMicros: 1 },
     { name: 'one frontier-large output token', usage: { meter: 'tokens_out', quantity: 1, subject: 'frontier-large' }, wantMicros: 25 },
@@ -72,8 +84,16 @@ describe('costMicros', () => {
   });
 
   const usageArb = fc.oneof(
-    fc.record({ meter: fc.constant('gpu_seconds' as const), quantity: fc.integer({ min: 0, max: 10_000_000 }), subject: fc.constantFrom('H100:exclusive', 'H100:mps', 'A100:mig:3g.40gb', 'A100:timeslice') }),
-    fc.record({ meter: fc.constantFrom('tokens_in' as const, 'tokens_out' as const), quantity: fc.integer({ min: 0, max: 1_000_000_000 }), subject: fc.constantFrom('llama-3-8b', 'frontier-large', 'default', 'unlisted-model') }),
+    fc.record({
+      meter: fc.constant('gpu_seconds' as const),
+      quantity: fc.integer({ min: 0, max: 10_000_000 }),
+      subject: fc.constantFrom('H100:exclusive', 'H100:mps', 'A100:mig:3g.40gb', 'A100:timeslice'),
+    }),
+    fc.record({
+      meter: fc.constantFrom('tokens_in' as const, 'tokens_out' as const),
+      quantity: fc.integer({ min: 0, max: 1_000_000_000 }),
+      subject: fc.constantFrom('llama-3-8b', 'frontier-large', 'default', 'unlisted-model'),
+    }),
   );
   const v2From = Date.parse(v2.effectiveFrom);
 

@@ -4,13 +4,30 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { PoliciesFile } from '../../config/schema';
-import { type Cohort, type CohortMember, type NodeCapacity, type QuotaDecision, type QuotaRequest, type QuotaState, type Workload, admitQuota, queueOrder } from '../../governance/quota';
+import {
+  type Cohort,
+  type CohortMember,
+  type NodeCapacity,
+  type QuotaDecision,
+  type QuotaRequest,
+  type QuotaState,
+  type Workload,
+  admitQuota,
+  queueOrder,
+} from '../../governance/quota';
 
 const P = { low: 100, normal: 500, high: 1000 };
 
 /** A small fluent builder of quota states: cohort teams, running workloads, waiting requests, nodes. */
 class StateBuilder {
-  private s: QuotaState = { gpuType: 'H100', cohort: null, flat: { quota: 8, policy: 'policies/t#defaultGpuQuota' }, running: [], pending: [], policy: 'policies/t#cohorts[c]' };
+  private s: QuotaState = {
+    gpuType: 'H100',
+    cohort: null,
+    flat: { quota: 8, policy: 'policies/t#defaultGpuQuota' },
+    running: [],
+    pending: [],
+    policy: 'policies/t#cohorts[c]',
+  };
   cohort(...teams: (Partial<CohortMember> & { team: string; nominal: number })[]): this {
     const c: Cohort = { name: 'c', gpuType: 'H100', teams: teams.map((t) => ({ tenant: 'acme', borrowingLimit: null, lendingLimit: null, weight: 1, ...t })) };
     this.s.cohort = c;
@@ -48,7 +65,14 @@ class StateBuilder {
   }
 }
 const aState = () => new StateBuilder();
-const ask = (team: string, gpus: number, priority = P.normal, taskId = 'req'): QuotaRequest => ({ taskId, tenant: 'acme', team, gpus, priority, queuedAt: '2026-01-02T00:00:00Z' });
+const ask = (team: string, gpus: number, priority = P.normal, taskId = 'req'): QuotaRequest => ({
+  taskId,
+  tenant: 'acme',
+  team,
+  gpus,
+  priority,
+  queuedAt: '2026-01-02T00:00:00Z',
+});
 
 interface Case {
   name: string;
@@ -69,8 +93,22 @@ const ab = () => aState().cohort({ team: 'a', nominal: 4 }, { team: 'b', nominal
 
 const cases: Case[] = [
   { name: 'within nominal: admitted, nothing borrowed', state: ab(), req: ask('a', 4), want: 'admitted', wantMode: 'nominal', wantBorrowed: 0 },
-  { name: "borrows the other team's idle quota", state: ab().run('b1', 'b', 4, P.normal), req: ask('b', 4), want: 'admitted', wantMode: 'borrowing', wantBorrowed: 4 },
-  { name: 'partly nominal, partly borrowed', state: ab().run('b1', 'b', 2, P.normal), req: ask('b', 4), want: 'admitted', wantMode: 'borrowing', wantBorrowed: 2 },
+  {
+    name: "borrows the other team's idle quota",
+    state: ab().run('b1', 'b', 4, P.normal),
+    req: ask('b', 4),
+    want: 'admitted',
+    wantMode: 'borrowing',
+    wantBorrowed: 4,
+  },
+  {
+    name: 'partly nominal, partly borrowed',
+    state: ab().run('b1', 'b', 2, P.normal),
+    req: ask('b', 4),
+    want: 'admitted',
+    wantMode: 'borrowing',
+    wantBorrowed: 2,
+  },
   {
     name: 'GPU_QUOTA_EXCEEDED: more than nominal plus borrowingLimit',
     state: aState().cohort({ team: 'a', nominal: 4 }, { team: 'b', nominal: 4, borrowingLimit: 2 }),
@@ -112,7 +150,10 @@ const cases: Case[] = [
   },
   {
     name: 'minRunSeconds: a borrower that (re)started 60 s ago is shielded; the older one goes, though it loses more',
-    state: ab().minRun(300).run('b-young', 'b', 4, P.low, { runSeconds: 60, lostGpuSeconds: 10 }).run('b-old', 'b', 4, P.low, { runSeconds: 1000, lostGpuSeconds: 4000 }),
+    state: ab()
+      .minRun(300)
+      .run('b-young', 'b', 4, P.low, { runSeconds: 60, lostGpuSeconds: 10 })
+      .run('b-old', 'b', 4, P.low, { runSeconds: 1000, lostGpuSeconds: 4000 }),
     req: ask('a', 4),
     want: 'preempt',
     wantVictims: ['b-old'],
@@ -155,7 +196,11 @@ const cases: Case[] = [
   },
   {
     name: 'reclaim takes only what the borrower borrowed: its nominal work stays',
-    state: ab().run('b1', 'b', 2, P.low, { lostGpuSeconds: 1 }).run('b2', 'b', 2, P.low, { lostGpuSeconds: 2 }).run('b3', 'b', 2, P.low, { lostGpuSeconds: 3 }).run('a1', 'a', 2, P.normal),
+    state: ab()
+      .run('b1', 'b', 2, P.low, { lostGpuSeconds: 1 })
+      .run('b2', 'b', 2, P.low, { lostGpuSeconds: 2 })
+      .run('b3', 'b', 2, P.low, { lostGpuSeconds: 3 })
+      .run('a1', 'a', 2, P.normal),
     req: ask('a', 2),
     want: 'preempt',
     wantVictims: ['b1'],
@@ -184,14 +229,23 @@ const cases: Case[] = [
   },
   {
     name: 'fewest GPU-seconds lost since the checkpoints wins (kueue #477)',
-    state: aState().cohort({ team: 'a', nominal: 8 }, { team: 'b', nominal: 4 }).run('a1', 'a', 4, P.normal).run('b-old', 'b', 4, P.low, { lostGpuSeconds: 9000 }).run('b-new', 'b', 4, P.low, { lostGpuSeconds: 400 }),
+    state: aState()
+      .cohort({ team: 'a', nominal: 8 }, { team: 'b', nominal: 4 })
+      .run('a1', 'a', 4, P.normal)
+      .run('b-old', 'b', 4, P.low, { lostGpuSeconds: 9000 })
+      .run('b-new', 'b', 4, P.low, { lostGpuSeconds: 400 }),
     req: ask('a', 4),
     want: 'preempt',
     wantVictims: ['b-new'],
   },
   {
     name: 'fewest GPU-seconds lost: two small victims beat one that lost more',
-    state: aState().cohort({ team: 'a', nominal: 4 }, { team: 'b', nominal: 6 }).run('w', 'b', 2, P.high).run('x', 'b', 2, P.low, { lostGpuSeconds: 100 }).run('y', 'b', 2, P.low, { lostGpuSeconds: 100 }).run('z', 'b', 4, P.low, { lostGpuSeconds: 300 }),
+    state: aState()
+      .cohort({ team: 'a', nominal: 4 }, { team: 'b', nominal: 6 })
+      .run('w', 'b', 2, P.high)
+      .run('x', 'b', 2, P.low, { lostGpuSeconds: 100 })
+      .run('y', 'b', 2, P.low, { lostGpuSeconds: 100 })
+      .run('z', 'b', 4, P.low, { lostGpuSeconds: 300 }),
     req: ask('a', 4),
     want: 'preempt',
     wantVictims: ['x', 'y'],
@@ -240,8 +294,24 @@ const cases: Case[] = [
     want: 'queued',
     wantCode: 'GPU_QUOTA_BUSY',
   },
-  { name: 'shares count by their fraction: seven 1/7 MIG slices fill a nominal of one', state: ab().run('a1', 'a', 3, P.normal).run('s1', 'a', 0.143 * 6, P.normal), req: ask('a', 0.142), want: 'admitted', wantMode: 'nominal', wantBorrowed: 0 },
-  { name: 'shares count by their fraction: a quarter more borrows a quarter', state: ab().run('a1', 'a', 3.75, P.normal), req: ask('a', 0.5), want: 'admitted', wantMode: 'borrowing', wantBorrowed: 0.25 },
+  {
+    name: 'shares count by their fraction: seven 1/7 MIG slices fill a nominal of one',
+    state: ab()
+      .run('a1', 'a', 3, P.normal)
+      .run('s1', 'a', 0.143 * 6, P.normal),
+    req: ask('a', 0.142),
+    want: 'admitted',
+    wantMode: 'nominal',
+    wantBorrowed: 0,
+  },
+  {
+    name: 'shares count by their fraction: a quarter more borrows a quarter',
+    state: ab().run('a1', 'a', 3.75, P.normal),
+    req: ask('a', 0.5),
+    want: 'admitted',
+    wantMode: 'borrowing',
+    wantBorrowed: 0.25,
+  },
   {
     name: 'a preemption under way: wait for it, choose no more victims',
     state: ab().run('b-high', 'b', 4, P.high).run('b-low', 'b', 4, P.low, { preempting: true }),
@@ -251,7 +321,11 @@ const cases: Case[] = [
   },
   {
     name: 'fair share: a borrower waits for a request ahead of it (lower dominant share) that fits now',
-    state: aState().cohort({ team: 'a', nominal: 8 }, { team: 'b', nominal: 2 }, { team: 'c', nominal: 2, weight: 2 }).run('b1', 'b', 2, P.normal).run('c1', 'c', 2, P.normal).wait('c-wait', 'c', 4),
+    state: aState()
+      .cohort({ team: 'a', nominal: 8 }, { team: 'b', nominal: 2 }, { team: 'c', nominal: 2, weight: 2 })
+      .run('b1', 'b', 2, P.normal)
+      .run('c1', 'c', 2, P.normal)
+      .wait('c-wait', 'c', 4),
     req: ask('b', 4),
     want: 'queued',
     wantCode: 'FAIR_SHARE_WAIT',
@@ -259,7 +333,11 @@ const cases: Case[] = [
   },
   {
     name: 'fair share: the request ahead does not fit, so the borrower goes',
-    state: aState().cohort({ team: 'a', nominal: 8 }, { team: 'b', nominal: 2 }, { team: 'c', nominal: 2, weight: 2, borrowingLimit: 1 }).run('b1', 'b', 2, P.normal).run('c1', 'c', 2, P.normal).wait('c-wait', 'c', 4),
+    state: aState()
+      .cohort({ team: 'a', nominal: 8 }, { team: 'b', nominal: 2 }, { team: 'c', nominal: 2, weight: 2, borrowingLimit: 1 })
+      .run('b1', 'b', 2, P.normal)
+      .run('c1', 'c', 2, P.normal)
+      .wait('c-wait', 'c', 4),
     req: ask('b', 4),
     want: 'admitted',
     wantMode: 'borrowing',
@@ -296,9 +374,25 @@ describe('admitQuota', () => {
 
 describe('queueOrder', () => {
   it('orders by priority, then dominant share (usage / weight), then age', () => {
-    const state = aState().cohort({ team: 'a', nominal: 4 }, { team: 'b', nominal: 4, weight: 4 }).run('a1', 'a', 2, P.normal).run('b1', 'b', 4, P.normal).build();
-    const r = (taskId: string, team: string, priority: number, queuedAt: string): QuotaRequest => ({ taskId, tenant: 'acme', team, gpus: 1, priority, queuedAt });
-    const order = queueOrder(state, [r('a-old', 'a', P.normal, '2026-01-01T00:00:00Z'), r('b-new', 'b', P.normal, '2026-01-03T00:00:00Z'), r('a-high', 'a', P.high, '2026-01-04T00:00:00Z'), r('b-old', 'b', P.normal, '2026-01-02T00:00:00Z')]);
+    const state = aState()
+      .cohort({ team: 'a', nominal: 4 }, { team: 'b', nominal: 4, weight: 4 })
+      .run('a1', 'a', 2, P.normal)
+      .run('b1', 'b', 4, P.normal)
+      .build();
+    const r = (taskId: string, team: string, priority: number, queuedAt: string): QuotaRequest => ({
+      taskId,
+      tenant: 'acme',
+      team,
+      gpus: 1,
+      priority,
+      queuedAt,
+    });
+    const order = queueOrder(state, [
+      r('a-old', 'a', P.normal, '2026-01-01T00:00:00Z'),
+      r('b-new', 'b', P.normal, '2026-01-03T00:00:00Z'),
+      r('a-high', 'a', P.high, '2026-01-04T00:00:00Z'),
+      r('b-old', 'b', P.normal, '2026-01-02T00:00:00Z'),
+    ]);
     // a's share 2/1 = 2, b's 4/4 = 1: b goes before a among equal priority.
     expect(order.map((x) => x.taskId)).toEqual(['a-high', 'b-old', 'b-new', 'a-old']);
   });
@@ -306,31 +400,59 @@ describe('queueOrder', () => {
 
 describe('admitQuota invariants (fast-check)', () => {
   const team = fc.constantFrom('a', 'b', 'c');
-  const workload = fc.record({ team, gpus: fc.integer({ min: 1, max: 4 }), priority: fc.constantFrom(P.low, P.normal, P.high), lost: fc.integer({ min: 0, max: 10_000 }) });
-  const members = fc.record({ a: fc.integer({ min: 0, max: 8 }), b: fc.integer({ min: 0, max: 8 }), c: fc.integer({ min: 0, max: 8 }), limit: fc.option(fc.integer({ min: 0, max: 4 }), { nil: null }) });
+  const workload = fc.record({
+    team,
+    gpus: fc.integer({ min: 1, max: 4 }),
+    priority: fc.constantFrom(P.low, P.normal, P.high),
+    lost: fc.integer({ min: 0, max: 10_000 }),
+  });
+  const members = fc.record({
+    a: fc.integer({ min: 0, max: 8 }),
+    b: fc.integer({ min: 0, max: 8 }),
+    c: fc.integer({ min: 0, max: 8 }),
+    limit: fc.option(fc.integer({ min: 0, max: 4 }), { nil: null }),
+  });
 
   it('never admits over the cohort, never preempts higher priority, and the preemptor fits once its victims are gone', () => {
     fc.assert(
-      fc.property(members, fc.array(workload, { maxLength: 8 }), team, fc.integer({ min: 1, max: 6 }), fc.constantFrom(P.low, P.normal, P.high), (m, ws, t, gpus, priority) => {
-        const b = aState().cohort({ team: 'a', nominal: m.a, borrowingLimit: m.limit }, { team: 'b', nominal: m.b, borrowingLimit: m.limit }, { team: 'c', nominal: m.c, borrowingLimit: m.limit });
-        // Only states the quota allows: add workloads while they fit.
-        let s = b.build();
-        ws.forEach((w, i) => {
-          const d = admitQuota(s, { taskId: `w${i}`, tenant: 'acme', team: w.team, gpus: w.gpus, priority: w.priority, queuedAt: '2026-01-01T00:00:00Z' });
-          if (d.decision === 'admitted') s = { ...s, running: [...s.running, { taskId: `w${i}`, tenant: 'acme', team: w.team, gpus: w.gpus, priority: w.priority, node: null, lostGpuSeconds: w.lost }] };
-        });
-        const total = m.a + m.b + m.c;
-        const used = (r: Workload[]) => r.reduce((x, w) => x + w.gpus, 0);
-        expect(used(s.running)).toBeLessThanOrEqual(total);
-        const d = admitQuota(s, ask(t, gpus, priority));
-        if (d.decision === 'admitted') expect(used(s.running) + gpus).toBeLessThanOrEqual(total);
-        if (d.decision === 'preempt') {
-          expect(d.victims.every((v) => v.priority <= priority)).toBe(true);
-          const ids = new Set(d.victims.map((v) => v.taskId));
-          const after = { ...s, running: s.running.filter((w) => !ids.has(w.taskId)) };
-          expect(admitQuota(after, ask(t, gpus, priority)).decision).toBe('admitted');
-        }
-      }),
+      fc.property(
+        members,
+        fc.array(workload, { maxLength: 8 }),
+        team,
+        fc.integer({ min: 1, max: 6 }),
+        fc.constantFrom(P.low, P.normal, P.high),
+        (m, ws, t, gpus, priority) => {
+          const b = aState().cohort(
+            { team: 'a', nominal: m.a, borrowingLimit: m.limit },
+            { team: 'b', nominal: m.b, borrowingLimit: m.limit },
+            { team: 'c', nominal: m.c, borrowingLimit: m.limit },
+          );
+          // Only states the quota allows: add workloads while they fit.
+          let s = b.build();
+          ws.forEach((w, i) => {
+            const d = admitQuota(s, { taskId: `w${i}`, tenant: 'acme', team: w.team, gpus: w.gpus, priority: w.priority, queuedAt: '2026-01-01T00:00:00Z' });
+            if (d.decision === 'admitted')
+              s = {
+                ...s,
+                running: [
+                  ...s.running,
+                  { taskId: `w${i}`, tenant: 'acme', team: w.team, gpus: w.gpus, priority: w.priority, node: null, lostGpuSeconds: w.lost },
+                ],
+              };
+          });
+          const total = m.a + m.b + m.c;
+          const used = (r: Workload[]) => r.reduce((x, w) => x + w.gpus, 0);
+          expect(used(s.running)).toBeLessThanOrEqual(total);
+          const d = admitQuota(s, ask(t, gpus, priority));
+          if (d.decision === 'admitted') expect(used(s.running) + gpus).toBeLessThanOrEqual(total);
+          if (d.decision === 'preempt') {
+            expect(d.victims.every((v) => v.priority <= priority)).toBe(true);
+            const ids = new Set(d.victims.map((v) => v.taskId));
+            const after = { ...s, running: s.running.filter((w) => !ids.has(w.taskId)) };
+            expect(admitQuota(after, ask(t, gpus, priority)).decision).toBe('admitted');
+          }
+        },
+      ),
       { numRuns: 300 },
     );
   });

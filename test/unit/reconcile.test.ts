@@ -37,14 +37,42 @@ describe('orphanVerdict', () => {
     { name: 'timed out', c: c().closed('TIMED_OUT'), wantVerdict: 'orphaned', wantState: 'Failed', wantStatus: 'TIMED_OUT' },
     { name: 'failed', c: c().closed('FAILED'), wantVerdict: 'orphaned', wantState: 'Failed', wantStatus: 'FAILED' },
     { name: 'cancelled: settled Cancelled', c: c().closed('CANCELLED'), wantVerdict: 'orphaned', wantState: 'Cancelled', wantStatus: 'CANCELLED' },
-    { name: 'completed while the ledger still holds the reservation', c: c().closed('COMPLETED'), wantVerdict: 'orphaned', wantState: 'Failed', wantStatus: 'COMPLETED' },
-    { name: 'finished, but the reservation still held (settle cut in half)', c: c().row({ finished: true, state: 'Settling' }).closed('TERMINATED'), wantVerdict: 'orphaned', wantState: 'Failed' },
-    { name: 'not finished, nothing reserved (queued when terminated)', c: c().row({ heldMicros: null, state: 'Queued' }).closed('TERMINATED'), wantVerdict: 'orphaned', wantState: 'Failed' },
+    {
+      name: 'completed while the ledger still holds the reservation',
+      c: c().closed('COMPLETED'),
+      wantVerdict: 'orphaned',
+      wantState: 'Failed',
+      wantStatus: 'COMPLETED',
+    },
+    {
+      name: 'finished, but the reservation still held (settle cut in half)',
+      c: c().row({ finished: true, state: 'Settling' }).closed('TERMINATED'),
+      wantVerdict: 'orphaned',
+      wantState: 'Failed',
+    },
+    {
+      name: 'not finished, nothing reserved (queued when terminated)',
+      c: c().row({ heldMicros: null, state: 'Queued' }).closed('TERMINATED'),
+      wantVerdict: 'orphaned',
+      wantState: 'Failed',
+    },
     { name: 'workflow gone past retention', c: c().gone(), wantVerdict: 'orphaned', wantState: 'Failed', wantStatus: 'NOT_FOUND' },
-    { name: 'already settled: finished and released', c: c().row({ finished: true, heldMicros: null }).closed('TERMINATED'), wantVerdict: 'leave', wantWhy: 'settled' },
+    {
+      name: 'already settled: finished and released',
+      c: c().row({ finished: true, heldMicros: null }).closed('TERMINATED'),
+      wantVerdict: 'leave',
+      wantWhy: 'settled',
+    },
     { name: 'closed within the grace: time to reset it', c: c().closed('TERMINATED', GRACE - 1), wantVerdict: 'leave', wantWhy: 'in-grace' },
     { name: 'closed exactly the grace ago', c: c().closed('TERMINATED', GRACE), wantVerdict: 'orphaned', wantState: 'Failed' },
-    { name: 'a row younger than the grace, workflow gone', c: c().row({ createdAt: ago(1_000) }).gone(), wantVerdict: 'leave', wantWhy: 'in-grace' },
+    {
+      name: 'a row younger than the grace, workflow gone',
+      c: c()
+        .row({ createdAt: ago(1_000) })
+        .gone(),
+      wantVerdict: 'leave',
+      wantWhy: 'in-grace',
+    },
     { name: 'an unknown status is left to a person', c: c().closed('UNKNOWN'), wantVerdict: 'leave', wantWhy: 'unknown-status' },
   ];
   for (const t of cases) {

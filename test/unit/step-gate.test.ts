@@ -78,7 +78,12 @@ class GateBuilder {
 
 const gate = () => new GateBuilder();
 
-const step = (tokensIn: number, tokensOut: number, contextTokens: number, extra: Partial<StepUsage> = {}): StepUsage => ({ tokensIn, tokensOut, contextTokens, ...extra });
+const step = (tokensIn: number, tokensOut: number, contextTokens: number, extra: Partial<StepUsage> = {}): StepUsage => ({
+  tokensIn,
+  tokensOut,
+  contextTokens,
+  ...extra,
+});
 const times = (n: number, s: StepSpec): StepSpec[] => Array.from({ length: n }, () => s);
 
 /** Feeds the steps through the gate one after the other; totals move only when a step is let through. */
@@ -135,7 +140,12 @@ const cases: Case[] = [
   {
     name: 'maxContextTokens: a cap on each step, not on the sum; the cap itself is allowed',
     gate: gate().caps({ maxContextTokens: 8000 }),
-    steps: [{ usage: step(10, 10, 2000), costMicros: 1 }, { usage: step(10, 10, 8000), costMicros: 1 }, { usage: step(10, 10, 8001), costMicros: 1 }, { usage: step(10, 10, 100), costMicros: 1 }],
+    steps: [
+      { usage: step(10, 10, 2000), costMicros: 1 },
+      { usage: step(10, 10, 8000), costMicros: 1 },
+      { usage: step(10, 10, 8001), costMicros: 1 },
+      { usage: step(10, 10, 100), costMicros: 1 },
+    ],
     wantAnswers: ['allow', 'allow', 'deny', 'allow'],
     wantReason: { code: 'CAP_MAX_CONTEXT_TOKENS', limit: 8000, requested: 8001, policy: 'task#caps.maxContextTokens' },
     wantTotals: { steps: 3, tokens: 60, costMicros: 3 },
@@ -143,7 +153,10 @@ const cases: Case[] = [
   {
     name: "maxContextTokens counts the declared tools' definitions",
     gate: gate().caps({ maxContextTokens: 8000 }).toolOverhead(180),
-    steps: [{ usage: step(10, 10, 7820), costMicros: 1 }, { usage: step(10, 10, 7821), costMicros: 1 }],
+    steps: [
+      { usage: step(10, 10, 7820), costMicros: 1 },
+      { usage: step(10, 10, 7821), costMicros: 1 },
+    ],
     wantAnswers: ['allow', 'deny'],
     wantReason: { code: 'CAP_MAX_CONTEXT_TOKENS', limit: 8000, requested: 8001, policy: 'task#caps.maxContextTokens' },
     wantTotals: { steps: 1, tokens: 20, costMicros: 1 },
@@ -195,7 +208,10 @@ const cases: Case[] = [
   {
     name: "without a fallback, only the intent's model is allowed",
     gate: gate(),
-    steps: [{ usage: step(10, 10, 100, { model: 'llama-3-8b' }), costMicros: 7 }, { usage: step(10, 10, 100, { model: 'small-fast' }), costMicros: 1 }],
+    steps: [
+      { usage: step(10, 10, 100, { model: 'llama-3-8b' }), costMicros: 7 },
+      { usage: step(10, 10, 100, { model: 'small-fast' }), costMicros: 1 },
+    ],
     wantAnswers: ['allow', 'deny'],
     wantReason: { code: 'MODEL_NOT_ALLOWED', limit: 'llama-3-8b', requested: 'small-fast', policy: 'intent#attribution.model' },
     wantTotals: { steps: 1, costMicros: 7 },
@@ -210,7 +226,11 @@ const cases: Case[] = [
   {
     name: 'the reservation, below maxUsd, is the ceiling: the step that would pass it is denied, one that lands on it is allowed',
     gate: gate().caps({ maxUsd: 1 }).reserved(500_000),
-    steps: [{ usage: step(10, 10, 100), costMicros: 300_000 }, { usage: step(10, 10, 100), costMicros: 300_000 }, { usage: step(10, 10, 100), costMicros: 200_000 }],
+    steps: [
+      { usage: step(10, 10, 100), costMicros: 300_000 },
+      { usage: step(10, 10, 100), costMicros: 300_000 },
+      { usage: step(10, 10, 100), costMicros: 200_000 },
+    ],
     wantAnswers: ['allow', 'deny', 'allow'],
     wantReason: { code: 'CAP_RESERVATION', limit: 0.5, requested: 0.6, policy: 'task#plan.worstCaseMicros' },
     wantTotals: { steps: 2, costMicros: 500_000 },
@@ -218,7 +238,10 @@ const cases: Case[] = [
   {
     name: 'a step that would pass the reservation on the primary model degrades when it fits on the fallback',
     gate: gate().caps({ maxUsd: 1 }).reserved(500_000).fallback('small-fast'),
-    steps: [{ usage: step(10, 10, 100), costMicros: 300_000, fallbackCostMicros: 100_000 }, { usage: step(10, 10, 100), costMicros: 300_000, fallbackCostMicros: 100_000 }],
+    steps: [
+      { usage: step(10, 10, 100), costMicros: 300_000, fallbackCostMicros: 100_000 },
+      { usage: step(10, 10, 100), costMicros: 300_000, fallbackCostMicros: 100_000 },
+    ],
     wantAnswers: ['allow', 'degrade'],
     wantTotals: { steps: 2, costMicros: 400_000, degraded: true },
   },
@@ -295,24 +318,35 @@ describe('evaluateStep', () => {
 
   it('property: with a fallback model, what it lets through (allowed or degraded) never exceeds a cap either', () => {
     const stepArb = fc.record({
-      usage: fc.record({ tokensIn: fc.integer({ min: 0, max: 2000 }), tokensOut: fc.integer({ min: 0, max: 2000 }), contextTokens: fc.integer({ min: 0, max: 3000 }) }),
+      usage: fc.record({
+        tokensIn: fc.integer({ min: 0, max: 2000 }),
+        tokensOut: fc.integer({ min: 0, max: 2000 }),
+        contextTokens: fc.integer({ min: 0, max: 3000 }),
+      }),
       costMicros: fc.integer({ min: 0, max: 400_000 }),
       fallbackShare: fc.double({ min: 0, max: 1, noNaN: true }),
     });
     fc.assert(
-      fc.property(fc.integer({ min: 1, max: 3_000_000 }), fc.integer({ min: 1, max: 20_000 }), fc.array(stepArb, { maxLength: 30 }), (maxMicros, maxTokens, steps) => {
-        const maxUsd = maxMicros / 1_000_000;
-        const g = gate().caps({ maxUsd, maxTokens, maxContextTokens: 3000 }).fallback('small-fast');
-        let totals = zeroTotals;
-        for (const s of steps) {
-          const d = evaluateStep(g.context(totals, { usage: s.usage, costMicros: s.costMicros, fallbackCostMicros: Math.floor(s.costMicros * s.fallbackShare) }));
-          if (d.answer === 'deny') continue;
-          expect(d.totals.steps).toBe(totals.steps + 1);
-          totals = d.totals;
-          expect(totals.tokens).toBeLessThanOrEqual(maxTokens);
-          expect(totals.costMicros).toBeLessThanOrEqual(maxMicros);
-        }
-      }),
+      fc.property(
+        fc.integer({ min: 1, max: 3_000_000 }),
+        fc.integer({ min: 1, max: 20_000 }),
+        fc.array(stepArb, { maxLength: 30 }),
+        (maxMicros, maxTokens, steps) => {
+          const maxUsd = maxMicros / 1_000_000;
+          const g = gate().caps({ maxUsd, maxTokens, maxContextTokens: 3000 }).fallback('small-fast');
+          let totals = zeroTotals;
+          for (const s of steps) {
+            const d = evaluateStep(
+              g.context(totals, { usage: s.usage, costMicros: s.costMicros, fallbackCostMicros: Math.floor(s.costMicros * s.fallbackShare) }),
+            );
+            if (d.answer === 'deny') continue;
+            expect(d.totals.steps).toBe(totals.steps + 1);
+            totals = d.totals;
+            expect(totals.tokens).toBeLessThanOrEqual(maxTokens);
+            expect(totals.costMicros).toBeLessThanOrEqual(maxMicros);
+          }
+        },
+      ),
       { numRuns: 500 },
     );
   });
@@ -336,7 +370,13 @@ describe('evaluateStep against what admission reserved', () => {
     const reserved = worstCaseMicros(intent, caps, config, T0);
     expect(reserved).toBe(800_000);
     const s = step(0, 100_000, 1000, { model: 'frontier-large' });
-    const d = evaluateStep(gate().caps(caps).fallback('small-fast').reserved(reserved).context(zeroTotals, { usage: s, costMicros: priceOn(version, 'frontier-large', s), fallbackCostMicros: priceOn(version, 'small-fast', s) }));
+    const d = evaluateStep(
+      gate()
+        .caps(caps)
+        .fallback('small-fast')
+        .reserved(reserved)
+        .context(zeroTotals, { usage: s, costMicros: priceOn(version, 'frontier-large', s), fallbackCostMicros: priceOn(version, 'small-fast', s) }),
+    );
     expect(d).toMatchObject({ answer: 'deny', reason: { code: 'MODEL_NOT_ALLOWED', requested: 'frontier-large', limit: 'llama-3-8b|small-fast' } });
   });
 
@@ -363,10 +403,16 @@ describe('evaluateStep against what admission reserved', () => {
         fc.double({ min: 1, max: 10, noNaN: true }),
         fc.array(stepArb, { maxLength: 40 }),
         (primary, fallback, maxTokens, maxMicros, rise, steps) => {
-          const intent = anIntent().agent().model(primary).caps({ maxTokens, maxUsd: maxMicros / 1_000_000 }).build();
+          const intent = anIntent()
+            .agent()
+            .model(primary)
+            .caps({ maxTokens, maxUsd: maxMicros / 1_000_000 })
+            .build();
           const { caps } = resolveCaps(intent, config.policies.kinds.agent!, config.policies.name);
           const reserved = worstCaseMicros(intent, caps, config, T0);
-          const g = gate().caps({ ...caps, maxContextTokens: 1_000_000, maxSteps: 1000, maxToolCalls: 1000 }).reserved(reserved);
+          const g = gate()
+            .caps({ ...caps, maxContextTokens: 1_000_000, maxSteps: 1000, maxToolCalls: 1000 })
+            .reserved(reserved);
           if (fallback !== null) g.fallback(fallback);
           let totals = zeroTotals;
           let charged = 0;
@@ -374,7 +420,11 @@ describe('evaluateStep against what admission reserved', () => {
             const usage = step(s.tokensIn, s.tokensOut, 100, s.model === undefined ? {} : { model: s.model });
             const v = s.repriced ? later(rise) : version;
             const d = evaluateStep({
-              ...g.context(totals, { usage, costMicros: priceOn(v, usage.model ?? primary, usage), ...(fallback !== null ? { fallbackCostMicros: priceOn(v, fallback, usage) } : {}) }),
+              ...g.context(totals, {
+                usage,
+                costMicros: priceOn(v, usage.model ?? primary, usage),
+                ...(fallback !== null ? { fallbackCostMicros: priceOn(v, fallback, usage) } : {}),
+              }),
               primaryModel: primary,
             });
             if (d.answer === 'deny') continue;

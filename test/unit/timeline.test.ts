@@ -23,7 +23,6 @@ function pod(p: Partial<TimelinePod> & { arrival: number; lifetime: number }): T
 
 const NO_RESERVATIONS: SimulateSettings = { reservations: 0 };
 
-
 describe('lostOnEviction', () => {
   it('loses everything run when the pod never checkpoints', () => {
     expect(lostOnEviction(0, 2500, 0)).toBe(2500);
@@ -109,7 +108,8 @@ describe('preemption', () => {
     // pods; a best-effort pod of tenant 0 may not reclaim from them, a latency-sensitive one may.
     const index = cluster([{}, {}]);
     const borrower = (id: string) => pod({ arrival: 0, lifetime: 1000, tenant: 1, priority: 2, req: { id, gpus: 1, cpuMilli: 1000, memoryMib: 1024 } });
-    const claim = (priority: number) => pod({ arrival: 10, lifetime: 100, tenant: 0, priority, req: { id: `claim${priority}`, gpus: 1, cpuMilli: 1000, memoryMib: 1024 } });
+    const claim = (priority: number) =>
+      pod({ arrival: 10, lifetime: 100, tenant: 0, priority, req: { id: `claim${priority}`, gpus: 1, cpuMilli: 1000, memoryMib: 1024 } });
     const be = simulateTimeline('govloop', index, [borrower('x'), borrower('y'), claim(0)], 2, WORKLOAD, NO_RESERVATIONS);
     expect(be.preemptions).toBe(0);
     const ls = simulateTimeline('govloop', index, [borrower('x'), borrower('y'), claim(2)], 2, WORKLOAD, NO_RESERVATIONS);
@@ -162,7 +162,15 @@ describe('CPU kept for GPUs', () => {
 describe('reservations', () => {
   it('reserve the least-used GPU for a share that fits nowhere, so it drains', () => {
     const index = cluster([{ gpus: 2, cpuMilli: 64_000, memoryMib: 262_144 }]);
-    const share = (gpu: number, milli: number): Assignment => ({ kind: 'milli', node: 'node-00', gpus: [gpu], milli, sharing: 'mps', cpuMilli: 1000, memoryMib: 1024 });
+    const share = (gpu: number, milli: number): Assignment => ({
+      kind: 'milli',
+      node: 'node-00',
+      gpus: [gpu],
+      milli,
+      sharing: 'mps',
+      cpuMilli: 1000,
+      memoryMib: 1024,
+    });
     const st = commit(emptyState(index, { workload: WORKLOAD }), heldPlacement([share(0, 600), share(1, 300)]));
     const big: PlacementRequest = { gpuMilli: 800, cpuMilli: 2000, memoryMib: 2048 };
     expect(place(st, big).placed).toBe(false);
@@ -196,8 +204,14 @@ describe('reservations', () => {
     // One 2-GPU node. 1-GPU pods of 600 s arrive every 300 s, so one GPU always frees while the
     // other is busy: a 2-GPU pod starves behind them by backfill unless it holds a reservation.
     const index = cluster([{ gpus: 2, cpuMilli: 64_000, memoryMib: 262_144 }]);
-    const small = Array.from({ length: 60 }, (_, i) => pod({ arrival: i * 300, lifetime: 600, req: { id: `s${i}`, gpus: 1, cpuMilli: 1000, memoryMib: 1024 } }));
-    const whole = pod({ arrival: 150, lifetime: 100, req: { id: 'whole', gpus: 2, cpuMilli: 1000, memoryMib: 1024, topology: { level: 'node', mode: 'required' } } });
+    const small = Array.from({ length: 60 }, (_, i) =>
+      pod({ arrival: i * 300, lifetime: 600, req: { id: `s${i}`, gpus: 1, cpuMilli: 1000, memoryMib: 1024 } }),
+    );
+    const whole = pod({
+      arrival: 150,
+      lifetime: 100,
+      req: { id: 'whole', gpus: 2, cpuMilli: 1000, memoryMib: 1024, topology: { level: 'node', mode: 'required' } },
+    });
     const without = simulateTimeline('govloop', index, [...small, whole], 1, WORKLOAD, { reservations: 0 });
     const withRes = simulateTimeline('govloop', index, [...small, whole], 1, WORKLOAD, { reserveAfterS: 600, reservations: 8 });
     const waitOfWhole = (r: ReturnType<typeof simulateTimeline>) => r.p99DelayS;

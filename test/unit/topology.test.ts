@@ -15,7 +15,14 @@ type NodeInput = TopologyInput['blocks'][number]['racks'][number]['nodes'][numbe
 
 /** A valid two-rack topology to break one field at a time. */
 function aDoc(): TopologyInput {
-  const node = (name: string, extra: Partial<NodeInput> = {}): NodeInput => ({ name, gpuType: 'H100', gpus: 4, cpuMilli: 64_000, memoryMib: 262_144, ...extra });
+  const node = (name: string, extra: Partial<NodeInput> = {}): NodeInput => ({
+    name,
+    gpuType: 'H100',
+    gpus: 4,
+    cpuMilli: 64_000,
+    memoryMib: 262_144,
+    ...extra,
+  });
   return {
     cluster: 'test',
     gpuTypes: { H100: { memoryGb: 80, mig: { computeSlices: 7, memorySlices: 8, profiles: MIG_80GB } }, T4: { memoryGb: 16 } },
@@ -39,7 +46,12 @@ interface ValidationCase {
 }
 
 const validationCases: ValidationCase[] = [
-  { name: 'duplicate node name', edit: (d) => (d.blocks[0]!.racks[1]!.nodes[0]!.name = 'n0'), wantPath: 'blocks.0.racks.1.nodes.0.name', wantMessage: /duplicate node "n0"/ },
+  {
+    name: 'duplicate node name',
+    edit: (d) => (d.blocks[0]!.racks[1]!.nodes[0]!.name = 'n0'),
+    wantPath: 'blocks.0.racks.1.nodes.0.name',
+    wantMessage: /duplicate node "n0"/,
+  },
   { name: 'duplicate rack name', edit: (d) => (d.blocks[0]!.racks[1]!.name = 'r0'), wantPath: 'blocks.0.racks.1.name', wantMessage: /duplicate rack "r0"/ },
   {
     name: 'duplicate block name',
@@ -47,7 +59,12 @@ const validationCases: ValidationCase[] = [
     wantPath: 'blocks.1.name',
     wantMessage: /duplicate block "b0"/,
   },
-  { name: 'unknown GPU type', edit: (d) => (d.blocks[0]!.racks[0]!.nodes[1]!.gpuType = 'B200'), wantPath: 'blocks.0.racks.0.nodes.1.gpuType', wantMessage: /unknown GPU type "B200"/ },
+  {
+    name: 'unknown GPU type',
+    edit: (d) => (d.blocks[0]!.racks[0]!.nodes[1]!.gpuType = 'B200'),
+    wantPath: 'blocks.0.racks.0.nodes.1.gpuType',
+    wantMessage: /unknown GPU type "B200"/,
+  },
   {
     name: 'MIG on a type without MIG profiles',
     edit: (d) => (d.blocks[0]!.racks[1]!.nodes[1]!.sharing = { mig: true }),
@@ -67,7 +84,12 @@ const validationCases: ValidationCase[] = [
     wantMessage: /spans racks or GPU types/,
   },
   { name: 'negative GPU count', edit: (d) => (d.blocks[0]!.racks[0]!.nodes[0]!.gpus = -1), wantPath: 'blocks.0.racks.0.nodes.0.gpus', wantMessage: /./ },
-  { name: 'a node name with a space', edit: (d) => (d.blocks[0]!.racks[0]!.nodes[0]!.name = 'n 0'), wantPath: 'blocks.0.racks.0.nodes.0.name', wantMessage: /letters, digits/ },
+  {
+    name: 'a node name with a space',
+    edit: (d) => (d.blocks[0]!.racks[0]!.nodes[0]!.name = 'n 0'),
+    wantPath: 'blocks.0.racks.0.nodes.0.name',
+    wantMessage: /letters, digits/,
+  },
   { name: 'an unknown field', edit: (d) => Object.assign(d.blocks[0]!.racks[0]!, { switch: 'tor-1' }), wantPath: 'blocks.0.racks.0', wantMessage: /switch/ },
   { name: 'an empty rack', edit: (d) => (d.blocks[0]!.racks[0]!.nodes = []), wantPath: 'blocks.0.racks.0.nodes', wantMessage: /./ },
   {
@@ -82,7 +104,12 @@ const validationCases: ValidationCase[] = [
     wantPath: 'gpuTypes.H100.mig.profiles.1.name',
     wantMessage: /duplicate MIG profile/,
   },
-  { name: 'a bad MIG profile name', edit: (d) => (d.gpuTypes.H100!.mig = { profiles: [{ name: 'half', computeSlices: 3, memorySlices: 4 }] }), wantPath: 'gpuTypes.H100.mig.profiles.0.name', wantMessage: /MIG profile name/ },
+  {
+    name: 'a bad MIG profile name',
+    edit: (d) => (d.gpuTypes.H100!.mig = { profiles: [{ name: 'half', computeSlices: 3, memorySlices: 4 }] }),
+    wantPath: 'gpuTypes.H100.mig.profiles.0.name',
+    wantMessage: /MIG profile name/,
+  },
 ];
 
 describe('parseTopology', () => {
@@ -114,7 +141,16 @@ describe('parseTopology', () => {
 
   it('parses YAML', () => {
     const t = parseTopologyYaml(
-      ['cluster: y', 'gpuTypes: { L4: {} }', 'blocks:', '  - name: b', '    racks:', '      - name: r', '        nodes:', '          - { name: a, gpuType: L4, gpus: 2, cpuMilli: 1000, memoryMib: 1024 }'].join('\n'),
+      [
+        'cluster: y',
+        'gpuTypes: { L4: {} }',
+        'blocks:',
+        '  - name: b',
+        '    racks:',
+        '      - name: r',
+        '        nodes:',
+        '          - { name: a, gpuType: L4, gpus: 2, cpuMilli: 1000, memoryMib: 1024 }',
+      ].join('\n'),
     );
     expect(t.blocks[0]!.racks[0]!.nodes[0]).toMatchObject({ name: 'a', gpus: 2, sharing: { mig: false, mps: false, timeslice: false } });
   });

@@ -72,12 +72,23 @@ const waitForState = async (taskId: string, want: string) => {
 };
 
 const auditOf = async (taskId: string) =>
-  (await h.db.query<{ action: string; decision: string; actor: string; detail: any }>('SELECT action, decision, actor, detail FROM audit_log WHERE task_id = $1 ORDER BY id', [taskId])).rows;
+  (
+    await h.db.query<{ action: string; decision: string; actor: string; detail: any }>(
+      'SELECT action, decision, actor, detail FROM audit_log WHERE task_id = $1 ORDER BY id',
+      [taskId],
+    )
+  ).rows;
 
 describe('the step gate stops an agent at exactly the step that crosses a cap', () => {
   const step = (over: Partial<StepUsage> = {}): StepUsage => ({ tokensIn: 1000, tokensOut: 500, contextTokens: 1000, model: 'small-fast', ...over });
   const cases: { cap: string; caps: Record<string, number>; steps: StepUsage[]; wantAnswers: string[]; wantCode: string }[] = [
-    { cap: 'maxSteps', caps: { maxSteps: 3 }, steps: [step(), step(), step(), step()], wantAnswers: ['allow', 'allow', 'allow', 'deny'], wantCode: 'CAP_MAX_STEPS' },
+    {
+      cap: 'maxSteps',
+      caps: { maxSteps: 3 },
+      steps: [step(), step(), step(), step()],
+      wantAnswers: ['allow', 'allow', 'allow', 'deny'],
+      wantCode: 'CAP_MAX_STEPS',
+    },
     {
       cap: 'maxToolCalls',
       caps: { maxToolCalls: 2 },
@@ -127,7 +138,11 @@ describe('the step gate stops an agent at exactly the step that crosses a cap', 
   it('answers degrade (with the fallback model) before deny, and charges degraded steps at the fallback price', async () => {
     // frontier-large: $5/M in, $25/M out. A step of 40k in + 4k out costs $0.30; on small-fast $0.0048.
     // The task runs on frontier-large (a step may name only the intent's model or the fallback).
-    const taskId = await startAgent('degrade', { maxUsd: 1, maxTokens: 1_000_000 }, { attribution: { tenant: h.tenant, team: 'search', project: 'ranker', model: 'frontier-large', useCase: 'relevance' } });
+    const taskId = await startAgent(
+      'degrade',
+      { maxUsd: 1, maxTokens: 1_000_000 },
+      { attribution: { tenant: h.tenant, team: 'search', project: 'ranker', model: 'frontier-large', useCase: 'relevance' } },
+    );
     const s: StepUsage = { tokensIn: 40_000, tokensOut: 4_000, contextTokens: 40_000, model: 'frontier-large' };
     const answers = [];
     for (let i = 0; i < 4; i++) answers.push(await gov.step(taskId, s));
@@ -156,7 +171,10 @@ describe('the step gate stops an agent at exactly the step that crosses a cap', 
     const taskId = await startAgent('model', {});
     const s = (model?: string): StepUsage => ({ tokensIn: 1000, tokensOut: 500, contextTokens: 1000, ...(model ? { model } : {}) });
     const dearer = await gov.step(taskId, s('frontier-large'));
-    expect(dearer).toMatchObject({ answer: 'deny', reason: { code: 'MODEL_NOT_ALLOWED', limit: 'llama-3-8b|small-fast', requested: 'frontier-large', policy: 'intent#attribution.model' } });
+    expect(dearer).toMatchObject({
+      answer: 'deny',
+      reason: { code: 'MODEL_NOT_ALLOWED', limit: 'llama-3-8b|small-fast', requested: 'frontier-large', policy: 'intent#attribution.model' },
+    });
     expect(dearer.reason?.message).toMatch(/llama-3-8b.*small-fast/);
     const answers = [await gov.step(taskId, s('small-fast')), await gov.step(taskId, s()), await gov.step(taskId, s('llama-3-8b'))];
     expect(answers.map((a) => a.answer)).toEqual(['allow', 'allow', 'allow']);
@@ -194,7 +212,17 @@ describe('the step gate stops an agent at exactly the step that crosses a cap', 
   });
 
   it('rejects at admission a task that declares a tool above its kind ceiling or not in the catalog', async () => {
-    const a = await gov.submit(intent(h.tenant, { kind: 'agent', name: 'shell', resources: { gpus: 0 }, simulation: undefined, tools: ['shell.exec', 'nope.tool'], caps: { maxUsd: 5 } }), { requester: 'carol' });
+    const a = await gov.submit(
+      intent(h.tenant, {
+        kind: 'agent',
+        name: 'shell',
+        resources: { gpus: 0 },
+        simulation: undefined,
+        tools: ['shell.exec', 'nope.tool'],
+        caps: { maxUsd: 5 },
+      }),
+      { requester: 'carol' },
+    );
     expect(a.decision).toBe('rejected');
     expect(a.reasons.map((r) => r.code)).toEqual(['TOOL_RISK_NOT_ALLOWED', 'TOOL_UNKNOWN']);
   });
@@ -212,15 +240,29 @@ describe('the step gate stops an agent at exactly the step that crosses a cap', 
 describe('human approval for high-risk tools', () => {
   it('holds the call in AwaitingApproval; refuses four-eyes, missing-role and double decisions; runs it once approved', async () => {
     const taskId = await startAgent('approve-ok', {});
-    const held = await gov.step(taskId, { tokensIn: 500, tokensOut: 100, contextTokens: 2000, tool: 'payments.refund', toolArgs: { orderId: 'o-1', amountUsd: 40 } });
+    const held = await gov.step(taskId, {
+      tokensIn: 500,
+      tokensOut: 100,
+      contextTokens: 2000,
+      tool: 'payments.refund',
+      toolArgs: { orderId: 'o-1', amountUsd: 40 },
+    });
     expect(held).toMatchObject({ answer: 'await-approval', approvalId: `${taskId}.a1`, reason: { code: 'AWAITING_APPROVAL' } });
     const approvalId = held.approvalId!;
 
     const s = await waitForState(taskId, 'AwaitingApproval');
-    expect(s.approval).toMatchObject({ tool: 'payments.refund', requester: 'carol (unverified)', state: 'pending', argsDigest: expect.stringMatching(/^sha256:[0-9a-f]{64}$/) });
+    expect(s.approval).toMatchObject({
+      tool: 'payments.refund',
+      requester: 'carol (unverified)',
+      state: 'pending',
+      argsDigest: expect.stringMatching(/^sha256:[0-9a-f]{64}$/),
+    });
     const d = await h.client.workflow.getHandle(taskId).describe();
     expect(d.typedSearchAttributes.get(GovStateKey)).toBe('AwaitingApproval');
-    expect(d.memo).toMatchObject({ runbook: 'runbooks/awaitingapproval.md', approval: { approvalId, tool: 'payments.refund', requester: 'carol (unverified)' } });
+    expect(d.memo).toMatchObject({
+      runbook: 'runbooks/awaitingapproval.md',
+      approval: { approvalId, tool: 'payments.refund', requester: 'carol (unverified)' },
+    });
 
     // Nothing else runs while the call is held.
     expect((await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1 })).reason?.code).toBe('AWAITING_APPROVAL');
@@ -289,7 +331,11 @@ describe('human approval for high-risk tools', () => {
     // Approvals fired every 50 ms from 1.2 s to 1.8 s around the 1.5 s expiry.
     await new Promise((r) => setTimeout(r, 1200));
     const answers = await Promise.all(
-      Array.from({ length: 12 }, (_, i) => new Promise((r) => setTimeout(r, i * 50)).then(() => gov.approve(approvalId, { by: 'alice', reason: 'race' }).catch((e: Error) => ({ recorded: false, code: e.name })))),
+      Array.from({ length: 12 }, (_, i) =>
+        new Promise((r) => setTimeout(r, i * 50)).then(() =>
+          gov.approve(approvalId, { by: 'alice', reason: 'race' }).catch((e: Error) => ({ recorded: false, code: e.name })),
+        ),
+      ),
     );
     const row = (await h.db.query<{ state: string }>('SELECT state FROM approvals WHERE approval_id = $1', [approvalId])).rows[0]!;
     // An expired request ends the task at once: its outcome is then read from the ended task.
@@ -315,7 +361,9 @@ describe('human approval for high-risk tools', () => {
 describe('rollback of side-effecting steps', () => {
   it('compensates completed side effects newest first when the task is cancelled', async () => {
     const taskId = await startAgent('rollback', {});
-    expect((await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'tickets.update', toolArgs: { ticket: 7, status: 'closed' } })).answer).toBe('allow');
+    expect(
+      (await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'tickets.update', toolArgs: { ticket: 7, status: 'closed' } })).answer,
+    ).toBe('allow');
     expect((await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'search.web' })).answer).toBe('allow');
     const held = await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'payments.refund', toolArgs: { orderId: 'o-3' } });
     await gov.approve(held.approvalId!, { by: 'alice', reason: 'ok' });
@@ -348,7 +396,13 @@ describe('rollback of side-effecting steps', () => {
   it('a compensation that cannot succeed leaves the task in NeedsOperator until an operator resolves it', async () => {
     const taskId = await startAgent('rollback-stuck', {});
     await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'tickets.update', toolArgs: { ticket: 11 } });
-    const held = await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'payments.refund', toolArgs: { orderId: 'o-5', irreversible: true } });
+    const held = await gov.step(taskId, {
+      tokensIn: 1,
+      tokensOut: 1,
+      contextTokens: 1,
+      tool: 'payments.refund',
+      toolArgs: { orderId: 'o-5', irreversible: true },
+    });
     await gov.approve(held.approvalId!, { by: 'alice', reason: 'ok' });
     await gov.waitForApproval(held.approvalId!);
     await gov.cancel(taskId, 'carol', 'abort');
@@ -368,6 +422,8 @@ describe('rollback of side-effecting steps', () => {
     expect(status.state).toBe('Cancelled');
     expect(status.compensations?.map((c) => c.state)).toEqual(['failed', 'done']);
     const audit = await auditOf(taskId);
-    expect(audit.map((r) => `${r.action}:${r.decision}`)).toEqual(expect.arrayContaining(['compensation:failed', 'operator.resolve:Settling', 'compensation:done']));
+    expect(audit.map((r) => `${r.action}:${r.decision}`)).toEqual(
+      expect.arrayContaining(['compensation:failed', 'operator.resolve:Settling', 'compensation:done']),
+    );
   });
 });

@@ -23,7 +23,10 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await h.client.schedule.getHandle(scheduleId).delete().catch(() => undefined);
+  await h.client.schedule
+    .getHandle(scheduleId)
+    .delete()
+    .catch(() => undefined);
   await h.close();
   rmSync(dir, { recursive: true, force: true });
 });

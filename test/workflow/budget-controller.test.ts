@@ -30,7 +30,11 @@ beforeAll(async () => {
 
 afterAll(async () => {
   // Controllers run until stopped: end this file's (their histories so far replay like any other).
-  for await (const w of h.client.workflow.list({ query: `TaskQueue = '${h.controlQueue}' AND ExecutionStatus = 'Running'` })) await h.client.workflow.getHandle(w.workflowId, w.runId).terminate('test over').catch(() => undefined);
+  for await (const w of h.client.workflow.list({ query: `TaskQueue = '${h.controlQueue}' AND ExecutionStatus = 'Running'` }))
+    await h.client.workflow
+      .getHandle(w.workflowId, w.runId)
+      .terminate('test over')
+      .catch(() => undefined);
   await saveHistories(h.client, { cli: inject('temporalCli'), address: inject('temporalAddress'), taskQueue: h.controlQueue, prefix: 'budget-controller' });
   await h.close();
   hook.close();
@@ -57,7 +61,17 @@ describe('the budget controller and its enforcement ladder', () => {
     const controller = h.client.workflow.getHandle(started.workflowId);
     const spend = (usd: number) =>
       // H100 exclusive at $4/hour: 900 GPU-seconds a dollar. No task: usage reported from outside.
-      recordUsage(h.db, h.config.priceBook, [{ key: `${tenant}:spend:${++spendSeq}`, taskId: null, attribution, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: usd * 900, occurredAt: new Date() }]);
+      recordUsage(h.db, h.config.priceBook, [
+        {
+          key: `${tenant}:spend:${++spendSeq}`,
+          taskId: null,
+          attribution,
+          meter: 'gpu_seconds',
+          subject: 'H100:exclusive',
+          quantity: usd * 900,
+          occurredAt: new Date(),
+        },
+      ]);
     const events = async () =>
       (
         await h.db.query<{ step: string; action: string; crossing: number }>(
@@ -69,7 +83,16 @@ describe('the budget controller and its enforcement ladder', () => {
 
     // Two long GPU jobs hold $40 each: 40 % of the budget. One is critical.
     const job = (name: string, priority: string) =>
-      gov.submit(intent(tenant, { name, priority, resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' }, caps: { maxUsd: 40, maxGpuHours: 10 }, simulation: { durationSeconds: 36_000, tokensPerSecond: 0 } }), { requester: 'test' });
+      gov.submit(
+        intent(tenant, {
+          name,
+          priority,
+          resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' },
+          caps: { maxUsd: 40, maxGpuHours: 10 },
+          simulation: { durationSeconds: 36_000, tokensPerSecond: 0 },
+        }),
+        { requester: 'test' },
+      );
     const low = await job('low-job', 'low');
     const crit = await job('crit-job', 'critical');
     expect([low.decision, crit.decision]).toEqual(['admitted', 'admitted']);
@@ -86,7 +109,9 @@ describe('the budget controller and its enforcement ladder', () => {
     await spend(20); // 82.5 %: throttle — non-critical agents are degraded, critical ones are not (yet)
     await controllerAt('throttle');
     const agent = (name: string, priority: string) =>
-      gov.submit(intent(tenant, { kind: 'agent', name, priority, resources: { gpus: 0 }, simulation: undefined, tools: [], caps: { maxUsd: 1 } }), { requester: 'test' });
+      gov.submit(intent(tenant, { kind: 'agent', name, priority, resources: { gpus: 0 }, simulation: undefined, tools: [], caps: { maxUsd: 1 } }), {
+        requester: 'test',
+      });
     const normalAgent = await agent('agent-normal', 'normal');
     const critAgent = await agent('agent-crit', 'critical');
     const step = { tokensIn: 1000, tokensOut: 200, contextTokens: 1000 };

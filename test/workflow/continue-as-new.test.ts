@@ -34,7 +34,8 @@ afterAll(async () => {
 /** Every run of a workflow id, oldest first, as Temporal lists them. */
 async function runsOf(taskId: string): Promise<{ runId: string; status: string; historyLength: number }[]> {
   const runs: { runId: string; status: string; historyLength: number }[] = [];
-  for await (const w of h.client.workflow.list({ query: `WorkflowId = '${taskId}'` })) runs.push({ runId: w.runId, status: w.status.name, historyLength: w.historyLength });
+  for await (const w of h.client.workflow.list({ query: `WorkflowId = '${taskId}'` }))
+    runs.push({ runId: w.runId, status: w.status.name, historyLength: w.historyLength });
   return runs.reverse();
 }
 
@@ -42,7 +43,12 @@ describe('a cluster task continues as new while its job runs', () => {
   it('finishes Succeeded across several runs, each under the threshold, and is charged exactly what ran', async () => {
     // 11 simulated hours at 2000x: 20 s of watching the job, a few hundred events.
     const { taskId, result } = await h.submit(
-      intent(h.tenant, { name: 'can-train', resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' }, caps: { maxGpuHours: 20, maxUsd: 100 }, simulation: { durationSeconds: 40_000, tokensPerSecond: 10 } }),
+      intent(h.tenant, {
+        name: 'can-train',
+        resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' },
+        caps: { maxGpuHours: 20, maxUsd: 100 },
+        simulation: { durationSeconds: 40_000, tokensPerSecond: 10 },
+      }),
     );
     const status = await result();
     expect(status.state).toBe('Succeeded');
@@ -65,7 +71,14 @@ describe('a cluster task continues as new while its job runs', () => {
   });
 
   it('is cancelled in a later run like in the first: the job deleted, what ran charged, the rest released', async () => {
-    const { taskId, result } = await h.submit(intent(h.tenant, { name: 'can-cancel', resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' }, caps: { maxGpuHours: 1000, maxUsd: 5000 }, simulation: { durationSeconds: 1_000_000, tokensPerSecond: 1 } }));
+    const { taskId, result } = await h.submit(
+      intent(h.tenant, {
+        name: 'can-cancel',
+        resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' },
+        caps: { maxGpuHours: 1000, maxUsd: 5000 },
+        simulation: { durationSeconds: 1_000_000, tokensPerSecond: 1 },
+      }),
+    );
     await h.until(taskId, (s) => (s.runs ?? 1) >= 2 && s.state === 'Running', 90_000);
     await gov.cancel(taskId, 'carol', 'no longer needed');
     const status = await result();
@@ -85,13 +98,22 @@ describe('an agent task continues as new between steps', () => {
 
   it('keeps its totals, its rollback stack and its decided approvals across runs, and the ledger is exact', async () => {
     const a = await gov.submit(
-      intent(h.tenant, { kind: 'agent', name: 'can-agent', resources: { gpus: 0 }, simulation: undefined, tools: ['tickets.update', 'payments.refund'], caps: { maxUsd: 50, maxSteps: 200 } }),
+      intent(h.tenant, {
+        kind: 'agent',
+        name: 'can-agent',
+        resources: { gpus: 0 },
+        simulation: undefined,
+        tools: ['tickets.update', 'payments.refund'],
+        caps: { maxUsd: 50, maxSteps: 200 },
+      }),
       { requester: 'carol' },
     );
     expect(a.decision).toBe('admitted');
     const taskId = a.taskId;
     // Run 1: a side effect to undo later, and an approval decided.
-    expect((await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'tickets.update', toolArgs: { ticket: 9, status: 'closed' } })).answer).toBe('allow');
+    expect(
+      (await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'tickets.update', toolArgs: { ticket: 9, status: 'closed' } })).answer,
+    ).toBe('allow');
     const held = await gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, tool: 'payments.refund', toolArgs: { orderId: 'o-can' } });
     await gov.approve(held.approvalId!, { by: 'alice', reason: 'ok' });
     expect((await gov.waitForApproval(held.approvalId!)).step?.answer).toBe('allow');

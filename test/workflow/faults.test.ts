@@ -53,7 +53,7 @@ afterAll(async () => {
 
 describe('data errors', () => {
   it('PostgreSQL says which errors are data errors: NUL in text and a NOT NULL are, a unique race and a lost connection are not', async () => {
-    const nul = await h.db.query("SELECT $1::text AS t", ['a\u0000b']).catch((e: unknown) => e);
+    const nul = await h.db.query('SELECT $1::text AS t', ['a\u0000b']).catch((e: unknown) => e);
     expect((nul as { code: string }).code).toBe('22021');
     expect(isDataError(nul)).toBe(true);
     await h.db.query('CREATE TEMP TABLE IF NOT EXISTS fault_probe (k int PRIMARY KEY, v text NOT NULL)');
@@ -69,7 +69,11 @@ describe('data errors', () => {
     const good = Intent.parse(intent(h.tenant, { name: 'nul-model' }));
     const bad = { ...good, attribution: { ...good.attribution, model: 'llama\u0000-3' } };
     const taskId = `nul-model-${Date.now()}`;
-    const handle = await h.client.workflow.start(governedTask, { taskQueue: h.controlQueue, workflowId: taskId, args: [{ taskId, intent: bad, requester: 'mallory' }] });
+    const handle = await h.client.workflow.start(governedTask, {
+      taskQueue: h.controlQueue,
+      workflowId: taskId,
+      args: [{ taskId, intent: bad, requester: 'mallory' }],
+    });
     const status = await handle.result();
     expect(status.state).toBe('Failed');
     expect(status.reasons[0]).toMatchObject({ code: 'DATA_ERROR' });
@@ -86,14 +90,23 @@ describe('data errors', () => {
 
 describe('bounded retries', () => {
   it('a cluster that stops answering puts the task in NeedsOperator (audited, notified); resolved, it runs on and settles exactly', async () => {
-    const a = await gov.submit(intent(h.tenant, { name: 'outage', caps: { maxUsd: 1000, maxGpuHours: 40 }, simulation: { durationSeconds: 30_000, tokensPerSecond: 10 } }), { requester: 'carol' });
+    const a = await gov.submit(
+      intent(h.tenant, { name: 'outage', caps: { maxUsd: 1000, maxGpuHours: 40 }, simulation: { durationSeconds: 30_000, tokensPerSecond: 10 } }),
+      { requester: 'carol' },
+    );
     expect(a.decision).toBe('admitted');
     await h.until(a.taskId, (s) => s.state === 'Running');
     clusterDown = true;
     const waiting = await h.until(a.taskId, (s) => s.state === 'NeedsOperator', 60_000);
     expect(waiting.reasons.at(-1)).toMatchObject({ code: 'RETRIES_EXHAUSTED', requested: 'observeJob' });
     expect(waiting.reasons.at(-1)?.message).toMatch(/ECONNREFUSED/);
-    const audit = async () => (await h.db.query<{ action: string; decision: string }>("SELECT action, decision FROM audit_log WHERE task_id = $1 AND action IN ('retries.exhausted', 'operator.resolve') ORDER BY id", [a.taskId])).rows;
+    const audit = async () =>
+      (
+        await h.db.query<{ action: string; decision: string }>(
+          "SELECT action, decision FROM audit_log WHERE task_id = $1 AND action IN ('retries.exhausted', 'operator.resolve') ORDER BY id",
+          [a.taskId],
+        )
+      ).rows;
     await expect.poll(audit).toEqual([{ action: 'retries.exhausted', decision: 'needs-operator' }]);
     await expect.poll(() => hook.received.filter((n) => n.taskId === a.taskId && n.event === 'task.needs-operator').length).toBe(1);
     const ledgerState = await h.db.query('SELECT state FROM tasks WHERE task_id = $1', [a.taskId]);

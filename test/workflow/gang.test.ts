@@ -32,8 +32,6 @@ afterAll(async () => {
   await h.close();
 });
 
-
-
 /** The GPUs a task's job holds, as node/gpu strings, from the simulated cluster's ledger rows. */
 async function heldGpus(taskId: string): Promise<string[]> {
   const r = await h.db.query<{ assignments: { node: string; gpus: number[] }[] | null }>('SELECT assignments FROM sim_jobs WHERE task_id = $1', [taskId]);
@@ -67,7 +65,10 @@ describe('gangs and shared GPUs on the simulated cluster, through real Temporal 
     const victims = await h.db.query<{ victim_task_id: string }>('SELECT victim_task_id FROM preemptions WHERE preemptor_task_id = $1', [a.taskId]);
     expect(victims.rowCount).toBe(2);
     // Where the victims ran before they were preempted: the dispatch audit rows name their nodes.
-    const ran = await h.db.query<{ task_id: string; detail: { nodes: string[] } }>(`SELECT task_id, detail FROM audit_log WHERE action = 'dispatch' AND task_id = ANY($1) ORDER BY id`, [victims.rows.map((r) => r.victim_task_id)]);
+    const ran = await h.db.query<{ task_id: string; detail: { nodes: string[] } }>(
+      `SELECT task_id, detail FROM audit_log WHERE action = 'dispatch' AND task_id = ANY($1) ORDER BY id`,
+      [victims.rows.map((r) => r.victim_task_id)],
+    );
     const firstNodes = new Map<string, string[]>();
     for (const r of ran.rows) if (!firstNodes.has(r.task_id)) firstNodes.set(r.task_id, r.detail.nodes);
     const victimRacks = new Set([...firstNodes.values()].flat().map(rackOf));
@@ -78,7 +79,10 @@ describe('gangs and shared GPUs on the simulated cluster, through real Temporal 
     expect(gangGpus).toHaveLength(8);
     expect(new Set(gangGpus.map(rackOf))).toEqual(victimRacks);
     expect((await taskUsage(h.db, a.taskId)).gpuSeconds).toBe(8 * 2_000);
-    const dispatch = await h.db.query<{ detail: { nodes: string[]; placement: string } }>(`SELECT detail FROM audit_log WHERE action = 'dispatch' AND task_id = $1`, [a.taskId]);
+    const dispatch = await h.db.query<{ detail: { nodes: string[]; placement: string } }>(
+      `SELECT detail FROM audit_log WHERE action = 'dispatch' AND task_id = $1`,
+      [a.taskId],
+    );
     expect(dispatch.rows[0]!.detail.nodes).toHaveLength(2);
     expect(dispatch.rows[0]!.detail.placement).toMatch(/rack/);
   });

@@ -53,7 +53,9 @@ describe('governedTask on a real Temporal server and PostgreSQL', () => {
 
   it('stops a job at its GPU-hour cap and charges only what ran', async () => {
     // 2 GPUs for 1 simulated hour against a 0.5 GPU-hour cap.
-    const { result } = await h.submit(intent(h.tenant, { name: 'capped', caps: { maxUsd: 100, maxGpuHours: 0.5 }, simulation: { durationSeconds: 3600, tokensPerSecond: 0 } }));
+    const { result } = await h.submit(
+      intent(h.tenant, { name: 'capped', caps: { maxUsd: 100, maxGpuHours: 0.5 }, simulation: { durationSeconds: 3600, tokensPerSecond: 0 } }),
+    );
     const status = await result();
     expect(status.state).toBe('CapExceeded');
     expect(status.reasons[0]?.code).toBe('CAP_MAX_GPU_HOURS');
@@ -88,7 +90,9 @@ describe('governedTask on a real Temporal server and PostgreSQL', () => {
   });
 
   it('refuses a malformed step with the field that is wrong, and changes nothing', async () => {
-    const { taskId } = await h.submit(intent(h.tenant, { kind: 'agent', name: 'agent-bad-step', resources: { gpus: 0 }, caps: { maxUsd: 1 }, simulation: undefined }));
+    const { taskId } = await h.submit(
+      intent(h.tenant, { kind: 'agent', name: 'agent-bad-step', resources: { gpus: 0 }, caps: { maxUsd: 1 }, simulation: undefined }),
+    );
     const handle = h.client.workflow.getHandle(taskId);
     await expect(handle.executeUpdate(stepUpdate, { args: [{ tokensIn: -1, tokensOut: 1, contextTokens: 1 }] })).rejects.toMatchObject({
       cause: { message: expect.stringMatching(/tokensIn: Too small/) },
@@ -100,7 +104,9 @@ describe('governedTask on a real Temporal server and PostgreSQL', () => {
   });
 
   it('cancels a running job: deletes it, charges what ran, releases the rest', async () => {
-    const { taskId, result } = await h.submit(intent(h.tenant, { name: 'cancel-me', simulation: { durationSeconds: 2_000_000, tokensPerSecond: 0 }, caps: { maxUsd: 1000, maxGpuHours: 4000 } }));
+    const { taskId, result } = await h.submit(
+      intent(h.tenant, { name: 'cancel-me', simulation: { durationSeconds: 2_000_000, tokensPerSecond: 0 }, caps: { maxUsd: 1000, maxGpuHours: 4000 } }),
+    );
     const handle = h.client.workflow.getHandle(taskId);
     for (;;) {
       const s = await handle.query(statusQuery);
@@ -126,7 +132,14 @@ describe('governedTask on a real Temporal server and PostgreSQL', () => {
     // its reservation, before all 20 are decided, however busy the machine is.
     const tasks = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
-        h.submit(intent(tenant, { name: `conc-${i}`, resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' }, caps: { maxUsd: 25, maxGpuHours: 10 }, simulation: { durationSeconds: 19_800, tokensPerSecond: 0 } })),
+        h.submit(
+          intent(tenant, {
+            name: `conc-${i}`,
+            resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' },
+            caps: { maxUsd: 25, maxGpuHours: 10 },
+            simulation: { durationSeconds: 19_800, tokensPerSecond: 0 },
+          }),
+        ),
       ),
     );
     const results = await Promise.all(tasks.map((t) => t.result()));
@@ -137,7 +150,10 @@ describe('governedTask on a real Temporal server and PostgreSQL', () => {
     for (const r of rejected) expect(r.reasons.map((x) => x.code)).toEqual(['BUDGET_EXCEEDED']);
     const [budget] = await showBudgets(h.db, { tenant }, new Date());
     expect(budget!.spentUsd).toBeLessThanOrEqual(125);
-    expect(budget!.spentUsd).toBeCloseTo(admitted.reduce((s, r) => s + r.costUsd, 0), 6);
+    expect(budget!.spentUsd).toBeCloseTo(
+      admitted.reduce((s, r) => s + r.costUsd, 0),
+      6,
+    );
     expect(budget!.reservedUsd).toBe(0);
   });
 });

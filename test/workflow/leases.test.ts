@@ -81,7 +81,9 @@ describe('budget leases', () => {
     await expect(gov.lease({ scope: { tenant, project: 'p' }, usd: 1, holder: 'svc' })).rejects.toThrow(/scope\.project: a project scope needs a team/);
 
     // $85 spent: the controller moves to throttle; a lease of 10 is halved.
-    await recordUsage(h.db, h.config.priceBook, [{ key: `${tenant}:burn`, taskId: null, attribution: a, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 85 * 900, occurredAt: new Date() }]);
+    await recordUsage(h.db, h.config.priceBook, [
+      { key: `${tenant}:burn`, taskId: null, attribution: a, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 85 * 900, occurredAt: new Date() },
+    ]);
     const controller = h.client.workflow.getHandle(budgetControllerId({ tenant, team: 'search', project: '*', period: 'month' }));
     const first = await gov.lease({ scope: { tenant, team: 'search' }, usd: 2, holder: 'svc' }); // starts the controller
     await waitFor('throttle', async () => (await controller.query(budgetStatusQuery)).step === 'throttle');
@@ -91,7 +93,9 @@ describe('budget leases', () => {
     await throttled.close();
 
     // Past the hard limit: no new lease, with the ladder's reason.
-    await recordUsage(h.db, h.config.priceBook, [{ key: `${tenant}:burn2`, taskId: null, attribution: a, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 20 * 900, occurredAt: new Date() }]);
+    await recordUsage(h.db, h.config.priceBook, [
+      { key: `${tenant}:burn2`, taskId: null, attribution: a, meter: 'gpu_seconds', subject: 'H100:exclusive', quantity: 20 * 900, occurredAt: new Date() },
+    ]);
     await waitFor('queue', async () => (await controller.query(budgetStatusQuery)).step === 'queue');
     const refused = await gov.lease({ scope: { tenant, team: 'search' }, usd: 1, holder: 'svc' }).catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(GovloopLeaseError);
@@ -101,7 +105,11 @@ describe('budget leases', () => {
   it('10 holders at once never hold more than the budget has; an unreturned lease expires and its rest goes back', async () => {
     const tenant = `${h.tenant}-c`;
     await setBudget(h.db, { tenant, team: 'search' }, 'month', 20, 'test');
-    const leases = await Promise.all(Array.from({ length: 10 }, (_, i) => gov.lease({ scope: { tenant, team: 'search' }, usd: 10, holder: `svc-${i}`, ttlSeconds: 2 }).catch((e: unknown) => e)));
+    const leases = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        gov.lease({ scope: { tenant, team: 'search' }, usd: 10, holder: `svc-${i}`, ttlSeconds: 2 }).catch((e: unknown) => e),
+      ),
+    );
     const held = leases.filter((l): l is Awaited<ReturnType<typeof gov.lease>> => !(l instanceof Error));
     const total = held.reduce((s, l) => s + l.remainingUsd, 0);
     expect(total).toBeGreaterThan(0);

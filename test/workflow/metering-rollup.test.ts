@@ -17,7 +17,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await saveHistories(h.client, { cli: inject('temporalCli'), address: inject('temporalAddress'), taskQueue: h.controlQueue, prefix: 'metering-rollup' });
-  await h.client.schedule.getHandle(scheduleId).delete().catch(() => undefined);
+  await h.client.schedule
+    .getHandle(scheduleId)
+    .delete()
+    .catch(() => undefined);
   await h.close();
 });
 

@@ -43,7 +43,6 @@ const job = (team: string, name: string, priority: string, durationSeconds: numb
     simulation: { durationSeconds, tokensPerSecond: 0 },
   });
 
-
 /** The GovState values a task went through, from its history (consecutive repeats folded). */
 async function govStates(taskId: string): Promise<string[]> {
   const history = await h.client.workflow.getHandle(taskId).fetchHistory();
@@ -74,7 +73,10 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     const low = await h.submit(job('b', 'b-low', 'low', 30_000));
     // b borrows a's idle quota for its low-priority job.
     await h.until(low.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
-    const admission = await h.db.query<{ detail: { quota?: string; borrowed?: number } }>(`SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'admission' AND decision = 'admitted'`, [low.taskId]);
+    const admission = await h.db.query<{ detail: { quota?: string; borrowed?: number } }>(
+      `SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'admission' AND decision = 'admitted'`,
+      [low.taskId],
+    );
     expect(admission.rows.at(-1)?.detail).toMatchObject({ quota: 'borrowing', borrowed: 4 });
 
     const a = await h.submit(job('a', 'a-reclaim', 'normal', 2_000));
@@ -97,7 +99,10 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     );
     expect(audit.rows).toHaveLength(1);
     expect(audit.rows[0]).toMatchObject({ actor: 'govloop', detail: { preemptor: a.taskId, preemptorTeam: `${h.tenant}/a`, round: 1 } });
-    const aAdmission = await h.db.query<{ detail: { preempt?: { taskId: string; why: string }[] } }>(`SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'admission' ORDER BY id`, [a.taskId]);
+    const aAdmission = await h.db.query<{ detail: { preempt?: { taskId: string; why: string }[] } }>(
+      `SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'admission' ORDER BY id`,
+      [a.taskId],
+    );
     const preempted = aAdmission.rows.flatMap((r) => r.detail.preempt ?? []);
     expect(new Set(preempted.map((p) => p.taskId))).toEqual(new Set([low.taskId]));
     expect(preempted[0]?.why).toBe('reclaim');
@@ -119,7 +124,10 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     expect(lowDone.usage.gpuSeconds).toBeCloseTo(sim.ran_s * 4, 3);
     expect((await taskUsage(h.db, a.taskId)).gpuSeconds).toBe(2_000 * 4);
     expect((await taskUsage(h.db, high.taskId)).gpuSeconds).toBe(50_000 * 4);
-    const row = await h.db.query<{ lost_gpu_seconds: number; preemptor_task_id: string; preemptor_team: string }>('SELECT lost_gpu_seconds, preemptor_task_id, preemptor_team FROM preemptions WHERE victim_task_id = $1', [low.taskId]);
+    const row = await h.db.query<{ lost_gpu_seconds: number; preemptor_task_id: string; preemptor_team: string }>(
+      'SELECT lost_gpu_seconds, preemptor_task_id, preemptor_team FROM preemptions WHERE victim_task_id = $1',
+      [low.taskId],
+    );
     expect(row.rows[0]).toMatchObject({ preemptor_task_id: a.taskId, preemptor_team: 'a' });
     expect(row.rows[0]!.lost_gpu_seconds).toBeCloseTo(sim.lost_s * 4, 3);
     expect(audit.rows[0]!.detail.lostGpuSeconds).toBeCloseTo(sim.lost_s * 4, 3);
@@ -128,7 +136,15 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     // Chargeback: the showback report puts the lost work on the preemptor's team, at the GPU-hour price.
     const day = new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate()));
     const report = await showback(h.db, { by: ['team'], from: day, to: new Date(day.getTime() + 86_400_000), tenant: h.tenant, priceBook: h.config.priceBook });
-    expect(report.preemptionLosses).toEqual([{ tenant: h.tenant, team: 'a', preemptions: 1, gpuHours: expect.closeTo((sim.lost_s * 4) / 3600, 6), costUsd: expect.closeTo(((sim.lost_s * 4) / 3600) * 4, 5) }]);
+    expect(report.preemptionLosses).toEqual([
+      {
+        tenant: h.tenant,
+        team: 'a',
+        preemptions: 1,
+        gpuHours: expect.closeTo((sim.lost_s * 4) / 3600, 6),
+        costUsd: expect.closeTo(((sim.lost_s * 4) / 3600) * 4, 5),
+      },
+    ]);
     // Nothing stays reserved or open.
     const open = await h.db.query('SELECT 1 FROM preemptions WHERE victim_task_id = ANY($1) AND suspended_at IS NULL', [[low.taskId, high.taskId, a.taskId]]);
     expect(open.rowCount).toBe(0);
@@ -155,10 +171,17 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     const done = await t.result();
     expect(done.state).toBe('Cancelled');
     expect((await govStates(t.taskId)).join(',')).toMatch(/Running,Preempted,(Queued,)?Reserved,Running,Cancelled$/);
-    const audit = await h.db.query<{ actor: string; action: string; detail: { reason: string; preemptor?: string | null } }>(`SELECT actor, action, detail FROM audit_log WHERE task_id = $1 AND (action LIKE 'preempt%' OR action = 'task.preempt') ORDER BY id`, [t.taskId]);
+    const audit = await h.db.query<{ actor: string; action: string; detail: { reason: string; preemptor?: string | null } }>(
+      `SELECT actor, action, detail FROM audit_log WHERE task_id = $1 AND (action LIKE 'preempt%' OR action = 'task.preempt') ORDER BY id`,
+      [t.taskId],
+    );
     expect(audit.rows).toEqual([
       expect.objectContaining({ actor: 'alice (unverified)', action: 'task.preempt', detail: { via: 'platform-admin', reason: 'node maintenance' } }),
-      expect.objectContaining({ actor: 'alice (unverified)', action: 'preempt', detail: expect.objectContaining({ reason: 'node maintenance', preemptor: null }) }),
+      expect.objectContaining({
+        actor: 'alice (unverified)',
+        action: 'preempt',
+        detail: expect.objectContaining({ reason: 'node maintenance', preemptor: null }),
+      }),
     ]);
     // A finished task cannot be preempted: exit 3 with the state.
     const late = await govloop(['preempt', t.taskId, '--as', 'alice', '--reason', 'again'], cliEnv());
@@ -180,7 +203,9 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     const r = await govloop(['queue', '--tenant', h.tenant, '--json'], cliEnv());
     expect(r.code, r.stderr).toBe(0);
     const rows = r.json() as { taskId: string; position: number; state: string; reasons: { code: string }[] }[];
-    expect(rows).toEqual([expect.objectContaining({ taskId: a2.taskId, state: 'Queued', position: 1, reasons: [expect.objectContaining({ code: 'GPU_QUOTA_BUSY' })] })]);
+    expect(rows).toEqual([
+      expect.objectContaining({ taskId: a2.taskId, state: 'Queued', position: 1, reasons: [expect.objectContaining({ code: 'GPU_QUOTA_BUSY' })] }),
+    ]);
     for (const t of [a2, a1, b1]) await h.client.workflow.getHandle(t.taskId).signal(cancelSignal, { by: 'test', reason: 'done' });
     expect((await a2.result()).state).toBe('Cancelled');
     await Promise.all([a1.result(), b1.result()]);

@@ -30,22 +30,45 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await h.client.schedule.getHandle(scheduleId).delete().catch(() => undefined);
+  await h.client.schedule
+    .getHandle(scheduleId)
+    .delete()
+    .catch(() => undefined);
   await h.close();
 });
 
 /** One pass, run by the workers like a scheduled one; kept to this file's tenant (the ledger is shared by the test files). */
 const pass = (input: ReconcileInput = {}): Promise<ReconcileReport> =>
-  h.client.workflow.execute(reconciler, { taskQueue: h.controlQueue, workflowId: `reconcile-pass-${randomUUID().slice(0, 8)}`, args: [{ tenant: h.tenant, ...input }] });
+  h.client.workflow.execute(reconciler, {
+    taskQueue: h.controlQueue,
+    workflowId: `reconcile-pass-${randomUUID().slice(0, 8)}`,
+    args: [{ tenant: h.tenant, ...input }],
+  });
 
 const cluster = (name: string) => intent(h.tenant, { name, simulation: { durationSeconds: 1_000_000, tokensPerSecond: 10 } });
-const agent = (name: string) => intent(h.tenant, { kind: 'agent', name, resources: { gpus: 0 }, simulation: undefined, tools: ['search.web'], caps: { maxUsd: 5 } });
+const agent = (name: string) =>
+  intent(h.tenant, { kind: 'agent', name, resources: { gpus: 0 }, simulation: undefined, tools: ['search.web'], caps: { maxUsd: 5 } });
 
 /** What a user checks of a task in the ledger: its row, its reservation, its audit trail. */
 async function ledgerOf(taskId: string) {
-  const t = (await h.db.query<{ state: string; finished_at: Date | null; reasons: { code: string; message: string; requested: string }[]; cost_micros: number }>('SELECT state, finished_at, reasons, cost_micros FROM tasks WHERE task_id = $1', [taskId])).rows[0]!;
-  const r = (await h.db.query<{ state: string; amount_micros: number; remaining_micros: number }>('SELECT state, amount_micros, remaining_micros FROM reservations WHERE task_id = $1', [taskId])).rows[0]!;
-  const audit = (await h.db.query<{ action: string; decision: string; actor: string; detail: any }>('SELECT action, decision, actor, detail FROM audit_log WHERE task_id = $1 ORDER BY id', [taskId])).rows;
+  const t = (
+    await h.db.query<{ state: string; finished_at: Date | null; reasons: { code: string; message: string; requested: string }[]; cost_micros: number }>(
+      'SELECT state, finished_at, reasons, cost_micros FROM tasks WHERE task_id = $1',
+      [taskId],
+    )
+  ).rows[0]!;
+  const r = (
+    await h.db.query<{ state: string; amount_micros: number; remaining_micros: number }>(
+      'SELECT state, amount_micros, remaining_micros FROM reservations WHERE task_id = $1',
+      [taskId],
+    )
+  ).rows[0]!;
+  const audit = (
+    await h.db.query<{ action: string; decision: string; actor: string; detail: any }>(
+      'SELECT action, decision, actor, detail FROM audit_log WHERE task_id = $1 ORDER BY id',
+      [taskId],
+    )
+  ).rows;
   return { ...t, reservation: r, audit };
 }
 
@@ -100,7 +123,14 @@ describe('the reconciler', () => {
     expect(r.left).toMatchObject({ running: 1 });
     expect(r.settled.map((s) => s.taskId).sort()).toEqual([agentTask, clusterTask].sort());
     const settledCluster = r.settled.find((s) => s.taskId === clusterTask)!;
-    expect(settledCluster).toMatchObject({ kind: 'training', previousState: 'Running', state: 'Failed', workflowStatus: 'TERMINATED', job, releasedUsd: before.cluster.reservation.remaining_micros / 1e6 });
+    expect(settledCluster).toMatchObject({
+      kind: 'training',
+      previousState: 'Running',
+      state: 'Failed',
+      workflowStatus: 'TERMINATED',
+      job,
+      releasedUsd: before.cluster.reservation.remaining_micros / 1e6,
+    });
 
     // The ledger's state of a hosted task stays Reserved while it runs (docs/architecture.md).
     for (const [taskId, was, wasState] of [
@@ -118,7 +148,11 @@ describe('the reconciler', () => {
       expect(after.reservation).toMatchObject({ state: 'released', remaining_micros: 0 });
       const rec = after.audit.filter((a) => a.action === 'task.reconciled');
       expect(rec).toHaveLength(1);
-      expect(rec[0]).toMatchObject({ actor: 'govloop-reconciler', decision: 'Failed', detail: { workflowStatus: 'TERMINATED', previousState: wasState, releasedUsd: was.reservation.remaining_micros / 1e6, costUsd: was.cost_micros / 1e6 } });
+      expect(rec[0]).toMatchObject({
+        actor: 'govloop-reconciler',
+        decision: 'Failed',
+        detail: { workflowStatus: 'TERMINATED', previousState: wasState, releasedUsd: was.reservation.remaining_micros / 1e6, costUsd: was.cost_micros / 1e6 },
+      });
       expect(after.audit.filter((a) => a.action === 'release')).toHaveLength(1);
     }
     // The budget got back exactly what the two still held; spend is what was metered.
@@ -132,13 +166,18 @@ describe('the reconciler', () => {
 
     // The running task: untouched, in the ledger and in Temporal.
     const alive = await ledgerOf(running);
-    expect(alive).toMatchObject({ state: 'Reserved', finished_at: null, reservation: { state: 'held', remaining_micros: before.running.reservation.remaining_micros } });
+    expect(alive).toMatchObject({
+      state: 'Reserved',
+      finished_at: null,
+      reservation: { state: 'held', remaining_micros: before.running.reservation.remaining_micros },
+    });
     expect(alive.audit.map((a) => a.action)).not.toContain('task.reconciled');
     expect((await h.client.workflow.getHandle(running).describe()).status.name).toBe('RUNNING');
     expect((await gov.step(running, { tokensIn: 10, tokensOut: 5, contextTokens: 10, model: 'llama-3-8b' }, { as: 'carol' })).answer).toBe('allow');
 
     // A second pass: nothing to settle, nothing written.
-    const auditCount = async () => (await h.db.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_log WHERE task_id = ANY($1)', [[clusterTask, agentTask]])).rows[0]!.n;
+    const auditCount = async () =>
+      (await h.db.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_log WHERE task_id = ANY($1)', [[clusterTask, agentTask]])).rows[0]!.n;
     const rowsBefore = await auditCount();
     const again = await pass({ graceSeconds: 0 });
     expect(again.settled).toEqual([]);
@@ -160,8 +199,12 @@ describe('the reconciler', () => {
   });
 
   it('runs from its Temporal Schedule, created once and updated in place', async () => {
-    expect(await ensureReconcileSchedule(h.client, { everySeconds: 3600, taskQueue: h.controlQueue, scheduleId, input: { tenant: h.tenant, graceSeconds: 0 } })).toEqual({ scheduleId, created: true });
-    expect(await ensureReconcileSchedule(h.client, { everySeconds: 600, taskQueue: h.controlQueue, scheduleId, input: { tenant: h.tenant, graceSeconds: 0 } })).toEqual({ scheduleId, created: false });
+    expect(
+      await ensureReconcileSchedule(h.client, { everySeconds: 3600, taskQueue: h.controlQueue, scheduleId, input: { tenant: h.tenant, graceSeconds: 0 } }),
+    ).toEqual({ scheduleId, created: true });
+    expect(
+      await ensureReconcileSchedule(h.client, { everySeconds: 600, taskQueue: h.controlQueue, scheduleId, input: { tenant: h.tenant, graceSeconds: 0 } }),
+    ).toEqual({ scheduleId, created: false });
     const handle = h.client.schedule.getHandle(scheduleId);
     const described = await handle.describe();
     expect(described.spec.intervals?.map((i) => i.every)).toEqual([600_000]);

@@ -23,11 +23,18 @@ describe('workflow replay', () => {
   it('covers the long-running workflows and continue-as-new', () => {
     const kinds = new Set<string>();
     for (const f of files) {
-      const events = (JSON.parse(readFileSync(join(fixturesDir, f), 'utf8')) as { events: { eventType: string; workflowExecutionStartedEventAttributes?: { workflowType: { name: string } } }[] }).events;
+      const events = (
+        JSON.parse(readFileSync(join(fixturesDir, f), 'utf8')) as {
+          events: { eventType: string; workflowExecutionStartedEventAttributes?: { workflowType: { name: string } } }[];
+        }
+      ).events;
       kinds.add(events[0]!.workflowExecutionStartedEventAttributes!.workflowType.name);
-      if (events.at(-1)!.eventType === 'EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW') kinds.add(`${events[0]!.workflowExecutionStartedEventAttributes!.workflowType.name} continued as new`);
+      if (events.at(-1)!.eventType === 'EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW')
+        kinds.add(`${events[0]!.workflowExecutionStartedEventAttributes!.workflowType.name} continued as new`);
     }
-    expect([...kinds]).toEqual(expect.arrayContaining(['governedTask', 'budgetController', 'meteringRollup', 'governedTask continued as new', 'budgetController continued as new']));
+    expect([...kinds]).toEqual(
+      expect.arrayContaining(['governedTask', 'budgetController', 'meteringRollup', 'governedTask continued as new', 'budgetController continued as new']),
+    );
   });
 
   it('replays every recorded history without non-determinism', async () => {

@@ -30,7 +30,9 @@ export interface PgCluster {
 
 /** The newest installed PostgreSQL's bin dir; throws, saying what to install, when there is none. */
 export function findPostgresBin(base = '/usr/lib/postgresql'): string {
-  const versions = existsSync(base) ? readdirSync(base).filter((v) => existsSync(join(base, v, 'bin', 'initdb')) && existsSync(join(base, v, 'bin', 'pg_ctl'))) : [];
+  const versions = existsSync(base)
+    ? readdirSync(base).filter((v) => existsSync(join(base, v, 'bin', 'initdb')) && existsSync(join(base, v, 'bin', 'pg_ctl')))
+    : [];
   const newest = versions.sort((a, b) => Number.parseFloat(b) - Number.parseFloat(a))[0];
   if (newest === undefined) {
     throw new Error(
