@@ -22,20 +22,7 @@ export async function ensureRollupSchedule(
   const taskQueue = opts.taskQueue ?? TASK_QUEUE_CONTROL;
   const spec = { intervals: [{ every: opts.everySeconds * 1000 }] };
   const action = { type: 'startWorkflow' as const, workflowType: meteringRollup, workflowId: `${scheduleId}-run`, taskQueue, args: [] as [] };
-  try {
-    await client.schedule.create({
-      scheduleId,
-      spec,
-      action,
-      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
-      memo: { what: 'hourly and daily usage rollups (govloop usage / report read them)' },
-    });
-    return { scheduleId, created: true };
-  } catch (err) {
-    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
-    await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
-    return { scheduleId, created: false };
-  }
+  return ensureIntervalSchedule(client, { scheduleId, spec, action, what: 'hourly and daily usage rollups (govloop usage / report read them)' });
 }
 
 export const AUDIT_CHECKPOINT_SCHEDULE = 'govloop-audit-checkpoint';
@@ -54,20 +41,7 @@ export async function ensureAuditCheckpointSchedule(
   const taskQueue = opts.taskQueue ?? TASK_QUEUE_CONTROL;
   const spec = { intervals: [{ every: opts.everySeconds * 1000 }] };
   const action = { type: 'startWorkflow' as const, workflowType: auditCheckpoint, workflowId: `${scheduleId}-run`, taskQueue, args: [] as [] };
-  try {
-    await client.schedule.create({
-      scheduleId,
-      spec,
-      action,
-      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
-      memo: { what: 'signed checkpoints of the audit chain (govloop audit verify compares with them)' },
-    });
-    return { scheduleId, created: true };
-  } catch (err) {
-    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
-    await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
-    return { scheduleId, created: false };
-  }
+  return ensureIntervalSchedule(client, { scheduleId, spec, action, what: 'signed checkpoints of the audit chain (govloop audit verify compares with them)' });
 }
 
 export const RECONCILE_SCHEDULE = 'govloop-reconcile';
@@ -93,20 +67,12 @@ export async function ensureReconcileSchedule(
     taskQueue,
     args: [opts.input ?? {}] as [ReconcileInput],
   };
-  try {
-    await client.schedule.create({
-      scheduleId,
-      spec,
-      action,
-      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
-      memo: { what: 'settles and releases tasks whose workflow closed without settling them (govloop reconcile runs a pass now)' },
-    });
-    return { scheduleId, created: true };
-  } catch (err) {
-    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
-    await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
-    return { scheduleId, created: false };
-  }
+  return ensureIntervalSchedule(client, {
+    scheduleId,
+    spec,
+    action,
+    what: 'settles and releases tasks whose workflow closed without settling them (govloop reconcile runs a pass now)',
+  });
 }
 
 /**
@@ -151,4 +117,29 @@ export async function nudgeCrossed(
       .signal(budgetNudgeSignal)
       .catch(() => undefined);
   return crossed.length;
+}
+
+/**
+ * Creates an interval schedule, or brings an existing one's spec and action up to date (its
+ * policies and memo stay as created): overlap SKIP, missed runs caught up once within a day.
+ */
+async function ensureIntervalSchedule<A extends Parameters<Client['schedule']['create']>[0]['action']>(
+  client: Client,
+  s: { scheduleId: string; spec: { intervals: { every: number }[] }; action: A; what: string },
+): Promise<{ scheduleId: string; created: boolean }> {
+  const { scheduleId, spec, action } = s;
+  try {
+    await client.schedule.create({
+      scheduleId,
+      spec,
+      action,
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 day' },
+      memo: { what: s.what },
+    });
+    return { scheduleId, created: true };
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+    await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
+    return { scheduleId, created: false };
+  }
 }
