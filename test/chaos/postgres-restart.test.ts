@@ -19,6 +19,7 @@ import { GovloopClient } from '../../sdk';
 import { govloop, govloopBin, repoRoot } from '../support/cli';
 import { intent } from '../support/harness';
 import { restartPostgres, startPostgres, stopPostgres } from './support/postgres';
+import { waitFor as pollUntil } from '../support/worker-process';
 
 const suffix = randomUUID().slice(0, 8);
 const tenant = `t-pgrestart-${suffix}`;
@@ -56,15 +57,9 @@ const why = () =>
     .map((c) => `${c.name} (${alive(c.child) ? 'running' : `exited ${c.child.exitCode ?? c.child.signalCode}`}): ${c.log().slice(-3000)}`)
     .join('\n---\n');
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number, last?: () => string): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${last()}` : ''}\n${why()}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+/** The shared poll, its failure also showing what the worker and serve logged. */
+const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number, last?: () => string): Promise<T> =>
+  pollUntil(what, fn, timeoutMs, () => `${last ? last() : ''}\n${why()}`);
 
 const usageEvent = (id: string) => ({
   id,
