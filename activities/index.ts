@@ -42,6 +42,7 @@ import { IdentityError } from '../identity/errors';
 import { type Principal, actorName } from '../governance/authz';
 import { auditRefusal, checkAccess } from '../ledger/authz';
 import { taskOwnership } from '../ledger/tasks';
+import { own } from '../governance/own';
 
 export interface ActivityDeps {
   db: Db;
@@ -194,7 +195,7 @@ export function createActivities(deps: ActivityDeps) {
       tenant: a.tenant,
       team: a.team,
       gpus,
-      priority: config.policies.priorities[intent.priority] ?? 0,
+      priority: own(config.policies.priorities, intent.priority) ?? 0,
       queuedAt: (created.rows[0]?.created_at ?? clock()).toISOString(),
     });
   }
@@ -618,7 +619,7 @@ export function createActivities(deps: ActivityDeps) {
         return { answer: 'deny', reason: decision.reason };
       }
       if (decision.needsApproval && !input.approved) {
-        const entry = config.tools.tools[step.tool!]!;
+        const entry = own(config.tools.tools, step.tool!)!;
         const approvalId = `${taskId}.a${seq}`;
         const row = await db.tx(async (c) => {
           const r = await requestApproval(c, {
@@ -736,7 +737,7 @@ export function createActivities(deps: ActivityDeps) {
       reason: string;
       force?: boolean;
     }): Promise<DecideResult> {
-      const entry = config.tools.tools[input.tool];
+      const entry = own(config.tools.tools, input.tool);
       // A person's decision names its decider by credential; only govloop's own expiry passes `by`.
       let principal: Principal | undefined;
       if (input.decision !== 'expire' || input.caller) {
@@ -782,7 +783,7 @@ export function createActivities(deps: ActivityDeps) {
 
     /** No answer in time: the request moves to the next approver tier, who is notified. */
     async escalateApproval(input: { approvalId: string; tool: string; fromTier: number }): Promise<{ escalated: boolean; tier: number; state: string }> {
-      const entry = config.tools.tools[input.tool];
+      const entry = own(config.tools.tools, input.tool);
       const roles = entry?.approvers[input.fromTier + 1]?.roles ?? [];
       const { escalated, row } = await escalateApproval(db, { approvalId: input.approvalId, fromTier: input.fromTier, roles, now: clock() });
       if (escalated && row) {
@@ -806,7 +807,7 @@ export function createActivities(deps: ActivityDeps) {
      * Temporal retries it; every attempt is recorded. Idempotent: a step already undone is not undone twice.
      */
     async compensateStep(input: { taskId: string; seq: number; tool: string; args: unknown }): Promise<{ compensation: string; detail: string }> {
-      const entry = config.tools.tools[input.tool];
+      const entry = own(config.tools.tools, input.tool);
       const compensation = entry?.compensation ?? null;
       if (compensation === null) throw ApplicationFailure.nonRetryable(`${input.tool} has no compensation in the tool catalog`, 'NoCompensation');
       const done = await db.query("SELECT 1 FROM compensations WHERE task_id = $1 AND seq = $2 AND state = 'done'", [input.taskId, input.seq]);

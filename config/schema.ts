@@ -260,7 +260,7 @@ export const ToolsFile = z
   .superRefine((file, ctx) => {
     const order = RiskClass.options;
     for (const [name, t] of Object.entries(file.tools)) {
-      if (t.compensation !== null && !(t.compensation in file.tools)) {
+      if (t.compensation !== null && !Object.hasOwn(file.tools, t.compensation)) {
         ctx.addIssue({ code: 'custom', path: ['tools', name, 'compensation'], message: `${t.compensation} is not in the catalog` });
       }
       if (order.indexOf(t.risk) >= order.indexOf(file.approvalAtOrAbove) && t.approvers.length === 0) {

@@ -7,6 +7,7 @@ import { microsToUsd } from './pricing';
 import { type QuotaDecision, addGpus } from './quota';
 import { type Reason, ReasonCode, reason } from './reasons';
 import { admitTools, toolOverheadTokens } from './tools';
+import { own } from './own';
 
 /** What a budget scope has left, read from the ledger just before the decision. */
 export interface BudgetHeadroom {
@@ -48,7 +49,7 @@ const riskOrder: RiskClass[] = ['low', 'medium', 'high', 'critical'];
 export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
   const { policies } = ctx.config;
   const policy = `policies/${policies.name}`;
-  const limits = policies.kinds[intent.kind];
+  const limits = own(policies.kinds, intent.kind);
   if (!limits) {
     return { decision: 'rejected', reasons: [reason(ReasonCode.KindNotAllowed, `no policy admits kind ${intent.kind}`, null, intent.kind, `${policy}#kinds`)] };
   }
@@ -57,7 +58,7 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
   if (caps.deadline !== null && Date.parse(caps.deadline) <= Date.parse(ctx.now)) {
     reasons.push(reason(ReasonCode.CapDeadline, `deadline ${caps.deadline} has passed`, ctx.now, caps.deadline, 'intent#caps.deadline'));
   }
-  if (policies.priorities[intent.priority] === undefined) {
+  if (own(policies.priorities, intent.priority) === undefined) {
     reasons.push(
       reason(
         ReasonCode.PriorityUnknown,

@@ -4,6 +4,7 @@ import type { EffectiveCaps } from './caps';
 import type { GpuTopology, Intent, Resources, Sharing } from './intent';
 import { costMicros, priceVersionAt } from './pricing';
 import { toolOverheadTokens } from './tools';
+import { own } from './own';
 
 /** The executable plan translation makes of an admitted intent. Plain data; it is stored with the task. */
 export interface Plan {
@@ -76,7 +77,7 @@ export function translate(intent: Intent, caps: EffectiveCaps, template: Templat
     caps,
     fallbackModel: template.fallbackModel,
     toolOverheadTokens: toolOverheadTokens(config.tools, intent.tools),
-    priority: { name: intent.priority, value: config.policies.priorities[intent.priority] ?? 0 },
+    priority: { name: intent.priority, value: own(config.policies.priorities, intent.priority) ?? 0 },
     worstCaseMicros: worstCaseMicros(intent, caps, config, now),
     simulation: {
       durationSeconds: sim?.durationSeconds ?? config.simulation.defaultDurationSeconds,

@@ -1,4 +1,5 @@
 import type { PriceBookVersion } from '../config/schema';
+import { own } from './own';
 
 /**
  * Money is integer micro-dollars everywhere in the ledger: sums are exact, and a cent is 10,000.
@@ -35,12 +36,12 @@ function sharingKey(sharing: string): string {
 export function unitPriceUsd(version: PriceBookVersion, usage: Omit<PricedUsage, 'quantity'>): number {
   if (usage.meter === 'gpu_seconds') {
     const [gpuType = '', sharing = 'exclusive'] = usage.subject.split(':');
-    const byType = version.gpuHourUsd[gpuType];
-    const perHour = byType?.[sharingKey(sharing)] ?? byType?.exclusive;
+    const byType = own(version.gpuHourUsd, gpuType);
+    const perHour = (byType && own(byType, sharingKey(sharing))) ?? byType?.exclusive;
     if (perHour === undefined) throw new Error(`price book v${version.version} has no GPU-hour price for ${gpuType}`);
     return perHour / 3600;
   }
-  const model = version.tokensPerMillionUsd[usage.subject] ?? version.tokensPerMillionUsd.default;
+  const model = own(version.tokensPerMillionUsd, usage.subject) ?? version.tokensPerMillionUsd.default;
   if (!model) throw new Error(`price book v${version.version} has no token price for ${usage.subject} and no default`);
   return (usage.meter === 'tokens_in' ? model.in : model.out) / 1_000_000;
 }

@@ -1,6 +1,7 @@
 import type { ToolCatalog, ToolEntry } from '../config/schema';
 import type { RiskClass } from './intent';
 import { type Reason, ReasonCode, reason } from './reasons';
+import { own } from './own';
 
 const riskOrder: RiskClass[] = ['low', 'medium', 'high', 'critical'];
 export const riskRank = (r: RiskClass) => riskOrder.indexOf(r);
@@ -13,7 +14,7 @@ export interface ToolPolicy {
 
 /** A tool the task may call, or the reason it may not: unknown tools are denied by default. */
 export function checkTool(policy: ToolPolicy, tool: string): { ok: true; entry: ToolEntry } | { ok: false; reason: Reason } {
-  const entry = policy.catalog.tools[tool];
+  const entry = own(policy.catalog.tools, tool);
   if (!entry) {
     return { ok: false, reason: reason(ReasonCode.ToolUnknown, `tool ${tool} is not in the tool catalog`, null, tool, 'tools#catalog') };
   }
@@ -40,7 +41,7 @@ export function approverRoles(entry: ToolEntry, tier: number): string[] {
 
 /** Tokens the declared tools' definitions add to every model call. */
 export function toolOverheadTokens(catalog: ToolCatalog, declared: string[]): number {
-  return declared.reduce((sum, t) => sum + (catalog.tools[t]?.definitionTokens ?? 0), 0);
+  return declared.reduce((sum, t) => sum + (own(catalog.tools, t)?.definitionTokens ?? 0), 0);
 }
 
 /**
@@ -50,7 +51,7 @@ export function toolOverheadTokens(catalog: ToolCatalog, declared: string[]): nu
 export function admitTools(catalog: ToolCatalog, declared: string[], maxRisk: RiskClass, policy: string): Reason[] {
   const reasons: Reason[] = [];
   for (const t of declared) {
-    const entry = catalog.tools[t];
+    const entry = own(catalog.tools, t);
     if (!entry) reasons.push(reason(ReasonCode.ToolUnknown, `tool ${t} is not in the tool catalog`, null, t, 'tools#catalog'));
     else if (riskRank(entry.risk) > riskRank(maxRisk)) {
       reasons.push(

@@ -5,6 +5,7 @@ import { microsToUsd } from '../governance/pricing';
 import { appendAudit } from './audit';
 import { scopeLabel } from './budgets';
 import type { Db, Queryable } from './db';
+import { own } from '../governance/own';
 
 /** One budget's current window as the budget controller sees it. */
 export interface BudgetSnapshot {
@@ -216,7 +217,7 @@ export async function runningGpuWork(
   );
   return rows.map((r) => ({
     taskId: r.task_id,
-    priority: priorities[r.priority] ?? 0,
+    priority: own(priorities, r.priority) ?? 0,
     critical: critical.includes(r.priority),
     gpuHoursAtRisk: (r.gpus * Math.max(0, now.getTime() - r.started.getTime())) / 3_600_000,
   }));

@@ -9,6 +9,7 @@ import type { Reason } from '../governance/reasons';
 import { appendAudit } from './audit';
 import type { Queryable } from './db';
 import { GPU_HOLDING_STATES, PLAN_QUOTA_GPUS } from './tasks';
+import { own } from '../governance/own';
 
 /** States of a task that waits for quota (or capacity): the queue. */
 export const QUEUED_STATES = ['Queued', 'Preempted'];
@@ -68,7 +69,7 @@ export async function quotaState(
 ): Promise<QuotaState> {
   const cohort = cohortOf(policies, req, req.gpuType);
   const teams = cohort ? cohort.teams.map((m) => `${m.tenant}/${m.team}`) : [`${req.tenant}/${req.team}`];
-  const prio = (name: string) => policies.priorities[name] ?? 0;
+  const prio = (name: string) => own(policies.priorities, name) ?? 0;
   const holding = await gpuTasks(q, teams, req.gpuType, GPU_HOLDING_STATES, req.taskId);
   const open = await q.query<{ victim_task_id: string }>(
     `SELECT victim_task_id FROM preemptions WHERE suspended_at IS NULL AND victim_task_id = ANY($1) AND decided_at > now() - make_interval(secs => $2::float8 / 1000)`,
@@ -237,7 +238,7 @@ export async function queuedTasks(q: Queryable, policies: Policies, tenant?: str
       tenant: r.tenant,
       team: r.team,
       gpus: r.gpus,
-      priority: policies.priorities[r.priority] ?? 0,
+      priority: own(policies.priorities, r.priority) ?? 0,
       queuedAt: r.created_at.toISOString(),
     });
   }

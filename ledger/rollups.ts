@@ -2,6 +2,7 @@ import type { PriceBookVersion } from '../config/schema';
 import { priceVersionAt } from '../governance/pricing';
 import type { Db, Queryable } from './db';
 import type { UsageDim } from './usage';
+import { own } from '../governance/own';
 
 /**
  * Usage rollups: hourly and daily aggregates of usage_events by attribution, tool, meter and
@@ -268,7 +269,7 @@ export async function showback(
     const key = `${r.tenant}/${r.team}`;
     const l = losses.get(key) ?? { tenant: r.tenant, team: r.team, preemptions: 0, gpuHours: 0, costUsd: 0 };
     const hours = Number(r.gpu_seconds) / 3600;
-    const price = opts.priceBook && r.gpu_type ? (priceVersionAt(opts.priceBook, r.at.toISOString()).gpuHourUsd[r.gpu_type]?.exclusive ?? 0) : 0;
+    const price = opts.priceBook && r.gpu_type ? (own(priceVersionAt(opts.priceBook, r.at.toISOString()).gpuHourUsd, r.gpu_type)?.exclusive ?? 0) : 0;
     l.preemptions += Number(r.n);
     l.gpuHours += hours;
     l.costUsd = Math.round((l.costUsd + hours * price) * 1e6) / 1e6;

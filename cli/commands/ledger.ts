@@ -15,6 +15,7 @@ import { type CommandContext, refused, withContext } from '../context';
 import { actorName } from '../../governance/authz';
 import { dataDir as dataDirOf, readDevState } from '../../runtime/environment';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
+import { own } from '../../governance/own';
 
 const scopeName = z.string().min(1).max(63);
 const BudgetSet = z
@@ -89,7 +90,7 @@ export function clusterCapacity(config: GovConfig): Capacity {
   const prices = priceVersionAt(config.priceBook, new Date().toISOString());
   const gpus = new Map<string, number>();
   for (const n of config.cluster.nodes) gpus.set(n.gpuType, (gpus.get(n.gpuType) ?? 0) + n.gpus);
-  return { gpuTypes: [...gpus].map(([gpuType, n]) => ({ gpuType, gpus: n, usdPerGpuHour: prices.gpuHourUsd[gpuType]?.exclusive ?? 0 })) };
+  return { gpuTypes: [...gpus].map(([gpuType, n]) => ({ gpuType, gpus: n, usdPerGpuHour: own(prices.gpuHourUsd, gpuType)?.exclusive ?? 0 })) };
 }
 
 const fmtUnit = (v: number | null) => (v === null ? '—' : usd(v));

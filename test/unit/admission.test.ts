@@ -321,6 +321,27 @@ const cases: Case[] = [
     want: 'rejected',
     wantReasons: [{ code: 'MAX_GPUS_PER_TASK', limit: 0, requested: 1, policy: 'policies/default#kinds.agent.maxGpusPerTask' }],
   },
+  // Names every object inherits are names like any other: not a price, a rank or a tool. The
+  // generated-intents chaos run found a model called valueOf reserving NaN (a null in the ledger).
+  {
+    name: 'a model called valueOf is priced at the default token price ($15/M out: 2M tokens is $30)',
+    intent: anIntent().agent().model('valueOf'),
+    want: 'admitted',
+    wantReasons: [],
+    wantWorstCaseUsd: 30,
+  },
+  {
+    name: 'PRIORITY_UNKNOWN: a priority called toString',
+    intent: anIntent().priority('toString'),
+    want: 'rejected',
+    wantReasons: [{ code: 'PRIORITY_UNKNOWN', limit: null, requested: 'toString', policy: 'policies/default#priorities' }],
+  },
+  {
+    name: 'TOOL_UNKNOWN: a tool called constructor',
+    intent: anIntent().agent().tools('constructor'),
+    want: 'rejected',
+    wantReasons: [{ code: 'TOOL_UNKNOWN', limit: null, requested: 'constructor', policy: 'tools#catalog' }],
+  },
 ];
 
 const pick = (r: Reason): WantReason => ({ code: r.code, limit: r.limit, requested: r.requested, policy: r.policy });
