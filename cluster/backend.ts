@@ -47,6 +47,21 @@ export interface JobStatus {
   gpuSeconds: number;
   tokens: number;
   message: string | null;
+  /**
+   * True when the cluster itself stopped the job at the run limit `resume` gave it (Kubernetes:
+   * the Job failed with reason DeadlineExceeded). The phase is then Failed, and the task ends
+   * CapExceeded with the cap that set the limit.
+   */
+  deadlineExceeded?: boolean;
+}
+
+/**
+ * How long a job may still run from a resume: the lower of what the task's `maxGpuHours` and its
+ * `maxUsd` (at the plan's price) leave, less the backend's `stopMarginSeconds`. Seconds of job run
+ * time (simulated seconds on the simulated cluster). 0 or less: the job must not run at all.
+ */
+export interface RunLimit {
+  maxRunSeconds: number;
 }
 
 export interface ClusterCapacity {
@@ -75,7 +90,18 @@ export interface ClusterBackend {
   readonly cluster: string;
   /** Places and creates the job, suspended. Idempotent by name. Fails with a reason when no room. */
   create(spec: JobSpec): Promise<CreateResult>;
-  resume(name: string): Promise<void>;
+  /**
+   * Unsuspends the job. With `limit`, the cluster stops the job itself once it has run
+   * `limit.maxRunSeconds` from now (Kubernetes: `spec.activeDeadlineSeconds`, whose timer restarts
+   * at each resume), and `status` then says `deadlineExceeded`. Absent: no limit (older callers).
+   */
+  resume(name: string, limit?: RunLimit): Promise<void>;
+  /**
+   * How late after its run limit this cluster may still be running (and metering) the job: the
+   * simulated cluster stops it exactly (0); Kubernetes needs the Job controller's sync and the
+   * pods' termination grace. The run limit is this much shorter than what the caps leave.
+   */
+  readonly stopMarginSeconds: number;
   /** Preemption: back to Suspended, frees its GPUs; a checkpointed job keeps its progress up to its checkpoint. */
   suspend(name: string): Promise<void>;
   /** The preemption checkpoint signal: the job saves its progress now. Optional: not every cluster can. */

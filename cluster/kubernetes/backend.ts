@@ -234,6 +234,8 @@ export interface JobEvent {
 }
 
 export class KubernetesCluster implements ClusterBackend {
+  /** Placeholder until the run limit lands here (issue 15): the Job controller's sync plus the default 30 s termination grace. */
+  readonly stopMarginSeconds: number = 40;
   readonly cluster: string;
   readonly namespace: string;
   readonly checkpointGraceMillis: number;

@@ -57,6 +57,8 @@ interface JobRow {
  */
 export class SimulatedCluster implements ClusterBackend {
   readonly cluster: string;
+  /** The simulated cluster stops a job exactly at its run limit, in simulated time, whatever the speed-up. */
+  readonly stopMarginSeconds = 0;
 
   constructor(
     private readonly db: Db,
