@@ -5,7 +5,7 @@ import { type AdmissionResult, admit, gpuQuotaFor } from '../governance/admissio
 import { Intent } from '../governance/intent';
 import type { BudgetKey } from '../workflows/messages';
 import { type Plan, quotaGpus, quotaGpusOf } from '../governance/plan';
-import { costMicros, priceVersionAt, usdToMicros } from '../governance/pricing';
+import { costMicros, priceVersionAt, unitPriceUsd, usdToMicros } from '../governance/pricing';
 import type { Reason, ReasonCode } from '../governance/reasons';
 import { type StepTotals, type StepUsage, allowedModels, evaluateStep } from '../governance/step-gate';
 import { type ClusterBackend, type ClusterCapacity, type CreateResult, type GpuRequest, jobName } from '../cluster/backend';
@@ -43,6 +43,7 @@ import { type Principal, actorName } from '../governance/authz';
 import { auditRefusal, checkAccess } from '../ledger/authz';
 import { taskOwnership } from '../ledger/tasks';
 import { own } from '../governance/own';
+import { capReached, runLimit, usdCeilingMicros } from '../governance/run-limit';
 
 export interface ActivityDeps {
   db: Db;
@@ -148,6 +149,40 @@ export function createActivities(deps: ActivityDeps) {
       log.warn('budget controller nudge failed (its next poll catches up)', { error: String(err) });
     }
   };
+
+  /** What a task reserved (the most its budgets are charged), or null when it holds no reservation row. */
+  const reservationOf = async (taskId: string): Promise<number | null> => {
+    const r = await db.query<{ amount_micros: number }>('SELECT amount_micros FROM reservations WHERE task_id = $1', [taskId]);
+    return r.rows[0] ? Number(r.rows[0].amount_micros) : null;
+  };
+
+  /**
+   * The run limit for a job about to run (governance/run-limit.ts): what the task's caps and its
+   * reservation leave after everything it used, metered or not yet (the cluster's own counters
+   * can be ahead of the ledger), at the plan's GPU price now, less the cluster's stop margin.
+   */
+  async function runLimitOf(taskId: string, job: string, intent: Intent, plan: Plan) {
+    const [usage, status] = await Promise.all([taskUsage(db, taskId), backend.status(job)]);
+    const limit = runLimit({ ...(await runLimitInput(taskId, intent, plan, usage, status?.gpuSeconds ?? 0)), stopMarginSeconds: backend.stopMarginSeconds });
+    log.info('run limit', { taskId, job, maxRunSeconds: limit.maxRunSeconds, binding: limit.binding });
+    return limit;
+  }
+
+  /** What the run limit is computed from: caps, reservation, GPUs, the GPU price now, and usage including what the cluster ran that is not metered yet. */
+  async function runLimitInput(taskId: string, intent: Intent, plan: Plan, usage: TaskUsage, clusterGpuSeconds: number) {
+    const subject = `${plan.gpu.type}:${plan.gpu.sharing}`;
+    const microsPerGpuSecond = plan.gpu.type
+      ? unitPriceUsd(priceVersionAt(config.priceBook, clock().toISOString()), { meter: 'gpu_seconds', subject }) * 1e6
+      : 0;
+    const unmetered = Math.max(0, clusterGpuSeconds - usage.gpuSeconds);
+    return {
+      caps: plan.caps,
+      reservationMicros: await reservationOf(taskId),
+      gpus: gpuRequest(intent).gpus,
+      microsPerGpuSecond,
+      used: { gpuSeconds: usage.gpuSeconds + unmetered, costMicros: usage.costMicros + unmetered * microsPerGpuSecond },
+    };
+  }
 
   /** The GPU part of an intent (translate() copies it into the plan unchanged), as the cluster places it. */
   function gpuRequest(intent: Intent): GpuRequest {
@@ -397,7 +432,8 @@ export function createActivities(deps: ActivityDeps) {
         simulation: plan.simulation,
       });
       if (created.ok) {
-        await backend.resume(name);
+        const limit = await runLimitOf(taskId, name, intent, plan);
+        await backend.resume(name, { maxRunSeconds: limit.maxRunSeconds });
         await db.tx(async (c) => {
           await updateTask(c, taskId, { state: 'Running' });
           await appendAudit(c, {
@@ -405,7 +441,13 @@ export function createActivities(deps: ActivityDeps) {
             taskId,
             action: 'dispatch',
             decision: 'running',
-            detail: { cluster: backend.cluster, job: name, nodes: created.nodes, placement: created.explanation ?? null },
+            detail: {
+              cluster: backend.cluster,
+              job: name,
+              nodes: created.nodes,
+              placement: created.explanation ?? null,
+              runLimit: { seconds: limit.maxRunSeconds, cap: limit.binding },
+            },
             dedupeKey: `${taskId}:dispatch`,
           });
         });
@@ -452,7 +494,28 @@ export function createActivities(deps: ActivityDeps) {
       const usage = await taskUsage(db, taskId);
       let capBreach: Reason | null = null;
       const maxUsdMicros = Math.round(plan.caps.maxUsd * 1e6);
-      if (usage.gpuSeconds / 3600 > plan.caps.maxGpuHours) {
+      if (status.deadlineExceeded) {
+        // The cluster stopped the job at the run limit dispatch gave it: a cap did, not a fault.
+        const limitInput = await runLimitInput(taskId, intent, plan, usage, status.gpuSeconds);
+        const reserved = limitInput.reservationMicros;
+        const cap = capReached(limitInput);
+        capBreach =
+          cap === 'maxGpuHours'
+            ? {
+                code: 'CAP_MAX_GPU_HOURS',
+                message: `the cluster stopped the job at its run limit: ${(usage.gpuSeconds / 3600).toFixed(3)} GPU-hours used, cap ${plan.caps.maxGpuHours}`,
+                limit: plan.caps.maxGpuHours,
+                requested: usage.gpuSeconds / 3600,
+                policy: 'task#caps.maxGpuHours',
+              }
+            : {
+                code: 'CAP_MAX_USD',
+                message: `the cluster stopped the job at its run limit: $${(usage.costMicros / 1e6).toFixed(4)} spent, cap $${(usdCeilingMicros(plan.caps, reserved) / 1e6).toFixed(4)}${reserved !== null && reserved < maxUsdMicros ? ' (its reservation)' : ''}`,
+                limit: plan.caps.maxUsd,
+                requested: usage.costMicros / 1e6,
+                policy: 'task#caps.maxUsd',
+              };
+      } else if (usage.gpuSeconds / 3600 > plan.caps.maxGpuHours) {
         capBreach = {
           code: 'CAP_MAX_GPU_HOURS',
           message: `used ${(usage.gpuSeconds / 3600).toFixed(3)} GPU-hours, cap ${plan.caps.maxGpuHours}`,

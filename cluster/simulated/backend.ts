@@ -26,6 +26,7 @@ import {
   type JobPhase,
   type JobSpec,
   type JobStatus,
+  type RunLimit,
 } from '../backend';
 import { clusterIndex } from './topology';
 
@@ -44,6 +45,8 @@ interface JobRow {
   lost_s: number;
   resumed_at: Date | null;
   running_since: Date | null;
+  stop_at_ran_s: number | null;
+  stop_reason: string | null;
 }
 
 /**
@@ -182,12 +185,18 @@ export class SimulatedCluster implements ClusterBackend {
     return { index, state, byTask };
   }
 
-  async resume(name: string): Promise<void> {
-    await this.db.query(`UPDATE sim_jobs SET phase = 'Running', resumed_at = $3, running_since = $3 WHERE cluster = $1 AND name = $2 AND phase = 'Suspended'`, [
-      this.cluster,
-      name,
-      this.clock(),
-    ]);
+  /**
+   * Unsuspends the job. With a run limit, the job stops itself (Failed, `DeadlineExceeded`) once it
+   * has run `limit.maxRunSeconds` simulated seconds from here: exactly, in simulated time, whatever
+   * the speed-up or how seldom anyone looks (settleProgress folds it in). Each resume sets it anew.
+   */
+  async resume(name: string, limit?: RunLimit): Promise<void> {
+    const runFor = limit === undefined ? null : Math.max(0, limit.maxRunSeconds);
+    await this.db.query(
+      `UPDATE sim_jobs SET phase = 'Running', resumed_at = $3, running_since = $3, stop_at_ran_s = CASE WHEN $4::float8 IS NULL THEN NULL ELSE ran_s + $4::float8 END
+       WHERE cluster = $1 AND name = $2 AND phase = 'Suspended'`,
+      [this.cluster, name, this.clock(), runFor],
+    );
   }
 
   async suspend(name: string): Promise<void> {
@@ -260,7 +269,13 @@ export class SimulatedCluster implements ClusterBackend {
       lostSeconds: row.lost_s,
       gpuSeconds: row.ran_s * row.gpus,
       tokens: Math.floor(row.ran_s * row.tokens_per_second),
-      message: row.phase === 'Failed' ? `simulated failure after ${row.fail_after_s}s` : null,
+      message:
+        row.phase !== 'Failed'
+          ? null
+          : row.stop_reason === DEADLINE_EXCEEDED
+            ? `${DEADLINE_EXCEEDED}: stopped by the cluster at its run limit after ${round3(row.ran_s)} s run`
+            : `simulated failure after ${row.fail_after_s}s`,
+      ...(row.phase === 'Failed' && row.stop_reason === DEADLINE_EXCEEDED ? { deadlineExceeded: true } : {}),
     };
   }
 
@@ -278,13 +293,21 @@ export class SimulatedCluster implements ClusterBackend {
       let ran = row.ran_s;
       let lost = row.lost_s;
       let node = row.node;
+      let stopReason = row.stop_reason;
       const now = this.clock();
       if (phase === 'Running' && row.resumed_at) {
         const end = Math.min(row.duration_s, row.fail_after_s ?? Infinity);
-        const next = Math.min(end, progress + ((now.getTime() - row.resumed_at.getTime()) / 1000) * this.speedup);
-        ran += Math.max(0, next - progress);
-        progress = next;
+        const elapsed = Math.max(0, ((now.getTime() - row.resumed_at.getTime()) / 1000) * this.speedup);
+        // The run limit: the job runs no further than stop_at_ran_s, whatever time has passed.
+        const runLeft = row.stop_at_ran_s === null ? Infinity : Math.max(0, row.stop_at_ran_s - ran);
+        const step = Math.min(elapsed, Math.max(0, end - progress), runLeft);
+        ran += step;
+        progress += step;
         if (progress >= end) phase = row.fail_after_s !== null && row.fail_after_s < row.duration_s ? 'Failed' : 'Succeeded';
+        else if (step >= runLeft) {
+          phase = 'Failed';
+          stopReason = DEADLINE_EXCEEDED;
+        }
       }
       if (to === 'Suspended' && phase === 'Running') {
         // Preempted: back to the last checkpoint, and off its node until placed again.
@@ -296,13 +319,17 @@ export class SimulatedCluster implements ClusterBackend {
       await c.query(
         `UPDATE sim_jobs SET progress_s = $3, phase = $4, resumed_at = CASE WHEN $4 = 'Running' THEN $5::timestamptz ELSE NULL END,
            running_since = CASE WHEN $4 = 'Running' THEN running_since ELSE NULL END,
-           ran_s = $6, lost_s = $7, node = $8, assignments = CASE WHEN $8::text IS NULL THEN NULL ELSE assignments END
+           ran_s = $6, lost_s = $7, node = $8, assignments = CASE WHEN $8::text IS NULL THEN NULL ELSE assignments END, stop_reason = $9
          WHERE cluster = $1 AND name = $2`,
-        [this.cluster, name, progress, phase, now, ran, lost, node],
+        [this.cluster, name, progress, phase, now, ran, lost, node, stopReason],
       );
     });
   }
 }
+
+/** Kubernetes' reason for a Job stopped by activeDeadlineSeconds; the simulated cluster says the same. */
+const DEADLINE_EXCEEDED = 'DeadlineExceeded';
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
 /** Whole GPUs 0..n-1 of a node: what a job row written before assignments were kept holds. */
 function wholeOn(node: string, gpus: number): Assignment {

@@ -51,16 +51,28 @@ describe('governedTask on a real Temporal server and PostgreSQL', () => {
     expect(r.rowCount).toBe(0);
   });
 
-  it('stops a job at its GPU-hour cap and charges only what ran', async () => {
-    // 2 GPUs for 1 simulated hour against a 0.5 GPU-hour cap.
-    const { result } = await h.submit(
+  it('stops a job at its GPU-hour cap: the cluster stops it at the cap itself, not a poll later, and charges only what ran', async () => {
+    // 2 GPUs for 1 simulated hour against a 0.5 GPU-hour cap: a run limit of 900 s. At 2,000x a
+    // 100 ms poll is 200 simulated seconds (400 GPU-seconds): a poll-time check alone overshoots.
+    const { taskId, result } = await h.submit(
       intent(h.tenant, { name: 'capped', caps: { maxUsd: 100, maxGpuHours: 0.5 }, simulation: { durationSeconds: 3600, tokensPerSecond: 0 } }),
     );
     const status = await result();
     expect(status.state).toBe('CapExceeded');
-    expect(status.reasons[0]?.code).toBe('CAP_MAX_GPU_HOURS');
-    expect(status.usage.gpuHours).toBeGreaterThan(0.5);
-    expect(status.usage.gpuHours).toBeLessThan(2);
+    expect(status.reasons[0]).toMatchObject({ code: 'CAP_MAX_GPU_HOURS', limit: 0.5, policy: 'task#caps.maxGpuHours' });
+    expect(status.reasons[0]!.message).toMatch(/stopped the job at its run limit/);
+    expect(status.usage.gpuHours).toBeCloseTo(0.5, 6);
+    expect(status.usage.gpuHours).toBeLessThanOrEqual(0.5);
+    // $4 per H100-hour: $2 less the micro kept for rounding, and the dispatch audit row says what limit the cluster was given.
+    expect(status.costUsd).toBeLessThanOrEqual(2);
+    expect(status.costUsd).toBeCloseTo(2, 5);
+    const dispatch = await h.db.query<{ detail: { runLimit: { seconds: number; cap: string } } }>(
+      "SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'dispatch'",
+      [taskId],
+    );
+    expect(dispatch.rows[0]!.detail.runLimit).toMatchObject({ cap: 'maxGpuHours' });
+    // 900 s less the micro-dollar kept for rounding (0.00045 s at 2 x $4/h).
+    expect(dispatch.rows[0]!.detail.runLimit.seconds).toBeCloseTo(900, 3);
   });
 
   it('gates agent steps: allows under the caps, denies the step that crosses maxSteps', async () => {
