@@ -569,7 +569,7 @@ export class KubernetesCluster implements ClusterBackend {
         if (reading.phase !== 'Suspended' && !reading.notResumed) return null;
         const a = job.metadata?.annotations ?? {};
         if (deadline === 0) {
-          const left = String(limit!.maxRunSeconds);
+          const left = String(Math.round(limit!.maxRunSeconds * 1000) / 1000);
           return a[Annotation.runLimitExhausted] === left ? null : { metadata: { annotations: { [Annotation.runLimitExhausted]: left } } };
         }
         const annotations: Record<string, string | null> = { [Annotation.resumedAt]: this.clock().toISOString() };

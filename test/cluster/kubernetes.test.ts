@@ -847,6 +847,9 @@ describe('KubernetesCluster against a recorded API server', () => {
     server.requests.length = 0;
     await backend.resume(name, { maxRunSeconds: 0.4 });
     expect(server.calls()).toEqual([`GET ${path(name)}`]);
+    // What is left is recorded to the millisecond.
+    await backend.resume(name, { maxRunSeconds: 0.1 + 0.2 });
+    expect(server.jobs.get(`${NS}/${name}`)!.metadata.annotations![Annotation.runLimitExhausted]).toBe('0.3');
     // A NaN limit is a bug, not a limit: refused, nothing written.
     const err = await backend.resume(name, { maxRunSeconds: Number.NaN }).catch((e: unknown) => e);
     expect(err).toMatchObject({ type: KubernetesErrorType.Invalid, nonRetryable: true });
