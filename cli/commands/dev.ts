@@ -8,7 +8,7 @@ import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureReconcile
 import { auditPaths } from '../../ledger/audit-checkpoints';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { ClusterBackend } from '../../cluster/backend';
-import { KubernetesCluster } from '../../cluster/kubernetes/backend';
+import { DEFAULT_STOP_MARGIN_SECONDS, KubernetesCluster } from '../../cluster/kubernetes/backend';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
 import { createWorkers, runWorkers } from '../../workers/worker';
 import { NativeConnection } from '@temporalio/worker';
@@ -43,6 +43,12 @@ const WorkerOptions = z.strictObject({
     .min(0)
     .max(3600)
     .default(Number(process.env.GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS ?? 90)),
+  k8sStopMargin: z.coerce
+    .number()
+    .int('whole seconds')
+    .min(0)
+    .max(3600)
+    .default(Number(process.env.GOVLOOP_K8S_STOP_MARGIN_SECONDS ?? DEFAULT_STOP_MARGIN_SECONDS)),
   workflowBundle: z
     .string()
     .min(1)
@@ -108,6 +114,10 @@ Ctrl-C stops everything.`);
       'least preemption grace on Kubernetes: the pods see the checkpoint request through the downward API within about a minute, then save; the longer of this and policies.preemption.graceMillis is waited; default $GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS or 90',
     )
     .option(
+      '--k8s-stop-margin <seconds>',
+      `how late after a task's run limit the Job controller may stop its Job (its sync, a controller-manager failover, clock skew); the limit set as activeDeadlineSeconds is this much shorter than the caps leave; default $GOVLOOP_K8S_STOP_MARGIN_SECONDS or ${DEFAULT_STOP_MARGIN_SECONDS}`,
+    )
+    .option(
       '--workflow-bundle <path>',
       'a workflow bundle pre-built by `npm run bundle:workflows -- PATH` from this same checkout, instead of bundling workflows/ at every start (seconds of CPU); default $GOVLOOP_WORKFLOW_BUNDLE',
       process.env.GOVLOOP_WORKFLOW_BUNDLE,
@@ -141,6 +151,7 @@ Ctrl-C stops everything.`);
             namespace: o.k8sNamespace,
             placement: o.k8sPlacement,
             checkpointGraceMillis: o.k8sCheckpointGrace * 1000,
+            stopMarginSeconds: o.k8sStopMargin,
             // Pods that may report their checkpoint on their Job (deploy/rbac.yaml govloop-trainer).
             ...(process.env.GOVLOOP_K8S_SERVICE_ACCOUNT ? { serviceAccountName: process.env.GOVLOOP_K8S_SERVICE_ACCOUNT } : {}),
             onPlacementNote: (note) => logger.warn({ placement: o.k8sPlacement }, note),

@@ -53,7 +53,16 @@ import {
   type V1Service,
   type V1Status,
 } from '@kubernetes/client-node';
-import { type ClusterBackend, type ClusterCapacity, ClusterErrorType, type CreateResult, type JobPhase, type JobSpec, type JobStatus } from '../backend';
+import {
+  type ClusterBackend,
+  type ClusterCapacity,
+  ClusterErrorType,
+  type CreateResult,
+  type JobPhase,
+  type JobSpec,
+  type JobStatus,
+  type RunLimit,
+} from '../backend';
 import { ReasonCode, type Reason, reason } from '../../governance/reasons';
 import {
   Annotation,
@@ -63,6 +72,7 @@ import {
   MANAGED_BY,
   type ManifestOptions,
   type Placement,
+  activeDeadlineFor,
   gangServiceManifest,
   isGang,
   jobAccounting,
@@ -160,6 +170,13 @@ export interface KubernetesClusterOptions extends Omit<ManifestOptions, 'namespa
    */
   checkpointGraceMillis?: number;
   /**
+   * How late after its run limit a Job may still be metered (`ClusterBackend.stopMarginSeconds`);
+   * the run limit is this much shorter than what the caps leave. Default
+   * `DEFAULT_STOP_MARGIN_SECONDS` (20; where it comes from is said there). Raise it for a
+   * controller-manager that is slow to sync Jobs or fails over slowly.
+   */
+  stopMarginSeconds?: number;
+  /**
    * govloop placement holds the Lease `govloop-placement-<cluster>` in the namespace while it
    * places and creates a Job, so several worker processes on one cluster never book a GPU twice
    * (./lease.ts). Options, or false to rely on one worker per cluster.
@@ -233,9 +250,31 @@ export interface JobEvent {
   message: string | null;
 }
 
+/**
+ * How late the Job controller's DeadlineExceeded condition may come after the run limit, as govloop
+ * meters it. `resume()` stamps govloop.io/resumed-at (R, govloop's clock) and sets
+ * `activeDeadlineSeconds` = L (the run limit rounded down); the metered segment ends at the
+ * `FailureTarget`/`Failed` condition's time D (`runSeconds`). The Job controller
+ * (pkg/controller/job/job_controller.go, Kubernetes 1.34) sets `status.startTime` S when it syncs
+ * the resumed Job (a spec change is synced at once from its watch) and re-queues the Job for
+ * S + L, so D − R = L + (S − R) + (D − S − L), plus any skew between govloop's clock and the
+ * controller-manager's:
+ * - S − R and D − S − L: a watch event and a work-queue pass each, well under a second normally;
+ *   a failed sync is retried after 1 s, doubling;
+ * - a controller-manager failover in between: nothing syncs until the new leader has the lease
+ *   (kube-controller-manager --leader-elect-lease-duration, 15 s by default) and syncs every Job;
+ * - clock skew (NTP): under a second.
+ * 15 s (one failover) + 2 × 2 s (the two syncs) + 1 s (skew) = 20 s. Times are stored in whole
+ * seconds, rounded down, which only shortens the metered segment. The pods' termination grace
+ * after the condition is not metered (as after suspend or delete), so it is not in the margin.
+ * Without a Job controller (a bare API server) nothing stops the Job at all: the workflow's cap
+ * check at each poll is then the only line.
+ */
+export const DEFAULT_STOP_MARGIN_SECONDS = 20;
+
 export class KubernetesCluster implements ClusterBackend {
-  /** Placeholder until the run limit lands here (issue 15): the Job controller's sync plus the default 30 s termination grace. */
-  readonly stopMarginSeconds: number = 40;
+  /** How late after its run limit a Job may still be metered: `opts.stopMarginSeconds`, default DEFAULT_STOP_MARGIN_SECONDS. */
+  readonly stopMarginSeconds: number;
   readonly cluster: string;
   readonly namespace: string;
   readonly checkpointGraceMillis: number;
@@ -263,6 +302,10 @@ export class KubernetesCluster implements ClusterBackend {
     this.core = source instanceof KubeConfig ? source.makeApiClient(CoreV1Api) : source.core;
     this.clock = opts.clock ?? (() => new Date());
     this.checkpointGraceMillis = opts.checkpointGraceMillis ?? 90_000;
+    const margin = opts.stopMarginSeconds ?? DEFAULT_STOP_MARGIN_SECONDS;
+    if (!Number.isFinite(margin) || margin < 0)
+      throw new Error(`kubernetes cluster ${opts.cluster}: stopMarginSeconds must be a number of seconds ≥ 0, got ${margin}`);
+    this.stopMarginSeconds = margin;
     const leases = source instanceof KubeConfig ? source.makeApiClient(CoordinationV1Api) : source.leases;
     this.lease =
       leases && opts.placementLease !== false
@@ -282,6 +325,7 @@ export class KubernetesCluster implements ClusterBackend {
       onPlacementNote: _on,
       placementLease: _l,
       checkpointGraceMillis: _g,
+      stopMarginSeconds: _s,
       ...rest
     } = this.opts;
     return { ...rest, namespace: this.namespace, cluster: this.cluster };
@@ -420,18 +464,7 @@ export class KubernetesCluster implements ClusterBackend {
       const affinity = want.spec?.template.spec?.affinity ?? null;
       const changed = canonical(job.spec?.template.spec?.affinity ?? null) !== canonical(affinity);
       if (changed && job.status?.startTime) {
-        try {
-          await this.jobs.patchNamespacedJobStatus(
-            { name: spec.name, namespace: this.namespace, body: { status: { startTime: null } }, fieldManager: this.fieldManager },
-            mergePatch,
-          );
-        } catch (err) {
-          throw kubernetesFailure(
-            `reset status.startTime of job ${spec.name} in namespace ${this.namespace}`,
-            err,
-            'patch on jobs.batch/status in this namespace',
-          );
-        }
+        await this.resetStartTime(spec.name);
         continue; // read again: the status write changed the resourceVersion
       }
       const annotations: Record<string, string | null> = {
@@ -501,12 +534,72 @@ export class KubernetesCluster implements ClusterBackend {
     }
   }
 
-  /** Unsuspends a suspended Job and opens a run segment. A running, finished or deleting Job is left alone. */
-  async resume(name: string): Promise<void> {
-    await this.readModifyWrite(name, 'resume', (job) => {
-      if (jobPhase(job).phase !== 'Suspended') return null;
-      return { metadata: { annotations: { [Annotation.resumedAt]: this.clock().toISOString() } }, spec: { suspend: false } };
-    });
+  /**
+   * Unsuspends a suspended Job and opens a run segment. A running, finished or deleting Job is left
+   * alone. With `limit`, the same patch sets `spec.activeDeadlineSeconds` to the limit in whole
+   * seconds (rounded down): the Job controller fails the Job (reason DeadlineExceeded) once it has
+   * been active that long since it resumed, deleting its pods. The deadline counts from
+   * `status.startTime`, which the controller sets when it syncs the resumed Job; but that sync
+   * checks the deadline against the *old* startTime first (Kubernetes 1.34 keeps it over a
+   * suspension), so a Job that ran before would fail at once: the backend clears `status.startTime`
+   * first (allowed while the Job is suspended; Kueue does the same on stop). A second resume after
+   * a suspend sets the new limit the same way.
+   *
+   * Under 1 s left: the Job is not unsuspended (it must not run at all, and Kubernetes needs a
+   * deadline of at least 1 s); `govloop.io/run-limit-exhausted` records it and `status()` reads
+   * Failed with `deadlineExceeded`. Without a limit, a deadline left from an earlier resume is
+   * removed: it was computed for that run segment, and would stop this one at a limit nobody set.
+   */
+  async resume(name: string, limit?: RunLimit): Promise<void> {
+    let deadline: number | undefined;
+    try {
+      deadline = activeDeadlineFor(limit);
+    } catch (err) {
+      throw ApplicationFailure.create({
+        type: KubernetesErrorType.Invalid,
+        nonRetryable: true,
+        message: `kubernetes: resume job ${name}: ${(err as Error).message}`,
+      });
+    }
+    await this.readModifyWrite(
+      name,
+      'resume',
+      (job) => {
+        const reading = jobPhase(job);
+        if (reading.phase !== 'Suspended' && !reading.notResumed) return null;
+        const a = job.metadata?.annotations ?? {};
+        if (deadline === 0) {
+          const left = String(Math.round(limit!.maxRunSeconds * 1000) / 1000);
+          return a[Annotation.runLimitExhausted] === left ? null : { metadata: { annotations: { [Annotation.runLimitExhausted]: left } } };
+        }
+        const annotations: Record<string, string | null> = { [Annotation.resumedAt]: this.clock().toISOString() };
+        if (a[Annotation.runLimitExhausted] !== undefined) annotations[Annotation.runLimitExhausted] = null;
+        const spec: JobSpecPatch = { suspend: false };
+        if (deadline !== undefined) spec.activeDeadlineSeconds = deadline;
+        else if (job.spec?.activeDeadlineSeconds != null) spec.activeDeadlineSeconds = null;
+        return { metadata: { annotations }, spec };
+      },
+      // A deadline counts from status.startTime: clear the one left from an earlier run first.
+      async (job) => {
+        if (deadline === undefined || deadline === 0 || !job.status?.startTime || !job.spec?.suspend) return false;
+        const reading = jobPhase(job);
+        if (reading.phase !== 'Suspended' && !reading.notResumed) return false;
+        await this.resetStartTime(name);
+        return true;
+      },
+    );
+  }
+
+  /** Clears `status.startTime` of a suspended Job through the status subresource. */
+  private async resetStartTime(name: string): Promise<void> {
+    try {
+      await this.jobs.patchNamespacedJobStatus(
+        { name, namespace: this.namespace, body: { status: { startTime: null } }, fieldManager: this.fieldManager },
+        mergePatch,
+      );
+    } catch (err) {
+      throw kubernetesFailure(`reset status.startTime of job ${name} in namespace ${this.namespace}`, err, 'patch on jobs.batch/status in this namespace');
+    }
   }
 
   /**
@@ -759,7 +852,7 @@ export class KubernetesCluster implements ClusterBackend {
 
   private statusOf(job: V1Job): JobStatus {
     const name = job.metadata?.name ?? '';
-    const { phase, message } = jobPhase(job);
+    const { phase, message, deadlineExceeded } = jobPhase(job);
     const a = job.metadata?.annotations ?? {};
     const acc = jobAccounting(job, this.clock());
     const gpus = Number(a[Annotation.gpus] ?? 0) || 0;
@@ -774,6 +867,7 @@ export class KubernetesCluster implements ClusterBackend {
       gpuSeconds: acc.ranSeconds * gpus,
       tokens: Math.max(0, Math.floor(Number(a[Annotation.tokens] ?? 0) || 0)),
       message,
+      ...(deadlineExceeded ? { deadlineExceeded: true } : {}),
     };
     if (phase === 'Deleted') this.remember(name, st);
     return st;
@@ -798,11 +892,13 @@ export class KubernetesCluster implements ClusterBackend {
   /**
    * Reads the Job, asks `change` for a merge patch (null: nothing to do), and sends it with the
    * resourceVersion it read; 409 Conflict means someone else wrote in between, so it reads again.
+   * `prepare`, when given, runs on each read first; true: it wrote something (the status), read again.
    */
   private async readModifyWrite(
     name: string,
     verb: string,
-    change: (job: V1Job) => { metadata: { annotations: Record<string, string | null> }; spec?: { suspend: boolean } } | null,
+    change: (job: V1Job) => { metadata: { annotations: Record<string, string | null> }; spec?: JobSpecPatch } | null,
+    prepare?: (job: V1Job) => Promise<boolean>,
   ): Promise<void> {
     const attempts = this.opts.conflictRetries ?? 5;
     for (let attempt = 1; ; attempt++) {
@@ -812,6 +908,13 @@ export class KubernetesCluster implements ClusterBackend {
           type: KubernetesErrorType.Api,
           message: `kubernetes: ${verb} job ${name}: not found in namespace ${this.namespace}`,
         });
+      if (prepare && (await prepare(job))) {
+        if (attempt < attempts) continue;
+        throw ApplicationFailure.create({
+          type: KubernetesErrorType.Api,
+          message: `kubernetes: ${verb} job ${name} in namespace ${this.namespace}: its status kept changing (${attempts} attempts)`,
+        });
+      }
       const patch = change(job);
       if (patch === null) return;
       const body = { ...patch, metadata: { ...patch.metadata, resourceVersion: job.metadata?.resourceVersion } };
@@ -824,6 +927,12 @@ export class KubernetesCluster implements ClusterBackend {
       }
     }
   }
+}
+
+/** The part of a Job's spec `resume` and `suspend` merge-patch (null removes the field). */
+interface JobSpecPatch {
+  suspend: boolean;
+  activeDeadlineSeconds?: number | null;
 }
 
 /** A Job preempted earlier: suspended, its nodes given up, waiting to be placed again. */

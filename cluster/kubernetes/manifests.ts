@@ -9,7 +9,7 @@
  * Job and its accounting annotations stay).
  */
 import type { V1Affinity, V1EnvVar, V1Job, V1NodeSelectorRequirement, V1ResourceRequirements, V1Service } from '@kubernetes/client-node';
-import type { JobPhase, JobSpec } from '../backend';
+import type { JobPhase, JobSpec, RunLimit } from '../backend';
 
 /** Annotations govloop owns on a Job. Values are exact (labels may be sanitized, these are not). */
 export const Annotation = {
@@ -50,7 +50,31 @@ export const Annotation = {
   checkpointRequestedAt: 'govloop.io/checkpoint-requested-at',
   /** Written by the trainer on the Job: run-seconds of work its latest saved checkpoint holds. */
   checkpointSeconds: 'govloop.io/checkpoint-seconds',
+  /**
+   * Written by `resume()` instead of unsuspending when the run limit the task's caps leave is under
+   * 1 s (Kubernetes needs a deadline of at least 1 s): the seconds that were left (a decimal, may
+   * be negative). While the Job stays suspended it reads as Failed with `deadlineExceeded`.
+   */
+  runLimitExhausted: 'govloop.io/run-limit-exhausted',
 } as const;
+
+/** The reason the Job controller gives a Job stopped at `spec.activeDeadlineSeconds`. */
+export const REASON_DEADLINE_EXCEEDED = 'DeadlineExceeded';
+
+/**
+ * `spec.activeDeadlineSeconds` for a run limit: whole seconds, rounded down, so the Job controller
+ * stops the Job no later than the limit. 0: under 1 s is left and the Job must not run at all
+ * (Kubernetes needs a positive deadline). undefined: no limit (none given, or +Infinity: no cap
+ * bounds the run). Throws on NaN or -Infinity: a caller's bug, not a limit.
+ */
+export function activeDeadlineFor(limit: RunLimit | undefined): number | undefined {
+  if (limit === undefined || limit.maxRunSeconds === Number.POSITIVE_INFINITY) return undefined;
+  const s = limit.maxRunSeconds;
+  if (typeof s !== 'number' || Number.isNaN(s) || s === Number.NEGATIVE_INFINITY) {
+    throw new Error(`run limit maxRunSeconds must be a number of seconds, got ${String(s)}`);
+  }
+  return s < 1 ? 0 : Math.min(Math.floor(s), Number.MAX_SAFE_INTEGER);
+}
 
 /** Label the Job controller puts on a Job's pods (Kubernetes 1.27+). */
 export const LABEL_JOB_NAME = 'batch.kubernetes.io/job-name';
@@ -341,6 +365,10 @@ export function gangServiceManifest(job: V1Job, opts: Pick<ManifestOptions, 'nam
 export interface PhaseReading {
   phase: JobPhase;
   message: string | null;
+  /** Stopped at its run limit: the Job controller's DeadlineExceeded, or not resumed at all (under 1 s left). */
+  deadlineExceeded?: true;
+  /** Failed only because `resume()` found under 1 s left and left it suspended: a later resume with more may still start it. */
+  notResumed?: true;
 }
 
 const conditionTrue = (job: V1Job, type: string) => job.status?.conditions?.find((c) => c.type === type && c.status === 'True');
@@ -349,11 +377,15 @@ const toDate = (d: Date | string | undefined | null): Date | null => (d == null 
 /**
  * JobPhase from a Job object, first match wins:
  * 1. `metadata.deletionTimestamp` set → Deleted (foreground deletion keeps the Job until its pods are gone);
- * 2. condition `Failed` or `FailureTarget` True → Failed, with the condition's reason and message;
+ * 2. condition `Failed` or `FailureTarget` True → Failed, with the condition's reason and message
+ *    (reason `DeadlineExceeded`: the Job controller stopped it at `spec.activeDeadlineSeconds`,
+ *    the run limit `resume()` set, so `deadlineExceeded`);
  * 3. condition `Complete` or `SuccessCriteriaMet` True → Succeeded;
- * 4. `spec.suspend` true → Suspended (also while the Job controller is still deleting the pods
+ * 4. `spec.suspend` true and `govloop.io/run-limit-exhausted` set → Failed with
+ *    `deadlineExceeded` (`resume()` found under 1 s left and did not start it);
+ * 5. `spec.suspend` true → Suspended (also while the Job controller is still deleting the pods
  *    and before the `Suspended` condition appears);
- * 5. otherwise → Running (resumed; pods pending, active or ready, or a `Suspended` condition the
+ * 6. otherwise → Running (resumed; pods pending, active or ready, or a `Suspended` condition the
  *    controller has not flipped yet).
  */
 export function jobPhase(job: V1Job): PhaseReading {
@@ -361,10 +393,19 @@ export function jobPhase(job: V1Job): PhaseReading {
   const failed = conditionTrue(job, 'Failed') ?? conditionTrue(job, 'FailureTarget');
   if (failed) {
     const why = [failed.reason, failed.message].filter(Boolean).join(': ');
-    return { phase: 'Failed', message: why || 'job failed' };
+    return { phase: 'Failed', message: why || 'job failed', ...(failed.reason === REASON_DEADLINE_EXCEEDED ? { deadlineExceeded: true as const } : {}) };
   }
   const done = conditionTrue(job, 'Complete') ?? conditionTrue(job, 'SuccessCriteriaMet');
   if (done) return { phase: 'Succeeded', message: null };
+  const left = job.spec?.suspend ? job.metadata?.annotations?.[Annotation.runLimitExhausted] : undefined;
+  if (left !== undefined) {
+    return {
+      phase: 'Failed',
+      message: `RunLimitExhausted: the task's caps left ${left} s of run time (under 1 s), so govloop did not resume the Job`,
+      deadlineExceeded: true,
+      notResumed: true,
+    };
+  }
   if (job.spec?.suspend) {
     const s = conditionTrue(job, 'Suspended');
     return { phase: 'Suspended', message: s?.message ?? null };
@@ -376,6 +417,12 @@ export function jobPhase(job: V1Job): PhaseReading {
  * Run-time seconds of a Job: earlier segments (folded into an annotation by `suspend()`) plus the
  * open one, from the last `resume()` to the first of: completion, failure, a suspension govloop did
  * not make (Kueue, kubectl), deletion, or `now`.
+ *
+ * A Job stopped at its run limit ends at the Job controller's `FailureTarget` (or `Failed`)
+ * condition with reason DeadlineExceeded, however late the controller writes it: it held its GPUs
+ * until then, so that is metered (not capped at resumed-at + the deadline; the ledger bounds what
+ * is charged). The pods' termination grace after the condition is not metered, as after a suspend
+ * or a delete (allocation ends when govloop or Kubernetes ends it, decision 0012).
  */
 export function runSeconds(job: V1Job, now: Date): number {
   const a = job.metadata?.annotations ?? {};

@@ -225,6 +225,106 @@ describe.skipIf('missing' in bins)('KubernetesCluster against a real kube-apiser
     }
   });
 
+  /**
+   * Issue 15: the cluster stops a job at the run limit its caps leave. This server has no Job
+   * controller (no kube-controller-manager), so nothing enforces the deadline here: these tests
+   * check what the server stores and validates, and write the status the controller would write.
+   */
+  describe('the run limit: spec.activeDeadlineSeconds, as the worker ServiceAccount writes it', () => {
+    let worker: KubernetesCluster;
+    beforeAll(() => {
+      if ('missing' in bins) return;
+      worker = new KubernetesCluster(kubeConfigFor(server.url, server.workerToken), {
+        cluster: 'real',
+        namespace: NS,
+        clock: clock.fn,
+        place: () => ({ kind: 'nodes', nodes: ['h100-03'] }),
+      });
+    });
+    const wholeSecondsNow = () => new Date(Math.floor(Date.now() / 1000) * 1000);
+
+    it("resume sets the deadline; a resume after a suspend renews it, the first run's startTime cleared first (the server refuses that once the Job runs); no limit removes it", async () => {
+      const spec = aJob('real-limit').gpus(8).build();
+      const { name } = spec;
+      await worker.create(spec);
+      await worker.resume(name, { maxRunSeconds: 900.5 });
+      expect((await read(name)).spec).toMatchObject({ suspend: false, activeDeadlineSeconds: 900 });
+      // The Job controller starts it; once it runs, its startTime may not be removed.
+      await setStatus(name, { startTime: wholeSecondsNow(), active: 1 });
+      const refused = await batch.patchNamespacedJobStatus({ name, namespace: NS, body: { status: { startTime: null } } }, mergePatch).catch((e: unknown) => e);
+      expect(refused).toMatchObject({ code: 422 });
+      expect((refused as ApiException<string>).body).toContain('startTime cannot be removed for unsuspended job');
+      clock.advance(60);
+      await worker.suspend(name);
+
+      await worker.resume(name, { maxRunSeconds: 240 });
+      const renewed = await read(name);
+      expect(renewed.spec).toMatchObject({ suspend: false, activeDeadlineSeconds: 240 });
+      // Cleared: the controller's resume sync would otherwise measure the new deadline from the first run's start.
+      expect(renewed.status!.startTime).toBeUndefined();
+      // ...and sets it anew (nil → now is allowed on a running Job).
+      await setStatus(name, { startTime: wholeSecondsNow(), active: 1 });
+      clock.advance(10);
+      expect(await worker.status(name)).toMatchObject({ phase: 'Running', gpuSeconds: 70 * 8 });
+
+      clock.advance(5);
+      await worker.suspend(name);
+      await worker.resume(name);
+      const unlimited = await read(name);
+      expect(unlimited.spec!.suspend).toBe(false);
+      expect(unlimited.spec!.activeDeadlineSeconds).toBeUndefined();
+    });
+
+    it('under 1 s left: the Job stays suspended on the server and reads Failed at its run limit, with nothing metered', async () => {
+      const spec = aJob('real-limit-gone').gpus(2).build();
+      const { name } = spec;
+      await worker.create(spec);
+      await worker.resume(name, { maxRunSeconds: 0.9 });
+      const job = await read(name);
+      expect(job.spec!.suspend).toBe(true);
+      expect(job.spec!.activeDeadlineSeconds).toBeUndefined();
+      expect(job.metadata!.annotations![Annotation.runLimitExhausted]).toBe('0.9');
+      clock.advance(300);
+      expect(await worker.status(name)).toMatchObject({
+        phase: 'Failed',
+        deadlineExceeded: true,
+        gpuSeconds: 0,
+        message: "RunLimitExhausted: the task's caps left 0.9 s of run time (under 1 s), so govloop did not resume the Job",
+      });
+    });
+
+    it('a Job the Job controller stopped at its deadline (status written here as the controller would) reads deadlineExceeded, metered up to the FailureTarget condition', async () => {
+      const spec = aJob('real-limit-hit').gpus(2).build();
+      const { name } = spec;
+      await worker.create(spec);
+      const resumedAt = clock.now;
+      await worker.resume(name, { maxRunSeconds: 120 });
+      const t = (s: number) => new Date(resumedAt.getTime() + s * 1000);
+      const resumed = { type: 'Suspended', status: 'False', reason: 'JobResumed', message: 'Job resumed', lastTransitionTime: t(1), lastProbeTime: t(1) };
+      await setStatus(name, { startTime: t(1), active: 1, conditions: [resumed] });
+      clock.advance(60);
+      expect(await worker.status(name)).toMatchObject({ phase: 'Running', gpuSeconds: 120 });
+      expect((await worker.status(name))!.deadlineExceeded).toBeUndefined();
+      // The deadline passes (startTime + 120 s); the controller, 3 s late, writes FailureTarget and deletes the pods.
+      const deadline = { reason: 'DeadlineExceeded', message: 'Job was active longer than specified deadline' };
+      const target = { type: 'FailureTarget', status: 'True', lastTransitionTime: t(124), lastProbeTime: t(124), ...deadline };
+      await setStatus(name, { active: 0, conditions: [resumed, target] });
+      clock.advance(200);
+      expect(await worker.status(name)).toMatchObject({
+        phase: 'Failed',
+        deadlineExceeded: true,
+        message: 'DeadlineExceeded: Job was active longer than specified deadline',
+        gpuSeconds: 124 * 2,
+      });
+      // Once the pods are gone (their termination grace), Failed: the metering still ends at FailureTarget.
+      await setStatus(name, {
+        failed: 1,
+        conditions: [resumed, target, { type: 'Failed', status: 'True', lastTransitionTime: t(154), lastProbeTime: t(154), ...deadline }],
+      });
+      expect(await worker.status(name)).toMatchObject({ phase: 'Failed', deadlineExceeded: true, gpuSeconds: 124 * 2 });
+    });
+  });
+
   describe('gang Service, checkpoint protocol, placement again, capacity and RBAC on the real server', () => {
     /** The backend as the ServiceAccount deploy/rbac.yaml makes for the worker. */
     let worker: KubernetesCluster;

@@ -14,9 +14,11 @@ import { ClusterFile } from '../../config/schema';
 import { loadConfig } from '../../config/load';
 import { createActivities } from '../../activities';
 import { type Ledger, backends } from '../ledger/backends';
-import { KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
+import { DEFAULT_STOP_MARGIN_SECONDS, KubernetesCluster, KubernetesErrorType, type JobEvent } from '../../cluster/kubernetes/backend';
 import {
   Annotation,
+  type PhaseReading,
+  activeDeadlineFor,
   type ManifestOptions,
   type Placement,
   gangServiceManifest,
@@ -315,12 +317,12 @@ describe('jobManifest', () => {
 describe('jobPhase', () => {
   const t0 = new Date('2026-01-01T00:00:00Z');
   const cond = (type: string, status = 'True', extra: Record<string, unknown> = {}) => ({ type, status, lastTransitionTime: t0, ...extra });
-  const job = (suspend: boolean, status: V1Job['status'] = {}, deleting = false): V1Job => ({
-    metadata: { name: 'j', ...(deleting ? { deletionTimestamp: t0 } : {}) },
+  const job = (suspend: boolean, status: V1Job['status'] = {}, deleting = false, annotations?: Record<string, string>): V1Job => ({
+    metadata: { name: 'j', ...(deleting ? { deletionTimestamp: t0 } : {}), ...(annotations ? { annotations } : {}) },
     spec: { suspend, template: {} },
     status,
   });
-  const cases: { name: string; job: V1Job; wantPhase: JobPhase; wantMessage: string | null }[] = [
+  const cases: { name: string; job: V1Job; wantPhase: JobPhase; wantMessage: string | null; want?: Partial<PhaseReading> }[] = [
     { name: 'just created suspended, no condition yet', job: job(true), wantPhase: 'Suspended', wantMessage: null },
     {
       name: 'Suspended condition True',
@@ -358,16 +360,85 @@ describe('jobPhase', () => {
     },
     {
       name: 'FailureTarget before Failed',
-      job: job(false, { conditions: [cond('FailureTarget', 'True', { reason: 'DeadlineExceeded' })] }),
+      job: job(false, { conditions: [cond('FailureTarget', 'True', { reason: 'PodFailurePolicy', message: 'Container task exited with 42' })] }),
       wantPhase: 'Failed',
-      wantMessage: 'DeadlineExceeded',
+      wantMessage: 'PodFailurePolicy: Container task exited with 42',
+    },
+    {
+      name: 'stopped at its run limit: FailureTarget DeadlineExceeded (pods still terminating)',
+      job: job(false, {
+        conditions: [cond('FailureTarget', 'True', { reason: 'DeadlineExceeded', message: 'Job was active longer than specified deadline' })],
+      }),
+      wantPhase: 'Failed',
+      wantMessage: 'DeadlineExceeded: Job was active longer than specified deadline',
+      want: { deadlineExceeded: true },
+    },
+    {
+      name: 'stopped at its run limit: Failed DeadlineExceeded (older controllers write Failed at once)',
+      job: job(false, {
+        conditions: [cond('Failed', 'True', { reason: 'DeadlineExceeded', message: 'Job was active longer than specified deadline' })],
+      }),
+      wantPhase: 'Failed',
+      wantMessage: 'DeadlineExceeded: Job was active longer than specified deadline',
+      want: { deadlineExceeded: true },
+    },
+    {
+      name: 'under 1 s of run limit left: not resumed, reads Failed at its run limit',
+      job: job(true, {}, false, { [Annotation.runLimitExhausted]: '0.4' }),
+      wantPhase: 'Failed',
+      wantMessage: "RunLimitExhausted: the task's caps left 0.4 s of run time (under 1 s), so govloop did not resume the Job",
+      want: { deadlineExceeded: true, notResumed: true },
+    },
+    {
+      name: 'the not-resumed mark on a Job someone unsuspended anyway: it runs',
+      job: job(false, {}, false, { [Annotation.runLimitExhausted]: '0.4' }),
+      wantPhase: 'Running',
+      wantMessage: null,
     },
     { name: 'Failed while suspended', job: job(true, { conditions: [cond('Suspended'), cond('Failed')] }), wantPhase: 'Failed', wantMessage: 'job failed' },
     { name: 'Complete False is not done', job: job(false, { conditions: [cond('Complete', 'False')] }), wantPhase: 'Running', wantMessage: null },
     { name: 'being deleted (foreground)', job: job(false, { active: 1 }, true), wantPhase: 'Deleted', wantMessage: 'job is being deleted' },
   ];
-  it.each(cases)('$name → $wantPhase', ({ job, wantPhase, wantMessage }) => {
-    expect(jobPhase(job)).toEqual({ phase: wantPhase, message: wantMessage });
+  it.each(cases)('$name → $wantPhase', ({ job, wantPhase, wantMessage, want }) => {
+    expect(jobPhase(job)).toEqual({ phase: wantPhase, message: wantMessage, ...want });
+  });
+
+  it('activeDeadlineFor: whole seconds rounded down (never past the limit); 0 under 1 s (the Job must not run); none without a limit', () => {
+    expect(activeDeadlineFor(undefined)).toBeUndefined();
+    expect(activeDeadlineFor({ maxRunSeconds: Number.POSITIVE_INFINITY })).toBeUndefined();
+    expect(activeDeadlineFor({ maxRunSeconds: 600 })).toBe(600);
+    expect(activeDeadlineFor({ maxRunSeconds: 600.99 })).toBe(600);
+    expect(activeDeadlineFor({ maxRunSeconds: 1 })).toBe(1);
+    expect(activeDeadlineFor({ maxRunSeconds: 0.999 })).toBe(0);
+    expect(activeDeadlineFor({ maxRunSeconds: 0 })).toBe(0);
+    expect(activeDeadlineFor({ maxRunSeconds: -35 })).toBe(0);
+    expect(() => activeDeadlineFor({ maxRunSeconds: Number.NaN })).toThrow('run limit maxRunSeconds must be a number of seconds, got NaN');
+  });
+
+  it('runSeconds of a Job stopped at its run limit: up to the DeadlineExceeded condition, however late the controller wrote it', () => {
+    const at = (s: number) => new Date(t0.getTime() + s * 1000);
+    const stopped = (conditions: NonNullable<V1Job['status']>['conditions']): V1Job => ({
+      metadata: { name: 'j', annotations: { [Annotation.settledSeconds]: '100', [Annotation.resumedAt]: at(0).toISOString() } },
+      spec: { suspend: false, activeDeadlineSeconds: 600, template: {} },
+      status: { startTime: at(1), conditions },
+    });
+    const deadline = { reason: 'DeadlineExceeded', message: 'Job was active longer than specified deadline' };
+    // The controller wrote FailureTarget 7 s after resumed-at + the deadline: the Job held its GPUs until then.
+    const late = stopped([{ type: 'FailureTarget', status: 'True', lastTransitionTime: at(607), ...deadline }]);
+    expect(runSeconds(late, at(5000))).toBe(100 + 607);
+    // Failed follows once the pods are gone (their termination grace): metering ended at FailureTarget.
+    const failed = stopped([
+      { type: 'FailureTarget', status: 'True', lastTransitionTime: at(601), ...deadline },
+      { type: 'Failed', status: 'True', lastTransitionTime: at(631), ...deadline },
+    ]);
+    expect(runSeconds(failed, at(5000))).toBe(100 + 601);
+    // Not resumed (under 1 s left): no run segment was opened.
+    const notRun: V1Job = {
+      metadata: { name: 'j', annotations: { [Annotation.settledSeconds]: '100', [Annotation.runLimitExhausted]: '0.2' } },
+      spec: { suspend: true, template: {} },
+    };
+    expect(runSeconds(notRun, at(5000))).toBe(100);
+    expect(jobAccounting(notRun, at(5000))).toMatchObject({ ranSeconds: 100, progressSeconds: 100 });
   });
 
   it('runSeconds: settled segments plus the open one, ending at completion, failure, suspension or deletion', () => {
@@ -706,6 +777,123 @@ describe('KubernetesCluster against a recorded API server', () => {
     // Tokens, when the runner writes them on the Job.
     server.jobs.get(`${NS}/${name}`)!.metadata.annotations![Annotation.tokens] = '12345';
     expect((await backend.status(name))!.tokens).toBe(12345);
+  });
+
+  it('resume with a run limit: activeDeadlineSeconds in the patch that unsuspends, renewed after a suspend (startTime cleared first), removed without a limit', async () => {
+    const spec = aJob('limit-1').gpus(1).build();
+    const { name } = spec;
+    const stored = () => server.jobs.get(`${NS}/${name}`)!;
+    await backend.create(spec);
+    server.requests.length = 0;
+    await backend.resume(name, { maxRunSeconds: 600.7 });
+    expect(server.calls()).toEqual([`GET ${path(name)}`, `PATCH ${path(name)}?fieldManager=govloop`]);
+    expect(server.requests[1]!.body).toEqual({
+      metadata: { annotations: { [Annotation.resumedAt]: clock.now.toISOString() }, resourceVersion: expect.any(String) },
+      spec: { suspend: false, activeDeadlineSeconds: 600 },
+    });
+    // The Job controller starts it (status.startTime), then govloop preempts it.
+    server.setStatus(NS, name, { startTime: clock.now.toISOString(), active: 1 });
+    clock.advance(100);
+    await backend.suspend(name);
+    server.requests.length = 0;
+    await backend.resume(name, { maxRunSeconds: 300 });
+    // The deadline counts from status.startTime: the one from the first run is cleared before the Job is unsuspended.
+    expect(server.calls()).toEqual([
+      `GET ${path(name)}`,
+      `PATCH ${path(name)}/status?fieldManager=govloop`,
+      `GET ${path(name)}`,
+      `PATCH ${path(name)}?fieldManager=govloop`,
+    ]);
+    expect(server.requests[1]!.body).toEqual({ status: { startTime: null } });
+    expect(server.requests[3]!.body).toMatchObject({ spec: { suspend: false, activeDeadlineSeconds: 300 } });
+    expect(stored().spec.activeDeadlineSeconds).toBe(300);
+    expect(stored().status.startTime).toBeUndefined();
+    // Resumed without a limit: the old deadline would stop this run at a limit nobody set for it.
+    clock.advance(10);
+    await backend.suspend(name);
+    server.requests.length = 0;
+    await backend.resume(name);
+    expect(server.calls()).toEqual([`GET ${path(name)}`, `PATCH ${path(name)}?fieldManager=govloop`]);
+    expect(server.requests[1]!.body).toMatchObject({ spec: { suspend: false, activeDeadlineSeconds: null } });
+    expect(stored().spec.activeDeadlineSeconds).toBeUndefined();
+  });
+
+  it('under 1 s of run limit left: the Job stays suspended and reads Failed at its run limit; metering does not start', async () => {
+    const spec = aJob('limit-gone').gpus(2).build();
+    const { name } = spec;
+    await backend.create(spec);
+    await backend.resume(name, { maxRunSeconds: 50 });
+    clock.advance(50);
+    await backend.suspend(name);
+    server.requests.length = 0;
+    await backend.resume(name, { maxRunSeconds: 0.4 });
+    expect(server.calls()).toEqual([`GET ${path(name)}`, `PATCH ${path(name)}?fieldManager=govloop`]);
+    expect(server.requests[1]!.body).toEqual({
+      metadata: { annotations: { [Annotation.runLimitExhausted]: '0.4' }, resourceVersion: expect.any(String) },
+    });
+    expect(server.jobs.get(`${NS}/${name}`)!.spec.suspend).toBe(true);
+    clock.advance(1000);
+    expect(await backend.status(name)).toEqual({
+      name,
+      phase: 'Failed',
+      nodes: [],
+      progressSeconds: 50,
+      gpuSeconds: 100,
+      tokens: 0,
+      message: "RunLimitExhausted: the task's caps left 0.4 s of run time (under 1 s), so govloop did not resume the Job",
+      deadlineExceeded: true,
+    });
+    // Idempotent: the same answer again writes nothing.
+    server.requests.length = 0;
+    await backend.resume(name, { maxRunSeconds: 0.4 });
+    expect(server.calls()).toEqual([`GET ${path(name)}`]);
+    // What is left is recorded to the millisecond.
+    await backend.resume(name, { maxRunSeconds: 0.1 + 0.2 });
+    expect(server.jobs.get(`${NS}/${name}`)!.metadata.annotations![Annotation.runLimitExhausted]).toBe('0.3');
+    // A NaN limit is a bug, not a limit: refused, nothing written.
+    const err = await backend.resume(name, { maxRunSeconds: Number.NaN }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ type: KubernetesErrorType.Invalid, nonRetryable: true });
+    expect((err as Error).message).toBe(`kubernetes: resume job ${name}: run limit maxRunSeconds must be a number of seconds, got NaN`);
+  });
+
+  it('status: a Job the Job controller stopped at its deadline reads Failed with deadlineExceeded; metered up to the condition', async () => {
+    const spec = aJob('limit-hit').gpus(4).build();
+    const { name } = spec;
+    await backend.create(spec);
+    const resumedAt = clock.now;
+    await backend.resume(name, { maxRunSeconds: 120 });
+    const at = (s: number) => new Date(resumedAt.getTime() + s * 1000).toISOString();
+    const deadline = { reason: 'DeadlineExceeded', message: 'Job was active longer than specified deadline' };
+    // A slow controller: the condition comes 9 s after resumed-at + 120 s.
+    server.setStatus(NS, name, {
+      startTime: at(2),
+      active: 1,
+      terminating: 1,
+      conditions: [{ type: 'FailureTarget', status: 'True', lastTransitionTime: at(129), lastProbeTime: at(129), ...deadline }],
+    });
+    clock.advance(500);
+    expect(await backend.status(name)).toMatchObject({
+      phase: 'Failed',
+      deadlineExceeded: true,
+      message: 'DeadlineExceeded: Job was active longer than specified deadline',
+      gpuSeconds: 129 * 4,
+    });
+    // Another failure is no deadline.
+    const other = aJob('limit-other').gpus(1).build();
+    await backend.create(other);
+    await backend.resume(other.name, { maxRunSeconds: 120 });
+    server.setStatus(NS, other.name, { conditions: [{ type: 'Failed', status: 'True', reason: 'BackoffLimitExceeded', lastTransitionTime: at(510) }] });
+    expect(await backend.status(other.name)).not.toHaveProperty('deadlineExceeded');
+  });
+
+  it('stopMarginSeconds: 20 s by default (the controller syncs, a failover, clock skew), an option, never negative', () => {
+    expect(backend.stopMarginSeconds).toBe(DEFAULT_STOP_MARGIN_SECONDS);
+    expect(DEFAULT_STOP_MARGIN_SECONDS).toBe(20);
+    const apis = { jobs: {} as never, core: {} as never };
+    expect(new KubernetesCluster(apis, { cluster: 'c', namespace: NS, stopMarginSeconds: 45 }).stopMarginSeconds).toBe(45);
+    expect(() => new KubernetesCluster(apis, { cluster: 'c', namespace: NS, stopMarginSeconds: -1 })).toThrow(
+      'kubernetes cluster c: stopMarginSeconds must be a number of seconds ≥ 0, got -1',
+    );
   });
 
   it('a concurrent write (409 Conflict) makes resume read again and retry', async () => {
