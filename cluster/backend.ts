@@ -98,8 +98,9 @@ export interface ClusterBackend {
   resume(name: string, limit?: RunLimit): Promise<void>;
   /**
    * How late after its run limit this cluster may still be running (and metering) the job: the
-   * simulated cluster stops it exactly (0); Kubernetes needs the Job controller's sync and the
-   * pods' termination grace. The run limit is this much shorter than what the caps leave.
+   * simulated cluster stops it exactly (0); on Kubernetes, how late the Job controller can mark
+   * the Job failed after its deadline (metering ends there). The run limit is this much shorter
+   * than what the caps leave.
    */
   readonly stopMarginSeconds: number;
   /** Preemption: back to Suspended, frees its GPUs; a checkpointed job keeps its progress up to its checkpoint. */
