@@ -16,7 +16,7 @@ import { appendAudit, canonicalJson } from '../ledger/audit';
 import { budgetHeadroom, release, reserve, type ReserveResult } from '../ledger/budgets';
 import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
-import { type TaskOverage, type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
+import { type TaskOverage, type TaskUsage, type UsageEvent, overageCrossed, recordUsageIn, taskUsage } from '../ledger/usage';
 import { type RollupRun, rollUp } from '../ledger/rollups';
 import { nudgeCrossed } from '../runtime/schedules';
 import {
@@ -123,7 +123,7 @@ async function notify(config: GovConfig, event: Record<string, unknown>): Promis
 async function notifyOverage(config: GovConfig, overages: TaskOverage[]): Promise<void> {
   const tolerance = usdToMicros(config.policies.overage.toleranceUsd);
   for (const o of overages) {
-    if (o.taskOverageMicros - o.overageMicros > tolerance || o.taskOverageMicros <= tolerance) continue;
+    if (!overageCrossed(o, tolerance)) continue;
     await notify(config, {
       event: 'task.overage',
       taskId: o.taskId,

@@ -39,6 +39,13 @@ export interface TaskOverage {
   taskOverageMicros: number;
 }
 
+/**
+ * Did this call's overage take the task's total past `toleranceMicros`? True for exactly one call
+ * per task: each usage event is charged once, so the total crosses the tolerance once.
+ */
+export const overageCrossed = (o: TaskOverage, toleranceMicros: number): boolean =>
+  o.taskOverageMicros > toleranceMicros && o.taskOverageMicros - o.overageMicros <= toleranceMicros;
+
 export interface RecordResult {
   accepted: number;
   duplicates: number;

@@ -13,7 +13,7 @@ import { PoliciesFile } from '../../config/schema';
 import { costMicros, priceVersionAt, usdToMicros } from '../../governance/pricing';
 import { release, reserve, setBudget } from '../../ledger/budgets';
 import { migrate } from '../../ledger/migrate';
-import { type UsageEvent, recordUsage } from '../../ledger/usage';
+import { type UsageEvent, overageCrossed, recordUsage } from '../../ledger/usage';
 import { govloop } from '../support/cli';
 import { AT, type Ledger, attributionOf, backends, newTask, newTenant, windows } from './backends';
 
@@ -191,6 +191,22 @@ describe.each(backends)('overage on $name', (backend) => {
       spent: 800_000,
       reserved: 0,
     });
+  });
+
+  it('the operator is alerted once per task: only the observation whose overage takes the total past the tolerance crosses it', async () => {
+    const { db } = ledger;
+    const f = await fixture(0.8);
+    const tolerance = usdToMicros(0.1);
+    // $0.75 (inside), $0.10 ($0.05 over), $0.10 ($0.15 over: crosses), $0.10 ($0.25 over).
+    const marks = [0, secondsFor(0.75), secondsFor(0.85), secondsFor(0.95), secondsFor(1.05)];
+    const crossed: boolean[] = [];
+    for (let i = 1; i < marks.length; i++) {
+      const r = await recordUsage(db, priceBook, [f.part(marks[i - 1]!, marks[i]!)]);
+      crossed.push(r.overages.some((o) => overageCrossed(o, tolerance)));
+    }
+    expect(crossed).toEqual([false, false, true, false]);
+    expect(overageCrossed({ taskId: f.taskId, overageMicros: 250_000, taskOverageMicros: 250_000 }, 0)).toBe(true);
+    expect(overageCrossed({ taskId: f.taskId, overageMicros: 100_000, taskOverageMicros: 100_000 }, 100_000)).toBe(false);
   });
 
   it('property: over any sequence of observations, replays and a release, the budget gets min(cost, reserved) and the rest is overage', async () => {
