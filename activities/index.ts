@@ -16,7 +16,7 @@ import { appendAudit, canonicalJson } from '../ledger/audit';
 import { budgetHeadroom, release, reserve, type ReserveResult } from '../ledger/budgets';
 import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
-import { type TaskUsage, type UsageEvent, recordUsageIn, taskUsage } from '../ledger/usage';
+import { type TaskOverage, type TaskUsage, type UsageEvent, overageCrossed, recordUsageIn, taskUsage } from '../ledger/usage';
 import { type RollupRun, rollUp } from '../ledger/rollups';
 import { nudgeCrossed } from '../runtime/schedules';
 import {
@@ -113,6 +113,25 @@ async function notify(config: GovConfig, event: Record<string, unknown>): Promis
     });
   } catch (err) {
     log.warn('notification webhook failed', { url: config.policies.notifyUrl, error: String(err) });
+  }
+}
+
+/**
+ * Usage past a task's reservation was recorded as overage (decision 0023): the operator is told
+ * once per task, by the observation whose overage carried the task's total past the tolerance.
+ * Called after the usage committed; each usage event is charged once, so the crossing happens once.
+ */
+async function notifyOverage(config: GovConfig, overages: TaskOverage[]): Promise<void> {
+  const tolerance = usdToMicros(config.policies.overage.toleranceUsd);
+  for (const o of overages) {
+    if (!overageCrossed(o, tolerance)) continue;
+    await notify(config, {
+      event: 'task.overage',
+      taskId: o.taskId,
+      overageUsd: o.taskOverageMicros / 1e6,
+      toleranceUsd: config.policies.overage.toleranceUsd,
+      runbook: 'runbooks/overage.md',
+    });
   }
 }
 
@@ -465,7 +484,7 @@ export function createActivities(deps: ActivityDeps) {
       if (!status) throw new Error(`job ${job} is missing from cluster ${backend.cluster}`);
       const now = clock();
       const gpuSubject = `${plan.gpu.type}:${plan.gpu.sharing}`;
-      await db.tx(async (c) => {
+      const recorded = await db.tx(async (c) => {
         const events: UsageEvent[] = [];
         for (const [meter, cumulative, subject] of [
           ['gpu_seconds', status.gpuSeconds, gpuSubject],
@@ -488,8 +507,9 @@ export function createActivities(deps: ActivityDeps) {
             await c.query('UPDATE meter_cursors SET metered = $3 WHERE task_id = $1 AND meter = $2', [taskId, meter, cumulative]);
           }
         }
-        await recordUsageIn(c, config.priceBook, events, config.policies.usageLimits);
+        return recordUsageIn(c, config.priceBook, events, config.policies.usageLimits);
       });
+      await notifyOverage(config, recorded.overages);
       await nudgeBudgets(intent.attribution);
       const usage = await taskUsage(db, taskId);
       let capBreach: Reason | null = null;

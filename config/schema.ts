@@ -166,6 +166,15 @@ export const PoliciesFile = z.strictObject({
       batch: z.number().int().min(1).max(5000).default(200),
     })
     .default({ everySeconds: 300, graceSeconds: 120, batch: 200 }),
+  /**
+   * Usage past a task's reservation is overage: recorded, charged to no budget (decision 0023).
+   * Once a task's overage passes toleranceUsd, an operator is notified (task.overage, runbooks/overage.md).
+   */
+  overage: z
+    .strictObject({
+      toleranceUsd: z.number({ error: 'must be a number of USD' }).nonnegative().max(1e6).default(0),
+    })
+    .default({ toleranceUsd: 0 }),
 });
 export type Policies = z.infer<typeof PoliciesFile>;
 

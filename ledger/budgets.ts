@@ -191,9 +191,27 @@ export async function reserve(
   });
 }
 
+/** What one charge did: the part charged to the budget windows and the part past the reservation. */
+export interface Charge {
+  /** Added to the spent of every window covering the usage. */
+  chargedMicros: number;
+  /** Past what the task reserved: recorded in `overages`, charged to no budget (decision 0023). */
+  overageMicros: number;
+  /** The task's overage over its whole life, this charge included (0 for usage without a reservation). */
+  taskOverageMicros: number;
+}
+
 /**
- * Moves `costMicros` of a task's usage from reserved to spent. Called in the transaction that
- * records the usage. Usage beyond what is still reserved is spent without a hold.
+ * Charges `costMicros` of usage to the budget windows that cover it, in the transaction that
+ * records the usage; `key` is the idempotency key of (one of) the usage event(s) it charges.
+ *
+ * A task with a reservation (held or released) is charged at most what it reserved, over its whole
+ * life (reservations.charged_micros): while held, the charge moves from reserved to spent; after
+ * release, it is spent without a hold. The rest is overage: recorded with the task's attribution
+ * and audited, but added to no window's spent, so a task stopped late never pushes its budget past
+ * what admission let it hold (decision 0023). The task's own cost (tasks.cost_micros, written by
+ * the caller) still carries the whole cost. Usage without a task, or of a task that never reserved,
+ * is spent in full, as before.
  */
 export async function chargeBudgets(
   q: Queryable,
@@ -201,21 +219,39 @@ export async function chargeBudgets(
   a: Pick<Attribution, 'tenant' | 'team' | 'project'>,
   costMicros: number,
   at: Date,
-): Promise<void> {
+  key: string,
+): Promise<Charge> {
+  const cost = Math.max(0, costMicros);
+  let charged = cost;
   let consumed = 0;
+  let overage = 0;
+  let taskOverage = 0;
+  let reservation: { amount_micros: number; remaining_micros: number; charged_micros: number; state: 'held' | 'released' } | undefined;
   let holds: { budget_id: number; window_key: string }[] = [];
   if (taskId !== null) {
-    const r = await q.query<{ remaining_micros: number }>(`SELECT remaining_micros FROM reservations WHERE task_id = $1 AND state = 'held' FOR UPDATE`, [
-      taskId,
-    ]);
-    if (r.rows[0]) {
-      consumed = Math.min(costMicros, r.rows[0].remaining_micros);
-      await q.query('UPDATE reservations SET remaining_micros = remaining_micros - $2 WHERE task_id = $1', [taskId, consumed]);
-      holds = (
-        await q.query<{ budget_id: number; window_key: string }>('SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id', [
-          taskId,
-        ])
-      ).rows;
+    // The row lock serializes every charge of one task: two concurrent charges cannot both take the last of its room.
+    const r = await q.query<NonNullable<typeof reservation>>(
+      'SELECT amount_micros, remaining_micros, charged_micros, state FROM reservations WHERE task_id = $1 FOR UPDATE',
+      [taskId],
+    );
+    reservation = r.rows[0];
+    if (reservation) {
+      charged = Math.min(cost, Math.max(0, reservation.amount_micros - reservation.charged_micros));
+      overage = cost - charged;
+      consumed = reservation.state === 'held' ? Math.min(charged, reservation.remaining_micros) : 0;
+      await q.query('UPDATE reservations SET remaining_micros = remaining_micros - $2, charged_micros = charged_micros + $3 WHERE task_id = $1', [
+        taskId,
+        consumed,
+        charged,
+      ]);
+      if (reservation.state === 'held') {
+        holds = (
+          await q.query<{ budget_id: number; window_key: string }>(
+            'SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id',
+            [taskId],
+          )
+        ).rows;
+      }
     }
   }
   const windows = await coveringWindows(q, a, at, true);
@@ -226,13 +262,53 @@ export async function chargeBudgets(
       consumed,
     ]);
   }
-  for (const w of windows) {
-    await q
-      .query('UPDATE budget_windows SET spent_micros = spent_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, costMicros])
-      .catch((err: unknown) => {
-        throw overLimit(err, `the spend of budget ${scopeLabel(w)} ${w.period} window ${w.window_key}`, costMicros) ?? err;
-      });
+  if (charged > 0) {
+    for (const w of windows) {
+      await q
+        .query('UPDATE budget_windows SET spent_micros = spent_micros + $3 WHERE budget_id = $1 AND window_key = $2', [w.budget_id, w.window_key, charged])
+        .catch((err: unknown) => {
+          throw overLimit(err, `the spend of budget ${scopeLabel(w)} ${w.period} window ${w.window_key}`, charged) ?? err;
+        });
+    }
   }
+  if (reservation && taskId !== null) {
+    const before = await q.query<{ micros: number }>('SELECT COALESCE(SUM(micros), 0)::float8 AS micros FROM overages WHERE task_id = $1', [taskId]);
+    taskOverage = Number(before.rows[0]!.micros);
+    if (overage > 0) {
+      await q
+        .query('INSERT INTO overages (task_id, charge_key, tenant, team, project, micros, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)', [
+          taskId,
+          key,
+          a.tenant,
+          a.team,
+          a.project,
+          overage,
+          at,
+        ])
+        .catch((err: unknown) => {
+          throw overLimit(err, `task ${taskId}'s overage`, overage) ?? err;
+        });
+      taskOverage += overage;
+      await appendAudit(q, {
+        actor: 'govloop',
+        taskId,
+        action: 'overage',
+        decision: 'recorded',
+        detail: {
+          usd: microsToUsd(overage),
+          chargedUsd: microsToUsd(charged),
+          costUsd: microsToUsd(cost),
+          reservedUsd: microsToUsd(reservation.amount_micros),
+          taskOverageUsd: microsToUsd(taskOverage),
+          reservation: reservation.state,
+          scope: scopeLabel(a),
+          usageKey: key,
+        },
+        dedupeKey: `${key}:overage`,
+      });
+    }
+  }
+  return { chargedMicros: charged, overageMicros: overage, taskOverageMicros: taskOverage };
 }
 
 /** Releases what is left of a task's reservation. Idempotent. Returns the micros released. */

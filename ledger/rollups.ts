@@ -188,6 +188,11 @@ export interface ShowbackReport {
    * the preemptor's team (the victim's task paid for it as it ran; this is the chargeback view).
    */
   preemptionLosses: { tenant: string; team: string; preemptions: number; gpuHours: number; costUsd: number }[];
+  /**
+   * Usage past the reservations of the tasks that ran it, by scope (decision 0023): part of the
+   * cost above (showback), charged to no budget; the platform carries it.
+   */
+  overages: { tenant: string; team: string; project: string; tasks: number; costUsd: number }[];
 }
 
 export interface Capacity {
@@ -275,8 +280,15 @@ export async function showback(
     l.costUsd = Math.round((l.costUsd + hours * price) * 1e6) / 1e6;
     losses.set(key, l);
   }
+  const over = await q.query<{ tenant: string; team: string; project: string; tasks: number; micros: number }>(
+    `SELECT tenant, team, project, count(DISTINCT task_id)::int AS tasks, SUM(micros)::float8 AS micros
+       FROM overages WHERE occurred_at >= $1 AND occurred_at < $2 AND ($3::text IS NULL OR tenant = $3)
+      GROUP BY 1, 2, 3 ORDER BY 5 DESC, 1, 2, 3`,
+    [from, to, tenant ?? null],
+  );
   return {
     preemptionLosses: [...losses.values()].sort((a, b) => b.gpuHours - a.gpuHours),
+    overages: over.rows.map((r) => ({ tenant: r.tenant, team: r.team, project: r.project, tasks: r.tasks, costUsd: Number(r.micros) / 1e6 })),
     period: { from: from.toISOString(), to: to.toISOString() },
     tenant: tenant ?? null,
     by,

@@ -30,10 +30,28 @@ export interface UsageEvent {
   attributionId?: number;
 }
 
+/** A task whose usage in this call went past its reservation (ledger/budgets.ts chargeBudgets). */
+export interface TaskOverage {
+  taskId: string;
+  /** Overage this call recorded for the task. */
+  overageMicros: number;
+  /** The task's overage over its whole life, this call's included. */
+  taskOverageMicros: number;
+}
+
+/**
+ * Did this call's overage take the task's total past `toleranceMicros`? True for exactly one call
+ * per task: each usage event is charged once, so the total crosses the tolerance once.
+ */
+export const overageCrossed = (o: TaskOverage, toleranceMicros: number): boolean =>
+  o.taskOverageMicros > toleranceMicros && o.taskOverageMicros - o.overageMicros <= toleranceMicros;
+
 export interface RecordResult {
   accepted: number;
   duplicates: number;
   costMicros: number;
+  /** Tasks charged past their reservation by this call, for the caller to act on after commit (an operator alert). */
+  overages: TaskOverage[];
 }
 
 /**
@@ -46,7 +64,7 @@ export async function recordUsage(
   events: UsageEvent[],
   limits: UsageLimits = DEFAULT_USAGE_LIMITS,
 ): Promise<RecordResult> {
-  if (events.length === 0) return { accepted: 0, duplicates: 0, costMicros: 0 };
+  if (events.length === 0) return { accepted: 0, duplicates: 0, costMicros: 0, overages: [] };
   return db.tx((c) => recordUsageIn(c, priceBook, events, limits));
 }
 
@@ -115,7 +133,7 @@ export async function recordUsageIn(
   const fresh = new Set(inserted.rows.map((r) => r.idempotency_key));
   let total = 0;
   // Charge per task and time, so one event's cost lands in its own task and period window.
-  const charges = new Map<string, { taskId: string | null; a: Attribution; at: Date; cost: number }>();
+  const charges = new Map<string, { taskId: string | null; a: Attribution; at: Date; cost: number; key: string }>();
   for (const r of rows) {
     if (!fresh.has(r.e.key) || r.cost === 0) continue;
     fresh.delete(r.e.key);
@@ -123,17 +141,26 @@ export async function recordUsageIn(
     const k = `${r.e.taskId}|${r.e.attribution.tenant}|${r.e.attribution.team}|${r.e.attribution.project}|${r.e.occurredAt.toISOString().slice(0, 10)}`;
     const cur = charges.get(k);
     if (cur) cur.cost += r.cost;
-    else charges.set(k, { taskId: r.e.taskId, a: r.e.attribution, at: r.e.occurredAt, cost: r.cost });
+    // The charge's key: one of its events' idempotency keys, each recorded once (overages.charge_key).
+    else charges.set(k, { taskId: r.e.taskId, a: r.e.attribution, at: r.e.occurredAt, cost: r.cost, key: r.e.key });
   }
+  const overages = new Map<string, TaskOverage>();
   for (const ch of [...charges.values()].sort((x, y) => String(x.taskId).localeCompare(String(y.taskId)))) {
-    await chargeBudgets(c, ch.taskId, ch.a, ch.cost, ch.at);
+    const charge = await chargeBudgets(c, ch.taskId, ch.a, ch.cost, ch.at, ch.key);
+    if (ch.taskId !== null && charge.overageMicros > 0) {
+      const o = overages.get(ch.taskId);
+      if (o) {
+        o.overageMicros += charge.overageMicros;
+        o.taskOverageMicros = charge.taskOverageMicros;
+      } else overages.set(ch.taskId, { taskId: ch.taskId, overageMicros: charge.overageMicros, taskOverageMicros: charge.taskOverageMicros });
+    }
     if (ch.taskId !== null) {
       await c.query('UPDATE tasks SET cost_micros = cost_micros + $2 WHERE task_id = $1', [ch.taskId, ch.cost]).catch((err: unknown) => {
         throw overLimit(err, `task ${ch.taskId}'s cost`, ch.cost) ?? err;
       });
     }
   }
-  return { accepted: inserted.rows.length, duplicates: events.length - inserted.rows.length, costMicros: total };
+  return { accepted: inserted.rows.length, duplicates: events.length - inserted.rows.length, costMicros: total, overages: [...overages.values()] };
 }
 
 export interface TaskUsage {

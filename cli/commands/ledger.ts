@@ -350,6 +350,15 @@ export function register(program: Command): void {
             ),
           );
         }
+        if (r.overages.length > 0) {
+          console.log('Overage: usage past the tasks’ reservations, in the cost above but charged to no budget (runbooks/overage.md)');
+          console.log(
+            table(
+              ['tenant', 'team', 'project', 'tasks', 'overage'],
+              r.overages.map((x) => [x.tenant, x.team, x.project, x.tasks, `$${x.costUsd.toFixed(6)}`]),
+            ),
+          );
+        }
       });
     });
 

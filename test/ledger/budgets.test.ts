@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { usdToMicros } from '../../governance/pricing';
@@ -5,7 +6,8 @@ import { type ReserveResult, budgetHeadroom, chargeBudgets, release, reserve, se
 import type { Db } from '../../ledger/db';
 import { AT, type Ledger, attributionOf, backends, lockWaiters, newTask, newTenant, windows } from './backends';
 
-const charge = (db: Db, taskId: string, tenant: string, micros: number) => db.tx((c) => chargeBudgets(c, taskId, attributionOf(tenant), micros, AT));
+const charge = (db: Db, taskId: string, tenant: string, micros: number) =>
+  db.tx((c) => chargeBudgets(c, taskId, attributionOf(tenant), micros, AT, `charge-${randomUUID()}`));
 
 describe.each(backends)('budget reservations on $name', (backend) => {
   let ledger: Ledger;

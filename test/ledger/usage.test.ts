@@ -51,8 +51,8 @@ describe.each(backends)('usage on $name', (backend) => {
     const { db } = ledger;
     const f = await fixture();
     const e = f.event('gpu:1');
-    expect(await recordUsage(db, priceBook, [e])).toEqual({ accepted: 1, duplicates: 0, costMicros: 1_000_000 });
-    expect(await recordUsage(db, priceBook, [e])).toEqual({ accepted: 0, duplicates: 1, costMicros: 0 });
+    expect(await recordUsage(db, priceBook, [e])).toEqual({ accepted: 1, duplicates: 0, costMicros: 1_000_000, overages: [] });
+    expect(await recordUsage(db, priceBook, [e])).toEqual({ accepted: 0, duplicates: 1, costMicros: 0, overages: [] });
     expect(await f.state()).toEqual({ events: 1, taskCost: 1_000_000, spent: 1_000_000, reserved: 9_000_000 });
     expect(await showBudgets(db, { tenant: f.tenant }, AT)).toEqual([
       { budgetId: expect.any(Number), scope: `${f.tenant}/*/*`, period: 'total', window: 'total', limitUsd: 100, reservedUsd: 9, spentUsd: 1 },
@@ -63,7 +63,7 @@ describe.each(backends)('usage on $name', (backend) => {
     const { db } = ledger;
     const f = await fixture();
     const [a, b] = [f.event('gpu:a'), f.event('gpu:b')];
-    expect(await recordUsage(db, priceBook, [a, a, b, a])).toEqual({ accepted: 2, duplicates: 2, costMicros: 2_000_000 });
+    expect(await recordUsage(db, priceBook, [a, a, b, a])).toEqual({ accepted: 2, duplicates: 2, costMicros: 2_000_000, overages: [] });
     expect(await f.state()).toEqual({ events: 2, taskCost: 2_000_000, spent: 2_000_000, reserved: 8_000_000 });
   });
 
@@ -144,7 +144,7 @@ describe.each(backends)('usage on $name', (backend) => {
     const { db } = ledger;
     const f = await fixture();
     const r = await recordUsage(db, priceBook, [f.event('processed', { meter: 'tokens_processed', subject: 'llama-3-8b', quantity: 5000 })]);
-    expect(r).toEqual({ accepted: 1, duplicates: 0, costMicros: 0 });
+    expect(r).toEqual({ accepted: 1, duplicates: 0, costMicros: 0, overages: [] });
     expect(await f.state()).toEqual({ events: 1, taskCost: 0, spent: 0, reserved: 10_000_000 });
     expect((await taskUsage(db, f.taskId)).tokensProcessed).toBe(5000);
   });
