@@ -5,6 +5,7 @@ import { setBudget, showBudgets } from '../../ledger/budgets';
 import { taskUsage } from '../../ledger/usage';
 import { bundleWorkflows } from '../../workers/worker';
 import { preemptSignal } from '../../workflows/messages';
+import { startWebhook } from '../support/webhook';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
 
 /**
@@ -14,15 +15,20 @@ import { type Harness, createHarness, intent, testConfig } from '../support/harn
  */
 let bundle: WorkflowBundleWithSourceMap;
 let h: Harness;
+let hook: Awaited<ReturnType<typeof startWebhook<Record<string, unknown>>>>;
 
 beforeAll(async () => {
   bundle = await bundleWorkflows();
-  h = await createHarness({ bundle, config: testConfig({ speedup: 200 }) });
+  hook = await startWebhook<Record<string, unknown>>();
+  const config = testConfig({ speedup: 200 });
+  config.policies.notifyUrl = hook.url;
+  h = await createHarness({ bundle, config });
   await h.startWorkers();
 });
 
 afterAll(async () => {
   await h?.close();
+  hook?.close();
 });
 
 const job = (tenant: string, name: string, over: Partial<IntentInput>) =>
@@ -98,5 +104,44 @@ describe('cluster tasks stop at their caps (issue 15) on a real Temporal server 
     const sim = await h.db.query<{ ran_s: number; stop_at_ran_s: number }>('SELECT ran_s, stop_at_ran_s FROM sim_jobs WHERE task_id = $1', [t.taskId]);
     expect(sim.rows[0]!.ran_s).toBeCloseTo(sim.rows[0]!.stop_at_ran_s, 6);
     expect(sim.rows[0]!.ran_s).toBeLessThanOrEqual(1800);
+  });
+
+  it('a price raised mid-run: the usage past the reservation is overage, recorded and alerted, and the budget is charged only what was reserved', async () => {
+    const tenant = `${h.tenant}-price`;
+    await setBudget(h.db, { tenant }, 'month', 5, 'test');
+    // 1 x H100, 0.5 GPU-hours: $2 reserved at $4/h, a run limit of 1,800 s (9 s of wall time).
+    const t = await h.submit(
+      job(tenant, 'cap-price', { caps: { maxUsd: 100, maxGpuHours: 0.5 }, resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' } }),
+    );
+    await h.until(t.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
+    // The operator's new price-book version, in force from now: three times the price. The worker
+    // reads the price book on each observation, as after a config reload.
+    const v1 = h.config.priceBook.at(-1)!;
+    const triple = (o: Record<string, number>) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, v * 3]));
+    h.config.priceBook.push({
+      version: v1.version + 1,
+      effectiveFrom: new Date().toISOString(),
+      gpuHourUsd: Object.fromEntries(Object.entries(v1.gpuHourUsd).map(([g, p]) => [g, triple(p)])),
+      tokensPerMillionUsd: v1.tokensPerMillionUsd,
+    });
+    try {
+      const done = await t.result();
+      expect(done.state).toBe('CapExceeded');
+      expect(done.usage.gpuHours).toBeLessThanOrEqual(0.5);
+      // What it cost is all there, past the $2 it reserved.
+      expect(done.costUsd).toBeGreaterThan(2);
+      const [budget] = await showBudgets(h.db, { tenant }, new Date());
+      expect(budget!.spentUsd).toBeCloseTo(2, 6);
+      const over = await h.db.query<{ micros: number; tenant: string }>(
+        'SELECT SUM(micros)::float8 AS micros, MIN(tenant) AS tenant FROM overages WHERE task_id = $1',
+        [t.taskId],
+      );
+      expect(over.rows[0]!.tenant).toBe(tenant);
+      expect(over.rows[0]!.micros / 1e6).toBeCloseTo(done.costUsd - 2, 6);
+      const alerts = hook.received.filter((m) => m.event === 'task.overage' && m.taskId === t.taskId);
+      expect(alerts).toEqual([expect.objectContaining({ runbook: 'runbooks/overage.md' })]);
+    } finally {
+      h.config.priceBook.pop();
+    }
   });
 });
