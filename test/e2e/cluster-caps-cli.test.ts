@@ -107,7 +107,13 @@ describe.each(scenarios)('issue 15 through govloop submit --wait at $name', (sc)
       expect(a.out.usage.gpuSeconds / 3600).toBeLessThanOrEqual(sc.caps.maxGpuHours);
       expect(a.out.usage.gpuSeconds / 3600).toBeGreaterThan(sc.caps.maxGpuHours * 0.999);
     }
+    const worst = Math.max(...admitted.map((a) => a.out.usage.gpuSeconds / 3600 / sc.caps.maxGpuHours));
+    const dearest = Math.max(...admitted.map((a) => a.out.costUsd));
     const [b] = await showBudgets(h.db, { tenant }, new Date());
+    console.log(
+      `issue 15 at ${sc.name}: ${admitted.length} admitted, ${rejected.length} rejected; GPU-hours at most ${(worst * 100).toFixed(4)} % of the cap; ` +
+        `dearest task $${dearest.toFixed(6)} of $${sc.caps.maxUsd}; budget spent $${b!.spentUsd.toFixed(6)} of $${sc.budgetUsd} (${((b!.spentUsd / sc.budgetUsd) * 100).toFixed(2)} %); ${samples} budget samples, none over`,
+    );
     expect(b!.reservedUsd).toBe(0);
     expect(b!.spentUsd).toBeLessThanOrEqual(sc.budgetUsd);
     expect(b!.spentUsd).toBeCloseTo(
