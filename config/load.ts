@@ -6,6 +6,8 @@ import type { z } from 'zod';
 import { clusterTopology } from '../cluster/simulated/topology';
 import { fieldErrors } from '../governance/intent';
 import { TopologyError } from '../governance/topology';
+import { GateCheck, ProgramPlan } from '../governance/program';
+import { parseGateParams } from '../governance/program-params';
 import {
   ClusterFile,
   AuthFile,
@@ -126,4 +128,43 @@ function loadAuth(root: string): AuthConfig {
     ]);
   }
   return parsed.data;
+}
+
+/**
+ * The migration program's plan (config/program.yaml, or `file`): the ProgramPlan schema, and each
+ * gate's params against its check's schema (governance/program-params.ts). Every problem is
+ * reported with its field path in one ConfigError, params included even when the rest fails.
+ */
+export function loadProgramPlan(file?: string): ProgramPlan {
+  const path = resolve(file ?? join(process.env.GOVLOOP_CONFIG_DIR ?? defaultConfigDir, 'program.yaml'));
+  let doc: unknown;
+  try {
+    doc = parseYaml(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(path, [{ path: '(document)', message: (err as Error).message }]);
+  }
+  const parsed = ProgramPlan.safeParse(doc);
+  const errors = parsed.success ? [] : fieldErrors(parsed.error);
+  errors.push(...gateParamErrors(doc));
+  if (errors.length > 0 || !parsed.success) throw new ConfigError(path, errors);
+  return parsed.data;
+}
+
+/** Each gate's params checked against its check (where the check is a known one), with full paths. */
+function gateParamErrors(doc: unknown): { path: string; message: string }[] {
+  const out: { path: string; message: string }[] = [];
+  const phases = (doc as { phases?: unknown } | null)?.phases;
+  if (!Array.isArray(phases)) return out;
+  phases.forEach((ph: unknown, i) => {
+    const gates = (ph as { gates?: unknown } | null)?.gates;
+    if (!Array.isArray(gates)) return;
+    gates.forEach((g: unknown, j) => {
+      const check = GateCheck.safeParse((g as { check?: unknown } | null)?.check);
+      if (!check.success) return;
+      const r = parseGateParams(check.data, (g as { params?: unknown }).params);
+      if (!r.success)
+        for (const e of fieldErrors(r.error)) out.push({ path: `phases.${i}.gates.${j}.params${e.path === '(root)' ? '' : `.${e.path}`}`, message: e.message });
+    });
+  });
+  return out;
 }
