@@ -31,7 +31,10 @@ export const GateParams = {
   quotaCoverage: z.strictObject({}),
   admissionPolicyV0: z.strictObject({
     /** Workload kinds that must have context, step and budget caps (default: every kind). */
-    kinds: z.array(WorkloadKind).min(1).default([...WorkloadKind.options]),
+    kinds: z
+      .array(WorkloadKind)
+      .min(1)
+      .default([...WorkloadKind.options]),
   }),
   isolationPolicy: z.strictObject({
     /** GPU type → the sharing modes allowed on it. */

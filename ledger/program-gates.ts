@@ -123,7 +123,9 @@ const attributionCoverage: Check<'attributionCoverage'> = async (c, p) => {
       covered += cost;
       coveredEvents += r.events;
     } else
-      failing.push(`${r.tenant}/${shown(r.team)}/${shown(r.project)}/${shown(r.model)}/${shown(r.use_case)}: no ${missing.join(', ')} (${usd(cost)}, ${r.events} events)`);
+      failing.push(
+        `${r.tenant}/${shown(r.team)}/${shown(r.project)}/${shown(r.model)}/${shown(r.use_case)}: no ${missing.join(', ')} (${usd(cost)}, ${r.events} events)`,
+      );
   }
   // Unpriced usage only (cost 0): the share of events instead, so usage is never invisible.
   const value = total > 0 ? covered / total : share(coveredEvents, events);
@@ -145,7 +147,9 @@ const budgetCoverage: Check<'budgetCoverage'> = async (c) => {
     if (!covered) list.push(shown(u.project));
     teams.set(key, list);
   }
-  const failing = [...teams].filter(([, uncovered]) => uncovered.length > 0).map(([team, uncovered]) => `${team}: no budget covers project ${uncovered.join(', ')}`);
+  const failing = [...teams]
+    .filter(([, uncovered]) => uncovered.length > 0)
+    .map(([team, uncovered]) => `${team}: no budget covers project ${uncovered.join(', ')}`);
   const l = c.config.policies.ladder;
   return {
     value: share(teams.size - failing.length, teams.size),
@@ -169,7 +173,10 @@ const quotaCoverage: Check<'quotaCoverage'> = async (c) => {
         !pol.gpuQuotas.some((g) => g.tenant === r.tenant && g.team === r.team && g.gpuType === r.gpu_type) &&
         !pol.cohorts.some((co) => co.gpuType === r.gpu_type && co.teams.some((t) => t.tenant === r.tenant && t.team === r.team)),
     )
-    .map((r) => `${r.tenant}/${shown(r.team)} ${r.gpu_type}: no gpuQuotas entry or cohort (${(Number(r.gpu_seconds) / 3600).toFixed(2)} GPU-hours on the default ${pol.defaultGpuQuota})`);
+    .map(
+      (r) =>
+        `${r.tenant}/${shown(r.team)} ${r.gpu_type}: no gpuQuotas entry or cohort (${(Number(r.gpu_seconds) / 3600).toFixed(2)} GPU-hours on the default ${pol.defaultGpuQuota})`,
+    );
   return {
     value: share(rows.length - failing.length, rows.length),
     failing,
@@ -208,7 +215,13 @@ async function dispatches(c: Ctx) {
   );
   return rows
     .filter((r) => r.gpu_type !== null && Number(r.count ?? 0) > 0)
-    .map((r) => ({ ...r, gpu_type: r.gpu_type!, sharing: r.sharing ?? 'exclusive', count: Number(r.count), nodes: Array.isArray(r.nodes) ? (r.nodes as string[]) : [] }));
+    .map((r) => ({
+      ...r,
+      gpu_type: r.gpu_type!,
+      sharing: r.sharing ?? 'exclusive',
+      count: Number(r.count),
+      nodes: Array.isArray(r.nodes) ? (r.nodes as string[]) : [],
+    }));
 }
 
 /** Is `sharing` (exclusive, mps, timeslice, mig:<profile>) in a whitelist of modes ("mig" = any profile)? */
@@ -221,7 +234,8 @@ const isolationPolicy: Check<'isolationPolicy'> = async (c, p) => {
   for (const d of ds) {
     const modes = own(own(p.tenants, d.tenant) ?? {}, d.gpu_type) ?? own(p.allowed, d.gpu_type);
     if (!modes) failing.push(`${d.task_id} (${d.tenant}): ${d.gpu_type} is not in the whitelist`);
-    else if (!sharingAllowed(modes, d.sharing)) failing.push(`${d.task_id} (${d.tenant}): ${d.gpu_type} ${d.sharing} not allowed (allowed: ${modes.join(', ')})`);
+    else if (!sharingAllowed(modes, d.sharing))
+      failing.push(`${d.task_id} (${d.tenant}): ${d.gpu_type} ${d.sharing} not allowed (allowed: ${modes.join(', ')})`);
   }
   return {
     value: share(ds.length - failing.length, ds.length),
@@ -235,7 +249,8 @@ const topologyAcceptance: Check<'topologyAcceptance'> = async (c, p) => {
   const domainOf = (node: string) => nodes.find((n) => n.name === node)?.nvlinkDomain ?? node;
   // The largest NVLink domain of each GPU type, in GPUs: a gang that fits must sit in one.
   const domainGpus = new Map<string, number>();
-  for (const n of nodes) domainGpus.set(`${n.gpuType}\u0000${n.nvlinkDomain ?? n.name}`, (domainGpus.get(`${n.gpuType}\u0000${n.nvlinkDomain ?? n.name}`) ?? 0) + n.gpus);
+  for (const n of nodes)
+    domainGpus.set(`${n.gpuType}\u0000${n.nvlinkDomain ?? n.name}`, (domainGpus.get(`${n.gpuType}\u0000${n.nvlinkDomain ?? n.name}`) ?? 0) + n.gpus);
   const largest = (type: string) => Math.max(0, ...[...domainGpus].filter(([k]) => k.startsWith(`${type}\u0000`)).map(([, g]) => g));
   const gangs = (await dispatches(c)).filter((d) => d.count > 1 && d.sharing === 'exclusive');
   const failing: string[] = [];
@@ -245,7 +260,10 @@ const topologyAcceptance: Check<'topologyAcceptance'> = async (c, p) => {
     const size = largest(g.gpu_type);
     const fewest = size > 0 ? Math.ceil(g.count / size) : 1;
     if (domains.size > 0 && domains.size <= fewest) ok++;
-    else failing.push(`${g.task_id}: ${g.count} ${g.gpu_type} over ${domains.size} NVLink domains (${[...domains].join(', ') || 'no nodes recorded'}), ${fewest} would do`);
+    else
+      failing.push(
+        `${g.task_id}: ${g.count} ${g.gpu_type} over ${domains.size} NVLink domains (${[...domains].join(', ') || 'no nodes recorded'}), ${fewest} would do`,
+      );
   }
   const types = Object.entries(p.capacity);
   let usedByType = new Map<string, number>();
@@ -268,8 +286,10 @@ const topologyAcceptance: Check<'topologyAcceptance'> = async (c, p) => {
     if (problems.length) failing.push(`capacity ${type}: ${problems.join('; ')}`);
     else ok++;
   }
+  // Capacity alone cannot pass the gate: with no gang in the window there is no placement to judge.
+  if (gangs.length === 0) failing.unshift(`no multi-GPU gang dispatched in the last ${c.days} days`);
   return {
-    value: share(ok, gangs.length + types.length),
+    value: gangs.length === 0 ? null : share(ok, gangs.length + types.length),
     failing,
     detail: `${gangs.length} multi-GPU gangs dispatched in the last ${c.days} days, each in the fewest NVLink domains it fits; ${types.length} GPU types' capacity (${types.map(([t, n]) => `${t} ${n}`).join(', ') || 'none assumed'}, headroom ${pct(p.headroom)}) against the configured cluster`,
   };
@@ -387,7 +407,8 @@ const pilotMigration: Check<'pilotMigration'> = async (c, p) => {
     total += Number(r.total);
     govEvents += r.gov_events;
     events += r.events;
-    if (r.gov_events < r.events) failing.push(`${pilot}: ${usd(Number(r.total) - Number(r.governed))} (${r.events - r.gov_events} events) outside governed tasks`);
+    if (r.gov_events < r.events)
+      failing.push(`${pilot}: ${usd(Number(r.total) - Number(r.governed))} (${r.events - r.gov_events} events) outside governed tasks`);
   }
   const value = total > 0 ? governed / total : share(govEvents, events);
   return {
@@ -444,7 +465,8 @@ const runbookV1: Check<'runbookV1'> = async (c, p) => {
     if (!files.includes(pg.file)) failing.push(`${pg.what}: runbooks/${pg.file} is missing`);
     else if (!readme.includes(`(${pg.file})`)) failing.push(`${pg.what}: runbooks/README.md does not link ${pg.file}`);
   }
-  for (const s of p.sections) if (!headings.some((h) => h.includes(s.heading.toLowerCase()))) failing.push(`section ${s.name}: no heading with "${s.heading}" in runbooks/`);
+  for (const s of p.sections)
+    if (!headings.some((h) => h.includes(s.heading.toLowerCase()))) failing.push(`section ${s.name}: no heading with "${s.heading}" in runbooks/`);
   const all = pages.length + p.sections.length;
   return {
     value: share(all - failing.length, all),
