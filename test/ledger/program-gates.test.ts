@@ -273,6 +273,50 @@ describe.each(backends)('program gates measured from the ledger on $name', (back
     expect(c.sha256).not.toBe(a.sha256);
     expect(c.content).toContain('ads');
   });
+
+  it('deliverables: Admission Policy v0, the templates with their evidence, the isolation policy, Runbook v1, the onboarding record', async () => {
+    const tenant = newTenant();
+    const now = () => new Date(Date.now() + 5000);
+    const make = (kind: Parameters<typeof produceDeliverable>[2]['kind'], o: Parameters<typeof produceDeliverable>[4] = {}) =>
+      produceDeliverable(ledger.db, config, { id: kind, kind, name: kind }, now(), { tenants: [tenant], ...o });
+
+    const policy = await make('admission-policy');
+    expect(JSON.parse(policy.content).kinds.training).toMatchObject({ maxContextTokens: 32000, maxSteps: 1, maxUsd: 20000 });
+    expect(policy.version).toBe(`v${policy.sha256.slice(0, 12)}`);
+
+    const inference = await dispatched(tenant, anIntent().kind('inference').share(250, 'A100', 'mps'), ['a100-08'], 'Succeeded');
+    const templates = JSON.parse((await make('templates')).content) as {
+      templates: { name: string; succeeded: { tasks: number; lastTaskId: string | null } }[];
+    };
+    expect(templates.templates.find((t) => t.name === 'vllm-inference')!.succeeded).toMatchObject({ tasks: 1, lastTaskId: inference });
+    expect(templates.templates.find((t) => t.name === 'torchrun-training')!.succeeded).toMatchObject({ tasks: 0, lastTaskId: null });
+
+    const isolation = JSON.parse((await make('isolation-policy')).content);
+    expect(isolation.whitelist.allowed).toEqual({ H100: ['exclusive', 'mig'], A100: ['exclusive', 'mig', 'mps', 'timeslice'] });
+    expect(isolation.clusterOffers.nodesPerMode.A100).toEqual({ exclusive: 16, mig: 8, mps: 8, timeslice: 8 });
+    expect(isolation.dispatches.byTenantTypeMode).toEqual([{ tenant, gpuType: 'A100', sharing: 'mps', dispatches: 1, conforms: true }]);
+
+    const runbook = await make('runbook');
+    expect(runbook.content).toContain('| Preempted | runbooks/preempted.md |');
+    expect(runbook.content).toContain('notify at 50%, throttle (and degrade) at 80%, queue at 100%, preempt at 110%');
+    expect(runbook.content).toContain('# Cost audit');
+    expect(runbook.sources).toContainEqual(expect.stringMatching(/^runbooks\/changes\.md sha256:[0-9a-f]{64}$/));
+
+    const empty = await make('onboarding-record');
+    await appendAudit(ledger.db, {
+      actor: 'ana',
+      taskId: inference,
+      action: 'program.onboard',
+      decision: 'Succeeded',
+      detail: { useCase: `${tenant}/search/chat`, seconds: 412, taskId: inference, state: 'Succeeded' },
+    });
+    const record = await make('onboarding-record');
+    expect(record.sha256).not.toBe(empty.sha256);
+    expect(JSON.parse(record.content).onboardings).toEqual([
+      expect.objectContaining({ useCase: `${tenant}/search/chat`, seconds: 412, taskId: inference, state: 'Succeeded', by: 'ana' }),
+    ]);
+    expect(record.sources).toEqual([expect.stringMatching(/^audit_log#\d+$/)]);
+  });
 });
 
 describe('Runbook v1 gate over a runbooks directory', () => {
