@@ -30,7 +30,9 @@ import {
   scopeBurnMicrosPerHour,
 } from '../ledger/leases';
 import { type BudgetSnapshot, applyLadderChange, budgetIdOf, budgetSnapshot, recordBudgetPreemption, runningGpuWork, scopeLadder } from '../ledger/ladder';
-import { type LadderMove, type LadderStep, ladderMove, preemptionVictim, shouldDegrade } from '../governance/ladder';
+import { type LadderMove, type LadderStep, ladderDegrade, ladderMove, preemptionVictim } from '../governance/ladder';
+import { fallbackForbiddenBy, sloLabel } from '../governance/slo';
+import { recordSloHold, recordStep } from '../ledger/slo';
 import { approverRoles } from '../governance/tools';
 import { callTool } from '../tools/executor';
 import { type QuotaDecision, type Victim, admitQuota } from '../governance/quota';
@@ -645,6 +647,7 @@ export function createActivities(deps: ActivityDeps) {
       caller?: Caller;
     }): Promise<GateOutcome> {
       const { taskId, seq, intent, plan, totals, step } = input;
+      const started = performance.now();
       const now = clock();
       const runId = Context.current().info.workflowExecution?.runId ?? '';
       // Who reports the step: the task's requester, or an operator of its tenant. An approved step
@@ -660,9 +663,12 @@ export function createActivities(deps: ActivityDeps) {
       const asked = step.model ?? intent.attribution.model;
       // A model the gate refuses (MODEL_NOT_ALLOWED) is not priced: the price book need not know it.
       const model = allowedModels(intent.attribution.model, plan.fallbackModel).includes(asked) ? asked : intent.attribution.model;
-      // The budget ladder: past its degrade threshold, steps run on the fallback model (critical work last).
+      // The budget ladder: past its degrade threshold, steps run on the fallback model (critical work
+      // and use cases whose SLO forbids the fallback last: not before the queue step).
       const critical = config.policies.criticalPriorities.includes(intent.priority);
-      const budgetDegrade = (await scopeLadder(db, intent.attribution, now)).some((w) => shouldDegrade(w.step, w.sharePct, critical, config.policies.ladder));
+      const forbidding = fallbackForbiddenBy(config.policies.slos, intent.attribution);
+      const ladder = ladderDegrade(await scopeLadder(db, intent.attribution, now), critical, config.policies.ladder, forbidding !== null);
+      const budgetDegrade = ladder.degrade;
       const decision = evaluateStep({
         budgetDegrade,
         caps: plan.caps,
@@ -678,6 +684,9 @@ export function createActivities(deps: ActivityDeps) {
         degradeAtFraction: config.policies.stepGate.degradeAtFraction,
         now: now.toISOString(),
       });
+      const gateMs = performance.now() - started;
+      const recordThisStep = (c: Queryable, answer: 'allow' | 'degrade' | 'deny', model: string | null) =>
+        recordStep(c, { taskId, seq, decision: answer, model, latencyMs: step.latencyMs ?? null, gateMs, at: now });
       const argsDigest = step.tool !== undefined ? digest(step.toolArgs ?? null) : null;
       const dedupeKey = `${taskId}:step:${seq}${input.approved ? ':approved' : ''}`;
       const auditStep = (q: Queryable, answer: string, detail: Record<string, unknown>) =>
@@ -698,7 +707,10 @@ export function createActivities(deps: ActivityDeps) {
           dedupeKey,
         });
       if (decision.answer === 'deny') {
-        await db.tx((c) => auditStep(c, 'deny', { reason: decision.reason }));
+        await db.tx(async (c) => {
+          await auditStep(c, 'deny', { reason: decision.reason });
+          await recordThisStep(c, 'deny', null);
+        });
         return { answer: 'deny', reason: decision.reason };
       }
       if (decision.needsApproval && !input.approved) {
@@ -797,7 +809,22 @@ export function createActivities(deps: ActivityDeps) {
           model: decision.model,
           costUsd: decision.costMicros / 1e6,
           ...(input.approved ? { approvalId: input.approved } : {}),
+          ...(step.latencyMs !== undefined ? { latencyMs: step.latencyMs } : {}),
         });
+        await recordThisStep(c, decision.answer, decision.model);
+        // The ladder would have degraded this step but the use case's SLO forbids the fallback: say so, once per window and crossing.
+        if (forbidding !== null && decision.answer === 'allow') {
+          for (const w of ladder.held)
+            await recordSloHold(c, {
+              budgetId: w.budgetId,
+              window: w.window,
+              step: w.step,
+              sharePct: w.sharePct,
+              slo: sloLabel(forbidding.scope),
+              taskId,
+              scope: w.scope,
+            });
+        }
       });
       return {
         answer: decision.answer,

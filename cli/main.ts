@@ -10,6 +10,7 @@ import * as doctor from './commands/doctor';
 import * as ledger from './commands/ledger';
 import * as reconcile from './commands/reconcile';
 import * as serve from './commands/serve';
+import * as slo from './commands/slo';
 import * as submit from './commands/submit';
 import * as tasks from './commands/tasks';
 
@@ -19,7 +20,7 @@ const program = new Command('govloop')
   .showHelpAfterError()
   .exitOverride();
 
-for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, reconcile, serve, doctor]) m.register(program);
+for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, reconcile, slo, serve, doctor]) m.register(program);
 
 function wantsJson(): boolean {
   return process.argv.includes('--json');

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DEFAULT_LADDER, LadderConfig } from '../governance/ladder';
+import { SloList } from '../governance/slo';
 import { DEFAULT_USAGE_LIMITS, UsageLimits } from '../governance/limits';
 import { RiskClass, WorkloadKind } from '../governance/intent';
 
@@ -175,6 +176,12 @@ export const PoliciesFile = z.strictObject({
       toleranceUsd: z.number({ error: 'must be a number of USD' }).nonnegative().max(1e6).default(0),
     })
     .default({ toleranceUsd: 0 }),
+  /**
+   * Service level objectives per use case or team (governance/slo.ts, decision 0026): measured by
+   * `govloop slo`; `forbidsFallback` keeps the budget ladder from degrading the scope to its
+   * fallback model before the queue step.
+   */
+  slos: SloList.default([]),
 });
 export type Policies = z.infer<typeof PoliciesFile>;
 

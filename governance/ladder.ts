@@ -83,12 +83,39 @@ export function ladderMove(from: LadderStep, sharePct: number, l: LadderConfig =
 /**
  * Whether the step gate degrades a step, from the step its controller recorded for a budget (and
  * that budget's share, when `degradeAt` sets degrading apart from throttle): non-critical work from
- * throttle on, critical work only from the hard limit (degraded last).
+ * throttle on, critical work only from the hard limit (degraded last). A use case whose SLO
+ * forbids the fallback model (`forbidsFallback`) is degraded last too: not before the queue step,
+ * where the scope's other new work already waits.
  */
-export function shouldDegrade(step: LadderStep, sharePct: number, critical: boolean, l: LadderConfig = DEFAULT_LADDER): boolean {
-  if (critical) return stepRank(step) >= stepRank('queue');
+export function shouldDegrade(
+  step: LadderStep,
+  sharePct: number,
+  critical: boolean,
+  l: LadderConfig = DEFAULT_LADDER,
+  opts: { forbidsFallback?: boolean } = {},
+): boolean {
+  if (critical || opts.forbidsFallback === true) return stepRank(step) >= stepRank('queue');
   if (l.degradeAt !== undefined) return stepRank(step) >= stepRank('notify') && sharePct >= l.degradeAt;
   return stepRank(step) >= stepRank('throttle');
+}
+
+/**
+ * The ladder's word for one step of a task over the budget windows covering it: degrade or not,
+ * and the windows that would have degraded it but for its SLO's `forbidsFallback` (held: the step
+ * stays on the primary model, recorded as an SLO hold).
+ */
+export function ladderDegrade<W extends { step: LadderStep; sharePct: number }>(
+  windows: readonly W[],
+  critical: boolean,
+  l: LadderConfig = DEFAULT_LADDER,
+  forbidsFallback = false,
+): { degrade: boolean; held: W[] } {
+  const degrade = windows.some((w) => shouldDegrade(w.step, w.sharePct, critical, l, { forbidsFallback }));
+  const held =
+    forbidsFallback && !degrade
+      ? windows.filter((w) => shouldDegrade(w.step, w.sharePct, critical, l) && !shouldDegrade(w.step, w.sharePct, critical, l, { forbidsFallback }))
+      : [];
+  return { degrade, held };
 }
 
 /** Whether new admissions in the scope wait in the queue. */

@@ -166,6 +166,8 @@ export async function recordBudgetPreemption(
 
 /** The step in force (as its controller recorded it) and the share of each budget window that covers an attribution now. */
 export interface WindowLadder {
+  budgetId: number;
+  window: string;
   budget: { tenant: string; team: string; project: string; period: Period };
   step: LadderStep;
   sharePct: number;
@@ -176,6 +178,8 @@ export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 
   // One query (the step gate runs this on every agent step): each covering budget joined to its
   // current window; a budget whose window has no row yet has nothing spent or reserved in it.
   const { rows } = await q.query<{
+    id: number;
+    window_key: string;
     tenant: string;
     team: string;
     project: string;
@@ -185,7 +189,7 @@ export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 
     reserved_micros: number;
     spent_micros: number;
   }>(
-    `SELECT b.tenant, b.team, b.project, b.period, b.limit_micros, w.ladder_step, w.reserved_micros, w.spent_micros
+    `SELECT b.id, w.window_key, b.tenant, b.team, b.project, b.period, b.limit_micros, w.ladder_step, w.reserved_micros, w.spent_micros
        FROM budgets b JOIN budget_windows w ON w.budget_id = b.id
         AND w.window_key = CASE b.period WHEN 'day' THEN $4 WHEN 'week' THEN $5 WHEN 'month' THEN $6 ELSE 'total' END
       WHERE b.tenant = $1 AND (b.team = '*' OR b.team = $2) AND (b.project = '*' OR (b.team = $2 AND b.project = $3))
@@ -193,6 +197,8 @@ export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 
     [a.tenant, a.team, a.project, windowKey('day', now), windowKey('week', now), windowKey('month', now)],
   );
   return rows.map((r) => ({
+    budgetId: r.id,
+    window: r.window_key,
     budget: { tenant: r.tenant, team: r.team, project: r.project, period: r.period },
     step: r.ladder_step,
     sharePct: burnShare({ limitMicros: r.limit_micros, spentMicros: r.spent_micros, reservedMicros: r.reserved_micros }),

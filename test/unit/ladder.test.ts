@@ -10,6 +10,7 @@ import {
   leaseFactor,
   leaseSize,
   preemptionVictim,
+  ladderDegrade,
   queuesAdmissions,
   shouldDegrade,
 } from '../../governance/ladder';
@@ -74,6 +75,22 @@ describe('what each step enforces', () => {
       shouldDegrade('queue', 100, true),
     ]).toEqual([false, true, false, true]);
     expect(shouldDegrade('notify', 75, false, LadderConfig.parse({ degradeAt: 70 }))).toBe(true);
+  });
+  it('degrades a use case whose SLO forbids the fallback only from the queue step, whatever degradeAt says', () => {
+    const steps: LadderStep[] = ['ok', 'notify', 'throttle', 'queue', 'preempt'];
+    expect(steps.map((s) => shouldDegrade(s, 100, false, DEFAULT_LADDER, { forbidsFallback: true }))).toEqual([false, false, false, true, true]);
+    expect(shouldDegrade('notify', 75, false, LadderConfig.parse({ degradeAt: 70 }), { forbidsFallback: true })).toBe(false);
+    expect(shouldDegrade('throttle', 90, false, DEFAULT_LADDER, { forbidsFallback: false })).toBe(true);
+  });
+  it('ladderDegrade names the windows an SLO held off, and none once a window has reached queue', () => {
+    const team = { id: 'team', step: 'throttle' as LadderStep, sharePct: 85 };
+    const tenant = { id: 'tenant', step: 'notify' as LadderStep, sharePct: 60 };
+    expect(ladderDegrade([team, tenant], false)).toEqual({ degrade: true, held: [] });
+    expect(ladderDegrade([team, tenant], false, DEFAULT_LADDER, true)).toEqual({ degrade: false, held: [team] });
+    const full = { id: 'tenant', step: 'queue' as LadderStep, sharePct: 101 };
+    expect(ladderDegrade([team, full], false, DEFAULT_LADDER, true)).toEqual({ degrade: true, held: [] });
+    // Critical work is degraded last already: nothing for an SLO to hold.
+    expect(ladderDegrade([team], true, DEFAULT_LADDER, true)).toEqual({ degrade: false, held: [] });
   });
   it('queues admissions from the queue step', () => {
     expect((['ok', 'notify', 'throttle', 'queue', 'preempt'] as LadderStep[]).map(queuesAdmissions)).toEqual([false, false, false, true, true]);
