@@ -19,9 +19,6 @@ const Whitelist = z.record(z.string().min(1), z.array(SharingMode).min(1));
 export const AttributionDimension = z.enum(['team', 'project', 'model', 'useCase']);
 export const LadderEvidenceStep = z.enum(['notify', 'throttle', 'queue', 'preempt', 'degrade']);
 
-/** An SLO as the sloLinkage check reads it: a use case (or a whole team, useCase left out). */
-export const SloRef = z.looseObject({ tenant: z.string().min(1), team: z.string().min(1), useCase: z.string().min(1).optional() });
-
 export const GateParams = {
   attributionCoverage: z.strictObject({
     /** Dimensions that must be set (not '' and not 'unknown'); tenant always is. The tool is per event (none on GPU time), so no dimension here. */
@@ -57,8 +54,6 @@ export const GateParams = {
   }),
   sloLinkage: z.strictObject({
     pilots: z.array(UseCaseRef).min(1),
-    /** SLOs to read when the config declares none (policies.slos). */
-    slos: z.array(SloRef).default([]),
   }),
   pilotMigration: z.strictObject({ pilots: z.array(UseCaseRef).min(1) }),
   teamContract: z.strictObject({

@@ -7,7 +7,7 @@ import { fieldErrors } from '../governance/intent';
 import { own } from '../governance/own';
 import { pickTemplate } from '../governance/plan';
 import type { GateCheck, GateResult, ProgramGate } from '../governance/program';
-import { type GateParamsOf, SloRef, parseGateParams } from '../governance/program-params';
+import { type GateParamsOf, parseGateParams } from '../governance/program-params';
 import { GovState } from '../workflows/messages';
 import type { Db, Queryable } from './db';
 
@@ -142,7 +142,10 @@ const budgetCoverage: Check<'budgetCoverage'> = async (c) => {
   const teams = new Map<string, string[]>();
   for (const u of used) {
     const key = `${u.tenant}/${shown(u.team)}`;
-    const covered = budgets.some((b) => b.tenant === u.tenant && (b.team === '*' || b.team === u.team) && (b.project === '*' || b.project === u.project));
+    // The ledger's covering rule (ledger/budgets.ts coveringWindows): a project budget covers its own team's project only.
+    const covered = budgets.some(
+      (b) => b.tenant === u.tenant && (b.team === '*' || b.team === u.team) && (b.project === '*' || (b.team === u.team && b.project === u.project)),
+    );
     const list = teams.get(key) ?? [];
     if (!covered) list.push(shown(u.project));
     teams.set(key, list);
@@ -351,33 +354,25 @@ const ladderExecuted: Check<'ladderExecuted'> = async (c, p) => {
   };
 };
 
-/** The SLOs the config declares (policies.slos, or a top-level slos), else the gate's own list. */
-function slosOf(config: GovConfig, fallback: z.infer<typeof SloRef>[]): { slos: z.infer<typeof SloRef>[]; source: string } {
-  for (const [source, v] of [
-    ['policies.slos', (config.policies as { slos?: unknown }).slos],
-    ['config.slos', (config as { slos?: unknown }).slos],
-  ] as const) {
-    const list = Array.isArray(v) ? v : v && typeof v === 'object' ? Object.values(v) : null;
-    if (list === null) continue;
-    const parsed = SloRef.array().safeParse(list);
-    if (parsed.success) return { slos: parsed.data, source };
-  }
-  return { slos: fallback, source: 'the gate params' };
-}
-
 const sloLinkage: Check<'sloLinkage'> = async (c, p) => {
-  const { slos, source } = slosOf(c.config, p.slos);
+  const slos = c.config.policies.slos;
   const pilots = p.pilots.filter((x) => c.tenants === null || c.tenants.includes(x.split('/')[0]!));
-  const failing = pilots
-    .filter((x) => {
-      const [tenant, team, useCase] = x.split('/');
-      return !slos.some((s) => s.tenant === tenant && s.team === team && (s.useCase === undefined || s.useCase === useCase));
-    })
-    .map((x) => `${x}: no SLO`);
+  let forbidding = 0;
+  const failing: string[] = [];
+  for (const x of pilots) {
+    const [tenant, team, useCase] = x.split('/');
+    // The SLO that applies to the use case: its own, else its team's, else its tenant's (as `govloop slo` scopes them).
+    const slo = slos.find(
+      (s) =>
+        s.scope.tenant === tenant && (s.scope.team === undefined || s.scope.team === team) && (s.scope.useCase === undefined || s.scope.useCase === useCase),
+    );
+    if (!slo) failing.push(`${x}: no SLO in policies.slos`);
+    else if (slo.forbidsFallback) forbidding++;
+  }
   return {
     value: share(pilots.length - failing.length, pilots.length),
     failing,
-    detail: `${pilots.length - failing.length} of ${pilots.length} pilot use cases have an SLO (from ${source}); that the ladder respects it is the ladder's own check`,
+    detail: `${pilots.length - failing.length} of ${pilots.length} pilot use cases have an SLO in policies.slos; ${forbidding} forbid the fallback model, which the budget ladder then degrades no earlier than its queue step (decision 0026)`,
   };
 };
 

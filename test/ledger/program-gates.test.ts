@@ -92,6 +92,9 @@ describe.each(backends)('program gates measured from the ledger on $name', (back
     expect(before).toMatchObject({ value: 0.5, pass: false, failing: [`${tenant}/search: no budget covers project ranker`] });
     expect(before.detail).toContain('1 of 2 teams');
 
+    // A project budget of no team ('*') does not cover a team's project, as admission and charging count it.
+    await setBudget(ledger.db, { tenant, team: '*', project: 'ranker' }, 'month', 100, 'test');
+    expect((await measure(tenant, gate('budgetCoverage'))).pass).toBe(false);
     await setBudget(ledger.db, { tenant, team: 'search', project: 'ranker' }, 'month', 100, 'test');
     expect(await measure(tenant, gate('budgetCoverage'))).toMatchObject({ value: 1, pass: true, failing: [] });
   });
@@ -213,12 +216,16 @@ describe.each(backends)('program gates measured from the ledger on $name', (back
     expect(r.failing).toEqual([`${pilot}: $1.00 (1 events) outside governed tasks`, `${tenant}/ads/chat: no usage in the last 7 days`]);
   });
 
-  it('SLO linkage: each pilot needs an SLO for its use case or its team', async () => {
+  it('SLO linkage: each pilot needs an SLO in policies.slos, for its use case, its team or its tenant', async () => {
     const tenant = newTenant();
     const pilots = [`${tenant}/search/relevance`, `${tenant}/ads/chat`];
-    const r = await measure(tenant, gate('sloLinkage', { pilots, slos: [{ tenant, team: 'search', useCase: 'relevance', p95Ms: 800 }] }));
-    expect(r).toMatchObject({ value: 0.5, failing: [`${tenant}/ads/chat: no SLO`] });
-    expect(r.detail).toContain('from the gate params');
+    const cfg = aConfig().build();
+    cfg.policies.slos = [{ scope: { tenant, team: 'search', useCase: 'relevance' }, objectives: { successRate: 0.9 }, windowDays: 7, forbidsFallback: true }];
+    const r = await measure(tenant, gate('sloLinkage', { pilots }), cfg);
+    expect(r).toMatchObject({ value: 0.5, failing: [`${tenant}/ads/chat: no SLO in policies.slos`] });
+    expect(r.detail).toContain('1 forbid the fallback model');
+    cfg.policies.slos.push({ scope: { tenant, team: 'ads' }, objectives: { successRate: 0.9 }, windowDays: 7, forbidsFallback: false });
+    expect(await measure(tenant, gate('sloLinkage', { pilots }), cfg)).toMatchObject({ value: 1, pass: true });
   });
 
   it('team contract: owners must be named and hold the matching role in the tenant', async () => {
