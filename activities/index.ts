@@ -39,6 +39,7 @@ import { type QuotaDecision, type Victim, admitQuota } from '../governance/quota
 import { closePreemption, openPreemption, quotaLockKey, quotaState } from '../ledger/quota';
 import { createAuditActivities } from './audit';
 import { createReconcileActivities } from './reconcile';
+import { createProgramActivities } from './program';
 import { type Authenticator, type Caller, createAuthenticator } from '../identity/authenticate';
 import { IdentityError } from '../identity/errors';
 import { type Principal, actorName } from '../governance/authz';
@@ -103,7 +104,7 @@ async function upsertCompensation(
 }
 
 /** Best effort: POSTs an event to the configured webhook. The audit log, not this, is the record. */
-async function notify(config: GovConfig, event: Record<string, unknown>): Promise<void> {
+export async function notify(config: GovConfig, event: Record<string, unknown>): Promise<void> {
   log.warn('notification', event);
   if (!config.policies.notifyUrl) return;
   try {
@@ -299,6 +300,7 @@ export function createActivities(deps: ActivityDeps) {
   return {
     ...createAuditActivities({ db, config }),
     ...createReconcileActivities({ db, config, cluster: backend.cluster, dispatchQueue, clock }),
+    ...createProgramActivities({ db, config, auth, notify, clock }),
     /**
      * Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log.
      * First: who submits (from the credential), may they submit in the intent's tenant, and is the

@@ -8,6 +8,7 @@ import * as demo from './commands/demo';
 import * as dev from './commands/dev';
 import * as doctor from './commands/doctor';
 import * as ledger from './commands/ledger';
+import * as programCmd from './commands/program';
 import * as reconcile from './commands/reconcile';
 import * as serve from './commands/serve';
 import * as slo from './commands/slo';
@@ -20,7 +21,7 @@ const program = new Command('govloop')
   .showHelpAfterError()
   .exitOverride();
 
-for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, reconcile, slo, serve, doctor]) m.register(program);
+for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, programCmd, reconcile, slo, serve, doctor]) m.register(program);
 
 function wantsJson(): boolean {
   return process.argv.includes('--json');

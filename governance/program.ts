@@ -78,6 +78,8 @@ export const ProgramPlan = z
     version: z.number().int().min(1),
     /** The roles that sign a phase off: one person of each, never the same person (four-eyes). */
     signoff: z.strictObject({ platformRole: z.string().min(1).max(63), workloadRole: z.string().min(1).max(63) }),
+    /** The tenants the gates and deliverables look at (a landing zone for part of the platform); absent: all of them. */
+    scope: z.strictObject({ tenants: z.array(z.string().min(1).max(200)).min(1).max(1000) }).optional(),
     phases: z.array(ProgramPhase).min(1).max(12),
   })
   .superRefine((p, ctx) => {
@@ -86,8 +88,10 @@ export const ProgramPlan = z
     p.phases.forEach((ph, i) => {
       if (ids.has(ph.id)) ctx.addIssue({ code: 'custom', path: ['phases', i, 'id'], message: `phase id ${ph.id} is used twice` });
       ids.add(ph.id);
-      if (ph.endDay < ph.startDay) ctx.addIssue({ code: 'custom', path: ['phases', i, 'endDay'], message: `ends (day ${ph.endDay}) before it starts (day ${ph.startDay})` });
-      if (ph.startDay <= last) ctx.addIssue({ code: 'custom', path: ['phases', i, 'startDay'], message: `starts on day ${ph.startDay}, not after the previous phase's day ${last}` });
+      if (ph.endDay < ph.startDay)
+        ctx.addIssue({ code: 'custom', path: ['phases', i, 'endDay'], message: `ends (day ${ph.endDay}) before it starts (day ${ph.startDay})` });
+      if (ph.startDay <= last)
+        ctx.addIssue({ code: 'custom', path: ['phases', i, 'startDay'], message: `starts on day ${ph.startDay}, not after the previous phase's day ${last}` });
       last = ph.endDay;
       const gateIds = new Set<string>();
       ph.gates.forEach((g, j) => {

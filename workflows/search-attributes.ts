@@ -10,9 +10,13 @@ export const GovState = defineSearchAttributeKey('GovState', SearchAttributeType
 export const GovPriority = defineSearchAttributeKey('GovPriority', SearchAttributeType.KEYWORD);
 export const GovRiskClass = defineSearchAttributeKey('GovRiskClass', SearchAttributeType.KEYWORD);
 export const GovCostUsd = defineSearchAttributeKey('GovCostUsd', SearchAttributeType.DOUBLE);
+/** The migration program (workflows/migration-program.ts): its active phase, its day, whether a gate blocks it. */
+export const ProgramPhase = defineSearchAttributeKey('ProgramPhase', SearchAttributeType.KEYWORD);
+export const ProgramDay = defineSearchAttributeKey('ProgramDay', SearchAttributeType.INT);
+export const ProgramBlocked = defineSearchAttributeKey('ProgramBlocked', SearchAttributeType.BOOL);
 
 /** name → CLI type, for `temporal server start-dev --search-attribute` and operator registration. */
-export const searchAttributeTypes: Record<string, 'Keyword' | 'Double'> = {
+export const searchAttributeTypes: Record<string, 'Keyword' | 'Double' | 'Int' | 'Bool'> = {
   GovTenant: 'Keyword',
   GovTeam: 'Keyword',
   GovProject: 'Keyword',
@@ -22,6 +26,9 @@ export const searchAttributeTypes: Record<string, 'Keyword' | 'Double'> = {
   GovPriority: 'Keyword',
   GovRiskClass: 'Keyword',
   GovCostUsd: 'Double',
+  ProgramPhase: 'Keyword',
+  ProgramDay: 'Int',
+  ProgramBlocked: 'Bool',
 };
 
 export const RUNBOOK_BASE = 'runbooks/';

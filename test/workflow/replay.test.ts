@@ -33,7 +33,15 @@ describe('workflow replay', () => {
         kinds.add(`${events[0]!.workflowExecutionStartedEventAttributes!.workflowType.name} continued as new`);
     }
     expect([...kinds]).toEqual(
-      expect.arrayContaining(['governedTask', 'budgetController', 'meteringRollup', 'governedTask continued as new', 'budgetController continued as new']),
+      expect.arrayContaining([
+        'governedTask',
+        'budgetController',
+        'meteringRollup',
+        'migrationProgram',
+        'governedTask continued as new',
+        'budgetController continued as new',
+        'migrationProgram continued as new',
+      ]),
     );
   });
 
