@@ -11,6 +11,7 @@ import {
   programExtendUpdate,
   programNudgeSignal,
   programPauseUpdate,
+  programReplanUpdate,
   programResumeUpdate,
   programSignoffUpdate,
   programStatusQuery,
@@ -20,6 +21,8 @@ import { CliExit, Exit, parseOptions, printJson, table } from '../util';
 
 const Name = z.string().min(1).max(200);
 const queue = () => process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL;
+/** The program's workflow id: $GOVLOOP_PROGRAM_ID (a rehearsal next to the real one, tests) or the one program's. */
+const programId = (): string => process.env.GOVLOOP_PROGRAM_ID || PROGRAM_WORKFLOW_ID;
 
 const StartOptions = z.strictObject({
   plan: z.string().min(1).optional(),
@@ -40,6 +43,7 @@ const ExtendOptions = SignoffOptions.extend({
     .min(1, 'must be at least 1')
     .max(90, 'must be at most 90'),
 });
+const ReplanOptions = SignoffOptions.extend({ plan: z.string().min(1) });
 const ReportOptions = z.strictObject({ format: z.enum(['md', 'json']).default('md') });
 
 /** An update's refusal (accepted: false) exits 3 with its code; a request the workflow's validator refused exits 2. */
@@ -154,7 +158,7 @@ export function register(program: Command): void {
         const client = await ctx.client();
         try {
           await client.workflow.start(migrationProgram, {
-            workflowId: PROGRAM_WORKFLOW_ID,
+            workflowId: programId(),
             taskQueue: queue(),
             args: [{ plan, daySeconds: o.daySeconds, startedBy: who.verified ? who.subject : `${who.subject} (unverified)` }],
           });
@@ -163,12 +167,10 @@ export function register(program: Command): void {
             throw new CliExit(Exit.Rejected, 'refused (ALREADY_RUNNING): a migration program is already running', { code: 'ALREADY_RUNNING' });
           throw err;
         }
-        const out = { programId: PROGRAM_WORKFLOW_ID, plan: plan.name, version: plan.version, daySeconds: o.daySeconds, phases: plan.phases.map((x) => x.id) };
+        const out = { programId: programId(), plan: plan.name, version: plan.version, daySeconds: o.daySeconds, phases: plan.phases.map((x) => x.id) };
         if (o.json) printJson(out);
         else
-          process.stdout.write(
-            `started ${plan.name} (v${plan.version}) as ${PROGRAM_WORKFLOW_ID}, a day every ${o.daySeconds} s; phases ${out.phases.join(', ')}\n`,
-          );
+          process.stdout.write(`started ${plan.name} (v${plan.version}) as ${programId()}, a day every ${o.daySeconds} s; phases ${out.phases.join(', ')}\n`);
       });
     });
 
@@ -234,6 +236,27 @@ export function register(program: Command): void {
     false,
   );
 
+  p.command('replan')
+    .description('a new plan version (config format) for the phases that have not started; started phases keep theirs')
+    .requiredOption('--plan <file>', 'the new plan (its version must be higher)')
+    .option('--as <user>', 'who (auth: none only; audited)')
+    .option('--reason <text>', 'why (audited; required)')
+    .option('--json', 'print JSON')
+    .action(async (raw) => {
+      const o = parseOptions(ReplanOptions, { reason: '', ...raw });
+      const plan = loadProgramPlan(o.plan);
+      await withContext(program.opts().dataDir, async (ctx) => {
+        const h = await programHandle(ctx);
+        const cr = ctx.credential ?? cliCredential();
+        answered(
+          await update(() =>
+            h.executeUpdate(programReplanUpdate, { args: [{ plan, reason: o.reason, ...(o.as ? { as: o.as } : {}), ...(cr ? { credential: cr } : {}) }] }),
+          ),
+          o.json,
+        );
+      });
+    });
+
   p.command('report')
     .description('the one page: the program, its phases, gates as measured, deliverables, the weekly notes')
     .option('--format <f>', 'md | json', 'md')
@@ -248,4 +271,4 @@ export function register(program: Command): void {
     });
 }
 
-const programHandle = async (ctx: { client(): Promise<Client> }): Promise<WorkflowHandle> => (await ctx.client()).workflow.getHandle(PROGRAM_WORKFLOW_ID);
+const programHandle = async (ctx: { client(): Promise<Client> }): Promise<WorkflowHandle> => (await ctx.client()).workflow.getHandle(programId());
