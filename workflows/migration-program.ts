@@ -303,32 +303,34 @@ export async function migrationProgram(input: ProgramInput): Promise<ProgramStat
       const who: ProgramAuth = await authorize('signoff', m, m.phase);
       if (!who.ok) return { accepted: false, code: who.code, message: who.message };
       const detail = { phase: p.id, reason: m.reason };
-      const other = (slot: 'platform' | 'workload') => p.signoffs[slot === 'platform' ? 'workload' : 'platform'];
-      const free = (['platform', 'workload'] as const).filter((s) => p.signoffs[s] === null && (s === 'platform' ? who.platform : who.workload));
-      const signedBefore = (['platform', 'workload'] as const).find((s) => p.signoffs[s]?.by === who.by);
-      if (signedBefore) {
-        // Four-eyes: one person signs one slot, once.
-        const code = p.signoffs.platform !== null && p.signoffs.workload !== null ? ProgramErrors.AlreadySigned : ProgramErrors.FourEyes;
-        return refuse(
-          who.by,
-          'signoff',
-          code,
-          `${who.by} already signed phase ${p.id} as its ${signedBefore} owner; the other sign-off must be someone else's`,
-          detail,
-        );
-      }
-      const slot = free[0];
-      if (!slot) {
-        const held = [who.platform ? 'platform' : null, who.workload ? 'workload' : null].filter(Boolean).join(' and ');
-        return refuse(who.by, 'signoff', ProgramErrors.AlreadySigned, `phase ${p.id}'s ${held} sign-off is already given`, detail);
-      }
-      if (other(slot)?.by === who.by) return refuse(who.by, 'signoff', ProgramErrors.FourEyes, `${who.by} cannot sign both slots of phase ${p.id}`, detail);
+      // Which slot this caller may take, or why none: decided again after every await, since
+      // another sign-off may have been taken while this one waited.
+      const pick = (): { slot: 'platform' | 'workload' } | { code: string; message: string } => {
+        if (p.state !== 'active') return { code: ProgramErrors.NotActive, message: `phase ${p.id} is no longer active` };
+        const signedBefore = (['platform', 'workload'] as const).find((s) => p.signoffs[s]?.by === who.by);
+        if (signedBefore) {
+          // Four-eyes: one person signs one slot, once.
+          const code = p.signoffs.platform !== null && p.signoffs.workload !== null ? ProgramErrors.AlreadySigned : ProgramErrors.FourEyes;
+          return { code, message: `${who.by} already signed phase ${p.id} as its ${signedBefore} owner; the other sign-off must be someone else's` };
+        }
+        const slot = (['platform', 'workload'] as const).find((s) => p.signoffs[s] === null && (s === 'platform' ? who.platform : who.workload));
+        if (!slot) {
+          const held = [who.platform ? 'platform' : null, who.workload ? 'workload' : null].filter(Boolean).join(' and ');
+          return { code: ProgramErrors.AlreadySigned, message: `phase ${p.id}'s ${held} sign-off is already given` };
+        }
+        return { slot };
+      };
+      const first = pick();
+      if ('code' in first) return refuse(who.by, 'signoff', first.code, first.message, detail);
       // A sign-off says the exit criteria are met: measured now, not at the last evaluation.
       await evaluate(p);
       if (!allPass(p)) {
         const failing = p.gates.filter((g) => !g.pass).map((g) => `${g.id} (${g.value === null ? 'no data' : g.value.toFixed(3)} < ${g.threshold})`);
         return refuse(who.by, 'signoff', ProgramErrors.GatesFailing, `phase ${p.id} cannot be signed off: gates failing: ${failing.join(', ')}`, detail);
       }
+      const picked = pick();
+      if ('code' in picked) return refuse(who.by, 'signoff', picked.code, picked.message, detail);
+      const slot = picked.slot;
       p.signoffs[slot] = { by: who.by, reason: m.reason, at: new Date().toISOString() };
       await record(who.by, 'signoff', 'accepted', { ...detail, slot });
       nudged = true;
@@ -440,6 +442,8 @@ export async function migrationProgram(input: ProgramInput): Promise<ProgramStat
   }
 
   while (!st.done) {
+    // A nudge that arrives while this round measures is kept for the next wait.
+    nudged = false;
     if (st.pausedSince === null) {
       const p = active();
       if (p) {
@@ -455,7 +459,6 @@ export async function migrationProgram(input: ProgramInput): Promise<ProgramStat
       await condition(allHandlersFinished);
       await continueAsNew<typeof migrationProgram>({ ...input, plan: st.plan, daySeconds: st.daySeconds, state: st });
     }
-    nudged = false;
     await condition(() => nudged, st.daySeconds * 1000);
   }
   await record('govloop', 'finish', 'done', { day: day(), phases: st.phases.map((p) => ({ id: p.id, closedDay: p.closedDay })) }, `program:${programId}:done`);

@@ -237,15 +237,21 @@ describe('migrationProgram on a real Temporal server and PostgreSQL', () => {
     expect((await handle.query(programStatusQuery)).day).toBe(paused.day);
     await handle.executeUpdate(programResumeUpdate, { args: [{ reason: 'freeze over', ...as('plat') }] });
 
-    for (const phase of ['resources', 'loop']) {
-      await until(
-        handle,
-        (x) =>
-          x.current === phase && x.phases.find((p) => p.id === phase)!.gates.every((g) => g.pass) && x.phases.find((p) => p.id === phase)!.gates.length > 0,
-      );
-      expect(await handle.executeUpdate(programSignoffUpdate, { args: [{ phase, reason: 'ok', ...as('wl') }] })).toMatchObject({ accepted: true });
-      expect(await handle.executeUpdate(programSignoffUpdate, { args: [{ phase, reason: 'ok', ...as('plat2') }] })).toMatchObject({ accepted: true });
-    }
+    const ready = (phase: string) => (x: ProgramStatus) => {
+      const p = x.phases.find((q) => q.id === phase)!;
+      return x.current === phase && p.gates.length > 0 && p.gates.every((g) => g.pass);
+    };
+    // Two platform owners at the same moment: one takes the slot, the other is refused.
+    await until(handle, ready('resources'));
+    const both = await Promise.all(
+      ['plat', 'plat2'].map((who) => handle.executeUpdate(programSignoffUpdate, { args: [{ phase: 'resources', reason: 'ok', ...as(who) }] })),
+    );
+    expect(both.filter((a) => a.accepted)).toHaveLength(1);
+    expect(both.filter((a) => !a.accepted)).toEqual([expect.objectContaining({ code: 'ALREADY_SIGNED' })]);
+    expect(await handle.executeUpdate(programSignoffUpdate, { args: [{ phase: 'resources', reason: 'ok', ...as('wl') }] })).toMatchObject({ accepted: true });
+    await until(handle, ready('loop'));
+    expect(await handle.executeUpdate(programSignoffUpdate, { args: [{ phase: 'loop', reason: 'ok', ...as('wl') }] })).toMatchObject({ accepted: true });
+    expect(await handle.executeUpdate(programSignoffUpdate, { args: [{ phase: 'loop', reason: 'ok', ...as('plat2') }] })).toMatchObject({ accepted: true });
     const done = await handle.result();
     expect(done.done).toBe(true);
     expect(done.phases.map((p) => p.state)).toEqual(['closed', 'closed', 'closed']);
