@@ -31,7 +31,7 @@ import { setBudget } from '../ledger/budgets';
 import { Db } from '../ledger/db';
 import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
-import { type DevServer, startDevServer } from '../runtime/dev-server';
+import { type DevServer, type DevServerTuning, startDevServer } from '../runtime/dev-server';
 import { findTemporalCli } from '../runtime/temporal-cli';
 import { bundleWorkflows, createWorkers } from '../workers/worker';
 import { governedTask } from '../workflows';
@@ -39,7 +39,7 @@ import { type StepAnswer, type TaskStatus, admissionUpdate, clusterTaskQueue, fi
 import { type Summary, describeMachine, fmt, machine, nowMs, parseFlags, round, summarize, table } from './lib';
 
 const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K] [--cluster-tasks M] [--sim-seconds S]
-                         [--database-url URL] [--ledger-pool P] [--timeout-seconds T] [--json]
+                         [--database-url URL] [--ledger-pool P] [--timeout-seconds T] [--dev-server tuned|default] [--json]
   --tasks            hosted agent tasks (default 80)
   --concurrency      agent tasks in flight at once (default 8)
   --steps            step-gate updates per agent task, at most 150 (default 5)
@@ -48,6 +48,7 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
   --database-url     a PostgreSQL ledger (default: $DATABASE_URL, else an embedded PGlite)
   --ledger-pool      connections in the workers' ledger pool (default 10, as govloop dev uses)
   --timeout-seconds  give up on a phase after this long (default 300)
+  --dev-server       tuned (WAL, synchronous=NORMAL, eager activities: what govloop dev runs) or default (the CLI's own); default tuned
   --json             print one JSON object instead of tables`;
 
 const SPEEDUP = 3600;
@@ -187,6 +188,7 @@ async function main() {
       'database-url': undefined as string | undefined,
       'ledger-pool': 10,
       'timeout-seconds': 300,
+      'dev-server': 'tuned',
       json: false,
     },
     usage,
@@ -196,6 +198,8 @@ async function main() {
   const steps = Math.round(flags.steps);
   const clusterTasks = Math.round(flags['cluster-tasks']);
   const timeoutS = flags['timeout-seconds'];
+  const devServerTuning = flags['dev-server'] as DevServerTuning;
+  if (devServerTuning !== 'tuned' && devServerTuning !== 'default') throw new Error('--dev-server is tuned or default');
   if (steps > 150) throw new Error('--steps is at most 150 (the agent maxSteps ceiling in config/policies.yaml is 200)');
   const m = machine();
   const log = (msg: string) => {
@@ -282,7 +286,7 @@ async function main() {
     cleanups.push({ what: 'ledger pool', run: () => db.close() });
     await timed('migrateMs', () => migrate(db));
 
-    const server: DevServer = await timed('temporalStartMs', () => startDevServer({ dataDir, headless: true, onProgress: log }));
+    const server: DevServer = await timed('temporalStartMs', () => startDevServer({ dataDir, headless: true, tuning: devServerTuning, onProgress: log }));
     cleanups.push({ what: 'temporal dev server', run: () => server.stop() });
 
     const config: GovConfig = loadConfig();
@@ -462,6 +466,7 @@ async function main() {
         pollMillis: POLL_MILLIS,
         ledger: ledger ? 'embedded-pglite' : 'postgresql',
         ledgerPool,
+        devServer: devServerTuning,
         temporalCli: cli.source,
       },
       setupMs: setup,
