@@ -36,7 +36,7 @@ const Options = z.strictObject({
   team: required(Attribution.shape.team),
   useCase: required(Attribution.shape.useCase),
   project: Attribution.shape.project.optional(),
-  kind: z.enum(['inference', 'training'], { error: 'required: inference | training' }),
+  kind: z.enum(['inference', 'training'], { error: 'inference | training' }),
   budgetUsd: z
     .string({ error: 'required' })
     .regex(/^\d+(\.\d+)?$/, 'must be a number of US dollars, e.g. 500')
@@ -284,7 +284,7 @@ async function onboard(ctx: CommandContext, o: Options): Promise<void> {
       steps: steps.map(({ name, seconds: s, note }) => ({ name, seconds: s, note })),
     });
   } else {
-    console.log(table(['step', 'seconds', 'result'], [...steps.map((s) => [s.name, s.seconds.toFixed(2), s.note]), ['total (1-6)', seconds.toFixed(2), '']]));
+    console.log(table(['step', 'seconds'], [...steps.map((s) => [s.name, s.seconds.toFixed(2)]), ['total (1-6)', seconds.toFixed(2)]]));
     if (ok) console.log(`${useCase} is on its golden path: ${outcome.taskId} Succeeded in ${seconds.toFixed(2)} s. Next: edit ${intentFile.file}`);
     else {
       console.log(`${useCase}: the first task ended ${outcome.state}, not Succeeded (runbooks/onboarding.md)`);
