@@ -146,6 +146,21 @@ describe('govloop onboard, as a separate process, against the real server and Po
     expect((await gate(tenant)).pass).toBe(true);
   }, 180_000);
 
+  it('the training golden path: a second use case of the team onboards through torchrun-training', async () => {
+    const tenant = h.tenant;
+    const a = args(tenant);
+    a[a.indexOf('faq-bot')] = 'nightly-ft';
+    a[a.indexOf('inference')] = 'training';
+    const r = await govloop(a, env);
+    expect(r.code, r.stderr).toBe(0);
+    const out = r.json();
+    console.log(`govloop onboard (training, ${tenant}/chat/nightly-ft): recorded ${out.seconds} s`);
+    expect(out).toMatchObject({ state: 'Succeeded', template: 'torchrun-training', kind: 'training' });
+    const task = await h.db.query('SELECT plan FROM tasks WHERE task_id = $1', [out.taskId]);
+    expect(task.rows[0]!.plan).toMatchObject({ template: 'torchrun-training' });
+    expect((await gate(tenant)).detail).toMatch(/^3 of 3 onboardings/);
+  }, 180_000);
+
   it('bad flags exit 2 naming each flag, and change nothing', async () => {
     const r = await govloop(['onboard', '--tenant', 'Bad_Name', '--kind', 'serving', '--budget-usd', 'lots', '--timeout-seconds', '0', '--json'], env);
     expect(r.code).toBe(2);
