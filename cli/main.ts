@@ -8,6 +8,7 @@ import * as demo from './commands/demo';
 import * as dev from './commands/dev';
 import * as doctor from './commands/doctor';
 import * as ledger from './commands/ledger';
+import * as onboardCmd from './commands/onboard';
 import * as programCmd from './commands/program';
 import * as reconcile from './commands/reconcile';
 import * as serve from './commands/serve';
@@ -21,7 +22,7 @@ const program = new Command('govloop')
   .showHelpAfterError()
   .exitOverride();
 
-for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, programCmd, reconcile, slo, serve, doctor]) m.register(program);
+for (const m of [dev, demo, submit, tasks, agents, capacity, ledger, onboardCmd, programCmd, reconcile, slo, serve, doctor]) m.register(program);
 
 function wantsJson(): boolean {
   return process.argv.includes('--json');

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { getApproval, grantAccess, listAccess, pendingApprovals, revokeAccess } from '../../ledger/approvals';
 import { type ApprovalAnswer, GovloopNotFoundError, taskOfApproval } from '../../sdk';
-import { PLATFORM_ADMIN, actorName, grantableRoles } from '../../governance/authz';
+import { PLATFORM_ADMIN, type Principal, actorName, grantableRoles } from '../../governance/authz';
 import { catalogRoles } from '../../governance/tools';
 import { checkAccess, readableTenants } from '../../ledger/authz';
 import { NameText, ReasonText } from '../../workflows/schemas';
@@ -37,6 +37,27 @@ async function decide(ctx: CommandContext, kind: 'approve' | 'reject', approvalI
       state: row.state,
     };
   }
+}
+
+/**
+ * `access grant|revoke`: checks `p` may `access.manage` in the tenant and changes the grant in the
+ * same transaction; a refusal is audited and exits 3. True when the grant changed.
+ */
+export async function changeAccess(
+  ctx: CommandContext,
+  p: Principal,
+  verb: 'grant' | 'revoke',
+  g: { tenant: string; user: string; role: string; by: string },
+): Promise<boolean> {
+  const r = await (
+    await ctx.db()
+  ).tx(async (c) => {
+    const d = await checkAccess(c, p, 'access.manage', g.tenant, { detail: { verb, user: g.user, role: g.role } });
+    if (!d.allowed) return d;
+    return { allowed: true as const, changed: verb === 'grant' ? await grantAccess(c, g) : await revokeAccess(c, g) };
+  });
+  if (!r.allowed) throw refused(r, p);
+  return r.changed;
 }
 
 function printDecision(a: ApprovalAnswer, json: boolean): void {
@@ -136,14 +157,7 @@ export function register(program: Command): void {
           }
           const p = await ctx.principal(o.as, `access.${verb}`);
           const g = { tenant: o.tenant, user: o.user, role: o.role, by: actorName(p) };
-          const db = await ctx.db();
-          const r = await db.tx(async (c) => {
-            const d = await checkAccess(c, p, 'access.manage', o.tenant, { detail: { verb, user: o.user, role: o.role } });
-            if (!d.allowed) return d;
-            return { allowed: true as const, changed: verb === 'grant' ? await grantAccess(c, g) : await revokeAccess(c, g) };
-          });
-          if (!r.allowed) throw refused(r, p);
-          const changed = r.changed;
+          const changed = await changeAccess(ctx, p, verb, g);
           if (o.json) printJson({ ...g, action: verb, changed });
           else console.log(`${verb} ${o.role} to ${o.user} in ${o.tenant}: ${changed ? 'done' : 'no change'}`);
         });

@@ -100,7 +100,7 @@ const fmtUnit = (v: number | null) => (v === null ? '—' : usd(v));
  * configured (TEMPORAL_ADDRESS or a running govloop dev). Without one the budget still applies:
  * the next worker start gives it a controller.
  */
-async function nudgeController(ctx: CommandContext, budget: BudgetKey): Promise<void> {
+export async function nudgeController(ctx: CommandContext, budget: BudgetKey): Promise<void> {
   if (!process.env.TEMPORAL_ADDRESS && !readDevState(dataDirOf(ctx.dataDir))) return;
   try {
     await startBudgetController(await ctx.client(), budget, process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL);

@@ -1,14 +1,14 @@
-import { actorName } from '../../governance/authz';
+import { type Principal, actorName } from '../../governance/authz';
 import { checkAccess } from '../../ledger/authz';
 import { NameText } from '../../workflows/schemas';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../../config/load';
-import { createKey, listKeys, revokeKey } from '../../ledger/keys';
+import { type CreatedKey, createKey, listKeys, revokeKey } from '../../ledger/keys';
 import { connectTemporal, dataDir as resolveDataDir, openLedger, readDevState } from '../../runtime/environment';
 import { nudgeCrossed } from '../../runtime/schedules';
 import { apiConfigDefaults, buildApi } from '../../server/app';
-import { refused, withContext } from '../context';
+import { type CommandContext, refused, withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
 
 const tenant = z
@@ -40,6 +40,21 @@ const untilSignal = () =>
     process.once('SIGINT', () => resolve('SIGINT'));
     process.once('SIGTERM', () => resolve('SIGTERM'));
   });
+
+/**
+ * `keys create`: checks `p` may `keys.manage` in the tenant and creates the key in the same
+ * transaction (audited by its prefix, never the key); a refusal is audited and exits 3.
+ */
+export async function issueKey(ctx: CommandContext, p: Principal, tenant: string, user: string | null): Promise<CreatedKey> {
+  const r = await (
+    await ctx.db()
+  ).tx(async (c) => {
+    const d = await checkAccess(c, p, 'keys.manage', tenant, { detail: { user } });
+    return d.allowed ? { allowed: true as const, key: await createKey(c, tenant, actorName(p), user) } : d;
+  });
+  if (!r.allowed) throw refused(r, p);
+  return r.key;
+}
 
 export function register(program: Command): void {
   const dataDir = () => program.opts().dataDir as string | undefined;
@@ -118,13 +133,7 @@ export function register(program: Command): void {
       const o = parseOptions(KeysCreate, raw);
       await withContext(dataDir(), async (ctx) => {
         const p = await ctx.principal(o.as, 'keys.create');
-        const db = await ctx.db();
-        const r = await db.tx(async (c) => {
-          const d = await checkAccess(c, p, 'keys.manage', o.tenant, { detail: { user: o.user ?? null } });
-          return d.allowed ? { allowed: true as const, key: await createKey(c, o.tenant, actorName(p), o.user ?? null) } : d;
-        });
-        if (!r.allowed) throw refused(r, p);
-        const k = r.key;
+        const k = await issueKey(ctx, p, o.tenant, o.user ?? null);
         if (o.json) return printJson({ key: k.key, prefix: k.prefix, tenant: k.tenant, user: k.subject, id: k.id });
         console.log(k.key);
         console.error(
