@@ -6,6 +6,7 @@ import type { Caller } from '../identity/authenticate';
 import { type Authenticator } from '../identity/authenticate';
 import { IdentityError } from '../identity/errors';
 import { appendAudit } from '../ledger/audit';
+import { holdsRoleAnywhere } from '../ledger/authz';
 import type { Db } from '../ledger/db';
 import { evaluateGates } from '../ledger/program-gates';
 import { produceDeliverable } from '../ledger/program-deliverables';
@@ -35,9 +36,7 @@ export function createProgramActivities({
 }) {
   /** Does `p` hold `role`: platform-admin from the auth config, any other role as a grant in some tenant. */
   async function holds(p: Principal, role: string): Promise<boolean> {
-    if (role === PLATFORM_ADMIN) return p.platformAdmin;
-    const { rows } = await db.query('SELECT 1 FROM access_grants WHERE user_name = $1 AND role = $2 LIMIT 1', [p.subject, role]);
-    return rows.length > 0;
+    return role === PLATFORM_ADMIN ? p.platformAdmin : holdsRoleAnywhere(db, p.subject, role);
   }
 
   return {

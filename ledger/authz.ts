@@ -14,6 +14,12 @@ export async function tenantsOf(q: Queryable, subject: string): Promise<string[]
   return rows.map((r) => r.tenant);
 }
 
+/** Whether `subject` holds `role` in any tenant (a platform-wide duty such as the program's workload sign-off). */
+export async function holdsRoleAnywhere(q: Queryable, subject: string, role: string): Promise<boolean> {
+  const { rows } = await q.query('SELECT 1 FROM access_grants WHERE user_name = $1 AND role = $2 LIMIT 1', [subject, role]);
+  return rows.length > 0;
+}
+
 /** A call refused before it changed anything: the code the caller sees and the message. */
 export type Refusal = { allowed: false; code: string; message: string };
 

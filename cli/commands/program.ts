@@ -16,7 +16,7 @@ import {
   programSignoffUpdate,
   programStatusQuery,
 } from '../../workflows/migration-program';
-import { cliCredential, withContext } from '../context';
+import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
 
 const Name = z.string().min(1).max(200);
@@ -191,6 +191,7 @@ export function register(program: Command): void {
       });
     });
 
+  const caller = (o: { as?: string | undefined }, credential: string | undefined) => ({ ...(o.as ? { as: o.as } : {}), ...(credential ? { credential } : {}) });
   type CallOptions = z.infer<typeof SignoffOptions> & { days?: number };
   const call = (
     name: string,
@@ -210,11 +211,10 @@ export function register(program: Command): void {
         const o = parseOptions(schema, { reason: '', ...raw });
         await withContext(program.opts().dataDir, async (ctx) => {
           const h = await programHandle(ctx);
-          answered(await update(() => send(h, phase, o, ctx.credential ?? cliCredential())), o.json);
+          answered(await update(() => send(h, phase, o, ctx.credential)), o.json);
         });
       });
   };
-  const caller = (o: { as?: string | undefined }, credential: string | undefined) => ({ ...(o.as ? { as: o.as } : {}), ...(credential ? { credential } : {}) });
   call('signoff', 'sign the active phase off as its platform or workload owner (four-eyes: two different people)', SignoffOptions, (h, phase, o, cr) =>
     h.executeUpdate(programSignoffUpdate, { args: [{ phase: phase!, reason: o.reason, ...caller(o, cr) }] }),
   );
@@ -247,13 +247,7 @@ export function register(program: Command): void {
       const plan = loadProgramPlan(o.plan);
       await withContext(program.opts().dataDir, async (ctx) => {
         const h = await programHandle(ctx);
-        const cr = ctx.credential ?? cliCredential();
-        answered(
-          await update(() =>
-            h.executeUpdate(programReplanUpdate, { args: [{ plan, reason: o.reason, ...(o.as ? { as: o.as } : {}), ...(cr ? { credential: cr } : {}) }] }),
-          ),
-          o.json,
-        );
+        answered(await update(() => h.executeUpdate(programReplanUpdate, { args: [{ plan, reason: o.reason, ...caller(o, ctx.credential) }] })), o.json);
       });
     });
 
