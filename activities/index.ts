@@ -29,7 +29,16 @@ import {
   reportLease,
   scopeBurnMicrosPerHour,
 } from '../ledger/leases';
-import { type BudgetSnapshot, applyLadderChange, budgetIdOf, budgetSnapshot, recordBudgetPreemption, runningGpuWork, scopeLadder } from '../ledger/ladder';
+import {
+  type BudgetSnapshot,
+  type LadderChange,
+  applyLadderChange,
+  budgetIdOf,
+  budgetSnapshot,
+  recordBudgetPreemption,
+  runningGpuWork,
+  scopeLadder,
+} from '../ledger/ladder';
 import { type LadderMove, type LadderStep, ladderDegrade, ladderMove, preemptionVictim } from '../governance/ladder';
 import { fallbackForbiddenBy, sloLabel } from '../governance/slo';
 import { recordSloHold, recordStep } from '../ledger/slo';
@@ -1110,16 +1119,7 @@ export function createActivities(deps: ActivityDeps) {
     },
 
     /** Records a ladder move (each step fires once per crossing) and notifies for the steps that fired. */
-    async applyLadder(input: {
-      budgetId: number;
-      window: string;
-      crossing: number;
-      from: LadderStep;
-      to: LadderStep;
-      fired: LadderStep[];
-      sharePct: number;
-      scope: string;
-    }): Promise<LadderStep[]> {
+    async applyLadder(input: LadderChange & { scope: string }): Promise<LadderStep[]> {
       const fresh = await applyLadderChange(db, input);
       for (const step of fresh) {
         await notify(config, {

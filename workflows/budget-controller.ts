@@ -162,26 +162,16 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     s.scope = `${snap.scope}:${snap.period}`;
     s.sharePct = snap.sharePct;
     const move = o.move;
-    if (move.kind === 'up') {
-      s.crossing++;
+    if (move.kind !== 'none') {
+      // Each move upwards is a new crossing; a move down records the step under the current one.
+      if (move.kind === 'up') s.crossing++;
       await ledger.applyLadder({
         budgetId: snap.budgetId,
         window: snap.window,
         crossing: s.crossing,
         from: move.from,
         to: move.step,
-        fired: move.fired,
-        sharePct: snap.sharePct,
-        scope: s.scope,
-      });
-    } else if (move.kind === 'down') {
-      await ledger.applyLadder({
-        budgetId: snap.budgetId,
-        window: snap.window,
-        crossing: s.crossing,
-        from: move.from,
-        to: move.step,
-        fired: [],
+        fired: move.kind === 'up' ? move.fired : [],
         sharePct: snap.sharePct,
         scope: s.scope,
       });
