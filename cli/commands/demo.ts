@@ -4,19 +4,25 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { loadConfig } from '../../config/load';
+import { loadConfig, loadProgramPlan } from '../../config/load';
 import { parseIntentText, type Intent } from '../../governance/intent';
 import { setBudget } from '../../ledger/budgets';
 import { rollUp, rollupUsageBy } from '../../ledger/rollups';
 import { installLogging } from '../../runtime/logging';
 import { startStack } from '../../runtime/stack';
 import { GovloopClient, type TaskStatus } from '../../sdk';
-import { FINAL_STATES } from '../../workflows/messages';
+import { FINAL_STATES, TASK_QUEUE_CONTROL } from '../../workflows/messages';
+import { DEMO_PLATFORM_OWNER, ladderDrill, onboardLandingPaths, startDemoProgram } from './demo-program';
+import { programReport } from './program';
 import { Exit, CliExit, parseOptions, table, usd } from '../util';
 
 const examplesDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'config', 'examples');
 const port = z.coerce.number().int().min(1).max(65535);
-const DemoOptions = z.strictObject({ keep: z.boolean().default(false), uiPort: port.default(8233) });
+const DemoOptions = z.strictObject({
+  keep: z.boolean().default(false),
+  uiPort: port.default(8233),
+  daySeconds: z.coerce.number({ error: 'must be a number of seconds' }).positive().max(86_400).default(2),
+});
 
 /** A deterministic stand-in for a hosted model: the token counts and tool calls of a triage agent. */
 const scriptedAgent = [
@@ -34,11 +40,15 @@ export function register(program: Command): void {
     .description('the main job: start everything embedded, run the example intents, show outcomes and showback by team')
     .option('--keep', 'keep govloop (and the Temporal UI) running after the demo until Ctrl-C')
     .option('--ui-port <n>', 'Temporal UI port with --keep', '8233')
+    .option('--day-seconds <n>', 'seconds in a day of the migration program the demo runs (default 2: its 90 days in 3 minutes at most)')
     .action(async (raw) => {
       const o = parseOptions(DemoOptions, raw);
       const given = program.opts().dataDir as string | undefined;
       const dir = given ?? mkdtempSync(join(tmpdir(), 'govloop-demo-'));
       const config = loadConfig();
+      const plan = loadProgramPlan();
+      // The migration program's platform owner signs with an API key: a platform admin by config.
+      config.auth.platformAdmins = [...config.auth.platformAdmins, DEMO_PLATFORM_OWNER];
       installLogging({ file: join(dir, 'worker.log'), level: 'warn' });
       const t0 = Date.now();
       const say = (m: string) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${m}`);
@@ -54,6 +64,9 @@ export function register(program: Command): void {
           await setBudget(stack.db, scope, 'month', usdLimit, 'demo');
           say(`budget ${scope.tenant}/${'team' in scope ? scope.team : '*'}/* month ${usd(usdLimit)}`);
         }
+        const prog = await startDemoProgram(stack.db, stack.client, { plan, daySeconds: o.daySeconds, taskQueue: TASK_QUEUE_CONTROL, say });
+        const programRun = prog.drive(plan.phases.length * 90 * o.daySeconds * 1000 + 60_000);
+        programRun.catch(() => undefined);
         const intents: Intent[] = [];
         for (const f of readdirSync(examplesDir)
           .filter((f) => f.endsWith('.yaml'))
@@ -97,6 +110,20 @@ export function register(program: Command): void {
         }
         await agentRun;
 
+        // The loop phase's evidence: two landing paths onboarded, and every step of the budget ladder.
+        await onboardLandingPaths(dir, say);
+        const agentIntent = intents.find((i) => i.kind === 'agent');
+        if (agentIntent)
+          await ladderDrill(stack.db, stack.client, gov, {
+            config,
+            taskQueue: TASK_QUEUE_CONTROL,
+            agentIntent: { ...agentIntent, name: `${agentIntent.name}-drill` },
+            say,
+            restoreUsd: 50,
+          });
+        const programStatus = await programRun;
+        say(`program: all ${programStatus.phases.length} phases closed on day ${programStatus.day}`);
+
         console.log('\nOutcomes');
         console.log(
           table(
@@ -122,6 +149,7 @@ export function register(program: Command): void {
             rows.map((r) => [String(r.tenant), String(r.team), r.tasks ?? '-', r.gpuHours, r.tokens, usd(r.costUsd)]),
           ),
         );
+        console.log(`\nThe migration program (govloop program report)\n\n${programReport(programStatus)}`);
         const expected = new Map(intents.map((i, k) => [ids[k], i.name]));
         const failed = statuses.filter((s) => s.state === 'Failed');
         if (failed.length) throw new CliExit(Exit.Failure, `demo tasks failed: ${failed.map((s) => expected.get(s.taskId)).join(', ')}`);

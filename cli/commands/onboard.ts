@@ -49,6 +49,8 @@ const Options = z.strictObject({
   json: z.boolean().default(false),
 });
 type Options = z.infer<typeof Options>;
+/** The checked options of one onboarding. */
+export type OnboardOptions = Options;
 
 /** What the starter intent of each kind asks for: small caps and a short simulated run, on the cluster's first GPU type. */
 export const STARTERS = {
@@ -83,9 +85,28 @@ interface StepResult {
 const STEPS = ['roles', 'budget', 'quota', 'keys', 'template', 'first task', 'record'] as const;
 const secs = (ms: number) => Math.round(ms) / 1000;
 
-async function onboard(ctx: CommandContext, o: Options): Promise<void> {
+/** What one onboarding did: the first task's outcome, the time it took, each step. */
+export interface OnboardResult {
+  useCase: string;
+  owner: string;
+  kind: Options['kind'];
+  outcome: TaskOutcome;
+  seconds: number;
+  timedOut: boolean;
+  budget: { limitUsd: number; created: boolean };
+  quota: { gpuType: string; gpus: number | null; source: string };
+  key: { key: string; prefix: string };
+  intentFile: string;
+  template: string;
+  steps: StepResult[];
+}
+
+/**
+ * Onboards one use case (the steps of `govloop onboard`), saying each step's line to `say`, and
+ * records the `program.onboard` audit row. The demo calls it for its two landing paths.
+ */
+export async function runOnboard(ctx: CommandContext, o: OnboardOptions, say: (line: string) => void): Promise<OnboardResult> {
   const started = performance.now();
-  const say = (line: string) => (o.json ? console.error(line) : console.log(line));
   const steps: StepResult[] = [];
   const step = async <T>(name: (typeof STEPS)[number], fn: () => Promise<{ value: T; note: string }>): Promise<T> => {
     const t0 = performance.now();
@@ -189,7 +210,7 @@ async function onboard(ctx: CommandContext, o: Options): Promise<void> {
     const older = live > 1 ? `; ${live} live keys for ${owner} now, revoke old ones with govloop keys revoke --tenant ${o.tenant} --prefix PREFIX` : '';
     return { value: k, note: `API key ${k.prefix}… issued to ${owner} for ${o.tenant}, shown once${older}` };
   });
-  if (!o.json) console.log(`      API key (shown once, keep it now): ${key.key}`);
+  if (!o.json) say(`      API key (shown once, keep it now): ${key.key}`);
 
   const intentFile = await step('template', async () => {
     const template = pickTemplate(config.templates, o.kind);
@@ -262,6 +283,26 @@ async function onboard(ctx: CommandContext, o: Options): Promise<void> {
     return { value: undefined, note: `program.onboard: ${useCase} ${outcome.state} in ${seconds.toFixed(2)} s` };
   });
 
+  return {
+    useCase,
+    owner,
+    kind: o.kind,
+    outcome,
+    seconds,
+    timedOut,
+    budget,
+    quota,
+    key: { key: key.key, prefix: key.prefix },
+    intentFile: intentFile.file,
+    template: intentFile.template,
+    steps,
+  };
+}
+
+async function onboard(ctx: CommandContext, o: Options): Promise<void> {
+  const say = (line: string) => (o.json ? console.error(line) : console.log(line));
+  const r = await runOnboard(ctx, o, say);
+  const { useCase, owner, outcome, seconds, timedOut, budget, quota, steps } = r;
   const ok = outcome.state === 'Succeeded';
   if (o.json) {
     printJson({
@@ -277,15 +318,15 @@ async function onboard(ctx: CommandContext, o: Options): Promise<void> {
       ...(timedOut ? { timedOut: true } : {}),
       budget,
       quota,
-      apiKey: key.key,
-      keyPrefix: key.prefix,
-      intentFile: intentFile.file,
-      template: intentFile.template,
+      apiKey: r.key.key,
+      keyPrefix: r.key.prefix,
+      intentFile: r.intentFile,
+      template: r.template,
       steps: steps.map(({ name, seconds: s, note }) => ({ name, seconds: s, note })),
     });
   } else {
     console.log(table(['step', 'seconds'], [...steps.map((s) => [s.name, s.seconds.toFixed(2)]), ['total (1-6)', seconds.toFixed(2)]]));
-    if (ok) console.log(`${useCase} is on its golden path: ${outcome.taskId} Succeeded in ${seconds.toFixed(2)} s. Next: edit ${intentFile.file}`);
+    if (ok) console.log(`${useCase} is on its golden path: ${outcome.taskId} Succeeded in ${seconds.toFixed(2)} s. Next: edit ${r.intentFile}`);
     else {
       console.log(`${useCase}: the first task ended ${outcome.state}, not Succeeded (runbooks/onboarding.md)`);
       for (const r of outcome.reasons) console.log(`  ${r.code}: ${r.message} (limit ${r.limit}, requested ${r.requested}, policy ${r.policy})`);

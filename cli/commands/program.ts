@@ -130,7 +130,7 @@ export function programReport(s: ProgramStatus): string {
       for (const g of p.gates) out.push(`| ${g.id} | ${pct(g.value)} | ${pct(g.threshold)} | ${g.pass ? 'yes' : `no: ${g.failing.slice(0, 5).join(', ')}`} |`);
       out.push('');
     }
-    for (const d of p.deliverables) out.push(`- deliverable ${d.id} (${d.kind}) v${d.version}, sha256 ${d.sha256}`);
+    for (const d of p.deliverables) out.push(`- deliverable ${d.id} (${d.kind}) ${d.version}, sha256 ${d.sha256}`);
     if (p.signoffs.platform || p.signoffs.workload)
       out.push(`- signed off by ${[p.signoffs.platform?.by, p.signoffs.workload?.by].filter(Boolean).join(' and ')}`);
     out.push('');
