@@ -39,7 +39,7 @@ import {
   runningGpuWork,
   scopeLadder,
 } from '../ledger/ladder';
-import { type LadderMove, type LadderStep, ladderDegrade, ladderMove, preemptionVictim } from '../governance/ladder';
+import { type LadderMove, type LadderStep, ladderDegrade, ladderMove, preemptionVictim, stepRank } from '../governance/ladder';
 import { fallbackForbiddenBy, sloLabel } from '../governance/slo';
 import { recordSloHold, recordStep } from '../ledger/slo';
 import { approverRoles } from '../governance/tools';
@@ -678,8 +678,11 @@ export function createActivities(deps: ActivityDeps) {
       // and use cases whose SLO forbids the fallback last: not before the queue step).
       const critical = config.policies.criticalPriorities.includes(intent.priority);
       const forbidding = fallbackForbiddenBy(config.policies.slos, intent.attribution);
-      const ladder = ladderDegrade(await scopeLadder(db, intent.attribution, now), critical, config.policies.ladder, forbidding !== null);
+      const windows = await scopeLadder(db, intent.attribution, now);
+      const ladder = ladderDegrade(windows, critical, config.policies.ladder, forbidding !== null);
       const budgetDegrade = ladder.degrade;
+      // A budget-degraded step's audit row names the ladder's highest step then (the SLO gate reads it).
+      const ladderNow = windows.reduce<LadderStep>((top, w) => (stepRank(w.step) > stepRank(top) ? w.step : top), 'ok');
       const decision = evaluateStep({
         budgetDegrade,
         caps: plan.caps,
@@ -819,6 +822,7 @@ export function createActivities(deps: ActivityDeps) {
         await auditStep(c, decision.answer, {
           model: decision.model,
           costUsd: decision.costMicros / 1e6,
+          ...(budgetDegrade && decision.answer === 'degrade' ? { ladderStep: ladderNow } : {}),
           ...(input.approved ? { approvalId: input.approved } : {}),
           ...(step.latencyMs !== undefined ? { latencyMs: step.latencyMs } : {}),
         });

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import type { z } from 'zod';
 import type { GovConfig } from '../config/load';
 import { fieldErrors } from '../governance/intent';
+import { type LadderStep, LadderSteps, stepRank } from '../governance/ladder';
 import { own } from '../governance/own';
 import { pickTemplate } from '../governance/plan';
 import type { GateCheck, GateResult, ProgramGate } from '../governance/program';
@@ -357,6 +358,16 @@ const ladderExecuted: Check<'ladderExecuted'> = async (c, p) => {
 const sloLinkage: Check<'sloLinkage'> = async (c, p) => {
   const slos = c.config.policies.slos;
   const pilots = p.pilots.filter((x) => c.tenants === null || c.tenants.includes(x.split('/')[0]!));
+  // Steps of the pilots that the budget ladder degraded, with the ladder's step then (gateStep's audit row).
+  const { rows: degraded } = await c.q.query<{ pilot: string; step: string; n: number; tasks: string[] }>(
+    `SELECT a.tenant || '/' || a.team || '/' || a.use_case AS pilot, l.detail->>'ladderStep' AS step, COUNT(*)::int AS n,
+            (array_agg(DISTINCT l.task_id))[1:3] AS tasks
+       FROM audit_log l JOIN tasks t ON t.task_id = l.task_id JOIN attributions a ON a.id = t.attribution_id
+      WHERE l.action = 'step' AND l.decision = 'degrade' AND l.detail ? 'ladderStep' AND l.at >= $1 AND l.at <= $2
+        AND a.tenant || '/' || a.team || '/' || a.use_case = ANY($3::text[])
+      GROUP BY 1, 2`,
+    [c.since, c.now, pilots],
+  );
   let forbidding = 0;
   const failing: string[] = [];
   for (const x of pilots) {
@@ -366,13 +377,23 @@ const sloLinkage: Check<'sloLinkage'> = async (c, p) => {
       (s) =>
         s.scope.tenant === tenant && (s.scope.team === undefined || s.scope.team === team) && (s.scope.useCase === undefined || s.scope.useCase === useCase),
     );
-    if (!slo) failing.push(`${x}: no SLO in policies.slos`);
-    else if (slo.forbidsFallback) forbidding++;
+    if (!slo) {
+      failing.push(`${x}: no SLO in policies.slos`);
+      continue;
+    }
+    if (!slo.forbidsFallback) continue;
+    forbidding++;
+    // The ladder respects an SLO that forbids the fallback: no degrade before the queue step (decision 0026).
+    const early = degraded.filter((d) => d.pilot === x && LadderSteps.includes(d.step as LadderStep) && stepRank(d.step as LadderStep) < stepRank('queue'));
+    if (early.length > 0)
+      failing.push(
+        `${x}: its SLO forbids the fallback model, yet the budget ladder degraded ${early.reduce((n, d) => n + d.n, 0)} steps before the queue step (${early.map((d) => `${d.n} at ${d.step}`).join(', ')}; tasks ${[...new Set(early.flatMap((d) => d.tasks))].join(', ')})`,
+      );
   }
   return {
     value: share(pilots.length - failing.length, pilots.length),
     failing,
-    detail: `${pilots.length - failing.length} of ${pilots.length} pilot use cases have an SLO in policies.slos; ${forbidding} forbid the fallback model, which the budget ladder then degrades no earlier than its queue step (decision 0026)`,
+    detail: `${pilots.length - failing.length} of ${pilots.length} pilot use cases have an SLO in policies.slos that the budget ladder respected in the last ${c.days} days; ${forbidding} forbid the fallback model, which the ladder then degrades no earlier than its queue step (decision 0026)`,
   };
 };
 

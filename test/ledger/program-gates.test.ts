@@ -226,6 +226,18 @@ describe.each(backends)('program gates measured from the ledger on $name', (back
     expect(r.detail).toContain('1 forbid the fallback model');
     cfg.policies.slos.push({ scope: { tenant, team: 'ads' }, objectives: { successRate: 0.9 }, windowDays: 7, forbidsFallback: false });
     expect(await measure(tenant, gate('sloLinkage', { pilots }), cfg)).toMatchObject({ value: 1, pass: true });
+    // The ladder must respect the SLO: degrading the relevance pilot (it forbids the fallback) at the queue step is
+    // what decision 0026 allows; at the throttle step it is not, and the gate names the pilot and the task.
+    const task = await newTask(ledger.db, tenant);
+    await appendAudit(ledger.db, { actor: 'govloop', taskId: task, action: 'step', decision: 'degrade', detail: { seq: 1, ladderStep: 'queue' } });
+    await appendAudit(ledger.db, { actor: 'govloop', taskId: task, action: 'step', decision: 'degrade', detail: { seq: 2 } });
+    expect(await measure(tenant, gate('sloLinkage', { pilots }), cfg)).toMatchObject({ value: 1, pass: true });
+    await appendAudit(ledger.db, { actor: 'govloop', taskId: task, action: 'step', decision: 'degrade', detail: { seq: 3, ladderStep: 'throttle' } });
+    const early = await measure(tenant, gate('sloLinkage', { pilots }), cfg);
+    expect(early).toMatchObject({ value: 0.5, pass: false });
+    expect(early.failing).toEqual([
+      `${tenant}/search/relevance: its SLO forbids the fallback model, yet the budget ladder degraded 1 steps before the queue step (1 at throttle; tasks ${task})`,
+    ]);
   });
 
   it('team contract: owners must be named and hold the matching role in the tenant', async () => {

@@ -101,6 +101,15 @@ describe('the ladder and an SLO that forbids the fallback model', () => {
     const t3 = await gov.step(triage.taskId, { ...step, latencyMs: 1200 });
     expect([t3.answer, t3.fallbackModel]).toEqual(['degrade', 'small-fast']);
     expect(await holds()).toHaveLength(1);
+    // Each budget-degraded step's audit row names the ladder step it was degraded at (the program's SLO gate reads it).
+    const degraded = await h.db.query<{ task_id: string; step: string }>(
+      "SELECT task_id, detail->>'ladderStep' AS step FROM audit_log WHERE action = 'step' AND decision = 'degrade' AND task_id = ANY($1) ORDER BY id",
+      [[other.taskId, triage.taskId]],
+    );
+    expect(degraded.rows).toEqual([
+      { task_id: other.taskId, step: 'throttle' },
+      { task_id: triage.taskId, step: 'queue' },
+    ]);
 
     // Every step decided is stored with the latency its agent reported and the gate's own time.
     const steps = await h.db.query<{ task_id: string; seq: number; decision: string; model: string; latency_ms: number; gate_ms: number }>(
