@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { defaultConfigDir } from '../../config/load';
 import { parseIntentText } from '../../governance/intent';
 import type { ProgramGate } from '../../governance/program';
-import { hashKey } from '../../ledger/keys';
+import { grantAccess } from '../../ledger/approvals';
+import { createKey, hashKey } from '../../ledger/keys';
 import { evaluateGates } from '../../ledger/program-gates';
 import { bundleWorkflows } from '../../workers/worker';
 import { govloop } from '../support/cli';
@@ -184,6 +185,41 @@ describe('govloop onboard, as a separate process, against the real server and Po
     expect(rows).toHaveLength(1);
     expect(rows[0]).toMatchObject({ decision: 'Rejected', detail: expect.objectContaining({ state: 'Rejected' }) });
     expect(await gate(tenant)).toMatchObject({ pass: false, value: 0, failing: [`${tenant}/chat/faq-bot: ended Rejected`] });
+  }, 180_000);
+
+  it("auth required: a typed name is refused; a tenant admin's key onboards another owner, the audit names the verified caller; a requester's key cannot", async () => {
+    const tenant = `${h.tenant}-authreq`;
+    const required = { ...env, GOVLOOP_AUTH_MODE: 'required', GOVLOOP_PLATFORM_ADMINS: 'root-admin' };
+    const own = (extra: string[]) => args(tenant, extra).filter((a, i, all) => a !== '--as' && all[i - 1] !== '--as');
+    const count = async (table: string) => (await h.db.query(`SELECT count(*)::int AS n FROM ${table} WHERE tenant = $1`, [tenant])).rows[0]!.n;
+
+    const typed = await govloop(args(tenant), required);
+    expect(typed.code, typed.stderr).toBe(3);
+    expect(typed.json()).toMatchObject({ code: 'AUTH_REQUIRED' });
+
+    const requester = (await createKey(h.db, tenant, 'test', 'rita')).key;
+    await grantAccess(h.db, { tenant, user: 'rita', role: 'requester', by: 'test' });
+    const weak = await govloop(own(['--owner', 'sue']), { ...required, GOVLOOP_API_KEY: requester });
+    expect(weak.code, weak.stderr).toBe(3);
+    expect(weak.json()).toMatchObject({ code: 'FORBIDDEN', step: 'roles' });
+    expect([await count('budgets'), await count('api_keys'), await onboardRows(tenant).then((r) => r.length)]).toEqual([0, 1, 0]);
+
+    const admin = (await createKey(h.db, tenant, 'test', 'tara')).key;
+    await grantAccess(h.db, { tenant, user: 'tara', role: 'tenant-admin', by: 'test' });
+    const ok = await govloop(own(['--owner', 'sue']), { ...required, GOVLOOP_API_KEY: admin });
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.json()).toMatchObject({ owner: 'sue', state: 'Succeeded' });
+    const grants = await h.db.query<{ user_name: string; role: string; granted_by: string }>(
+      "SELECT user_name, role, granted_by FROM access_grants WHERE tenant = $1 AND user_name = 'sue' ORDER BY role",
+      [tenant],
+    );
+    expect(grants.rows.map((g) => [g.role, g.granted_by])).toEqual([
+      ['budget-owner', 'tara'],
+      ['requester', 'tara'],
+    ]);
+    const [row] = await onboardRows(tenant);
+    expect(row).toMatchObject({ actor: 'tara', decision: 'Succeeded', detail: { owner: 'sue' } });
+    expect((await gate(tenant)).pass).toBe(true);
   }, 180_000);
 
   it('no GPU quota for the team: the quota step fails (exit 3) before any key or task, and nothing is recorded', async () => {
