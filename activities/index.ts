@@ -1,9 +1,12 @@
 import { createHash } from 'node:crypto';
 import { ApplicationFailure, Context, log } from '@temporalio/activity';
+import type { Client } from '@temporalio/client';
 import type { GovConfig } from '../config/load';
 import { type AdmissionResult, admit, gpuQuotaFor } from '../governance/admission';
 import { Intent } from '../governance/intent';
-import type { BudgetKey } from '../workflows/messages';
+import type { BudgetKey, Timing } from '../workflows/messages';
+
+export type { Timing };
 import { type Plan, quotaGpus, quotaGpusOf } from '../governance/plan';
 import { costMicros, priceVersionAt, unitPriceUsd, usdToMicros } from '../governance/pricing';
 import type { Reason, ReasonCode } from '../governance/reasons';
@@ -18,7 +21,6 @@ import type { Db, Queryable } from '../ledger/db';
 import { teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
 import { type TaskOverage, type TaskUsage, type UsageEvent, overageCrossed, recordUsageIn, taskUsage } from '../ledger/usage';
 import { type RollupRun, rollUp } from '../ledger/rollups';
-import { nudgeCrossed } from '../runtime/schedules';
 import {
   type LeaseGrant,
   type LeaseReport,
@@ -68,21 +70,12 @@ export interface ActivityDeps {
   /** The task queue the cluster's dispatch activities are served on. */
   dispatchQueue: string;
   clock?: () => Date;
-}
-
-/** How the workflow paces itself and where it sends cluster work; decided by the worker's config. */
-export interface Timing {
-  pollMillis: number;
-  queueRetryMillis: number;
-  dispatchQueue: string;
-  /** Retry policy of compensations (absent in histories from before agent rollback). */
-  compensation?: { maxAttempts: number; initialIntervalMs: number };
-  /** How long a preempted job has to checkpoint before it is suspended (absent in older histories). */
-  preemptGraceMillis?: number;
-  /** Tries per ledger and cluster call before the task asks an operator (absent in older histories: the workflow's defaults). */
-  retries?: { ledgerMaxAttempts: number; clusterMaxAttempts: number };
-  /** History length at which the task continues as new (absent in older histories: the workflow's default). */
-  continueAsNewEvents?: number;
+  /**
+   * Signals the controllers of budgets an attribution's usage pushed past a threshold (the worker
+   * passes runtime/schedules.ts nudgeCrossed; absent, controllers catch up at their next poll).
+   * Injected so activities do not import the client layer (issue 14).
+   */
+  nudgeBudgets?: (client: Client, a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>, now: Date) => Promise<unknown>;
 }
 
 /** The gate's answer, as the workflow sees it. */
@@ -175,7 +168,7 @@ export function createActivities(deps: ActivityDeps) {
   /** Usage or a reservation may have pushed a budget past a threshold: its controller looks now (best effort). */
   const nudgeBudgets = async (a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>) => {
     try {
-      await nudgeCrossed(Context.current().client, db, a, config.policies.ladder, clock());
+      await deps.nudgeBudgets?.(Context.current().client, a, clock());
     } catch (err) {
       log.warn('budget controller nudge failed (its next poll catches up)', { error: String(err) });
     }

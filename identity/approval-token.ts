@@ -1,5 +1,5 @@
 import { createHash, type KeyObject } from 'node:crypto';
-import { canonicalJson } from '../ledger/audit';
+import { canonicalJson } from '../governance/canonical-json';
 import { type SigningKey, signJson, verifyJson } from './signing';
 
 /**

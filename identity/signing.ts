@@ -1,7 +1,7 @@
 import { type KeyObject, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { canonicalJson } from '../ledger/audit';
+import { canonicalJson } from '../governance/canonical-json';
 
 /**
  * govloop's signing key: Ed25519, kept as a PKCS#8 PEM file readable by its owner only. It signs

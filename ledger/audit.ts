@@ -1,3 +1,4 @@
+import { canonicalJson } from '../governance/canonical-json';
 import { createHash } from 'node:crypto';
 import type { AuditCheckpoints, CheckpointFinding } from './audit-checkpoints';
 import { Db, type Queryable } from './db';
@@ -20,16 +21,6 @@ export interface AuditEntry {
 const AUDIT_LOCK = 0x60fa0d1;
 /** The prev_hash of the first row. */
 export const GENESIS = '0'.repeat(64);
-
-/** JSON with keys sorted at every level: jsonb does not keep key order, the hash must not care. */
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  const entries = Object.entries(value as Record<string, unknown>)
-    .filter(([, v]) => v !== undefined)
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
-}
 
 function rowHash(prev: string, row: { id: number; at: Date; actor: string; taskId: string | null; action: string; decision: string; detail: unknown }): string {
   return createHash('sha256')
@@ -229,3 +220,5 @@ export async function verifyAudit(q: Queryable, opts: { checkpoints?: AuditCheck
   if (bad) return { ok: false, rows: n, firstBadId: null, problem: bad.problem, message: bad.message, checkpointLine: bad.line, ...extras };
   return { ok: true, rows: n, ...extras };
 }
+
+export { canonicalJson };

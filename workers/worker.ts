@@ -5,6 +5,7 @@ import { dataErrorInterceptors } from '../activities/errors';
 import type { GovConfig } from '../config/load';
 import type { ClusterBackend } from '../cluster/backend';
 import type { Db } from '../ledger/db';
+import { nudgeCrossed } from '../runtime/schedules';
 import { TASK_QUEUE_CONTROL, clusterTaskQueue } from '../workflows/messages';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
@@ -43,7 +44,13 @@ export interface GovWorkerOptions {
 export async function createWorkers(opts: GovWorkerOptions): Promise<Worker[]> {
   const controlQueue = opts.controlQueue ?? TASK_QUEUE_CONTROL;
   const dispatchQueue = opts.dispatchQueue ?? clusterTaskQueue(opts.backend.cluster);
-  const activities = createActivities({ db: opts.db, config: opts.config, backend: opts.backend, dispatchQueue });
+  const activities = createActivities({
+    db: opts.db,
+    config: opts.config,
+    backend: opts.backend,
+    dispatchQueue,
+    nudgeBudgets: (client, a, now) => nudgeCrossed(client, opts.db, a, opts.config.policies.ladder, now),
+  });
   const bundle = opts.bundle ?? (await bundleWorkflows());
   const control = await Worker.create({
     connection: opts.connection,

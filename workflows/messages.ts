@@ -3,7 +3,6 @@
  * workflow code and from clients (no Node builtins, no Temporal client/worker imports).
  */
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { Timing } from '../activities';
 import type { Intent } from '../governance/intent';
 import type { Plan } from '../governance/plan';
 import type { Reason } from '../governance/reasons';
@@ -294,3 +293,18 @@ export const leaseSpendUpdate = defineUpdate<{ recorded: boolean; spentUsd?: num
 );
 export const leaseReturnUpdate = defineUpdate<{ closed: boolean; returnedUsd: number }, [{ leaseId: string; by: string }]>('leaseReturn');
 export const LeaseErrors = { InvalidLeaseRequest: 'InvalidLeaseRequest', UnknownLease: 'UnknownLease' } as const;
+
+/** How the workflow paces itself and where it sends cluster work; decided by the worker's config. */
+export interface Timing {
+  pollMillis: number;
+  queueRetryMillis: number;
+  dispatchQueue: string;
+  /** Retry policy of compensations (absent in histories from before agent rollback). */
+  compensation?: { maxAttempts: number; initialIntervalMs: number };
+  /** How long a preempted job has to checkpoint before it is suspended (absent in older histories). */
+  preemptGraceMillis?: number;
+  /** Tries per ledger and cluster call before the task asks an operator (absent in older histories: the workflow's defaults). */
+  retries?: { ledgerMaxAttempts: number; clusterMaxAttempts: number };
+  /** History length at which the task continues as new (absent in older histories: the workflow's default). */
+  continueAsNewEvents?: number;
+}
