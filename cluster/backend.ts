@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Template } from '../config/schema';
 import type { GpuTopology, Sharing } from '../governance/intent';
 import type { Reason } from '../governance/reasons';
+import type { ClusterCapacity } from '../governance/quota';
 
 /**
  * The execution plane's contract with a GPU cluster. The simulated backend and the Kubernetes
@@ -64,24 +65,7 @@ export interface RunLimit {
   maxRunSeconds: number;
 }
 
-export interface ClusterCapacity {
-  nodes: { name: string; gpus: number; used: number }[];
-  /** Jobs holding GPUs of the type, with what suspending each now would lose since its checkpoint. */
-  jobs: {
-    taskId: string;
-    node: string | null;
-    gpus: number;
-    lostSecondsIfSuspended: number;
-    /** Job-seconds since it last started or resumed (policies.preemption.minRunSeconds shields young jobs). */
-    runSeconds?: number;
-  }[];
-  /**
-   * Given when `capacity` was asked about a request and the cluster can place in memory: whether
-   * the request could be placed (gang, topology, sharing) once these tasks' jobs are gone.
-   * Victim selection uses it, so the GPUs it frees form a domain the preemptor fits in.
-   */
-  fits?: (freedTaskIds: readonly string[]) => boolean;
-}
+export type { ClusterCapacity };
 
 /** What a job asks the cluster for: the GPU part of a JobSpec. */
 export type GpuRequest = Pick<JobSpec, 'gpus' | 'gpuType' | 'sharing' | 'gpuMilli' | 'topology'>;

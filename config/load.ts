@@ -3,7 +3,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
-import { clusterTopology } from '../cluster/simulated/topology';
+import { clusterTopology } from '../governance/cluster-topology';
 import { fieldErrors } from '../governance/intent';
 import { TopologyError } from '../governance/topology';
 import { GateCheck, ProgramPlan } from '../governance/program';
@@ -27,16 +27,9 @@ import {
 
 export const defaultConfigDir = dirname(fileURLToPath(import.meta.url));
 
-/** Everything govloop reads from config/: one plain, serializable object (it crosses into workflows). */
-export interface GovConfig {
-  policies: Policies;
-  templates: Template[];
-  priceBook: PriceBookVersion[];
-  cluster: ClusterConfig;
-  simulation: SimulationConfig;
-  tools: ToolCatalog;
-  auth: AuthConfig;
-}
+import type { GovConfig } from './schema';
+
+export type { GovConfig };
 
 export class ConfigError extends Error {
   constructor(

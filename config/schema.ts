@@ -316,3 +316,14 @@ export const AuthFile = z.strictObject({
   approvalTokenTtlSeconds: z.number().int().positive().max(86_400).default(900),
 });
 export type AuthConfig = z.infer<typeof AuthFile>;
+
+/** Everything govloop reads from config/: one plain, serializable object (it crosses into workflows). */
+export interface GovConfig {
+  policies: Policies;
+  templates: Template[];
+  priceBook: PriceBookVersion[];
+  cluster: ClusterConfig;
+  simulation: SimulationConfig;
+  tools: ToolCatalog;
+  auth: AuthConfig;
+}

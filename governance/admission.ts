@@ -1,5 +1,4 @@
-import type { GovConfig } from '../config/load';
-import type { ClusterNode, Policies } from '../config/schema';
+import type { ClusterNode, GovConfig, Policies } from '../config/schema';
 import { resolveCaps } from './caps';
 import type { Intent, RiskClass } from './intent';
 import { type Plan, pickTemplate, quotaGpus, translate } from './plan';

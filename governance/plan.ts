@@ -1,5 +1,4 @@
-import type { GovConfig } from '../config/load';
-import type { Template } from '../config/schema';
+import type { GovConfig, Template } from '../config/schema';
 import type { EffectiveCaps } from './caps';
 import type { GpuTopology, Intent, Resources, Sharing } from './intent';
 import { costMicros, priceVersionAt } from './pricing';

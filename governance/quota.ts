@@ -395,3 +395,23 @@ export function chooseVictims(state: QuotaState, req: QuotaRequest, running: rea
   }
   return set;
 }
+
+/** What a cluster backend reports of one GPU type: its nodes and the jobs holding its GPUs (cluster/backend.ts `capacity`). */
+export interface ClusterCapacity {
+  nodes: { name: string; gpus: number; used: number }[];
+  /** Jobs holding GPUs of the type, with what suspending each now would lose since its checkpoint. */
+  jobs: {
+    taskId: string;
+    node: string | null;
+    gpus: number;
+    lostSecondsIfSuspended: number;
+    /** Job-seconds since it last started or resumed (policies.preemption.minRunSeconds shields young jobs). */
+    runSeconds?: number;
+  }[];
+  /**
+   * Given when `capacity` was asked about a request and the cluster can place in memory: whether
+   * the request could be placed (gang, topology, sharing) once these tasks' jobs are gone.
+   * Victim selection uses it, so the GPUs it frees form a domain the preemptor fits in.
+   */
+  fits?: (freedTaskIds: readonly string[]) => boolean;
+}

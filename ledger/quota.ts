@@ -2,9 +2,8 @@
  * The ledger side of quotas and preemption: the state governance/quota.ts decides over, the
  * preemption records (who preempted whom, the work it lost), and the queue as operators see it.
  */
-import type { ClusterCapacity } from '../cluster/backend';
 import type { Policies } from '../config/schema';
-import { type Cohort, type QuotaRequest, type QuotaState, type Workload, memberOf, queueOrder } from '../governance/quota';
+import { type ClusterCapacity, type Cohort, type QuotaRequest, type QuotaState, type Workload, memberOf, queueOrder } from '../governance/quota';
 import type { Reason } from '../governance/reasons';
 import { appendAudit } from './audit';
 import type { Queryable } from './db';

@@ -28,7 +28,7 @@ import {
   type JobStatus,
   type RunLimit,
 } from '../backend';
-import { clusterIndex } from './topology';
+import { clusterIndex } from '../../governance/cluster-topology';
 
 interface JobRow {
   name: string;

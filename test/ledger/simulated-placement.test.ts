@@ -3,7 +3,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClusterErrorType, type JobSpec, jobName } from '../../cluster/backend';
 import { SimulatedCluster } from '../../cluster/simulated/backend';
-import { clusterTopology } from '../../cluster/simulated/topology';
+import { clusterTopology } from '../../governance/cluster-topology';
 import { type ClusterConfig, ClusterFile } from '../../config/schema';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

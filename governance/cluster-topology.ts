@@ -1,13 +1,5 @@
-import type { ClusterConfig } from '../../config/schema';
-import {
-  MIG_80GB,
-  type Topology,
-  TopologyError,
-  type TopologyIndex,
-  type TopologyNodeInput,
-  buildTopologyIndex,
-  parseTopology,
-} from '../../governance/topology';
+import type { ClusterConfig } from '../config/schema';
+import { MIG_80GB, type Topology, TopologyError, type TopologyIndex, type TopologyNodeInput, buildTopologyIndex, parseTopology } from './topology';
 
 /**
  * config/cluster.yaml (nodes with GPU type and count, rack, block, NVLink domain, sharing) as the
