@@ -13,8 +13,9 @@ import { type IngestResult, RejectCodes } from '../ledger/ingest';
  * replica is scraped and include what the workers decided. The budget gauges name tenants, so
  * /metrics is an operator endpoint (its own token), never readable with a tenant's API key.
  *
- * Not here yet, because the mechanisms are not built: enforcement-ladder steps, enforcement
- * actions by the budget controller, lease grants.
+ * The gauges: admission decisions, budget use and the ladder step per budget window, the ladder's
+ * enforcement actions (ladder_events: each step fired, budget preemptions), and budget leases by
+ * state with the USD they hold.
  */
 export interface ApiMetrics {
   registry: Registry;
