@@ -12,6 +12,7 @@ import { z } from 'zod';
 import { type FieldError, Intent, fieldErrors } from '../governance/intent';
 import { type StepUsage, StepUsageSchema } from '../governance/step-gate';
 import { budgetController, governedTask } from '../workflows';
+import { TaskErrors } from '../workflows/governed-task';
 import {
   type AdmissionAnswer,
   type ApprovalAnswer,
@@ -318,6 +319,9 @@ async function whenWorkflowReady<T>(call: () => Promise<T>): Promise<T> {
     }
   }
 }
+/** The field errors a refused update carries as its details. */
+const FieldErrorList = z.array(z.object({ path: z.string(), message: z.string() })).min(1);
+
 /**
  * The typed client an application service uses to run work inside the governance loop:
  * submit an intent, gate each agent step, read status, finish or cancel.
@@ -474,13 +478,17 @@ export class GovloopClient {
     try {
       return await whenWorkflowReady(fn);
     } catch (err) {
-      const cause = err instanceof WorkflowUpdateFailedError ? (err.cause as { type?: string; message: string } | undefined) : undefined;
-      if (cause?.type === 'InvalidStep' || cause?.type === 'InvalidDecision' || cause?.type === 'InvalidRequest') {
+      const cause = err instanceof WorkflowUpdateFailedError ? (err.cause as { type?: string; message: string; details?: unknown[] } | undefined) : undefined;
+      if (cause?.type === TaskErrors.InvalidStep || cause?.type === TaskErrors.InvalidDecision || cause?.type === TaskErrors.InvalidRequest) {
+        // The refusal carries the field errors as data; a task started before they did carries only the text.
+        const listed = FieldErrorList.safeParse(cause.details?.[0]);
         throw new GovloopInputError(
-          cause.message.split('; ').map((m) => ({ path: m.split(': ')[0] ?? '(root)', message: m.split(': ').slice(1).join(': ') || m })),
+          listed.success
+            ? listed.data
+            : cause.message.split('; ').map((m) => ({ path: m.split(': ')[0] ?? '(root)', message: m.split(': ').slice(1).join(': ') || m })),
         );
       }
-      if (cause?.type === 'UnknownApproval') throw new GovloopNotFoundError(cause.message);
+      if (cause?.type === TaskErrors.UnknownApproval) throw new GovloopNotFoundError(cause.message);
       if (cause) throw new GovloopStateError(cause.message);
       const name = (err as Error).name;
       if (name === 'WorkflowNotFoundError') throw new GovloopNotFoundError(`task ${taskId} not found, or it has ended`);

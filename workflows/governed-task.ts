@@ -30,6 +30,7 @@ import {
   PreemptRequestSchema,
   PreemptSignalSchema,
   ResolveRequestSchema,
+  issuesList,
   issuesText,
 } from './schemas';
 import type { z } from 'zod';
@@ -118,7 +119,7 @@ const StepRequestSchema = StepUsageSchema.extend(CallerShape);
 /** Parses an update's payload or refuses it before it reaches history, naming every bad field. */
 function parseOrRefuse<T>(schema: z.ZodType<T>, payload: unknown, errorType: string): T {
   const parsed = schema.safeParse(payload);
-  if (!parsed.success) throw ApplicationFailure.nonRetryable(issuesText(parsed.error), errorType);
+  if (!parsed.success) throw ApplicationFailure.nonRetryable(issuesText(parsed.error), errorType, issuesList(parsed.error));
   return parsed.data;
 }
 /** The caller part of a message, for the activity that authenticates it. */

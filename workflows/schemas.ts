@@ -33,3 +33,7 @@ export const FinishSignalSchema = z.strictObject({ by: NameText.optional(), ...C
 
 /** "path: message; path: message" — what was wrong and where. */
 export const issuesText = (e: z.ZodError): string => e.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+
+/** The same issues as data, the details of a refusal: the SDK reads them instead of parsing the text. */
+export const issuesList = (e: z.ZodError): { path: string; message: string }[] =>
+  e.issues.map((i) => ({ path: i.path.join('.') || '(root)', message: i.message }));

@@ -1,3 +1,4 @@
+import { type ApplicationFailure, WorkflowUpdateFailedError } from '@temporalio/client';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { ToolEntry } from '../../config/schema';
@@ -5,7 +6,8 @@ import { grantAccess } from '../../ledger/approvals';
 import { taskUsage } from '../../ledger/usage';
 import { type StepUsage, GovloopClient, GovloopInputError } from '../../sdk';
 import { bundleWorkflows } from '../../workers/worker';
-import { statusQuery } from '../../workflows/messages';
+import { TaskErrors } from '../../workflows/governed-task';
+import { statusQuery, stepUpdate } from '../../workflows/messages';
 import { GovState as GovStateKey } from '../../workflows/search-attributes';
 import { type Webhook, startWebhook } from '../support/webhook';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
@@ -230,6 +232,15 @@ describe('the step gate stops an agent at exactly the step that crosses a cap', 
   it('refuses a malformed step through the SDK with the field path, and changes nothing', async () => {
     const taskId = await startAgent('bad-step', {});
     await expect(gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: -5 })).rejects.toBeInstanceOf(GovloopInputError);
+    // Past the SDK (another client), the workflow's own validator refuses it, with the field errors as data.
+    const raw = await h.client.workflow
+      .getHandle(taskId)
+      .executeUpdate(stepUpdate, { args: [{ tokensIn: 1, tokensOut: -1, contextTokens: 'x' } as never] })
+      .catch((e: unknown) => e);
+    expect(raw).toBeInstanceOf(WorkflowUpdateFailedError);
+    const cause = (raw as WorkflowUpdateFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe(TaskErrors.InvalidStep);
+    expect((cause.details?.[0] as { path: string }[]).map((e) => e.path)).toEqual(['tokensOut', 'contextTokens']);
     await expect(gov.step(taskId, { tokensIn: 1, tokensOut: 1, contextTokens: 1, toolArgs: { x: () => 1 } as never })).rejects.toThrow(/toolArgs/);
     expect((await h.client.workflow.getHandle(taskId).query(statusQuery)).usage.steps).toBe(0);
     await gov.cancel(taskId, 'carol', 'done');
