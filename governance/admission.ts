@@ -1,6 +1,7 @@
 import type { ClusterNode, GovConfig, Policies } from '../config/schema';
 import { resolveCaps } from './caps';
 import type { Intent, RiskClass } from './intent';
+import { type LadderStep, queuesAdmissions } from './ladder';
 import { type Plan, pickTemplate, quotaGpus, translate } from './plan';
 import { microsToUsd } from './pricing';
 import { type QuotaDecision, addGpus } from './quota';
@@ -18,7 +19,7 @@ export interface BudgetHeadroom {
   reservedMicros: number;
   spentMicros: number;
   /** The step of the enforcement ladder its budget controller set (governance/ladder.ts); ok when absent. */
-  ladderStep?: string;
+  ladderStep?: LadderStep;
 }
 
 export interface AdmissionContext {
@@ -202,7 +203,7 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
     };
   }
   // The ladder at its queue step (the hard limit): new work in the scope waits instead of being refused.
-  const held = ctx.budgets.filter((b) => b.ladderStep === 'queue' || b.ladderStep === 'preempt');
+  const held = ctx.budgets.filter((b) => b.ladderStep !== undefined && queuesAdmissions(b.ladderStep));
   if (held.length > 0) return { decision: 'queued', plan, reasons: held.map((b) => ladderQueueReason(b, plan.worstCaseMicros)) };
   const budgetReasons = ctx.budgets.flatMap((b) => {
     const headroom = b.limitMicros - b.reservedMicros - b.spentMicros;

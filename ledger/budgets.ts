@@ -4,7 +4,7 @@ import { sameIdentity } from './approvals';
 import type { BudgetHeadroom } from '../governance/admission';
 import { budgetReason, ladderQueueReason } from '../governance/admission';
 import type { Attribution } from '../governance/intent';
-import type { LadderStep } from '../governance/ladder';
+import { type LadderStep, queuesAdmissions } from '../governance/ladder';
 import { type Period, windowKey } from '../governance/periods';
 import { microsToUsd, usdToMicros } from '../governance/pricing';
 import { type Reason, ReasonCode, reason } from '../governance/reasons';
@@ -155,7 +155,7 @@ export async function reserve(
     }
     const windows = await coveringWindows(c, a, at, true);
     // The budget controller's ladder at its queue step (or above): new work waits, however much is left.
-    const held = windows.filter((w) => w.ladder_step === 'queue' || w.ladder_step === 'preempt');
+    const held = windows.filter((w) => queuesAdmissions(w.ladder_step));
     if (held.length > 0) return { ok: false, retry: true, reasons: held.map((w) => ladderQueueReason(toHeadroom(w), amountMicros)) };
     const short = windows.filter((w) => w.limit_micros - w.reserved_micros - w.spent_micros < amountMicros);
     if (short.length > 0) {

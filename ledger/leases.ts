@@ -1,4 +1,4 @@
-import { type LadderConfig, type LadderStep, leaseSize, stepRank } from '../governance/ladder';
+import { type LadderConfig, type LadderStep, leaseSize, queuesAdmissions, stepRank } from '../governance/ladder';
 import { microsToUsd, priceVersionAt } from '../governance/pricing';
 import { type Reason, ReasonCode, reason } from '../governance/reasons';
 import type { PriceBookVersion } from '../config/schema';
@@ -73,22 +73,21 @@ export async function grantLease(
       x.ladder,
     );
     if (amount <= 0) {
-      const r =
-        stepRank(step) >= stepRank('queue')
-          ? reason(
-              ReasonCode.BudgetLadderQueue,
-              `budget of ${label} is at its ${step} step: no new leases`,
-              null,
-              microsToUsd(x.requestedMicros),
-              'policies#ladder.queueAt',
-            )
-          : reason(
-              ReasonCode.BudgetExceeded,
-              `$${microsToUsd(Math.max(0, headroom)).toFixed(6)} left of the budgets of ${label}: too little to lease`,
-              microsToUsd(Math.max(0, headroom)),
-              microsToUsd(x.requestedMicros),
-              'budgets',
-            );
+      const r = queuesAdmissions(step)
+        ? reason(
+            ReasonCode.BudgetLadderQueue,
+            `budget of ${label} is at its ${step} step: no new leases`,
+            null,
+            microsToUsd(x.requestedMicros),
+            'policies#ladder.queueAt',
+          )
+        : reason(
+            ReasonCode.BudgetExceeded,
+            `$${microsToUsd(Math.max(0, headroom)).toFixed(6)} left of the budgets of ${label}: too little to lease`,
+            microsToUsd(Math.max(0, headroom)),
+            microsToUsd(x.requestedMicros),
+            'budgets',
+          );
       return { granted: false, leaseId: x.leaseId, reason: r };
     }
     for (const w of windows)
