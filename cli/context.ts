@@ -8,6 +8,7 @@ import { auditRefusal, checkAccess } from '../ledger/authz';
 import { type Ledger, connectTemporal, openLedger } from '../runtime/environment';
 import { GovloopClient } from '../sdk';
 import { CliExit, Exit } from './util';
+import { settings } from '../config/settings';
 
 /**
  * The credential of this CLI invocation: `--token-file`, else $GOVLOOP_TOKEN (an OIDC access
@@ -15,7 +16,8 @@ import { CliExit, Exit } from './util';
  */
 export function cliCredential(tokenFile?: string): string | undefined {
   if (tokenFile) return readFileSync(tokenFile, 'utf8').trim() || undefined;
-  return process.env.GOVLOOP_TOKEN || process.env.GOVLOOP_API_KEY || undefined;
+  const env = settings();
+  return env.GOVLOOP_TOKEN ?? env.GOVLOOP_API_KEY;
 }
 
 /**

@@ -1,6 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ConfigError } from './errors';
+import { settings, type Settings } from './settings';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { clusterTopology } from '../governance/cluster-topology';
@@ -30,16 +32,7 @@ export const defaultConfigDir = dirname(fileURLToPath(import.meta.url));
 import type { GovConfig } from './schema';
 
 export type { GovConfig };
-
-export class ConfigError extends Error {
-  constructor(
-    readonly file: string,
-    readonly errors: { path: string; message: string }[],
-  ) {
-    super(`invalid config ${file}:\n${errors.map((e) => `  ${e.path}: ${e.message}`).join('\n')}`);
-    this.name = 'ConfigError';
-  }
-}
+export { ConfigError };
 
 function loadFile<T>(dir: string, file: string, schema: z.ZodType<T>, optional = false): T {
   const path = join(dir, file);
@@ -58,18 +51,14 @@ function loadFile<T>(dir: string, file: string, schema: z.ZodType<T>, optional =
  * Loads config from `dir` (default: $GOVLOOP_CONFIG_DIR, else the shipped config/).
  * `GOVLOOP_SIM_SPEEDUP` overrides the simulation speed-up so demos and tests finish in seconds.
  */
-export function loadConfig(dir = process.env.GOVLOOP_CONFIG_DIR ?? defaultConfigDir): GovConfig {
-  const root = resolve(dir);
+export function loadConfig(dir?: string): GovConfig {
+  const env = settings();
+  const root = resolve(dir ?? env.GOVLOOP_CONFIG_DIR ?? defaultConfigDir);
   const simulation = loadFile(root, 'simulation.yaml', SimulationFile);
-  const speedup = process.env.GOVLOOP_SIM_SPEEDUP;
-  if (speedup !== undefined) {
-    const n = Number(speedup);
-    if (!(n > 0)) throw new ConfigError('GOVLOOP_SIM_SPEEDUP', [{ path: '(env)', message: `must be a positive number, got "${speedup}"` }]);
-    simulation.speedup = n;
-  }
+  if (env.GOVLOOP_SIM_SPEEDUP !== undefined) simulation.speedup = env.GOVLOOP_SIM_SPEEDUP;
   const priceBook = loadFile(root, 'pricebook.yaml', PriceBookFile).versions.sort((a, b) => Date.parse(a.effectiveFrom) - Date.parse(b.effectiveFrom));
   const policies = loadFile(root, 'policies.yaml', PoliciesFile);
-  if (process.env.GOVLOOP_NOTIFY_URL) policies.notifyUrl = process.env.GOVLOOP_NOTIFY_URL;
+  if (env.GOVLOOP_NOTIFY_URL) policies.notifyUrl = env.GOVLOOP_NOTIFY_URL;
   const cluster = loadFile(root, 'cluster.yaml', ClusterFile);
   try {
     // The nodes must form a valid placement topology too (NVLink domains in one rack, MIG on MIG types …).
@@ -85,14 +74,13 @@ export function loadConfig(dir = process.env.GOVLOOP_CONFIG_DIR ?? defaultConfig
     cluster,
     simulation,
     tools: loadFile(root, 'tools.yaml', ToolsFile),
-    auth: loadAuth(root),
+    auth: loadAuth(root, env),
   };
 }
 
 /** config/auth.yaml (optional: a config dir without it runs `mode: none`), then the GOVLOOP_* overrides. */
-function loadAuth(root: string): AuthConfig {
+function loadAuth(root: string, env: Settings): AuthConfig {
   const doc = loadFile(root, 'auth.yaml', AuthFile.loose(), true) as Record<string, unknown>;
-  const env = process.env;
   const merged: Record<string, unknown> = { ...doc };
   if (env.GOVLOOP_AUTH_MODE) merged.mode = env.GOVLOOP_AUTH_MODE;
   if (env.GOVLOOP_OIDC_ISSUER || env.GOVLOOP_OIDC_AUDIENCE || env.GOVLOOP_OIDC_JWKS_URI) {
@@ -105,12 +93,7 @@ function loadAuth(root: string): AuthConfig {
     };
   }
   if (env.GOVLOOP_PLATFORM_ADMINS) {
-    merged.platformAdmins = [
-      ...((doc.platformAdmins as string[] | undefined) ?? []),
-      ...env.GOVLOOP_PLATFORM_ADMINS.split(',')
-        .map((s) => s.trim())
-        .filter(Boolean),
-    ];
+    merged.platformAdmins = [...((doc.platformAdmins as string[] | undefined) ?? []), ...env.GOVLOOP_PLATFORM_ADMINS];
   }
   const parsed = AuthFile.safeParse(merged);
   if (!parsed.success)
@@ -129,7 +112,7 @@ function loadAuth(root: string): AuthConfig {
  * reported with its field path in one ConfigError, params included even when the rest fails.
  */
 export function loadProgramPlan(file?: string): ProgramPlan {
-  const path = resolve(file ?? join(process.env.GOVLOOP_CONFIG_DIR ?? defaultConfigDir, 'program.yaml'));
+  const path = resolve(file ?? join(settings().GOVLOOP_CONFIG_DIR ?? defaultConfigDir, 'program.yaml'));
   let doc: unknown;
   try {
     doc = parseYaml(readFileSync(path, 'utf8'));

@@ -6,6 +6,7 @@ import { loadClientConnectConfig } from '@temporalio/envconfig';
 import { Db } from '../ledger/db';
 import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
+import { settings } from '../config/settings';
 
 /**
  * How every govloop process finds the Temporal server and the ledger:
@@ -14,7 +15,7 @@ import { migrate } from '../ledger/migrate';
  *  2. else the running `govloop dev` of the data dir (its dev.json);
  *  3. else localhost:7233 and, for the ledger, an embedded PGlite opened in this process.
  */
-export const dataDir = (override?: string) => resolve(override ?? process.env.GOVLOOP_DATA_DIR ?? join(homedir(), '.govloop'));
+export const dataDir = (override?: string) => resolve(override ?? settings().GOVLOOP_DATA_DIR ?? join(homedir(), '.govloop'));
 
 export interface DevState {
   pid: number;
@@ -58,9 +59,10 @@ export function readDevState(dir = dataDir()): DevState | undefined {
 
 export async function connectTemporal(dir?: string): Promise<{ connection: Connection; client: Client; namespace: string; address: string }> {
   const cfg = loadClientConnectConfig();
-  const dev = process.env.TEMPORAL_ADDRESS ? undefined : readDevState(dataDir(dir));
+  const env = settings();
+  const dev = env.TEMPORAL_ADDRESS ? undefined : readDevState(dataDir(dir));
   const address = dev?.temporalAddress ?? cfg.connectionOptions.address ?? 'localhost:7233';
-  const namespace = process.env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? cfg.namespace ?? 'default';
+  const namespace = env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? cfg.namespace ?? 'default';
   const connection = await Connection.connect({ ...cfg.connectionOptions, address, connectTimeout: 5000 });
   return { connection, client: new Client({ connection, namespace }), namespace, address };
 }
@@ -75,7 +77,7 @@ export interface Ledger {
 /** Opens the ledger (migrated) the way the rules above say. */
 export async function openLedger(dir?: string, opts: { poolSize?: number } = {}): Promise<Ledger> {
   const root = dataDir(dir);
-  let url = process.env.DATABASE_URL;
+  let url = settings().DATABASE_URL;
   let source = 'postgres';
   let embedded: EmbeddedLedger | undefined;
   if (!url) {

@@ -1,5 +1,6 @@
 import { DefaultLogger, type LogLevel, Runtime } from '@temporalio/worker';
 import pino from 'pino';
+import { settings } from '../config/settings';
 
 let installed = false;
 
@@ -8,7 +9,7 @@ let installed = false;
  * worker, workflow and activity logs routed into it (Runtime.install).
  */
 export function installLogging(opts: { file?: string; level?: string } = {}): pino.Logger {
-  const level = (opts.level ?? process.env.GOVLOOP_LOG_LEVEL ?? 'info').toLowerCase();
+  const level = (opts.level ?? settings().GOVLOOP_LOG_LEVEL ?? 'info').toLowerCase();
   const logger = pino({ level, base: { svc: 'govloop' } }, opts.file ? pino.destination({ dest: opts.file, mkdir: true, sync: false }) : undefined);
   if (!installed) {
     installed = true;

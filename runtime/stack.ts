@@ -11,6 +11,7 @@ import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureReconcile
 import { auditPaths } from '../ledger/audit-checkpoints';
 import { type DevServer, startDevServer } from './dev-server';
 import { clearDevState, writeDevState } from './environment';
+import { settings } from '../config/settings';
 
 export interface Stack {
   address: string;
@@ -47,7 +48,7 @@ export async function startStack(opts: {
   };
   try {
     let ledger: EmbeddedLedger | undefined;
-    let databaseUrl = process.env.DATABASE_URL;
+    let databaseUrl = settings().DATABASE_URL;
     if (!databaseUrl) {
       opts.onProgress?.('starting the embedded ledger (PGlite) ...');
       ledger = await startEmbeddedLedger({ dataDir: join(opts.dataDir, 'ledger'), ...(opts.ledgerPort !== undefined ? { port: opts.ledgerPort } : {}) });

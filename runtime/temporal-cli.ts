@@ -2,11 +2,15 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { settings } from '../config/settings';
 
 export const TEMPORAL_CLI_VERSION = 'v1.5.1';
 
 /** Where govloop keeps what it builds: outside the repository, reused across checkouts. */
-export const cacheDir = () => process.env.GOVLOOP_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'govloop');
+export const cacheDir = () => {
+  const env = settings();
+  return env.GOVLOOP_CACHE_DIR ?? join(env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'govloop');
+};
 
 function executable(path: string): boolean {
   try {
@@ -33,7 +37,7 @@ export type CliSource = 'env' | 'path' | 'cache' | 'go-install' | 'sdk-download'
  * those is possible: the caller then lets the SDK download the dev server (machines with internet).
  */
 export function findTemporalCli(opts: { build?: boolean; onProgress?: (msg: string) => void } = {}): { path: string; source: CliSource } | undefined {
-  const fromEnv = process.env.TEMPORAL_CLI;
+  const fromEnv = settings().TEMPORAL_CLI;
   if (fromEnv) {
     if (!executable(fromEnv)) throw new Error(`TEMPORAL_CLI=${fromEnv} is not an executable file`);
     return { path: fromEnv, source: 'env' };

@@ -41,6 +41,7 @@ import {
 } from '../workflows/messages';
 import { GovState as GovStateKey } from '../workflows/search-attributes';
 import { ApprovalDecisionSchema, CallerSchema, NameText, ReasonText } from '../workflows/schemas';
+import { settings } from '../config/settings';
 
 /** The admission update's id: one admission per task, so a retried submit attaches to it. */
 const ADMISSION_UPDATE_ID = 'admission';
@@ -335,17 +336,19 @@ export class GovloopClient {
 
   constructor(
     readonly client: Client,
-    readonly taskQueue: string = process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL,
+    readonly taskQueue: string = settings().GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL,
     opts: { credential?: string } = {},
   ) {
-    const credential = opts.credential ?? process.env.GOVLOOP_TOKEN ?? process.env.GOVLOOP_API_KEY;
+    const env = settings();
+    const credential = opts.credential ?? env.GOVLOOP_TOKEN ?? env.GOVLOOP_API_KEY;
     this.credential = credential ? check(CallerSchema.shape.credential, credential, 'credential') : undefined;
   }
 
   static async connect(opts: { address?: string; namespace?: string; taskQueue?: string; credential?: string } = {}): Promise<GovloopClient> {
-    const connection = await Connection.connect({ address: opts.address ?? process.env.TEMPORAL_ADDRESS ?? 'localhost:7233' });
+    const env = settings();
+    const connection = await Connection.connect({ address: opts.address ?? env.TEMPORAL_ADDRESS ?? 'localhost:7233' });
     return new GovloopClient(
-      new Client({ connection, namespace: opts.namespace ?? process.env.TEMPORAL_NAMESPACE ?? 'default' }),
+      new Client({ connection, namespace: opts.namespace ?? env.TEMPORAL_NAMESPACE ?? 'default' }),
       opts.taskQueue,
       opts.credential ? { credential: opts.credential } : {},
     );

@@ -17,6 +17,7 @@ import { TASK_QUEUE_CONTROL, jobChangedSignal } from '../../workflows/messages';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { CliExit, Exit, parseOptions } from '../util';
+import { settings } from '../../config/settings';
 
 const port = z.coerce.number({ error: 'must be a port number' }).int().min(1).max(65535);
 const DevOptions = z.strictObject({ port: port.default(7233), uiPort: port.default(8233), ledgerPort: port.optional(), headless: z.boolean().default(false) });
@@ -24,31 +25,31 @@ const WorkerOptions = z.strictObject({
   taskQueue: z
     .string()
     .min(1)
-    .default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
+    .default(() => settings().GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
   cluster: z
     .string()
     .regex(/^[a-z0-9-]+$/)
     .optional(),
   controllers: z.boolean().default(true),
-  backend: z.enum(['simulated', 'kubernetes']).default((process.env.GOVLOOP_CLUSTER_BACKEND as 'simulated' | 'kubernetes' | undefined) ?? 'simulated'),
+  backend: z.enum(['simulated', 'kubernetes']).default(() => settings().GOVLOOP_CLUSTER_BACKEND ?? 'simulated'),
   k8sNamespace: z
     .string()
     .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a Kubernetes namespace name')
     .max(63)
-    .default(process.env.GOVLOOP_K8S_NAMESPACE ?? 'govloop'),
-  k8sPlacement: z.enum(['govloop', 'scheduler']).default((process.env.GOVLOOP_K8S_PLACEMENT as 'govloop' | 'scheduler' | undefined) ?? 'govloop'),
+    .default(() => settings().GOVLOOP_K8S_NAMESPACE ?? 'govloop'),
+  k8sPlacement: z.enum(['govloop', 'scheduler']).default(() => settings().GOVLOOP_K8S_PLACEMENT ?? 'govloop'),
   k8sCheckpointGrace: z.coerce
     .number()
     .int('whole seconds')
     .min(0)
     .max(3600)
-    .default(Number(process.env.GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS ?? 90)),
+    .default(() => settings().GOVLOOP_K8S_CHECKPOINT_GRACE_SECONDS ?? 90),
   k8sStopMargin: z.coerce
     .number()
     .int('whole seconds')
     .min(0)
     .max(3600)
-    .default(Number(process.env.GOVLOOP_K8S_STOP_MARGIN_SECONDS ?? DEFAULT_STOP_MARGIN_SECONDS)),
+    .default(() => settings().GOVLOOP_K8S_STOP_MARGIN_SECONDS ?? DEFAULT_STOP_MARGIN_SECONDS),
   workflowBundle: z
     .string()
     .min(1)
@@ -101,7 +102,7 @@ Ctrl-C stops everything.`);
   program
     .command('worker')
     .description('run the control and dispatch workers against TEMPORAL_ADDRESS and DATABASE_URL (or a running govloop dev)')
-    .option('--task-queue <name>', 'control task queue', process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL)
+    .option('--task-queue <name>', 'control task queue (default $GOVLOOP_TASK_QUEUE or the control queue)')
     .option('--cluster <name>', 'simulated cluster name (default: config/cluster.yaml)')
     .option('--no-controllers', 'start no budget controllers and no schedules (rollup, audit checkpoint, reconcile: another worker pool owns them)')
     .option(
@@ -120,22 +121,22 @@ Ctrl-C stops everything.`);
     .option(
       '--workflow-bundle <path>',
       'a workflow bundle pre-built by `npm run bundle:workflows -- PATH` from this same checkout, instead of bundling workflows/ at every start (seconds of CPU); default $GOVLOOP_WORKFLOW_BUNDLE',
-      process.env.GOVLOOP_WORKFLOW_BUNDLE,
     )
     .option(
       '--k8s-placement <mode>',
       "who picks the nodes (kubernetes backend): govloop (pins each Job to the nodes governance/placement.ts chooses from the Nodes' govloop.io/* labels) | scheduler (the kube-scheduler); default $GOVLOOP_K8S_PLACEMENT or govloop",
     )
     .action(async (raw) => {
-      const o = parseOptions(WorkerOptions, raw);
+      const env = settings();
+      const o = parseOptions(WorkerOptions, { ...(env.GOVLOOP_WORKFLOW_BUNDLE ? { workflowBundle: env.GOVLOOP_WORKFLOW_BUNDLE } : {}), ...raw });
       const logger = installLogging();
       const config = loadConfig();
       if (o.cluster) config.cluster = { ...config.cluster, name: o.cluster };
       config.policies.audit = { ...config.policies.audit, ...auditPaths(config.policies.audit, dataDir(program.opts().dataDir)) };
-      const dev = process.env.TEMPORAL_ADDRESS ? undefined : readDevState(dataDir(program.opts().dataDir));
+      const dev = env.TEMPORAL_ADDRESS ? undefined : readDevState(dataDir(program.opts().dataDir));
       const cfg = loadClientConnectConfig();
       const address = dev?.temporalAddress ?? cfg.connectionOptions.address ?? 'localhost:7233';
-      const namespace = process.env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? cfg.namespace ?? 'default';
+      const namespace = env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? cfg.namespace ?? 'default';
       const ledger = await openLedger(program.opts().dataDir);
       const connection = await NativeConnection.connect({ ...cfg.connectionOptions, address });
       try {
@@ -153,7 +154,7 @@ Ctrl-C stops everything.`);
             checkpointGraceMillis: o.k8sCheckpointGrace * 1000,
             stopMarginSeconds: o.k8sStopMargin,
             // Pods that may report their checkpoint on their Job (deploy/rbac.yaml govloop-trainer).
-            ...(process.env.GOVLOOP_K8S_SERVICE_ACCOUNT ? { serviceAccountName: process.env.GOVLOOP_K8S_SERVICE_ACCOUNT } : {}),
+            ...(env.GOVLOOP_K8S_SERVICE_ACCOUNT ? { serviceAccountName: env.GOVLOOP_K8S_SERVICE_ACCOUNT } : {}),
             onPlacementNote: (note) => logger.warn({ placement: o.k8sPlacement }, note),
           });
           backend = k8s;

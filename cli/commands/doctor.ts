@@ -4,6 +4,7 @@ import { loadConfig } from '../../config/load';
 import { dataDir, readDevState } from '../../runtime/environment';
 import { findTemporalCli } from '../../runtime/temporal-cli';
 import { CliExit, Exit, parseOptions, printJson } from '../util';
+import { settings } from '../../config/settings';
 
 export function register(program: Command): void {
   program
@@ -24,8 +25,8 @@ export function register(program: Command): void {
           gpus: config.cluster.nodes.reduce((s, n) => s + n.gpus, 0),
         },
         temporalCli: cli ?? null,
-        temporal: process.env.TEMPORAL_ADDRESS ?? dev?.temporalAddress ?? 'localhost:7233 (default)',
-        ledger: process.env.DATABASE_URL ? 'DATABASE_URL' : dev ? `govloop dev (${dev.databaseUrl})` : `embedded PGlite in ${dir}/ledger`,
+        temporal: settings().TEMPORAL_ADDRESS ?? dev?.temporalAddress ?? 'localhost:7233 (default)',
+        ledger: settings().DATABASE_URL ? 'DATABASE_URL' : dev ? `govloop dev (${dev.databaseUrl})` : `embedded PGlite in ${dir}/ledger`,
         dataDir: dir,
       };
       if (o.json) printJson(report);

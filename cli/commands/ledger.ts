@@ -16,6 +16,7 @@ import { actorName } from '../../governance/authz';
 import { dataDir as dataDirOf, readDevState } from '../../runtime/environment';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 import { own } from '../../governance/own';
+import { settings } from '../../config/settings';
 
 const scopeName = z.string().min(1).max(63);
 const BudgetSet = z
@@ -101,9 +102,9 @@ const fmtUnit = (v: number | null) => (v === null ? '—' : usd(v));
  * the next worker start gives it a controller.
  */
 export async function nudgeController(ctx: CommandContext, budget: BudgetKey): Promise<void> {
-  if (!process.env.TEMPORAL_ADDRESS && !readDevState(dataDirOf(ctx.dataDir))) return;
+  if (!settings().TEMPORAL_ADDRESS && !readDevState(dataDirOf(ctx.dataDir))) return;
   try {
-    await startBudgetController(await ctx.client(), budget, process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL);
+    await startBudgetController(await ctx.client(), budget, settings().GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL);
   } catch (err) {
     console.error(`note: budget controller not started (${(err as Error).message}); the next worker start starts it`);
   }
@@ -135,7 +136,7 @@ export function register(program: Command): void {
       const o = parseOptions(BudgetSet, raw);
       await withContext(dataDir(), async (ctx) => {
         const db = await ctx.db();
-        const principal = await ctx.principal(o.as ?? (ctx.credential ? undefined : process.env.USER), 'budget.set');
+        const principal = await ctx.principal(o.as ?? (ctx.credential ? undefined : settings().USER), 'budget.set');
         const scope = { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}) };
         const r = await requestBudgetChange(
           db,

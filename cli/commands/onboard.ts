@@ -22,6 +22,7 @@ import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 import { changeAccess } from './agents';
 import { nudgeController } from './ledger';
 import { issueKey } from './serve';
+import { settings } from '../../config/settings';
 
 /**
  * `govloop onboard` (issue 12): a new use case from nothing to its first Succeeded task through the
@@ -134,7 +135,7 @@ export async function runOnboard(ctx: CommandContext, o: OnboardOptions, say: (l
 
   const config = ctx.config();
   const db = await ctx.db();
-  const p: Principal = await ctx.principal(o.as ?? (ctx.credential ? undefined : process.env.USER), 'onboard');
+  const p: Principal = await ctx.principal(o.as ?? (ctx.credential ? undefined : settings().USER), 'onboard');
   const owner = o.owner ?? p.subject;
   const by = actorName(p);
   const useCase = `${o.tenant}/${o.team}/${o.useCase}`;

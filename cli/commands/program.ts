@@ -18,11 +18,12 @@ import {
 } from '../../workflows/migration-program';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
+import { settings } from '../../config/settings';
 
 const Name = z.string().min(1).max(200);
-const queue = () => process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL;
+const queue = () => settings().GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL;
 /** The program's workflow id: $GOVLOOP_PROGRAM_ID (a rehearsal next to the real one, tests) or the one program's. */
-const programId = (): string => process.env.GOVLOOP_PROGRAM_ID || PROGRAM_WORKFLOW_ID;
+const programId = (): string => settings().GOVLOOP_PROGRAM_ID ?? PROGRAM_WORKFLOW_ID;
 
 const StartOptions = z.strictObject({
   plan: z.string().min(1).optional(),

@@ -5,6 +5,7 @@ import { type ReconcileReport, reconciler } from '../../workflows/reconciler';
 import { TASK_QUEUE_CONTROL } from '../../workflows/messages';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
+import { settings } from '../../config/settings';
 
 /** A whole number of `what` in [min, max]; each way of being wrong says which (a schema-wide message would also cover the bounds). */
 const whole = (what: string, min: number, max: number) =>
@@ -22,7 +23,7 @@ const ReconcileOptions = z.strictObject({
     .string()
     .min(1)
     .max(200)
-    .default(process.env.GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
+    .default(() => settings().GOVLOOP_TASK_QUEUE ?? TASK_QUEUE_CONTROL),
   waitSeconds: whole('seconds', 1, 3600).default(120),
   json: z.boolean().default(false),
 });

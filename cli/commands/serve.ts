@@ -10,6 +10,7 @@ import { nudgeCrossed } from '../../runtime/schedules';
 import { apiConfigDefaults, buildApi } from '../../server/app';
 import { type CommandContext, refused, withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
+import { settings } from '../../config/settings';
 
 const tenant = z
   .string()
@@ -73,17 +74,20 @@ export function register(program: Command): void {
     .option('--future-skew-seconds <n>', `how far ahead of this clock an event may be (default ${apiConfigDefaults.futureSkewSeconds})`)
     .option('--temporal-ui <url>', "Temporal UI that the dashboard's task ids link to (default $GOVLOOP_TEMPORAL_UI, or the UI of a running govloop dev)")
     .action(async (raw) => {
-      const env = process.env.GOVLOOP_INGEST_MAX_AGE_HOURS;
-      const ui = process.env.GOVLOOP_TEMPORAL_UI;
-      const o = parseOptions(ServeOptions, { ...(env ? { maxAgeHours: env } : {}), ...(ui ? { temporalUi: ui } : {}), ...raw });
+      const env = settings();
+      const o = parseOptions(ServeOptions, {
+        ...(env.GOVLOOP_INGEST_MAX_AGE_HOURS !== undefined ? { maxAgeHours: env.GOVLOOP_INGEST_MAX_AGE_HOURS } : {}),
+        ...(env.GOVLOOP_TEMPORAL_UI ? { temporalUi: env.GOVLOOP_TEMPORAL_UI } : {}),
+        ...raw,
+      });
       const dev = readDevState(resolveDataDir(dataDir()));
       const temporalUiUrl = o.temporalUi ?? dev?.uiUrl ?? undefined;
-      const temporalNamespace = process.env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? 'default';
+      const temporalNamespace = env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? 'default';
       const config = loadConfig();
-      const metricsToken = process.env.GOVLOOP_METRICS_TOKEN || undefined;
+      const metricsToken = env.GOVLOOP_METRICS_TOKEN;
       const ledger = await openLedger(dataDir());
       // With a Temporal server configured, usage that crosses a budget threshold nudges its controller now.
-      const temporal = process.env.TEMPORAL_ADDRESS || dev ? await connectTemporal(dataDir()).catch(() => undefined) : undefined;
+      const temporal = env.TEMPORAL_ADDRESS || dev ? await connectTemporal(dataDir()).catch(() => undefined) : undefined;
       try {
         const { app } = await buildApi({
           ...(temporal
@@ -101,7 +105,7 @@ export function register(program: Command): void {
             ...(metricsToken ? { metricsToken } : {}),
             dashboard: { ...(temporalUiUrl ? { temporalUiUrl } : {}), temporalNamespace, ladder: config.policies.ladder },
           },
-          logger: { level: (process.env.GOVLOOP_LOG_LEVEL ?? 'warn').toLowerCase() },
+          logger: { level: env.GOVLOOP_LOG_LEVEL ?? 'warn' },
         });
         const address = await app.listen({ port: o.port, host: o.host });
         // Tests and scripts read this line for the port when --port 0.

@@ -5,6 +5,7 @@ import { parseIntentText } from '../../governance/intent';
 import { outcomeOf, type TaskOutcome } from '../../sdk';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, usd } from '../util';
+import { settings } from '../../config/settings';
 
 const Options = z.strictObject({
   wait: z.boolean().default(false),
@@ -44,7 +45,7 @@ export function register(program: Command): void {
       }
       await withContext(program.opts().dataDir, async (ctx) => {
         const gov = await ctx.gov();
-        const requester = opts.as ?? (gov.credential ? undefined : (process.env.USER ?? 'cli'));
+        const requester = opts.as ?? (gov.credential ? undefined : (settings().USER ?? 'cli'));
         const admission = await gov.submit(parsed.value, { ...(requester !== undefined ? { requester } : {}), ...(opts.id ? { taskId: opts.id } : {}) });
         let outcome: TaskOutcome = {
           taskId: admission.taskId,
