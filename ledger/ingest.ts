@@ -3,7 +3,6 @@ import { refuseControlCharacters } from '../governance/text';
 import type { PriceBookVersion } from '../config/schema';
 import { Attribution, type FieldError, Sharing, fieldErrors } from '../governance/intent';
 import { DEFAULT_USAGE_LIMITS, UsageLimitError, type UsageLimits, checkQuantity } from '../governance/limits';
-import { type Meter, priceVersionAt, unitPriceUsd } from '../governance/pricing';
 import type { Db } from './db';
 import { type UsageEvent, priceUsage, recordUsageIn } from './usage';
 
@@ -41,8 +40,6 @@ import { type UsageEvent, priceUsage, recordUsageIn } from './usage';
 export const IngestMeters = ['tokens_in', 'tokens_out', 'gpu_seconds', 'kv_gb_seconds', 'network_bytes', 'storage_gb_hours'] as const;
 export type IngestMeter = (typeof IngestMeters)[number];
 const TokenMeters = new Set<IngestMeter>(['tokens_in', 'tokens_out']);
-/** Meters `recordUsageIn` prices; the others are recorded, attributed, at no cost (yet). */
-const PricedMeters = new Set<IngestMeter>(['tokens_in', 'tokens_out', 'gpu_seconds']);
 
 /** Most events one request may carry: bigger batches go in several requests. */
 export const MAX_EVENTS_PER_REQUEST = 5000;
@@ -112,6 +109,15 @@ export interface IngestResult {
   rejected: Rejection[];
   /** Events of this request recorded with one or more attribution dimensions missing. */
   unattributed: number;
+  /** The team/project pairs this request's events were recorded against (for the budget nudge). */
+  scopes: BudgetScopeOfUsage[];
+}
+
+/** A tenant/team/project whose budgets recorded usage may have moved. */
+export interface BudgetScopeOfUsage {
+  tenant: string;
+  team: string;
+  project: string;
 }
 
 export type IngestOutcome =
@@ -175,11 +181,12 @@ export async function ingestUsage(db: Db, tenant: string, body: unknown, opts: I
 }
 
 /**
- * Records validated events of `tenant`. Every event is accepted, a duplicate, or rejected with
- * its index and reason; the accepted ones are written in one transaction. Throws UsageLimitError,
- * with nothing written, for an event over a cap or a sum past the ledger's ceiling.
+ * Records events ingestUsage has parsed and found all of `tenant`. Every event is accepted, a
+ * duplicate, or rejected with its index and reason; the accepted ones are written in one
+ * transaction. Throws UsageLimitError, with nothing written, for an event over a cap or a sum past
+ * the ledger's ceiling.
  */
-export async function recordIngested(db: Db, tenant: string, events: readonly IngestEvent[], opts: IngestOptions): Promise<IngestResult> {
+async function recordIngested(db: Db, tenant: string, events: readonly IngestEvent[], opts: IngestOptions): Promise<IngestResult> {
   const rejected: Rejection[] = [];
   const skew = opts.futureSkewSeconds ?? DEFAULT_FUTURE_SKEW_SECONDS;
   const oldest = opts.now.getTime() - opts.maxAgeHours * 3_600_000;
@@ -189,7 +196,6 @@ export async function recordIngested(db: Db, tenant: string, events: readonly In
   /** Events outside the window: rejected, unless the ledger already has them (a late re-send). */
   const outside: Rejection[] = [];
   events.forEach((e, index) => {
-    if (e.attribution.tenant !== tenant) throw new Error(`event ${index} is of tenant ${e.attribution.tenant}, not ${tenant}`);
     const at = new Date(e.time);
     if (at.getTime() < oldest)
       return void outside.push({ index, code: 'stale', reason: `time: ${e.time} is older than the ${opts.maxAgeHours} h ingestion window` });
@@ -218,6 +224,7 @@ export async function recordIngested(db: Db, tenant: string, events: readonly In
     for (const r of rows) tasks.set(r.task_id, r);
   }
 
+  const limits = opts.limits ?? DEFAULT_USAGE_LIMITS;
   const seen = new Set<string>();
   const batch: UsageEvent[] = [];
   for (const { index, e, at } of valid) {
@@ -239,41 +246,39 @@ export async function recordIngested(db: Db, tenant: string, events: readonly In
         continue;
       }
     }
-    const subject = subjectOf(e, task);
-    if (PricedMeters.has(e.meter)) {
-      try {
-        unitPriceUsd(priceVersionAt(opts.priceBook, e.time), { meter: e.meter as Meter, subject });
-      } catch (err) {
-        rejected.push({ index, code: 'unpriced', reason: `${e.meter === 'gpu_seconds' ? 'gpuType' : 'attribution.model'}: ${(err as Error).message}` });
-        continue;
-      }
-    }
     const key = eventKey(tenant, e.id);
-    if (seen.has(key)) {
-      duplicates++;
-      continue;
-    }
-    seen.add(key);
     const { tool, ...given } = e.attribution;
-    if (given.team === undefined || given.project === undefined || given.model === undefined || given.useCase === undefined) unattributed++;
-    batch.push({
+    const event: UsageEvent = {
       key,
       taskId: e.taskId ?? null,
       attribution: { tenant: given.tenant, team: given.team ?? '', project: given.project ?? '', model: given.model ?? '', useCase: given.useCase ?? '' },
       tool: tool ?? null,
       // usage_events.meter is text: the unpriced meters are recorded as they are named.
       meter: e.meter as UsageEvent['meter'],
-      subject,
+      subject: subjectOf(e, task),
       quantity: e.quantity,
       ...(e.offset !== undefined ? { cumulativeBefore: e.offset } : {}),
       occurredAt: at,
-    });
+    };
+    // Priced once, here: an event over a cap throws UsageLimitError (nothing is written yet);
+    // one the price book has no price for is rejected; recordUsageIn takes the price as it is.
+    try {
+      event.priced = priceUsage(opts.priceBook, event, limits);
+    } catch (err) {
+      if (err instanceof UsageLimitError) throw err;
+      rejected.push({ index, code: 'unpriced', reason: `${e.meter === 'gpu_seconds' ? 'gpuType' : 'attribution.model'}: ${(err as Error).message}` });
+      continue;
+    }
+    if (seen.has(key)) {
+      duplicates++;
+      continue;
+    }
+    seen.add(key);
+    if (given.team === undefined || given.project === undefined || given.model === undefined || given.useCase === undefined) unattributed++;
+    batch.push(event);
   }
   rejected.sort((a, b) => a.index - b.index);
-  if (batch.length === 0) return { accepted: 0, duplicates, rejected, unattributed };
-  const limits = opts.limits ?? DEFAULT_USAGE_LIMITS;
-  // Every cap is checked before anything (the attribution rows included) is written.
-  for (const e of batch) priceUsage(opts.priceBook, e, limits);
+  if (batch.length === 0) return { accepted: 0, duplicates, rejected, unattributed, scopes: [] };
 
   // Keys in one order for every request, so two requests that share events lock them in the
   // same order and cannot deadlock.
@@ -281,7 +286,9 @@ export async function recordIngested(db: Db, tenant: string, events: readonly In
   const ids = await ensureAttributions(db, batch);
   for (const e of batch) e.attributionId = ids.get(tupleKey(e.attribution))!;
   const r = await db.tx((c) => recordUsageIn(c, opts.priceBook, batch, limits));
-  return { accepted: r.accepted, duplicates: duplicates + r.duplicates, rejected, unattributed };
+  const scopes = new Map<string, BudgetScopeOfUsage>();
+  for (const e of batch) scopes.set(`${e.attribution.team}/${e.attribution.project}`, { tenant, team: e.attribution.team, project: e.attribution.project });
+  return { accepted: r.accepted, duplicates: duplicates + r.duplicates, rejected, unattributed, scopes: [...scopes.values()] };
 }
 
 interface TaskRow {

@@ -28,6 +28,8 @@ export interface UsageEvent {
   occurredAt: Date;
   /** The attribution's row id when the caller has already resolved it (saves a lookup per event). */
   attributionId?: number;
+  /** priceUsage's answer when the caller has already priced the event (saves pricing it again). */
+  priced?: { version: PriceBookVersion; cost: number };
 }
 
 /** A task whose usage in this call went past its reservation (ledger/budgets.ts chargeBudgets). */
@@ -105,7 +107,7 @@ export async function recordUsageIn(
   // One lookup per distinct attribution tuple, not per event.
   const attributionIds = new Map<string, number>();
   for (const e of events) {
-    const { version, cost } = priceUsage(priceBook, e, limits);
+    const { version, cost } = e.priced ?? priceUsage(priceBook, e, limits);
     const a = e.attribution;
     const tuple = `${a.tenant}|${a.team}|${a.project}|${a.model}|${a.useCase}`;
     let attr = e.attributionId ?? attributionIds.get(tuple);

@@ -187,13 +187,8 @@ export async function buildApi(deps: ApiDeps): Promise<Api> {
     if (r.outcome === 'refused') throw new ApiError(422, 'usage refused: recording it would pass a ledger limit; nothing was written', r.errors);
     if (r.outcome === 'forbidden') throw new ApiError(403, `this API key is for tenant ${tenant} only`, r.errors);
     metrics.recordIngest(r);
-    if (r.accepted > 0 && deps.onRecorded && Array.isArray((req.body as { events?: unknown })?.events)) {
-      const seen = new Map<string, { tenant: string; team: string; project: string }>();
-      for (const e of (req.body as { events: { attribution?: { team?: string; project?: string } }[] }).events) {
-        const sc = { tenant, team: e.attribution?.team ?? '', project: e.attribution?.project ?? '' };
-        seen.set(`${sc.team}/${sc.project}`, sc);
-      }
-      await deps.onRecorded([...seen.values()]).catch((err: unknown) => req.log.warn({ err }, 'budget controller nudge failed'));
+    if (r.accepted > 0 && deps.onRecorded) {
+      await deps.onRecorded(r.scopes).catch((err: unknown) => req.log.warn({ err }, 'budget controller nudge failed'));
     }
     return reply.send({ accepted: r.accepted, duplicates: r.duplicates, rejected: r.rejected, unattributed: r.unattributed });
   });
