@@ -11,10 +11,15 @@
  *
  *   npm run bench:e2e -- [--tasks 80] [--concurrency 8] [--steps 5] [--cluster-tasks 48]
  *                        [--database-url postgresql://…] [--json]
+ *                        [--temporal dev|production] [--workers N] [--side-by-side]
  *
  * Ledger: DATABASE_URL / --database-url (a real PostgreSQL; the bench writes rows there under a
  * tenant and a simulated cluster of its own), else an embedded PGlite in a temp dir. The Temporal
- * dev server always runs headless in a temp dir. Everything is stopped and removed at the end.
+ * dev server always runs headless in a temp dir; `--temporal production` runs temporal-server
+ * v1.29.1 on PostgreSQL instead (bench/e2e-temporal.ts), `--workers N` runs N `govloop worker`
+ * processes instead of the in-process workers, and `--side-by-side` runs dev/1, production/1 and
+ * production/2 one after the other and prints them next to each other. Everything is stopped and
+ * removed at the end.
  */
 import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
@@ -31,15 +36,17 @@ import { setBudget } from '../ledger/budgets';
 import { Db } from '../ledger/db';
 import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
-import { type DevServer, type DevServerTuning, startDevServer } from '../runtime/dev-server';
+import type { DevServerTuning } from '../runtime/dev-server';
 import { findTemporalCli } from '../runtime/temporal-cli';
 import { bundleWorkflows, createWorkers } from '../workers/worker';
 import { governedTask } from '../workflows';
 import { type StepAnswer, type TaskStatus, admissionUpdate, clusterTaskQueue, finishSignal, stepUpdate } from '../workflows/messages';
+import { type TemporalKind, sideBySide, startBenchTemporal, startBenchWorkers } from './e2e-temporal';
 import { type Summary, describeMachine, fmt, machine, nowMs, parseFlags, round, summarize, table } from './lib';
 
 const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K] [--cluster-tasks M] [--sim-seconds S]
                          [--database-url URL] [--ledger-pool P] [--timeout-seconds T] [--dev-server tuned|default] [--json]
+                         [--temporal dev|production] [--workers N] [--side-by-side]
   --tasks            hosted agent tasks (default 80)
   --concurrency      agent tasks in flight at once (default 8)
   --steps            step-gate updates per agent task, at most 150 (default 5)
@@ -49,6 +56,10 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
   --ledger-pool      connections in the workers' ledger pool (default 10, as govloop dev uses)
   --timeout-seconds  give up on a phase after this long (default 300)
   --dev-server       tuned (WAL, synchronous=NORMAL, eager activities: what govloop dev runs) or default (the CLI's own); default tuned
+  --temporal         dev (the dev server, SQLite) or production (temporal-server v1.29.1 on PostgreSQL; build it with
+                     test/temporal/build-temporal-server.sh); default dev
+  --workers          N \`govloop worker\` processes on the bench's queues (default: the workers run in this process)
+  --side-by-side     run dev/1 worker process, production/1 and production/2 one after the other, side by side
   --json             print one JSON object instead of tables`;
 
 const SPEEDUP = 3600;
@@ -189,6 +200,9 @@ async function main() {
       'ledger-pool': 10,
       'timeout-seconds': 300,
       'dev-server': 'tuned',
+      temporal: 'dev',
+      workers: undefined as string | undefined,
+      'side-by-side': false,
       json: false,
     },
     usage,
@@ -198,6 +212,12 @@ async function main() {
   const steps = Math.round(flags.steps);
   const clusterTasks = Math.round(flags['cluster-tasks']);
   const timeoutS = flags['timeout-seconds'];
+  if (flags['side-by-side']) return sideBySide(process.argv[1]!, process.argv.slice(2), flags.json);
+  const temporalKind = flags.temporal as TemporalKind;
+  if (temporalKind !== 'dev' && temporalKind !== 'production') throw new Error('--temporal is dev or production');
+  const workerProcesses = flags.workers === undefined ? 0 : Number(flags.workers);
+  if (flags.workers !== undefined && !(Number.isInteger(workerProcesses) && workerProcesses > 0))
+    throw new Error(`--workers must be a whole number of processes, at least 1, got "${flags.workers}"`);
   const devServerTuning = flags['dev-server'] as DevServerTuning;
   if (devServerTuning !== 'tuned' && devServerTuning !== 'default') throw new Error('--dev-server is tuned or default');
   if (steps > 150) throw new Error('--steps is at most 150 (the agent maxSteps ceiling in config/policies.yaml is 200)');
@@ -268,8 +288,9 @@ async function main() {
         }
       }),
     });
-    const cli = findTemporalCli({ onProgress: log });
-    if (!cli) throw new Error('no temporal CLI: set TEMPORAL_CLI, put `temporal` on PATH, or install Go (see README)');
+    // The dev server is the temporal CLI; the production server needs none (found only to report it).
+    const cli = temporalKind === 'dev' ? findTemporalCli({ onProgress: log }) : findTemporalCli({ build: false });
+    if (!cli && temporalKind === 'dev') throw new Error('no temporal CLI: set TEMPORAL_CLI, put `temporal` on PATH, or install Go (see README)');
 
     // Ledger first (the dev server takes a while; the ledger is quick).
     let ledger: EmbeddedLedger | undefined;
@@ -286,8 +307,8 @@ async function main() {
     cleanups.push({ what: 'ledger pool', run: () => db.close() });
     await timed('migrateMs', () => migrate(db));
 
-    const server: DevServer = await timed('temporalStartMs', () => startDevServer({ dataDir, headless: true, tuning: devServerTuning, onProgress: log }));
-    cleanups.push({ what: 'temporal dev server', run: () => server.stop() });
+    const server = await timed('temporalStartMs', () => startBenchTemporal(temporalKind, { dataDir, tuning: devServerTuning, log }));
+    cleanups.push({ what: server.describe, run: () => server.stop() });
 
     const config: GovConfig = loadConfig();
     config.simulation = { ...config.simulation, speedup: SPEEDUP, pollMillis: POLL_MILLIS, queueRetryMillis: 200 };
@@ -306,26 +327,41 @@ async function main() {
 
     const bundle = await timed('bundleMs', () => bundleWorkflows());
     const controlQueue = `govloop-control-bench-${suffix}`;
-    const workers: Worker[] = await createWorkers({
-      connection,
-      namespace: server.namespace,
-      db,
-      config,
-      backend,
-      controlQueue,
-      dispatchQueue: clusterTaskQueue(config.cluster.name),
-      bundle,
-    });
-    const running = Promise.all(workers.map((w) => w.run()));
-    cleanups.push({
-      what: 'workers',
-      run: async () => {
-        for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
-        await running;
-      },
-    });
+    if (workerProcesses > 0) {
+      const procs = await timed('workersStartMs', () =>
+        startBenchWorkers(workerProcesses, {
+          dataDir,
+          config,
+          bundleCode: bundle.code,
+          taskQueue: controlQueue,
+          temporalAddress: server.address,
+          namespace: server.namespace,
+          databaseUrl: url,
+        }),
+      );
+      cleanups.push({ what: 'worker processes', run: () => procs.stop() });
+    } else {
+      const workers: Worker[] = await createWorkers({
+        connection,
+        namespace: server.namespace,
+        db,
+        config,
+        backend,
+        controlQueue,
+        dispatchQueue: clusterTaskQueue(config.cluster.name),
+        bundle,
+      });
+      const running = Promise.all(workers.map((w) => w.run()));
+      cleanups.push({
+        what: 'workers',
+        run: async () => {
+          for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+          await running;
+        },
+      });
+    }
     log(
-      `ledger:     ${ledger ? 'embedded PGlite (in this process)' : 'PostgreSQL'}, pool of ${ledgerPool}; Temporal dev server ${server.address} (${cli.source} ${cli.path})`,
+      `ledger:     ${ledger ? 'embedded PGlite (in this process)' : 'PostgreSQL'}, pool of ${ledgerPool}; ${server.describe}${cli && temporalKind === 'dev' ? ` (${cli.source} ${cli.path})` : ''}; workers ${workerProcesses > 0 ? `in ${workerProcesses} govloop worker process(es)` : 'in this process'}`,
     );
     log(
       `setup:      ${Object.entries(setup)
@@ -467,7 +503,9 @@ async function main() {
         ledger: ledger ? 'embedded-pglite' : 'postgresql',
         ledgerPool,
         devServer: devServerTuning,
-        temporalCli: cli.source,
+        temporal: temporalKind,
+        workerProcesses,
+        temporalCli: temporalKind === 'dev' ? (cli?.source ?? null) : null,
       },
       setupMs: setup,
       agents: {
