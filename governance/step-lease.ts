@@ -72,7 +72,7 @@ export interface GrantInput {
   now: string;
   ttlSeconds: number;
   /** What the agent asks for; the lease is the smaller of this and what the caps leave. */
-  want: { steps: number; usd?: number | undefined };
+  want: { steps: number; usd?: number | undefined; tokens?: number | undefined };
   caps: EffectiveCaps;
   /** The task's totals, open leases included (they count as spent). */
   totals: StepTotals;
@@ -114,7 +114,7 @@ export function grantStepLease(x: GrantInput): GrantDecision {
   const amount: LeaseAmount = {
     steps: Math.max(0, Math.min(x.want.steps, room.steps)),
     toolCalls: Math.max(0, Math.min(x.want.steps, room.toolCalls)),
-    tokens: Math.max(0, room.tokens),
+    tokens: Math.max(0, x.want.tokens === undefined ? room.tokens : Math.min(x.want.tokens, room.tokens)),
     micros: Math.max(0, x.want.usd === undefined ? room.micros : Math.min(usdToMicros(x.want.usd), room.micros)),
   };
   if (amount.steps === 0 || amount.tokens === 0 || amount.micros === 0)
