@@ -147,6 +147,8 @@ export class LeasedStepGate {
     const local = this.tryLocal(s);
     if (local) return local;
     let why = this.lastWhy;
+    // The lease ran out, not necessarily the task: report and close it, and ask for a fresh one.
+    if (this.lease !== null && why === SyncReasons.CapEdge && this.used.steps > 0) await this.serial(() => this.sendPending(true));
     if (this.lease === null) {
       why = this.unleasable(s);
       if (why === null && Date.now() >= this.refusedUntil) {
@@ -157,8 +159,8 @@ export class LeasedStepGate {
       }
       why ??= this.refusedWhy ?? SyncReasons.CapEdge;
     }
-    // A step at the lease's edge: the next ones go synchronous for a while instead of leasing again at once.
-    if (why === SyncReasons.CapEdge) this.refusedUntil = Date.now() + this.opts.regrantAfterMs;
+    // A step even a fresh lease cannot cover: the next ones go synchronous for a while instead of leasing again at once.
+    if (why === SyncReasons.CapEdge && this.used.steps === 0) this.refusedUntil = Date.now() + this.opts.regrantAfterMs;
     // Synchronous: the lease is reported and closed first, so the gate judges the task's true totals;
     // in the op chain, so this gate takes no new lease while the step is in flight.
     this.stats.synchronous++;

@@ -94,21 +94,22 @@ describe('the leased step gate', () => {
     const gate = gov.leasedSteps(taskId, { as: 'carol', steps: 3, regrantAfterMs: 600_000 });
     const answers = [];
     for (let i = 0; i < 3; i++) answers.push(await gate.step(step(2)));
-    answers.push(await gate.step(step(2))); // the lease's 3 steps are used: cap edge
-    answers.push(await gate.step(step(2, { tool: 'tickets.update' })));
-    answers.push(await gate.step(step(2)));
+    answers.push(await gate.step(step(2))); // the first lease's 3 steps are used: a fresh lease (3 of the 4 left)
+    answers.push(await gate.step(step(2, { tool: 'tickets.update' }))); // side effects: synchronous
+    answers.push(await gate.step(step(2))); // a third lease: the 2 steps left
     answers.push(await gate.step(step(2))); // step 7 of 7
-    answers.push(await gate.step(step(2))); // step 8: the synchronous gate denies it
+    answers.push(await gate.step(step(2))); // step 8: no lease covers it; the synchronous gate denies it
     expect(answers.map((a) => [a.answer, a.leased, a.sync])).toEqual([
       ['allow', true, null],
       ['allow', true, null],
       ['allow', true, null],
-      ['allow', false, 'cap-edge'],
+      ['allow', true, null],
       ['allow', false, 'high-risk-tool'],
-      ['allow', false, 'cap-edge'],
-      ['allow', false, 'cap-edge'],
+      ['allow', true, null],
+      ['allow', true, null],
       ['deny', false, 'cap-edge'],
     ]);
+    expect(gate.stats).toMatchObject({ grants: 3, local: 6, synchronous: 2 });
     expect(answers[7]!.reason?.code).toBe('CAP_MAX_STEPS');
     const s = await gov.result(taskId);
     expect(s.state).toBe('CapExceeded');
@@ -235,5 +236,46 @@ describe('the leased step gate', () => {
     const s = await gov.result(taskId);
     expect(s.usage.steps).toBe(2);
     expect((await ledgerOf(taskId)).steps).toBe(2);
+  });
+});
+
+describe('leases across continue-as-new', () => {
+  let h2: Harness;
+  let gov2: GovloopClient;
+  beforeAll(async () => {
+    const config = testConfig();
+    config.policies.history = { continueAsNewEvents: 100 };
+    h2 = await createHarness({ bundle: await bundleWorkflows(), config });
+    await h2.startWorkers();
+    gov2 = new GovloopClient(h2.client, h2.controlQueue);
+  });
+  afterAll(async () => {
+    await h2?.close();
+  });
+
+  it('carries open leases into the next run: every leased step is metered once, as the synchronous twin was', async () => {
+    const start = async (name: string) => {
+      const a = await gov2.submit(intent(h2.tenant, { kind: 'agent', name, resources: { gpus: 0 }, simulation: undefined, tools, caps: { maxUsd: 5 } }), {
+        requester: 'carol',
+      });
+      expect(a.decision).toBe('admitted');
+      return a.taskId;
+    };
+    const [leasedTask, syncTask] = [await start('can-leased'), await start('can-sync')];
+    const gate = gov2.leasedSteps(leasedTask, { as: 'carol', steps: 20, batchSize: 3, flushMs: 60_000 });
+    for (let i = 0; i < 60; i++) expect((await gate.step(step(i))).answer).toBe('allow');
+    for (let i = 0; i < 60; i++) await gov2.step(syncTask, step(i), { as: 'carol' });
+    await gate.close();
+    await gov2.finish(leasedTask, 'carol');
+    await gov2.finish(syncTask, 'carol');
+    const [a, b] = [await gov2.result(leasedTask), await gov2.result(syncTask)];
+    expect(a.runs).toBeGreaterThanOrEqual(2);
+    expect(a.usage).toEqual(b.usage);
+    const usage = async (id: string) => ({
+      ...(await taskUsage(h2.db, id)),
+      steps: (await h2.db.query('SELECT 1 FROM agent_steps WHERE task_id = $1', [id])).rowCount,
+    });
+    expect(await usage(leasedTask)).toEqual(await usage(syncTask));
+    expect(gate.stats.local).toBe(60);
   });
 });
