@@ -5,7 +5,7 @@
  * holds every leased step once, charged as the synchronous gate would have charged it.
  */
 import { type ApplicationFailure, WorkflowUpdateFailedError } from '@temporalio/client';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { setBudget } from '../../ledger/budgets';
 import { recordUsage, taskUsage } from '../../ledger/usage';
 import { GovloopClient, GovloopInputError, LeasedStepErrors, type StepUsage } from '../../sdk';
@@ -13,6 +13,7 @@ import { bundleWorkflows } from '../../workers/worker';
 import { grantStepLeaseUpdate, reportLeasedStepsUpdate } from '../../workflows/leased-steps';
 import { statusQuery } from '../../workflows/messages';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
+import { saveHistories } from '../support/histories';
 
 let h: Harness;
 let gov: GovloopClient;
@@ -24,6 +25,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await saveHistories(h.client, { cli: inject('temporalCli'), address: inject('temporalAddress'), taskQueue: h.controlQueue, prefix: 'leased-steps' });
   await h.close();
 });
 
@@ -250,6 +252,7 @@ describe('leases across continue-as-new', () => {
     gov2 = new GovloopClient(h2.client, h2.controlQueue);
   });
   afterAll(async () => {
+    await saveHistories(h2.client, { cli: inject('temporalCli'), address: inject('temporalAddress'), taskQueue: h2.controlQueue, prefix: 'leased-steps-can' });
     await h2?.close();
   });
 
