@@ -108,8 +108,14 @@ export function createLeasedStepActivities({ db, config, clock, stepCallerRefuse
       intent: Intent;
       lease: StepLease;
       steps: { seq: number; step: LeasedStep; costMicros: number }[];
-    }): Promise<{ costMicros: number[]; ladderSync: boolean }> {
+      requester: string;
+      caller: Caller;
+    }): Promise<{ refused: Reason } | { costMicros: number[]; ladderSync: boolean }> {
       const { taskId, intent, lease } = input;
+      // Who reports: the same rule as the synchronous gate's (the requester, or an operator of the tenant).
+      const refused = await stepCallerRefused(taskId, intent.attribution.tenant, input.requester, input.caller);
+      if (refused) return { refused };
+      if (input.steps.length === 0) return { costMicros: [], ladderSync: await ladderSaysSync(intent) };
       const started = clock();
       const at = new Date(Math.min(Math.max(started.getTime(), Date.parse(lease.grantedAt)), Date.parse(lease.expiresAt) - 1));
       const attribution = { ...intent.attribution, model: lease.model };

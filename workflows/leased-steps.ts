@@ -182,11 +182,17 @@ export function installLeasedSteps(host: LeasedStepsHost) {
         const f = foldBatch(record, batch);
         if (f.kind === 'duplicate') return answer(record, true, null);
         if (f.kind === 'refused') throw refuseReport(f.issues);
-        let ladderSync = false;
-        if (f.steps.length > 0) {
-          const metered = await host.ledger.meterLeasedSteps({ taskId: host.taskId, intent: host.intent, lease: record.lease, steps: f.steps });
-          ladderSync = metered.ladderSync;
-        }
+        const metered = await host.ledger.meterLeasedSteps({
+          taskId: host.taskId,
+          intent: host.intent,
+          lease: record.lease,
+          steps: f.steps,
+          requester: host.view().requester,
+          caller: callerOf(batch),
+        });
+        // Refused for who sent it (audited by the activity): nothing was metered or changed.
+        if ('refused' in metered) throw ApplicationFailure.nonRetryable(metered.refused.message, metered.refused.code);
+        const ladderSync = metered.ladderSync;
         // The hold turns into usage: the totals already count these steps; tokens go to usage.
         leases.set(batch.leaseId, f.record);
         const v = host.view();
