@@ -51,6 +51,7 @@ import { closePreemption, openPreemption, quotaLockKey, quotaState } from '../le
 import { createAuditActivities } from './audit';
 import { createReconcileActivities } from './reconcile';
 import { createProgramActivities } from './program';
+import { createLeasedStepActivities } from './leased-steps';
 import { type Authenticator, type Caller, createAuthenticator } from '../identity/authenticate';
 import { IdentityError } from '../identity/errors';
 import { type Principal, actorName } from '../governance/authz';
@@ -303,6 +304,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createAuditActivities({ db, config }),
     ...createReconcileActivities({ db, config, cluster: backend.cluster, dispatchQueue, clock }),
     ...createProgramActivities({ db, config, auth, notify, clock }),
+    ...createLeasedStepActivities({ db, config, clock, stepCallerRefused }),
     /**
      * Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log.
      * First: who submits (from the credential), may they submit in the intent's tenant, and is the

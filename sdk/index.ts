@@ -14,6 +14,7 @@ import { type FieldError, Intent, fieldErrors } from '../governance/intent';
 import { type StepUsage, StepUsageSchema } from '../governance/step-gate';
 import { budgetController, governedTask } from '../workflows';
 import { TaskErrors } from '../workflows/governed-task';
+import { type LeasedGateOptions, LeasedStepGate } from './leased-steps';
 import {
   type AdmissionAnswer,
   type ApprovalAnswer,
@@ -48,6 +49,7 @@ import { settings } from '../config/settings';
 const ADMISSION_UPDATE_ID = 'admission';
 
 export type { AdmissionAnswer, ApprovalAnswer, ApprovalOutcome, StepAnswer, TaskStatus, StepUsage };
+export { GovloopLeaseReportError, LeasedGateOptions, type LeasedStepAnswer, LeasedStepErrors, LeasedStepGate, type SyncReason } from './leased-steps';
 
 /** Bad input: nothing was started or changed. `errors` name each field and what is wrong with it. */
 export class GovloopInputError extends Error {
@@ -446,6 +448,11 @@ export class GovloopClient {
     const step = check(StepUsageSchema, usage, 'step');
     const as = opts.as === undefined ? undefined : check(NameText, opts.as, 'as');
     return this.update(taskId, () => this.handle(taskId).executeUpdate(stepUpdate, { args: [{ ...step, ...this.caller(as) }] }));
+  }
+
+  /** The leased step gate for a task (decision 0030): low-risk steps decided in process, reported in batches. */
+  leasedSteps(taskId: string, opts: LeasedGateOptions = {}): LeasedStepGate {
+    return new LeasedStepGate(this, check(TaskId, taskId, 'taskId'), opts);
   }
 
   /**

@@ -67,6 +67,7 @@ import {
 } from './messages';
 import * as SA from './search-attributes';
 import { TASK_CLUSTER_ACTIVITY, TASK_LEDGER_ACTIVITY } from './activity-options';
+import { installLeasedSteps } from './leased-steps';
 
 /** Ledger calls with the default bound; the task swaps in its config's bound once admission told it (timing.retries). */
 const boundedLedger = (maxAttempts?: number) =>
@@ -246,6 +247,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       sideEffects: [...sideEffects],
       approvals: [...all.filter((a) => a.state === 'pending'), ...decided],
       approvalId: approval?.approvalId ?? null,
+      ...leased.carry(),
     };
   };
   /** Hands over to the next run when the history is long and nothing needs this one; else returns. */
@@ -524,6 +526,18 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       },
     },
   );
+
+  // Step leases (decision 0030): low-risk steps decided in the agent's process, reported in batches.
+  const leased = installLeasedSteps({
+    ...{ taskId, intent, ledger, carried: carried?.leased },
+    view: () => ({ state, plan, totals, usage, stepSeq, requester }),
+    set: (p) => void ({ totals = totals, usage = usage, stepSeq = stepSeq } = p),
+    serial: (fn) => {
+      const run = gate.then(fn);
+      gate = run.catch(() => undefined);
+      return run;
+    },
+  });
 
   /** Applies a ledger decision to the held approval (the ledger is the judge; this only follows it). */
   const follow = (a: HeldApproval, r: { recorded: boolean; state: string | null; by?: string }) => {
@@ -990,6 +1004,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   }
 
   async function finish(final: GovState): Promise<TaskStatus> {
+    await leased.drain();
     if (cancelled) {
       const c: { by: string; reason: string } = cancelled;
       reasons = [{ code: 'CANCELLED', message: `cancelled by ${c.by}: ${c.reason}`, limit: null, requested: null, policy: 'operator' }];

@@ -7,6 +7,7 @@ import type { Intent } from '../governance/intent';
 import type { Plan } from '../governance/plan';
 import type { Reason } from '../governance/reasons';
 import type { StepTotals, StepUsage } from '../governance/step-gate';
+import type { LeaseRecord } from '../governance/step-lease';
 import type { z } from 'zod';
 import type {
   ApprovalDecisionSchema,
@@ -114,6 +115,8 @@ export interface CarriedTask {
   approvals: HeldApproval[];
   /** The approval in force or last decided, by id. */
   approvalId: string | null;
+  /** Step leases (decision 0030): the open ones and the last closed ones; absent when the task never had one. */
+  leased?: LeaseRecord[];
 }
 
 export interface UsageSummary {
