@@ -6,7 +6,7 @@ import type { Period } from '../governance/periods';
 import { microsToUsd, usdToMicros } from '../governance/pricing';
 import { appendAudit } from './audit';
 import type { Db } from './db';
-import { type BudgetScope, scopeLabel } from './budgets';
+import { type BudgetScope, scopeLabel } from './budget-scope';
 
 export type BudgetChange =
   | { applied: true; budgetId: number; limitUsd: number }

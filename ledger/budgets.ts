@@ -7,16 +7,10 @@ import { type Reason, ReasonCode, reason } from '../governance/reasons';
 import { appendAudit } from './audit';
 import { type Db, type Queryable, overLimit } from './db';
 import { teamGpusInUse } from './tasks';
+import { type BudgetScope, scopeLabel } from './budget-scope';
 
+export { type BudgetScope, scopeLabel } from './budget-scope';
 export { type BudgetChange, type ChangeAuthority, requestBudgetChange, type RaiseDecision, decideRaise } from './budget-changes';
-
-export interface BudgetScope {
-  tenant: string;
-  team?: string;
-  project?: string;
-}
-
-export const scopeLabel = (s: { tenant: string; team?: string; project?: string }) => `${s.tenant}/${s.team ?? '*'}/${s.project ?? '*'}`;
 
 export interface WindowRow {
   budget_id: number;
