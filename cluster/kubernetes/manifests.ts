@@ -6,88 +6,35 @@
  * The Job is the Kueue-style unit of admission (docs/decisions/0012-kubernetes-backend.md):
  * created with `spec.suspend: true`, so no pod exists until govloop admits it and flips
  * `spec.suspend` to false; preemption flips it back (the Job controller deletes the pods, the
- * Job and its accounting annotations stay).
+ * Job and its accounting annotations stay). *
+ * The names govloop writes are in `./annotations.ts`; reading a Job back (phase, accounting, the
+ * run deadline) is in `./accounting.ts`. This file re-exports both.
  */
 import type { V1Affinity, V1EnvVar, V1Job, V1NodeSelectorRequirement, V1ResourceRequirements, V1Service } from '@kubernetes/client-node';
-import type { JobPhase, JobSpec, RunLimit } from '../backend';
+import type { JobSpec } from '../backend';
+import {
+  Annotation,
+  LABEL_JOB_NAME,
+  ANNOTATION_COMPLETION_INDEX,
+  PODINFO_DIR,
+  DEFAULT_RENDEZVOUS_PORT,
+  LABEL_TASK,
+  LABEL_MANAGED_BY,
+  MANAGED_BY,
+} from './annotations';
 
-/** Annotations govloop owns on a Job. Values are exact (labels may be sanitized, these are not). */
-export const Annotation = {
-  /** The task id, verbatim. */
-  taskId: 'govloop.io/task-id',
-  cluster: 'govloop.io/cluster',
-  /** GPUs (or MIG instances, or shared-GPU replicas) the whole Job holds while it runs. */
-  gpus: 'govloop.io/gpus',
-  /** `exclusive`, `mps`, `timeslice` or `mig:<profile>`. */
-  sharing: 'govloop.io/sharing',
-  /** Comma-separated node names the placement chose; absent when Kubernetes chooses. */
-  nodes: 'govloop.io/nodes',
-  /** Seconds the Job ran in earlier run segments, folded in by `suspend()` (a decimal number). */
-  settledSeconds: 'govloop.io/settled-seconds',
-  /** ISO time of the last `resume()`: the start of the current run segment. */
-  resumedAt: 'govloop.io/resumed-at',
-  /** Cumulative tokens, written by the workload's runner if it reports them here (optional). */
-  tokens: 'govloop.io/tokens',
-  /** The govloop GPU type (`H100`): capacity() selects a type's Jobs by it. */
-  gpuType: 'govloop.io/gpu-type',
-  /** With sharing mps / timeslice: the share of the one GPU, in thousandths. */
-  gpuMilli: 'govloop.io/gpu-milli',
-  /**
-   * Work done (run-seconds) at the start of the current run segment: `suspend()` sets it back to
-   * the checkpoint. Absent on a Job never suspended: then it equals the settled seconds.
-   */
-  progressSeconds: 'govloop.io/progress-seconds',
-  /** Run-seconds lost to preemptions so far (work after the checkpoint), cumulative. */
-  lostSeconds: 'govloop.io/lost-seconds',
-  /** ISO time of the last preemption (`suspend()`); removed when the Job is placed again. */
-  preemptedAt: 'govloop.io/preempted-at',
-  /** Nodes the Job held when it was last preempted (for people; placement ignores it). */
-  preemptedFrom: 'govloop.io/preempted-from',
-  /**
-   * The checkpoint protocol (docs/decisions/0012): `checkpoint()` stamps this ISO time on the Job
-   * and on its pods (the pods see it in /etc/govloop/podinfo/annotations).
-   */
-  checkpointRequestedAt: 'govloop.io/checkpoint-requested-at',
-  /** Written by the trainer on the Job: run-seconds of work its latest saved checkpoint holds. */
-  checkpointSeconds: 'govloop.io/checkpoint-seconds',
-  /**
-   * Written by `resume()` instead of unsuspending when the run limit the task's caps leave is under
-   * 1 s (Kubernetes needs a deadline of at least 1 s): the seconds that were left (a decimal, may
-   * be negative). While the Job stays suspended it reads as Failed with `deadlineExceeded`.
-   */
-  runLimitExhausted: 'govloop.io/run-limit-exhausted',
-} as const;
-
-/** The reason the Job controller gives a Job stopped at `spec.activeDeadlineSeconds`. */
-export const REASON_DEADLINE_EXCEEDED = 'DeadlineExceeded';
-
-/**
- * `spec.activeDeadlineSeconds` for a run limit: whole seconds, rounded down, so the Job controller
- * stops the Job no later than the limit. 0: under 1 s is left and the Job must not run at all
- * (Kubernetes needs a positive deadline). undefined: no limit (none given, or +Infinity: no cap
- * bounds the run). Throws on NaN or -Infinity: a caller's bug, not a limit.
- */
-export function activeDeadlineFor(limit: RunLimit | undefined): number | undefined {
-  if (limit === undefined || limit.maxRunSeconds === Number.POSITIVE_INFINITY) return undefined;
-  const s = limit.maxRunSeconds;
-  if (typeof s !== 'number' || Number.isNaN(s) || s === Number.NEGATIVE_INFINITY) {
-    throw new Error(`run limit maxRunSeconds must be a number of seconds, got ${String(s)}`);
-  }
-  return s < 1 ? 0 : Math.min(Math.floor(s), Number.MAX_SAFE_INTEGER);
-}
-
-/** Label the Job controller puts on a Job's pods (Kubernetes 1.27+). */
-export const LABEL_JOB_NAME = 'batch.kubernetes.io/job-name';
-/** Annotation the Job controller puts on an Indexed Job's pods: the pod's index. */
-export const ANNOTATION_COMPLETION_INDEX = 'batch.kubernetes.io/job-completion-index';
-/** Where every pod sees its own labels and annotations (a downward-API volume). */
-export const PODINFO_DIR = '/etc/govloop/podinfo';
-/** torchrun's default rendezvous port. */
-export const DEFAULT_RENDEZVOUS_PORT = 29500;
-
-export const LABEL_TASK = 'govloop.io/task';
-export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
-export const MANAGED_BY = 'govloop';
+export {
+  Annotation,
+  REASON_DEADLINE_EXCEEDED,
+  LABEL_JOB_NAME,
+  ANNOTATION_COMPLETION_INDEX,
+  PODINFO_DIR,
+  DEFAULT_RENDEZVOUS_PORT,
+  LABEL_TASK,
+  LABEL_MANAGED_BY,
+  MANAGED_BY,
+} from './annotations';
+export { activeDeadlineFor, type PhaseReading, jobPhase, runSeconds, type JobAccounting, sinceResumed, jobAccounting, suspendAnnotations } from './accounting';
 
 /** Where the job must run, decided by govloop's placement (or nothing: the kube-scheduler decides). */
 export type Placement =
@@ -359,158 +306,6 @@ export function gangServiceManifest(job: V1Job, opts: Pick<ManifestOptions, 'nam
       ports: [{ name: 'rendezvous', port, targetPort: port, protocol: 'TCP' }],
     },
   };
-}
-
-/** What a Job's object says about it, in govloop's terms. */
-export interface PhaseReading {
-  phase: JobPhase;
-  message: string | null;
-  /** Stopped at its run limit: the Job controller's DeadlineExceeded, or not resumed at all (under 1 s left). */
-  deadlineExceeded?: true;
-  /** Failed only because `resume()` found under 1 s left and left it suspended: a later resume with more may still start it. */
-  notResumed?: true;
-}
-
-const conditionTrue = (job: V1Job, type: string) => job.status?.conditions?.find((c) => c.type === type && c.status === 'True');
-const toDate = (d: Date | string | undefined | null): Date | null => (d == null ? null : d instanceof Date ? d : new Date(d));
-
-/**
- * JobPhase from a Job object, first match wins:
- * 1. `metadata.deletionTimestamp` set → Deleted (foreground deletion keeps the Job until its pods are gone);
- * 2. condition `Failed` or `FailureTarget` True → Failed, with the condition's reason and message
- *    (reason `DeadlineExceeded`: the Job controller stopped it at `spec.activeDeadlineSeconds`,
- *    the run limit `resume()` set, so `deadlineExceeded`);
- * 3. condition `Complete` or `SuccessCriteriaMet` True → Succeeded;
- * 4. `spec.suspend` true and `govloop.io/run-limit-exhausted` set → Failed with
- *    `deadlineExceeded` (`resume()` found under 1 s left and did not start it);
- * 5. `spec.suspend` true → Suspended (also while the Job controller is still deleting the pods
- *    and before the `Suspended` condition appears);
- * 6. otherwise → Running (resumed; pods pending, active or ready, or a `Suspended` condition the
- *    controller has not flipped yet).
- */
-export function jobPhase(job: V1Job): PhaseReading {
-  if (job.metadata?.deletionTimestamp) return { phase: 'Deleted', message: 'job is being deleted' };
-  const failed = conditionTrue(job, 'Failed') ?? conditionTrue(job, 'FailureTarget');
-  if (failed) {
-    const why = [failed.reason, failed.message].filter(Boolean).join(': ');
-    return { phase: 'Failed', message: why || 'job failed', ...(failed.reason === REASON_DEADLINE_EXCEEDED ? { deadlineExceeded: true as const } : {}) };
-  }
-  const done = conditionTrue(job, 'Complete') ?? conditionTrue(job, 'SuccessCriteriaMet');
-  if (done) return { phase: 'Succeeded', message: null };
-  const left = job.spec?.suspend ? job.metadata?.annotations?.[Annotation.runLimitExhausted] : undefined;
-  if (left !== undefined) {
-    return {
-      phase: 'Failed',
-      message: `RunLimitExhausted: the task's caps left ${left} s of run time (under 1 s), so govloop did not resume the Job`,
-      deadlineExceeded: true,
-      notResumed: true,
-    };
-  }
-  if (job.spec?.suspend) {
-    const s = conditionTrue(job, 'Suspended');
-    return { phase: 'Suspended', message: s?.message ?? null };
-  }
-  return { phase: 'Running', message: null };
-}
-
-/**
- * Run-time seconds of a Job: earlier segments (folded into an annotation by `suspend()`) plus the
- * open one, from the last `resume()` to the first of: completion, failure, a suspension govloop did
- * not make (Kueue, kubectl), deletion, or `now`.
- *
- * A Job stopped at its run limit ends at the Job controller's `FailureTarget` (or `Failed`)
- * condition with reason DeadlineExceeded, however late the controller writes it: it held its GPUs
- * until then, so that is metered (not capped at resumed-at + the deadline; the ledger bounds what
- * is charged). The pods' termination grace after the condition is not metered, as after a suspend
- * or a delete (allocation ends when govloop or Kubernetes ends it, decision 0012).
- */
-export function runSeconds(job: V1Job, now: Date): number {
-  const a = job.metadata?.annotations ?? {};
-  const settled = Number(a[Annotation.settledSeconds] ?? 0) || 0;
-  const resumedRaw = a[Annotation.resumedAt];
-  const resumedAt = resumedRaw ? new Date(resumedRaw) : null;
-  if (!resumedAt || Number.isNaN(resumedAt.getTime())) return settled;
-  const ends = [
-    toDate(job.status?.completionTime),
-    toDate(conditionTrue(job, 'Complete')?.lastTransitionTime),
-    toDate(conditionTrue(job, 'SuccessCriteriaMet')?.lastTransitionTime),
-    toDate(conditionTrue(job, 'Failed')?.lastTransitionTime),
-    toDate(conditionTrue(job, 'FailureTarget')?.lastTransitionTime),
-    toDate(conditionTrue(job, 'Suspended')?.lastTransitionTime),
-    toDate(job.metadata?.deletionTimestamp),
-  ].filter((d): d is Date => d !== null && d.getTime() >= resumedAt.getTime());
-  const end = ends.reduce((m, d) => (d.getTime() < m.getTime() ? d : m), now);
-  return settled + Math.max(0, (end.getTime() - resumedAt.getTime()) / 1000);
-}
-
-/** A non-negative decimal from an annotation, or null when absent or not a number. */
-function seconds(v: string | undefined): number | null {
-  if (v === undefined || v.trim() === '') return null;
-  const n = Number(v);
-  return Number.isFinite(n) && n >= 0 ? n : null;
-}
-
-/** What a Job has done, in the terms of `JobStatus` (the simulated cluster's `settleProgress` on annotations). */
-export interface JobAccounting {
-  /** Every second the Job ran, lost work included: what GPU-seconds meter. */
-  ranSeconds: number;
-  /** Work done: the progress the current run segment started from, plus the segment. */
-  progressSeconds: number;
-  /** Work the trainer's latest checkpoint holds (at most `progressSeconds`); null: it never reported one. */
-  checkpointSeconds: number | null;
-  /** Work lost to preemptions so far; null while the Job never reported a checkpoint (nothing is known to be lost). */
-  lostSeconds: number | null;
-}
-
-/**
- * The accounting of a Job at `now`, from its annotations: run-seconds as `runSeconds`, progress =
- * `govloop.io/progress-seconds` (the settled seconds when absent: never preempted) + the open
- * segment, the checkpoint the trainer reported (`govloop.io/checkpoint-seconds`, capped at the
- * progress: a checkpoint cannot hold work not done), and the lost seconds `suspend()` folded in.
- */
-/** Seconds since `resume()` last unsuspended the Job (its govloop.io/resumed-at), when it says. */
-export function sinceResumed(job: V1Job, now: Date): { runSeconds?: number } {
-  const raw = job.metadata?.annotations?.[Annotation.resumedAt];
-  const at = raw ? new Date(raw).getTime() : Number.NaN;
-  return Number.isNaN(at) ? {} : { runSeconds: Math.max(0, (now.getTime() - at) / 1000) };
-}
-
-export function jobAccounting(job: V1Job, now: Date): JobAccounting {
-  const a = job.metadata?.annotations ?? {};
-  const ran = runSeconds(job, now);
-  const settled = seconds(a[Annotation.settledSeconds]) ?? 0;
-  const base = seconds(a[Annotation.progressSeconds]) ?? settled;
-  const progress = base + Math.max(0, ran - settled);
-  const reported = seconds(a[Annotation.checkpointSeconds]);
-  const checkpoint = reported === null ? null : Math.min(reported, progress);
-  const lost = seconds(a[Annotation.lostSeconds]);
-  return { ranSeconds: ran, progressSeconds: progress, checkpointSeconds: checkpoint, lostSeconds: lost ?? (checkpoint === null ? null : 0) };
-}
-
-/**
- * The annotations `suspend()` writes when it preempts a running Job at `now`: the open segment
- * folded into the settled seconds; with a reported checkpoint, progress set back to it and the
- * work after it added to the lost seconds (exactly `SimulatedCluster.settleProgress`); without
- * one, progress kept (nothing is known to be lost). The Job gives up its nodes: it holds no GPUs
- * until it is placed again.
- */
-export function suspendAnnotations(job: V1Job, now: Date): Record<string, string | null> {
-  const acc = jobAccounting(job, now);
-  const a = job.metadata?.annotations ?? {};
-  const out: Record<string, string | null> = {
-    [Annotation.settledSeconds]: String(acc.ranSeconds),
-    [Annotation.resumedAt]: null,
-    [Annotation.preemptedAt]: now.toISOString(),
-    [Annotation.nodes]: null,
-    [Annotation.preemptedFrom]: a[Annotation.nodes] ?? null,
-  };
-  if (acc.checkpointSeconds === null) {
-    out[Annotation.progressSeconds] = String(acc.progressSeconds);
-  } else {
-    out[Annotation.lostSeconds] = String((acc.lostSeconds ?? 0) + Math.max(0, acc.progressSeconds - acc.checkpointSeconds));
-    out[Annotation.progressSeconds] = String(Math.min(acc.progressSeconds, acc.checkpointSeconds));
-  }
-  return out;
 }
 
 /** Nodes a Job was pinned to (`govloop.io/nodes`); empty when Kubernetes chooses or it was preempted. */
