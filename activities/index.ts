@@ -58,25 +58,14 @@ import { auditRefusal, checkAccess } from '../ledger/authz';
 import { taskOwnership } from '../ledger/tasks';
 import { own } from '../governance/own';
 import { capReached, runLimit, usdCeilingMicros } from '../governance/run-limit';
+import { type ActivityDeps, activityContext } from './context';
+import { notify, notifyOverage } from './notify';
+import { createBudgetControlActivities } from './budget-control';
+import { createLeaseActivities } from './leases';
+import { createMeteringActivities } from './metering';
 
-export interface ActivityDeps {
-  db: Db;
-  config: GovConfig;
-  /** Derives principals from credentials (default: from config.auth). */
-  auth?: Authenticator;
-  /** Signs approval tokens (absent: approved steps carry none, and tool executors that require one refuse). */
-  signingKey?: SigningKey;
-  backend: ClusterBackend;
-  /** The task queue the cluster's dispatch activities are served on. */
-  dispatchQueue: string;
-  clock?: () => Date;
-  /**
-   * Signals the controllers of budgets an attribution's usage pushed past a threshold (the worker
-   * passes runtime/schedules.ts nudgeCrossed; absent, controllers catch up at their next poll).
-   * Injected so activities do not import the client layer (issue 14).
-   */
-  nudgeBudgets?: (client: Client, a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>, now: Date) => Promise<unknown>;
-}
+export type { ActivityDeps };
+export { notify };
 
 /** The gate's answer, as the workflow sees it. */
 export type GateOutcome =
@@ -105,41 +94,6 @@ async function upsertCompensation(
   );
 }
 
-/** Best effort: POSTs an event to the configured webhook. The audit log, not this, is the record. */
-export async function notify(config: GovConfig, event: Record<string, unknown>): Promise<void> {
-  log.warn('notification', event);
-  if (!config.policies.notifyUrl) return;
-  try {
-    await fetch(config.policies.notifyUrl, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(event),
-      signal: AbortSignal.timeout(10_000),
-    });
-  } catch (err) {
-    log.warn('notification webhook failed', { url: config.policies.notifyUrl, error: String(err) });
-  }
-}
-
-/**
- * Usage past a task's reservation was recorded as overage (decision 0023): the operator is told
- * once per task, by the observation whose overage carried the task's total past the tolerance.
- * Called after the usage committed; each usage event is charged once, so the crossing happens once.
- */
-async function notifyOverage(config: GovConfig, overages: TaskOverage[]): Promise<void> {
-  const tolerance = usdToMicros(config.policies.overage.toleranceUsd);
-  for (const o of overages) {
-    if (!overageCrossed(o, tolerance)) continue;
-    await notify(config, {
-      event: 'task.overage',
-      taskId: o.taskId,
-      overageUsd: o.taskOverageMicros / 1e6,
-      toleranceUsd: config.policies.overage.toleranceUsd,
-      runbook: 'runbooks/overage.md',
-    });
-  }
-}
-
 export interface Observation {
   phase: string;
   nodes: string[];
@@ -155,6 +109,7 @@ export interface Observation {
  */
 export function createActivities(deps: ActivityDeps) {
   const { db, config, backend, dispatchQueue, clock = () => new Date(), auth = createAuthenticator(deps.config.auth) } = deps;
+  const mechanisms = activityContext(deps);
   const timing: Timing = {
     pollMillis: config.simulation.pollMillis,
     queueRetryMillis: config.simulation.queueRetryMillis,
@@ -303,6 +258,9 @@ export function createActivities(deps: ActivityDeps) {
     ...createAuditActivities({ db, config }),
     ...createReconcileActivities({ db, config, cluster: backend.cluster, dispatchQueue, clock }),
     ...createProgramActivities({ db, config, auth, notify, clock }),
+    ...createMeteringActivities(mechanisms),
+    ...createBudgetControlActivities(mechanisms),
+    ...createLeaseActivities(mechanisms),
     /**
      * Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log.
      * First: who submits (from the credential), may they submit in the intent's tenant, and is the
@@ -1090,98 +1048,6 @@ export function createActivities(deps: ActivityDeps) {
         });
       });
       return usage;
-    },
-
-    /** The meteringRollup schedule's one step: hourly and daily rollups up to date (idempotent). */
-    async rollupUsage(): Promise<RollupRun[]> {
-      return rollUp(db, { lateArrivalSeconds: config.policies.metering.lateArrivalSeconds });
-    },
-
-    /**
-     * The budget controller's round: the budget's current window and the ladder move from the
-     * step the controller holds (pure: governance/ladder.ts), plus its timing.
-     */
-    async observeBudget(input: {
-      budget: BudgetKey;
-      step: LadderStep;
-      window: string | null;
-    }): Promise<{ snapshot: BudgetSnapshot | null; move: LadderMove | null; pollMillis: number; roundsPerRun: number }> {
-      const timingOut = { pollMillis: config.policies.budgetController.pollMillis, roundsPerRun: config.policies.budgetController.roundsPerRun };
-      const budgetId = await budgetIdOf(db, input.budget);
-      const snapshot = budgetId === null ? null : await budgetSnapshot(db, budgetId, clock());
-      if (!snapshot) return { snapshot, move: null, ...timingOut };
-      // A new window starts at the step the ledger holds for it (ok for a fresh one).
-      const from = input.window === snapshot.window ? input.step : snapshot.step;
-      return { snapshot, move: ladderMove(from, snapshot.sharePct, config.policies.ladder), ...timingOut };
-    },
-
-    /** Records a ladder move (each step fires once per crossing) and notifies for the steps that fired. */
-    async applyLadder(input: LadderChange & { scope: string }): Promise<LadderStep[]> {
-      const fresh = await applyLadderChange(db, input);
-      for (const step of fresh) {
-        await notify(config, {
-          event: 'budget.ladder',
-          step,
-          scope: input.scope,
-          window: input.window,
-          sharePct: Math.round(input.sharePct * 100) / 100,
-          runbook: 'runbooks/budget-ladder.md',
-        });
-      }
-      log.info('budget ladder', { budgetId: input.budgetId, from: input.from, to: input.to, fired: fresh });
-      return fresh;
-    },
-
-    /** The preempt step's victim: the lowest-priority running GPU work of the budget's scope (recorded once per crossing). */
-    async choosePreemptionVictim(input: { budgetId: number; window: string; crossing: number; sharePct: number }): Promise<string | null> {
-      const victim = preemptionVictim(await runningGpuWork(db, input.budgetId, config.policies.priorities, config.policies.criticalPriorities, clock()));
-      if (!victim) return null;
-      const fresh = await recordBudgetPreemption(db, { ...input, taskId: victim.taskId });
-      return fresh ? victim.taskId : null;
-    },
-
-    /** A budget lease for an in-process spender (sized by burn rate and the ladder; held on every covering window). */
-    async grantLease(input: {
-      leaseId: string;
-      scope: LeaseScope;
-      holder: string;
-      usd?: number;
-      tokens?: number;
-      model?: string;
-      ttlSeconds: number;
-    }): Promise<LeaseGrant> {
-      const now = clock();
-      let requestedMicros = usdToMicros(input.usd ?? 0);
-      if (input.tokens !== undefined) {
-        // Tokens are leased at the model's output price (the dearer side), in force now.
-        const v = priceVersionAt(config.priceBook, now.toISOString());
-        requestedMicros = costMicros(v, { meter: 'tokens_out', quantity: input.tokens, subject: input.model ?? 'default' });
-      }
-      const burn = await scopeBurnMicrosPerHour(db, input.scope, now);
-      const g = await grantLease(db, {
-        leaseId: input.leaseId,
-        scope: input.scope,
-        holder: input.holder,
-        requestedMicros,
-        ttlSeconds: input.ttlSeconds,
-        burnMicrosPerHour: burn,
-        now,
-        ladder: config.policies.ladder,
-      });
-      if (g.granted && !g.idempotent) await nudgeBudgets({ tenant: input.scope.tenant, team: input.scope.team ?? '', project: input.scope.project ?? '' });
-      return g;
-    },
-
-    async reportLeaseSpend(input: { leaseId: string; seq: number; micros: number; model?: string; useCase?: string }): Promise<LeaseReport> {
-      return reportLease(db, { ...input, at: clock(), priceBook: config.priceBook });
-    },
-
-    async closeLease(input: { leaseId: string; state: 'returned' | 'expired'; by: string }): Promise<{ closed: boolean; releasedMicros: number }> {
-      return closeLease(db, input.leaseId, input.state, input.by);
-    },
-
-    async expireLeases(input: { leaseIds: string[] }): Promise<string[]> {
-      return expireLeases(db, input.leaseIds, clock());
     },
 
     async recordState(input: { taskId: string; state: string; reasons?: Reason[] }): Promise<void> {
