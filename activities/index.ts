@@ -59,7 +59,8 @@ import { taskOwnership } from '../ledger/tasks';
 import { own } from '../governance/own';
 import { capReached, runLimit, usdCeilingMicros } from '../governance/run-limit';
 import { type ActivityDeps, activityContext } from './context';
-import { notify, notifyOverage } from './notify';
+import { notify } from './notify';
+import { createClusterActivities } from './cluster';
 import { createAgentStepActivities } from './agent-steps';
 import { createApprovalActivities } from './approvals';
 import { createCompensationActivities } from './compensation';
@@ -70,16 +71,8 @@ import { createMeteringActivities } from './metering';
 
 export type { ActivityDeps };
 export type { GateOutcome } from './agent-steps';
+export type { Observation } from './cluster';
 export { notify };
-
-export interface Observation {
-  phase: string;
-  nodes: string[];
-  progress: number;
-  usage: TaskUsage;
-  capBreach: Reason | null;
-  message: string | null;
-}
 
 /**
  * Side effects of the governance loop, thin over governance/ (decisions), ledger/ and cluster/.
@@ -106,40 +99,6 @@ export function createActivities(deps: ActivityDeps) {
       log.warn('budget controller nudge failed (its next poll catches up)', { error: String(err) });
     }
   };
-
-  /** What a task reserved (the most its budgets are charged), or null when it holds no reservation row. */
-  const reservationOf = async (taskId: string): Promise<number | null> => {
-    const r = await db.query<{ amount_micros: number }>('SELECT amount_micros FROM reservations WHERE task_id = $1', [taskId]);
-    return r.rows[0] ? Number(r.rows[0].amount_micros) : null;
-  };
-
-  /**
-   * The run limit for a job about to run (governance/run-limit.ts): what the task's caps and its
-   * reservation leave after everything it used, metered or not yet (the cluster's own counters
-   * can be ahead of the ledger), at the plan's GPU price now, less the cluster's stop margin.
-   */
-  async function runLimitOf(taskId: string, job: string, intent: Intent, plan: Plan) {
-    const [usage, status] = await Promise.all([taskUsage(db, taskId), backend.status(job)]);
-    const limit = runLimit({ ...(await runLimitInput(taskId, intent, plan, usage, status?.gpuSeconds ?? 0)), stopMarginSeconds: backend.stopMarginSeconds });
-    log.info('run limit', { taskId, job, maxRunSeconds: limit.maxRunSeconds, binding: limit.binding });
-    return limit;
-  }
-
-  /** What the run limit is computed from: caps, reservation, GPUs, the GPU price now, and usage including what the cluster ran that is not metered yet. */
-  async function runLimitInput(taskId: string, intent: Intent, plan: Plan, usage: TaskUsage, clusterGpuSeconds: number) {
-    const subject = `${plan.gpu.type}:${plan.gpu.sharing}`;
-    const microsPerGpuSecond = plan.gpu.type
-      ? unitPriceUsd(priceVersionAt(config.priceBook, clock().toISOString()), { meter: 'gpu_seconds', subject }) * 1e6
-      : 0;
-    const unmetered = Math.max(0, clusterGpuSeconds - usage.gpuSeconds);
-    return {
-      caps: plan.caps,
-      reservationMicros: await reservationOf(taskId),
-      gpus: gpuRequest(intent).gpus,
-      microsPerGpuSecond,
-      used: { gpuSeconds: usage.gpuSeconds + unmetered, costMicros: usage.costMicros + unmetered * microsPerGpuSecond },
-    };
-  }
 
   /** The GPU part of an intent (translate() copies it into the plan unchanged), as the cluster places it. */
   function gpuRequest(intent: Intent): GpuRequest {
@@ -206,6 +165,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createAuditActivities({ db, config }),
     ...createReconcileActivities({ db, config, cluster: backend.cluster, dispatchQueue, clock }),
     ...createProgramActivities({ db, config, auth, notify, clock }),
+    ...createClusterActivities(mechanisms),
     ...createAgentStepActivities(mechanisms),
     ...createApprovalActivities(mechanisms),
     ...createCompensationActivities(mechanisms),
@@ -346,200 +306,6 @@ export function createActivities(deps: ActivityDeps) {
           : undefined;
       const r = await reserve(db, input.taskId, intent.attribution, plan.worstCaseMicros, clock(), quota, { requeued: input.requeued ?? false });
       if (r.ok) await nudgeBudgets(intent.attribution);
-      return r;
-    },
-
-    /** Creates the job suspended on the cluster and resumes it. No room: answers with a reason (the task queues). */
-    async dispatchJob(input: { taskId: string; intent: Intent; plan: Plan }): Promise<CreateResult & { job: string }> {
-      const { taskId, intent, plan } = input;
-      // A task dispatched before (preempted, now placed again) keeps its job, whatever name
-      // jobName() gives today: the name it ran under is in its dispatch audit row.
-      const prior = await db.query<{ job: string | null }>("SELECT detail->>'job' AS job FROM audit_log WHERE dedupe_key = $1", [`${taskId}:dispatch`]);
-      const name = prior.rows[0]?.job ?? jobName(taskId);
-      const a = intent.attribution;
-      const created = await backend.create({
-        name,
-        taskId,
-        ...gpuRequest(intent),
-        priorityClass: `govloop-${plan.priority.name}`,
-        labels: { 'govloop.io/tenant': a.tenant, 'govloop.io/team': a.team, 'govloop.io/project': a.project, 'govloop.io/task': taskId },
-        runtime: plan.runtime,
-        simulation: plan.simulation,
-      });
-      if (created.ok) {
-        const limit = await runLimitOf(taskId, name, intent, plan);
-        await backend.resume(name, { maxRunSeconds: limit.maxRunSeconds });
-        await db.tx(async (c) => {
-          await updateTask(c, taskId, { state: 'Running' });
-          await appendAudit(c, {
-            actor: 'govloop',
-            taskId,
-            action: 'dispatch',
-            decision: 'running',
-            detail: {
-              cluster: backend.cluster,
-              job: name,
-              nodes: created.nodes,
-              placement: created.explanation ?? null,
-              runLimit: { seconds: limit.maxRunSeconds, cap: limit.binding },
-            },
-            dedupeKey: `${taskId}:dispatch`,
-          });
-        });
-      }
-      return { ...created, job: name };
-    },
-
-    /**
-     * Reads the job and meters what it used since the last look. Exactly once: a cursor per task
-     * and meter moves in the same transaction as the usage it justifies.
-     */
-    async observeJob(input: { taskId: string; job: string; intent: Intent; plan: Plan }): Promise<Observation> {
-      const { taskId, job, intent, plan } = input;
-      const status = await backend.status(job);
-      if (!status) throw new Error(`job ${job} is missing from cluster ${backend.cluster}`);
-      const now = clock();
-      const gpuSubject = `${plan.gpu.type}:${plan.gpu.sharing}`;
-      const recorded = await db.tx(async (c) => {
-        const events: UsageEvent[] = [];
-        for (const [meter, cumulative, subject] of [
-          ['gpu_seconds', status.gpuSeconds, gpuSubject],
-          ['tokens_processed', status.tokens, intent.attribution.model],
-        ] as const) {
-          await c.query('INSERT INTO meter_cursors (task_id, meter, metered) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING', [taskId, meter]);
-          const cur = await c.query<{ metered: number }>('SELECT metered FROM meter_cursors WHERE task_id = $1 AND meter = $2 FOR UPDATE', [taskId, meter]);
-          const metered = cur.rows[0]!.metered;
-          if (cumulative > metered) {
-            events.push({
-              key: `${taskId}:${meter}:${metered}-${cumulative}`,
-              taskId,
-              attribution: intent.attribution,
-              meter,
-              subject,
-              quantity: cumulative - metered,
-              cumulativeBefore: metered,
-              occurredAt: now,
-            });
-            await c.query('UPDATE meter_cursors SET metered = $3 WHERE task_id = $1 AND meter = $2', [taskId, meter, cumulative]);
-          }
-        }
-        return recordUsageIn(c, config.priceBook, events, config.policies.usageLimits);
-      });
-      await notifyOverage(config, recorded.overages);
-      await nudgeBudgets(intent.attribution);
-      const usage = await taskUsage(db, taskId);
-      let capBreach: Reason | null = null;
-      const maxUsdMicros = Math.round(plan.caps.maxUsd * 1e6);
-      if (status.deadlineExceeded) {
-        // The cluster stopped the job at the run limit dispatch gave it: a cap did, not a fault.
-        const limitInput = await runLimitInput(taskId, intent, plan, usage, status.gpuSeconds);
-        const reserved = limitInput.reservationMicros;
-        const cap = capReached(limitInput);
-        capBreach =
-          cap === 'maxGpuHours'
-            ? {
-                code: 'CAP_MAX_GPU_HOURS',
-                message: `the cluster stopped the job at its run limit: ${(usage.gpuSeconds / 3600).toFixed(3)} GPU-hours used, cap ${plan.caps.maxGpuHours}`,
-                limit: plan.caps.maxGpuHours,
-                requested: usage.gpuSeconds / 3600,
-                policy: 'task#caps.maxGpuHours',
-              }
-            : {
-                code: 'CAP_MAX_USD',
-                message: `the cluster stopped the job at its run limit: $${(usage.costMicros / 1e6).toFixed(4)} spent, cap $${(usdCeilingMicros(plan.caps, reserved) / 1e6).toFixed(4)}${reserved !== null && reserved < maxUsdMicros ? ' (its reservation)' : ''}`,
-                limit: plan.caps.maxUsd,
-                requested: usage.costMicros / 1e6,
-                policy: 'task#caps.maxUsd',
-              };
-      } else if (usage.gpuSeconds / 3600 > plan.caps.maxGpuHours) {
-        capBreach = {
-          code: 'CAP_MAX_GPU_HOURS',
-          message: `used ${(usage.gpuSeconds / 3600).toFixed(3)} GPU-hours, cap ${plan.caps.maxGpuHours}`,
-          limit: plan.caps.maxGpuHours,
-          requested: usage.gpuSeconds / 3600,
-          policy: 'task#caps.maxGpuHours',
-        };
-      } else if (usage.costMicros > maxUsdMicros) {
-        capBreach = {
-          code: 'CAP_MAX_USD',
-          message: `spent $${(usage.costMicros / 1e6).toFixed(2)}, cap $${plan.caps.maxUsd}`,
-          limit: plan.caps.maxUsd,
-          requested: usage.costMicros / 1e6,
-          policy: 'task#caps.maxUsd',
-        };
-      } else if (plan.caps.deadline !== null && now.getTime() > Date.parse(plan.caps.deadline) && status.phase === 'Running') {
-        capBreach = {
-          code: 'CAP_DEADLINE',
-          message: `deadline ${plan.caps.deadline} passed while running`,
-          limit: plan.caps.deadline,
-          requested: now.toISOString(),
-          policy: 'task#caps.deadline',
-        };
-      }
-      return {
-        phase: status.phase,
-        nodes: status.nodes,
-        progress: status.progressSeconds / plan.simulation.durationSeconds,
-        usage,
-        capBreach,
-        message: status.message,
-      };
-    },
-
-    async deleteJob(input: { job: string }): Promise<void> {
-      await backend.delete(input.job);
-    },
-
-    /**
-     * Preemption, step 1: the checkpoint signal (a cluster that cannot checkpoint ignores it).
-     * Answers the least grace period this cluster needs, when it says (histories from before this
-     * answer record none, and the workflow then waits the policy's grace as it did).
-     */
-    async checkpointJob(input: { job: string }): Promise<{ graceMillis: number | null }> {
-      await backend.checkpoint?.(input.job);
-      return { graceMillis: backend.checkpointGraceMillis ?? null };
-    },
-
-    /** Preemption, step 2 (after the grace period): suspend; answers the GPU-seconds the job has lost to preemptions so far. */
-    async suspendJob(input: { job: string; gpus: number }): Promise<{ lostGpuSecondsTotal: number }> {
-      await backend.suspend(input.job);
-      const status = await backend.status(input.job);
-      return { lostGpuSecondsTotal: (status?.lostSeconds ?? 0) * input.gpus };
-    },
-
-    /** Preemption, step 3: the ledger record (lost GPU-seconds against the preemptor's team), the task Preempted, the audit row naming the preemptor. */
-    async recordPreemption(input: {
-      taskId: string;
-      round: number;
-      by: string;
-      reason: string;
-      preemptor: string | null;
-      lostGpuSecondsTotal: number;
-      gpuType: string | null;
-      gpus: number;
-    }): Promise<{ round: number; lostGpuSeconds: number }> {
-      const preemptor = input.preemptor
-        ? await db.query<{ tenant: string; team: string }>(
-            'SELECT a.tenant, a.team FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1',
-            [input.preemptor],
-          )
-        : null;
-      const team = preemptor?.rows[0] ?? null;
-      const r = await db.tx((c) =>
-        closePreemption(c, {
-          victimTaskId: input.taskId,
-          round: input.round,
-          preemptorTaskId: input.preemptor,
-          by: input.by,
-          reason: input.reason,
-          preemptorTenant: team?.tenant ?? null,
-          preemptorTeam: team?.team ?? null,
-          gpuType: input.gpuType,
-          gpus: input.gpus,
-          lostGpuSecondsTotal: input.lostGpuSecondsTotal,
-        }),
-      );
-      log.info('preempted', { taskId: input.taskId, by: input.by, preemptor: input.preemptor, round: r.round, lostGpuSeconds: r.lostGpuSeconds });
       return r;
     },
 
