@@ -21,6 +21,8 @@ export interface ActivityDeps {
   /** The task queue the cluster's dispatch activities are served on. */
   dispatchQueue: string;
   clock?: () => Date;
+  /** The data dir the audit checkpoint's paths are resolved against (the worker passes runtime/environment.ts dataDir). */
+  dataDir?: () => string;
   /**
    * Signals the controllers of budgets an attribution's usage pushed past a threshold (the worker
    * passes runtime/schedules.ts nudgeCrossed; absent, controllers catch up at their next poll).

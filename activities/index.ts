@@ -30,7 +30,7 @@ export function createActivities(deps: ActivityDeps) {
   const ctx = activityContext(deps);
   const { db, config, backend, clock, auth } = ctx;
   return {
-    ...createAuditActivities({ db, config }),
+    ...createAuditActivities({ db, config, ...(deps.dataDir ? { dataDir: deps.dataDir } : {}) }),
     ...createReconcileActivities({ db, config, cluster: backend.cluster, dispatchQueue: deps.dispatchQueue, clock }),
     ...createProgramActivities({ db, config, auth, notify, clock }),
     ...createAdmissionActivities(ctx),
