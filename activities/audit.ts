@@ -3,7 +3,6 @@ import type { GovConfig } from '../config/load';
 import { type SigningKey, loadOrCreateSigningKey } from '../identity/signing';
 import { AuditCheckpointRefused, auditPaths, writeAuditCheckpoint } from '../ledger/audit-checkpoints';
 import type { Db } from '../ledger/db';
-import { dataDir } from '../runtime/environment';
 
 /** What one checkpoint run did; small on purpose (it lands in the workflow's history, the row hashes do not). */
 export interface CheckpointRun {
@@ -18,10 +17,10 @@ export interface CheckpointRun {
 /**
  * The auditCheckpoint schedule's activity (decision 0019). Paths come from `policies.audit`; the
  * worker resolves their nulls against its data dir (runtime/stack.ts, `govloop worker`), and what is
- * still null here is taken from $GOVLOOP_DATA_DIR or ~/.govloop. Read at each run, like the rest
- * of the config the activities use.
+ * still null here is resolved against `dataDir()`, which the worker injects (runtime/environment.ts:
+ * $GOVLOOP_DATA_DIR or ~/.govloop). Read at each run, like the rest of the config the activities use.
  */
-export function createAuditActivities({ db, config }: { db: Db; config: GovConfig }) {
+export function createAuditActivities({ db, config, dataDir }: { db: Db; config: GovConfig; dataDir?: () => string }) {
   let cached: { path: string; key: SigningKey } | undefined;
   const signingKey = (path: string): SigningKey => {
     if (cached?.path !== path) cached = { path, key: loadOrCreateSigningKey(path) };
@@ -30,6 +29,7 @@ export function createAuditActivities({ db, config }: { db: Db; config: GovConfi
   return {
     /** Appends a signed checkpoint of the audit chain's head, or nothing when the head did not move. */
     async checkpointAudit(): Promise<CheckpointRun> {
+      if (!dataDir) throw ApplicationFailure.nonRetryable('the worker gave the activities no data dir to resolve policies.audit paths against', 'NoDataDir');
       const paths = auditPaths(config.policies.audit, dataDir());
       const key = signingKey(paths.signingKeyFile);
       try {

@@ -2,7 +2,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import type { ActivityInboundCallsInterceptor, ActivityInterceptors } from '@temporalio/worker';
 import { ZodError } from 'zod';
 import { UsageLimitError } from '../governance/limits';
-import { issuesText } from '../workflows/schemas';
+import { issuesText } from '../governance/text';
 
 /** The failure type a workflow sees for input no retry can fix (decision 0020). */
 export const DATA_ERROR = 'DataError';

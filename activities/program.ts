@@ -9,6 +9,7 @@ import { appendAudit } from '../ledger/audit';
 import { holdsRoleAnywhere } from '../ledger/authz';
 import type { Db } from '../ledger/db';
 import { evaluateGates } from '../ledger/program-gates';
+import { storeProgramArtifact } from '../ledger/program-artifacts';
 import { produceDeliverable } from '../ledger/program-deliverables';
 
 /** Who may do what to the program: a sign-off slot, or running it (extend, pause, resume, replan). */
@@ -118,11 +119,7 @@ export function createProgramActivities({
       for (const d of input.deliverables) {
         const a = await produceDeliverable(db, config, d, clock(), { plan: input.plan, ...(tenants ? { tenants } : {}) });
         await db.tx(async (c) => {
-          await c.query(
-            `INSERT INTO program_artifacts (program_id, deliverable_id, phase_id, kind, version, sha256, content, sources)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
-            [input.programId, a.id, input.phase, a.kind, a.version, a.sha256, a.content, JSON.stringify(a.sources)],
-          );
+          await storeProgramArtifact(c, input.programId, input.phase, a);
           await appendAudit(c, {
             actor: 'govloop',
             taskId: null,

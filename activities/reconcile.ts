@@ -4,7 +4,7 @@ import type { GovConfig } from '../config/load';
 import { type OrphanVerdict, type WorkflowSight, orphanVerdict } from '../governance/reconcile';
 import type { Db } from '../ledger/db';
 import { type Reconciled, settleOrphan, unsettledTasks } from '../ledger/reconcile';
-import { clusterTaskQueue } from '../workflows/messages';
+import { clusterTaskQueue } from '../config/task-queues';
 
 /** Who the reconciler's audit rows and expired approvals name. */
 export const RECONCILER_ACTOR = 'govloop-reconciler';

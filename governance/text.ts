@@ -61,3 +61,6 @@ const typed = (max: number) =>
 export const NameText = typed(128).refine((s) => !/[\t\n]/.test(s), 'must be one line');
 /** A reason: up to 1,000 characters, tabs and newlines allowed. */
 export const ReasonText = typed(1000);
+
+/** A zod error as one line: each issue's path (or `(root)`) and message, `; `-separated. */
+export const issuesText = (e: z.ZodError): string => e.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');

@@ -5,6 +5,7 @@ import { dataErrorInterceptors } from '../activities/errors';
 import type { GovConfig } from '../config/load';
 import type { ClusterBackend } from '../cluster/backend';
 import type { Db } from '../ledger/db';
+import { dataDir } from '../runtime/environment';
 import { nudgeCrossed } from '../runtime/schedules';
 import { TASK_QUEUE_CONTROL, clusterTaskQueue } from '../workflows/messages';
 
@@ -49,6 +50,7 @@ export async function createWorkers(opts: GovWorkerOptions): Promise<Worker[]> {
     config: opts.config,
     backend: opts.backend,
     dispatchQueue,
+    dataDir: () => dataDir(),
     nudgeBudgets: (client, a, now) => nudgeCrossed(client, opts.db, a, opts.config.policies.ladder, now),
   });
   const bundle = opts.bundle ?? (await bundleWorkflows());

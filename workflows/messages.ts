@@ -21,8 +21,7 @@ import type {
   ResolveRequestSchema,
 } from './schemas';
 
-export const TASK_QUEUE_CONTROL = 'govloop-control';
-export const clusterTaskQueue = (cluster: string) => `govloop-cluster-${cluster}`;
+export { TASK_QUEUE_CONTROL, clusterTaskQueue } from '../config/task-queues';
 
 /** GovState values, as shown in Temporal UI. */
 export const GovState = {

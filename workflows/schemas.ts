@@ -4,7 +4,7 @@
  * or ignored without touching the task (signals). Safe to import from workflow code.
  */
 import { z } from 'zod';
-import { NameText, ReasonText } from '../governance/text';
+import { NameText, ReasonText, issuesText } from '../governance/text';
 
 export { NameText, ReasonText };
 
@@ -32,7 +32,7 @@ export const CancelSignalSchema = z.strictObject({ by: NameText.optional(), reas
 export const FinishSignalSchema = z.strictObject({ by: NameText.optional(), ...CallerShape });
 
 /** "path: message; path: message" — what was wrong and where. */
-export const issuesText = (e: z.ZodError): string => e.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+export { issuesText };
 
 /** The same issues as data, the details of a refusal: the SDK reads them instead of parsing the text. */
 export const issuesList = (e: z.ZodError): { path: string; message: string }[] =>

@@ -1,0 +1,69 @@
+import { gpuQuotaFor } from '../governance/admission';
+import type { Intent } from '../governance/intent';
+import { type Plan, quotaGpusOf } from '../governance/plan';
+import type { Reason } from '../governance/reasons';
+import { appendAudit } from '../ledger/audit';
+import { type ReserveResult, release, reserve } from '../ledger/budgets';
+import type { Queryable } from '../ledger/db';
+import { quotaLockKey } from '../ledger/quota';
+import { updateTask } from '../ledger/tasks';
+import { type TaskUsage, taskUsage } from '../ledger/usage';
+import { type ActivityContext, gpuRequest } from './context';
+import { decideQuota } from './quota';
+
+/**
+ * A task's hold on its budgets: the reservation of its worst case (with the GPU quota checked
+ * again under the lock) and, at the end, the settlement that releases what is left.
+ */
+export function createReservationActivities(ctx: ActivityContext) {
+  const { db, config, backend, clock, nudgeBudgets } = ctx;
+  return {
+    /** Reserves the plan's worst case against every covering budget, atomically; re-checks GPU quota. */
+    async reserveBudget(input: { taskId: string; intent: Intent; plan: Plan; requeued?: boolean }): Promise<ReserveResult> {
+      const { intent, plan } = input;
+      const gpuType = plan.gpu.type;
+      const cohortQuota = gpuType !== null && config.policies.cohorts.some((c) => c.gpuType === gpuType);
+      const capacity = gpuType && (cohortQuota || input.requeued) && backend.capacity ? await backend.capacity(gpuType, gpuRequest(intent)) : undefined;
+      const quota =
+        plan.gpu.count > 0 && gpuType
+          ? {
+              gpuType,
+              gpus: quotaGpusOf(plan.gpu),
+              ...gpuQuotaFor(config.policies, intent.attribution, gpuType),
+              lockKey: quotaLockKey(config.policies, intent.attribution, gpuType),
+              // Cohorts (and a task back from preemption): the whole quota decision again, under the lock.
+              ...(cohortQuota || input.requeued
+                ? {
+                    recheck: async (q: Queryable) => {
+                      const d = await decideQuota(ctx, input.taskId, intent, q, { capacity });
+                      return d === null || d.decision === 'admitted' ? null : d.reason;
+                    },
+                  }
+                : {}),
+            }
+          : undefined;
+      const r = await reserve(db, input.taskId, intent.attribution, plan.worstCaseMicros, clock(), quota, { requeued: input.requeued ?? false });
+      if (r.ok) await nudgeBudgets(intent.attribution);
+      return r;
+    },
+
+    /** Settle: release what is left of the reservation, close the task, audit the charge. Idempotent. */
+    async settleTask(input: { taskId: string; state: string; reasons: Reason[] }): Promise<TaskUsage> {
+      const { taskId, state, reasons } = input;
+      const released = await release(db, taskId);
+      const usage = await taskUsage(db, taskId);
+      await db.tx(async (c) => {
+        await updateTask(c, taskId, { state, finished: true, ...(reasons.length ? { reasons } : {}) });
+        await appendAudit(c, {
+          actor: 'govloop',
+          taskId,
+          action: 'settle',
+          decision: state,
+          detail: { costUsd: usage.costMicros / 1e6, releasedUsd: released / 1e6, gpuSeconds: usage.gpuSeconds, reasons },
+          dedupeKey: `${taskId}:settle`,
+        });
+      });
+      return usage;
+    },
+  };
+}
