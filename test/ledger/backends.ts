@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { inject } from 'vitest';
 import type { Attribution } from '../../governance/intent';
-import { Db, type Queryable } from '../../ledger/db';
+import { Db, type DbOptions, type Queryable } from '../../ledger/db';
 import { startEmbeddedLedger } from '../../ledger/embedded';
 import { createDatabase } from '../../ledger/scratch';
 import { migrate } from '../../ledger/migrate';
@@ -16,7 +16,7 @@ import { anIntent } from '../support/builders';
 export interface Ledger {
   db: Db;
   /** Another pool on the same ledger: other connections, as another worker process would have. */
-  pool(max?: number): Db;
+  pool(max?: number, options?: Omit<DbOptions, 'max'>): Db;
   close(): Promise<void>;
 }
 
@@ -33,8 +33,8 @@ function ledgerAt(url: string, stop: () => Promise<void>): Ledger {
   const extra: Db[] = [];
   return {
     db,
-    pool(max = 4) {
-      const d = new Db(url, max);
+    pool(max = 4, options = {}) {
+      const d = new Db(url, { ...options, max });
       extra.push(d);
       return d;
     },
