@@ -10,7 +10,7 @@ import { auditRefusal, checkAccess } from '../ledger/authz';
 import { budgetHeadroom } from '../ledger/budgets';
 import { openPreemption } from '../ledger/quota';
 import { taskOwnership, teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
-import type { Timing } from '../workflows/messages';
+import type { Timing } from '../config/task-queues';
 import { type ActivityContext, callingRunId } from './context';
 import { decideQuota } from './quota';
 

@@ -8,7 +8,7 @@ import { type Authenticator, type Caller, createAuthenticator } from '../identit
 import { IdentityError } from '../identity/errors';
 import type { SigningKey } from '../identity/signing';
 import type { Db, Queryable } from '../ledger/db';
-import type { Timing } from '../workflows/messages';
+import type { Timing } from '../config/task-queues';
 
 export interface ActivityDeps {
   db: Db;

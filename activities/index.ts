@@ -1,4 +1,4 @@
-import type { Timing } from '../workflows/messages';
+import type { Timing } from '../config/task-queues';
 import { createAdmissionActivities } from './admission';
 import { createAgentStepActivities, stepCallerCheck } from './agent-steps';
 import { createApprovalActivities } from './approvals';

@@ -3,6 +3,8 @@
  * workflow code and from clients (no Node builtins, no Temporal client/worker imports).
  */
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { BudgetKey } from '../governance/budget-key';
+import type { Timing } from '../config/task-queues';
 import type { Intent } from '../governance/intent';
 import type { Plan } from '../governance/plan';
 import type { Reason } from '../governance/reasons';
@@ -246,12 +248,6 @@ export const preemptSignal = defineSignal<[PreemptRequest]>('preempt');
 export const jobChangedSignal = defineSignal<[{ job: string; phase: string }]>('jobChanged');
 
 /** A budget's key: its scope (`*` for a level it does not narrow) and period. */
-export interface BudgetKey {
-  tenant: string;
-  team: string;
-  project: string;
-  period: 'day' | 'week' | 'month' | 'total';
-}
 /** The budget controller: one long-lived workflow per budget, id `budget:<tenant>/<team>/<project>:<period>`. */
 export const budgetControllerId = (k: BudgetKey) => `budget:${k.tenant}/${k.team}/${k.project}:${k.period}`;
 /** Something changed (a budget set, a large charge): look at the ledger now instead of at the next poll. */
@@ -296,17 +292,4 @@ export const leaseSpendUpdate = defineUpdate<{ recorded: boolean; spentUsd?: num
 export const leaseReturnUpdate = defineUpdate<{ closed: boolean; returnedUsd: number }, [{ leaseId: string; by: string }]>('leaseReturn');
 export const LeaseErrors = { InvalidLeaseRequest: 'InvalidLeaseRequest', UnknownLease: 'UnknownLease' } as const;
 
-/** How the workflow paces itself and where it sends cluster work; decided by the worker's config. */
-export interface Timing {
-  pollMillis: number;
-  queueRetryMillis: number;
-  dispatchQueue: string;
-  /** Retry policy of compensations (absent in histories from before agent rollback). */
-  compensation?: { maxAttempts: number; initialIntervalMs: number };
-  /** How long a preempted job has to checkpoint before it is suspended (absent in older histories). */
-  preemptGraceMillis?: number;
-  /** Tries per ledger and cluster call before the task asks an operator (absent in older histories: the workflow's defaults). */
-  retries?: { ledgerMaxAttempts: number; clusterMaxAttempts: number };
-  /** History length at which the task continues as new (absent in older histories: the workflow's default). */
-  continueAsNewEvents?: number;
-}
+export type { BudgetKey, Timing };
