@@ -188,7 +188,12 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     }
     s.step = move.step;
     if (s.step === 'preempt') {
-      const victim = await ledgerCalls().choosePreemptionVictim({ budgetId: snap.budgetId, window: snap.window, crossing: s.crossing, sharePct: snap.sharePct });
+      const victim = await ledgerCalls().choosePreemptionVictim({
+        budgetId: snap.budgetId,
+        window: snap.window,
+        crossing: s.crossing,
+        sharePct: snap.sharePct,
+      });
       if (victim !== null) {
         s.preempted.push(victim);
         await getExternalWorkflowHandle(victim)
