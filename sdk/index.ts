@@ -3,7 +3,6 @@ import {
   Client,
   Connection,
   ServiceError,
-  WithStartWorkflowOperation,
   WorkflowUpdateFailedError,
   WorkflowUpdateRPCTimeoutOrCancelledError,
   type WorkflowHandle,
@@ -202,25 +201,17 @@ export class GovloopClient {
       throw new GovloopInputError([{ path: 'requester', message: 'required without a credential (GOVLOOP_TOKEN / GOVLOOP_API_KEY)' }]);
     const requester = check(Requester, opts.requester ?? 'credential', 'requester');
     const taskId = opts.taskId !== undefined ? check(TaskId, opts.taskId, 'taskId') : `${parsed.name}-${randomBytes(4).toString('hex')}`;
-    // Start and admission in one call (update-with-start): the server starts the workflow and
-    // delivers the admission update in its first workflow task. A task id already running is
-    // refused (WorkflowExecutionAlreadyStartedError), as a plain start would be.
-    const start = new WithStartWorkflowOperation(governedTask, {
+    const handle = await this.client.workflow.start(governedTask, {
       taskQueue: this.taskQueue,
       workflowId: taskId,
-      workflowIdConflictPolicy: 'FAIL',
       args: [{ taskId, intent: parsed, requester, ...(this.credential ? { credential: this.credential } : {}) }],
       memo: { requester, runbook: 'runbooks/admitting.md', intent: parsed.name },
     });
-    try {
-      return await this.client.workflow.executeUpdateWithStart(admissionUpdate, { updateId: ADMISSION_UPDATE_ID, startWorkflowOperation: start });
-    } catch (err) {
-      if (!(err instanceof WorkflowUpdateRPCTimeoutOrCancelledError)) throw err;
-    }
     // The update has a fixed id, so asking again after the server's long poll gave up (a busy
     // server answers DEADLINE_EXCEEDED) attaches to the same admission instead of admitting twice.
-    const handle = this.client.workflow.getHandle(taskId);
-    for (let attempt = 2; ; attempt++) {
+    // (Not update-with-start: with this fixed id, the server answers a closed task's id with the
+    // old run's admission instead of starting a run that refuses it as TASK_ID_REUSED.)
+    for (let attempt = 1; ; attempt++) {
       try {
         return await whenWorkflowReady(() => handle.executeUpdate(admissionUpdate, { updateId: ADMISSION_UPDATE_ID }));
       } catch (err) {
