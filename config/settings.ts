@@ -20,6 +20,11 @@ export const SettingsSchema = z.object({
   GOVLOOP_CACHE_DIR: text,
   XDG_CACHE_HOME: text,
   TEMPORAL_CLI: text,
+  // The production-shaped Temporal of tests and benchmarks (runtime/temporal-server.ts).
+  TEMPORAL_SERVER: text,
+  TEMPORAL_SQL_TOOL: text,
+  TEMPORAL_SCHEMA_DIR: text,
+  TEST_DATABASE_URL: text,
   GOVLOOP_WORKFLOW_BUNDLE: text,
   // What to connect to (Temporal's own TLS and API-key variables are read by @temporalio/envconfig).
   TEMPORAL_ADDRESS: text,

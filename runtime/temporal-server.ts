@@ -1,6 +1,6 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { accessSync, constants, existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -10,7 +10,8 @@ import { stringify } from 'yaml';
 import { createDatabase } from '../ledger/scratch';
 import { searchAttributeTypes } from '../workflows/search-attributes';
 import { freePort } from './dev-server';
-import { cacheDir } from './temporal-cli';
+import { cacheDir, executable } from './temporal-cli';
+import { settings } from '../config/settings';
 
 /**
  * A production-shaped Temporal (issue 13, decision 0029): the real `temporal-server` v1.29.1 (the
@@ -35,21 +36,13 @@ export interface TemporalServerBinaries {
   schemaDir: string;
 }
 
-function executable(p: string): boolean {
-  try {
-    accessSync(p, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function binaries(): TemporalServerBinaries {
   const bin = join(cacheDir(), 'bin');
+  const env = settings();
   return {
-    server: process.env.TEMPORAL_SERVER ?? join(bin, 'temporal-server'),
-    sqlTool: process.env.TEMPORAL_SQL_TOOL ?? join(bin, 'temporal-sql-tool'),
-    schemaDir: process.env.TEMPORAL_SCHEMA_DIR ?? join(cacheDir(), `temporal-schema-${TEMPORAL_SERVER_VERSION}`),
+    server: env.TEMPORAL_SERVER ?? join(bin, 'temporal-server'),
+    sqlTool: env.TEMPORAL_SQL_TOOL ?? join(bin, 'temporal-sql-tool'),
+    schemaDir: env.TEMPORAL_SCHEMA_DIR ?? join(cacheDir(), `temporal-schema-${TEMPORAL_SERVER_VERSION}`),
   };
 }
 
@@ -221,7 +214,7 @@ export async function startTemporalServer(opts: TemporalServerOptions): Promise<
   if (!b) throw new Error(temporalServerSkipReason()!);
   const log = opts.onProgress ?? (() => undefined);
   const namespace = opts.namespace ?? 'default';
-  const adminUrl = new URL(opts.databaseUrl ?? process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres');
+  const adminUrl = new URL(opts.databaseUrl ?? settings().TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres');
   const suffix = `${process.pid}_${randomUUID().slice(0, 8)}`;
   const dbs = { persistence: `temporal_${suffix}`, visibility: `temporal_visibility_${suffix}` };
   const drops: (() => Promise<void>)[] = [];
