@@ -12,6 +12,10 @@
  *   npm run bench:e2e -- [--tasks 80] [--concurrency 8] [--steps 5] [--cluster-tasks 48]
  *                        [--database-url postgresql://…] [--json]
  *                        [--temporal dev|production] [--workers N] [--side-by-side]
+ *                        [--kueue-tasks 15000] [--kueue-submitters 32] [--kueue-teams 20] [--kueue-sim-seconds 60]
+ *
+ *   (d) with --kueue-tasks N: the Kueue-shaped case (bench/e2e-kueue.ts), N small 1-GPU cluster
+ *       tasks submitted at once, admitted per second, with no work lost.
  *
  * Ledger: DATABASE_URL / --database-url (a real PostgreSQL; the bench writes rows there under a
  * tenant and a simulated cluster of its own), else an embedded PGlite in a temp dir. The Temporal
@@ -41,12 +45,14 @@ import { findTemporalCli } from '../runtime/temporal-cli';
 import { bundleWorkflows, createWorkers } from '../workers/worker';
 import { governedTask } from '../workflows';
 import { type StepAnswer, type TaskStatus, admissionUpdate, clusterTaskQueue, finishSignal, stepUpdate } from '../workflows/messages';
+import { type KueueReport, runKueueCase } from './e2e-kueue';
 import { type TemporalKind, sideBySide, startBenchTemporal, startBenchWorkers } from './e2e-temporal';
 import { type Summary, describeMachine, fmt, machine, nowMs, parseFlags, round, summarize, table } from './lib';
 
 const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K] [--cluster-tasks M] [--sim-seconds S]
                          [--database-url URL] [--ledger-pool P] [--timeout-seconds T] [--dev-server tuned|default] [--json]
                          [--temporal dev|production] [--workers N] [--side-by-side]
+                         [--kueue-tasks N] [--kueue-submitters S] [--kueue-teams T] [--kueue-sim-seconds S]
   --tasks            hosted agent tasks (default 80)
   --concurrency      agent tasks in flight at once (default 8)
   --steps            step-gate updates per agent task, at most 150 (default 5)
@@ -60,6 +66,11 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
                      test/temporal/build-temporal-server.sh); default dev
   --workers          N \`govloop worker\` processes on the bench's queues (default: the workers run in this process)
   --side-by-side     run dev/1 worker process, production/1 and production/2 one after the other, side by side
+  --kueue-tasks      the Kueue-shaped case: N small 1-GPU cluster tasks submitted at once (default 0: skipped; Kueue's baseline is 15000)
+  --kueue-submitters client lanes starting them (default 32)
+  --kueue-teams      teams they are spread over, each with its GPU quota of each type (default 20: 320 GPUs, the simulated cluster's size)
+  --kueue-sim-seconds simulated duration of each (default 60, 17 ms at 3600x)
+  --show-history     print the event sequence of one agent task's and one training job's history (where the hops are)
   --json             print one JSON object instead of tables`;
 
 const SPEEDUP = 3600;
@@ -152,6 +163,14 @@ interface Trouble {
   activityFailures: number;
   /** Activity attempts after the first (a retry of a failed or timed-out attempt). */
   activityRetries: number;
+  /** Per task: workflow tasks completed (each one a worker activation and a server round trip). */
+  workflowTasks: Summary;
+  /** Per task: events in its history (its latest run). */
+  historyEvents: Summary;
+  /** Per task: activities scheduled through the server's queues (local activities are not among them). */
+  activitiesScheduled: Summary;
+  /** Per task: local activities run (each one recorded as a marker). */
+  localActivities: Summary;
   slowest: { workflowId: string; ms: number; longestGapMs: number; gapFrom: string; gapTo: string } | null;
 }
 
@@ -161,13 +180,32 @@ const eventName = (e: object): string => {
 };
 
 async function historyTrouble(client: Client, runs: { workflowId: string; totalMs: number }[]): Promise<Trouble> {
-  const t: Trouble = { workflowTaskTimeouts: 0, workflowTaskFailures: 0, activityTimeouts: 0, activityFailures: 0, activityRetries: 0, slowest: null };
+  const none = summarize([], 1);
+  const t: Trouble = {
+    workflowTaskTimeouts: 0,
+    workflowTaskFailures: 0,
+    activityTimeouts: 0,
+    activityFailures: 0,
+    activityRetries: 0,
+    workflowTasks: none,
+    historyEvents: none,
+    activitiesScheduled: none,
+    localActivities: none,
+    slowest: null,
+  };
+  const perTask = { workflowTasks: [] as number[], historyEvents: [] as number[], activitiesScheduled: [] as number[], localActivities: [] as number[] };
   const slowest = runs.reduce<{ workflowId: string; totalMs: number } | null>((a, r) => (a === null || r.totalMs > a.totalMs ? r : a), null);
   for (const r of runs) {
     const events = (await client.workflow.getHandle(r.workflowId).fetchHistory()).events ?? [];
     let prev: { at: number; name: string } | null = null;
     let gap = { ms: -1, from: '', to: '' };
+    let wfts = 0;
+    let scheduled = 0;
+    let locals = 0;
     for (const e of events) {
+      if (e.workflowTaskCompletedEventAttributes) wfts++;
+      if (e.activityTaskScheduledEventAttributes) scheduled++;
+      if (e.markerRecordedEventAttributes?.markerName === 'core_local_activity') locals++;
       if (e.workflowTaskTimedOutEventAttributes) t.workflowTaskTimeouts++;
       if (e.workflowTaskFailedEventAttributes) t.workflowTaskFailures++;
       if (e.activityTaskTimedOutEventAttributes) t.activityTimeouts++;
@@ -178,8 +216,16 @@ async function historyTrouble(client: Client, runs: { workflowId: string; totalM
       if (prev && at - prev.at > gap.ms) gap = { ms: at - prev.at, from: prev.name, to: name };
       prev = { at, name };
     }
+    perTask.workflowTasks.push(wfts);
+    perTask.historyEvents.push(events.length);
+    perTask.activitiesScheduled.push(scheduled);
+    perTask.localActivities.push(locals);
     if (r === slowest) t.slowest = { workflowId: r.workflowId, ms: Math.round(r.totalMs), longestGapMs: Math.round(gap.ms), gapFrom: gap.from, gapTo: gap.to };
   }
+  t.workflowTasks = summarize(perTask.workflowTasks, 0);
+  t.historyEvents = summarize(perTask.historyEvents, 0);
+  t.activitiesScheduled = summarize(perTask.activitiesScheduled, 0);
+  t.localActivities = summarize(perTask.localActivities, 0);
   return t;
 }
 
@@ -203,6 +249,11 @@ async function main() {
       temporal: 'dev',
       workers: undefined as string | undefined,
       'side-by-side': false,
+      'show-history': false,
+      'kueue-tasks': 0,
+      'kueue-submitters': 32,
+      'kueue-teams': 20,
+      'kueue-sim-seconds': 60,
       json: false,
     },
     usage,
@@ -471,6 +522,23 @@ async function main() {
     const trainings = await withTimeout(pool(clusterTasks, clusterTasks, runTraining), timeoutS, 'cluster phase');
     const clusterWallS = (nowMs() - c0) / 1000;
 
+    // (d): the Kueue-shaped case, when asked for.
+    const kueueTasks = Math.round(flags['kueue-tasks']);
+    const kueue: KueueReport | null =
+      kueueTasks > 0
+        ? await runKueueCase({
+            db,
+            tenant,
+            tasks: kueueTasks,
+            submitters: Math.round(flags['kueue-submitters']),
+            teams: Math.round(flags['kueue-teams']),
+            simSeconds: flags['kueue-sim-seconds'],
+            timeoutS,
+            start: (input, name) => client.withAbortSignal(abort.signal, () => start(input, name)),
+            log,
+          })
+        : null;
+
     const okAgents = agents.filter((r) => r.ok);
     // Server-side view of the step path, from the histories of (at most) 20 measured agent tasks.
     const breakdown = await stepBreakdown(
@@ -487,7 +555,15 @@ async function main() {
     );
     const okTrainings = trainings.filter((r) => r.ok);
     const stepsAll = okAgents.flatMap((r) => r.stepMs);
-    const failures = [...agents.filter((r) => !r.ok).map((r) => `agent: ${r.error}`), ...trainings.filter((r) => !r.ok).map((r) => `training: ${r.error}`)];
+    const failures = [
+      ...agents.filter((r) => !r.ok).map((r) => `agent: ${r.error}`),
+      ...trainings.filter((r) => !r.ok).map((r) => `training: ${r.error}`),
+      ...(kueue && !kueue.noWorkLost
+        ? [
+            `kueue: ${kueue.finalStates.Succeeded ?? 0} of ${kueue.tasks} succeeded, ${kueue.unfinished} unfinished, ${kueue.gpuSecondsMetered} of ${kueue.gpuSecondsExpected} GPU-seconds metered; ${kueue.submitFailures[0] ?? ''}`,
+          ]
+        : []),
+    ];
     const s = (xs: number[]): Summary => summarize(xs, 1);
     const report = {
       benchmark: 'e2e',
@@ -539,6 +615,7 @@ async function main() {
           2,
         ),
       },
+      kueue,
       /** From the workflow histories: what Temporal retried, and the slowest task's longest wait. */
       histories: { agents: agentTrouble, cluster: clusterTrouble },
       failures: failures.slice(0, 20),
@@ -606,6 +683,38 @@ async function main() {
               ? `; slowest ${t.slowest.workflowId} ${fmt(t.slowest.ms, 0)} ms, longest wait ${fmt(t.slowest.longestGapMs, 0)} ms (${t.slowest.gapFrom} → ${t.slowest.gapTo})`
               : ''),
         );
+        console.log(
+          `history shape, ${what} (per task, p50 / max): ${fmt(t.workflowTasks.p50, 0)} / ${fmt(t.workflowTasks.max, 0)} workflow tasks, ${fmt(t.historyEvents.p50, 0)} / ${fmt(t.historyEvents.max, 0)} events, ${fmt(t.activitiesScheduled.p50, 0)} / ${fmt(t.activitiesScheduled.max, 0)} queued activities, ${fmt(t.localActivities.p50, 0)} / ${fmt(t.localActivities.max, 0)} local activities`,
+        );
+      }
+      if (kueue) {
+        console.log(
+          `\nkueue-shaped case: ${kueue.submitted} small cluster tasks submitted in ${kueue.submitSeconds} s (${kueue.submittedPerSecond}/s); ` +
+            `${kueue.admitted} admitted, ${kueue.admittedPerSecond} per second (first submit → last admission); ` +
+            `submit → admitted p50 ${fmt(kueue.submitToAdmitMs.p50, 0)} ms, p99 ${fmt(kueue.submitToAdmitMs.p99, 0)} ms; ` +
+            `ended ${JSON.stringify(kueue.finalStates)}, ${kueue.unfinished} unfinished after ${kueue.wallSeconds} s; ` +
+            `${kueue.gpuSecondsMetered} of ${kueue.gpuSecondsExpected} GPU-seconds metered; no work lost: ${kueue.noWorkLost ? 'yes' : 'NO'}`,
+        );
+      }
+      if (flags['show-history']) {
+        for (const [what, id] of [
+          ['agent task', okAgents[0]?.workflowId],
+          ['training job', okTrainings[0]?.workflowId],
+        ] as const) {
+          if (!id) continue;
+          const events = (await client.workflow.getHandle(id).fetchHistory()).events ?? [];
+          const t0 = tsToMs(events[0]?.eventTime);
+          console.log(`\n${what} ${id}: ${events.length} events`);
+          for (const e of events) {
+            const detail =
+              e.activityTaskScheduledEventAttributes?.activityType?.name ??
+              e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name ??
+              e.workflowExecutionSignaledEventAttributes?.signalName ??
+              e.markerRecordedEventAttributes?.markerName ??
+              '';
+            console.log(`  ${String(tsToMs(e.eventTime) - t0).padStart(6)} ms  ${eventName(e)} ${detail}`);
+          }
+        }
       }
       showActivityFailures((l) => console.log(l));
       if (failures.length > 0) {
