@@ -1,5 +1,5 @@
 import type { ClusterCapacity } from '../cluster/backend';
-import { gpuQuotaFor } from '../governance/admission';
+import { gpuQuotaFor } from '../governance/flat-quota';
 import type { Intent } from '../governance/intent';
 import { own } from '../governance/own';
 import { quotaGpus } from '../governance/plan';

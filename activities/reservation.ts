@@ -1,4 +1,4 @@
-import { gpuQuotaFor } from '../governance/admission';
+import { gpuQuotaFor } from '../governance/flat-quota';
 import type { Intent } from '../governance/intent';
 import { type Plan, quotaGpusOf } from '../governance/plan';
 import type { Reason } from '../governance/reasons';

@@ -1,26 +1,14 @@
-import type { ClusterNode, GovConfig, Policies } from '../config/schema';
+import type { ClusterNode, GovConfig } from '../config/schema';
 import { resolveCaps } from './caps';
+import { decideFlatQuota, gpuQuotaFor } from './flat-quota';
+import { type BudgetHeadroom, decideBudgets } from './headroom';
 import type { Intent, RiskClass } from './intent';
-import { type LadderStep, queuesAdmissions } from './ladder';
 import { type Plan, pickTemplate, quotaGpus, translate } from './plan';
 import { microsToUsd } from './pricing';
-import { type QuotaDecision, addGpus } from './quota';
+import type { QuotaDecision } from './quota';
 import { type Reason, ReasonCode, reason } from './reasons';
 import { admitTools, toolOverheadTokens } from './tools';
 import { own } from './own';
-
-/** What a budget scope has left, read from the ledger just before the decision. */
-export interface BudgetHeadroom {
-  /** e.g. "acme/search/*" */
-  scope: string;
-  period: string;
-  window: string;
-  limitMicros: number;
-  reservedMicros: number;
-  spentMicros: number;
-  /** The step of the enforcement ladder its budget controller set (governance/ladder.ts); ok when absent. */
-  ladderStep?: LadderStep;
-}
 
 export interface AdmissionContext {
   config: GovConfig;
@@ -163,18 +151,10 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
       if (ctx.quota) {
         if (ctx.quota.decision === 'rejected') reasons.push(ctx.quota.reason);
         else if (ctx.quota.decision !== 'admitted') quotaBusy = ctx.quota.reason;
-      } else if (asked > quota) {
-        reasons.push(
-          reason(ReasonCode.GpuQuotaExceeded, `${asked} ${gpuType} GPUs is above team ${intent.attribution.team}'s quota ${quota}`, quota, asked, quotaPolicy),
-        );
-      } else if (addGpus(ctx.teamGpusInUse, asked) > quota) {
-        quotaBusy = reason(
-          ReasonCode.GpuQuotaBusy,
-          `team ${intent.attribution.team} holds ${ctx.teamGpusInUse} of ${quota} ${gpuType} GPUs; ${asked} more must wait`,
-          quota - ctx.teamGpusInUse,
-          asked,
-          quotaPolicy,
-        );
+      } else {
+        const flat = decideFlatQuota({ team: intent.attribution.team, gpuType, asked, inUse: ctx.teamGpusInUse, quota, policy: quotaPolicy });
+        if (flat?.code === ReasonCode.GpuQuotaBusy) quotaBusy = flat;
+        else if (flat) reasons.push(flat);
       }
     }
   }
@@ -202,46 +182,12 @@ export function admit(intent: Intent, ctx: AdmissionContext): AdmissionResult {
       ],
     };
   }
-  // The ladder at its queue step (the hard limit): new work in the scope waits instead of being refused.
-  const held = ctx.budgets.filter((b) => b.ladderStep !== undefined && queuesAdmissions(b.ladderStep));
-  if (held.length > 0) return { decision: 'queued', plan, reasons: held.map((b) => ladderQueueReason(b, plan.worstCaseMicros)) };
-  const budgetReasons = ctx.budgets.flatMap((b) => {
-    const headroom = b.limitMicros - b.reservedMicros - b.spentMicros;
-    return plan.worstCaseMicros > headroom ? [budgetReason(b, plan.worstCaseMicros)] : [];
-  });
-  if (budgetReasons.length > 0) return { decision: 'rejected', reasons: budgetReasons };
+  // The worst case must fit every covering budget; a budget whose ladder is at its queue step (the hard limit) holds new work instead.
+  const budgets = decideBudgets(ctx.budgets, plan.worstCaseMicros);
+  if (!budgets.ok) return budgets.retry ? { decision: 'queued', plan, reasons: budgets.reasons } : { decision: 'rejected', reasons: budgets.reasons };
 
   if (quotaBusy) return { decision: 'queued', plan, reasons: [quotaBusy] };
   return { decision: 'admitted', plan, reasons: [] };
-}
-
-/** A team's GPU quota for one type, and the policy line it comes from. */
-export function gpuQuotaFor(policies: Policies, a: { tenant: string; team: string }, gpuType: string): { quota: number; policy: string } {
-  const row = policies.gpuQuotas.find((q) => q.tenant === a.tenant && q.team === a.team && q.gpuType === gpuType);
-  return row
-    ? { quota: row.gpus, policy: `policies/${policies.name}#gpuQuotas[${a.tenant}/${a.team}/${gpuType}]` }
-    : { quota: policies.defaultGpuQuota, policy: `policies/${policies.name}#defaultGpuQuota` };
-}
-
-export function budgetReason(b: BudgetHeadroom, askedMicros: number): Reason {
-  const headroom = Math.max(0, b.limitMicros - b.reservedMicros - b.spentMicros);
-  return reason(
-    ReasonCode.BudgetExceeded,
-    `worst case $${microsToUsd(askedMicros).toFixed(2)} does not fit the $${microsToUsd(headroom).toFixed(2)} left of budget ${b.scope} (${b.period} ${b.window})`,
-    microsToUsd(headroom),
-    microsToUsd(askedMicros),
-    `budget:${b.scope}:${b.period}`,
-  );
-}
-
-export function ladderQueueReason(b: BudgetHeadroom, askedMicros: number): Reason {
-  return reason(
-    ReasonCode.BudgetLadderQueue,
-    `budget ${b.scope} (${b.period} ${b.window}) is at its ${b.ladderStep} step: new work waits until it is raised, its window resets or spend is released`,
-    microsToUsd(b.limitMicros),
-    microsToUsd(b.spentMicros + b.reservedMicros + askedMicros),
-    `policies#ladder.queueAt`,
-  );
 }
 
 /** GPUs of the largest domain at `level` among `nodes` (whole GPUs; an NVLink domain defaults to its node). */

@@ -18,6 +18,7 @@
  *   victims' last checkpoints wins (kueue #477), then the one with fewer victims; a set is valid
  *   only if the freed GPUs let the preemptor be placed on a node (kueue #5243).
  */
+import { addGpus, decideFlatQuota } from './flat-quota';
 import { type Reason, ReasonCode, reason } from './reasons';
 
 export interface CohortMember {
@@ -136,11 +137,6 @@ function usageByTeam(running: readonly Workload[]): Map<string, number> {
   return u;
 }
 
-/** GPU counts are whole or thousandths (shares, MIG slices): sums are kept to three decimals so 7 × 1/7 is 1. */
-export function addGpus(a: number, b: number): number {
-  return Math.round((a + b) * 1000) / 1000;
-}
-
 /** A team's dominant share in fair sharing: GPUs held divided by its weight. */
 export function dominantShare(state: QuotaState, t: { tenant: string; team: string }): number {
   const used = usageByTeam(state.running).get(key(t)) ?? 0;
@@ -203,12 +199,17 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
         member.nominal + sum(cohort!.teams.filter((m) => m !== member).map((m) => Math.min(m.lendingLimit ?? m.nominal, m.nominal))),
       )
     : s.flat.quota;
-  if (req.gpus > ceiling) {
+  const usage = usageByTeam(s.running);
+  const held = usage.get(team) ?? 0;
+  // A team in no cohort: the flat rule, the one reserve() applies again under the team's quota lock.
+  const flat = member ? null : decideFlatQuota({ team: req.team, gpuType: s.gpuType, asked: req.gpus, inUse: held, quota: s.flat.quota, policy });
+  if (flat?.code === ReasonCode.GpuQuotaExceeded) return { decision: 'rejected', reason: flat };
+  if (member && req.gpus > ceiling) {
     return {
       decision: 'rejected',
       reason: reason(
         ReasonCode.GpuQuotaExceeded,
-        `${req.gpus} ${s.gpuType} GPUs is above team ${req.team}'s quota ${ceiling}${member ? ` (nominal ${member.nominal} plus what it may borrow in cohort ${cohort!.name})` : ''}`,
+        `${req.gpus} ${s.gpuType} GPUs is above team ${req.team}'s quota ${ceiling} (nominal ${member.nominal} plus what it may borrow in cohort ${cohort!.name})`,
         ceiling,
         req.gpus,
         policy,
@@ -216,15 +217,13 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
     };
   }
 
-  const usage = usageByTeam(s.running);
-  const held = usage.get(team) ?? 0;
   const withReq = new Map(usage).set(team, addGpus(held, req.gpus));
   const borrows = member ? Math.max(0, addGpus(held, req.gpus) - member.nominal) - Math.max(0, held - member.nominal) : 0;
   // Quota other teams are waiting for (within their nominal) is not idle: it is not lent.
   const asked = new Map<string, number>();
   if (borrows > 0) for (const p of s.pending) if (key(p) !== team) asked.set(key(p), addGpus(asked.get(key(p)) ?? 0, p.gpus));
 
-  if (fitsQuota(s, withReq, asked)) {
+  if (member ? fitsQuota(s, withReq, asked) : flat === null) {
     if (borrows > 0) {
       // Fair share: a request ahead of this one, from another team, that fits now goes first.
       const ahead = ordered
@@ -254,7 +253,7 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
   });
   const describe = member
     ? `team ${req.team} holds ${held} ${s.gpuType} GPUs (nominal ${member.nominal}) and cohort ${cohort!.name} has no idle quota for ${req.gpus} more`
-    : `team ${req.team} holds ${held} of ${s.flat.quota} ${s.gpuType} GPUs; ${req.gpus} more must wait`;
+    : flat!.message;
 
   // Preemptions under way: wait for them rather than choose more victims.
   const inFlight = s.running.filter((w) => w.preempting);

@@ -1,9 +1,10 @@
-import { type BudgetHeadroom, budgetReason, ladderQueueReason } from '../governance/admission';
+import { decideFlatQuota } from '../governance/flat-quota';
+import { type BudgetHeadroom, decideBudgets } from '../governance/headroom';
 import type { Attribution } from '../governance/intent';
-import { type LadderStep, queuesAdmissions } from '../governance/ladder';
+import type { LadderStep } from '../governance/ladder';
 import { type Period, windowKey } from '../governance/periods';
 import { microsToUsd, usdToMicros } from '../governance/pricing';
-import { type Reason, ReasonCode, reason } from '../governance/reasons';
+import { type Reason, ReasonCode } from '../governance/reasons';
 import { appendAudit } from './audit';
 import { type Db, type Queryable, overLimit } from './db';
 import { teamGpusInUse } from './tasks';
@@ -122,38 +123,39 @@ export async function reserve(
     if (quota) {
       // The team's GPU quota is checked again under a lock, so two tasks admitted at once cannot both take the last GPUs.
       await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [quota.lockKey ?? `quota/${a.tenant}/${a.team}/${quota.gpuType}`]);
-      const busy = quota.recheck ? await quota.recheck(c) : null;
-      if (busy) return { ok: false, retry: true, reasons: [busy] };
-      const inUse = quota.recheck ? null : await teamGpusInUse(c, a.tenant, a.team, quota.gpuType, taskId);
-      if (inUse !== null && inUse + quota.gpus > quota.quota) {
-        return {
-          ok: false,
-          retry: true,
-          reasons: [
-            reason(
-              ReasonCode.GpuQuotaBusy,
-              `team ${a.team} holds ${inUse} of ${quota.quota} ${quota.gpuType} GPUs; ${quota.gpus} more must wait`,
-              quota.quota - inUse,
-              quota.gpus,
-              quota.policy,
-            ),
-          ],
-        };
-      }
+      // The same rules admission decided optimistically: cohorts through `recheck` (governance/quota.ts), a flat quota through governance/flat-quota.ts.
+      const refused = quota.recheck
+        ? await quota.recheck(c)
+        : decideFlatQuota({
+            team: a.team,
+            gpuType: quota.gpuType,
+            asked: quota.gpus,
+            inUse: await teamGpusInUse(c, a.tenant, a.team, quota.gpuType, taskId),
+            quota: quota.quota,
+            policy: quota.policy,
+          });
+      // GPU_QUOTA_EXCEEDED (more than the quota, only if the policy changed since admission) never fits; anything else waits.
+      if (refused) return { ok: false, retry: refused.code !== ReasonCode.GpuQuotaExceeded, reasons: [refused] };
     }
     if (existing.rows[0]) {
       await c.query(`UPDATE tasks SET state = 'Reserved' WHERE task_id = $1`, [taskId]);
       return { ok: true, amountMicros: existing.rows[0].amount_micros };
     }
     const windows = await coveringWindows(c, a, at, true);
-    // The budget controller's ladder at its queue step (or above): new work waits, however much is left.
-    const held = windows.filter((w) => queuesAdmissions(w.ladder_step));
-    if (held.length > 0) return { ok: false, retry: true, reasons: held.map((w) => ladderQueueReason(toHeadroom(w), amountMicros)) };
-    const short = windows.filter((w) => w.limit_micros - w.reserved_micros - w.spent_micros < amountMicros);
-    if (short.length > 0) {
-      const reasons = short.map((w) => budgetReason(toHeadroom(w), amountMicros));
-      await appendAudit(c, { actor: 'govloop', taskId, action: 'reserve', decision: 'rejected', detail: { reasons }, dedupeKey: `${taskId}:reserve` });
-      return { ok: false, retry: false, reasons };
+    // The same rule admission decided optimistically (governance/headroom.ts), now with the windows locked:
+    // the ladder at its queue step (or above) holds new work however much is left; a shortfall refuses it.
+    const budgets = decideBudgets(windows.map(toHeadroom), amountMicros);
+    if (!budgets.ok) {
+      if (budgets.retry) return budgets;
+      await appendAudit(c, {
+        actor: 'govloop',
+        taskId,
+        action: 'reserve',
+        decision: 'rejected',
+        detail: { reasons: budgets.reasons },
+        dedupeKey: `${taskId}:reserve`,
+      });
+      return budgets;
     }
     for (const w of windows) {
       await c.query('UPDATE budget_windows SET reserved_micros = reserved_micros + $3 WHERE budget_id = $1 AND window_key = $2', [

@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { stringify } from 'yaml';
 import { z } from 'zod';
 import type { GovConfig } from '../../config/load';
-import { gpuQuotaFor } from '../../governance/admission';
+import { gpuQuotaFor } from '../../governance/flat-quota';
 import { type Principal, actorName } from '../../governance/authz';
 import { Attribution, type IntentInput, parseIntentText } from '../../governance/intent';
 import { pickTemplate } from '../../governance/plan';

@@ -2,7 +2,7 @@
  * Small fluent builders for test fixtures (style.md rule 13): start from a valid default, change
  * only what the test is about, `build()` a plain object. Defaults mirror the harness's `intent()`.
  */
-import type { BudgetHeadroom } from '../../governance/admission';
+import type { BudgetHeadroom } from '../../governance/headroom';
 import { type GovConfig, loadConfig } from '../../config/load';
 import type { KindLimits } from '../../config/schema';
 import { type Attribution, type Caps, Intent, type IntentInput, type RiskClass, type WorkloadKind } from '../../governance/intent';

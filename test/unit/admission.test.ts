@@ -1,7 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../config/load';
-import { type AdmissionResult, type BudgetHeadroom, admit } from '../../governance/admission';
+import { type AdmissionResult, admit } from '../../governance/admission';
+import type { BudgetHeadroom } from '../../governance/headroom';
 import { usdToMicros } from '../../governance/pricing';
 import type { Reason } from '../../governance/reasons';
 import { type BudgetBuilder, type ConfigBuilder, type IntentBuilder, aBudget, aConfig, anIntent } from '../support/builders';
