@@ -1,0 +1,72 @@
+/**
+ * Admission: rejected, admitted, or queued until the team's quota frees up (again after a
+ * preemption). Quota taken by borrowers or lower-priority work: the victims are told to make
+ * room. Safe to import from workflow code.
+ */
+import { condition, getExternalWorkflowHandle, patched } from '@temporalio/workflow';
+import { GovState, preemptSignal } from '../messages';
+import type { Ledger } from './calls';
+import type { Continuation } from './continue';
+import type { TaskState } from './state';
+
+/** Admitted and reserved: null; refused before admission ('refused'); else the final state to finish with. */
+export type AdmissionEnd = GovState | null | 'refused';
+
+export async function admission(t: TaskState, ledger: Ledger, continuation: Continuation): Promise<AdmissionEnd> {
+  const { taskId, intent, input } = t;
+  for (;;) {
+    const admitted = await ledger.admitTask({
+      taskId,
+      intent,
+      requester: input.requester,
+      attempt: ++t.attempt,
+      ...(input.credential ? { credential: input.credential } : {}),
+    });
+    t.timing = admitted.timing;
+    const result = admitted.result;
+    t.reasons = result.reasons;
+    if (admitted.requester !== undefined) t.requester = admitted.requester;
+    // No identity, no right to submit here, or another run's task id: nothing of this run is in
+    // the ledger, so it ends without settling (settle would touch the other run's row).
+    if (admitted.refused) {
+      t.decision = 'rejected';
+      return 'refused';
+    }
+    if (result.decision === 'rejected') {
+      t.decision = 'rejected';
+      return GovState.Rejected;
+    }
+    const plan = result.plan;
+    t.plan = plan;
+    // Quota is taken by borrowers or lower-priority work: tell the victims to make room, then wait for it.
+    if (admitted.preempt && patched('preemption')) {
+      for (const v of admitted.preempt) {
+        await getExternalWorkflowHandle(v.taskId)
+          .signal(preemptSignal, {
+            by: 'govloop',
+            reason: `${v.why}: ${taskId} needs ${intent.resources.gpus} ${intent.resources.gpuType} GPUs`,
+            preemptor: taskId,
+          })
+          .catch(() => undefined); // the victim already ended: its GPUs are free anyway
+      }
+    }
+    const reserved = await ledger.reserveBudget({ taskId, intent, plan, ...(t.preemptions > 0 ? { requeued: true } : {}) });
+    if (reserved.ok) {
+      t.decision = 'admitted';
+      t.reasons = [];
+      return null;
+    }
+    t.reasons = reserved.reasons;
+    if (!reserved.retry) {
+      t.decision = 'rejected';
+      return GovState.Rejected;
+    }
+    if (result.decision === 'queued' || reserved.retry) {
+      t.decision = 'queued';
+      t.setState(GovState.Queued);
+      await ledger.recordState({ taskId, state: GovState.Queued, reasons: t.reasons });
+      await continuation.continueIfLong('admission');
+      if (await condition(() => t.cancelled !== null, t.timing.queueRetryMillis)) return GovState.Cancelled;
+    }
+  }
+}

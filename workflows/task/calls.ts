@@ -1,0 +1,35 @@
+/**
+ * The activity proxies a governed task calls through: the ledger (bounded retries), the step gate
+ * (a local activity), the cluster's own task queue. Safe to import from workflow code.
+ */
+import { patched, proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
+import type { Activities } from '../../activities';
+import { TASK_CLUSTER_ACTIVITY, TASK_LEDGER_ACTIVITY } from '../activity-options';
+
+/** Ledger calls with the default bound; the task swaps in its config's bound once admission told it (timing.retries). */
+export const boundedLedger = (maxAttempts?: number) =>
+  proxyActivities<Activities>(
+    maxAttempts === undefined ? TASK_LEDGER_ACTIVITY : { ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: maxAttempts } },
+  );
+export type Ledger = ReturnType<typeof boundedLedger>;
+/**
+ * The step gate on the agent's hot path runs as a local activity: one ledger transaction inside
+ * the workflow task that took the update, no round trip through the server's activity queue. It
+ * is idempotent by (task, seq), so the re-run a local activity may get after a crash is harmless.
+ */
+const localLedger = proxyLocalActivities<Activities>(TASK_LEDGER_ACTIVITY);
+/** Histories from before the local step gate replay with the activity they recorded. */
+export const gateStep: Activities['gateStep'] = (input) =>
+  patched('step-gate-local-activity') ? localLedger.gateStep(input) : boundedLedger().gateStep(input);
+
+/**
+ * Cluster calls go to the cluster's own task queue, where its dispatcher runs: a bit more time,
+ * a longer bound; past it the task asks an operator (a cluster outage must not lose the task).
+ */
+export const clusterActivities = (taskQueue: string, maxAttempts?: number) =>
+  proxyActivities<Activities>({
+    ...TASK_CLUSTER_ACTIVITY,
+    taskQueue,
+    ...(maxAttempts === undefined ? {} : { retry: { ...TASK_CLUSTER_ACTIVITY.retry, maximumAttempts: maxAttempts } }),
+  });
+export type Cluster = ReturnType<typeof clusterActivities>;

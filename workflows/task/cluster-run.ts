@@ -1,0 +1,136 @@
+/**
+ * The cluster run: the job placed (queued while the cluster has no room), watched until it ends,
+ * is cancelled, breaches a cap or is preempted; a preempted job goes back to admission and, once
+ * readmitted, is placed again and resumes from its checkpoint. Safe to import from workflow code.
+ */
+import { ApplicationFailure, condition, patched } from '@temporalio/workflow';
+import { GovState, type PreemptRequest } from '../messages';
+import { admission } from './admission';
+import type { Cluster, Ledger } from './calls';
+import type { Continuation } from './continue';
+import type { Finish, Finished, TaskState } from './state';
+
+/** Where the cluster loop starts: placing the job, watching it, or readmission after a preemption. */
+export type ClusterStage = 'dispatch' | 'running' | 'readmission';
+
+export interface ClusterRunDeps {
+  ledger: Ledger;
+  cluster: Cluster;
+  continuation: Continuation;
+  finish: Finish;
+}
+
+/** Runs a cluster task to its end (settling: see Finished); null once its plan is no longer a cluster one (hosted work follows). */
+export async function runCluster(t: TaskState, start: ClusterStage, deps: ClusterRunDeps): Promise<Finished | null> {
+  const { taskId, intent } = t;
+  const { ledger, cluster, continuation, finish } = deps;
+  let stage = start;
+  // A preempted job comes back here once readmitted: placed again and resumed from its checkpoint.
+  while (t.plan!.placement === 'cluster') {
+    for (; stage === 'dispatch';) {
+      const d = await cluster.dispatchJob({ taskId, intent, plan: t.plan! });
+      t.job = d.job;
+      if (d.ok) {
+        t.nodes = d.nodes;
+        t.reasons = [];
+        t.setState(GovState.Running);
+        stage = 'running';
+        break;
+      }
+      t.reasons = [d.reason];
+      if ((t.state as GovState) !== GovState.Queued) {
+        t.setState(GovState.Queued);
+        await ledger.recordState({ taskId, state: GovState.Queued, reasons: t.reasons });
+      }
+      await continuation.continueIfLong('dispatch');
+      if (await condition(() => t.cancelled !== null, t.timing.queueRetryMillis)) return finish(GovState.Cancelled);
+    }
+    for (; stage === 'running';) {
+      const job = t.job;
+      if (job === null) throw ApplicationFailure.nonRetryable(`task ${taskId} runs on the cluster without a job`);
+      await continuation.continueIfLong('running');
+      await condition(() => t.cancelled !== null || t.preemptReq !== null || t.jobChanged, t.timing.pollMillis);
+      t.jobChanged = false;
+      const observed = await cluster.observeJob({ taskId, job, intent, plan: t.plan! });
+      t.lastObservation = observed;
+      t.usage = observed.usage;
+      t.progress = observed.progress;
+      if (t.cancelled) {
+        await cluster.deleteJob({ job });
+        await cluster.observeJob({ taskId, job, intent, plan: t.plan! });
+        return finish(GovState.Cancelled);
+      }
+      if (observed.capBreach) {
+        t.reasons = [observed.capBreach];
+        await cluster.deleteJob({ job });
+        return finish(GovState.CapExceeded);
+      }
+      if (observed.phase === 'Succeeded') return finish(GovState.Succeeded);
+      if (observed.phase === 'Failed' || observed.phase === 'Deleted') {
+        t.reasons = [{ code: 'NOT_RUNNING', message: observed.message ?? `job ${observed.phase}`, limit: null, requested: null, policy: `cluster/${job}` }];
+        await cluster.deleteJob({ job });
+        return finish(GovState.Failed);
+      }
+      if (t.preemptReq !== null && patched('preemption')) {
+        if (await preempt(t, ledger, cluster, t.preemptReq, job)) stage = 'readmission';
+      }
+    }
+    // Preempted: back to the queue, with the reservation kept and the quota checked again.
+    const notReadmitted = await admission(t, ledger, continuation);
+    if (notReadmitted === 'refused') throw ApplicationFailure.nonRetryable(`task ${taskId} lost its claim to the ledger row while preempted`);
+    if (notReadmitted) {
+      if (t.job !== null) await cluster.deleteJob({ job: t.job }); // the suspended job will not run again
+      return finish(notReadmitted);
+    }
+    t.setState(GovState.Reserved);
+    stage = 'dispatch';
+  }
+  return null;
+}
+
+/**
+ * Preemption of the running job: the checkpoint signal, the grace period, suspend (the job frees
+ * its GPUs and keeps its progress up to the checkpoint), the last metering of what ran, then the
+ * ledger record — lost GPU-seconds against the preemptor's team, the audit row naming the
+ * preemptor — and GovState Preempted. False when a cancel came during the grace period.
+ */
+async function preempt(t: TaskState, ledger: Ledger, cluster: Cluster, p: PreemptRequest, job: string): Promise<boolean> {
+  const { taskId, intent } = t;
+  const checkpointed = await cluster.checkpointJob({ job });
+  // The policy's grace, or longer where the cluster needs longer to deliver the signal.
+  const grace = Math.max(t.timing.preemptGraceMillis ?? 30_000, checkpointed?.graceMillis ?? 0);
+  if (await condition(() => t.cancelled !== null, grace)) {
+    t.preemptReq = null;
+    return false;
+  }
+  const plan = t.plan!;
+  const suspended = await cluster.suspendJob({ job, gpus: plan.gpu.count });
+  t.lastObservation = await cluster.observeJob({ taskId, job, intent, plan });
+  t.usage = t.lastObservation.usage;
+  t.progress = t.lastObservation.progress;
+  t.preemptions++;
+  const r = await ledger.recordPreemption({
+    taskId,
+    round: t.preemptions,
+    by: p.by,
+    reason: p.reason,
+    preemptor: p.preemptor,
+    lostGpuSecondsTotal: suspended.lostGpuSecondsTotal,
+    gpuType: plan.gpu.type,
+    gpus: plan.gpu.count,
+  });
+  t.reasons = [
+    {
+      code: 'PREEMPTED',
+      message: `preempted by ${p.preemptor ?? p.by} (${p.reason}); ${r.lostGpuSeconds} GPU-seconds since the checkpoint lost`,
+      limit: null,
+      requested: null,
+      policy: p.preemptor ? `task/${p.preemptor}` : 'operator',
+    },
+  ];
+  t.nodes = [];
+  t.preemptReq = null;
+  t.decision = 'queued';
+  t.setState(GovState.Preempted);
+  return true;
+}
