@@ -11,9 +11,17 @@ import { TASK_QUEUE_CONTROL, clusterTaskQueue } from '../workflows/messages';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
+/**
+ * Modules evaluated once per worker thread and shared by every workflow in its reusable V8 context,
+ * instead of once per workflow (decision 0032). Only libraries without per-workflow state: zod
+ * (its classes and helpers; our schemas built from it are still made per workflow). Measured: the
+ * workflow thread's CPU per bench run fell by about a fifth (docs/benchmarks.md, issue 13).
+ */
+export const PRELOADED_WORKFLOW_MODULES = ['zod'];
+
 /** Bundles the workflow code once; workers reuse the bundle (tests: once per file). */
 export async function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
-  return bundleWorkflowCode({ workflowsPath, logger: quietBundlerLogger });
+  return bundleWorkflowCode({ workflowsPath, logger: quietBundlerLogger, preloadModules: PRELOADED_WORKFLOW_MODULES });
 }
 
 const quietBundlerLogger = {

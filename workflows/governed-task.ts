@@ -36,12 +36,14 @@ export { TaskErrors } from './task/errors';
 export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // Tasks started before continue-as-new existed never hand over: their replay has no such command.
   const mayContinue = patched('continue-as-new');
+  // The ledger calls as local activities (decision 0032): runs started before replay with the queued ones they recorded.
+  const localLedgerCalls = patched('task-ledger-local-activities');
   const t = new TaskState(input);
   const { taskId, intent, carried } = t;
 
   // The task's own ledger and cluster calls retry within a bound; past it the task asks an
   // operator and waits (NeedsOperator), then tries again once resolved (decision 0020).
-  const { rawLedger, escalating, ledger } = installEscalation(t);
+  const { rawLedger, escalating, ledger } = installEscalation(t, localLedgerCalls);
   const continuation = continuationOf(t, mayContinue, () => leased.carry());
 
   // The handlers, in the order the task has always set them (buffered messages are delivered in it).

@@ -27,8 +27,8 @@ beforeAll(async () => {
   bundle = await bundleWorkflows();
   const config = testConfig();
   config.policies.notifyUrl = hook.url;
-  // Three tries of a cluster call (0.5 s + 1 s of backoff), then an operator.
-  config.policies.retries = { ledgerMaxAttempts: 40, clusterMaxAttempts: 3 };
+  // Three tries of a cluster call (0.5 s + 1 s of backoff) or a ledger call (0.2 s + 0.4 s), then an operator.
+  config.policies.retries = { ledgerMaxAttempts: 3, clusterMaxAttempts: 3 };
   h = await createHarness({ bundle, config });
   const real = h.backend;
   // The simulated cluster, with an outage switch on the calls a running task makes.
@@ -78,9 +78,11 @@ describe('data errors', () => {
     expect(status.state).toBe('Failed');
     expect(status.reasons[0]).toMatchObject({ code: 'DATA_ERROR' });
     expect(status.reasons[0]?.message).toMatch(/attribution\.model: must not contain control characters \(\\u0000 at 5\)/);
+    // One try: no queued activity started a second time, and the admission ran as a local activity (decision 0032).
     const history = await handle.fetchHistory();
     const starts = history.events!.filter((e) => e.activityTaskStartedEventAttributes);
     expect(starts.map((e) => e.activityTaskStartedEventAttributes!.attempt)).not.toContain(2);
+    expect(history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'admitTask')).toEqual([]);
     const rows = await h.db.query('SELECT count(*)::int AS n FROM reservations WHERE task_id = $1', [taskId]);
     expect(rows.rows).toEqual([{ n: 0 }]);
     const audit = await h.db.query("SELECT decision FROM audit_log WHERE task_id = $1 AND action = 'settle'", [taskId]);
@@ -125,5 +127,41 @@ describe('bounded retries', () => {
     // Exact: the 30,000 job-seconds on 2 GPUs, metered once.
     const used = await h.db.query<{ q: number }>("SELECT sum(quantity)::float AS q FROM usage_events WHERE task_id = $1 AND meter = 'gpu_seconds'", [a.taskId]);
     expect(used.rows[0]!.q).toBeCloseTo(60_000, 6);
+  });
+  it('a ledger that refuses the settle (a local activity call) puts the task in NeedsOperator; fixed and resolved, it settles once and exactly', async () => {
+    const a = await gov.submit(
+      intent(h.tenant, { name: 'ledger-outage', caps: { maxUsd: 1000, maxGpuHours: 40 }, simulation: { durationSeconds: 600, tokensPerSecond: 10 } }),
+      { requester: 'carol' },
+    );
+    expect(a.decision).toBe('admitted');
+    // A real PostgreSQL error on the task's closing write (SQLSTATE 08006, a lost connection: retryable),
+    // until the trigger is dropped.
+    const trigger = `fault_${a.taskId.replace(/[^a-z0-9]/gi, '_')}`;
+    await h.db.query(
+      `CREATE FUNCTION ${trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+         RAISE EXCEPTION 'ledger unavailable (injected)' USING ERRCODE = '08006'; END $$`,
+    );
+    await h.db.query(
+      `CREATE TRIGGER ${trigger} BEFORE UPDATE ON tasks FOR EACH ROW
+         WHEN (NEW.task_id = '${a.taskId}' AND NEW.finished_at IS NOT NULL) EXECUTE FUNCTION ${trigger}()`,
+    );
+    try {
+      const waiting = await h.until(a.taskId, (s) => s.state === 'NeedsOperator', 60_000);
+      expect(waiting.reasons.at(-1)).toMatchObject({ code: 'RETRIES_EXHAUSTED', requested: 'settleTask' });
+      expect(waiting.reasons.at(-1)?.message).toMatch(/ledger unavailable \(injected\)/);
+      await expect
+        .poll(async () => (await h.db.query("SELECT 1 FROM audit_log WHERE task_id = $1 AND action = 'retries.exhausted'", [a.taskId])).rowCount)
+        .toBe(1);
+    } finally {
+      await h.db.query(`DROP TRIGGER IF EXISTS ${trigger} ON tasks`);
+      await h.db.query(`DROP FUNCTION IF EXISTS ${trigger}()`);
+    }
+    expect(await gov.resolve(a.taskId, { by: 'oncall-erin', reason: 'failover finished' })).toEqual({ state: 'Settling' });
+    const done = await gov.result(a.taskId);
+    expect(done.state).toBe('Succeeded');
+    const settles = await h.db.query<{ decision: string }>("SELECT decision FROM audit_log WHERE task_id = $1 AND action = 'settle'", [a.taskId]);
+    expect(settles.rows).toEqual([{ decision: 'Succeeded' }]);
+    const used = await h.db.query<{ q: number }>("SELECT sum(quantity)::float AS q FROM usage_events WHERE task_id = $1 AND meter = 'gpu_seconds'", [a.taskId]);
+    expect(used.rows[0]!.q).toBeCloseTo(1_200, 6);
   });
 });

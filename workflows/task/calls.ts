@@ -13,6 +13,17 @@ export const boundedLedger = (maxAttempts?: number) =>
   );
 export type Ledger = ReturnType<typeof boundedLedger>;
 /**
+ * The same ledger calls as local activities (decision 0032): each runs in the worker that holds
+ * the task, inside the workflow task that asked for it, instead of a round trip through the
+ * server's activity queue and a workflow task of its own. Same timeout and bounded retries (long
+ * backoffs become timers). Every ledger activity is idempotent by task id (and step, round or
+ * attempt), so the re-run a local activity gets after a worker crash is harmless.
+ */
+export const boundedLocalLedger = (maxAttempts?: number): Ledger =>
+  proxyLocalActivities<Activities>(
+    maxAttempts === undefined ? TASK_LEDGER_ACTIVITY : { ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: maxAttempts } },
+  );
+/**
  * The step gate on the agent's hot path runs as a local activity: one ledger transaction inside
  * the workflow task that took the update, no round trip through the server's activity queue. It
  * is idempotent by (task, seq), so the re-run a local activity may get after a crash is harmless.

@@ -3,10 +3,10 @@
  * within a bound; past it the task asks an operator and waits (NeedsOperator), then tries again
  * once resolved. Safe to import from workflow code.
  */
-import { type ActivityFailure, condition, upsertMemo } from '@temporalio/workflow';
+import { condition, upsertMemo } from '@temporalio/workflow';
 import type { Reason } from '../../governance/reasons';
 import { GovState } from '../messages';
-import { type Ledger, boundedLedger } from './calls';
+import { type Ledger, boundedLedger, boundedLocalLedger } from './calls';
 import { causeText, retriesExhausted } from './errors';
 import type { TaskState } from './state';
 
@@ -19,8 +19,9 @@ export interface Escalation {
   ledger: Ledger;
 }
 
-export function installEscalation(t: TaskState): Escalation {
-  const rawLedger = () => boundedLedger(t.timing.retries?.ledgerMaxAttempts);
+/** `local`: the task's ledger calls run as local activities (decision 0032; runs started before it call through the queue). */
+export function installEscalation(t: TaskState, local: boolean): Escalation {
+  const rawLedger = () => (local ? boundedLocalLedger : boundedLedger)(t.timing.retries?.ledgerMaxAttempts);
   const escalating = <T extends object>(raw: () => T): T =>
     new Proxy({} as T, {
       get:
@@ -43,7 +44,7 @@ export function installEscalation(t: TaskState): Escalation {
    * reason, the memo, an audit row and a notification where the ledger answers) and waits for an
    * operator's `resolve`, then goes back to where it was and tries the call again.
    */
-  async function askOperator(activity: string, err: ActivityFailure): Promise<void> {
+  async function askOperator(activity: string, err: Error): Promise<void> {
     const before = t.state;
     const error = causeText(err);
     const why: Reason = {
