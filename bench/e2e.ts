@@ -30,7 +30,7 @@ import { setMaxListeners } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Client, Connection } from '@temporalio/client';
+import { Client, Connection, WithStartWorkflowOperation } from '@temporalio/client';
 import { tsToMs } from '@temporalio/common/lib/time';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import { SimulatedCluster } from '../cluster/simulated/backend';
@@ -449,9 +449,19 @@ async function main() {
       let admissionMs = Number.NaN;
       let workflowId = '';
       try {
-        const handle = await start(agentIntent(i), 'bench-agent');
-        workflowId = handle.workflowId;
-        const admission = await handle.executeUpdate(admissionUpdate);
+        // Start and admission in one call, as the SDK's submit does (update-with-start).
+        const taskId = `bench-agent-${randomUUID().slice(0, 8)}`;
+        workflowId = taskId;
+        const admission = await client.workflow.executeUpdateWithStart(admissionUpdate, {
+          updateId: `admission-${taskId}`,
+          startWorkflowOperation: new WithStartWorkflowOperation(governedTask, {
+            taskQueue: controlQueue,
+            workflowId: taskId,
+            args: [{ taskId, intent: Intent.parse(agentIntent(i)), requester: 'bench' }],
+            workflowIdConflictPolicy: 'FAIL',
+          }),
+        });
+        const handle = client.workflow.getHandle<typeof governedTask>(taskId);
         admissionMs = nowMs() - t0;
         if (admission.decision !== 'admitted') throw new Error(`admission ${admission.decision}: ${admission.reasons.map((r) => r.code).join(' ')}`);
         for (let k = 0; k < steps; k++) {

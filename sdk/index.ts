@@ -5,6 +5,7 @@ import {
   ServiceError,
   WorkflowUpdateFailedError,
   WorkflowUpdateRPCTimeoutOrCancelledError,
+  WithStartWorkflowOperation,
   type WorkflowHandle,
   isGrpcServiceError,
 } from '@temporalio/client';
@@ -42,7 +43,7 @@ import { settings } from '../config/settings';
 import { GovloopAccessError, GovloopInputError, GovloopNotFoundError, GovloopStateError, check } from './errors';
 import { BudgetLease, LeaseOptions, Requester } from './budget-lease';
 
-/** The admission update's id: one admission per task, so a retried submit attaches to it. */
+/** The admission update's id prefix; each submit adds its own suffix, so its retries attach to its own admission. */
 const ADMISSION_UPDATE_ID = 'admission';
 
 export type { AdmissionAnswer, ApprovalAnswer, ApprovalOutcome, StepAnswer, TaskStatus, StepUsage };
@@ -109,13 +110,14 @@ const workflowNotReady = (err: unknown): boolean => {
   const grpc = err instanceof ServiceError ? err.cause : err;
   return isGrpcServiceError(grpc) && grpc.code === GRPC_FAILED_PRECONDITION && /Workflow Task in failed state/i.test(grpc.details ?? grpc.message);
 };
+const notReadyBackoffMs = (attempt: number) => Math.min(5000, 250 * 2 ** (attempt - 1));
 async function whenWorkflowReady<T>(call: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();
     } catch (err) {
       if (!workflowNotReady(err) || attempt >= NOT_READY_ATTEMPTS) throw err;
-      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** (attempt - 1))));
+      await new Promise((r) => setTimeout(r, notReadyBackoffMs(attempt)));
     }
   }
 }
@@ -201,21 +203,31 @@ export class GovloopClient {
       throw new GovloopInputError([{ path: 'requester', message: 'required without a credential (GOVLOOP_TOKEN / GOVLOOP_API_KEY)' }]);
     const requester = check(Requester, opts.requester ?? 'credential', 'requester');
     const taskId = opts.taskId !== undefined ? check(TaskId, opts.taskId, 'taskId') : `${parsed.name}-${randomBytes(4).toString('hex')}`;
-    const handle = await this.client.workflow.start(governedTask, {
-      taskQueue: this.taskQueue,
-      workflowId: taskId,
-      args: [{ taskId, intent: parsed, requester, ...(this.credential ? { credential: this.credential } : {}) }],
-      memo: { requester, runbook: 'runbooks/admitting.md', intent: parsed.name },
-    });
-    // The update has a fixed id, so asking again after the server's long poll gave up (a busy
-    // server answers DEADLINE_EXCEEDED) attaches to the same admission instead of admitting twice.
-    // (Not update-with-start: with this fixed id, the server answers a closed task's id with the
-    // old run's admission instead of starting a run that refuses it as TASK_ID_REUSED.)
-    for (let attempt = 1; ; attempt++) {
+    const args = [{ taskId, intent: parsed, requester, ...(this.credential ? { credential: this.credential } : {}) }] as const;
+    const memo = { requester, runbook: 'runbooks/admitting.md', intent: parsed.name };
+    // Start and admission in one call (update-with-start): the first workflow task takes the
+    // admission update with it, one round trip instead of two (issue 13). The update id is this
+    // call's own: a closed task's id then starts a new run, which refuses it (TASK_ID_REUSED),
+    // instead of the server answering with the old run's admission. A retry after the server's
+    // long poll gave up (a busy server answers DEADLINE_EXCEEDED) may find the task already started
+    // by the first try: it attaches to that run (USE_EXISTING) and, by the same update id, to the
+    // same admission. The first try refuses a task id that is running (FAIL), as start always did.
+    const updateId = `${ADMISSION_UPDATE_ID}-${randomBytes(6).toString('hex')}`;
+    // The same for a started task whose workflow task is failing (see whenWorkflowReady): try again, attached.
+    for (let attempt = 1, timeouts = 0; ; attempt++) {
+      const startWorkflowOperation = new WithStartWorkflowOperation(governedTask, {
+        taskQueue: this.taskQueue,
+        workflowId: taskId,
+        args,
+        memo,
+        workflowIdConflictPolicy: attempt === 1 ? 'FAIL' : 'USE_EXISTING',
+      });
       try {
-        return await whenWorkflowReady(() => handle.executeUpdate(admissionUpdate, { updateId: ADMISSION_UPDATE_ID }));
+        return await this.client.workflow.executeUpdateWithStart(admissionUpdate, { updateId, startWorkflowOperation });
       } catch (err) {
-        if (!(err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) || attempt >= 5) throw err;
+        if (err instanceof WorkflowUpdateRPCTimeoutOrCancelledError && ++timeouts < 5) continue;
+        if (!workflowNotReady(err) || attempt >= NOT_READY_ATTEMPTS) throw err;
+        await new Promise((r) => setTimeout(r, notReadyBackoffMs(attempt)));
       }
     }
   }

@@ -265,7 +265,7 @@ describe('leases across continue-as-new', () => {
       return a.taskId;
     };
     const [leasedTask, syncTask] = [await start('can-leased'), await start('can-sync')];
-    const gate = gov2.leasedSteps(leasedTask, { as: 'carol', steps: 20, batchSize: 3, flushMs: 60_000 });
+    const gate = gov2.leasedSteps(leasedTask, { as: 'carol', steps: 10, batchSize: 2, flushMs: 60_000 });
     for (let i = 0; i < 60; i++) expect((await gate.step(step(i))).answer).toBe('allow');
     for (let i = 0; i < 60; i++) await gov2.step(syncTask, step(i), { as: 'carol' });
     await gate.close();
