@@ -70,6 +70,7 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
   --kueue-submitters client lanes starting them (default 32)
   --kueue-teams      teams they are spread over, each with its GPU quota of each type (default 20: 320 GPUs, the simulated cluster's size)
   --kueue-sim-seconds simulated duration of each (default 60, 17 ms at 3600x)
+  --submit           with-start (start + admission in one update-with-start, as the SDK submits) or two-calls (start, then the update); default with-start
   --show-history     print the event sequence of one agent task's and one training job's history (where the hops are)
   --json             print one JSON object instead of tables`;
 
@@ -250,6 +251,7 @@ async function main() {
       workers: undefined as string | undefined,
       'side-by-side': false,
       'show-history': false,
+      submit: 'with-start',
       'kueue-tasks': 0,
       'kueue-submitters': 32,
       'kueue-teams': 20,
@@ -269,6 +271,8 @@ async function main() {
   const workerProcesses = flags.workers === undefined ? 0 : Number(flags.workers);
   if (flags.workers !== undefined && !(Number.isInteger(workerProcesses) && workerProcesses > 0))
     throw new Error(`--workers must be a whole number of processes, at least 1, got "${flags.workers}"`);
+  const submitMode = flags.submit;
+  if (submitMode !== 'with-start' && submitMode !== 'two-calls') throw new Error('--submit is with-start or two-calls');
   const devServerTuning = flags['dev-server'] as DevServerTuning;
   if (devServerTuning !== 'tuned' && devServerTuning !== 'default') throw new Error('--dev-server is tuned or default');
   if (steps > 150) throw new Error('--steps is at most 150 (the agent maxSteps ceiling in config/policies.yaml is 200)');
@@ -449,18 +453,23 @@ async function main() {
       let admissionMs = Number.NaN;
       let workflowId = '';
       try {
-        // Start and admission in one call, as the SDK's submit does (update-with-start).
+        // Start and admission in one call, as the SDK's submit does (update-with-start); or, with
+        // --submit two-calls, start and then the admission update, as it did before (issue 13).
         const taskId = `bench-agent-${randomUUID().slice(0, 8)}`;
         workflowId = taskId;
-        const admission = await client.workflow.executeUpdateWithStart(admissionUpdate, {
-          updateId: `admission-${taskId}`,
-          startWorkflowOperation: new WithStartWorkflowOperation(governedTask, {
-            taskQueue: controlQueue,
-            workflowId: taskId,
-            args: [{ taskId, intent: Intent.parse(agentIntent(i)), requester: 'bench' }],
-            workflowIdConflictPolicy: 'FAIL',
-          }),
-        });
+        const args = [{ taskId, intent: Intent.parse(agentIntent(i)), requester: 'bench' }] as const;
+        const admission =
+          submitMode === 'with-start'
+            ? await client.workflow.executeUpdateWithStart(admissionUpdate, {
+                updateId: `admission-${taskId}`,
+                startWorkflowOperation: new WithStartWorkflowOperation(governedTask, {
+                  taskQueue: controlQueue,
+                  workflowId: taskId,
+                  args,
+                  workflowIdConflictPolicy: 'FAIL',
+                }),
+              })
+            : await (await client.workflow.start(governedTask, { taskQueue: controlQueue, workflowId: taskId, args })).executeUpdate(admissionUpdate);
         const handle = client.workflow.getHandle<typeof governedTask>(taskId);
         admissionMs = nowMs() - t0;
         if (admission.decision !== 'admitted') throw new Error(`admission ${admission.decision}: ${admission.reasons.map((r) => r.code).join(' ')}`);
@@ -589,6 +598,7 @@ async function main() {
         ledger: ledger ? 'embedded-pglite' : 'postgresql',
         ledgerPool,
         devServer: devServerTuning,
+        submit: submitMode,
         temporal: temporalKind,
         workerProcesses,
         temporalCli: temporalKind === 'dev' ? (cli?.source ?? null) : null,
