@@ -47,7 +47,21 @@ import { governedTask } from '../workflows';
 import { type StepAnswer, type TaskStatus, admissionUpdate, clusterTaskQueue, finishSignal, stepUpdate } from '../workflows/messages';
 import { type KueueReport, runKueueCase } from './e2e-kueue';
 import { type TemporalKind, sideBySide, startBenchTemporal, startBenchWorkers } from './e2e-temporal';
-import { type Summary, describeMachine, fmt, machine, nowMs, parseFlags, round, summarize, table } from './lib';
+import {
+  type CpuSnapshot,
+  type Summary,
+  cpuPer,
+  cpuSnapshot,
+  descendants,
+  describeMachine,
+  fmt,
+  machine,
+  nowMs,
+  parseFlags,
+  round,
+  summarize,
+  table,
+} from './lib';
 
 const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K] [--cluster-tasks M] [--sim-seconds S]
                          [--database-url URL] [--ledger-pool P] [--timeout-seconds T] [--dev-server tuned|default] [--json]
@@ -531,19 +545,32 @@ async function main() {
     setup.warmupMs = Math.round(nowMs() - w0);
     log(`warm-up:    one agent task and one training job in ${setup.warmupMs} ms`);
 
+    // CPU per task, which a busy machine does not distort the way it distorts rates: this process
+    // (client and in-process workers), the processes it started (the Temporal server, worker
+    // processes) and the PostgreSQL backends serving the bench's database (an embedded PGlite is
+    // part of this process).
+    const backends = async () =>
+      ledger ? [] : (await db.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE datname = current_database()')).rows.map((r) => r.pid);
+    const cpuNow = async (): Promise<CpuSnapshot> => cpuSnapshot({ started: descendants(process.pid), postgres: await backends() });
+
     // (a) + (b): agent tasks through the step gate.
     const a0 = nowMs();
+    const agentCpu0 = await cpuNow();
     const agents = await withTimeout(pool(tasks, concurrency, runAgent), timeoutS, 'agent phase');
+    const agentCpuMs = cpuPer(agentCpu0, await cpuNow(), agents.filter((r) => r.ok).length);
     const agentWallS = (nowMs() - a0) / 1000;
 
     // (c): simulated training jobs, all submitted at once.
     const c0 = nowMs();
+    const clusterCpu0 = await cpuNow();
     const trainings = await withTimeout(pool(clusterTasks, clusterTasks, runTraining), timeoutS, 'cluster phase');
+    const clusterCpuMs = cpuPer(clusterCpu0, await cpuNow(), trainings.filter((r) => r.ok).length);
     const clusterWallS = (nowMs() - c0) / 1000;
 
     // (d): the Kueue-shaped case, when asked for.
     const kueueTasks = Math.round(flags['kueue-tasks']);
-    const kueue: KueueReport | null =
+    const kueueCpu0 = await cpuNow();
+    const kueueRun: KueueReport | null =
       kueueTasks > 0
         ? await runKueueCase({
             db,
@@ -557,6 +584,7 @@ async function main() {
             log,
           })
         : null;
+    const kueue = kueueRun && { ...kueueRun, cpuMsPerTask: cpuPer(kueueCpu0, await cpuNow(), kueueRun.submitted) };
 
     const okAgents = agents.filter((r) => r.ok);
     // Server-side view of the step path, from the histories of (at most) 20 measured agent tasks.
@@ -611,6 +639,8 @@ async function main() {
         tasksPerSecond: round(okAgents.length / agentWallS, 2),
         stepsPerSecond: round(stepsAll.length / agentWallS, 1),
         admissionMs: s(okAgents.map((r) => r.admissionMs)),
+        /** CPU milliseconds per completed agent task: worker = this process, started = the Temporal server (and worker processes), postgres = its backends. */
+        cpuMsPerTask: agentCpuMs,
         taskMs: s(okAgents.map((r) => r.totalMs)),
       },
       stepGate: {
@@ -624,6 +654,7 @@ async function main() {
         wallSeconds: round(clusterWallS, 2),
         tasksPerSecond: round(okTrainings.length / clusterWallS, 2),
         taskMs: s(okTrainings.map((r) => r.totalMs)),
+        cpuMsPerTask: clusterCpuMs,
         /** What one job would take if it only ran its simulated time: the rest is control-plane overhead. */
         simulatedRunMs: Math.round((flags['sim-seconds'] / SPEEDUP) * 1000),
         gpuSecondsMetered: round(
@@ -690,6 +721,9 @@ async function main() {
           ],
         ),
       );
+      const cpuLine = (c: Record<string, number>) =>
+        `${c.total} ms (this process ${c.worker}, the Temporal server${workerProcesses > 0 ? ' and worker processes' : ''} ${c.started}, PostgreSQL ${c.postgres})`;
+      console.log(`CPU per agent task: ${cpuLine(agentCpuMs)}; per training job: ${cpuLine(clusterCpuMs)}`);
       console.log(
         `metered: ${fmt(report.cluster.gpuSecondsMetered, 0)} GPU-seconds, $${report.cluster.costUsd.toFixed(2)} over ${report.cluster.completed} training jobs`,
       );
@@ -713,7 +747,7 @@ async function main() {
             `${kueue.admitted} admitted, ${kueue.admittedPerSecond} per second (first submit → last admission); ` +
             `submit → admitted p50 ${fmt(kueue.submitToAdmitMs.p50, 0)} ms, p99 ${fmt(kueue.submitToAdmitMs.p99, 0)} ms; ` +
             `ended ${JSON.stringify(kueue.finalStates)}, ${kueue.unfinished} unfinished after ${kueue.wallSeconds} s; ` +
-            `${kueue.gpuSecondsMetered} of ${kueue.gpuSecondsExpected} GPU-seconds metered; no work lost: ${kueue.noWorkLost ? 'yes' : 'NO'}`,
+            `${kueue.gpuSecondsMetered} of ${kueue.gpuSecondsExpected} GPU-seconds metered; no work lost: ${kueue.noWorkLost ? 'yes' : 'NO'}; CPU per task ${cpuLine(kueue.cpuMsPerTask)}`,
         );
       }
       if (flags['show-history']) {

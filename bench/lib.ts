@@ -3,6 +3,7 @@
  * printed table. Figures are only comparable with the machine and load next to them, so every
  * report starts with `machine()`.
  */
+import { readFileSync, readdirSync } from 'node:fs';
 import { cpus, freemem, loadavg, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import Table from 'cli-table3';
@@ -151,4 +152,57 @@ export function rng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** CPU seconds used so far: by this process (all its threads) and by each group of process ids. */
+export interface CpuSnapshot {
+  self: number;
+  groups: Record<string, number>;
+}
+
+const CLOCK_TICKS = 100;
+/** utime + stime of a process in seconds, and its parent; null once it has gone (Linux /proc). */
+function procStat(pid: number): { cpu: number; ppid: number } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { cpu: (Number(f[11]) + Number(f[12])) / CLOCK_TICKS, ppid: Number(f[1]) };
+  } catch {
+    return null;
+  }
+}
+
+/** Every process below `root` (children, their children, ...): e.g. the Temporal server the bench started. */
+export function descendants(root: number): number[] {
+  let pids: number[] = [];
+  try {
+    pids = readdirSync('/proc')
+      .filter((d) => /^\d+$/.test(d))
+      .map(Number);
+  } catch {
+    return [];
+  }
+  const parent = new Map(pids.map((p) => [p, procStat(p)?.ppid ?? 0]));
+  const below = (p: number): boolean => {
+    for (let q = parent.get(p); q !== undefined && q > 1; q = parent.get(q)) if (q === root) return true;
+    return false;
+  };
+  return pids.filter(below);
+}
+
+export function cpuSnapshot(groups: Record<string, readonly number[]>): CpuSnapshot {
+  const u = process.cpuUsage();
+  return {
+    self: (u.user + u.system) / 1e6,
+    groups: Object.fromEntries(Object.entries(groups).map(([k, pids]) => [k, pids.reduce((a, p) => a + (procStat(p)?.cpu ?? 0), 0)])),
+  };
+}
+
+/** CPU milliseconds per unit of work between two snapshots: this process ("worker") and each group. */
+export function cpuPer(a: CpuSnapshot, b: CpuSnapshot, units: number): Record<string, number> {
+  const per = (x: number) => (units > 0 ? Math.round((x * 1000) / units) : 0);
+  const out: Record<string, number> = { worker: per(b.self - a.self) };
+  for (const k of Object.keys(b.groups)) out[k] = per(b.groups[k]! - (a.groups[k] ?? 0));
+  out.total = Object.values(out).reduce((x, y) => x + y, 0);
+  return out;
 }
