@@ -1,7 +1,9 @@
+import { WorkflowUpdateFailedError } from '@temporalio/client';
 import { z } from 'zod';
 import type { budgetController } from '../workflows';
-import { leaseReturnUpdate, leaseSpendUpdate, leaseUpdate } from '../workflows/messages';
-import { GovloopInputError, GovloopLeaseError } from './errors';
+import { LeaseErrors, leaseReturnUpdate, leaseSpendUpdate, leaseUpdate } from '../workflows/messages';
+import { LeaseRequestSchema, LeaseReturnSchema, LeaseSpendSchema } from '../workflows/schemas';
+import { GovloopInputError, GovloopLeaseError, GovloopNotFoundError, check } from './errors';
 import type { GovloopClient } from './index';
 
 /** Who holds a lease or submits: a name as the ledger records it. */
@@ -10,20 +12,40 @@ export const Requester = z.string().min(1).max(128);
 const Scope = z
   .strictObject({ tenant: z.string().min(1).max(63), team: z.string().min(1).max(63).optional(), project: z.string().min(1).max(63).optional() })
   .refine((x) => x.project === undefined || x.team !== undefined, { message: 'a project scope needs a team', path: ['project'] });
+/** The lease's own fields are the lease update's (workflows/schemas.ts): refused here as the budget controller would. */
+const lease = LeaseRequestSchema.shape;
 export const LeaseOptions = z
   .strictObject({
     scope: Scope,
     period: z.enum(['day', 'week', 'month', 'total']).default('month'),
-    usd: z.number().positive().max(1e9).optional(),
-    tokens: z.number().int().positive().optional(),
-    model: z.string().min(1).optional(),
-    holder: Requester,
-    ttlSeconds: z.number().int().min(1).max(86_400).default(300),
+    usd: lease.usd,
+    tokens: lease.tokens,
+    model: lease.model,
+    holder: lease.holder,
+    ttlSeconds: lease.ttlSeconds.default(300),
     /** Renew when what is left of the leases falls under this share of the last grant. */
     renewBelow: z.number().gt(0).lt(1).default(0.25),
   })
   .refine((o) => (o.usd === undefined) !== (o.tokens === undefined), { message: 'give exactly one of usd or tokens', path: ['usd'] });
 export type LeaseOptions = z.input<typeof LeaseOptions>;
+
+/** The field errors a refused lease call carries as its details. */
+const FieldErrorList = z.array(z.object({ path: z.string(), message: z.string() })).min(1);
+
+/** Runs a lease update and turns the budget controller's refusals into typed errors (by their type, never their text). */
+async function leaseCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const cause = err instanceof WorkflowUpdateFailedError ? (err.cause as { type?: string; message: string; details?: unknown[] } | undefined) : undefined;
+    if (cause?.type === LeaseErrors.InvalidLeaseRequest) {
+      const listed = FieldErrorList.safeParse(cause.details?.[0]);
+      throw new GovloopInputError(listed.success ? listed.data : [{ path: '(root)', message: cause.message }]);
+    }
+    if (cause?.type === LeaseErrors.UnknownLease) throw new GovloopNotFoundError(cause.message);
+    throw err;
+  }
+}
 
 interface HeldLease {
   leaseId: string;
@@ -73,18 +95,15 @@ export class BudgetLease {
   /** Takes a grant (first lease or renewal). Throws GovloopLeaseError when refused. */
   async acquire(): Promise<void> {
     const requestId = `${this.requestPrefix}-${++this.requests}`;
-    const a = await this.handle.executeUpdate(leaseUpdate, {
-      args: [
-        {
-          requestId,
-          holder: this.opts.holder,
-          ttlSeconds: this.opts.ttlSeconds,
-          ...(this.opts.usd !== undefined ? { usd: this.opts.usd } : {}),
-          ...(this.opts.tokens !== undefined ? { tokens: this.opts.tokens } : {}),
-          ...(this.opts.model !== undefined ? { model: this.opts.model } : {}),
-        },
-      ],
+    const request = check(LeaseRequestSchema, {
+      requestId,
+      holder: this.opts.holder,
+      ttlSeconds: this.opts.ttlSeconds,
+      ...(this.opts.usd !== undefined ? { usd: this.opts.usd } : {}),
+      ...(this.opts.tokens !== undefined ? { tokens: this.opts.tokens } : {}),
+      ...(this.opts.model !== undefined ? { model: this.opts.model } : {}),
     });
+    const a = await leaseCall(() => this.handle.executeUpdate(leaseUpdate, { args: [request] }));
     if (!a.granted) throw new GovloopLeaseError(a.reason);
     this.grants++;
     this.lastGrantMicros = Math.round(a.amountUsd * 1e6);
@@ -137,9 +156,13 @@ export class BudgetLease {
       const micros = l.spentMicros - l.reportedMicros;
       if (micros <= 0) continue;
       const seq = l.seq + 1;
-      await this.handle.executeUpdate(leaseSpendUpdate, {
-        args: [{ leaseId: l.leaseId, seq, usd: micros / 1e6, ...(this.opts.model !== undefined ? { model: this.opts.model } : {}) }],
+      const spend = check(LeaseSpendSchema, {
+        leaseId: l.leaseId,
+        seq,
+        usd: micros / 1e6,
+        ...(this.opts.model !== undefined ? { model: this.opts.model } : {}),
       });
+      await leaseCall(() => this.handle.executeUpdate(leaseSpendUpdate, { args: [spend] }));
       l.seq = seq;
       l.reportedMicros += micros;
     }
@@ -152,7 +175,8 @@ export class BudgetLease {
     let returned = 0;
     let spent = 0;
     for (const l of this.held.splice(0)) {
-      const r = await this.handle.executeUpdate(leaseReturnUpdate, { args: [{ leaseId: l.leaseId, by: this.opts.holder }] });
+      const back = check(LeaseReturnSchema, { leaseId: l.leaseId, by: this.opts.holder });
+      const r = await leaseCall(() => this.handle.executeUpdate(leaseReturnUpdate, { args: [back] }));
       returned += r.returnedUsd;
       spent += l.spentMicros;
     }

@@ -3,6 +3,7 @@ import {
   Client,
   Connection,
   ServiceError,
+  WorkflowNotFoundError,
   WorkflowUpdateFailedError,
   WorkflowUpdateRPCTimeoutOrCancelledError,
   WithStartWorkflowOperation,
@@ -38,7 +39,18 @@ import {
   budgetNudgeSignal,
 } from '../workflows/messages';
 import { GovState as GovStateKey } from '../workflows/search-attributes';
-import { ApprovalDecisionSchema, CallerSchema, NameText, ReasonText } from '../workflows/schemas';
+import {
+  ApprovalDecisionSchema,
+  ApprovalOutcomeRequestSchema,
+  CallerSchema,
+  CancelRequestSchema,
+  FinishRequestSchema,
+  NameText,
+  PreemptRequestSchema,
+  ReasonText,
+  ResolveRequestSchema,
+  StepRequestSchema,
+} from '../workflows/schemas';
 import { settings } from '../config/settings';
 import { GovloopAccessError, GovloopInputError, GovloopNotFoundError, GovloopStateError, check } from './errors';
 import { BudgetLease, LeaseOptions, Requester } from './budget-lease';
@@ -247,7 +259,9 @@ export class GovloopClient {
   async step(taskId: string, usage: StepUsage, opts: { as?: string } = {}): Promise<StepAnswer> {
     const step = check(StepUsageSchema, usage, 'step');
     const as = opts.as === undefined ? undefined : check(NameText, opts.as, 'as');
-    return this.update(taskId, () => this.handle(taskId).executeUpdate(stepUpdate, { args: [{ ...step, ...this.caller(as) }] }));
+    // The step update's own schema (workflows/schemas.ts), as the task's validator checks it.
+    const payload = check(StepRequestSchema, { ...step, ...this.caller(as) }, 'step');
+    return this.update(taskId, () => this.handle(taskId).executeUpdate(stepUpdate, { args: [payload] }));
   }
 
   /** The leased step gate for a task (decision 0030): low-risk steps decided in process, reported in batches. */
@@ -260,8 +274,9 @@ export class GovloopClient {
    * returns the gate's answer to the step it held: allow/degrade means go ahead with the call.
    */
   async waitForApproval(approvalId: string): Promise<ApprovalOutcome> {
-    const taskId = taskOfApproval(check(z.string().min(1), approvalId, 'approvalId'));
-    return this.update(taskId, () => this.handle(taskId).executeUpdate(approvalOutcomeUpdate, { args: [{ approvalId }] }));
+    const payload = check(ApprovalOutcomeRequestSchema, { approvalId });
+    const taskId = taskOfApproval(payload.approvalId);
+    return this.update(taskId, () => this.handle(taskId).executeUpdate(approvalOutcomeUpdate, { args: [payload] }));
   }
 
   /**
@@ -277,9 +292,9 @@ export class GovloopClient {
   }
 
   private async decide(kind: 'approve' | 'reject', approvalId: string, d: { reason: string; as?: string; by?: string }): Promise<ApprovalAnswer> {
-    const taskId = taskOfApproval(check(z.string().min(1), approvalId, 'approvalId'));
     const decision = check(Decision, d);
     const payload = check(ApprovalDecisionSchema, { approvalId, reason: decision.reason, ...this.caller(decision.as) });
+    const taskId = taskOfApproval(payload.approvalId);
     const def = kind === 'approve' ? approveUpdate : rejectUpdate;
     return this.update(taskId, () => this.handle(taskId).executeUpdate(def, { args: [payload] }));
   }
@@ -287,9 +302,8 @@ export class GovloopClient {
   /** After a failed compensation (NeedsOperator): the operator says the side effect is dealt with. */
   async resolve(taskId: string, d: { reason: string; as?: string; by?: string }): Promise<{ state: GovState }> {
     const decision = check(Decision, d);
-    const r = await this.update(taskId, () =>
-      this.handle(taskId).executeUpdate(resolveUpdate, { args: [{ reason: decision.reason, ...this.caller(decision.as) }] }),
-    );
+    const payload = check(ResolveRequestSchema, { reason: decision.reason, ...this.caller(decision.as) });
+    const r = await this.update(taskId, () => this.handle(taskId).executeUpdate(resolveUpdate, { args: [payload] }));
     if ('accepted' in r) throw new GovloopAccessError(r.code, r.message);
     return r;
   }
@@ -311,8 +325,7 @@ export class GovloopClient {
       }
       if (cause?.type === TaskErrors.UnknownApproval) throw new GovloopNotFoundError(cause.message);
       if (cause) throw new GovloopStateError(cause.message);
-      const name = (err as Error).name;
-      if (name === 'WorkflowNotFoundError') throw new GovloopNotFoundError(`task ${taskId} not found, or it has ended`);
+      if (err instanceof WorkflowNotFoundError) throw new GovloopNotFoundError(`task ${taskId} not found, or it has ended`);
       throw err;
     }
   }
@@ -320,22 +333,23 @@ export class GovloopClient {
   /** The task's work is done (hosted tasks): it settles. Refused (GovloopAccessError) for anyone but its requester or an operator. */
   async finish(taskId: string, as?: string): Promise<TaskCallAnswer & { accepted: true }> {
     const by = as === undefined ? undefined : check(NameText, as, 'as');
-    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(finishTaskUpdate, { args: [this.caller(by)] }));
+    const payload = check(FinishRequestSchema, this.caller(by));
+    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(finishTaskUpdate, { args: [payload] }));
   }
 
   /** Cancels the task: its job is stopped, what it used is charged, the rest released. */
   async cancel(taskId: string, as: string | undefined, reason: string): Promise<TaskCallAnswer & { accepted: true }> {
     const by = as === undefined ? undefined : check(NameText, as, 'as');
     const why = check(ReasonText, reason, 'reason');
-    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(cancelTaskUpdate, { args: [{ reason: why, ...this.caller(by) }] }));
+    const payload = check(CancelRequestSchema, { reason: why, ...this.caller(by) });
+    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(cancelTaskUpdate, { args: [payload] }));
   }
 
   /** An operator preempts a running cluster task: checkpoint, suspend, requeue. */
   async preempt(taskId: string, d: { reason: string; as?: string }): Promise<TaskCallAnswer & { accepted: true }> {
     const decision = check(Decision, d);
-    return this.taskCall(taskId, () =>
-      this.handle(taskId).executeUpdate(preemptTaskUpdate, { args: [{ reason: decision.reason, ...this.caller(decision.as) }] }),
-    );
+    const payload = check(PreemptRequestSchema, { reason: decision.reason, ...this.caller(decision.as) });
+    return this.taskCall(taskId, () => this.handle(taskId).executeUpdate(preemptTaskUpdate, { args: [payload] }));
   }
 
   private async taskCall(taskId: string, fn: () => Promise<TaskCallAnswer>): Promise<TaskCallAnswer & { accepted: true }> {

@@ -4,26 +4,28 @@ import { z } from 'zod';
 import { type LeaseAmount, type LeasedStep, type StepLease, type SyncReason, SyncReasons, decideLocally, zeroAmount } from '../governance/step-lease';
 import { StepUsageSchema, type StepUsage } from '../governance/step-gate';
 import type { StepAnswer } from '../workflows/messages';
-import { LeasedStepErrors, type LeasedStepsAnswer, grantStepLeaseUpdate, reportLeasedStepsUpdate } from '../workflows/leased-steps';
+import { LeasedStepErrors, type LeasedStepsAnswer, StepLeaseRequestSchema, grantStepLeaseUpdate, reportLeasedStepsUpdate } from '../workflows/leased-steps';
 import type { GovloopClient } from './index';
 
 export { LeasedStepErrors, type SyncReason };
 
+/** What a lease asks for is the grant update's own fields (workflows/leased-steps.ts), with its defaults. */
+const grant = StepLeaseRequestSchema.shape;
 export const LeasedGateOptions = z.strictObject({
   /** Steps (and at most this many tool calls) one lease covers. */
-  steps: z.number().int().positive().max(10_000).default(64),
+  steps: grant.steps,
   /** USD one lease covers (default: all the task's caps leave below the degrade threshold). */
-  usd: z.number().positive().max(1_000_000).optional(),
+  usd: grant.usd,
   /** Tokens one lease covers (default: all the caps leave below the degrade threshold). */
-  tokens: z.number().int().positive().max(1e9).optional(),
-  ttlSeconds: z.number().int().min(1).max(3600).default(30),
+  tokens: grant.tokens,
+  ttlSeconds: grant.ttlSeconds,
   /** Report when this many steps wait, or this long after the first of them, whichever first. */
   batchSize: z.number().int().positive().max(1000).default(32),
   flushMs: z.number().int().positive().max(60_000).default(250),
   /** After a refused grant (ladder, cap edge), steps go synchronous this long before asking again. */
   regrantAfterMs: z.number().int().nonnegative().max(600_000).default(1000),
   /** A typed name (auth: none only; a credential names the caller otherwise). */
-  as: z.string().min(1).max(200).optional(),
+  as: grant.as,
 });
 export type LeasedGateOptions = z.input<typeof LeasedGateOptions>;
 

@@ -10,12 +10,12 @@ import {
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
+import type { z } from 'zod';
 import type { Activities } from '../activities';
 import { LEDGER_ACTIVITY } from './activity-options';
 import {
   type BudgetControllerState,
   type BudgetKey,
-  type LeaseRequest,
   type LeaseSpend,
   LeaseErrors,
   budgetNudgeSignal,
@@ -25,6 +25,7 @@ import {
   leaseSpendUpdate,
   leaseUpdate,
 } from './messages';
+import { LeaseRequestSchema, LeaseReturnSchema, LeaseSpendSchema, issuesList, issuesText } from './schemas';
 
 /**
  * The controller's ledger calls (lease grant, spend report, return, observe, apply, victim choice,
@@ -43,21 +44,11 @@ export interface BudgetControllerInput {
 }
 
 const fail = (msg: string, type: string = LeaseErrors.InvalidLeaseRequest) => ApplicationFailure.nonRetryable(msg, type);
-
-/** Plain checks (workflow code): every field error, with its path. */
-function leaseRequestErrors(r: LeaseRequest): string[] {
-  const e: string[] = [];
-  if (typeof r !== 'object' || r === null) return ['(root): an object is required'];
-  if (typeof r.requestId !== 'string' || !/^[A-Za-z0-9._:-]{1,100}$/.test(r.requestId)) e.push('requestId: 1 to 100 of A-Z a-z 0-9 . _ : -');
-  if (typeof r.holder !== 'string' || r.holder.length === 0 || r.holder.length > 128) e.push('holder: 1 to 128 characters');
-  const hasUsd = r.usd !== undefined;
-  const hasTokens = r.tokens !== undefined;
-  if (hasUsd === hasTokens) e.push('usd: give exactly one of usd or tokens');
-  if (hasUsd && (typeof r.usd !== 'number' || !Number.isFinite(r.usd) || r.usd <= 0 || r.usd > 1e9)) e.push('usd: a number above 0');
-  if (hasTokens && (typeof r.tokens !== 'number' || !Number.isInteger(r.tokens) || r.tokens <= 0)) e.push('tokens: a whole number above 0');
-  if (r.model !== undefined && (typeof r.model !== 'string' || r.model.length === 0)) e.push('model: a model name');
-  if (typeof r.ttlSeconds !== 'number' || !Number.isFinite(r.ttlSeconds) || r.ttlSeconds < 1 || r.ttlSeconds > 86_400) e.push('ttlSeconds: 1 to 86400');
-  return e;
+/** Parses a lease message or refuses it before history, naming every bad field (as text and as data). */
+function parseOrRefuse<T>(schema: z.ZodType<T>, payload: unknown): T {
+  const p = schema.safeParse(payload);
+  if (!p.success) throw ApplicationFailure.nonRetryable(issuesText(p.error), LeaseErrors.InvalidLeaseRequest, issuesList(p.error));
+  return p.data;
 }
 
 /**
@@ -92,6 +83,7 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     ...(s.budget.team !== '*' ? { team: s.budget.team } : {}),
     ...(s.budget.project !== '*' ? { project: s.budget.project } : {}),
   });
+  const ownLease = (leaseId: string) => leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`);
   setHandler(
     leaseUpdate,
     async (r) => {
@@ -110,10 +102,7 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
       return { granted: true, leaseId, amountUsd: g.amountMicros / 1e6, expiresAt: g.expiresAt, step: g.step };
     },
     {
-      validator: (r) => {
-        const errors = leaseRequestErrors(r);
-        if (errors.length) throw fail(errors.join('; '));
-      },
+      validator: (r) => void parseOrRefuse(LeaseRequestSchema, r),
     },
   );
   setHandler(
@@ -132,12 +121,8 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     },
     {
       validator: (x) => {
-        const e: string[] = [];
-        if (typeof x?.leaseId !== 'string' || !x.leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`))
-          e.push(`leaseId: not a lease of ${s.budget.tenant}/${s.budget.team}/${s.budget.project}`);
-        if (typeof x?.seq !== 'number' || !Number.isInteger(x.seq) || x.seq < 1) e.push('seq: a whole number from 1');
-        if (typeof x?.usd !== 'number' || !Number.isFinite(x.usd) || x.usd < 0 || x.usd > 1e9) e.push('usd: a number from 0');
-        if (e.length) throw fail(e.join('; '), LeaseErrors.UnknownLease);
+        const { leaseId } = parseOrRefuse(LeaseSpendSchema, x);
+        if (!ownLease(leaseId)) throw fail(`leaseId: not a lease of ${s.budget.tenant}/${s.budget.team}/${s.budget.project}`, LeaseErrors.UnknownLease);
       },
     },
   );
@@ -150,9 +135,8 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     },
     {
       validator: (x) => {
-        if (typeof x?.leaseId !== 'string' || !x.leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`))
-          throw fail(`leaseId: not a lease of this budget`, LeaseErrors.UnknownLease);
-        if (typeof x?.by !== 'string' || x.by.length === 0) throw fail('by: required');
+        const { leaseId } = parseOrRefuse(LeaseReturnSchema, x);
+        if (!ownLease(leaseId)) throw fail(`leaseId: not a lease of this budget`, LeaseErrors.UnknownLease);
       },
     },
   );

@@ -18,6 +18,9 @@ import type {
   CancelSignalSchema,
   FinishRequestSchema,
   FinishSignalSchema,
+  LeaseRequestSchema,
+  LeaseReturnSchema,
+  LeaseSpendSchema,
   PreemptRequestSchema,
   PreemptSignalSchema,
   ResolveRequestSchema,
@@ -264,32 +267,17 @@ export interface BudgetControllerState {
 }
 export const budgetStatusQuery = defineQuery<BudgetControllerState>('budgetStatus');
 
-/** Budget leases, through the budget controller of the scope's budget (sdk `lease()`). */
-export interface LeaseRequest {
-  /** The caller's id for this request: a retried request gets the same lease. */
-  requestId: string;
-  holder: string;
-  /** Exactly one of usd or tokens (tokens are leased at `model`'s output price). */
-  usd?: number;
-  tokens?: number;
-  model?: string;
-  ttlSeconds: number;
-}
+/** Budget leases, through the budget controller of the scope's budget (sdk `lease()`): exactly one of usd or tokens (tokens at `model`'s output price). */
+export type LeaseRequest = z.infer<typeof LeaseRequestSchema>;
 export type LeaseAnswer =
   { granted: true; leaseId: string; amountUsd: number; expiresAt: string; step: string } | { granted: false; leaseId: string; reason: Reason };
 export const leaseUpdate = defineUpdate<LeaseAnswer, [LeaseRequest]>('lease');
-export interface LeaseSpend {
-  leaseId: string;
-  /** 1, 2, 3 … per lease: a re-sent report is counted once. */
-  seq: number;
-  usd: number;
-  model?: string;
-  useCase?: string;
-}
+export type LeaseSpend = z.infer<typeof LeaseSpendSchema>;
 export const leaseSpendUpdate = defineUpdate<{ recorded: boolean; spentUsd?: number; leftUsd?: number; duplicate?: boolean; code?: string }, [LeaseSpend]>(
   'leaseSpend',
 );
-export const leaseReturnUpdate = defineUpdate<{ closed: boolean; returnedUsd: number }, [{ leaseId: string; by: string }]>('leaseReturn');
+export const leaseReturnUpdate = defineUpdate<{ closed: boolean; returnedUsd: number }, [z.infer<typeof LeaseReturnSchema>]>('leaseReturn');
+/** Error types a refused lease call carries (the SDK reads them): a payload its schema refuses, a lease of another budget. */
 export const LeaseErrors = { InvalidLeaseRequest: 'InvalidLeaseRequest', UnknownLease: 'UnknownLease' } as const;
 
 export type { BudgetKey, Timing };

@@ -16,7 +16,7 @@ import type { Activities } from '../activities';
 import type { ProgramAuth } from '../activities/program';
 import { type GateResult, ProgramPlan } from '../governance/program';
 import { LEDGER_ACTIVITY } from './activity-options';
-import { CallerShape, ReasonText, issuesText } from './schemas';
+import { CallerShape, ReasonText, issuesList, issuesText } from './schemas';
 import * as SA from './search-attributes';
 
 const ledger = proxyActivities<Activities>(LEDGER_ACTIVITY);
@@ -117,7 +117,7 @@ const CONTINUE_AS_NEW_EVENTS = 2000;
 
 function parse<T>(schema: z.ZodType<T>, v: unknown): T {
   const r = schema.safeParse(v);
-  if (!r.success) throw ApplicationFailure.nonRetryable(`invalid request: ${issuesText(r.error)}`, ProgramErrors.InvalidRequest);
+  if (!r.success) throw ApplicationFailure.nonRetryable(`invalid request: ${issuesText(r.error)}`, ProgramErrors.InvalidRequest, issuesList(r.error));
   return r.data;
 }
 

@@ -4,8 +4,11 @@ import { z } from 'zod';
 import { loadProgramPlan } from '../../config/load';
 import { TASK_QUEUE_CONTROL } from '../../workflows/messages';
 import {
+  ExtendSchema,
   PROGRAM_WORKFLOW_ID,
+  PauseSchema,
   type ProgramAnswer,
+  ProgramErrors,
   type ProgramStatus,
   migrationProgram,
   programExtendUpdate,
@@ -15,7 +18,10 @@ import {
   programResumeUpdate,
   programSignoffUpdate,
   programStatusQuery,
+  ReplanSchema,
+  SignoffSchema,
 } from '../../workflows/migration-program';
+import { issuesText } from '../../workflows/schemas';
 import { withContext } from '../context';
 import { CliExit, Exit, parseOptions, printJson, table } from '../util';
 import { settings } from '../../config/settings';
@@ -62,11 +68,21 @@ async function update<T>(fn: () => Promise<T>): Promise<T> {
       throw new CliExit(Exit.Rejected, 'no migration program is running (govloop program start)', { code: 'NOT_RUNNING' });
     if (err instanceof WorkflowUpdateFailedError) {
       const cause = err.cause as { type?: string; message?: string } | undefined;
-      if (cause?.type === 'InvalidProgramRequest') throw new CliExit(Exit.BadInput, cause.message ?? 'invalid request', { code: cause.type });
+      if (cause?.type === ProgramErrors.InvalidRequest) throw new CliExit(Exit.BadInput, cause.message ?? 'invalid request', { code: cause.type });
       throw new CliExit(Exit.Rejected, cause?.message ?? err.message, { code: cause?.type ?? 'REFUSED' });
     }
     throw err;
   }
+}
+
+/**
+ * An update's payload, checked with the update's own schema (the workflow's validator checks it the
+ * same way): refused here, exit 2, with the text and code the workflow would have answered.
+ */
+function request<T>(schema: z.ZodType<T>, payload: unknown): T {
+  const r = schema.safeParse(payload);
+  if (!r.success) throw new CliExit(Exit.BadInput, `invalid request: ${issuesText(r.error)}`, { code: ProgramErrors.InvalidRequest });
+  return r.data;
 }
 
 const pct = (v: number | null) => (v === null ? 'no data' : `${(v * 100).toFixed(1)} %`);
@@ -217,23 +233,23 @@ export function register(program: Command): void {
       });
   };
   call('signoff', 'sign the active phase off as its platform or workload owner (four-eyes: two different people)', SignoffOptions, (h, phase, o, cr) =>
-    h.executeUpdate(programSignoffUpdate, { args: [{ phase: phase!, reason: o.reason, ...caller(o, cr) }] }),
+    h.executeUpdate(programSignoffUpdate, { args: [request(SignoffSchema, { phase, reason: o.reason, ...caller(o, cr) })] }),
   );
   call('extend', 'add days to a phase, with a reason (audited)', ExtendOptions, (h, phase, o, cr) =>
-    h.executeUpdate(programExtendUpdate, { args: [{ phase: phase!, days: o.days!, reason: o.reason, ...caller(o, cr) }] }),
+    h.executeUpdate(programExtendUpdate, { args: [request(ExtendSchema, { phase, days: o.days, reason: o.reason, ...caller(o, cr) })] }),
   );
   call(
     'pause',
     'pause the program: days stop counting',
     SignoffOptions,
-    (h, _p, o, cr) => h.executeUpdate(programPauseUpdate, { args: [{ reason: o.reason, ...caller(o, cr) }] }),
+    (h, _p, o, cr) => h.executeUpdate(programPauseUpdate, { args: [request(PauseSchema, { reason: o.reason, ...caller(o, cr) })] }),
     false,
   );
   call(
     'resume',
     'resume a paused program',
     SignoffOptions,
-    (h, _p, o, cr) => h.executeUpdate(programResumeUpdate, { args: [{ reason: o.reason, ...caller(o, cr) }] }),
+    (h, _p, o, cr) => h.executeUpdate(programResumeUpdate, { args: [request(PauseSchema, { reason: o.reason, ...caller(o, cr) })] }),
     false,
   );
 
@@ -248,7 +264,8 @@ export function register(program: Command): void {
       const plan = loadProgramPlan(o.plan);
       await withContext(program.opts().dataDir, async (ctx) => {
         const h = await programHandle(ctx);
-        answered(await update(() => h.executeUpdate(programReplanUpdate, { args: [{ plan, reason: o.reason, ...caller(o, ctx.credential) }] })), o.json);
+        const payload = request(ReplanSchema, { plan, reason: o.reason, ...caller(o, ctx.credential) });
+        answered(await update(() => h.executeUpdate(programReplanUpdate, { args: [payload] })), o.json);
       });
     });
 

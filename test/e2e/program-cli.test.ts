@@ -98,6 +98,10 @@ describe('govloop program, as a separate process', () => {
     const noReason = await govloop(['program', 'signoff', shipped.phases[0]!.id, '--as', 'alice'], env);
     expect(noReason.code).toBe(2);
     expect(noReason.stderr).toMatch(/--reason/);
+    // The payload is checked with the workflow's own schema: a control character in the reason is refused as the workflow would.
+    const control = await govloop(['program', 'extend', shipped.phases[0]!.id, '--days', '1', '--as', 'alice', '--reason', 'late\u0007'], env);
+    expect(control.code).toBe(2);
+    expect(control.stderr).toMatch(/invalid request: reason: must not contain control characters/);
     const table = await govloop(['program', 'status'], env);
     expect(table.stdout).toMatch(/still to sign/);
     const report = await govloop(['program', 'report'], env);

@@ -1,10 +1,11 @@
+import { type ApplicationFailure, WorkflowUpdateFailedError } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Attribution } from '../../governance/intent';
 import { setBudget, showBudgets } from '../../ledger/budgets';
 import { recordUsage } from '../../ledger/usage';
 import { GovloopClient, GovloopInputError, GovloopLeaseError } from '../../sdk';
 import { bundleWorkflows } from '../../workers/worker';
-import { budgetControllerId, budgetStatusQuery } from '../../workflows/messages';
+import { LeaseErrors, budgetControllerId, budgetStatusQuery, leaseSpendUpdate, leaseUpdate } from '../../workflows/messages';
 import { type Harness, createHarness, testConfig } from '../support/harness';
 
 let h: Harness;
@@ -129,5 +130,31 @@ describe('budget leases', () => {
     expect(Math.round(end.spentUsd * 1e6)).toBe(spentMicros);
     expect(end.spentUsd).toBeLessThanOrEqual(20);
     expect(await leaseSpend(tenant)).toBe(Math.round(end.spentUsd * 1e6));
+  });
+
+  it('a bad lease message is refused the same way by the SDK and by the budget controller: its type, the fields named', async () => {
+    const tenant = `${h.tenant}-d`;
+    await setBudget(h.db, { tenant, team: 'search' }, 'month', 100, 'test');
+    const bad = { holder: 'x'.repeat(129), usd: -1, ttlSeconds: 0 };
+    const fromSdk = await gov.lease({ scope: { tenant, team: 'search' }, ...bad }).catch((e: unknown) => e);
+    expect(fromSdk).toBeInstanceOf(GovloopInputError);
+    const sdkPaths = (fromSdk as GovloopInputError).errors.map((e) => e.path).sort();
+    expect(sdkPaths).toEqual(['holder', 'ttlSeconds', 'usd']);
+
+    // Past the SDK (another client), the controller's validator refuses it with the same schema, the fields as data.
+    const lease = await gov.lease({ scope: { tenant, team: 'search' }, usd: 1, holder: 'svc' }); // starts the controller
+    const controller = h.client.workflow.getHandle(budgetControllerId({ tenant, team: 'search', project: '*', period: 'month' }));
+    const raw = await controller.executeUpdate(leaseUpdate, { args: [{ requestId: 'raw-1', ...bad }] }).catch((e: unknown) => e);
+    expect(raw).toBeInstanceOf(WorkflowUpdateFailedError);
+    const cause = (raw as WorkflowUpdateFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe(LeaseErrors.InvalidLeaseRequest);
+    expect((cause.details?.[0] as { path: string }[]).map((e) => e.path).sort()).toEqual(sdkPaths);
+
+    // A spend on another budget's lease: the lease is unknown here, whatever the rest says.
+    const foreign = await controller.executeUpdate(leaseSpendUpdate, { args: [{ leaseId: 'other/*/*:r-1', seq: 1, usd: 1 }] }).catch((e: unknown) => e);
+    expect(((foreign as WorkflowUpdateFailedError).cause as ApplicationFailure).type).toBe(LeaseErrors.UnknownLease);
+    const closed = await lease.close();
+    expect(closed.spentUsd).toBe(0);
+    expect(await budgetOf(tenant, 'search')).toMatchObject({ reservedUsd: 0, spentUsd: 0 });
   });
 });

@@ -6,15 +6,12 @@
 import { ApplicationFailure, condition, setHandler, upsertMemo } from '@temporalio/workflow';
 import type { GateOutcome } from '../../activities';
 import type { Reason } from '../../governance/reasons';
-import { type StepUsage, StepUsageSchema } from '../../governance/step-gate';
+import type { StepUsage } from '../../governance/step-gate';
 import { FINAL_STATES, GovState, type HeldApproval, type StepAnswer, stepUpdate } from '../messages';
-import { CallerShape } from '../schemas';
+import { StepRequestSchema } from '../schemas';
 import { gateStep } from './calls';
 import { TaskErrors, callerOf, dataError, parseOrRefuse } from './errors';
 import { type TaskState, approvalView } from './state';
-
-/** A step as the agent sends it: the usage, and who sends it. */
-const StepRequestSchema = StepUsageSchema.extend(CallerShape);
 
 /** The task's answer to a step, with its step count and cost now. */
 export const answer = (t: TaskState, a: StepAnswer['answer'], reason: Reason | null, extra: Partial<StepAnswer> = {}): StepAnswer => ({
