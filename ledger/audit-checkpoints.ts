@@ -4,7 +4,7 @@ import { createInterface } from 'node:readline';
 import type { KeyObject } from 'node:crypto';
 import { z } from 'zod';
 import { type SigningKey, keyIdOf, signJson, verifyJson } from '../identity/signing';
-import { type AuditCheckpointProblem, GENESIS, auditRows, recomputeHash } from './audit';
+import { type AuditCheckpointProblem, type CheckpointFinding, GENESIS, auditRows, recomputeHash } from './audit';
 import { Db, type Queryable } from './db';
 
 /**
@@ -35,13 +35,7 @@ const CheckpointLine = z.strictObject({
 });
 export type AuditCheckpoint = z.infer<typeof CheckpointLine>;
 
-/** A problem of the checkpoint file: `line` is 1-based. */
-export interface CheckpointFinding {
-  line: number;
-  seq: number | null;
-  problem: AuditCheckpointProblem;
-  message: string;
-}
+export type { CheckpointFinding };
 
 /** The checkpoints of a file whose signatures verified, in file order, and what was wrong with the rest. */
 export interface AuditCheckpoints {

@@ -1,7 +1,24 @@
 import { canonicalJson } from '../governance/canonical-json';
 import { createHash } from 'node:crypto';
-import type { AuditCheckpoints, CheckpointFinding } from './audit-checkpoints';
 import { Db, type Queryable } from './db';
+
+/** A problem of the checkpoint file (ledger/audit-checkpoints.ts): `line` is 1-based. */
+export interface CheckpointFinding {
+  line: number;
+  seq: number | null;
+  problem: AuditCheckpointProblem;
+  message: string;
+}
+
+/**
+ * What verifyAudit reads of verified checkpoints: the shape readAuditCheckpoints
+ * (ledger/audit-checkpoints.ts) returns, declared here so the chain does not import its checkpoints.
+ */
+export interface VerifiedCheckpoints {
+  file: string;
+  checkpoints: readonly { seq: number; prevHeadId: number; headId: number; rowHashes: readonly (readonly [number, string])[] }[];
+  findings: CheckpointFinding[];
+}
 
 /**
  * The audit log is a hash chain: each row's hash covers its own content and the previous row's
@@ -143,7 +160,7 @@ export type AuditVerdict =
  * With no row problem, a bad checkpoint line is the verdict (`bad-checkpoint-signature`,
  * `checkpoint-gap`; firstBadId null, checkpointLine its line).
  */
-export async function verifyAudit(q: Queryable, opts: { checkpoints?: AuditCheckpoints; batchSize?: number } = {}): Promise<AuditVerdict> {
+export async function verifyAudit(q: Queryable, opts: { checkpoints?: VerifiedCheckpoints; batchSize?: number } = {}): Promise<AuditVerdict> {
   const cps = opts.checkpoints;
   const valid = cps?.checkpoints ?? [];
   const findings = cps?.findings ?? [];

@@ -1,10 +1,14 @@
-import { WorkflowUpdateFailedError } from '@temporalio/client';
+import { type Client, WorkflowUpdateFailedError } from '@temporalio/client';
 import { z } from 'zod';
 import type { budgetController } from '../workflows';
 import { LeaseErrors, leaseReturnUpdate, leaseSpendUpdate, leaseUpdate } from '../workflows/messages';
 import { LeaseRequestSchema, LeaseReturnSchema, LeaseSpendSchema } from '../workflows/schemas';
 import { GovloopInputError, GovloopLeaseError, GovloopNotFoundError, check } from './errors';
-import type { GovloopClient } from './index';
+
+/** What a lease needs of the GovloopClient that opened it (a structural type: no import back into sdk/index.ts). */
+interface LeaseHost {
+  readonly client: Client;
+}
 
 /** Who holds a lease or submits: a name as the ledger records it. */
 export const Requester = z.string().min(1).max(128);
@@ -72,7 +76,7 @@ export class BudgetLease {
   grants = 0;
 
   constructor(
-    private readonly gov: GovloopClient,
+    private readonly gov: LeaseHost,
     private readonly workflowId: string,
     private readonly opts: z.output<typeof LeaseOptions>,
     private readonly requestPrefix: string,

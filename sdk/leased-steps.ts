@@ -1,11 +1,17 @@
 import { randomBytes } from 'node:crypto';
-import { WorkflowUpdateFailedError } from '@temporalio/client';
+import { type Client, WorkflowUpdateFailedError } from '@temporalio/client';
 import { z } from 'zod';
 import { type LeaseAmount, type LeasedStep, type StepLease, type SyncReason, SyncReasons, decideLocally, zeroAmount } from '../governance/step-lease';
 import { StepUsageSchema, type StepUsage } from '../governance/step-gate';
 import type { StepAnswer } from '../workflows/messages';
 import { LeasedStepErrors, type LeasedStepsAnswer, StepLeaseRequestSchema, grantStepLeaseUpdate, reportLeasedStepsUpdate } from '../workflows/leased-steps';
-import type { GovloopClient } from './index';
+
+/** What the leased gate needs of the GovloopClient that opened it (a structural type: no import back into sdk/index.ts). */
+interface GateHost {
+  readonly client: Client;
+  readonly credential: string | undefined;
+  step(taskId: string, usage: StepUsage, opts?: { as?: string }): Promise<StepAnswer>;
+}
 
 export { LeasedStepErrors, type SyncReason };
 
@@ -71,7 +77,7 @@ export class LeasedStepGate {
   lastError: Error | null = null;
 
   constructor(
-    private readonly gov: GovloopClient,
+    private readonly gov: GateHost,
     readonly taskId: string,
     options: LeasedGateOptions = {},
   ) {

@@ -4,7 +4,7 @@ import { type Assignment, type PlacementState, commit, emptyState, heldPlacement
 import { migGpuFraction } from '../../governance/plan';
 import type { TopologyIndex } from '../../governance/topology';
 import { Annotation, LABEL_JOB_NAME, LABEL_MANAGED_BY, MANAGED_BY, jobPhase, nodesOf, taskIdOf } from './manifests';
-import type { NodeLabelOptions, GpuNode, TopologyReading } from './placement';
+import type { GpuNode, NodeLabelOptions, TopologyReading } from './gpu-nodes';
 import { parseQuantity } from './quantity';
 
 // ---------------------------------------------------------------------------------------------

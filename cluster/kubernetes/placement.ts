@@ -31,6 +31,7 @@ import { type Topology, TopologyError, type TopologyIndex, type TopologyNodeInpu
 import { type Placement, gpuMilliOf } from './manifests';
 import { type HeldGpus, MIG_RESOURCE, placementState } from './held';
 import { parseQuantity } from './quantity';
+import type { GpuNode, NodeLabelOptions, TopologyReading } from './gpu-nodes';
 
 export { type HeldGpus, holdsNodes, heldByJobs, heldByPods, usedGpus, placementState } from './held';
 export { parseQuantity } from './quantity';
@@ -46,48 +47,7 @@ export const NodeLabel = {
   replicas: 'nvidia.com/gpu.replicas',
 } as const;
 
-export interface NodeLabelOptions {
-  /** Default `govloop.io/gpu-type`; `null`: GPU types are not labelled (govloop cannot place). */
-  gpuTypeLabel?: string | null;
-  /** Default `govloop.io/rack`, falling back to `topology.kubernetes.io/zone`. */
-  rackLabel?: string;
-  /** Default `govloop.io/block`, falling back to `topology.kubernetes.io/region`. */
-  blockLabel?: string;
-  /** Default `govloop.io/nvlink-domain`. */
-  nvlinkLabel?: string;
-  /** Extended resource of MPS / time-sliced GPUs, when renamed (`nvidia.com/gpu.shared`). */
-  sharedGpuResource?: string;
-}
-
-/** A GPU node as govloop sees it. */
-export interface GpuNode {
-  name: string;
-  gpuType: string;
-  /** Physical GPUs: allocatable `nvidia.com/gpu` / replicas. */
-  gpus: number;
-  /** Shared replicas per GPU the device plugin advertises (1: not shared). */
-  replicas: number;
-  sharing: { mps: boolean; timeslice: boolean };
-  rack: string;
-  block: string;
-  /** NVLink domain id; the node's own name when it is a domain of one. */
-  nvlink: string;
-  /** MIG instances the node advertises, by profile (`3g.40gb` → 2): allocatable `nvidia.com/mig-<profile>`. */
-  mig: Record<string, number>;
-}
-
-export interface TopologyReading {
-  /** The nodes govloop may place on, sorted by name. */
-  nodes: GpuNode[];
-  /** Their topology index; null when govloop cannot place. */
-  index: TopologyIndex | null;
-  /** Nodes left out, and why (cordoned, NotReady, a name or GPU count the topology cannot hold). */
-  skipped: { node: string; why: string }[];
-  /** Labels that did not fit the topology and were worked around (a rack in two blocks …). */
-  notes: string[];
-  /** Why govloop cannot place on this cluster at all (the kube-scheduler then decides); null when it can. */
-  unusable: string | null;
-}
+export type { GpuNode, NodeLabelOptions, TopologyReading };
 
 const TOPOLOGY_NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/;
 const validName = (s: string) => s.length <= 63 && TOPOLOGY_NAME.test(s);
