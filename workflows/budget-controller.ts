@@ -118,7 +118,7 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     {
       validator: (x) => {
         const { leaseId } = parseOrRefuse(LeaseSpendSchema, x);
-        if (!ownLease(leaseId)) throw fail(`leaseId: not a lease of ${s.budget.tenant}/${s.budget.team}/${s.budget.project}`, LeaseErrors.UnknownLease);
+        if (!ownLease(leaseId)) throw fail(`leaseId: not a lease of ${scopeLabel(s.budget)}`, LeaseErrors.UnknownLease);
       },
     },
   );
