@@ -9,7 +9,7 @@ import {
   recordBudgetPreemption,
   runningGpuWork,
 } from '../ledger/ladder';
-import type { BudgetKey } from '../governance/budget-key';
+import type { BudgetKey } from '../governance/budget-scope';
 import type { ActivityContext } from './context';
 import { notify } from './notify';
 

@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { type GovConfig, loadConfig } from '../config/load';
 import { type AdmissionContext, type AdmissionResult, admit } from '../governance/admission';
+import { scopeLabel } from '../governance/budget-scope';
 import type { BudgetHeadroom } from '../governance/headroom';
 import { Intent, parseIntentText } from '../governance/intent';
 import { type Period, windowKey } from '../governance/periods';
@@ -56,12 +57,11 @@ function headroom(scope: string, limitUsd: number, reservedUsd: number, spentUsd
 function budgetsFor(doc: { attribution?: { tenant?: string; team?: string; project?: string } }, tight: boolean): BudgetHeadroom[] {
   const a = doc.attribution ?? {};
   const t = a.tenant ?? 'acme';
-  const team = a.team ?? '*';
-  const project = a.project ?? '*';
+  const project = scopeLabel({ tenant: t, team: a.team, project: a.project });
   return [
-    headroom(`${t}/*/*`, 250_000, 41_000, 120_500),
-    headroom(`${t}/${team}/*`, 40_000, 6_200, 18_750),
-    tight ? headroom(`${t}/${team}/${project}`, 500, 120, 371.5, 'week') : headroom(`${t}/${team}/${project}`, 8_000, 310, 2_400, 'week'),
+    headroom(scopeLabel({ tenant: t }), 250_000, 41_000, 120_500),
+    headroom(scopeLabel({ tenant: t, team: a.team }), 40_000, 6_200, 18_750),
+    tight ? headroom(project, 500, 120, 371.5, 'week') : headroom(project, 8_000, 310, 2_400, 'week'),
   ];
 }
 

@@ -6,7 +6,7 @@ import type { Period } from '../governance/periods';
 import { microsToUsd, usdToMicros } from '../governance/pricing';
 import { appendAudit } from './audit';
 import type { Db } from './db';
-import { type BudgetScope, scopeLabel } from './budget-scope';
+import { type OptionalBudgetScope, scopeLabel, scopeOf } from '../governance/budget-scope';
 
 export type BudgetChange =
   | { applied: true; budgetId: number; limitUsd: number }
@@ -27,7 +27,7 @@ export interface ChangeAuthority {
  */
 export async function requestBudgetChange(
   db: Db,
-  scope: BudgetScope,
+  scope: OptionalBudgetScope,
   period: Period,
   usd: number,
   who: string | ChangeAuthority,
@@ -35,6 +35,7 @@ export async function requestBudgetChange(
 ): Promise<BudgetChange> {
   const micros = usdToMicros(usd);
   const actor = typeof who === 'string' ? who : actorName(who.principal);
+  const k = scopeOf(scope);
   return db.tx(async (c) => {
     if (typeof who !== 'string') {
       const d = await checkAccess(c, who.principal, 'budget.set', scope.tenant, { detail: { scope: scopeLabel(scope), period, usd } });
@@ -42,7 +43,7 @@ export async function requestBudgetChange(
     }
     const cur = await c.query<{ id: number; limit_micros: number }>(
       `SELECT id, limit_micros FROM budgets WHERE tenant = $1 AND team = $2 AND project = $3 AND period = $4 AND unit = 'usd' FOR UPDATE`,
-      [scope.tenant, scope.team ?? '*', scope.project ?? '*', period],
+      [k.tenant, k.team, k.project, period],
     );
     const row = cur.rows[0];
     // A raise always waits for a second person; a lowering does past the configured share (it can queue and preempt a tenant's work).
@@ -66,7 +67,7 @@ export async function requestBudgetChange(
       `INSERT INTO budgets (tenant, team, project, period, limit_micros) VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT (tenant, team, project, period, unit) DO UPDATE SET limit_micros = EXCLUDED.limit_micros, updated_at = now()
        RETURNING id`,
-      [scope.tenant, scope.team ?? '*', scope.project ?? '*', period, micros],
+      [k.tenant, k.team, k.project, period, micros],
     );
     await appendAudit(c, { actor, taskId: null, action: 'budget.set', decision: 'recorded', detail: { scope: scopeLabel(scope), period, usd, reason: why } });
     return { applied: true, budgetId: up.rows[0]!.id, limitUsd: usd };

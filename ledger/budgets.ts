@@ -8,9 +8,8 @@ import { type Reason, ReasonCode } from '../governance/reasons';
 import { appendAudit } from './audit';
 import { type Db, type Queryable, overLimit } from './db';
 import { teamGpusInUse } from './tasks';
-import { type BudgetScope, scopeLabel } from './budget-scope';
+import { type OptionalBudgetScope, scopeLabel, scopeOf } from '../governance/budget-scope';
 
-export { type BudgetScope, scopeLabel } from './budget-scope';
 export { type BudgetChange, type ChangeAuthority, requestBudgetChange, type RaiseDecision, decideRaise } from './budget-changes';
 
 export interface WindowRow {
@@ -26,12 +25,13 @@ export interface WindowRow {
   ladder_step: LadderStep;
 }
 
-export async function setBudget(db: Db, scope: BudgetScope, period: Period, usd: number, actor: string): Promise<void> {
+export async function setBudget(db: Db, scope: OptionalBudgetScope, period: Period, usd: number, actor: string): Promise<void> {
+  const k = scopeOf(scope);
   await db.tx(async (c) => {
     await c.query(
       `INSERT INTO budgets (tenant, team, project, period, limit_micros) VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT (tenant, team, project, period, unit) DO UPDATE SET limit_micros = EXCLUDED.limit_micros, updated_at = now()`,
-      [scope.tenant, scope.team ?? '*', scope.project ?? '*', period, usdToMicros(usd)],
+      [k.tenant, k.team, k.project, period, usdToMicros(usd)],
     );
     await appendAudit(c, { actor, taskId: null, action: 'budget.set', decision: 'recorded', detail: { scope: scopeLabel(scope), period, usd } });
   });
@@ -67,7 +67,7 @@ export async function coveringWindows(q: Queryable, a: Pick<Attribution, 'tenant
 }
 
 const toHeadroom = (w: WindowRow): BudgetHeadroom => ({
-  scope: scopeLabel({ tenant: w.tenant, team: w.team, project: w.project }),
+  scope: scopeLabel(w),
   period: w.period,
   window: w.window_key,
   limitMicros: w.limit_micros,
@@ -349,7 +349,15 @@ export interface BudgetView {
   spentUsd: number;
 }
 
-export async function showBudgets(q: Queryable, filter: BudgetScope & { period?: Period }, at: Date): Promise<BudgetView[]> {
+/** Which budgets `showBudgets` lists: a level left out matches every team or project (a '*' given matches '*' only). */
+export interface BudgetFilter {
+  tenant: string;
+  team?: string;
+  project?: string;
+  period?: Period;
+}
+
+export async function showBudgets(q: Queryable, filter: BudgetFilter, at: Date): Promise<BudgetView[]> {
   const { rows } = await q.query<{ tenant: string; team: string; project: string; period: Period; limit_micros: number; id: number }>(
     `SELECT id, tenant, team, project, period, limit_micros FROM budgets
      WHERE tenant = $1 AND ($2::text IS NULL OR team = $2) AND ($3::text IS NULL OR project = $3) AND ($4::text IS NULL OR period = $4)

@@ -3,7 +3,7 @@ import { type LadderConfig, type LadderStep, LadderSteps, burnShare, forecast, l
 import { type Period, windowBounds, windowKey } from '../governance/periods';
 import { microsToUsd } from '../governance/pricing';
 import { appendAudit } from './audit';
-import { scopeLabel } from './budgets';
+import { type BudgetKey, scopeLabel } from '../governance/budget-scope';
 import type { Db, Queryable } from './db';
 import { own } from '../governance/own';
 
@@ -168,7 +168,7 @@ export async function recordBudgetPreemption(
 export interface WindowLadder {
   budgetId: number;
   window: string;
-  budget: { tenant: string; team: string; project: string; period: Period };
+  budget: BudgetKey;
   step: LadderStep;
   sharePct: number;
   scope: string;
@@ -230,10 +230,8 @@ export async function runningGpuWork(
 }
 
 /** Every budget's key, for starting controllers. */
-export async function listBudgets(q: Queryable): Promise<{ tenant: string; team: string; project: string; period: Period }[]> {
-  const { rows } = await q.query<{ tenant: string; team: string; project: string; period: Period }>(
-    'SELECT tenant, team, project, period FROM budgets ORDER BY id',
-  );
+export async function listBudgets(q: Queryable): Promise<BudgetKey[]> {
+  const { rows } = await q.query<BudgetKey>('SELECT tenant, team, project, period FROM budgets ORDER BY id');
   return rows;
 }
 

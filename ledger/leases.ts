@@ -4,7 +4,8 @@ import { type Reason, ReasonCode, reason } from '../governance/reasons';
 import type { PriceBookVersion } from '../config/schema';
 import { attributionId } from './attribution';
 import { appendAudit } from './audit';
-import { coveringWindows, scopeLabel } from './budgets';
+import { type OptionalBudgetScope, scopeLabel } from '../governance/budget-scope';
+import { coveringWindows } from './budgets';
 import type { Db, Queryable } from './db';
 
 /**
@@ -19,11 +20,7 @@ import type { Db, Queryable } from './db';
  * a scope's overspend is bounded by what its outstanding leases hold and is zero for holders
  * that check before they spend.
  */
-export interface LeaseScope {
-  tenant: string;
-  team?: string;
-  project?: string;
-}
+export type LeaseScope = OptionalBudgetScope;
 
 export type LeaseGrant =
   | { granted: true; leaseId: string; amountMicros: number; expiresAt: string; step: LadderStep; idempotent: boolean }

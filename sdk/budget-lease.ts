@@ -1,5 +1,6 @@
 import { type Client, WorkflowUpdateFailedError } from '@temporalio/client';
 import { z } from 'zod';
+import { BudgetScopeSchema } from '../governance/budget-scope';
 import type { budgetController } from '../workflows';
 import { LeaseErrors, leaseReturnUpdate, leaseSpendUpdate, leaseUpdate } from '../workflows/messages';
 import { LeaseRequestSchema, LeaseReturnSchema, LeaseSpendSchema } from '../workflows/schemas';
@@ -13,14 +14,11 @@ interface LeaseHost {
 /** Who holds a lease or submits: a name as the ledger records it. */
 export const Requester = z.string().min(1).max(128);
 
-const Scope = z
-  .strictObject({ tenant: z.string().min(1).max(63), team: z.string().min(1).max(63).optional(), project: z.string().min(1).max(63).optional() })
-  .refine((x) => x.project === undefined || x.team !== undefined, { message: 'a project scope needs a team', path: ['project'] });
 /** The lease's own fields are the lease update's (workflows/schemas.ts): refused here as the budget controller would. */
 const lease = LeaseRequestSchema.shape;
 export const LeaseOptions = z
   .strictObject({
-    scope: Scope,
+    scope: BudgetScopeSchema,
     period: z.enum(['day', 'week', 'month', 'total']).default('month'),
     usd: lease.usd,
     tokens: lease.tokens,

@@ -11,6 +11,7 @@ import {
   isGrpcServiceError,
 } from '@temporalio/client';
 import { z } from 'zod';
+import { type BudgetKey, scopeOf } from '../governance/budget-scope';
 import { Intent } from '../governance/intent';
 import { type StepUsage, StepUsageSchema } from '../governance/step-gate';
 import { budgetController, governedTask } from '../workflows';
@@ -185,7 +186,7 @@ export class GovloopClient {
    */
   async lease(options: LeaseOptions): Promise<BudgetLease> {
     const o = check(LeaseOptions, options);
-    const key = { tenant: o.scope.tenant, team: o.scope.team ?? '*', project: o.scope.project ?? '*', period: o.period };
+    const key: BudgetKey = { ...scopeOf(o.scope), period: o.period };
     const workflowId = budgetControllerId(key);
     // The budget's controller: started here if no worker has started it yet.
     await this.client.workflow.signalWithStart(budgetController, {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type { PriceBookVersion } from '../config/schema';
 import type { UsageLimits } from '../governance/limits';
 import { type FieldError, fieldErrors } from '../governance/intent';
+import { scopeName } from '../governance/budget-scope';
 import { Periods } from '../governance/periods';
 import { showBudgets } from '../ledger/budgets';
 import { type Db, isConnectionError } from '../ledger/db';
@@ -84,7 +85,6 @@ function parse<T>(schema: z.ZodType<T>, input: unknown): T {
   return r.data;
 }
 
-const scopeName = z.string().min(1).max(63);
 const instant = z.union([z.iso.datetime({ offset: true }), z.iso.date()], { error: 'must be an ISO 8601 date (2026-11-01) or date-time with a time zone' });
 const UsageQuery = z
   .strictObject({

@@ -12,6 +12,7 @@ import {
 } from '@temporalio/workflow';
 import type { z } from 'zod';
 import type { Activities } from '../activities';
+import { optionalForm, scopeLabel } from '../governance/budget-scope';
 import { LEDGER_ACTIVITY } from './activity-options';
 import {
   type BudgetControllerState,
@@ -78,19 +79,14 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
 
   // Leases of this budget's scope: granted and closed through the ledger; expired by the loop.
   const leases = new Set<string>(input.state?.leases ?? []);
-  const scopeOf = () => ({
-    tenant: s.budget.tenant,
-    ...(s.budget.team !== '*' ? { team: s.budget.team } : {}),
-    ...(s.budget.project !== '*' ? { project: s.budget.project } : {}),
-  });
-  const ownLease = (leaseId: string) => leaseId.startsWith(`${s.budget.tenant}/${s.budget.team}/${s.budget.project}:`);
+  const ownLease = (leaseId: string) => leaseId.startsWith(`${scopeLabel(s.budget)}:`);
   setHandler(
     leaseUpdate,
     async (r) => {
-      const leaseId = `${s.budget.tenant}/${s.budget.team}/${s.budget.project}:${r.requestId}`;
+      const leaseId = `${scopeLabel(s.budget)}:${r.requestId}`;
       const g = await ledgerCalls().grantLease({
         leaseId,
-        scope: scopeOf(),
+        scope: optionalForm(s.budget),
         holder: r.holder,
         ttlSeconds: r.ttlSeconds,
         ...(r.usd !== undefined ? { usd: r.usd } : {}),
@@ -122,7 +118,7 @@ export async function budgetController(input: BudgetControllerInput): Promise<Bu
     {
       validator: (x) => {
         const { leaseId } = parseOrRefuse(LeaseSpendSchema, x);
-        if (!ownLease(leaseId)) throw fail(`leaseId: not a lease of ${s.budget.tenant}/${s.budget.team}/${s.budget.project}`, LeaseErrors.UnknownLease);
+        if (!ownLease(leaseId)) throw fail(`leaseId: not a lease of ${scopeLabel(s.budget)}`, LeaseErrors.UnknownLease);
       },
     },
   );

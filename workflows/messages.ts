@@ -3,7 +3,7 @@
  * workflow code and from clients (no Node builtins, no Temporal client/worker imports).
  */
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { BudgetKey } from '../governance/budget-key';
+import { type BudgetKey, scopeLabel } from '../governance/budget-scope';
 import type { Timing } from '../config/task-queues';
 import type { Intent } from '../governance/intent';
 import type { Plan } from '../governance/plan';
@@ -252,7 +252,7 @@ export const jobChangedSignal = defineSignal<[{ job: string; phase: string }]>('
 
 /** A budget's key: its scope (`*` for a level it does not narrow) and period. */
 /** The budget controller: one long-lived workflow per budget, id `budget:<tenant>/<team>/<project>:<period>`. */
-export const budgetControllerId = (k: BudgetKey) => `budget:${k.tenant}/${k.team}/${k.project}:${k.period}`;
+export const budgetControllerId = (k: BudgetKey) => `budget:${scopeLabel(k)}:${k.period}`;
 /** Something changed (a budget set, a large charge): look at the ledger now instead of at the next poll. */
 export const budgetNudgeSignal = defineSignal('budgetNudge');
 export interface BudgetControllerState {

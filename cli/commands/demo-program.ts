@@ -1,5 +1,6 @@
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { GovConfig } from '../../config/load';
+import { type BudgetKey, scopeOf } from '../../governance/budget-scope';
 import type { ProgramPlan } from '../../governance/program';
 import { grantAccess } from '../../ledger/approvals';
 import { setBudget } from '../../ledger/budgets';
@@ -144,7 +145,7 @@ export async function ladderDrill(
   o: { config: GovConfig; taskQueue: string; agentIntent: unknown; say: Say; restoreUsd: number },
 ): Promise<void> {
   const scope = { tenant: 'acme', team: 'support' };
-  const key = { ...scope, project: '*', period: 'month' as const };
+  const key: BudgetKey = { ...scopeOf(scope), period: 'month' };
   const a = await gov.submit(o.agentIntent, { requester: 'sue' });
   if (a.decision !== 'admitted') throw new Error(`ladder drill: the drill agent was not admitted (${a.decision})`);
   const since = new Date();

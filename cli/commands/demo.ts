@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig, loadProgramPlan } from '../../config/load';
+import { scopeLabel } from '../../governance/budget-scope';
 import { parseIntentText, type Intent } from '../../governance/intent';
 import { setBudget } from '../../ledger/budgets';
 import { rollUp, rollupUsageBy } from '../../ledger/rollups';
@@ -62,7 +63,7 @@ export function register(program: Command): void {
           [{ tenant: 'globex' }, 20],
         ] as const) {
           await setBudget(stack.db, scope, 'month', usdLimit, 'demo');
-          say(`budget ${scope.tenant}/${'team' in scope ? scope.team : '*'}/* month ${usd(usdLimit)}`);
+          say(`budget ${scopeLabel(scope)} month ${usd(usdLimit)}`);
         }
         const prog = await startDemoProgram(stack.db, stack.client, { plan, daySeconds: o.daySeconds, taskQueue: TASK_QUEUE_CONTROL, say });
         const programRun = prog.drive(plan.phases.length * 90 * o.daySeconds * 1000 + 60_000);

@@ -4,7 +4,8 @@ import { Periods } from '../../governance/periods';
 import { decideRaise, requestBudgetChange, showBudgets } from '../../ledger/budgets';
 import { budgetSnapshot, listRaises } from '../../ledger/ladder';
 import { startBudgetController } from '../../runtime/schedules';
-import { type BudgetKey, TASK_QUEUE_CONTROL } from '../../workflows/messages';
+import { TASK_QUEUE_CONTROL } from '../../workflows/messages';
+import { type BudgetKey, BudgetScopeSchema, projectNeedsTeam, scopeLabel, scopeName, scopeOf } from '../../governance/budget-scope';
 import { registerAuditCommands } from './audit';
 import { UsageDims, type UsageDim } from '../../ledger/usage';
 import { type Capacity, rollUp, rollupUsageBy, showback } from '../../ledger/rollups';
@@ -18,18 +19,15 @@ import { CliExit, Exit, parseOptions, printJson, table, usd } from '../util';
 import { own } from '../../governance/own';
 import { settings } from '../../config/settings';
 
-const scopeName = z.string().min(1).max(63);
 const BudgetSet = z
   .strictObject({
-    tenant: scopeName,
-    team: scopeName.optional(),
-    project: scopeName.optional(),
+    ...BudgetScopeSchema.shape,
     usd: z.coerce.number({ error: 'must be a number' }).nonnegative().max(1e12),
     period: z.enum(Periods).default('month'),
     as: z.string().min(1).max(128).optional(),
     reason: z.string().min(1).max(1000).default('budget set'),
   })
-  .refine((o) => o.project === undefined || o.team !== undefined, { message: 'a project budget needs --team', path: ['project'] });
+  .refine(projectNeedsTeam, { message: 'a project budget needs --team', path: ['project'] });
 const RaiseDecision = z.strictObject({ as: z.string().min(1).max(128).optional(), reason: z.string().min(1).max(1000) });
 const RaiseId = z.coerce.number({ error: 'must be a number' }).int().positive();
 const BudgetShow = z.strictObject({
@@ -137,16 +135,16 @@ export function register(program: Command): void {
       await withContext(dataDir(), async (ctx) => {
         const db = await ctx.db();
         const principal = await ctx.principal(o.as ?? (ctx.credential ? undefined : settings().USER), 'budget.set');
-        const scope = { tenant: o.tenant, ...(o.team ? { team: o.team } : {}), ...(o.project ? { project: o.project } : {}) };
+        const key: BudgetKey = { ...scopeOf(o), period: o.period };
         const r = await requestBudgetChange(
           db,
-          scope,
+          key,
           o.period,
           o.usd,
           { principal, lowerSecondPersonAbove: ctx.config().auth.budgetLowerSecondPersonAbove },
           o.reason,
         );
-        const label = `${o.tenant}/${o.team ?? '*'}/${o.project ?? '*'} ${o.period}`;
+        const label = `${scopeLabel(key)} ${o.period}`;
         if (!r.applied && 'refused' in r) throw refused(r.refused, principal);
         if (!r.applied) {
           const what = r.toUsd > r.fromUsd ? 'raise' : 'lowering';
@@ -156,7 +154,7 @@ export function register(program: Command): void {
           return;
         }
         console.log(`budget ${label}: ${usd(o.usd)}`);
-        await nudgeController(ctx, { tenant: o.tenant, team: o.team ?? '*', project: o.project ?? '*', period: o.period });
+        await nudgeController(ctx, key);
       });
     });
 

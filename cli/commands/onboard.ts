@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { stringify } from 'yaml';
 import { z } from 'zod';
 import type { GovConfig } from '../../config/load';
+import { scopeLabel, scopeOf } from '../../governance/budget-scope';
 import { gpuQuotaFor } from '../../governance/flat-quota';
 import { type Principal, actorName } from '../../governance/authz';
 import { Attribution, type IntentInput, parseIntentText } from '../../governance/intent';
@@ -154,8 +155,8 @@ export async function runOnboard(ctx: CommandContext, o: OnboardOptions, say: (l
   });
 
   const budget = await step('budget', async () => {
-    const scope = { tenant: o.tenant, team: o.team, project: '*' };
-    const label = `${o.tenant}/${o.team}/* month`;
+    const scope = scopeOf({ tenant: o.tenant, team: o.team });
+    const label = `${scopeLabel(scope)} month`;
     const existing = (await showBudgets(db, { ...scope, period: 'month' }, new Date()))[0];
     if (existing)
       return {
@@ -164,7 +165,7 @@ export async function runOnboard(ctx: CommandContext, o: OnboardOptions, say: (l
       };
     const r = await requestBudgetChange(
       db,
-      { tenant: o.tenant, team: o.team },
+      scope,
       'month',
       o.budgetUsd,
       { principal: p, lowerSecondPersonAbove: config.auth.budgetLowerSecondPersonAbove },
