@@ -13,6 +13,7 @@
 import type { WorkflowHandle } from '@temporalio/client';
 import type { IntentInput } from '../governance/intent';
 import type { Db } from '../ledger/db';
+import { FINAL_STATES } from '../workflows/messages';
 import { type Summary, nowMs, round, summarize } from './lib';
 
 export interface KueueOptions {
@@ -49,8 +50,6 @@ export interface KueueReport {
   /** The whole case held: every task Succeeded and metered exactly. */
   noWorkLost: boolean;
 }
-
-const FINAL = ['Rejected', 'Succeeded', 'CapExceeded', 'Cancelled', 'Failed'];
 
 export async function runKueueCase(o: KueueOptions): Promise<KueueReport> {
   const team = (i: number) => `kueue-${i % o.teams}`;
@@ -97,7 +96,7 @@ export async function runKueueCase(o: KueueOptions): Promise<KueueReport> {
   const deadline = nowMs() + o.timeoutS * 1000;
   let ended = 0;
   for (;;) {
-    const r = await o.db.query<{ n: string }>(`SELECT count(*) AS n FROM tasks WHERE task_id = ANY($1) AND state = ANY($2)`, [ids, FINAL]);
+    const r = await o.db.query<{ n: string }>(`SELECT count(*) AS n FROM tasks WHERE task_id = ANY($1) AND state = ANY($2)`, [ids, FINAL_STATES]);
     ended = Number(r.rows[0]!.n);
     if (ended >= ids.length || nowMs() > deadline) break;
     if (nowMs() - lastLog > 10_000) {

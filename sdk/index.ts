@@ -123,14 +123,13 @@ const workflowNotReady = (err: unknown): boolean => {
   const grpc = err instanceof ServiceError ? err.cause : err;
   return isGrpcServiceError(grpc) && grpc.code === GRPC_FAILED_PRECONDITION && /Workflow Task in failed state/i.test(grpc.details ?? grpc.message);
 };
-const notReadyBackoffMs = (attempt: number) => Math.min(5000, 250 * 2 ** (attempt - 1));
 async function whenWorkflowReady<T>(call: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();
     } catch (err) {
       if (!workflowNotReady(err) || attempt >= NOT_READY_ATTEMPTS) throw err;
-      await new Promise((r) => setTimeout(r, notReadyBackoffMs(attempt)));
+      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** (attempt - 1))));
     }
   }
 }
@@ -225,22 +224,25 @@ export class GovloopClient {
     // long poll gave up (a busy server answers DEADLINE_EXCEEDED) may find the task already started
     // by the first try: it attaches to that run (USE_EXISTING) and, by the same update id, to the
     // same admission. The first try refuses a task id that is running (FAIL), as start always did.
+    // A retry after the first workflow task failed (whenWorkflowReady) attaches the same way.
     const updateId = `${ADMISSION_UPDATE_ID}-${randomBytes(6).toString('hex')}`;
-    // The same for a started task whose workflow task is failing (see whenWorkflowReady): try again, attached.
-    for (let attempt = 1, timeouts = 0; ; attempt++) {
-      const startWorkflowOperation = new WithStartWorkflowOperation(governedTask, {
-        taskQueue: this.taskQueue,
-        workflowId: taskId,
-        args,
-        memo,
-        workflowIdConflictPolicy: attempt === 1 ? 'FAIL' : 'USE_EXISTING',
+    let tries = 0;
+    const startAndAdmit = () =>
+      this.client.workflow.executeUpdateWithStart(admissionUpdate, {
+        updateId,
+        startWorkflowOperation: new WithStartWorkflowOperation(governedTask, {
+          taskQueue: this.taskQueue,
+          workflowId: taskId,
+          args,
+          memo,
+          workflowIdConflictPolicy: tries++ === 0 ? 'FAIL' : 'USE_EXISTING',
+        }),
       });
+    for (let timeouts = 1; ; timeouts++) {
       try {
-        return await this.client.workflow.executeUpdateWithStart(admissionUpdate, { updateId, startWorkflowOperation });
+        return await whenWorkflowReady(startAndAdmit);
       } catch (err) {
-        if (err instanceof WorkflowUpdateRPCTimeoutOrCancelledError && ++timeouts < 5) continue;
-        if (!workflowNotReady(err) || attempt >= NOT_READY_ATTEMPTS) throw err;
-        await new Promise((r) => setTimeout(r, notReadyBackoffMs(attempt)));
+        if (!(err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) || timeouts >= 5) throw err;
       }
     }
   }

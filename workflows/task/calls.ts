@@ -6,11 +6,11 @@ import { patched, proxyActivities, proxyLocalActivities } from '@temporalio/work
 import type { Activities } from '../../activities';
 import { TASK_CLUSTER_ACTIVITY, TASK_LEDGER_ACTIVITY } from '../activity-options';
 
-/** Ledger calls with the default bound; the task swaps in its config's bound once admission told it (timing.retries). */
-export const boundedLedger = (maxAttempts?: number) =>
-  proxyActivities<Activities>(
-    maxAttempts === undefined ? TASK_LEDGER_ACTIVITY : { ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: maxAttempts } },
-  );
+/** The ledger calls' options with the default bound, or the config's bound once admission told it (timing.retries). */
+const ledgerOptions = (maxAttempts?: number) =>
+  maxAttempts === undefined ? TASK_LEDGER_ACTIVITY : { ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: maxAttempts } };
+/** Ledger calls through the server's activity queue, with their bound. */
+export const boundedLedger = (maxAttempts?: number) => proxyActivities<Activities>(ledgerOptions(maxAttempts));
 export type Ledger = ReturnType<typeof boundedLedger>;
 /**
  * The same ledger calls as local activities (decision 0032): each runs in the worker that holds
@@ -19,16 +19,13 @@ export type Ledger = ReturnType<typeof boundedLedger>;
  * backoffs become timers). Every ledger activity is idempotent by task id (and step, round or
  * attempt), so the re-run a local activity gets after a worker crash is harmless.
  */
-export const boundedLocalLedger = (maxAttempts?: number): Ledger =>
-  proxyLocalActivities<Activities>(
-    maxAttempts === undefined ? TASK_LEDGER_ACTIVITY : { ...TASK_LEDGER_ACTIVITY, retry: { ...TASK_LEDGER_ACTIVITY.retry, maximumAttempts: maxAttempts } },
-  );
+export const boundedLocalLedger = (maxAttempts?: number): Ledger => proxyLocalActivities<Activities>(ledgerOptions(maxAttempts));
 /**
  * The step gate on the agent's hot path runs as a local activity: one ledger transaction inside
  * the workflow task that took the update, no round trip through the server's activity queue. It
  * is idempotent by (task, seq), so the re-run a local activity may get after a crash is harmless.
  */
-const localLedger = proxyLocalActivities<Activities>(TASK_LEDGER_ACTIVITY);
+const localLedger = boundedLocalLedger();
 /** Histories from before the local step gate replay with the activity they recorded. */
 export const gateStep: Activities['gateStep'] = (input) =>
   patched('step-gate-local-activity') ? localLedger.gateStep(input) : boundedLedger().gateStep(input);
