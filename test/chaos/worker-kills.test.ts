@@ -304,10 +304,9 @@ describe('chaos: the worker killed at random points of dispatch', () => {
         () => `${describeTasks(seen.filter((t) => !t.final))}; worker: ${w.tail().slice(-1500)}`,
       );
       const answers = await Promise.all([...submits, ...actions]);
-      expect(
-        answers.flatMap((a) => (a.ok ? [] : [a.error])),
-        'every submit, cancel and preempt was answered',
-      ).toEqual([]);
+      const unanswered = answers.flatMap((a) => (a.ok ? [] : [a.error]));
+      // The message names each error: the diff alone prints `[ Array(1) ]`.
+      expect(unanswered, `every submit, cancel and preempt was answered; not: ${JSON.stringify(unanswered)}`).toEqual([]);
       const ambiguous = (await Promise.all(actions)).filter((a) => a.ok && a.value === 'refused after a timeout').length;
       const endedFirst = (await Promise.all(actions)).filter((a) => a.ok && a.value === 'ended first').length;
       // The workflow's own answer, from the last run of each task (followed by workflow id).
