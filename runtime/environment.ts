@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import { Db } from '../ledger/db';
-import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
+import type { EmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
 import { settings } from '../config/settings';
 
@@ -86,6 +86,8 @@ export async function openLedger(dir?: string, opts: { poolSize?: number } = {})
       url = dev.databaseUrl;
       source = 'govloop dev';
     } else {
+      // PGlite loads only when it is used (most CLI calls reach PostgreSQL or a running govloop dev).
+      const { startEmbeddedLedger } = await import('../ledger/embedded');
       embedded = await startEmbeddedLedger({ dataDir: join(root, 'ledger') });
       url = embedded.url;
       source = 'embedded';

@@ -9,8 +9,6 @@ import { scopeLabel } from '../../governance/budget-scope';
 import { parseIntentText, type Intent } from '../../governance/intent';
 import { setBudget } from '../../ledger/budgets';
 import { rollUp, rollupUsageBy } from '../../ledger/rollups';
-import { installLogging } from '../../runtime/logging';
-import { startStack } from '../../runtime/stack';
 import { GovloopClient, type TaskStatus } from '../../sdk';
 import { FINAL_STATES, TASK_QUEUE_CONTROL } from '../../workflows/messages';
 import { DEMO_PLATFORM_OWNER, ladderDrill, onboardLandingPaths, startDemoProgram } from './demo-program';
@@ -50,6 +48,8 @@ export function register(program: Command): void {
       const plan = loadProgramPlan();
       // The migration program's platform owner signs with an API key: a platform admin by config.
       config.auth.platformAdmins = [...config.auth.platformAdmins, DEMO_PLATFORM_OWNER];
+      // The stack (worker, dev server, PGlite) loads only when the demo runs, not with every CLI command.
+      const [{ installLogging }, { startStack }] = await Promise.all([import('../../runtime/logging'), import('../../runtime/stack')]);
       installLogging({ file: join(dir, 'worker.log'), level: 'warn' });
       const t0 = Date.now();
       const say = (m: string) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${m}`);

@@ -1,23 +1,11 @@
+import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { loadConfig } from '../../config/load';
-import { connectTemporal, dataDir, openLedger, readDevState } from '../../runtime/environment';
-import { installLogging } from '../../runtime/logging';
-import { startStack } from '../../runtime/stack';
-import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureReconcileSchedule, ensureRollupSchedule } from '../../runtime/schedules';
-import { auditPaths } from '../../ledger/audit-checkpoints';
-import { KubeConfig } from '@kubernetes/client-node';
-import type { ClusterBackend } from '../../cluster/backend';
-import { DEFAULT_STOP_MARGIN_SECONDS, KubernetesCluster } from '../../cluster/kubernetes/backend';
-import { SimulatedCluster } from '../../cluster/simulated/backend';
-import { createWorkers, runWorkers } from '../../workers/worker';
-import { NativeConnection } from '@temporalio/worker';
-import { loadClientConnectConfig } from '@temporalio/envconfig';
-import { TASK_QUEUE_CONTROL, jobChangedSignal } from '../../workflows/messages';
-import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { CliExit, Exit, parseOptions } from '../util';
+import { DEFAULT_STOP_MARGIN_SECONDS } from '../../cluster/kubernetes/options';
 import { settings } from '../../config/settings';
+import { dataDir, readDevState } from '../../runtime/environment';
+import { TASK_QUEUE_CONTROL } from '../../workflows/messages';
+import { CliExit, Exit, parseOptions } from '../util';
 
 const port = z.coerce.number({ error: 'must be a port number' }).int().min(1).max(65535);
 const DevOptions = z.strictObject({ port: port.default(7233), uiPort: port.default(8233), ledgerPort: port.optional(), headless: z.boolean().default(false) });
@@ -57,13 +45,6 @@ const WorkerOptions = z.strictObject({
     .optional(),
 });
 
-/** Resolves on the first SIGINT/SIGTERM. */
-const untilSignal = () =>
-  new Promise<string>((resolve) => {
-    process.once('SIGINT', () => resolve('SIGINT'));
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-  });
-
 export function register(program: Command): void {
   program
     .command('dev')
@@ -76,27 +57,9 @@ export function register(program: Command): void {
       const o = parseOptions(DevOptions, raw);
       const dir = dataDir(program.opts().dataDir);
       if (readDevState(dir)) throw new CliExit(Exit.Failure, `govloop dev is already running for ${dir}`);
-      const config = loadConfig();
-      installLogging({ file: join(dir, 'worker.log') });
-      const stack = await startStack({
-        dataDir: dir,
-        config,
-        port: o.port,
-        uiPort: o.uiPort,
-        ...(o.ledgerPort ? { ledgerPort: o.ledgerPort } : {}),
-        headless: o.headless,
-        onProgress: (m) => console.log(m),
-      });
-      console.log(`govloop dev is up (data in ${dir})
-  Temporal   ${stack.address}  namespace ${stack.namespace}
-  UI         ${stack.uiUrl ?? '(headless)'}
-  ledger     ${stack.ledgerSource === 'embedded' ? `${stack.databaseUrl} (embedded PGlite)` : 'DATABASE_URL'}
-  logs       ${join(dir, 'worker.log')}
-Other terminals: govloop submit config/examples/llama-ft-nightly.yaml --wait
-Ctrl-C stops everything.`);
-      const why = await Promise.race([untilSignal(), stack.running.then(() => 'workers stopped')]);
-      console.log(`\n${why}: stopping ...`);
-      await stack.stop();
+      // The stack (worker, Temporal dev server, PGlite) loads only here: other commands start in a fraction of the time.
+      const { runDev } = await import('./dev-run');
+      await runDev(o, dir);
     });
 
   program
@@ -129,86 +92,8 @@ Ctrl-C stops everything.`);
     .action(async (raw) => {
       const env = settings();
       const o = parseOptions(WorkerOptions, { ...(env.GOVLOOP_WORKFLOW_BUNDLE ? { workflowBundle: env.GOVLOOP_WORKFLOW_BUNDLE } : {}), ...raw });
-      const logger = installLogging();
-      const config = loadConfig();
-      if (o.cluster) config.cluster = { ...config.cluster, name: o.cluster };
-      config.policies.audit = { ...config.policies.audit, ...auditPaths(config.policies.audit, dataDir(program.opts().dataDir)) };
-      const dev = env.TEMPORAL_ADDRESS ? undefined : readDevState(dataDir(program.opts().dataDir));
-      const cfg = loadClientConnectConfig();
-      const address = dev?.temporalAddress ?? cfg.connectionOptions.address ?? 'localhost:7233';
-      const namespace = env.TEMPORAL_NAMESPACE ?? dev?.namespace ?? cfg.namespace ?? 'default';
-      const ledger = await openLedger(program.opts().dataDir);
-      const connection = await NativeConnection.connect({ ...cfg.connectionOptions, address });
-      try {
-        let backend: ClusterBackend;
-        let stopWatch = () => {};
-        if (o.backend === 'kubernetes') {
-          const kc = new KubeConfig();
-          kc.loadFromDefault();
-          // govloop placement: topology from the Nodes' labels, pinned with node affinity; it falls
-          // back to the kube-scheduler (and says why here) where the Nodes carry no govloop.io/gpu-type.
-          const k8s = new KubernetesCluster(kc, {
-            cluster: config.cluster.name,
-            namespace: o.k8sNamespace,
-            placement: o.k8sPlacement,
-            checkpointGraceMillis: o.k8sCheckpointGrace * 1000,
-            stopMarginSeconds: o.k8sStopMargin,
-            // Pods that may report their checkpoint on their Job (deploy/rbac.yaml govloop-trainer).
-            ...(env.GOVLOOP_K8S_SERVICE_ACCOUNT ? { serviceAccountName: env.GOVLOOP_K8S_SERVICE_ACCOUNT } : {}),
-            onPlacementNote: (note) => logger.warn({ placement: o.k8sPlacement }, note),
-          });
-          backend = k8s;
-          // Job changes seen by the watch wake the task's workflow (it observes the job at once);
-          // the workflow's poll stays the fallback when a watch event is missed.
-          const temporal = await connectTemporal(program.opts().dataDir);
-          const w = k8s.watchJobs(
-            (e) =>
-              void temporal.client.workflow
-                .getHandle(e.taskId)
-                .signal(jobChangedSignal, { job: e.job, phase: e.phase })
-                .catch(() => undefined),
-            (err) => logger.warn({ err: String(err) }, 'kubernetes job watch failed; reconnecting'),
-          );
-          stopWatch = () => {
-            w.stop();
-            void temporal.connection.close();
-          };
-        } else {
-          const sim = new SimulatedCluster(ledger.db, config.cluster, config.simulation.speedup);
-          await sim.sync();
-          backend = sim;
-        }
-        const workers = await createWorkers({
-          connection,
-          namespace,
-          db: ledger.db,
-          config,
-          backend,
-          controlQueue: o.taskQueue,
-          ...(o.workflowBundle ? { bundle: { codePath: resolve(o.workflowBundle) } } : {}),
-        });
-        if (o.controllers) {
-          const temporal = await connectTemporal(program.opts().dataDir);
-          try {
-            await ensureRollupSchedule(temporal.client, { everySeconds: config.policies.metering.rollupEverySeconds, taskQueue: o.taskQueue });
-            await ensureAuditCheckpointSchedule(temporal.client, { everySeconds: config.policies.audit.checkpointEverySeconds, taskQueue: o.taskQueue });
-            await ensureReconcileSchedule(temporal.client, { everySeconds: config.policies.reconcile.everySeconds, taskQueue: o.taskQueue });
-            await ensureBudgetControllers(temporal.client, ledger.db, o.taskQueue);
-          } finally {
-            await temporal.connection.close();
-          }
-        }
-        const abort = new AbortController();
-        void untilSignal().then(() => abort.abort());
-        logger.info({ address, namespace, taskQueue: o.taskQueue, ledger: ledger.source }, 'worker started');
-        console.error(
-          `worker running: ${address} ${namespace} queues ${o.taskQueue}, govloop-cluster-${config.cluster.name} (${o.backend}${o.backend === 'kubernetes' ? ` namespace ${o.k8sNamespace}, placement ${o.k8sPlacement}` : ''}); ledger ${ledger.source}`,
-        );
-        await runWorkers(workers, abort.signal);
-        stopWatch();
-      } finally {
-        await connection.close();
-        await ledger.close();
-      }
+      // The worker, the Kubernetes client and the cluster backends load only here (seconds of CPU for each CLI call otherwise).
+      const { runWorker } = await import('./dev-run');
+      await runWorker(o, program.opts().dataDir);
     });
 }
