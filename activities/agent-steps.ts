@@ -48,7 +48,10 @@ export function stepCallerCheck({ db, whoIs }: Pick<ActivityContext, 'db' | 'who
       return reason(who.code, who.message);
     }
     const own = requester !== null && sameIdentity(actorName(who.principal), requester);
-    const d = await db.tx((c) => checkAccess(c, who.principal, own ? 'task.own' : 'operate', tenant, { taskId }));
+    // On the pool, not in a transaction of its own: the grants are one read (none for a platform
+    // admin), and a refusal's audit opens its own transaction (ledger/audit.ts). The step's writes
+    // come later in another transaction either way.
+    const d = await checkAccess(db, who.principal, own ? 'task.own' : 'operate', tenant, { taskId });
     return d.allowed ? null : reason(d.code, d.message);
   };
 }

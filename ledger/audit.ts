@@ -64,14 +64,19 @@ function rowHash(prev: string, row: { id: number; at: Date; actor: string; taskI
 export async function appendAudit(q: Queryable, entry: AuditEntry): Promise<void> {
   if (q instanceof Db) return q.tx((c) => appendAudit(c, entry));
   await q.query('SELECT pg_advisory_xact_lock($1)', [AUDIT_LOCK]);
-  if (entry.dedupeKey !== undefined) {
-    const seen = await q.query('SELECT 1 FROM audit_log WHERE dedupe_key = $1', [entry.dedupeKey]);
-    if (seen.rowCount) return;
-  }
-  const last = await q.query<{ hash: string }>('SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1');
-  const prev = last.rows[0]?.hash ?? GENESIS;
-  const { rows } = await q.query<{ id: number }>("SELECT nextval(pg_get_serial_sequence('audit_log', 'id')) AS id");
-  const id = rows[0]!.id;
+  // One statement after the lock (a fresh snapshot, so it sees every append committed before the
+  // lock was ours): is the entry in already, the chain's tip, and the new row's id. The id is
+  // drawn only for a new entry (CASE evaluates nextval only in its branch).
+  const { rows } = await q.query<{ seen: boolean; prev: string | null; id: number | null }>(
+    `SELECT d.seen, (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1) AS prev,
+            CASE WHEN d.seen THEN NULL ELSE nextval(pg_get_serial_sequence('audit_log', 'id')) END AS id
+       FROM (SELECT $1::text IS NOT NULL AND EXISTS (SELECT 1 FROM audit_log WHERE dedupe_key = $1::text) AS seen) d`,
+    [entry.dedupeKey ?? null],
+  );
+  const head = rows[0]!;
+  if (head.seen) return;
+  const prev = head.prev ?? GENESIS;
+  const id = Number(head.id);
   // Millisecond precision, so the time read back hashes to the same string.
   const at = new Date(Math.floor((entry.at ?? new Date()).getTime()));
   const detail = JSON.parse(JSON.stringify(entry.detail ?? {}));

@@ -42,6 +42,19 @@ export async function setBudget(db: Db, scope: OptionalBudgetScope, period: Peri
  * use. With `lock`, the rows are locked in a fixed order so concurrent writers cannot deadlock.
  */
 export async function coveringWindows(q: Queryable, a: Pick<Attribution, 'tenant' | 'team' | 'project'>, at: Date, lock: boolean): Promise<WindowRow[]> {
+  // One round trip when every covering budget has its current window already (every step after a
+  // scope's first of the period): the budgets joined to their windows, and how many budgets there are.
+  const { rows: found } = await q.query<WindowRow & { budgets: number }>(
+    `SELECT w.budget_id, b.tenant, b.team, b.project, b.period, w.window_key, b.limit_micros, w.reserved_micros, w.spent_micros, w.ladder_step,
+            (SELECT count(*) FROM budgets c
+              WHERE c.tenant = $1 AND (c.team = '*' OR c.team = $2) AND (c.project = '*' OR (c.team = $2 AND c.project = $3)))::int AS budgets
+       FROM budgets b JOIN budget_windows w ON w.budget_id = b.id
+        AND w.window_key = CASE b.period WHEN 'day' THEN $4 WHEN 'week' THEN $5 WHEN 'month' THEN $6 ELSE 'total' END
+      WHERE b.tenant = $1 AND (b.team = '*' OR b.team = $2) AND (b.project = '*' OR (b.team = $2 AND b.project = $3))
+      ORDER BY w.budget_id ${lock ? 'FOR UPDATE OF w' : ''}`,
+    [a.tenant, a.team, a.project, windowKey('day', at), windowKey('week', at), windowKey('month', at)],
+  );
+  if (found.length > 0 && found.length === found[0]!.budgets) return found.map(({ budgets: _, ...w }) => w);
   const { rows: budgets } = await q.query<{ id: number; period: Period }>(
     `SELECT id, period FROM budgets
      WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3))
@@ -222,6 +235,7 @@ export async function chargeBudgets(
   let taskOverage = 0;
   let reservation: { amount_micros: number; remaining_micros: number; charged_micros: number; state: 'held' | 'released' } | undefined;
   let holds: { budget_id: number; window_key: string }[] = [];
+  let overageBefore = 0;
   if (taskId !== null) {
     // The row lock serializes every charge of one task: two concurrent charges cannot both take the last of its room.
     const r = await q.query<NonNullable<typeof reservation>>(
@@ -233,19 +247,17 @@ export async function chargeBudgets(
       charged = Math.min(cost, Math.max(0, reservation.amount_micros - reservation.charged_micros));
       overage = cost - charged;
       consumed = reservation.state === 'held' ? Math.min(charged, reservation.remaining_micros) : 0;
-      await q.query('UPDATE reservations SET remaining_micros = remaining_micros - $2, charged_micros = charged_micros + $3 WHERE task_id = $1', [
-        taskId,
-        consumed,
-        charged,
-      ]);
-      if (reservation.state === 'held') {
-        holds = (
-          await q.query<{ budget_id: number; window_key: string }>(
-            'SELECT budget_id, window_key FROM reservation_holds WHERE task_id = $1 ORDER BY budget_id',
-            [taskId],
-          )
-        ).rows;
-      }
+      // The update returns, in the same round trip, the reservation's holds and the task's overage
+      // so far: its snapshot is taken with the lock held, so it sees every earlier charge's rows.
+      const u = await q.query<{ holds: { budget_id: number; window_key: string }[]; overage_micros: number }>(
+        `UPDATE reservations r SET remaining_micros = remaining_micros - $2, charged_micros = charged_micros + $3 WHERE r.task_id = $1
+         RETURNING (SELECT COALESCE(json_agg(json_build_object('budget_id', h.budget_id, 'window_key', h.window_key) ORDER BY h.budget_id), '[]'::json)
+                      FROM reservation_holds h WHERE h.task_id = r.task_id) AS holds,
+                   (SELECT COALESCE(SUM(o.micros), 0)::float8 FROM overages o WHERE o.task_id = r.task_id) AS overage_micros`,
+        [taskId, consumed, charged],
+      );
+      overageBefore = Number(u.rows[0]!.overage_micros);
+      if (reservation.state === 'held') holds = u.rows[0]!.holds.map((h) => ({ budget_id: Number(h.budget_id), window_key: h.window_key }));
     }
   }
   const windows = await coveringWindows(q, a, at, true);
@@ -266,8 +278,7 @@ export async function chargeBudgets(
     }
   }
   if (reservation && taskId !== null) {
-    const before = await q.query<{ micros: number }>('SELECT COALESCE(SUM(micros), 0)::float8 AS micros FROM overages WHERE task_id = $1', [taskId]);
-    taskOverage = Number(before.rows[0]!.micros);
+    taskOverage = overageBefore;
     if (overage > 0) {
       await q
         .query('INSERT INTO overages (task_id, charge_key, tenant, team, project, micros, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)', [
