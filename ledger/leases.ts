@@ -27,6 +27,12 @@ export type LeaseGrant =
   | { granted: false; leaseId: string; reason: Reason };
 
 const attributionOf = (s: LeaseScope) => ({ tenant: s.tenant, team: s.team ?? '', project: s.project ?? '' });
+/** The scope a lease row stores ('' for a level not narrowed, as attributionOf writes it), as its grant named it. */
+const leaseScopeOf = (r: { tenant: string; team: string; project: string }): LeaseScope => ({
+  tenant: r.tenant,
+  ...(r.team ? { team: r.team } : {}),
+  ...(r.project ? { project: r.project } : {}),
+});
 
 /** Grants a lease (idempotent by lease id), sized by governance/ladder.ts `leaseSize`. */
 export async function grantLease(
@@ -208,7 +214,7 @@ export async function closeLease(db: Db, leaseId: string, state: 'returned' | 'e
       taskId: null,
       action: 'lease.close',
       decision: state,
-      detail: { leaseId, scope: scopeLabel(lease), spentUsd: microsToUsd(lease.spent_micros), returnedUsd: microsToUsd(left) },
+      detail: { leaseId, scope: scopeLabel(leaseScopeOf(lease)), spentUsd: microsToUsd(lease.spent_micros), returnedUsd: microsToUsd(left) },
       dedupeKey: `lease:${leaseId}:close`,
     });
     return { closed: true, releasedMicros: left };

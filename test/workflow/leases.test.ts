@@ -72,6 +72,15 @@ describe('budget leases', () => {
     expect(after).toMatchObject({ reservedUsd: 0 });
     expect(after.spentUsd).toBeCloseTo(12, 9);
     expect(await leaseSpend(tenant)).toBe(12_000_000);
+    // Grant and close name the lease's scope the same way (the lease rows store '' for a level not narrowed).
+    const scopes = await h.db.query<{ action: string; scope: string }>(
+      "SELECT DISTINCT action, detail->>'scope' AS scope FROM audit_log WHERE action IN ('lease.grant', 'lease.close') AND detail->>'scope' LIKE $1 ORDER BY action",
+      [`${tenant}/%`],
+    );
+    expect(scopes.rows).toEqual([
+      { action: 'lease.close', scope: `${tenant}/search/*` },
+      { action: 'lease.grant', scope: `${tenant}/search/*` },
+    ]);
   });
 
   it('shrinks under throttle and is refused at the queue step; bad options change nothing', async () => {
