@@ -356,6 +356,9 @@ async function main() {
           console.error(`[${entry.level}] ${entry.message}`, meta ?? '');
         }
       }),
+      // The Rust core's warnings (a slow workflow task, TMPRL1104) through the logger above, to
+      // stderr: printed by the core itself they went to stdout, into --json's output.
+      telemetryOptions: { logging: { filter: { core: 'WARN', other: 'WARN' }, forward: {} } },
     });
     // The dev server is the temporal CLI; the production server needs none (found only to report it).
     const cli = temporalKind === 'dev' ? findTemporalCli({ onProgress: log }) : findTemporalCli({ build: false });

@@ -19,6 +19,10 @@ export function installLogging(opts: { file?: string; level?: string } = {}): pi
         const fn = entry.level === 'ERROR' ? 'error' : entry.level === 'WARN' ? 'warn' : entry.level === 'DEBUG' || entry.level === 'TRACE' ? 'debug' : 'info';
         logger[fn]({ ...entry.meta }, entry.message);
       }),
+      // The SDK's Rust core (its own warnings: a slow workflow task, a lost connection) prints to
+      // stdout unless forwarded; forwarded, it lands in the same JSON lines (and `govloop dev`'s
+      // worker.log) as everything else. Warnings and errors only.
+      telemetryOptions: { logging: { filter: { core: 'WARN', other: 'WARN' }, forward: {} } },
     });
   }
   return logger;
