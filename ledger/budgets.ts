@@ -37,6 +37,12 @@ export async function setBudget(db: Db, scope: OptionalBudgetScope, period: Peri
   });
 }
 
+/** SQL: budget row `b` covers the attribution given as $1 tenant, $2 team, $3 project. */
+export const coversAttributionSql = (b: string): string =>
+  `${b}.tenant = $1 AND (${b}.team = '*' OR ${b}.team = $2) AND (${b}.project = '*' OR (${b}.team = $2 AND ${b}.project = $3))`;
+/** SQL: budget row `b`'s current window key, given the day, week and month keys as $4, $5, $6. */
+export const currentWindowKeySql = (b: string): string => `CASE ${b}.period WHEN 'day' THEN $4 WHEN 'week' THEN $5 WHEN 'month' THEN $6 ELSE 'total' END`;
+
 /**
  * The windows (current period of each budget) that cover an attribution at `at`, created on first
  * use. With `lock`, the rows are locked in a fixed order so concurrent writers cannot deadlock.
@@ -46,19 +52,15 @@ export async function coveringWindows(q: Queryable, a: Pick<Attribution, 'tenant
   // scope's first of the period): the budgets joined to their windows, and how many budgets there are.
   const { rows: found } = await q.query<WindowRow & { budgets: number }>(
     `SELECT w.budget_id, b.tenant, b.team, b.project, b.period, w.window_key, b.limit_micros, w.reserved_micros, w.spent_micros, w.ladder_step,
-            (SELECT count(*) FROM budgets c
-              WHERE c.tenant = $1 AND (c.team = '*' OR c.team = $2) AND (c.project = '*' OR (c.team = $2 AND c.project = $3)))::int AS budgets
-       FROM budgets b JOIN budget_windows w ON w.budget_id = b.id
-        AND w.window_key = CASE b.period WHEN 'day' THEN $4 WHEN 'week' THEN $5 WHEN 'month' THEN $6 ELSE 'total' END
-      WHERE b.tenant = $1 AND (b.team = '*' OR b.team = $2) AND (b.project = '*' OR (b.team = $2 AND b.project = $3))
+            (SELECT count(*) FROM budgets c WHERE ${coversAttributionSql('c')})::int AS budgets
+       FROM budgets b JOIN budget_windows w ON w.budget_id = b.id AND w.window_key = ${currentWindowKeySql('b')}
+      WHERE ${coversAttributionSql('b')}
       ORDER BY w.budget_id ${lock ? 'FOR UPDATE OF w' : ''}`,
     [a.tenant, a.team, a.project, windowKey('day', at), windowKey('week', at), windowKey('month', at)],
   );
   if (found.length > 0 && found.length === found[0]!.budgets) return found.map(({ budgets: _, ...w }) => w);
   const { rows: budgets } = await q.query<{ id: number; period: Period }>(
-    `SELECT id, period FROM budgets
-     WHERE tenant = $1 AND (team = '*' OR team = $2) AND (project = '*' OR (team = $2 AND project = $3))
-     ORDER BY id`,
+    `SELECT b.id, b.period FROM budgets b WHERE ${coversAttributionSql('b')} ORDER BY b.id`,
     [a.tenant, a.team, a.project],
   );
   if (budgets.length === 0) return [];
@@ -235,7 +237,6 @@ export async function chargeBudgets(
   let taskOverage = 0;
   let reservation: { amount_micros: number; remaining_micros: number; charged_micros: number; state: 'held' | 'released' } | undefined;
   let holds: { budget_id: number; window_key: string }[] = [];
-  let overageBefore = 0;
   if (taskId !== null) {
     // The row lock serializes every charge of one task: two concurrent charges cannot both take the last of its room.
     const r = await q.query<NonNullable<typeof reservation>>(
@@ -256,7 +257,7 @@ export async function chargeBudgets(
                    (SELECT COALESCE(SUM(o.micros), 0)::float8 FROM overages o WHERE o.task_id = r.task_id) AS overage_micros`,
         [taskId, consumed, charged],
       );
-      overageBefore = Number(u.rows[0]!.overage_micros);
+      taskOverage = Number(u.rows[0]!.overage_micros);
       if (reservation.state === 'held') holds = u.rows[0]!.holds.map((h) => ({ budget_id: Number(h.budget_id), window_key: h.window_key }));
     }
   }
@@ -278,7 +279,6 @@ export async function chargeBudgets(
     }
   }
   if (reservation && taskId !== null) {
-    taskOverage = overageBefore;
     if (overage > 0) {
       await q
         .query('INSERT INTO overages (task_id, charge_key, tenant, team, project, micros, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7)', [

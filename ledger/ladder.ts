@@ -4,6 +4,7 @@ import { type Period, windowBounds, windowKey } from '../governance/periods';
 import { microsToUsd } from '../governance/pricing';
 import { appendAudit } from './audit';
 import { type BudgetKey, scopeLabel } from '../governance/budget-scope';
+import { coversAttributionSql, currentWindowKeySql } from './budgets';
 import type { Db, Queryable } from './db';
 import { own } from '../governance/own';
 
@@ -191,8 +192,8 @@ export async function scopeLadder(q: Queryable, a: Pick<Attribution, 'tenant' | 
   }>(
     `SELECT b.id, w.window_key, b.tenant, b.team, b.project, b.period, b.limit_micros, w.ladder_step, w.reserved_micros, w.spent_micros
        FROM budgets b JOIN budget_windows w ON w.budget_id = b.id
-        AND w.window_key = CASE b.period WHEN 'day' THEN $4 WHEN 'week' THEN $5 WHEN 'month' THEN $6 ELSE 'total' END
-      WHERE b.tenant = $1 AND (b.team = '*' OR b.team = $2) AND (b.project = '*' OR (b.team = $2 AND b.project = $3))
+        AND w.window_key = ${currentWindowKeySql('b')}
+      WHERE ${coversAttributionSql('b')}
       ORDER BY b.id`,
     [a.tenant, a.team, a.project, windowKey('day', now), windowKey('week', now), windowKey('month', now)],
   );
