@@ -48,6 +48,8 @@ const SPEEDUP = 200;
 const MAX_LIFE_MS = 3000;
 /** One plain task arrives in each round. */
 const PLAIN = KILLS;
+/** Each task's cost cap: the most its reservation can hold. */
+const TASK_MAX_USD = 1000;
 /** Tasks cancelled once running; their jobs could not finish on their own within the test. */
 const CANCELLED = 2;
 /** Waiting for every task to end after the last restart: far above what it takes, only a hang reaches it. */
@@ -203,7 +205,9 @@ beforeAll(async () => {
   db = new Db(inject('databaseUrl'), 4);
   connection = await Connection.connect({ address: inject('temporalAddress') });
   gov = new GovloopClient(new Client({ connection }), taskQueue);
-  await setBudget(db, { tenant }, 'month', 10_000, 'test');
+  // Room for every task's reservation at once: with the worker down, tasks keep theirs for longer, and a
+  // budget short of that (it was $10,000 for 24 tasks of up to $1,000) rejected a plain task (seed 610318127).
+  await setBudget(db, { tenant }, 'month', tasks.length * TASK_MAX_USD, 'test');
 });
 
 afterAll(async () => {
@@ -231,7 +235,7 @@ describe('chaos: the worker killed at random points of dispatch', () => {
         intent(tenant, {
           name: t.taskId,
           attribution: { tenant, team: t.team, project: 'chaos', model: 'llama-3-8b', useCase: 'kills' },
-          caps: { maxUsd: 1000, maxGpuHours: 200 },
+          caps: { maxUsd: TASK_MAX_USD, maxGpuHours: 200 },
           resources: { gpus: t.gpus, gpuType: t.gpuType, sharing: 'exclusive' },
           simulation: { durationSeconds: t.durationS, tokensPerSecond: 7 },
         }),
