@@ -1,5 +1,5 @@
 import { Command, CommanderError } from 'commander';
-import { GovloopAccessError, GovloopInputError, GovloopNotFoundError, GovloopStateError } from '../sdk';
+import { GovloopAccessError, GovloopInputError, GovloopNotFoundError, GovloopStateError, GovloopWorkerError } from '../sdk';
 import { ConfigError } from '../config/load';
 import { CliExit, Exit } from './util';
 import * as agents from './commands/agents';
@@ -47,8 +47,8 @@ try {
     console.error(`refused (${err.code})`);
     console.error(err.message);
     process.exitCode = Exit.Rejected;
-  } else if (err instanceof GovloopNotFoundError || err instanceof GovloopStateError) {
-    if (wantsJson()) console.log(JSON.stringify({ error: err.message }, null, 2));
+  } else if (err instanceof GovloopNotFoundError || err instanceof GovloopStateError || err instanceof GovloopWorkerError) {
+    if (wantsJson()) console.log(JSON.stringify({ error: err.message, ...(err instanceof GovloopWorkerError ? { taskId: err.taskId } : {}) }, null, 2));
     console.error(err.message);
     process.exitCode = Exit.Failure;
   } else if (err instanceof ConfigError) {

@@ -37,6 +37,23 @@ export class GovloopStateError extends Error {
   }
 }
 
+/**
+ * The task exists, but no worker can run it now: its workflow task keeps failing, either because
+ * its code fails in the worker (the message says how; a fixed deployment resumes it) or because
+ * no worker has completed it for minutes. Nothing was lost: the task resumes where it stopped once
+ * a worker completes its workflow task; `status(taskId)` shows where it stands.
+ */
+export class GovloopWorkerError extends Error {
+  constructor(
+    readonly taskId: string,
+    why: string,
+    options?: ErrorOptions,
+  ) {
+    super(`task ${taskId}: ${why}. The task is kept: it resumes once a worker completes its workflow task (status shows where it stands)`, options);
+    this.name = 'GovloopWorkerError';
+  }
+}
+
 /** The lease was refused: the budget is at its queue step, has too little left, or does not exist. */
 export class GovloopLeaseError extends Error {
   constructor(readonly reason: Extract<LeaseAnswer, { granted: false }>['reason']) {

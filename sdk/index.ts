@@ -3,6 +3,7 @@ import {
   Client,
   Connection,
   ServiceError,
+  WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
   WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -53,14 +54,14 @@ import {
   StepRequestSchema,
 } from '../workflows/schemas';
 import { settings } from '../config/settings';
-import { GovloopAccessError, GovloopInputError, GovloopNotFoundError, GovloopStateError, check } from './errors';
+import { GovloopAccessError, GovloopInputError, GovloopNotFoundError, GovloopStateError, GovloopWorkerError, check } from './errors';
 import { BudgetLease, LeaseOptions, Requester } from './budget-lease';
 
 /** The admission update's id prefix; each submit adds its own suffix, so its retries attach to its own admission. */
 const ADMISSION_UPDATE_ID = 'admission';
 
 export type { AdmissionAnswer, ApprovalAnswer, ApprovalOutcome, StepAnswer, TaskStatus, StepUsage };
-export { GovloopAccessError, GovloopInputError, GovloopLeaseError, GovloopNotFoundError, GovloopStateError } from './errors';
+export { GovloopAccessError, GovloopInputError, GovloopLeaseError, GovloopNotFoundError, GovloopStateError, GovloopWorkerError } from './errors';
 export { BudgetLease, type LeaseOptions } from './budget-lease';
 export { GovloopLeaseReportError, LeasedGateOptions, type LeasedStepAnswer, LeasedStepErrors, LeasedStepGate, type SyncReason } from './leased-steps';
 
@@ -112,23 +113,58 @@ const quote = (s: string) => `'${s.replace(/'/g, "''")}'`;
 
 /**
  * The server refuses an update outright (FAILED_PRECONDITION, "Workflow Task in failed state")
- * while the workflow's task has failed or timed out several times in a row, which is what a
- * worker that crashes while holding it causes. The refused update was never admitted, so asking
- * again is safe for every update; it goes through once a worker has completed the task. The
- * bound (about two minutes) only stops a client from waiting on a workflow that never recovers.
+ * while the workflow's task has failed or timed out twice or more in a row. The refused update was
+ * never admitted, so asking again is safe for every update; it goes through once a worker has
+ * completed the task. Why the task keeps failing decides how long to ask, read from the history
+ * since the last completed workflow task (its first failure is the one the server records):
+ * - **the workflow's code threw** (an unhandled error, a non-deterministic replay): waiting cannot
+ *   fix that, so the call stops at once with the failure's message (GovloopWorkerError);
+ * - **workers took the task and never answered** (killed, or overloaded past the task's timeout):
+ *   the server retries it, each attempt's timeout growing by up to 10 minutes after the third
+ *   (history.workflowTaskRetryMaxInterval). The call keeps asking for as long as that, so a fleet
+ *   that crash-loops for a few minutes delays the answer instead of losing it.
  */
-const NOT_READY_ATTEMPTS = 30;
+const NOT_READY_MAX_MS = 10 * 60_000;
 const GRPC_FAILED_PRECONDITION = 9;
+/** temporal.api.enums.v1.WorkflowTaskFailedCause: the worker ran the workflow's code and it failed. */
+const CODE_FAILURE_CAUSES = new Map([
+  [14, 'the workflow code threw'], // WORKFLOW_WORKER_UNHANDLED_FAILURE
+  [24, 'the workflow code is not deterministic'], // NON_DETERMINISTIC_ERROR
+]);
 const workflowNotReady = (err: unknown): boolean => {
   const grpc = err instanceof ServiceError ? err.cause : err;
-  return isGrpcServiceError(grpc) && grpc.code === GRPC_FAILED_PRECONDITION && /Workflow Task in failed state/i.test(grpc.details ?? grpc.message);
+  // Update-with-start's refusal carries the update's own status in its message; its details still
+  // say only that the multi-operation failed (the client copies the status in, @temporalio/client helpers).
+  return isGrpcServiceError(grpc) && grpc.code === GRPC_FAILED_PRECONDITION && /Workflow Task in failed state/i.test(`${grpc.details ?? ''} ${grpc.message}`);
 };
-async function whenWorkflowReady<T>(call: () => Promise<T>): Promise<T> {
+/** The code failure behind a failing workflow task, if its code is the reason (else undefined: workers). */
+async function codeFailure(client: Client, workflowId: string): Promise<string | undefined> {
+  const { history } = await client.workflowService.getWorkflowExecutionHistoryReverse({
+    namespace: client.options.namespace,
+    execution: { workflowId },
+    maximumPageSize: 50,
+  });
+  for (const e of history?.events ?? []) {
+    if (e.workflowTaskCompletedEventAttributes || e.workflowExecutionStartedEventAttributes) return undefined;
+    const failed = e.workflowTaskFailedEventAttributes;
+    const why = failed?.cause ? CODE_FAILURE_CAUSES.get(failed.cause) : undefined;
+    if (why) return `${why}: ${failed!.failure?.message ?? '(no message)'}`;
+  }
+  return undefined;
+}
+async function whenWorkflowReady<T>(client: Client, workflowId: string, call: () => Promise<T>): Promise<T> {
+  const since = Date.now();
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();
     } catch (err) {
-      if (!workflowNotReady(err) || attempt >= NOT_READY_ATTEMPTS) throw err;
+      if (!workflowNotReady(err)) throw err;
+      const code = await codeFailure(client, workflowId).catch(() => undefined);
+      if (code) throw new GovloopWorkerError(workflowId, `its workflow task fails in the worker, ${code}`, { cause: err });
+      if (Date.now() - since >= NOT_READY_MAX_MS)
+        throw new GovloopWorkerError(workflowId, `no worker has completed its workflow task for ${Math.round((Date.now() - since) / 60_000)} min`, {
+          cause: err,
+        });
       await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** (attempt - 1))));
     }
   }
@@ -216,17 +252,14 @@ export class GovloopClient {
     const requester = check(Requester, opts.requester ?? 'credential', 'requester');
     const taskId = opts.taskId !== undefined ? check(TaskId, opts.taskId, 'taskId') : `${parsed.name}-${randomBytes(4).toString('hex')}`;
     const args = [{ taskId, intent: parsed, requester, ...(this.credential ? { credential: this.credential } : {}) }] as const;
-    const memo = { requester, runbook: 'runbooks/admitting.md', intent: parsed.name };
     // Start and admission in one call (update-with-start): the first workflow task takes the
     // admission update with it, one round trip instead of two (issue 13). The update id is this
     // call's own: a closed task's id then starts a new run, which refuses it (TASK_ID_REUSED),
-    // instead of the server answering with the old run's admission. A retry after the server's
-    // long poll gave up (a busy server answers DEADLINE_EXCEEDED) may find the task already started
-    // by the first try: it attaches to that run (USE_EXISTING) and, by the same update id, to the
-    // same admission. The first try refuses a task id that is running (FAIL), as start always did.
-    // A retry after the first workflow task failed (whenWorkflowReady) attaches the same way.
+    // instead of the server answering with the old run's admission. The first try refuses a task
+    // id that is running (FAIL), as start always did.
     const updateId = `${ADMISSION_UPDATE_ID}-${randomBytes(6).toString('hex')}`;
-    let tries = 0;
+    // The run this call starts carries the call's id in its memo, so a retry knows its own run.
+    const memo = { requester, runbook: 'runbooks/admitting.md', intent: parsed.name, submitId: updateId };
     const startAndAdmit = () =>
       this.client.workflow.executeUpdateWithStart(admissionUpdate, {
         updateId,
@@ -235,15 +268,44 @@ export class GovloopClient {
           workflowId: taskId,
           args,
           memo,
-          workflowIdConflictPolicy: tries++ === 0 ? 'FAIL' : 'USE_EXISTING',
+          workflowIdConflictPolicy: 'FAIL',
         }),
       });
-    for (let timeouts = 1; ; timeouts++) {
+    // A retry (the server's long poll gave up: a busy server answers DEADLINE_EXCEEDED) may find
+    // that the first try started the task. It then asks that run, and only that run, for the same
+    // admission (by update id); if the run has ended meanwhile (cancelled, say), its final status
+    // answers. It never starts a second run: a retry that started one after the first had ended
+    // made that run refuse its own id (TASK_ID_REUSED; chaos worker-kills, seed 610318127).
+    const retry = async (): Promise<AdmissionAnswer> => {
+      const run = await this.runStartedBy(taskId, updateId);
+      if (!run) return whenWorkflowReady(this.client, taskId, startAndAdmit);
+      const h = this.client.workflow.getHandle<typeof governedTask>(taskId, run.runId);
+      if (run.running) return whenWorkflowReady(this.client, taskId, () => h.executeUpdate(admissionUpdate, { updateId }));
+      const { decision, reasons, state } = await h.result();
+      return { taskId, decision, reasons, state };
+    };
+    for (let tries = 1; ; tries++) {
       try {
-        return await whenWorkflowReady(startAndAdmit);
+        return tries === 1 ? await whenWorkflowReady(this.client, taskId, startAndAdmit) : await retry();
       } catch (err) {
-        if (!(err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) || timeouts >= 5) throw err;
+        // After a first try that timed out, "already started" or "not found" may only mean the run
+        // started, or ended, in between: the next try looks again.
+        const again =
+          err instanceof WorkflowUpdateRPCTimeoutOrCancelledError ||
+          (tries > 1 && (err instanceof WorkflowExecutionAlreadyStartedError || err instanceof WorkflowNotFoundError));
+        if (!again || tries >= 5) throw err;
       }
+    }
+  }
+
+  /** The run of `taskId` that the submit call `submitId` started, if it started one. */
+  private async runStartedBy(taskId: string, submitId: string): Promise<{ runId: string; running: boolean } | undefined> {
+    try {
+      const d = await this.client.workflow.getHandle(taskId).describe();
+      return d.memo?.submitId === submitId ? { runId: d.runId, running: d.status.name === 'RUNNING' } : undefined;
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) return undefined;
+      throw err;
     }
   }
 
@@ -314,7 +376,7 @@ export class GovloopClient {
   /** Runs an update and turns the workflow's refusals into typed errors. */
   private async update<T>(taskId: string, fn: () => Promise<T>): Promise<T> {
     try {
-      return await whenWorkflowReady(fn);
+      return await whenWorkflowReady(this.client, taskId, fn);
     } catch (err) {
       const cause = err instanceof WorkflowUpdateFailedError ? (err.cause as { type?: string; message: string; details?: unknown[] } | undefined) : undefined;
       if (cause?.type === TaskErrors.InvalidStep || cause?.type === TaskErrors.InvalidDecision || cause?.type === TaskErrors.InvalidRequest) {
