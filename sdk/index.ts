@@ -271,14 +271,16 @@ export class GovloopClient {
           workflowIdConflictPolicy: 'FAIL',
         }),
       });
-    // A retry (the server's long poll gave up: a busy server answers DEADLINE_EXCEEDED) may find
-    // that the first try started the task. It then asks that run, and only that run, for the same
-    // admission (by update id); if the run has ended meanwhile (cancelled, say), its final status
-    // answers. It never starts a second run: a retry that started one after the first had ended
-    // made that run refuse its own id (TASK_ID_REUSED; chaos worker-kills, seed 610318127).
+    // A retry may find that an earlier try started the task: the server's long poll gave up (a busy
+    // server answers DEADLINE_EXCEEDED), or the server refused the admission because the new run's
+    // first workflow task kept failing (a worker died holding it). The retry then asks that run,
+    // and only that run, for the same admission (by update id), waiting as whenWorkflowReady does;
+    // if the run has ended meanwhile (cancelled, say), its final status answers. It never starts a
+    // second run, and never sends FAIL for a run it started itself (both seen in chaos worker-kills,
+    // seed 610318127: TASK_ID_REUSED from a second run; "already started" from a resent start).
     const retry = async (): Promise<AdmissionAnswer> => {
       const run = await this.runStartedBy(taskId, updateId);
-      if (!run) return whenWorkflowReady(this.client, taskId, startAndAdmit);
+      if (!run) return startAndAdmit();
       const h = this.client.workflow.getHandle<typeof governedTask>(taskId, run.runId);
       if (run.running) return whenWorkflowReady(this.client, taskId, () => h.executeUpdate(admissionUpdate, { updateId }));
       const { decision, reasons, state } = await h.result();
@@ -286,12 +288,13 @@ export class GovloopClient {
     };
     for (let tries = 1; ; tries++) {
       try {
-        return tries === 1 ? await whenWorkflowReady(this.client, taskId, startAndAdmit) : await retry();
+        return tries === 1 ? await startAndAdmit() : await retry();
       } catch (err) {
-        // After a first try that timed out, "already started" or "not found" may only mean the run
-        // started, or ended, in between: the next try looks again.
+        // "Already started" or "not found" on a retry may only mean that the run started, or
+        // ended, in between: the next try looks again.
         const again =
           err instanceof WorkflowUpdateRPCTimeoutOrCancelledError ||
+          (tries === 1 && workflowNotReady(err)) ||
           (tries > 1 && (err instanceof WorkflowExecutionAlreadyStartedError || err instanceof WorkflowNotFoundError));
         if (!again || tries >= 5) throw err;
       }
