@@ -42,6 +42,7 @@ import { type EmbeddedLedger, startEmbeddedLedger } from '../ledger/embedded';
 import { migrate } from '../ledger/migrate';
 import type { DevServerTuning } from '../runtime/dev-server';
 import { findTemporalCli } from '../runtime/temporal-cli';
+import { GovloopClient } from '../sdk';
 import { bundleWorkflows, createWorkers } from '../workers/worker';
 import { governedTask } from '../workflows';
 import { type StepAnswer, type TaskStatus, admissionUpdate, clusterTaskQueue, finishSignal, stepUpdate } from '../workflows/messages';
@@ -84,6 +85,8 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
   --kueue-submitters client lanes starting them (default 32)
   --kueue-teams      teams they are spread over, each with its GPU quota of each type (default 20: 320 GPUs, the simulated cluster's size)
   --kueue-sim-seconds simulated duration of each (default 60, 17 ms at 3600x)
+  --gate             sync (each step one update to the task, the synchronous gate) or leased (the SDK's leased gate: steps
+                     decided in process, reported in one batch when the gate closes; decision 0030); default sync
   --submit           with-start (start + admission in one update-with-start, as the SDK submits) or two-calls (start, then the update); default with-start
   --show-history     print the event sequence of one agent task's and one training job's history (where the hops are)
   --json             print one JSON object instead of tables`;
@@ -266,6 +269,7 @@ async function main() {
       'side-by-side': false,
       'show-history': false,
       submit: 'with-start',
+      gate: 'sync',
       'kueue-tasks': 0,
       'kueue-submitters': 32,
       'kueue-teams': 20,
@@ -287,6 +291,8 @@ async function main() {
     throw new Error(`--workers must be a whole number of processes, at least 1, got "${flags.workers}"`);
   const submitMode = flags.submit;
   if (submitMode !== 'with-start' && submitMode !== 'two-calls') throw new Error('--submit is with-start or two-calls');
+  const gateMode = flags.gate;
+  if (gateMode !== 'sync' && gateMode !== 'leased') throw new Error('--gate is sync or leased');
   const devServerTuning = flags['dev-server'] as DevServerTuning;
   if (devServerTuning !== 'tuned' && devServerTuning !== 'default') throw new Error('--dev-server is tuned or default');
   if (steps > 150) throw new Error('--steps is at most 150 (the agent maxSteps ceiling in config/policies.yaml is 200)');
@@ -399,6 +405,7 @@ async function main() {
 
     const bundle = await timed('bundleMs', () => bundleWorkflows());
     const controlQueue = `govloop-control-bench-${suffix}`;
+    const gov = new GovloopClient(client, controlQueue);
     if (workerProcesses > 0) {
       const procs = await timed('workersStartMs', () =>
         startBenchWorkers(workerProcesses, {
@@ -490,11 +497,18 @@ async function main() {
         const handle = client.workflow.getHandle<typeof governedTask>(taskId);
         admissionMs = nowMs() - t0;
         if (admission.decision !== 'admitted') throw new Error(`admission ${admission.decision}: ${admission.reasons.map((r) => r.code).join(' ')}`);
+        // --gate leased: the first step takes the lease (one update), the others are decided in
+        // process, and closing the gate reports them all and returns the rest (one more update).
+        const gate = gateMode === 'leased' ? gov.leasedSteps(taskId, { as: 'bench', steps, batchSize: steps, flushMs: 60_000 }) : null;
         for (let k = 0; k < steps; k++) {
           const s0 = nowMs();
-          const a: StepAnswer = await handle.executeUpdate(stepUpdate, { args: [step(k)] });
+          const a: StepAnswer = gate ? await gate.step(step(k)) : await handle.executeUpdate(stepUpdate, { args: [step(k)] });
           stepMs.push(nowMs() - s0);
           if (a.answer !== 'allow') throw new Error(`step ${k + 1} denied: ${a.reason?.code ?? '?'} ${a.reason?.message ?? ''}`);
+        }
+        if (gate) {
+          await gate.close();
+          if (gate.stats.synchronous > 0) throw new Error(`${gate.stats.synchronous} of ${steps} steps went synchronous under the lease`);
         }
         await handle.signal(finishSignal, { by: 'bench' });
         const result: TaskStatus = await handle.result();
@@ -630,6 +644,7 @@ async function main() {
         ledgerPool,
         devServer: devServerTuning,
         submit: submitMode,
+        gate: gateMode,
         temporal: temporalKind,
         workerProcesses,
         temporalCli: temporalKind === 'dev' ? (cli?.source ?? null) : null,
@@ -687,7 +702,7 @@ async function main() {
           ['throughput', 'done', 'failed', 'wall s', 'per second'],
           [
             [
-              'agent tasks (submit → admit → steps → finish → result)',
+              `agent tasks (submit → admit → ${gateMode === 'leased' ? 'leased ' : ''}steps → finish → result)`,
               report.agents.completed,
               report.agents.failed,
               report.agents.wallSeconds.toFixed(2),
