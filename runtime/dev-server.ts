@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, openSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Connection } from '@temporalio/client';
@@ -67,58 +67,77 @@ export async function startDevServer(opts: {
     throw new Error('no temporal CLI: set TEMPORAL_CLI, put `temporal` on PATH, or install Go so govloop can build it');
   }
   mkdirSync(opts.dataDir, { recursive: true });
-  const port = opts.port ?? (await freePort());
   const uiPort = opts.uiPort ?? 8233;
   const namespace = opts.namespace ?? 'default';
-  const args = [
-    'server',
-    'start-dev',
-    '--db-filename',
-    join(opts.dataDir, 'temporal.db'),
-    '--ip',
-    '127.0.0.1',
-    '--port',
-    String(port),
-    '--namespace',
-    namespace,
-    '--log-level',
-    'error',
-    // Dev-server metrics bind a fixed port by default; a random one lets several servers coexist.
-    '--metrics-port',
-    String(await freePort()),
-    '--http-port',
-    String(await freePort()),
-    ...(opts.headless ? ['--headless'] : ['--ui-port', String(uiPort)]),
-    ...Object.entries(searchAttributeTypes).flatMap(([k, t]) => ['--search-attribute', `${k}=${t}`]),
-    ...devServerTuningArgs(opts.tuning ?? 'tuned'),
-  ];
-  const logFd = openSync(join(opts.dataDir, 'temporal.log'), 'a');
-  const child: ChildProcess = spawn(cli.path, args, { stdio: ['ignore', logFd, logFd] });
-  let exited: number | null = null;
-  child.on('exit', (code) => (exited = code ?? -1));
-  const address = `127.0.0.1:${port}`;
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (exited !== null) throw new Error(`temporal dev server exited with ${exited}; see ${join(opts.dataDir, 'temporal.log')}`);
-    try {
-      const conn = await Connection.connect({ address, connectTimeout: 1000 });
-      await conn.workflowService.describeNamespace({ namespace });
-      await conn.close();
-      break;
-    } catch (err) {
-      if (Date.now() > deadline) {
-        child.kill('SIGKILL');
-        throw new Error(`temporal dev server did not answer on ${address} within 60s: ${(err as Error).message}`);
+  const logPath = join(opts.dataDir, 'temporal.log');
+  // Ports are picked free and then bound by the server a moment later; another process can take
+  // one in between. A start that fails on a taken port is tried again with new ones (ports the
+  // caller chose are never changed); any other failure throws with the server's last log lines.
+  for (let attempt = 1; ; attempt++) {
+    const port = opts.port ?? (await freePort());
+    const args = [
+      'server',
+      'start-dev',
+      '--db-filename',
+      join(opts.dataDir, 'temporal.db'),
+      '--ip',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--namespace',
+      namespace,
+      '--log-level',
+      'error',
+      // Dev-server metrics bind a fixed port by default; a random one lets several servers coexist.
+      '--metrics-port',
+      String(await freePort()),
+      '--http-port',
+      String(await freePort()),
+      ...(opts.headless ? ['--headless'] : ['--ui-port', String(uiPort)]),
+      ...Object.entries(searchAttributeTypes).flatMap(([k, t]) => ['--search-attribute', `${k}=${t}`]),
+      ...devServerTuningArgs(opts.tuning ?? 'tuned'),
+    ];
+    const logFrom = existsSync(logPath) ? statSync(logPath).size : 0;
+    const logFd = openSync(logPath, 'a');
+    const child: ChildProcess = spawn(cli.path, args, { stdio: ['ignore', logFd, logFd] });
+    closeSync(logFd);
+    let exited: number | null = null;
+    child.on('exit', (code) => (exited = code ?? -1));
+    const address = `127.0.0.1:${port}`;
+    const deadline = Date.now() + 60_000;
+    let up = false;
+    while (!up) {
+      if (exited !== null) {
+        const log = readFileSync(logPath).subarray(logFrom).toString('utf8');
+        const tail = log.trim().split('\n').slice(-12).join('\n');
+        if (/address already in use/i.test(log) && opts.port === undefined && attempt < 3) break;
+        throw new Error(`temporal dev server exited with ${exited}; its log (${logPath}) ends:\n${tail}`);
       }
-      await new Promise((r) => setTimeout(r, 250));
+      try {
+        const conn = await Connection.connect({ address, connectTimeout: 1000 });
+        await conn.workflowService.describeNamespace({ namespace });
+        await conn.close();
+        up = true;
+      } catch (err) {
+        if (Date.now() > deadline) {
+          child.kill('SIGKILL');
+          throw new Error(`temporal dev server did not answer on ${address} within 60s: ${(err as Error).message}`);
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
     }
+    if (up) return devServer(child, () => exited, address, opts.headless ? null : `http://127.0.0.1:${uiPort}`, namespace);
+    opts.onProgress?.(`temporal dev server: a port was taken before it could bind it; starting it again (attempt ${attempt + 1})`);
   }
+}
+
+function devServer(child: ChildProcess, exited: () => number | null, address: string, uiUrl: string | null, namespace: string): DevServer {
   return {
     address,
-    uiUrl: opts.headless ? null : `http://127.0.0.1:${uiPort}`,
+    uiUrl,
     namespace,
     async stop() {
-      if (exited !== null) return;
+      if (exited() !== null) return;
       const done = new Promise<void>((r) => child.once('exit', () => r()));
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
