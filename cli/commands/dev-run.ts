@@ -15,6 +15,7 @@ import { startStack } from '../../runtime/stack';
 import { ensureAuditCheckpointSchedule, ensureBudgetControllers, ensureReconcileSchedule, ensureRollupSchedule } from '../../runtime/schedules';
 import { createWorkers, runWorkers } from '../../workers/worker';
 import { jobChangedSignal } from '../../workflows/messages';
+import type { DevRun, WorkerRun } from './dev-options';
 
 /**
  * What `govloop dev` and `govloop worker` run once their options are checked (cli/commands/dev.ts).
@@ -28,13 +29,6 @@ const untilSignal = () =>
     process.once('SIGINT', () => resolve('SIGINT'));
     process.once('SIGTERM', () => resolve('SIGTERM'));
   });
-
-export interface DevRun {
-  port: number;
-  uiPort: number;
-  ledgerPort?: number | undefined;
-  headless: boolean;
-}
 
 export async function runDev(o: DevRun, dir: string): Promise<void> {
   const config = loadConfig();
@@ -58,18 +52,6 @@ Ctrl-C stops everything.`);
   const why = await Promise.race([untilSignal(), stack.running.then(() => 'workers stopped')]);
   console.log(`\n${why}: stopping ...`);
   await stack.stop();
-}
-
-export interface WorkerRun {
-  taskQueue: string;
-  cluster?: string | undefined;
-  controllers: boolean;
-  backend: 'simulated' | 'kubernetes';
-  k8sNamespace: string;
-  k8sPlacement: 'govloop' | 'scheduler';
-  k8sCheckpointGrace: number;
-  k8sStopMargin: number;
-  workflowBundle?: string | undefined;
 }
 
 export async function runWorker(o: WorkerRun, dataDirOption: string | undefined): Promise<void> {
