@@ -51,7 +51,9 @@ describe('SDK: a task whose workflow code fails in the worker', () => {
     expect((submitted as Error).message).toMatch(/its workflow task fails in the worker, the workflow code threw: boom: a bad deploy/);
 
     // A later call on the same task is refused the same way, at once (the server already refuses updates).
-    await expect(gov.step(taskId, { tokensIn: 10, tokensOut: 10, contextTokens: 10 }, { as: 'test' })).rejects.toThrow(/the workflow code threw: boom: a bad deploy/);
+    await expect(gov.step(taskId, { tokensIn: 10, tokensOut: 10, contextTokens: 10 }, { as: 'test' })).rejects.toThrow(
+      /the workflow code threw: boom: a bad deploy/,
+    );
 
     // Kept: the task is still running, waiting for a worker that can run it.
     const d = await gov.client.workflow.getHandle(taskId).describe();
