@@ -290,11 +290,12 @@ export class GovloopClient {
       try {
         return tries === 1 ? await startAndAdmit() : await retry();
       } catch (err) {
-        // "Already started" or "not found" on a retry may only mean that the run started, or
-        // ended, in between: the next try looks again.
+        // A refusal of a start's admission (its run's first workflow task failing) goes the retry
+        // way, whichever try started the run. "Already started" or "not found" on a retry may only
+        // mean that the run started, or ended, in between: the next try looks again.
         const again =
           err instanceof WorkflowUpdateRPCTimeoutOrCancelledError ||
-          (tries === 1 && workflowNotReady(err)) ||
+          workflowNotReady(err) ||
           (tries > 1 && (err instanceof WorkflowExecutionAlreadyStartedError || err instanceof WorkflowNotFoundError));
         if (!again || tries >= 5) throw err;
       }
@@ -304,7 +305,7 @@ export class GovloopClient {
   /** The run of `taskId` that the submit call `submitId` started, if it started one. */
   private async runStartedBy(taskId: string, submitId: string): Promise<{ runId: string; running: boolean } | undefined> {
     try {
-      const d = await this.client.workflow.getHandle(taskId).describe();
+      const d = await this.handle(taskId).describe();
       return d.memo?.submitId === submitId ? { runId: d.runId, running: d.status.name === 'RUNNING' } : undefined;
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) return undefined;
