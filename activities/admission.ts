@@ -28,13 +28,15 @@ export function createAdmissionActivities(ctx: ActivityContext) {
      * task id this run's own. A refusal there is audited and writes nothing else: the workflow
      * ends without touching the ledger again (`refused`).
      */
-    async admitTask(input: {
-      taskId: string;
-      intent: Intent;
-      requester: string;
-      attempt: number;
-      credential?: string;
-    }): Promise<{ result: AdmissionResult; timing: Timing; preempt?: Victim[]; requester?: string; refused?: { code: string; message: string } }> {
+    async admitTask(input: { taskId: string; intent: Intent; requester: string; attempt: number; credential?: string }): Promise<{
+      result: AdmissionResult;
+      timing: Timing;
+      preempt?: Victim[];
+      requester?: string;
+      refused?: { code: string; message: string };
+      /** Queued: the task's place among the requests waiting for its quota (1: first). */
+      queuePosition?: number;
+    }> {
       const { taskId, intent } = input;
       const now = clock();
       const runId = callingRunId();
@@ -126,7 +128,8 @@ export function createAdmissionActivities(ctx: ActivityContext) {
         reasons: result.reasons.map((r) => r.code),
         ...(preempt ? { preempt: preempt.map((v) => v.taskId) } : {}),
       });
-      return { result, timing, requester, ...(preempt ? { preempt } : {}) };
+      const queuePosition = result.decision === 'queued' && quota && 'position' in quota ? quota.position : undefined;
+      return { result, timing, requester, ...(preempt ? { preempt } : {}), ...(queuePosition !== undefined ? { queuePosition } : {}) };
     },
   };
 }

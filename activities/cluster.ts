@@ -30,7 +30,7 @@ export interface Observation {
  * cluster's dispatch queue (workers/worker.ts).
  */
 export function createClusterActivities(ctx: ActivityContext) {
-  const { db, config, backend, clock, nudgeBudgets } = ctx;
+  const { db, config, backend, clock, nudgeBudgets, wakeQueued } = ctx;
 
   /**
    * The run limit for a job about to run (governance/run-limit.ts): what the task's caps and its
@@ -203,6 +203,8 @@ export function createClusterActivities(ctx: ActivityContext) {
         }),
       );
       log.info('preempted', { taskId: input.taskId, by: input.by, preemptor: input.preemptor, round: r.round, lostGpuSeconds: r.lostGpuSeconds });
+      // Suspended: its GPUs are free for the preemptor (and whoever else waits for them).
+      await wakeQueued(input.taskId);
       return r;
     },
   };

@@ -8,6 +8,7 @@ import { type Authenticator, type Caller, createAuthenticator } from '../identit
 import { IdentityError } from '../identity/errors';
 import type { SigningKey } from '../identity/signing';
 import type { Db, Queryable } from '../ledger/db';
+import { tasksToWake } from '../ledger/quota';
 import type { Timing } from '../config/task-queues';
 
 export interface ActivityDeps {
@@ -29,6 +30,11 @@ export interface ActivityDeps {
    * Injected so activities do not import the client layer (issue 14).
    */
   nudgeBudgets?: (client: Client, a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>, now: Date) => Promise<unknown>;
+  /**
+   * Signals the given queued tasks that GPUs were released (the worker passes runtime/schedules.ts
+   * wakeQueued; absent, queued tasks find out at their next recheck). Injected like nudgeBudgets.
+   */
+  wakeQueued?: (client: Client, taskIds: readonly string[], releasedBy: string) => Promise<unknown>;
 }
 
 /** The principal of a call, or why there is none (the identity error's code). */
@@ -49,6 +55,8 @@ export interface ActivityContext {
   timing: Timing;
   /** Usage or a reservation may have pushed a budget past a threshold: its controller looks now (best effort). */
   nudgeBudgets: (a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>) => Promise<void>;
+  /** A task gave back its GPUs (it ended, or was suspended): the queued tasks they can go to ask again now (best effort). */
+  wakeQueued: (releasedTaskId: string) => Promise<void>;
   whoIs: (q: Queryable, caller: Caller) => Promise<WhoIs>;
 }
 
@@ -57,6 +65,7 @@ export function activityContext(deps: ActivityDeps): ActivityContext {
   const timing: Timing = {
     pollMillis: config.simulation.pollMillis,
     queueRetryMillis: config.simulation.queueRetryMillis,
+    queueRecheckMillis: config.simulation.queueRecheckMillis,
     dispatchQueue,
     compensation: config.policies.compensation,
     preemptGraceMillis: config.policies.preemption.graceMillis,
@@ -70,6 +79,15 @@ export function activityContext(deps: ActivityDeps): ActivityContext {
       log.warn('budget controller nudge failed (its next poll catches up)', { error: String(err) });
     }
   };
+  const wakeQueued = async (releasedTaskId: string) => {
+    if (!deps.wakeQueued) return;
+    try {
+      const ids = await tasksToWake(db, config.policies, releasedTaskId);
+      if (ids.length > 0) await deps.wakeQueued(Context.current().client, ids, releasedTaskId);
+    } catch (err) {
+      log.warn('waking queued tasks failed (their next recheck catches up)', { releasedTaskId, error: String(err) });
+    }
+  };
   async function whoIs(q: Queryable, caller: Caller): Promise<WhoIs> {
     try {
       return { ok: true, principal: await auth.authenticate(q, caller) };
@@ -78,7 +96,7 @@ export function activityContext(deps: ActivityDeps): ActivityContext {
       throw err;
     }
   }
-  return { deps, db, config, backend, clock, auth, timing, nudgeBudgets, whoIs };
+  return { deps, db, config, backend, clock, auth, timing, nudgeBudgets, wakeQueued, whoIs };
 }
 
 /** The GPU part of an intent (translate() copies it into the plan unchanged), as the cluster places it. */

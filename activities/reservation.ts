@@ -16,7 +16,7 @@ import { decideQuota } from './quota';
  * again under the lock) and, at the end, the settlement that releases what is left.
  */
 export function createReservationActivities(ctx: ActivityContext) {
-  const { db, config, backend, clock, nudgeBudgets } = ctx;
+  const { db, config, backend, clock, nudgeBudgets, wakeQueued } = ctx;
   return {
     /** Reserves the plan's worst case against every covering budget, atomically; re-checks GPU quota. */
     async reserveBudget(input: { taskId: string; intent: Intent; plan: Plan; requeued?: boolean }): Promise<ReserveResult> {
@@ -63,6 +63,8 @@ export function createReservationActivities(ctx: ActivityContext) {
           dedupeKey: `${taskId}:settle`,
         });
       });
+      // Its GPUs (if it held any) are free: the tasks queued for them ask again now.
+      await wakeQueued(taskId);
       return usage;
     },
   };

@@ -244,6 +244,12 @@ export const SimulationFile = z.strictObject({
   pollMillis: z.number().int().positive(),
   /** Real milliseconds a queued task waits before asking for capacity again. */
   queueRetryMillis: z.number().int().positive(),
+  /**
+   * Real milliseconds a task queued for GPU quota waits, at the head of its queue, before it asks
+   * again when no released GPUs woke it (config/task-queues.ts queuedWaitMillis); further back in
+   * the queue it waits up to ten times as long.
+   */
+  queueRecheckMillis: z.number().int().positive().max(3_600_000).default(60_000),
 });
 export type SimulationConfig = z.infer<typeof SimulationFile>;
 

@@ -9,6 +9,12 @@ export const clusterTaskQueue = (cluster: string) => `govloop-cluster-${cluster}
 export interface Timing {
   pollMillis: number;
   queueRetryMillis: number;
+  /**
+   * How long a task queued for GPU quota waits, at the head of its queue, before it asks again
+   * unwoken (absent in older histories: queueRetryMillis). Released GPUs wake the tasks they can go
+   * to (the requeue signal); this recheck only covers a wake that never came.
+   */
+  queueRecheckMillis?: number;
   dispatchQueue: string;
   /** Retry policy of compensations (absent in histories from before agent rollback). */
   compensation?: { maxAttempts: number; initialIntervalMs: number };
@@ -18,4 +24,21 @@ export interface Timing {
   retries?: { ledgerMaxAttempts: number; clusterMaxAttempts: number };
   /** History length at which the task continues as new (absent in older histories: the workflow's default). */
   continueAsNewEvents?: number;
+}
+
+/** Reasons that mean "waiting for GPU quota": a release wakes such a task (ledger/quota.ts tasksToWake). */
+export const QUOTA_WAIT_CODES: readonly string[] = ['GPU_QUOTA_BUSY', 'FAIR_SHARE_WAIT'];
+
+/**
+ * How long a queued task waits before it asks again unwoken. Waiting for quota (every reason a
+ * QUOTA_WAIT_CODES one), the recheck grows with the task's place in its queue: one recheck
+ * interval for the first ten places, two for the next ten, and so on, at most ten intervals. The
+ * task is woken sooner when GPUs it could take are released. Waiting for anything else (a budget
+ * ladder at its queue step, an open preemption), it asks again after queueRetryMillis as before.
+ */
+export function queuedWaitMillis(timing: Timing, reasons: readonly { code: string }[], position?: number): number {
+  const recheck = timing.queueRecheckMillis;
+  if (recheck === undefined || reasons.length === 0 || !reasons.every((r) => QUOTA_WAIT_CODES.includes(r.code))) return timing.queueRetryMillis;
+  const tens = Math.min(10, Math.max(1, Math.ceil((position ?? 1) / 10)));
+  return Math.max(timing.queueRetryMillis, recheck * tens);
 }

@@ -112,6 +112,42 @@ export async function quotaState(
   };
 }
 
+/**
+ * The waiting tasks to wake now that `releasedTaskId` gave back its GPUs (it ended, or a
+ * preemption suspended it): up to the GPUs it held, plus one, of the waiting requests its quota can
+ * go to. Its own team's first, then the rest of its cohort's (quota another team may borrow);
+ * each group by priority (highest first), then age. Tasks still in admission ('Admitting') count
+ * too, matched by their intent's GPU type until admission writes their plan: one that read the
+ * quota full just before the release would otherwise miss the wake. Empty
+ * when the task held no GPUs of a quota'd type. The woken tasks decide again (governance/quota.ts):
+ * a wake is a hint, never an admission.
+ */
+export async function tasksToWake(q: Queryable, policies: Policies, releasedTaskId: string): Promise<string[]> {
+  const { rows } = await q.query<{ tenant: string; team: string; gpu_type: string | null; gpus: number }>(
+    `SELECT a.tenant, a.team, t.plan->'gpu'->>'type' AS gpu_type, ${PLAN_QUOTA_GPUS} AS gpus
+     FROM tasks t JOIN attributions a ON a.id = t.attribution_id WHERE t.task_id = $1`,
+    [releasedTaskId],
+  );
+  const r = rows[0];
+  if (!r || !r.gpu_type || !(r.gpus > 0)) return [];
+  const cohort = cohortOf(policies, r, r.gpu_type);
+  const own = `${r.tenant}/${r.team}`;
+  const teams = cohort ? cohort.teams.map((m) => `${m.tenant}/${m.team}`) : [own];
+  // Priority names, highest first: array_position gives the rank; a name not in the policies sorts last.
+  const ranked = Object.entries(policies.priorities)
+    .sort((a, b) => b[1] - a[1])
+    .map(([name]) => name);
+  const woken = await q.query<{ task_id: string }>(
+    `SELECT t.task_id FROM tasks t JOIN attributions a ON a.id = t.attribution_id
+     WHERE (a.tenant || '/' || a.team) = ANY($1) AND t.state = ANY($3) AND t.finished_at IS NULL AND t.task_id <> $4
+       AND COALESCE(t.plan->'gpu'->>'type', t.intent->'resources'->>'gpuType') = $2
+     ORDER BY (a.tenant || '/' || a.team) = $5 DESC, array_position($6::text[], t.priority) NULLS LAST, t.created_at, t.task_id
+     LIMIT $7`,
+    [teams, r.gpu_type, WAITING_STATES, releasedTaskId, own, ranked, Math.ceil(r.gpus) + 1],
+  );
+  return woken.rows.map((w) => w.task_id);
+}
+
 export interface PreemptionOrder {
   victimTaskId: string;
   preemptorTaskId: string | null;

@@ -2,7 +2,7 @@ import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@tem
 import type { Queryable } from '../ledger/db';
 import type { LadderConfig } from '../governance/ladder';
 import { crossedBudgets, listBudgets } from '../ledger/ladder';
-import { type BudgetKey, TASK_QUEUE_CONTROL, budgetControllerId, budgetNudgeSignal } from '../workflows/messages';
+import { type BudgetKey, TASK_QUEUE_CONTROL, budgetControllerId, budgetNudgeSignal, requeueSignal } from '../workflows/messages';
 import { auditCheckpoint, budgetController, meteringRollup, reconciler } from '../workflows';
 import type { ReconcileInput } from '../workflows/reconciler';
 
@@ -142,4 +142,25 @@ async function ensureIntervalSchedule<A extends Parameters<Client['schedule']['c
     await client.schedule.getHandle(scheduleId).update((prev) => ({ ...prev, spec, action }));
     return { scheduleId, created: false };
   }
+}
+
+/**
+ * Wakes tasks queued for the GPUs `releasedBy` just gave back (ledger/quota.ts tasksToWake chose
+ * them), so they ask admission again now instead of at their next recheck. Best effort: a task
+ * that ended meanwhile, or a signal that fails, is covered by the woken task's own recheck.
+ * Answers how many signals were delivered.
+ */
+export async function wakeQueued(client: Client, taskIds: readonly string[], releasedBy: string): Promise<number> {
+  const sent = await Promise.all(
+    taskIds.map((id) =>
+      client.workflow
+        .getHandle(id)
+        .signal(requeueSignal, { releasedBy })
+        .then(
+          () => 1,
+          () => 0,
+        ),
+    ),
+  );
+  return sent.reduce((a, b) => a + b, 0);
 }

@@ -6,7 +6,7 @@ import type { GovConfig } from '../config/load';
 import type { ClusterBackend } from '../cluster/backend';
 import type { Db } from '../ledger/db';
 import { dataDir } from '../runtime/environment';
-import { nudgeCrossed } from '../runtime/schedules';
+import { nudgeCrossed, wakeQueued } from '../runtime/schedules';
 import { TASK_QUEUE_CONTROL, clusterTaskQueue } from '../workflows/messages';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
@@ -60,6 +60,7 @@ export async function createWorkers(opts: GovWorkerOptions): Promise<Worker[]> {
     dispatchQueue,
     dataDir: () => dataDir(),
     nudgeBudgets: (client, a, now) => nudgeCrossed(client, opts.db, a, opts.config.policies.ladder, now),
+    wakeQueued,
   });
   const bundle = opts.bundle ?? (await bundleWorkflows());
   const control = await Worker.create({

@@ -23,6 +23,7 @@ import type {
   LeaseSpendSchema,
   PreemptRequestSchema,
   PreemptSignalSchema,
+  RequeueSignalSchema,
   ResolveRequestSchema,
 } from './schemas';
 
@@ -249,6 +250,11 @@ export type PreemptRequest = z.infer<typeof PreemptSignalSchema>;
 export const preemptSignal = defineSignal<[PreemptRequest]>('preempt');
 /** The cluster's watch saw the task's job change (Kubernetes backend): observe it now, not at the next poll. */
 export const jobChangedSignal = defineSignal<[{ job: string; phase: string }]>('jobChanged');
+/**
+ * GPUs of the task's quota (or cluster capacity) were released: a task waiting for them asks
+ * admission (or dispatch) again now, not at its next recheck.
+ */
+export const requeueSignal = defineSignal<[z.infer<typeof RequeueSignalSchema>]>('requeue');
 
 /** A budget's key: its scope (`*` for a level it does not narrow) and period. */
 /** The budget controller: one long-lived workflow per budget, id `budget:<tenant>/<team>/<project>:<period>`. */

@@ -33,6 +33,12 @@ export const PreemptRequestSchema = z.strictObject({ reason: ReasonText, ...Call
 export const PreemptSignalSchema = z.strictObject({ by: NameText, reason: ReasonText, preemptor: NameText.nullable(), ...CallerShape });
 export const CancelSignalSchema = z.strictObject({ by: NameText.optional(), reason: ReasonText, ...CallerShape });
 export const FinishSignalSchema = z.strictObject({ by: NameText.optional(), ...CallerShape });
+/**
+ * A wake for a task queued for GPU quota: the task that released its GPUs (ledger/quota.ts
+ * tasksToWake). It carries no authority: the woken task only asks admission again, which decides
+ * against the ledger as on any recheck.
+ */
+export const RequeueSignalSchema = z.strictObject({ releasedBy: NameText });
 
 /**
  * Budget leases, the budget controller's updates (sdk `lease()`): grant, spend report, return.

@@ -25,6 +25,11 @@ beforeAll(async () => {
       { name: 'h100-b', gpuType: 'H100', gpus: 4, rack: 'r0', block: 'b0' },
     ],
     4,
+    // A queued task's unwoken recheck far beyond any wait below: a queued task that gets in, got in
+    // because a release woke it (the requeue signal), not because it asked again on its own.
+    (h) => {
+      h.config.simulation.queueRecheckMillis = 3_600_000;
+    },
   );
 });
 
@@ -209,5 +214,42 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     for (const t of [a2, a1, b1]) await h.client.workflow.getHandle(t.taskId).signal(cancelSignal, { by: 'test', reason: 'done' });
     expect((await a2.result()).state).toBe('Cancelled');
     await Promise.all([a1.result(), b1.result()]);
+  });
+
+  it('a queued request is woken when the task holding its quota ends, and runs; its recheck (an hour here) never had to come', async () => {
+    const a1 = await h.submit(job('a', 'w-a1', 'normal', 2_000_000));
+    const b1 = await h.submit(job('b', 'w-b1', 'normal', 2_000_000));
+    await h.until(a1.taskId, (s) => s.state === 'Running');
+    await h.until(b1.taskId, (s) => s.state === 'Running');
+    const a2 = await h.submit(job('a', 'w-a2', 'normal', 600));
+    const queued = await h.until(a2.taskId, (s) => s.state === 'Queued');
+    expect(queued.reasons.map((r) => r.code)).toEqual(['GPU_QUOTA_BUSY']);
+
+    // a1 ends: its 4 GPUs are team a's again, and a2 is told so.
+    await h.client.workflow.getHandle(a1.taskId).signal(cancelSignal, { by: 'test', reason: 'make room' });
+    expect((await a1.result()).state).toBe('Cancelled');
+    expect((await a2.result()).state).toBe('Succeeded');
+
+    // The wake in a2's history names the task that released the GPUs.
+    const history = await h.client.workflow.getHandle(a2.taskId).fetchHistory();
+    const wakes = (history.events ?? [])
+      .filter((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'requeue')
+      .map((e) => JSON.parse(Buffer.from(e.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!.data!).toString()) as { releasedBy: string });
+    expect(wakes).toContainEqual({ releasedBy: a1.taskId });
+
+    await h.client.workflow.getHandle(b1.taskId).signal(cancelSignal, { by: 'test', reason: 'done' });
+    await b1.result();
+  });
+
+  it('ignores a requeue signal with a bad payload: the task goes on as it was', async () => {
+    const a1 = await h.submit(job('a', 'bad-wake', 'normal', 2_000_000));
+    await h.until(a1.taskId, (s) => s.state === 'Running');
+    const handle = h.client.workflow.getHandle(a1.taskId);
+    await handle.signal('requeue', { releasedBy: 42, extra: true });
+    await handle.signal('requeue');
+    // Still running, and still answering: the bad payloads were dropped, not thrown.
+    expect((await h.until(a1.taskId, (s) => s.state === 'Running')).state).toBe('Running');
+    await handle.signal(cancelSignal, { by: 'test', reason: 'done' });
+    expect((await a1.result()).state).toBe('Cancelled');
   });
 });

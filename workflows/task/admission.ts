@@ -1,9 +1,10 @@
 /**
  * Admission: rejected, admitted, or queued until the team's quota frees up (again after a
- * preemption). Quota taken by borrowers or lower-priority work: the victims are told to make
+ * preemption): a task that releases GPUs wakes the queued tasks they can go to (the requeue signal). Quota taken by borrowers or lower-priority work: the victims are told to make
  * room. Safe to import from workflow code.
  */
 import { condition, getExternalWorkflowHandle, patched } from '@temporalio/workflow';
+import { queuedWaitMillis } from '../../config/task-queues';
 import { GovState, preemptSignal } from '../messages';
 import type { Ledger } from './calls';
 import type { Continuation } from './continue';
@@ -15,6 +16,9 @@ export type AdmissionEnd = GovState | null | 'refused';
 export async function admission(t: TaskState, ledger: Ledger, continuation: Continuation): Promise<AdmissionEnd> {
   const { taskId, intent, input } = t;
   for (;;) {
+    // A wake from here on is for this attempt's answer: one that comes while it is being decided
+    // is kept and ends the wait below at once.
+    t.requeued = false;
     const admitted = await ledger.admitTask({
       taskId,
       intent,
@@ -66,7 +70,12 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
       t.setState(GovState.Queued);
       await ledger.recordState({ taskId, state: GovState.Queued, reasons: t.reasons });
       await continuation.continueIfLong('admission');
-      if (await condition(() => t.cancelled !== null, t.timing.queueRetryMillis)) return GovState.Cancelled;
+      // Woken when GPUs this task could take are released; otherwise it asks again after a recheck
+      // that grows with its place in the queue (config/task-queues.ts queuedWaitMillis).
+      const wait = queuedWaitMillis(t.timing, t.reasons, admitted.queuePosition);
+      if (await condition(() => t.cancelled !== null || t.requeued, wait)) {
+        if (t.cancelled !== null) return GovState.Cancelled;
+      }
     }
   }
 }

@@ -28,6 +28,7 @@ export async function runCluster(t: TaskState, start: ClusterStage, deps: Cluste
   // A preempted job comes back here once readmitted: placed again and resumed from its checkpoint.
   while (t.plan!.placement === 'cluster') {
     for (; stage === 'dispatch';) {
+      t.requeued = false;
       const d = await cluster.dispatchJob({ taskId, intent, plan: t.plan! });
       t.job = d.job;
       if (d.ok) {
@@ -43,7 +44,10 @@ export async function runCluster(t: TaskState, start: ClusterStage, deps: Cluste
         await ledger.recordState({ taskId, state: GovState.Queued, reasons: t.reasons });
       }
       await continuation.continueIfLong('dispatch');
-      if (await condition(() => t.cancelled !== null, t.timing.queueRetryMillis)) return finish(GovState.Cancelled);
+      // Waiting for nodes, not quota: it asks again after queueRetryMillis, or sooner when a release wakes it.
+      if (await condition(() => t.cancelled !== null || t.requeued, t.timing.queueRetryMillis)) {
+        if (t.cancelled !== null) return finish(GovState.Cancelled);
+      }
     }
     for (; stage === 'running';) {
       const job = t.job;

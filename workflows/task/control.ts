@@ -17,6 +17,7 @@ import {
   jobChangedSignal,
   preemptSignal,
   preemptTaskUpdate,
+  requeueSignal,
   resolveUpdate,
 } from '../messages';
 import {
@@ -26,6 +27,7 @@ import {
   FinishSignalSchema,
   PreemptRequestSchema,
   PreemptSignalSchema,
+  RequeueSignalSchema,
   ResolveRequestSchema,
   issuesText,
 } from '../schemas';
@@ -54,7 +56,7 @@ const authorizer =
 const refusedCall = (r: { code: string; message: string }): TaskCallAnswer => ({ accepted: false, code: r.code, message: r.message });
 
 /**
- * The cancel, finish, job-changed and preempt signals, the cancel, finish and preempt updates and
+ * The cancel, finish, job-changed, requeue and preempt signals, the cancel, finish and preempt updates and
  * the admission update, in that order. Returns what `installResolve` needs.
  */
 export function installControl(t: TaskState, rawLedger: () => Ledger): Authorize {
@@ -88,6 +90,11 @@ export function installControl(t: TaskState, rawLedger: () => Ledger): Authorize
   });
   setHandler(jobChangedSignal, () => {
     t.jobChanged = true;
+  });
+  setHandler(requeueSignal, (r) => {
+    const m = RequeueSignalSchema.safeParse(r);
+    if (!m.success) return log.warn('requeue signal ignored: invalid payload', { taskId, errors: issuesText(m.error) });
+    t.requeued = true;
   });
   setHandler(preemptSignal, async (p) => {
     if (!patched('identity-v1')) {

@@ -97,6 +97,8 @@ export class TaskState {
   runs = 0;
   /** The cluster said the job changed (a signal): look now rather than at the next poll. */
   jobChanged = false;
+  /** A released task woke this one (the requeue signal): a queued task asks again now, not at its next recheck. */
+  requeued = false;
 
   constructor(input: TaskInput) {
     this.input = input;
