@@ -20,7 +20,7 @@ import { decideQuota } from './quota';
  * the task and in the audit log.
  */
 export function createAdmissionActivities(ctx: ActivityContext) {
-  const { db, config, clock, timing, whoIs } = ctx;
+  const { db, config, clock, timing, whoIs, wakeTasks } = ctx;
   return {
     /**
      * Admission (pure policy over a ledger snapshot), recorded on the task and in the audit log.
@@ -129,6 +129,9 @@ export function createAdmissionActivities(ctx: ActivityContext) {
         ...(preempt ? { preempt: preempt.map((v) => v.taskId) } : {}),
       });
       const queuePosition = result.decision === 'queued' && quota && 'position' in quota ? quota.position : undefined;
+      // Fair share holds this one back for another team's request that fits now: that one may be
+      // asleep (a release wakes its own team's waiters first), so wake it.
+      if (result.decision === 'queued' && quota?.decision === 'queued' && quota.ahead) await wakeTasks([quota.ahead], taskId);
       return { result, timing, requester, ...(preempt ? { preempt } : {}), ...(queuePosition !== undefined ? { queuePosition } : {}) };
     },
   };

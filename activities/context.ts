@@ -57,6 +57,8 @@ export interface ActivityContext {
   nudgeBudgets: (a: Pick<Intent['attribution'], 'tenant' | 'team' | 'project'>) => Promise<void>;
   /** A task gave back its GPUs (it ended, or was suspended): the queued tasks they can go to ask again now (best effort). */
   wakeQueued: (releasedTaskId: string) => Promise<void>;
+  /** Wakes the named queued tasks (best effort): a fair-share wait wakes the request that goes first. */
+  wakeTasks: (taskIds: readonly string[], by: string) => Promise<void>;
   whoIs: (q: Queryable, caller: Caller) => Promise<WhoIs>;
 }
 
@@ -79,13 +81,20 @@ export function activityContext(deps: ActivityDeps): ActivityContext {
       log.warn('budget controller nudge failed (its next poll catches up)', { error: String(err) });
     }
   };
+  const wakeTasks = async (taskIds: readonly string[], by: string) => {
+    if (!deps.wakeQueued || taskIds.length === 0) return;
+    try {
+      await deps.wakeQueued(Context.current().client, taskIds, by);
+    } catch (err) {
+      log.warn('waking queued tasks failed (their next recheck catches up)', { by, taskIds, error: String(err) });
+    }
+  };
   const wakeQueued = async (releasedTaskId: string) => {
     if (!deps.wakeQueued) return;
     try {
-      const ids = await tasksToWake(db, config.policies, releasedTaskId);
-      if (ids.length > 0) await deps.wakeQueued(Context.current().client, ids, releasedTaskId);
+      await wakeTasks(await tasksToWake(db, config.policies, releasedTaskId), releasedTaskId);
     } catch (err) {
-      log.warn('waking queued tasks failed (their next recheck catches up)', { releasedTaskId, error: String(err) });
+      log.warn('finding queued tasks to wake failed (their next recheck catches up)', { releasedTaskId, error: String(err) });
     }
   };
   async function whoIs(q: Queryable, caller: Caller): Promise<WhoIs> {
@@ -96,7 +105,7 @@ export function activityContext(deps: ActivityDeps): ActivityContext {
       throw err;
     }
   }
-  return { deps, db, config, backend, clock, auth, timing, nudgeBudgets, wakeQueued, whoIs };
+  return { deps, db, config, backend, clock, auth, timing, nudgeBudgets, wakeQueued, wakeTasks, whoIs };
 }
 
 /** The GPU part of an intent (translate() copies it into the plan unchanged), as the cluster places it. */

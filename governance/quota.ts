@@ -117,7 +117,8 @@ export interface Victim {
 
 export type QuotaDecision =
   | { decision: 'admitted'; mode: 'nominal' | 'borrowing'; borrowed: number }
-  | { decision: 'queued'; reason: Reason; position: number }
+  /** `ahead`: under fair share, the other team's request that goes first (it fits now; admission wakes it). */
+  | { decision: 'queued'; reason: Reason; position: number; ahead?: string }
   | { decision: 'preempt'; victims: Victim[]; lostGpuSeconds: number; reason: Reason; position: number }
   | { decision: 'rejected'; reason: Reason };
 
@@ -233,6 +234,7 @@ export function admitQuota(state: QuotaState, req: QuotaRequest): QuotaDecision 
         return {
           decision: 'queued',
           position,
+          ahead: ahead.taskId,
           reason: reason(
             ReasonCode.FairShareWait,
             `team ${req.team} would borrow ${borrows} ${s.gpuType} GPUs; ${ahead.taskId} of team ${ahead.team} comes first by priority and fair share`,

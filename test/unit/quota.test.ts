@@ -84,6 +84,7 @@ interface Case {
   wantCode?: string;
   wantVictims?: string[];
   wantPosition?: number;
+  wantAhead?: string;
   wantLimit?: number | null;
   wantMessage?: RegExp;
 }
@@ -330,6 +331,7 @@ const cases: Case[] = [
     want: 'queued',
     wantCode: 'FAIR_SHARE_WAIT',
     wantPosition: 2,
+    wantAhead: 'c-wait',
   },
   {
     name: 'fair share: the request ahead does not fit, so the borrower goes',
@@ -369,6 +371,8 @@ describe('admitQuota', () => {
     }
     if (got.decision === 'preempt') expect(got.victims.map((v) => v.taskId).sort()).toEqual(c.wantVictims);
     if ((got.decision === 'queued' || got.decision === 'preempt') && c.wantPosition !== undefined) expect(got.position).toBe(c.wantPosition);
+    // Only a fair-share wait names the request that goes first (admission wakes it).
+    if (got.decision === 'queued') expect(got.ahead).toBe(c.wantAhead);
   });
 });
 

@@ -131,6 +131,12 @@ describe('an agent task continues as new between steps', () => {
     }
     const mid = await gov.status(taskId);
     expect(mid.runs).toBeGreaterThanOrEqual(3);
+    // Every run carries the submit call's id in its memo: a submit retry that arrives after a
+    // continue-as-new still finds the run it started (decision 0033), not a stranger's.
+    const memos = await Promise.all((await runsOf(taskId)).map(async (r) => (await h.client.workflow.getHandle(taskId, r.runId).describe()).memo));
+    expect(memos.length).toBeGreaterThanOrEqual(3);
+    expect(typeof memos[0]?.submitId).toBe('string');
+    for (const m of memos) expect(m).toMatchObject({ submitId: memos[0]!.submitId, requester: 'carol' });
     expect(mid.usage).toMatchObject({ steps: steps + 2, toolCalls: 2, tokensIn, tokensOut });
     // The approval decided in the first run still answers in a later one.
     expect(await gov.waitForApproval(held.approvalId!)).toMatchObject({ state: 'approved', step: { answer: 'allow' } });
