@@ -1,9 +1,10 @@
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../config/load';
 import { admit } from '../../governance/admission';
 import { admitQuota } from '../../governance/quota';
-import { closePreemption, openPreemption, preemptionLosses, queuedTasks, quotaState } from '../../ledger/quota';
-import { updateTask } from '../../ledger/tasks';
+import { closePreemption, openPreemption, preemptionLosses, queuedTasks, quotaState, tasksToWake } from '../../ledger/quota';
+import { updateTask, upsertTask } from '../../ledger/tasks';
 import { anIntent } from '../support/builders';
 import { AT, type Ledger, backends, newTask, newTenant } from './backends';
 
@@ -16,6 +17,32 @@ async function gpuTask(db: Ledger['db'], tenant: string, team: string, gpus: num
   if (got.decision === 'rejected') throw new Error('fixture rejected');
   await updateTask(db, id, { plan: got.plan });
   return id;
+}
+
+/**
+ * A task of `tenant/team` asking for `gpus` GPUs of `gpuType` at `priority`, in `state`, created
+ * `ageS` seconds before AT. `planned`: admission wrote its plan (false: still deciding, only the intent says the type).
+ */
+async function waiter(
+  db: Ledger['db'],
+  tenant: string,
+  o: { team: string; gpus: number; gpuType?: string; priority?: string; state: string; ageS: number; planned?: boolean },
+): Promise<string> {
+  const taskId = `task-${randomUUID()}`;
+  const i = anIntent()
+    .tenant(tenant)
+    .team(o.team)
+    .gpus(o.gpus, o.gpuType ?? 'H100')
+    .priority(o.priority ?? 'normal')
+    .build();
+  await upsertTask(db, { taskId, intent: i, requester: 'test', state: o.state });
+  await db.query('UPDATE tasks SET created_at = $2 WHERE task_id = $1', [taskId, new Date(AT.getTime() - o.ageS * 1000)]);
+  if (o.planned ?? true) {
+    const got = admit(i, { config, now: AT.toISOString(), budgets: [], teamGpusInUse: 0 });
+    if (got.decision === 'rejected') throw new Error('fixture rejected');
+    await updateTask(db, taskId, { plan: got.plan });
+  }
+  return taskId;
 }
 
 describe.each(backends)('preemption records and the queue on $name', (backend) => {
@@ -64,6 +91,42 @@ describe.each(backends)('preemption records and the queue on $name', (backend) =
     expect(await preemptionLosses(db, tenant)).toEqual([{ preemptorTeam: `${tenant}/a`, preemptions: 1, lostGpuHours: 1600 / 3600 }]);
     const all = (await preemptionLosses(db)).filter((r) => r.preemptorTeam === 'operator:alice' || r.preemptorTeam === `${tenant}/a`);
     expect(all.map((r) => r.preemptorTeam)).toContain('operator:alice');
+  });
+
+  it('wakes, for a release, the waiting tasks its GPUs can go to: own team first, then the cohort, by priority then age, as many as it held plus one', async () => {
+    const { db } = ledger;
+    const tenant = newTenant();
+    const policies = {
+      ...config.policies,
+      cohorts: [
+        {
+          name: `c-${tenant}`,
+          gpuType: 'H100',
+          teams: ['a', 'b'].map((team) => ({ tenant, team, nominal: 4, borrowingLimit: null, lendingLimit: null, weight: 1 })),
+        },
+      ],
+    };
+    const released = await waiter(db, tenant, { team: 'a', gpus: 2, state: 'Running', ageS: 900 });
+    const aOld = await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Queued', ageS: 300 });
+    const aHigh = await waiter(db, tenant, { team: 'a', gpus: 1, priority: 'high', state: 'Queued', ageS: 10 });
+    const aDeciding = await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Admitting', ageS: 5, planned: false });
+    const bOldest = await waiter(db, tenant, { team: 'b', gpus: 1, state: 'Preempted', ageS: 800 });
+    // Not candidates: another GPU type, a task holding GPUs, one that ended.
+    await waiter(db, tenant, { team: 'a', gpus: 1, gpuType: 'A100', state: 'Queued', ageS: 700 });
+    await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Running', ageS: 600 });
+    const ended = await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Queued', ageS: 650 });
+    await updateTask(db, ended, { state: 'Cancelled', finished: true });
+
+    // 2 GPUs released: three tasks. Team a's first, its high-priority task before its older ones.
+    expect(await tasksToWake(db, policies, released)).toEqual([aHigh, aOld, aDeciding]);
+    // With its own team's waiters gone, the cohort's: team b's oldest.
+    for (const id of [aHigh, aOld, aDeciding]) await updateTask(db, id, { state: 'Running' });
+    expect(await tasksToWake(db, policies, released)).toEqual([bOldest]);
+    // Without the cohort, a flat quota: only team a's own, and it has none waiting.
+    expect(await tasksToWake(db, config.policies, released)).toEqual([]);
+    // A task without a GPU plan releases no GPUs: nobody is woken.
+    const planless = await newTask(db, tenant, { team: 'a', state: 'Running' });
+    expect(await tasksToWake(db, policies, planless)).toEqual([]);
   });
 
   it('shields a job that started less than preemption.minRunSeconds ago: the cluster tells how long each has run', async () => {
