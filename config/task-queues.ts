@@ -35,10 +35,15 @@ export const QUOTA_WAIT_CODES: readonly string[] = ['GPU_QUOTA_BUSY', 'FAIR_SHAR
  * interval for the first ten places, two for the next ten, and so on, at most ten intervals. The
  * task is woken sooner when GPUs it could take are released. Waiting for anything else (a budget
  * ladder at its queue step, an open preemption), it asks again after queueRetryMillis as before.
+ *
+ * `visible`: the ledger showed the task as queued (`Queued`, `Preempted`) for the whole ask, so a
+ * release during the ask woke it (ledger/quota.ts tasksToWake). After an ask it was not visibly
+ * queued for (its first, still `Admitting`; or one admitted and then refused by the reservation's
+ * re-check), a release may have passed it by: it asks again after queueRetryMillis.
  */
-export function queuedWaitMillis(timing: Timing, reasons: readonly { code: string }[], position?: number): number {
+export function queuedWaitMillis(timing: Timing, reasons: readonly { code: string }[], visible: boolean, position?: number): number {
   const recheck = timing.queueRecheckMillis;
-  if (recheck === undefined || reasons.length === 0 || !reasons.every((r) => QUOTA_WAIT_CODES.includes(r.code))) return timing.queueRetryMillis;
+  if (!visible || recheck === undefined || reasons.length === 0 || !reasons.every((r) => QUOTA_WAIT_CODES.includes(r.code))) return timing.queueRetryMillis;
   const tens = Math.min(10, Math.max(1, Math.ceil((position ?? 1) / 10)));
   return Math.max(timing.queueRetryMillis, recheck * tens);
 }

@@ -114,13 +114,17 @@ export async function quotaState(
 
 /**
  * The waiting tasks to wake now that `releasedTaskId` gave back its GPUs (it ended, or a
- * preemption suspended it): up to the GPUs it held, plus one, of the waiting requests its quota can
+ * preemption suspended it): up to the GPUs it held, plus one, of the queued requests its quota can
  * go to. Its own team's first, then the rest of its cohort's (quota another team may borrow);
- * each group by priority (highest first), then age. Tasks still in admission ('Admitting') count
- * too, matched by their intent's GPU type until admission writes their plan: one that read the
- * quota full just before the release would otherwise miss the wake. Empty
- * when the task held no GPUs of a quota'd type. The woken tasks decide again (governance/quota.ts):
- * a wake is a hint, never an admission.
+ * each group by priority (highest first), then age. Empty when the task held no GPUs of a type.
+ * The woken tasks decide again (governance/quota.ts): a wake is a hint, never an admission.
+ *
+ * Only `Queued` and `Preempted` tasks: a task still in its first admission (`Admitting`) is not
+ * signalled. Its workflow task then holds the submit's update while its ledger calls run, and a
+ * signal arriving in that window made the SDK fail the workflow task, and the submit with it
+ * (test/e2e/cluster-caps-cli.test.ts caught it). Such a task asks again soon on its own instead
+ * (config/task-queues.ts queuedWaitMillis: the wait after an ask it was not visibly queued for is
+ * queueRetryMillis).
  */
 export async function tasksToWake(q: Queryable, policies: Policies, releasedTaskId: string): Promise<string[]> {
   const { rows } = await q.query<{ tenant: string; team: string; gpu_type: string | null; gpus: number }>(
@@ -139,11 +143,11 @@ export async function tasksToWake(q: Queryable, policies: Policies, releasedTask
     .map(([name]) => name);
   const woken = await q.query<{ task_id: string }>(
     `SELECT t.task_id FROM tasks t JOIN attributions a ON a.id = t.attribution_id
-     WHERE (a.tenant || '/' || a.team) = ANY($1) AND t.state = ANY($3) AND t.finished_at IS NULL AND t.task_id <> $4
-       AND COALESCE(t.plan->'gpu'->>'type', t.intent->'resources'->>'gpuType') = $2
+     WHERE (a.tenant || '/' || a.team) = ANY($1) AND t.plan->'gpu'->>'type' = $2 AND t.state = ANY($3)
+       AND t.finished_at IS NULL AND t.task_id <> $4
      ORDER BY (a.tenant || '/' || a.team) = $5 DESC, array_position($6::text[], t.priority) NULLS LAST, t.created_at, t.task_id
      LIMIT $7`,
-    [teams, r.gpu_type, WAITING_STATES, releasedTaskId, own, ranked, Math.ceil(r.gpus) + 1],
+    [teams, r.gpu_type, QUEUED_STATES, releasedTaskId, own, ranked, Math.ceil(r.gpus) + 1],
   );
   return woken.rows.map((w) => w.task_id);
 }

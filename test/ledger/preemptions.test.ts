@@ -93,7 +93,7 @@ describe.each(backends)('preemption records and the queue on $name', (backend) =
     expect(all.map((r) => r.preemptorTeam)).toContain('operator:alice');
   });
 
-  it('wakes, for a release, the waiting tasks its GPUs can go to: own team first, then the cohort, by priority then age, as many as it held plus one', async () => {
+  it('wakes, for a release, the queued tasks its GPUs can go to: own team first, then the cohort, by priority then age, as many as it held plus one', async () => {
     const { db } = ledger;
     const tenant = newTenant();
     const policies = {
@@ -109,19 +109,20 @@ describe.each(backends)('preemption records and the queue on $name', (backend) =
     const released = await waiter(db, tenant, { team: 'a', gpus: 2, state: 'Running', ageS: 900 });
     const aOld = await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Queued', ageS: 300 });
     const aHigh = await waiter(db, tenant, { team: 'a', gpus: 1, priority: 'high', state: 'Queued', ageS: 10 });
-    const aDeciding = await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Admitting', ageS: 5, planned: false });
     const bOldest = await waiter(db, tenant, { team: 'b', gpus: 1, state: 'Preempted', ageS: 800 });
-    // Not candidates: another GPU type, a task holding GPUs, one that ended.
+    const bNext = await waiter(db, tenant, { team: 'b', gpus: 1, state: 'Queued', ageS: 400 });
+    // Not candidates: a task still in its first admission, another GPU type, a task holding GPUs, one that ended.
+    await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Admitting', ageS: 5, planned: false });
     await waiter(db, tenant, { team: 'a', gpus: 1, gpuType: 'A100', state: 'Queued', ageS: 700 });
     await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Running', ageS: 600 });
     const ended = await waiter(db, tenant, { team: 'a', gpus: 1, state: 'Queued', ageS: 650 });
     await updateTask(db, ended, { state: 'Cancelled', finished: true });
 
-    // 2 GPUs released: three tasks. Team a's first, its high-priority task before its older ones.
-    expect(await tasksToWake(db, policies, released)).toEqual([aHigh, aOld, aDeciding]);
-    // With its own team's waiters gone, the cohort's: team b's oldest.
-    for (const id of [aHigh, aOld, aDeciding]) await updateTask(db, id, { state: 'Running' });
-    expect(await tasksToWake(db, policies, released)).toEqual([bOldest]);
+    // 2 GPUs released: three tasks. Team a's first, its high-priority task before its older one; then the cohort's oldest.
+    expect(await tasksToWake(db, policies, released)).toEqual([aHigh, aOld, bOldest]);
+    // With its own team's waiters gone, the cohort's, by age.
+    for (const id of [aHigh, aOld]) await updateTask(db, id, { state: 'Running' });
+    expect(await tasksToWake(db, policies, released)).toEqual([bOldest, bNext]);
     // Without the cohort, a flat quota: only team a's own, and it has none waiting.
     expect(await tasksToWake(db, config.policies, released)).toEqual([]);
     // A task without a GPU plan releases no GPUs: nobody is woken.
