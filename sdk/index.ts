@@ -131,12 +131,22 @@ const CODE_FAILURE_CAUSES = new Map([
   [14, 'the workflow code threw'], // WORKFLOW_WORKER_UNHANDLED_FAILURE
   [24, 'the workflow code is not deterministic'], // NON_DETERMINISTIC_ERROR
 ]);
-const workflowNotReady = (err: unknown): boolean => {
+/** The text of a FAILED_PRECONDITION answer (the server's WorkflowNotReady), else undefined. */
+const notReadyText = (err: unknown): string | undefined => {
   const grpc = err instanceof ServiceError ? err.cause : err;
   // Update-with-start's refusal carries the update's own status in its message; its details still
   // say only that the multi-operation failed (the client copies the status in, @temporalio/client helpers).
-  return isGrpcServiceError(grpc) && grpc.code === GRPC_FAILED_PRECONDITION && /Workflow Task in failed state/i.test(`${grpc.details ?? ''} ${grpc.message}`);
+  return isGrpcServiceError(grpc) && grpc.code === GRPC_FAILED_PRECONDITION ? `${grpc.details ?? ''} ${grpc.message}` : undefined;
 };
+const workflowNotReady = (err: unknown): boolean => /Workflow Task in failed state/i.test(notReadyText(err) ?? '');
+/**
+ * The workflow task the update was handed to failed before it accepted the update, and the
+ * server dropped the update with it (it was never applied). Asking again, with the same update
+ * id, is safe; a workflow whose code keeps failing answers "in failed state" next, and
+ * whenWorkflowReady tells why. Seen once in CI-shaped load: twelve concurrent `govloop submit`
+ * while other tasks woke them (decision 0034).
+ */
+const updateDroppedWithTask = (err: unknown): boolean => /update due to unexpected workflow task failure/i.test(notReadyText(err) ?? '');
 /** The code failure behind a failing workflow task, if its code is the reason (else undefined: workers). */
 async function codeFailure(client: Client, workflowId: string): Promise<string | undefined> {
   const { history } = await client.workflowService.getWorkflowExecutionHistoryReverse({
@@ -158,6 +168,10 @@ async function whenWorkflowReady<T>(client: Client, workflowId: string, call: ()
     try {
       return await call();
     } catch (err) {
+      if (updateDroppedWithTask(err) && Date.now() - since < NOT_READY_MAX_MS) {
+        await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** (attempt - 1))));
+        continue;
+      }
       if (!workflowNotReady(err)) throw err;
       const code = await codeFailure(client, workflowId).catch(() => undefined);
       if (code) throw new GovloopWorkerError(workflowId, `its workflow task fails in the worker, ${code}`, { cause: err });
@@ -296,6 +310,7 @@ export class GovloopClient {
         const again =
           err instanceof WorkflowUpdateRPCTimeoutOrCancelledError ||
           workflowNotReady(err) ||
+          updateDroppedWithTask(err) ||
           (tries > 1 && (err instanceof WorkflowExecutionAlreadyStartedError || err instanceof WorkflowNotFoundError));
         if (!again || tries >= 5) throw err;
       }
