@@ -10,7 +10,7 @@ import { auditRefusal, checkAccess } from '../ledger/authz';
 import { budgetHeadroom } from '../ledger/budgets';
 import { openPreemption } from '../ledger/quota';
 import { taskOwnership, teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
-import type { Timing } from '../config/task-queues';
+import { QUOTA_WAIT_CODES, type Timing } from '../config/task-queues';
 import { type ActivityContext, callingRunId } from './context';
 import { decideQuota } from './quota';
 
@@ -28,7 +28,15 @@ export function createAdmissionActivities(ctx: ActivityContext) {
      * task id this run's own. A refusal there is audited and writes nothing else: the workflow
      * ends without touching the ledger again (`refused`).
      */
-    async admitTask(input: { taskId: string; intent: Intent; requester: string; attempt: number; credential?: string }): Promise<{
+    async admitTask(input: {
+      taskId: string;
+      intent: Intent;
+      requester: string;
+      attempt: number;
+      credential?: string;
+      /** The task was Queued (or Preempted) in the ledger before this ask: a release during it woke it. */
+      queuedBefore?: boolean;
+    }): Promise<{
       result: AdmissionResult;
       timing: Timing;
       preempt?: Victim[];
@@ -36,6 +44,13 @@ export function createAdmissionActivities(ctx: ActivityContext) {
       refused?: { code: string; message: string };
       /** Queued: the task's place among the requests waiting for its quota (1: first). */
       queuePosition?: number;
+      /**
+       * Queued for quota by an ask it was not Queued for before: the quota read again once this
+       * answer was committed (`Queued`, so later releases wake it) has room, so a release came
+       * during the ask, and its wake may have missed the task. true: ask again soon; false: no
+       * release was missed, wait to be woken. Absent otherwise.
+       */
+      passedBy?: boolean;
     }> {
       const { taskId, intent } = input;
       const now = clock();
@@ -132,7 +147,26 @@ export function createAdmissionActivities(ctx: ActivityContext) {
       // Fair share holds this one back for another team's request that fits now: that one may be
       // asleep (a release wakes its own team's waiters first), so wake it.
       if (result.decision === 'queued' && quota?.decision === 'queued' && quota.ahead) await wakeTasks([quota.ahead], taskId);
-      return { result, timing, requester, ...(preempt ? { preempt } : {}), ...(queuePosition !== undefined ? { queuePosition } : {}) };
+      // A release whose wake was read before this answer was committed did not see the task as
+      // queued. Once committed, every later release wakes it; one before shows as room now.
+      let passedBy: boolean | undefined;
+      if (
+        !input.queuedBefore &&
+        result.decision === 'queued' &&
+        quota &&
+        result.reasons.length > 0 &&
+        result.reasons.every((r) => QUOTA_WAIT_CODES.includes(r.code))
+      ) {
+        passedBy = (await decideQuota(ctx, taskId, intent))?.decision !== 'queued';
+      }
+      return {
+        result,
+        timing,
+        requester,
+        ...(preempt ? { preempt } : {}),
+        ...(queuePosition !== undefined ? { queuePosition } : {}),
+        ...(passedBy !== undefined ? { passedBy } : {}),
+      };
     },
   };
 }

@@ -36,10 +36,11 @@ export const QUOTA_WAIT_CODES: readonly string[] = ['GPU_QUOTA_BUSY', 'FAIR_SHAR
  * task is woken sooner when GPUs it could take are released. Waiting for anything else (a budget
  * ladder at its queue step, an open preemption), it asks again after queueRetryMillis as before.
  *
- * `visible`: the ledger showed the task as queued (`Queued`, `Preempted`) for the whole ask, so a
- * release during the ask woke it (ledger/quota.ts tasksToWake). After an ask it was not visibly
- * queued for (its first, still `Admitting`; or one admitted and then refused by the reservation's
- * re-check), a release may have passed it by: it asks again after queueRetryMillis.
+ * `visible`: no release can have passed the task by. Either the ledger showed it as queued
+ * (`Queued`, `Preempted`) for the whole ask, so a release during the ask woke it (ledger/quota.ts
+ * tasksToWake), or admitTask read the quota again after committing its `queued` answer and found
+ * no room (`passedBy: false`). Otherwise (a release came during its first ask; or it was admitted
+ * and then refused by the reservation's re-check) it asks again after queueRetryMillis.
  */
 export function queuedWaitMillis(timing: Timing, reasons: readonly { code: string }[], visible: boolean, position?: number): number {
   const recheck = timing.queueRecheckMillis;

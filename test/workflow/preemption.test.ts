@@ -236,6 +236,9 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
       .filter((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'requeue')
       .map((e) => JSON.parse(Buffer.from(e.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!.data!).toString()) as { releasedBy: string });
     expect(wakes).toContainEqual({ releasedBy: a1.taskId });
+    // It asked twice: queued (and, the quota read again still full, no quick second ask), then admitted once woken.
+    const asks = await h.db.query<{ decision: string }>(`SELECT decision FROM audit_log WHERE task_id = $1 AND action = 'admission' ORDER BY id`, [a2.taskId]);
+    expect(asks.rows.map((r) => r.decision)).toEqual(['queued', 'admitted']);
 
     await h.client.workflow.getHandle(b1.taskId).signal(cancelSignal, { by: 'test', reason: 'done' });
     await b1.result();

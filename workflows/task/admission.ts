@@ -19,7 +19,8 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
     // A wake from here on is for this attempt's answer: one that comes while it is being decided
     // is kept and ends the wait below at once.
     t.requeued = false;
-    // Queued in the ledger before this ask (and, if it answers queued, all through it): a release meanwhile wakes it.
+    // Queued in the ledger before this ask (and, if it answers queued, all through it): a release
+    // meanwhile wakes it. Otherwise admitTask says whether a release passed it by (passedBy).
     const wasQueued = t.state === GovState.Queued || t.state === GovState.Preempted;
     const admitted = await ledger.admitTask({
       taskId,
@@ -27,6 +28,7 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
       requester: input.requester,
       attempt: ++t.attempt,
       ...(input.credential ? { credential: input.credential } : {}),
+      ...(wasQueued ? { queuedBefore: true } : {}),
     });
     t.timing = admitted.timing;
     const result = admitted.result;
@@ -74,7 +76,8 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
       await continuation.continueIfLong('admission');
       // Woken when GPUs this task could take are released; otherwise it asks again after a recheck
       // that grows with its place in the queue (config/task-queues.ts queuedWaitMillis).
-      const wait = queuedWaitMillis(t.timing, t.reasons, wasQueued && result.decision === 'queued', admitted.queuePosition);
+      const visible = result.decision === 'queued' && (wasQueued || admitted.passedBy === false);
+      const wait = queuedWaitMillis(t.timing, t.reasons, visible, admitted.queuePosition);
       if (await condition(() => t.cancelled !== null || t.requeued, wait)) {
         if (t.cancelled !== null) return GovState.Cancelled;
       }
