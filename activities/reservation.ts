@@ -16,7 +16,7 @@ import { decideQuota } from './quota';
  * again under the lock) and, at the end, the settlement that releases what is left.
  */
 export function createReservationActivities(ctx: ActivityContext) {
-  const { db, config, backend, clock, nudgeBudgets, wakeQueued } = ctx;
+  const { db, config, backend, clock, nudgeBudgets, wakeQueued, wakeTasks } = ctx;
   return {
     /** Reserves the plan's worst case against every covering budget, atomically; re-checks GPU quota. */
     async reserveBudget(input: { taskId: string; intent: Intent; plan: Plan; requeued?: boolean }): Promise<ReserveResult> {
@@ -24,6 +24,8 @@ export function createReservationActivities(ctx: ActivityContext) {
       const gpuType = plan.gpu.type;
       const cohortQuota = gpuType !== null && config.policies.cohorts.some((c) => c.gpuType === gpuType);
       const capacity = gpuType && (cohortQuota || input.requeued) && backend.capacity ? await backend.capacity(gpuType, gpuRequest(intent)) : undefined;
+      // The re-check's fair-share answer names the request that goes first: it is woken, as admission does.
+      let ahead: string | undefined;
       const quota =
         plan.gpu.count > 0 && gpuType
           ? {
@@ -36,6 +38,7 @@ export function createReservationActivities(ctx: ActivityContext) {
                 ? {
                     recheck: async (q: Queryable) => {
                       const d = await decideQuota(ctx, input.taskId, intent, q, { capacity });
+                      ahead = d?.decision === 'queued' ? d.ahead : undefined;
                       return d === null || d.decision === 'admitted' ? null : d.reason;
                     },
                   }
@@ -44,6 +47,7 @@ export function createReservationActivities(ctx: ActivityContext) {
           : undefined;
       const r = await reserve(db, input.taskId, intent.attribution, plan.worstCaseMicros, clock(), quota, { requeued: input.requeued ?? false });
       if (r.ok) await nudgeBudgets(intent.attribution);
+      else if (ahead) await wakeTasks([ahead], input.taskId);
       return r;
     },
 

@@ -117,7 +117,7 @@ export interface Victim {
 
 export type QuotaDecision =
   | { decision: 'admitted'; mode: 'nominal' | 'borrowing'; borrowed: number }
-  /** `ahead`: under fair share, the other team's request that goes first (it fits now; admission wakes it). */
+  /** `ahead`: under fair share, the other team's request that goes first (it fits now; admission, and the reservation's re-check, wake it). */
   | { decision: 'queued'; reason: Reason; position: number; ahead?: string }
   | { decision: 'preempt'; victims: Victim[]; lostGpuSeconds: number; reason: Reason; position: number }
   | { decision: 'rejected'; reason: Reason };
