@@ -65,7 +65,7 @@ export async function teamGpusInUse(q: Queryable, tenant: string, team: string, 
   const { rows } = await q.query<{ n: number }>(
     `SELECT COALESCE(SUM(${PLAN_QUOTA_GPUS}), 0)::float8 AS n
      FROM tasks t JOIN attributions a ON a.id = t.attribution_id
-     WHERE a.tenant = $1 AND a.team = $2 AND t.plan->'gpu'->>'type' = $3 AND t.state = ANY($4) AND t.task_id <> $5`,
+     WHERE a.tenant = $1 AND a.team = $2 AND t.plan->'gpu'->>'type' = $3 AND t.state = ANY($4) AND t.finished_at IS NULL AND t.task_id <> $5`,
     [tenant, team, gpuType, GPU_HOLDING_STATES, exceptTask],
   );
   return rows[0]?.n ?? 0;
