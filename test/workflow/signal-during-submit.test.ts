@@ -54,6 +54,9 @@ describe('signals that reach a task while it is being submitted', () => {
               name: 'sig-submit',
               attribution: { tenant: h.tenant, team: `team-${i}`, project: 'p', model: 'llama-3-8b', useCase: 'u' },
               resources: { gpus: 1, gpuType: 'H100', sharing: 'exclusive' },
+              // Still running when the test cancels it (300 s at the test speed-up), however busy the machine.
+              caps: { maxUsd: 1000, maxGpuHours: 1000 },
+              simulation: { durationSeconds: 600_000, tokensPerSecond: 0 },
             }),
             { requester: 'test', taskId },
           ),
