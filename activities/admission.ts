@@ -10,7 +10,7 @@ import { auditRefusal, checkAccess } from '../ledger/authz';
 import { budgetHeadroom } from '../ledger/budgets';
 import { openPreemption } from '../ledger/quota';
 import { taskOwnership, teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
-import { QUOTA_WAIT_CODES, type Timing } from '../config/task-queues';
+import { type Timing, waitsForQuota } from '../config/task-queues';
 import { type ActivityContext, callingRunId } from './context';
 import { decideQuota } from './quota';
 
@@ -150,13 +150,7 @@ export function createAdmissionActivities(ctx: ActivityContext) {
       // A release whose wake was read before this answer was committed did not see the task as
       // queued. Once committed, every later release wakes it; one before shows as room now.
       let passedBy: boolean | undefined;
-      if (
-        !input.queuedBefore &&
-        result.decision === 'queued' &&
-        quota &&
-        result.reasons.length > 0 &&
-        result.reasons.every((r) => QUOTA_WAIT_CODES.includes(r.code))
-      ) {
+      if (!input.queuedBefore && result.decision === 'queued' && quota && waitsForQuota(result.reasons)) {
         passedBy = (await decideQuota(ctx, taskId, intent))?.decision !== 'queued';
       }
       return {

@@ -29,6 +29,9 @@ export interface Timing {
 /** Reasons that mean "waiting for GPU quota": a release wakes such a task (ledger/quota.ts tasksToWake). */
 export const QUOTA_WAIT_CODES: readonly string[] = ['GPU_QUOTA_BUSY', 'FAIR_SHARE_WAIT'];
 
+/** The task waits for GPU quota alone: there is a reason, and every one is a QUOTA_WAIT_CODES one. */
+export const waitsForQuota = (reasons: readonly { code: string }[]): boolean => reasons.length > 0 && reasons.every((r) => QUOTA_WAIT_CODES.includes(r.code));
+
 /**
  * How long a queued task waits before it asks again unwoken. Waiting for quota (every reason a
  * QUOTA_WAIT_CODES one), the recheck grows with the task's place in its queue: one recheck
@@ -44,7 +47,7 @@ export const QUOTA_WAIT_CODES: readonly string[] = ['GPU_QUOTA_BUSY', 'FAIR_SHAR
  */
 export function queuedWaitMillis(timing: Timing, reasons: readonly { code: string }[], visible: boolean, position?: number): number {
   const recheck = timing.queueRecheckMillis;
-  if (!visible || recheck === undefined || reasons.length === 0 || !reasons.every((r) => QUOTA_WAIT_CODES.includes(r.code))) return timing.queueRetryMillis;
+  if (!visible || recheck === undefined || !waitsForQuota(reasons)) return timing.queueRetryMillis;
   const tens = Math.min(10, Math.max(1, Math.ceil((position ?? 1) / 10)));
   return Math.max(timing.queueRetryMillis, recheck * tens);
 }

@@ -122,9 +122,9 @@ export async function quotaState(
  * Only `Queued` and `Preempted` tasks: a task still in its first admission (`Admitting`) is not
  * signalled. Its workflow task then holds the submit's update while its ledger calls run, and a
  * signal arriving in that window made the SDK fail the workflow task, and the submit with it
- * (test/e2e/cluster-caps-cli.test.ts caught it). Such a task asks again soon on its own instead
- * (config/task-queues.ts queuedWaitMillis: the wait after an ask it was not visibly queued for is
- * queueRetryMillis).
+ * (test/e2e/cluster-caps-cli.test.ts caught it). Such a task, answered queued, reads the quota
+ * again once it is `Queued` (activities/admission.ts `passedBy`): room there means a release
+ * passed it by, and it asks again after queueRetryMillis (config/task-queues.ts queuedWaitMillis).
  */
 export async function tasksToWake(q: Queryable, policies: Policies, releasedTaskId: string): Promise<string[]> {
   const { rows } = await q.query<{ tenant: string; team: string; gpu_type: string | null; gpus: number }>(

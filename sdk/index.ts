@@ -165,11 +165,12 @@ async function codeFailure(client: Client, workflowId: string): Promise<string |
 async function whenWorkflowReady<T>(client: Client, workflowId: string, call: () => Promise<T>): Promise<T> {
   const since = Date.now();
   for (let attempt = 1; ; attempt++) {
+    const backoff = () => new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** (attempt - 1))));
     try {
       return await call();
     } catch (err) {
       if (updateDroppedWithTask(err) && Date.now() - since < NOT_READY_MAX_MS) {
-        await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** (attempt - 1))));
+        await backoff();
         continue;
       }
       if (!workflowNotReady(err)) throw err;
@@ -179,7 +180,7 @@ async function whenWorkflowReady<T>(client: Client, workflowId: string, call: ()
         throw new GovloopWorkerError(workflowId, `no worker has completed its workflow task for ${Math.round((Date.now() - since) / 60_000)} min`, {
           cause: err,
         });
-      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** (attempt - 1))));
+      await backoff();
     }
   }
 }

@@ -21,7 +21,7 @@ describe('how long a queued task waits before it asks again unwoken (decision 00
     expect(queuedWaitMillis(timing, [], true, 1)).toBe(1000);
   });
 
-  it('after an ask the task was not visibly queued for (its first; or admitted, then refused by the reservation): queueRetryMillis, since a release may have passed it by', () => {
+  it('after an ask a release may have passed it by (its first, with room found on the re-read; or admitted, then refused by the reservation): queueRetryMillis', () => {
     expect(queuedWaitMillis(timing, busy, false, 1)).toBe(1000);
     expect(queuedWaitMillis(timing, busy, false, 500)).toBe(1000);
   });
