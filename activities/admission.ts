@@ -11,8 +11,10 @@ import { budgetHeadroom } from '../ledger/budgets';
 import { openPreemption } from '../ledger/quota';
 import { taskOwnership, teamGpusInUse, updateTask, upsertTask } from '../ledger/tasks';
 import { type Timing, waitsForQuota } from '../config/task-queues';
+import type { ReserveResult } from '../ledger/budgets';
 import { type ActivityContext, callingRunId } from './context';
 import { decideQuota } from './quota';
+import { reserveTask } from './reservation';
 
 /**
  * Admission (governance/admission.ts decides, with the quota decision of activities/quota.ts):
@@ -36,6 +38,12 @@ export function createAdmissionActivities(ctx: ActivityContext) {
       credential?: string;
       /** The task was Queued (or Preempted) in the ledger before this ask: a release during it woke it. */
       queuedBefore?: boolean;
+      /**
+       * Reserve in the same call once admission has answered (not rejected, and no victims to tell
+       * first), as reserveBudget would right after: one local activity, not two (issue 13). Its
+       * answer is `reserved`; absent where the caller must still call reserveBudget.
+       */
+      reserve?: { requeued?: boolean };
     }): Promise<{
       result: AdmissionResult;
       timing: Timing;
@@ -51,6 +59,8 @@ export function createAdmissionActivities(ctx: ActivityContext) {
        * release was missed, wait to be woken. Absent otherwise.
        */
       passedBy?: boolean;
+      /** Asked for with `reserve`, and reserved (or refused) here: reserveBudget's answer. */
+      reserved?: ReserveResult;
     }> {
       const { taskId, intent } = input;
       const now = clock();
@@ -153,6 +163,11 @@ export function createAdmissionActivities(ctx: ActivityContext) {
       if (!input.queuedBefore && result.decision === 'queued' && quota && waitsForQuota(result.reasons)) {
         passedBy = (await decideQuota(ctx, taskId, intent))?.decision !== 'queued';
       }
+      // What the workflow would do next (workflows/task/admission.ts): reserve, quota checked again under the lock.
+      const reserved =
+        input.reserve && result.decision !== 'rejected' && !preempt
+          ? await reserveTask(ctx, { taskId, intent, plan: result.plan, ...(input.reserve.requeued ? { requeued: true } : {}) })
+          : undefined;
       return {
         result,
         timing,
@@ -160,6 +175,7 @@ export function createAdmissionActivities(ctx: ActivityContext) {
         ...(preempt ? { preempt } : {}),
         ...(queuePosition !== undefined ? { queuePosition } : {}),
         ...(passedBy !== undefined ? { passedBy } : {}),
+        ...(reserved ? { reserved } : {}),
       };
     },
   };

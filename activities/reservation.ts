@@ -16,40 +16,10 @@ import { decideQuota } from './quota';
  * again under the lock) and, at the end, the settlement that releases what is left.
  */
 export function createReservationActivities(ctx: ActivityContext) {
-  const { db, config, backend, clock, nudgeBudgets, wakeQueued, wakeTasks } = ctx;
+  const { db, wakeQueued } = ctx;
   return {
     /** Reserves the plan's worst case against every covering budget, atomically; re-checks GPU quota. */
-    async reserveBudget(input: { taskId: string; intent: Intent; plan: Plan; requeued?: boolean }): Promise<ReserveResult> {
-      const { intent, plan } = input;
-      const gpuType = plan.gpu.type;
-      const cohortQuota = gpuType !== null && config.policies.cohorts.some((c) => c.gpuType === gpuType);
-      const capacity = gpuType && (cohortQuota || input.requeued) && backend.capacity ? await backend.capacity(gpuType, gpuRequest(intent)) : undefined;
-      // The re-check's fair-share answer names the request that goes first: it is woken, as admission does.
-      let ahead: string | undefined;
-      const quota =
-        plan.gpu.count > 0 && gpuType
-          ? {
-              gpuType,
-              gpus: quotaGpusOf(plan.gpu),
-              ...gpuQuotaFor(config.policies, intent.attribution, gpuType),
-              lockKey: quotaLockKey(config.policies, intent.attribution, gpuType),
-              // Cohorts (and a task back from preemption): the whole quota decision again, under the lock.
-              ...(cohortQuota || input.requeued
-                ? {
-                    recheck: async (q: Queryable) => {
-                      const d = await decideQuota(ctx, input.taskId, intent, q, { capacity });
-                      ahead = d?.decision === 'queued' ? d.ahead : undefined;
-                      return d === null || d.decision === 'admitted' ? null : d.reason;
-                    },
-                  }
-                : {}),
-            }
-          : undefined;
-      const r = await reserve(db, input.taskId, intent.attribution, plan.worstCaseMicros, clock(), quota, { requeued: input.requeued ?? false });
-      if (r.ok) await nudgeBudgets(intent.attribution);
-      else if (ahead) await wakeTasks([ahead], input.taskId);
-      return r;
-    },
+    reserveBudget: (input: ReserveInput): Promise<ReserveResult> => reserveTask(ctx, input),
 
     /** Settle: release what is left of the reservation, close the task, audit the charge. Idempotent. */
     async settleTask(input: { taskId: string; state: string; reasons: Reason[] }): Promise<TaskUsage> {
@@ -72,4 +42,45 @@ export function createReservationActivities(ctx: ActivityContext) {
       return usage;
     },
   };
+}
+
+export interface ReserveInput {
+  taskId: string;
+  intent: Intent;
+  plan: Plan;
+  requeued?: boolean;
+}
+
+/** Reserves the plan's worst case against every covering budget, atomically; re-checks GPU quota (reserveBudget, and admitTask's `reserve`). */
+export async function reserveTask(ctx: ActivityContext, input: ReserveInput): Promise<ReserveResult> {
+  const { db, config, backend, clock, nudgeBudgets, wakeTasks } = ctx;
+  const { intent, plan } = input;
+  const gpuType = plan.gpu.type;
+  const cohortQuota = gpuType !== null && config.policies.cohorts.some((c) => c.gpuType === gpuType);
+  const capacity = gpuType && (cohortQuota || input.requeued) && backend.capacity ? await backend.capacity(gpuType, gpuRequest(intent)) : undefined;
+  // The re-check's fair-share answer names the request that goes first: it is woken, as admission does.
+  let ahead: string | undefined;
+  const quota =
+    plan.gpu.count > 0 && gpuType
+      ? {
+          gpuType,
+          gpus: quotaGpusOf(plan.gpu),
+          ...gpuQuotaFor(config.policies, intent.attribution, gpuType),
+          lockKey: quotaLockKey(config.policies, intent.attribution, gpuType),
+          // Cohorts (and a task back from preemption): the whole quota decision again, under the lock.
+          ...(cohortQuota || input.requeued
+            ? {
+                recheck: async (q: Queryable) => {
+                  const d = await decideQuota(ctx, input.taskId, intent, q, { capacity });
+                  ahead = d?.decision === 'queued' ? d.ahead : undefined;
+                  return d === null || d.decision === 'admitted' ? null : d.reason;
+                },
+              }
+            : {}),
+        }
+      : undefined;
+  const r = await reserve(db, input.taskId, intent.attribution, plan.worstCaseMicros, clock(), quota, { requeued: input.requeued ?? false });
+  if (r.ok) await nudgeBudgets(intent.attribution);
+  else if (ahead) await wakeTasks([ahead], input.taskId);
+  return r;
 }

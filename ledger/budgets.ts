@@ -134,7 +134,12 @@ export async function reserve(
     await c.query("SELECT pg_advisory_xact_lock(hashtext('reserve/' || $1))", [taskId]);
     const existing = await c.query<{ amount_micros: number }>('SELECT amount_micros FROM reservations WHERE task_id = $1', [taskId]);
     // A preempted task keeps its budget reservation while it waits; its quota is checked again.
-    if (existing.rows[0] && !opts.requeued) return { ok: true, amountMicros: existing.rows[0].amount_micros };
+    if (existing.rows[0] && !opts.requeued) {
+      // Held already: an earlier attempt of this call reserved. A retried admitTask (with `reserve`)
+      // ran admission again before this and put the task back to its answer: it is Reserved.
+      await c.query(`UPDATE tasks SET state = 'Reserved' WHERE task_id = $1 AND state IN ('Admitting', 'Queued')`, [taskId]);
+      return { ok: true, amountMicros: existing.rows[0].amount_micros };
+    }
     if (quota) {
       // The team's GPU quota is checked again under a lock, so two tasks admitted at once cannot both take the last GPUs.
       await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [quota.lockKey ?? `quota/${a.tenant}/${a.team}/${quota.gpuType}`]);

@@ -101,6 +101,24 @@ describe.each(backends)('budget reservations on $name', (backend) => {
     expect((await windows(db, tenant))['*/*']!.reserved).toBe(usdToMicros(4));
   });
 
+  // admitTask with `reserve` is one local activity: retried after the reservation was made, it runs
+  // admission again (which puts the task back to Admitting or Queued) and then reserve() again.
+  it('a repeated reserve() after admission ran again answers ok, holds once and leaves the task Reserved', async () => {
+    const { db } = ledger;
+    const tenant = newTenant();
+    const a = attributionOf(tenant);
+    await setBudget(db, { tenant }, 'total', 10, 'test');
+    const t = await newTask(db, tenant, { state: 'Admitting' });
+    expect(await reserve(db, t, a, usdToMicros(4), AT)).toEqual({ ok: true, amountMicros: usdToMicros(4) });
+    await db.query(`UPDATE tasks SET state = 'Queued' WHERE task_id = $1`, [t]);
+    expect(await reserve(db, t, a, usdToMicros(4), AT)).toEqual({ ok: true, amountMicros: usdToMicros(4) });
+    const task = await db.query<{ state: string }>('SELECT state FROM tasks WHERE task_id = $1', [t]);
+    expect(task.rows[0]!.state).toBe('Reserved');
+    expect((await windows(db, tenant))['*/*']!.reserved).toBe(usdToMicros(4));
+    const audited = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM audit_log WHERE task_id = $1 AND action = 'reserve'`, [t]);
+    expect(audited.rows[0]!.n).toBe(1);
+  });
+
   // Two calls for the same task that overlap (an activity retried after a timeout while its first
   // attempt still runs) must answer like a sequential repeat. Once both passed reserve()'s look for
   // an existing reservation before either inserted, and the second threw "duplicate key value

@@ -1,3 +1,4 @@
+import { defaultPayloadConverter } from '@temporalio/common';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { setBudget, showBudgets } from '../../ledger/budgets';
@@ -38,6 +39,28 @@ describe('governedTask on a real Temporal server and PostgreSQL', () => {
     expect(task.rows[0]).toEqual({ state: 'Succeeded', cost_micros: 2_000_000 });
     const reservation = await h.db.query('SELECT state, remaining_micros FROM reservations WHERE task_id = $1', [taskId]);
     expect(reservation.rows[0]).toEqual({ state: 'released', remaining_micros: 0 });
+  });
+
+  it('admits and reserves in one local activity: one admitTask in the history, no reserveBudget; both audited, in order', async () => {
+    const { taskId, result } = await h.submit(intent(h.tenant, { name: 'one-ask', simulation: { durationSeconds: 60, tokensPerSecond: 0 } }));
+    expect((await result()).state).toBe('Succeeded');
+    const { events } = await h.client.workflow.getHandle(taskId).fetchHistory();
+    const locals = (events ?? [])
+      .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity')
+      .map((e) => defaultPayloadConverter.fromPayload<{ activity_type: string }>(e.markerRecordedEventAttributes!.details!.data!.payloads![0]!).activity_type);
+    expect(locals.filter((a) => a === 'admitTask')).toHaveLength(1);
+    expect(locals).not.toContain('reserveBudget');
+    expect(events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'reserveBudget')).toHaveLength(0);
+    const audit = await h.db.query<{ action: string; decision: string }>(
+      "SELECT action, decision FROM audit_log WHERE task_id = $1 AND action IN ('admission', 'reserve') ORDER BY id",
+      [taskId],
+    );
+    expect(audit.rows).toEqual([
+      { action: 'admission', decision: 'admitted' },
+      { action: 'reserve', decision: 'held' },
+    ]);
+    const reservation = await h.db.query('SELECT state FROM reservations WHERE task_id = $1', [taskId]);
+    expect(reservation.rows).toEqual([{ state: 'released' }]);
   });
 
   it('rejects an intent over a policy cap with the cap reason, and reserves nothing', async () => {

@@ -22,6 +22,8 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
     // Queued in the ledger before this ask (and, if it answers queued, all through it): a release
     // meanwhile wakes it. Otherwise admitTask says whether a release passed it by (passedBy).
     const wasQueued = t.state === GovState.Queued || t.state === GovState.Preempted;
+    // Admission reserves in the same local activity (issue 13); histories from before ask twice.
+    const together = patched('admission-reserves');
     const admitted = await ledger.admitTask({
       taskId,
       intent,
@@ -29,6 +31,7 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
       attempt: ++t.attempt,
       ...(input.credential ? { credential: input.credential } : {}),
       ...(wasQueued ? { queuedBefore: true } : {}),
+      ...(together ? { reserve: t.preemptions > 0 ? { requeued: true } : {} } : {}),
     });
     t.timing = admitted.timing;
     const result = admitted.result;
@@ -58,7 +61,8 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
           .catch(() => undefined); // the victim already ended: its GPUs are free anyway
       }
     }
-    const reserved = await ledger.reserveBudget({ taskId, intent, plan, ...(t.preemptions > 0 ? { requeued: true } : {}) });
+    // Reserved by admitTask already, unless it had victims to tell first (or the history is older).
+    const reserved = admitted.reserved ?? (await ledger.reserveBudget({ taskId, intent, plan, ...(t.preemptions > 0 ? { requeued: true } : {}) }));
     if (reserved.ok) {
       t.decision = 'admitted';
       t.reasons = [];
