@@ -4,7 +4,6 @@ import {
   condition,
   continueAsNew,
   getExternalWorkflowHandle,
-  patched,
   proxyActivities,
   proxyLocalActivities,
   setHandler,
@@ -14,6 +13,7 @@ import type { z } from 'zod';
 import type { Activities } from '../activities';
 import { optionalForm, scopeLabel } from '../governance/budget-scope';
 import { LEDGER_ACTIVITY } from './activity-options';
+import { hasPatch } from './patches';
 import {
   type BudgetControllerState,
   type BudgetKey,
@@ -36,7 +36,7 @@ import { LeaseRequestSchema, LeaseReturnSchema, LeaseSpendSchema, issuesList, is
  */
 const remoteLedger = proxyActivities<Activities>(LEDGER_ACTIVITY);
 const localLedger = proxyLocalActivities<Activities>(LEDGER_ACTIVITY);
-const ledgerCalls = () => (patched('controller-local-activities') ? localLedger : remoteLedger);
+const ledgerCalls = () => (hasPatch('controller-local-activities') ? localLedger : remoteLedger);
 
 export interface BudgetControllerInput {
   budget: BudgetKey;

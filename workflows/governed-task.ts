@@ -1,15 +1,7 @@
-import {
-  ApplicationFailure,
-  ContinueAsNew,
-  allHandlersFinished,
-  condition,
-  log,
-  patched,
-  setHandler,
-  upsertSearchAttributes,
-  workflowInfo,
-} from '@temporalio/workflow';
+import type { SearchAttributeUpdatePair } from '@temporalio/common';
+import { ApplicationFailure, ContinueAsNew, allHandlersFinished, condition, log, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import { type CarriedPhase, GovState, type TaskInput, type TaskStatus, statusQuery } from './messages';
+import { hasPatch } from './patches';
 import * as SA from './search-attributes';
 import { installLeasedSteps } from './leased-steps';
 import { type AdmissionEnd, admission } from './task/admission';
@@ -35,9 +27,9 @@ export { TaskErrors } from './task/errors';
  */
 export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // Tasks started before continue-as-new existed never hand over: their replay has no such command.
-  const mayContinue = patched('continue-as-new');
+  const mayContinue = hasPatch('continue-as-new');
   // The ledger calls as local activities (decision 0032): runs started before replay with the queued ones they recorded.
-  const localLedgerCalls = patched('task-ledger-local-activities');
+  const localLedgerCalls = hasPatch('task-ledger-local-activities');
   const t = new TaskState(input);
   const { taskId, intent, carried } = t;
 
@@ -60,7 +52,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   installApprovals(t, ledger);
   installResolve(t, authorize);
 
-  upsertSearchAttributes([
+  const identity: SearchAttributeUpdatePair[] = [
     { key: SA.GovTenant, value: intent.attribution.tenant },
     { key: SA.GovTeam, value: intent.attribution.team },
     { key: SA.GovProject, value: intent.attribution.project },
@@ -68,7 +60,10 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
     { key: SA.GovKind, value: intent.kind },
     { key: SA.GovPriority, value: intent.priority },
     { key: SA.GovRiskClass, value: intent.riskClass },
-  ]);
+  ];
+  // With the state, in one upsert (TaskState.mirror); runs recorded before wrote them apart.
+  if (t.coalesced) t.mirror(identity);
+  else upsertSearchAttributes(identity);
   if (!carried) t.setState(GovState.Admitting);
 
   async function finish(final: GovState): Promise<TaskStatus> {

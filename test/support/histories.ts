@@ -11,7 +11,8 @@ export const runHistoriesDir = join(dirname(fileURLToPath(import.meta.url)), '..
  * Saves the histories of the closed workflows a test file ran (its own task queue) as replay
  * fixtures, in the JSON that `temporal workflow show --output json` writes: under
  * test/fixtures/histories/ when GOVLOOP_RECORD_HISTORIES=1 (committed), else under
- * test/artifacts/histories/, where the replay test of the same run picks them up.
+ * test/artifacts/histories/ (not replayed there: copy the ones a change needs into a sub-folder of
+ * the fixtures, as test/workflow/replay.test.ts describes).
  */
 export async function saveHistories(client: Client, opts: { cli: string; address: string; taskQueue: string; prefix: string }): Promise<number> {
   const dir = process.env.GOVLOOP_RECORD_HISTORIES === '1' ? fixturesDir : runHistoriesDir;

@@ -15,7 +15,8 @@ describe('workflow replay', () => {
   // Histories recorded by earlier versions stay in sub-folders (pre-0022/: before continue-as-new):
   // workflows they describe may still be running somewhere when a new worker takes over. Newer
   // paths get a sub-folder of their own (0032-local-ledger/: governedTask's ledger calls as local
-  // activities, taken from a full run's test/artifacts/histories).
+  // activities, taken from a full run's test/artifacts/histories; 0035-patch-epoch/: one patch
+  // marker per run, the task's search attributes once per activation, admission reserving).
   const files = existsSync(fixturesDir) ? (readdirSync(fixturesDir, { recursive: true }) as string[]).filter((f) => f.endsWith('.json')).sort() : [];
 
   it('has recorded histories to replay', () => {

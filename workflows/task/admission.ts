@@ -3,7 +3,8 @@
  * preemption): a task that releases GPUs wakes the queued tasks they can go to (the requeue signal). Quota taken by borrowers or lower-priority work: the victims are told to make
  * room. Safe to import from workflow code.
  */
-import { condition, getExternalWorkflowHandle, patched } from '@temporalio/workflow';
+import { condition, getExternalWorkflowHandle } from '@temporalio/workflow';
+import { hasPatch } from '../patches';
 import { queuedWaitMillis } from '../../config/task-queues';
 import { GovState, preemptSignal } from '../messages';
 import type { Ledger } from './calls';
@@ -23,7 +24,7 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
     // meanwhile wakes it. Otherwise admitTask says whether a release passed it by (passedBy).
     const wasQueued = t.state === GovState.Queued || t.state === GovState.Preempted;
     // Admission reserves in the same local activity (issue 13); histories from before ask twice.
-    const together = patched('admission-reserves');
+    const together = hasPatch('admission-reserves');
     const admitted = await ledger.admitTask({
       taskId,
       intent,
@@ -50,7 +51,7 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
     const plan = result.plan;
     t.plan = plan;
     // Quota is taken by borrowers or lower-priority work: tell the victims to make room, then wait for it.
-    if (admitted.preempt && patched('preemption')) {
+    if (admitted.preempt && hasPatch('preemption')) {
       for (const v of admitted.preempt) {
         await getExternalWorkflowHandle(v.taskId)
           .signal(preemptSignal, {

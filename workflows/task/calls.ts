@@ -2,7 +2,8 @@
  * The activity proxies a governed task calls through: the ledger (bounded retries), the step gate
  * (a local activity), the cluster's own task queue. Safe to import from workflow code.
  */
-import { patched, proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
+import { proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
+import { hasPatch } from '../patches';
 import type { Activities } from '../../activities';
 import { TASK_CLUSTER_ACTIVITY, TASK_LEDGER_ACTIVITY } from '../activity-options';
 
@@ -28,7 +29,7 @@ export const boundedLocalLedger = (maxAttempts?: number): Ledger => proxyLocalAc
 const localLedger = boundedLocalLedger();
 /** Histories from before the local step gate replay with the activity they recorded. */
 export const gateStep: Activities['gateStep'] = (input) =>
-  patched('step-gate-local-activity') ? localLedger.gateStep(input) : boundedLedger().gateStep(input);
+  hasPatch('step-gate-local-activity') ? localLedger.gateStep(input) : boundedLedger().gateStep(input);
 
 /**
  * Cluster calls go to the cluster's own task queue, where its dispatcher runs: a bit more time,

@@ -3,7 +3,8 @@
  * is cancelled, breaches a cap or is preempted; a preempted job goes back to admission and, once
  * readmitted, is placed again and resumes from its checkpoint. Safe to import from workflow code.
  */
-import { ApplicationFailure, condition, patched } from '@temporalio/workflow';
+import { ApplicationFailure, condition } from '@temporalio/workflow';
+import { hasPatch } from '../patches';
 import { GovState, type PreemptRequest } from '../messages';
 import { admission } from './admission';
 import type { Cluster, Ledger } from './calls';
@@ -75,7 +76,7 @@ export async function runCluster(t: TaskState, start: ClusterStage, deps: Cluste
         await cluster.deleteJob({ job });
         return finish(GovState.Failed);
       }
-      if (t.preemptReq !== null && patched('preemption')) {
+      if (t.preemptReq !== null && hasPatch('preemption')) {
         if (await preempt(t, ledger, cluster, t.preemptReq, job)) stage = 'readmission';
       }
     }

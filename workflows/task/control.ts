@@ -4,7 +4,8 @@
  * against the ledger (decision 0018): people by their credential, govloop's own workflows by the
  * ledger row that ordered the action. Safe to import from workflow code.
  */
-import { ApplicationFailure, condition, log, patched, setHandler } from '@temporalio/workflow';
+import { ApplicationFailure, condition, log, setHandler } from '@temporalio/workflow';
+import { hasPatch } from '../patches';
 import {
   FINAL_STATES,
   GovState,
@@ -69,7 +70,7 @@ export function installControl(t: TaskState, rawLedger: () => Ledger): Authorize
   };
 
   setHandler(cancelSignal, async (c) => {
-    if (!patched('identity-v1')) {
+    if (!hasPatch('identity-v1')) {
       if (!t.cancelled) t.cancelled = { by: c.by ?? 'unknown', reason: c.reason };
       return;
     }
@@ -80,7 +81,7 @@ export function installControl(t: TaskState, rawLedger: () => Ledger): Authorize
     if (ok.ok && !t.cancelled) t.cancelled = { by: ok.by, reason: m.data.reason };
   });
   setHandler(finishSignal, async (f) => {
-    if (!patched('identity-v1')) {
+    if (!hasPatch('identity-v1')) {
       t.finished = true;
       return;
     }
@@ -97,7 +98,7 @@ export function installControl(t: TaskState, rawLedger: () => Ledger): Authorize
     t.requeued = true;
   });
   setHandler(preemptSignal, async (p) => {
-    if (!patched('identity-v1')) {
+    if (!hasPatch('identity-v1')) {
       if (preemptible()) t.preemptReq = p;
       return;
     }
@@ -163,7 +164,7 @@ export function installResolve(t: TaskState, authorize: Authorize): void {
   setHandler(
     resolveUpdate,
     async (r) => {
-      if (patched('identity-v1')) {
+      if (hasPatch('identity-v1')) {
         const ok = await authorize('resolve', r);
         if (!ok.ok) return refusedCall(ok) as { accepted: false; code: string; message: string };
         t.resolution = { by: ok.by, reason: r.reason };

@@ -3,6 +3,7 @@
  * read it or write it (and the search attributes and memo that mirror it). Safe to import from
  * workflow code.
  */
+import type { SearchAttributeUpdatePair } from '@temporalio/common';
 import { upsertMemo, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Observation, Timing } from '../../activities';
 import type { Intent } from '../../governance/intent';
@@ -22,6 +23,7 @@ import {
   type TaskInput,
   type TaskStatus,
 } from '../messages';
+import { hasPatch } from '../patches';
 import * as SA from '../search-attributes';
 
 /** Decided approvals a task carries into its next run, newest first (their outcome may still be asked for). */
@@ -100,6 +102,15 @@ export class TaskState {
   /** A released task woke this one (the requeue signal): a queued task asks again now, not at its next recheck. */
   requeued = false;
 
+  /**
+   * The search attributes and memo that mirror the task are written once per activation, after its
+   * synchronous work, with the state it ended in (mirror): Admitting and the task's identity in one
+   * upsert, Reserved and Running in one. Each upsert is a history event and a visibility write on
+   * the server (issue 13, decision 0035). Runs recorded before write one per call, as they did.
+   */
+  readonly coalesced = hasPatch('coalesced-visibility');
+  private mirrorPending: SearchAttributeUpdatePair[] | null = null;
+
   constructor(input: TaskInput) {
     this.input = input;
     this.taskId = input.taskId;
@@ -153,11 +164,38 @@ export class TaskState {
 
   setState(next: GovState): void {
     this.state = next;
-    upsertSearchAttributes([
-      { key: SA.GovState, value: next },
+    if (!this.coalesced) {
+      upsertSearchAttributes(this.stateAttributes());
+      upsertMemo({ runbook: `${SA.RUNBOOK_BASE}${next.toLowerCase()}.md` });
+      return;
+    }
+    this.mirror([]);
+  }
+
+  /**
+   * Writes `extra` and the state's search attributes and runbook memo at the end of this
+   * activation's synchronous work: one upsert and one memo change however many states it passed
+   * through (a microtask, so before the activation's commands go out; deterministic on replay).
+   */
+  mirror(extra: SearchAttributeUpdatePair[]): void {
+    if (this.mirrorPending !== null) {
+      this.mirrorPending.push(...extra);
+      return;
+    }
+    this.mirrorPending = [...extra];
+    void Promise.resolve().then(() => {
+      const pairs = this.mirrorPending ?? [];
+      this.mirrorPending = null;
+      upsertSearchAttributes([...pairs, ...this.stateAttributes()]);
+      upsertMemo({ runbook: `${SA.RUNBOOK_BASE}${this.state.toLowerCase()}.md` });
+    });
+  }
+
+  private stateAttributes(): SearchAttributeUpdatePair[] {
+    return [
+      { key: SA.GovState, value: this.state },
       { key: SA.GovCostUsd, value: this.usage.costMicros / 1e6 },
-    ]);
-    upsertMemo({ runbook: `${SA.RUNBOOK_BASE}${next.toLowerCase()}.md` });
+    ];
   }
 
   status(): TaskStatus {
