@@ -27,9 +27,21 @@ export default tseslint.config(
             },
             { group: ['uuid', 'pg', '**/ledger/*', '**/cluster/*', '**/runtime/*'], message: 'no I/O from workflow code: call an activity' },
           ],
+          paths: [
+            {
+              name: '@temporalio/workflow',
+              importNames: ['patched', 'deprecatePatch'],
+              message: 'ask hasPatch from workflows/patches.ts: one marker per run (decision 0035)',
+            },
+          ],
         },
       ],
       'no-restricted-properties': ['error', { object: 'Math', property: 'random', message: 'use the workflow’s deterministic random' }],
     },
+  },
+  {
+    // The one place that asks the SDK's patched() (it imports nothing else).
+    files: ['workflows/patches.ts'],
+    rules: { 'no-restricted-imports': 'off' },
   },
 );
