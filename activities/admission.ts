@@ -40,8 +40,10 @@ export function createAdmissionActivities(ctx: ActivityContext) {
       queuedBefore?: boolean;
       /**
        * Reserve in the same call once admission has answered (not rejected, and no victims to tell
-       * first), as reserveBudget would right after: one local activity, not two (issue 13). Its
-       * answer is `reserved`; absent where the caller must still call reserveBudget.
+       * first), as reserveBudget would right after, and record the task Queued when the
+       * reservation must wait (as recordState would): one local activity, not three (issue 13,
+       * decision 0035). Its answer is `reserved`; absent where the caller must still call
+       * reserveBudget.
        */
       reserve?: { requeued?: boolean };
     }): Promise<{
@@ -168,6 +170,8 @@ export function createAdmissionActivities(ctx: ActivityContext) {
         input.reserve && result.decision !== 'rejected' && !preempt
           ? await reserveTask(ctx, { taskId, intent, plan: result.plan, ...(input.reserve.requeued ? { requeued: true } : {}) })
           : undefined;
+      // Not reserved, to ask again: Queued with the reservation's reasons, where the workflow's recordState put it before.
+      if (reserved && !reserved.ok && reserved.retry) await updateTask(db, taskId, { state: 'Queued', reasons: reserved.reasons });
       return {
         result,
         timing,

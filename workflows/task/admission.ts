@@ -77,7 +77,8 @@ export async function admission(t: TaskState, ledger: Ledger, continuation: Cont
     if (result.decision === 'queued' || reserved.retry) {
       t.decision = 'queued';
       t.setState(GovState.Queued);
-      await ledger.recordState({ taskId, state: GovState.Queued, reasons: t.reasons });
+      // admitTask recorded it with its reservation's answer; a reservation asked apart is recorded here.
+      if (!admitted.reserved) await ledger.recordState({ taskId, state: GovState.Queued, reasons: t.reasons });
       await continuation.continueIfLong('admission');
       // Woken when GPUs this task could take are released; otherwise it asks again after a recheck
       // that grows with its place in the queue (config/task-queues.ts queuedWaitMillis).
