@@ -3,6 +3,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
 
 export const fixturesDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'histories');
 export const runHistoriesDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'artifacts', 'histories');
@@ -39,4 +40,12 @@ export async function saveHistories(client: Client, opts: { cli: string; address
     n++;
   }
   return n;
+}
+
+/** The activity types of a workflow's local activities, in the order their markers are in its history. */
+export async function localActivityTypes(client: Client, workflowId: string): Promise<string[]> {
+  const { events } = await client.workflow.getHandle(workflowId).fetchHistory();
+  return (events ?? [])
+    .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity')
+    .map((e) => defaultPayloadConverter.fromPayload<{ activity_type: string }>(e.markerRecordedEventAttributes!.details!.data!.payloads![0]!).activity_type);
 }

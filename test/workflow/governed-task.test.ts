@@ -1,4 +1,3 @@
-import { defaultPayloadConverter } from '@temporalio/common';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { setBudget, showBudgets } from '../../ledger/budgets';
@@ -6,7 +5,7 @@ import { taskUsage } from '../../ledger/usage';
 import { bundleWorkflows } from '../../workers/worker';
 import { stepUpdate, cancelSignal, finishSignal, statusQuery } from '../../workflows/messages';
 import { type Harness, createHarness, intent } from '../support/harness';
-import { saveHistories } from '../support/histories';
+import { localActivityTypes, saveHistories } from '../support/histories';
 
 let bundle: WorkflowBundleWithSourceMap;
 let h: Harness;
@@ -44,12 +43,10 @@ describe('governedTask on a real Temporal server and PostgreSQL', () => {
   it('admits and reserves in one local activity: one admitTask in the history, no reserveBudget; both audited, in order', async () => {
     const { taskId, result } = await h.submit(intent(h.tenant, { name: 'one-ask', simulation: { durationSeconds: 60, tokensPerSecond: 0 } }));
     expect((await result()).state).toBe('Succeeded');
-    const { events } = await h.client.workflow.getHandle(taskId).fetchHistory();
-    const locals = (events ?? [])
-      .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity')
-      .map((e) => defaultPayloadConverter.fromPayload<{ activity_type: string }>(e.markerRecordedEventAttributes!.details!.data!.payloads![0]!).activity_type);
+    const locals = await localActivityTypes(h.client, taskId);
     expect(locals.filter((a) => a === 'admitTask')).toHaveLength(1);
     expect(locals).not.toContain('reserveBudget');
+    const { events } = await h.client.workflow.getHandle(taskId).fetchHistory();
     expect(events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'reserveBudget')).toHaveLength(0);
     const audit = await h.db.query<{ action: string; decision: string }>(
       "SELECT action, decision FROM audit_log WHERE task_id = $1 AND action IN ('admission', 'reserve') ORDER BY id",

@@ -1,4 +1,3 @@
-import { defaultPayloadConverter } from '@temporalio/common';
 import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { preemptionLosses } from '../../ledger/quota';
@@ -8,7 +7,7 @@ import { bundleWorkflows } from '../../workers/worker';
 import { cancelSignal } from '../../workflows/messages';
 import { govloop } from '../support/cli';
 import { type Harness, cohortHarness, intent } from '../support/harness';
-import { saveHistories } from '../support/histories';
+import { localActivityTypes, saveHistories } from '../support/histories';
 
 let bundle: WorkflowBundleWithSourceMap;
 let h: Harness;
@@ -213,11 +212,7 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
       expect.objectContaining({ taskId: a2.taskId, state: 'Queued', position: 1, reasons: [expect.objectContaining({ code: 'GPU_QUOTA_BUSY' })] }),
     ]);
     // Admission, its reservation and the Queued record were one local activity (decision 0035).
-    const { events } = await h.client.workflow.getHandle(a2.taskId).fetchHistory();
-    const locals = (events ?? [])
-      .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity')
-      .map((e) => defaultPayloadConverter.fromPayload<{ activity_type: string }>(e.markerRecordedEventAttributes!.details!.data!.payloads![0]!).activity_type);
-    expect(locals).toEqual(['admitTask']);
+    expect(await localActivityTypes(h.client, a2.taskId)).toEqual(['admitTask']);
     for (const t of [a2, a1, b1]) await h.client.workflow.getHandle(t.taskId).signal(cancelSignal, { by: 'test', reason: 'done' });
     expect((await a2.result()).state).toBe('Cancelled');
     await Promise.all([a1.result(), b1.result()]);

@@ -164,12 +164,8 @@ export class TaskState {
 
   setState(next: GovState): void {
     this.state = next;
-    if (!this.coalesced) {
-      upsertSearchAttributes(this.stateAttributes());
-      upsertMemo({ runbook: `${SA.RUNBOOK_BASE}${next.toLowerCase()}.md` });
-      return;
-    }
-    this.mirror([]);
+    if (this.coalesced) this.mirror([]);
+    else this.writeMirror([]);
   }
 
   /**
@@ -186,16 +182,14 @@ export class TaskState {
     void Promise.resolve().then(() => {
       const pairs = this.mirrorPending ?? [];
       this.mirrorPending = null;
-      upsertSearchAttributes([...pairs, ...this.stateAttributes()]);
-      upsertMemo({ runbook: `${SA.RUNBOOK_BASE}${this.state.toLowerCase()}.md` });
+      this.writeMirror(pairs);
     });
   }
 
-  private stateAttributes(): SearchAttributeUpdatePair[] {
-    return [
-      { key: SA.GovState, value: this.state },
-      { key: SA.GovCostUsd, value: this.usage.costMicros / 1e6 },
-    ];
+  /** The state (and `extra`) into the search attributes, and its runbook into the memo, now. */
+  private writeMirror(extra: SearchAttributeUpdatePair[]): void {
+    upsertSearchAttributes([...extra, { key: SA.GovState, value: this.state }, { key: SA.GovCostUsd, value: this.usage.costMicros / 1e6 }]);
+    upsertMemo({ runbook: `${SA.RUNBOOK_BASE}${this.state.toLowerCase()}.md` });
   }
 
   status(): TaskStatus {
