@@ -26,6 +26,8 @@ export const ReasonCode = {
   PreemptionPending: 'PREEMPTION_PENDING',
   /** The task was preempted (suspended and requeued) for another task or by an operator. */
   Preempted: 'PREEMPTED',
+  /** A preemption was accepted, but the job ended (succeeded or failed) before it took effect: nothing was suspended. */
+  PreemptTooLate: 'PREEMPT_TOO_LATE',
   GpuCapacityExceeded: 'GPU_CAPACITY_EXCEEDED',
   BudgetExceeded: 'BUDGET_EXCEEDED',
   BudgetMissing: 'BUDGET_MISSING',

@@ -62,6 +62,11 @@ export class SimulatedCluster implements ClusterBackend {
   readonly cluster: string;
   /** The simulated cluster stops a job exactly at its run limit, in simulated time, whatever the speed-up. */
   readonly stopMarginSeconds = 0;
+  /**
+   * The least preemption grace this cluster needs (ClusterBackend.checkpointGraceMillis); absent,
+   * the policy's. Set it to play a cluster slow to deliver the checkpoint signal, as Kubernetes is.
+   */
+  checkpointGraceMillis?: number;
 
   constructor(
     private readonly db: Db,

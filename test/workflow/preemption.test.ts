@@ -4,7 +4,7 @@ import { preemptionLosses } from '../../ledger/quota';
 import { showback } from '../../ledger/rollups';
 import { taskUsage } from '../../ledger/usage';
 import { bundleWorkflows } from '../../workers/worker';
-import { cancelSignal } from '../../workflows/messages';
+import { cancelSignal, preemptTaskUpdate } from '../../workflows/messages';
 import { govloop } from '../support/cli';
 import { type Harness, cohortHarness, intent } from '../support/harness';
 import { localActivityTypes, saveHistories } from '../support/histories';
@@ -195,6 +195,31 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     const sim = await simJob(t.taskId);
     expect(sim.ran_s).toBeCloseTo(sim.progress_s + sim.lost_s, 6);
     expect((await taskUsage(h.db, t.taskId)).gpuSeconds).toBeCloseTo(sim.ran_s * 4, 3);
+  });
+
+  it('a preemption whose job ends during the grace period: nothing suspended, the task ends Succeeded and says PREEMPT_TOO_LATE', async () => {
+    // The cluster needs a 10 s grace (as Kubernetes needs its kubelet's minute); the job has at most
+    // 5 s (10,000 s at the test speed-up) to run once the preempt is asked: it ends within the grace.
+    h.backend.checkpointGraceMillis = 10_000;
+    try {
+      const t = await h.submit(job('a', 'late-preempt', 'normal', 10_000));
+      await h.until(t.taskId, (s) => s.state === 'Running');
+      const answer = await h.client.workflow.getHandle(t.taskId).executeUpdate(preemptTaskUpdate, { args: [{ reason: 'drain the node', as: 'alice' }] });
+      expect(answer).toMatchObject({ accepted: true });
+      const done = await t.result();
+      expect(done.state).toBe('Succeeded');
+      expect(done.reasons).toEqual([expect.objectContaining({ code: 'PREEMPT_TOO_LATE', policy: 'operator' })]);
+      expect(done.reasons[0]!.message).toMatch(/preemption by alice.*\(drain the node\) not carried out: the job succeeded/);
+      // Never Preempted, no preemption in the ledger, and the job ran its whole length once: nothing lost.
+      expect(await govStates(t.taskId)).not.toContain('Preempted');
+      const rows = await h.db.query('SELECT 1 FROM preemptions WHERE victim_task_id = $1', [t.taskId]);
+      expect(rows.rowCount).toBe(0);
+      const sim = await simJob(t.taskId);
+      expect({ phase: sim.phase, ran: sim.ran_s, lost: sim.lost_s }).toEqual({ phase: 'Succeeded', ran: 10_000, lost: 0 });
+      expect((await taskUsage(h.db, t.taskId)).gpuSeconds).toBe(10_000 * 4);
+    } finally {
+      delete h.backend.checkpointGraceMillis;
+    }
   });
 
   it('govloop queue: a request that fits no quota waits with its position and reason', async () => {

@@ -5,6 +5,7 @@
  */
 import { ApplicationFailure, condition } from '@temporalio/workflow';
 import { hasPatch } from '../patches';
+import type { Reason } from '../../governance/reasons';
 import { GovState, type PreemptRequest } from '../messages';
 import { admission } from './admission';
 import type { Cluster, Ledger } from './calls';
@@ -70,9 +71,18 @@ export async function runCluster(t: TaskState, start: ClusterStage, deps: Cluste
         await cluster.deleteJob({ job });
         return finish(GovState.CapExceeded);
       }
-      if (observed.phase === 'Succeeded') return finish(GovState.Succeeded);
+      // A preemption accepted for a job that then ended: the task ends as its job did, and says why nothing was suspended.
+      const tooLate = t.preemptReq !== null && (observed.phase === 'Succeeded' || observed.phase === 'Failed') && hasPatch('preempt-too-late');
+      const late = tooLate ? [preemptTooLate(t.preemptReq!, observed.phase)] : [];
+      if (observed.phase === 'Succeeded') {
+        if (tooLate) t.reasons = late;
+        return finish(GovState.Succeeded);
+      }
       if (observed.phase === 'Failed' || observed.phase === 'Deleted') {
-        t.reasons = [{ code: 'NOT_RUNNING', message: observed.message ?? `job ${observed.phase}`, limit: null, requested: null, policy: `cluster/${job}` }];
+        t.reasons = [
+          { code: 'NOT_RUNNING', message: observed.message ?? `job ${observed.phase}`, limit: null, requested: null, policy: `cluster/${job}` },
+          ...late,
+        ];
         await cluster.deleteJob({ job });
         return finish(GovState.Failed);
       }
@@ -97,7 +107,8 @@ export async function runCluster(t: TaskState, start: ClusterStage, deps: Cluste
  * Preemption of the running job: the checkpoint signal, the grace period, suspend (the job frees
  * its GPUs and keeps its progress up to the checkpoint), the last metering of what ran, then the
  * ledger record — lost GPU-seconds against the preemptor's team, the audit row naming the
- * preemptor — and GovState Preempted. False when a cancel came during the grace period.
+ * preemptor — and GovState Preempted. False when a cancel came during the grace period, or the job
+ * ended during it (the request is kept: the caller's next look ends the task, PREEMPT_TOO_LATE).
  */
 async function preempt(t: TaskState, ledger: Ledger, cluster: Cluster, p: PreemptRequest, job: string): Promise<boolean> {
   const { taskId, intent } = t;
@@ -113,6 +124,10 @@ async function preempt(t: TaskState, ledger: Ledger, cluster: Cluster, p: Preemp
   t.lastObservation = await cluster.observeJob({ taskId, job, intent, plan });
   t.usage = t.lastObservation.usage;
   t.progress = t.lastObservation.progress;
+  // The job ended during the grace period (suspend leaves an ended job as it is): nothing to
+  // preempt. The request stays, so the running loop looks at once and ends the task as its job did.
+  const ended = t.lastObservation.phase === 'Succeeded' || t.lastObservation.phase === 'Failed';
+  if (ended && hasPatch('preempt-too-late')) return false;
   t.preemptions++;
   const r = await ledger.recordPreemption({
     taskId,
@@ -138,4 +153,15 @@ async function preempt(t: TaskState, ledger: Ledger, cluster: Cluster, p: Preemp
   t.decision = 'queued';
   t.setState(GovState.Preempted);
   return true;
+}
+
+/** Why a task whose preemption was accepted ended as its job did: the job got there first. */
+function preemptTooLate(p: PreemptRequest, phase: string): Reason {
+  return {
+    code: 'PREEMPT_TOO_LATE',
+    message: `preemption by ${p.preemptor ?? p.by} (${p.reason}) not carried out: the job ${phase.toLowerCase()} before it took effect`,
+    limit: null,
+    requested: null,
+    policy: p.preemptor ? `task/${p.preemptor}` : 'operator',
+  };
 }
