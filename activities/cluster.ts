@@ -61,8 +61,17 @@ export function createClusterActivities(ctx: ActivityContext) {
   }
 
   return {
-    /** Creates the job suspended on the cluster and resumes it. No room: answers with a reason (the task queues). */
-    async dispatchJob(input: { taskId: string; intent: Intent; plan: Plan }): Promise<CreateResult & { job: string }> {
+    /**
+     * Creates the job suspended on the cluster and resumes it. No room: answers with a reason (the
+     * task queues); with `recordQueued`, it also records the task Queued with that reason in the
+     * ledger and answers `recordedQueued`, where the workflow called recordState after it (issue 13).
+     */
+    async dispatchJob(input: {
+      taskId: string;
+      intent: Intent;
+      plan: Plan;
+      recordQueued?: boolean;
+    }): Promise<CreateResult & { job: string; recordedQueued?: true }> {
       const { taskId, intent, plan } = input;
       // A task dispatched before (preempted, now placed again) keeps its job, whatever name
       // jobName() gives today: the name it ran under is in its dispatch audit row.
@@ -97,6 +106,9 @@ export function createClusterActivities(ctx: ActivityContext) {
             dedupeKey: `${taskId}:dispatch`,
           });
         });
+      } else if (input.recordQueued) {
+        await updateTask(db, taskId, { state: 'Queued', reasons: [created.reason] });
+        return { ...created, job: name, recordedQueued: true };
       }
       return { ...created, job: name };
     },

@@ -31,7 +31,8 @@ export async function runCluster(t: TaskState, start: ClusterStage, deps: Cluste
   while (t.plan!.placement === 'cluster') {
     for (; stage === 'dispatch';) {
       t.requeued = false;
-      const d = await cluster.dispatchJob({ taskId, intent, plan: t.plan! });
+      // Not yet Queued: a dispatch that finds no room records it in the ledger itself, as recordState did.
+      const d = await cluster.dispatchJob({ taskId, intent, plan: t.plan!, recordQueued: t.state !== GovState.Queued });
       t.job = d.job;
       if (d.ok) {
         t.nodes = d.nodes;
@@ -43,7 +44,8 @@ export async function runCluster(t: TaskState, start: ClusterStage, deps: Cluste
       t.reasons = [d.reason];
       if ((t.state as GovState) !== GovState.Queued) {
         t.setState(GovState.Queued);
-        await ledger.recordState({ taskId, state: GovState.Queued, reasons: t.reasons });
+        // Its answer is in the history: runs that recorded a dispatch from before recordQueued call recordState as they did.
+        if (!d.recordedQueued) await ledger.recordState({ taskId, state: GovState.Queued, reasons: t.reasons });
       }
       await continuation.continueIfLong('dispatch');
       // Waiting for nodes, not quota: it asks again after queueRetryMillis, or sooner when a release wakes it.
