@@ -22,6 +22,10 @@ beforeAll(async () => {
   hook = await startWebhook<Record<string, unknown>>();
   const config = testConfig({ speedup: 200 });
   config.policies.notifyUrl = hook.url;
+  // A 1 s preemption grace (200 s of run time here): the preempted job is suspended while it still
+  // runs. With the shipped 30 s, its 9 s of run limit ran out during the grace, and the preemption
+  // came too late (PREEMPT_TOO_LATE: nothing suspended).
+  config.policies.preemption = { graceMillis: 1000, minRunSeconds: 0 };
   h = await createHarness({ bundle, config });
   await h.startWorkers();
 });
