@@ -87,6 +87,8 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
   --kueue-sim-seconds simulated duration of each (default 60, 17 ms at 3600x)
   --gate             sync (each step one update to the task, the synchronous gate) or leased (the SDK's leased gate: steps
                      decided in process, reported in one batch when the gate closes; decision 0030); default sync
+  --finish           signal (after the last step, the finish signal, as before) or last-step (the last step carries finish:
+                     the task finishes in the same round trip); default signal
   --submit           with-start (start + admission in one update-with-start, as the SDK submits) or two-calls (start, then the update); default with-start
   --show-history     print the event sequence of one agent task's and one training job's history (where the hops are)
   --json             print one JSON object instead of tables`;
@@ -270,6 +272,7 @@ async function main() {
       'show-history': false,
       submit: 'with-start',
       gate: 'sync',
+      finish: 'signal',
       'kueue-tasks': 0,
       'kueue-submitters': 32,
       'kueue-teams': 20,
@@ -293,6 +296,9 @@ async function main() {
   if (submitMode !== 'with-start' && submitMode !== 'two-calls') throw new Error('--submit is with-start or two-calls');
   const gateMode = flags.gate;
   if (gateMode !== 'sync' && gateMode !== 'leased') throw new Error('--gate is sync or leased');
+  const finishMode = flags.finish;
+  if (finishMode !== 'signal' && finishMode !== 'last-step') throw new Error('--finish is signal or last-step');
+  if (finishMode === 'last-step' && gateMode === 'leased') throw new Error('--finish last-step goes with --gate sync (a leased step is decided in process)');
   const devServerTuning = flags['dev-server'] as DevServerTuning;
   if (devServerTuning !== 'tuned' && devServerTuning !== 'default') throw new Error('--dev-server is tuned or default');
   if (steps > 150) throw new Error('--steps is at most 150 (the agent maxSteps ceiling in config/policies.yaml is 200)');
@@ -502,15 +508,19 @@ async function main() {
         const gate = gateMode === 'leased' ? gov.leasedSteps(taskId, { as: 'bench', steps, batchSize: steps, flushMs: 60_000 }) : null;
         for (let k = 0; k < steps; k++) {
           const s0 = nowMs();
-          const a: StepAnswer = gate ? await gate.step(step(k)) : await handle.executeUpdate(stepUpdate, { args: [step(k)] });
+          const last = finishMode === 'last-step' && k === steps - 1;
+          const a: StepAnswer = gate
+            ? await gate.step(step(k))
+            : await handle.executeUpdate(stepUpdate, { args: [last ? { ...step(k), as: 'bench', finish: true } : step(k)] });
           stepMs.push(nowMs() - s0);
           if (a.answer !== 'allow') throw new Error(`step ${k + 1} denied: ${a.reason?.code ?? '?'} ${a.reason?.message ?? ''}`);
+          if (last && a.finished !== true) throw new Error(`the last step did not finish the task: ${JSON.stringify(a.finished)}`);
         }
         if (gate) {
           await gate.close();
           if (gate.stats.synchronous > 0) throw new Error(`${gate.stats.synchronous} of ${steps} steps went synchronous under the lease`);
         }
-        await handle.signal(finishSignal, { by: 'bench' });
+        if (finishMode === 'signal') await handle.signal(finishSignal, { by: 'bench' });
         const result: TaskStatus = await handle.result();
         if (result.state !== 'Succeeded') throw new Error(`ended ${result.state}: ${result.reasons.map((r) => r.code).join(' ')}`);
         return { workflowId, ok: true, error: null, admissionMs, stepMs, totalMs: nowMs() - t0 };
@@ -645,6 +655,7 @@ async function main() {
         devServer: devServerTuning,
         submit: submitMode,
         gate: gateMode,
+        finish: finishMode,
         temporal: temporalKind,
         workerProcesses,
         temporalCli: temporalKind === 'dev' ? (cli?.source ?? null) : null,

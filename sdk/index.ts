@@ -340,12 +340,17 @@ export class GovloopClient {
     return d.status.name === 'RUNNING' ? h.query(statusQuery) : h.result();
   }
 
-  /** The per-step gate. The usage is validated here first; bad usage never reaches the workflow. */
-  async step(taskId: string, usage: StepUsage, opts: { as?: string } = {}): Promise<StepAnswer> {
+  /**
+   * The per-step gate. The usage is validated here first; bad usage never reaches the workflow.
+   * `finish`: this is the task's last step; if the gate lets it run, the task finishes in the same
+   * round trip (`answer.finished`), as `finish()` after it would.
+   */
+  async step(taskId: string, usage: StepUsage, opts: { as?: string; finish?: boolean } = {}): Promise<StepAnswer> {
     const step = check(StepUsageSchema, usage, 'step');
     const as = opts.as === undefined ? undefined : check(NameText, opts.as, 'as');
+    const finish = opts.finish === undefined ? undefined : check(z.boolean(), opts.finish, 'finish');
     // The step update's own schema (workflows/schemas.ts), as the task's validator checks it.
-    const payload = check(StepRequestSchema, { ...step, ...this.caller(as) }, 'step');
+    const payload = check(StepRequestSchema, { ...step, ...this.caller(as), ...(finish ? { finish } : {}) }, 'step');
     return this.update(taskId, () => this.handle(taskId).executeUpdate(stepUpdate, { args: [payload] }));
   }
 

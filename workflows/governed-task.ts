@@ -41,7 +41,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // The handlers, in the order the task has always set them (buffered messages are delivered in it).
   setHandler(statusQuery, () => t.status());
   const authorize = installControl(t, rawLedger);
-  installStepUpdate(t);
+  installStepUpdate(t, (m) => authorize('finish', m));
   // Step leases (decision 0030): low-risk steps decided in the agent's process, reported in batches.
   const leased = installLeasedSteps({
     ...{ taskId, intent, ledger, carried: carried?.leased },

@@ -169,6 +169,11 @@ export interface StepAnswer {
   costUsd: number;
   /** An approved high-risk call: govloop's signed token the tool executor checks before the call runs. */
   approvalToken?: string | null;
+  /**
+   * A step sent with `finish`: true when the task now finishes (it settles after this answer), or
+   * the refusal of the finish (the step's own answer stands). Absent when the step did not run.
+   */
+  finished?: true | { refused: { code: string; message: string } };
 }
 
 /** A tool call waiting for (or decided by) a human, as the task shows it. */
@@ -218,7 +223,7 @@ export const statusQuery = defineQuery<TaskStatus>('status');
 /** Resolves as soon as admission has decided (admitted, queued or rejected). */
 export const admissionUpdate = defineUpdate<AdmissionAnswer>('admission');
 /** The per-step gate: an agent reports the step it is about to commit and gets allow | deny. */
-export const stepUpdate = defineUpdate<StepAnswer, [StepUsage & CallerFields]>('step');
+export const stepUpdate = defineUpdate<StepAnswer, [StepUsage & CallerFields & { finish?: boolean }]>('step');
 /** An agent or hosted-inference task says it is done. */
 export const approveUpdate = defineUpdate<ApprovalAnswer, [ApprovalDecision]>('approve');
 export const rejectUpdate = defineUpdate<ApprovalAnswer, [ApprovalDecision]>('reject');

@@ -20,8 +20,12 @@ export const CallerShape = {
 export const CallerSchema = z.strictObject(CallerShape);
 export type CallerFields = z.infer<typeof CallerSchema>;
 
-/** A step as the agent sends it (the step update): the usage, and who sends it. */
-export const StepRequestSchema = StepUsageSchema.extend(CallerShape);
+/**
+ * A step as the agent sends it (the step update): the usage, and who sends it. `finish`: the
+ * task's last step; once the gate lets it run (allow or degrade), the task finishes as `finish`
+ * would, in the same round trip.
+ */
+export const StepRequestSchema = StepUsageSchema.extend({ ...CallerShape, finish: z.boolean().optional() });
 export const ApprovalDecisionSchema = z.strictObject({ approvalId: NameText, reason: ReasonText, ...CallerShape });
 export const ApprovalOutcomeRequestSchema = z.strictObject({ approvalId: NameText });
 export const ResolveRequestSchema = z.strictObject({ reason: ReasonText, ...CallerShape });

@@ -43,6 +43,7 @@ const StepOptions = z.strictObject({
     })
     .optional(),
   latencyMs: int('latency-ms').optional(),
+  finish: z.boolean().default(false),
   json: z.boolean().default(false),
 });
 
@@ -146,6 +147,7 @@ export function register(program: Command): void {
     .option('--tool-args <json>', "the tool call's arguments (digested for approval, replayed to its compensation)")
     .option('--latency-ms <n>')
     .option('--as <user>', 'who reports the step (auth: none only)')
+    .option('--finish', "the task's last step: if the gate lets it run, the task finishes too (as govloop finish)")
     .option('--json', 'print JSON')
     .action(async (taskId: string, raw) => {
       const opts = parseOptions(StepOptions, raw);
@@ -163,12 +165,14 @@ export function register(program: Command): void {
             ...(opts.toolArgs !== undefined ? { toolArgs: opts.toolArgs } : {}),
             ...(opts.latencyMs !== undefined ? { latencyMs: opts.latencyMs } : {}),
           },
-          opts.as !== undefined ? { as: opts.as } : {},
+          { ...(opts.as !== undefined ? { as: opts.as } : {}), ...(opts.finish ? { finish: true } : {}) },
         );
         if (opts.json) printJson(a);
         else {
           const extra = a.answer === 'degrade' ? ` on ${a.fallbackModel}` : a.answer === 'await-approval' ? ` ${a.approvalId}` : '';
-          console.log(`${a.answer}${extra}${a.reason ? `: ${a.reason.code} ${a.reason.message}` : ''} (step ${a.step}, cost so far ${usd(a.costUsd)})`);
+          const done =
+            a.finished === true ? '; the task finishes' : a.finished ? `; finish refused: ${a.finished.refused.code} ${a.finished.refused.message}` : '';
+          console.log(`${a.answer}${extra}${a.reason ? `: ${a.reason.code} ${a.reason.message}` : ''} (step ${a.step}, cost so far ${usd(a.costUsd)})${done}`);
         }
         if (a.answer === 'deny') process.exitCode = Exit.Rejected;
       });

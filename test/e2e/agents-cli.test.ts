@@ -139,6 +139,16 @@ describe('agent commands of the CLI, as a separate process', () => {
     ]);
   }, 300_000); // a dozen CLI processes, each started by tsx: minutes on a loaded 2-core machine
 
+  it('step --finish: the last step finishes the task in the same call, and the task settles Succeeded', async () => {
+    const sub = await govloop(['submit', agentFile('cli-last-step'), '--as', 'carol', '--json'], env);
+    expect(sub.code, sub.stderr).toBe(0);
+    const { taskId } = sub.json();
+    const last = await govloop(['step', taskId, '--tokens-in', '100', '--tokens-out', '20', '--context', '500', '--as', 'carol', '--finish'], env);
+    expect(last.code, last.stderr).toBe(0);
+    expect(last.stdout).toMatch(/^allow \(step 1, cost so far .*\); the task finishes$/m);
+    expect((await h.client.workflow.getHandle(taskId).result()).state).toBe('Succeeded');
+  }, 120_000);
+
   it('approve after the request expired exits 3 with the code expired, read from the ledger once the task has ended', async () => {
     const { taskId } = (await govloop(['submit', agentFile('cli-expire'), '--as', 'carol', '--json'], env)).json();
     const held = (

@@ -248,6 +248,60 @@ describe('the step gate stops an agent at exactly the step that crosses a cap', 
   });
 });
 
+describe('the last step finishes the task (finish with the step, one round trip)', () => {
+  const s = (model?: string): StepUsage => ({ tokensIn: 1000, tokensOut: 500, contextTokens: 1000, ...(model ? { model } : {}) });
+
+  it('an allowed last step sent with finish: the task settles Succeeded, with no finish call of its own', async () => {
+    const taskId = await startAgent('last-step', {});
+    expect((await gov.step(taskId, s())).finished).toBeUndefined();
+    const last = await gov.step(taskId, s(), { as: 'carol', finish: true });
+    expect(last).toMatchObject({ answer: 'allow', step: 2, finished: true });
+    const status = await gov.result(taskId);
+    expect(status.state).toBe('Succeeded');
+    expect(status.usage.steps).toBe(2);
+    // Audited as a finish by the requester, after the step; charged for both steps, once.
+    const audit = await auditOf(taskId);
+    const tail = audit.filter((r) => r.action === 'step' || r.action === 'task.finish' || r.action === 'settle');
+    expect(tail.map((r) => `${r.action} ${r.decision}`)).toEqual(['step allow', 'step allow', 'task.finish accepted', 'settle Succeeded']);
+    expect(tail[2]!.actor).toMatch(/^carol/);
+    expect((await taskUsage(h.db, taskId)).tokensIn).toBe(2000);
+    // One round trip fewer: the history has the two step updates, and no finish update or signal.
+    const { events } = await h.client.workflow.getHandle(taskId).fetchHistory();
+    const updates = (events ?? []).flatMap((e) =>
+      e.workflowExecutionUpdateAcceptedEventAttributes ? [e.workflowExecutionUpdateAcceptedEventAttributes.acceptedRequest?.input?.name] : [],
+    );
+    expect(updates.filter((n) => n !== 'admission')).toEqual(['step', 'step']);
+    expect((events ?? []).filter((e) => e.workflowExecutionSignaledEventAttributes)).toEqual([]);
+  });
+
+  it('a last step the gate denies does not finish the task: it goes on, and may finish later', async () => {
+    const taskId = await startAgent('last-step-denied', {});
+    const denied = await gov.step(taskId, s('frontier-large'), { as: 'carol', finish: true });
+    expect(denied).toMatchObject({ answer: 'deny', reason: { code: 'MODEL_NOT_ALLOWED' } });
+    expect(denied.finished).toBeUndefined();
+    expect((await h.client.workflow.getHandle(taskId).query(statusQuery)).state).toBe('Running');
+    expect(await gov.step(taskId, s(), { as: 'carol', finish: true })).toMatchObject({ answer: 'allow', finished: true });
+    expect((await gov.result(taskId)).state).toBe('Succeeded');
+  });
+
+  it('refuses a malformed finish flag in the SDK and in the workflow, and changes nothing', async () => {
+    const taskId = await startAgent('last-step-bad', {});
+    await expect(gov.step(taskId, s(), { finish: 'yes' as never })).rejects.toThrow(/finish/);
+    const raw = await h.client.workflow
+      .getHandle(taskId)
+      .executeUpdate(stepUpdate, { args: [{ ...s(), finish: 'yes' } as never] })
+      .catch((e: unknown) => e);
+    expect(raw).toBeInstanceOf(WorkflowUpdateFailedError);
+    const cause = (raw as WorkflowUpdateFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe(TaskErrors.InvalidStep);
+    expect((cause.details?.[0] as { path: string }[]).map((e) => e.path)).toEqual(['finish']);
+    const status = await h.client.workflow.getHandle(taskId).query(statusQuery);
+    expect({ state: status.state, steps: status.usage.steps }).toEqual({ state: 'Running', steps: 0 });
+    await gov.finish(taskId, 'carol');
+    expect((await gov.result(taskId)).state).toBe('Succeeded');
+  });
+});
+
 describe('human approval for high-risk tools', () => {
   it('holds the call in AwaitingApproval; refuses four-eyes, missing-role and double decisions; runs it once approved', async () => {
     const taskId = await startAgent('approve-ok', {});

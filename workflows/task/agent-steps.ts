@@ -75,13 +75,19 @@ export function applyGate(t: TaskState, out: GateOutcome, seq: number, step: Ste
   });
 }
 
-export function installStepUpdate(t: TaskState): void {
+/** Who may finish the task: the same check the finish update makes (workflows/task/control.ts). */
+export type AuthorizeFinish = (m: {
+  credential?: string | undefined;
+  as?: string | undefined;
+}) => Promise<{ ok: true; by: string } | { ok: false; code: string; message: string }>;
+
+export function installStepUpdate(t: TaskState, authorizeFinish: AuthorizeFinish): void {
   const { taskId, intent } = t;
   setHandler(
     stepUpdate,
     async (request): Promise<StepAnswer> => {
       // The usage is what the gate judges and the approval keeps; the caller only says who reports it.
-      const { credential, as, ...step } = request;
+      const { credential, as, finish, ...step } = request;
       await condition(() => t.state === GovState.Running || t.awaiting() || FINAL_STATES.includes(t.state));
       // One step at a time: each is judged against the totals the previous one left.
       return t.serial(async (): Promise<StepAnswer> => {
@@ -110,7 +116,14 @@ export function installStepUpdate(t: TaskState): void {
             throw err;
           },
         );
-        return applyGate(t, out, seq, step, null);
+        const a = applyGate(t, out, seq, step, null);
+        // The last step, finishing the task: only a step that may run, on a task still running.
+        if (finish === true && (a.answer === 'allow' || a.answer === 'degrade') && t.state === GovState.Running) {
+          const ok = await authorizeFinish({ credential, as });
+          if (ok.ok) t.finished = true;
+          return { ...a, finished: ok.ok ? true : { refused: { code: ok.code, message: ok.message } } };
+        }
+        return a;
       });
     },
     {
