@@ -43,47 +43,30 @@ export async function floorActivity(o: { queue: string }): Promise<number> {
   return (await other(o.queue).noop({ n: 1 })).n;
 }
 
+/** A state change as a governed task writes it: the GovState search attribute and the runbook memo. */
+function mirrorState(s: string): void {
+  upsertSearchAttributes({ GovState: [s] });
+  upsertMemo({ runbook: `runbooks/${s.toLowerCase()}.md` });
+}
+
 /**
  * A governed cluster task's skeleton (workflows/task/cluster-run.ts, one dispatch that finds room):
  * admission (local) with the state's upsert and runbook memo; dispatch (an activity on the
  * cluster's queue) and Running; the poll timer; the observation (an activity on that queue);
- * settle (local) and the final state. Histories: 34 events for the task, as the skeleton's own.
+ * settle (local) and the final state: 30 events, 4 workflow tasks. With `queue` null the two
+ * cluster calls are local activities (as if the control worker ran next to the cluster): 20
+ * events, 2 workflow tasks.
  */
-export async function floorClusterTask(o: { queue: string; pollMillis: number }): Promise<number> {
-  const cluster = other(o.queue);
-  const state = (s: string) => {
-    upsertSearchAttributes({ GovState: [s] });
-    upsertMemo({ runbook: `runbooks/${s.toLowerCase()}.md` });
-  };
+export async function floorClusterTask(o: { queue: string | null; pollMillis: number }): Promise<number> {
+  const cluster = o.queue === null ? local : other(o.queue);
   await local.noop({ n: 1 });
-  state('Reserved');
+  mirrorState('Reserved');
   await cluster.noop({ n: 2 });
-  state('Running');
+  mirrorState('Running');
   await sleep(o.pollMillis);
   await cluster.noop({ n: 3 });
   await local.noop({ n: 4 });
-  state('Succeeded');
-  return 4;
-}
-
-/**
- * The same task with its two cluster calls as local activities (as if the control worker ran
- * next to the cluster): admission, dispatch and the poll timer in the first workflow task; the
- * observation, settle and completion in the second.
- */
-export async function floorClusterTaskLocal(o: { pollMillis: number }): Promise<number> {
-  const state = (s: string) => {
-    upsertSearchAttributes({ GovState: [s] });
-    upsertMemo({ runbook: `runbooks/${s.toLowerCase()}.md` });
-  };
-  await local.noop({ n: 1 });
-  state('Reserved');
-  await local.noop({ n: 2 });
-  state('Running');
-  await sleep(o.pollMillis);
-  await local.noop({ n: 3 });
-  await local.noop({ n: 4 });
-  state('Succeeded');
+  mirrorState('Succeeded');
   return 4;
 }
 
@@ -100,24 +83,20 @@ export async function floorAgentTask(): Promise<number> {
   let admitted = false;
   let finished = false;
   let steps = 0;
-  const state = (s: string) => {
-    upsertSearchAttributes({ GovState: [s] });
-    upsertMemo({ runbook: `runbooks/${s.toLowerCase()}.md` });
-  };
   setHandler(floorAdmission, async () => {
     await condition(() => admitted);
     return 'admitted';
   });
   setHandler(floorStep, async (k) => {
-    steps += (await local.noop({ n: k })).n > -1 ? 1 : 0;
-    return steps;
+    await local.noop({ n: k });
+    return ++steps;
   });
   setHandler(floorFinish, () => void (finished = true));
   await local.noop({ n: 0 });
   admitted = true;
-  state('Running');
+  mirrorState('Running');
   await condition(() => finished);
   await local.noop({ n: -1 });
-  state('Succeeded');
+  mirrorState('Succeeded');
   return steps;
 }

@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection, WithStartWorkflowOperation } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
 import { type DevServerTuning, startDevServer } from '../runtime/dev-server';
+import { quietBundlerLogger } from '../workers/worker';
 import { type FloorActivities, floorAdmission, floorAgentTask, floorFinish, floorStep } from './floor-workflows';
 import { cpuPer, cpuSnapshot, describeMachine, descendants, fmt, machine, median, nowMs, parseFlags, round, table } from './lib';
 
@@ -42,7 +43,7 @@ const WORKFLOW: Record<Shape, string> = {
   timer: 'floorTimer',
   activity: 'floorActivity',
   'cluster-task': 'floorClusterTask',
-  'cluster-task-local': 'floorClusterTaskLocal',
+  'cluster-task-local': 'floorClusterTask',
   'agent-task': 'floorAgentTask',
 };
 const AGENT_STEPS = 5;
@@ -72,7 +73,10 @@ async function main() {
   const clientConnection = await Connection.connect({ address: server.address });
   const client = new Client({ connection: clientConnection, namespace: server.namespace });
   const activities: FloorActivities = { noop: async ({ n: k }) => ({ n: k }) };
-  const workflowBundle = await bundleWorkflowCode({ workflowsPath: fileURLToPath(new URL('./floor-workflows.ts', import.meta.url)), logger: quiet });
+  const workflowBundle = await bundleWorkflowCode({
+    workflowsPath: fileURLToPath(new URL('./floor-workflows.ts', import.meta.url)),
+    logger: quietBundlerLogger,
+  });
   const workers = [
     await Worker.create({ connection, namespace: server.namespace, taskQueue: controlQueue, workflowBundle, activities }),
     await Worker.create({ connection, namespace: server.namespace, taskQueue: dispatchQueue, activities }),
@@ -84,7 +88,7 @@ async function main() {
       : shape === 'cluster-task'
         ? [{ queue: dispatchQueue, pollMillis: 100 }]
         : shape === 'cluster-task-local'
-          ? [{ pollMillis: 100 }]
+          ? [{ queue: null, pollMillis: 100 }]
           : [];
   const runs: ShapeRun[] = [];
   try {
@@ -169,15 +173,6 @@ async function main() {
     rmSync(dataDir, { recursive: true, force: true });
   }
 }
-
-const quiet = {
-  log: () => undefined,
-  trace: () => undefined,
-  debug: () => undefined,
-  info: () => undefined,
-  warn: (msg: string) => console.warn(msg),
-  error: (msg: string) => console.error(msg),
-};
 
 main().catch((err: unknown) => {
   console.error(err);

@@ -24,7 +24,8 @@ export async function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
   return bundleWorkflowCode({ workflowsPath, logger: quietBundlerLogger, preloadModules: PRELOADED_WORKFLOW_MODULES });
 }
 
-const quietBundlerLogger = {
+/** The bundler's logger: warnings and errors only. */
+export const quietBundlerLogger = {
   log: () => undefined,
   trace: () => undefined,
   debug: () => undefined,

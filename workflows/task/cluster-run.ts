@@ -74,10 +74,9 @@ export async function runCluster(t: TaskState, start: ClusterStage, deps: Cluste
         return finish(GovState.CapExceeded);
       }
       // A preemption accepted for a job that then ended: the task ends as its job did, and says why nothing was suspended.
-      const tooLate = t.preemptReq !== null && (observed.phase === 'Succeeded' || observed.phase === 'Failed') && hasPatch('preempt-too-late');
-      const late = tooLate ? [preemptTooLate(t.preemptReq!, observed.phase)] : [];
+      const late = t.preemptReq !== null && jobEnded(observed.phase) && hasPatch('preempt-too-late') ? [preemptTooLate(t.preemptReq, observed.phase)] : [];
       if (observed.phase === 'Succeeded') {
-        if (tooLate) t.reasons = late;
+        if (late.length > 0) t.reasons = late;
         return finish(GovState.Succeeded);
       }
       if (observed.phase === 'Failed' || observed.phase === 'Deleted') {
@@ -128,8 +127,7 @@ async function preempt(t: TaskState, ledger: Ledger, cluster: Cluster, p: Preemp
   t.progress = t.lastObservation.progress;
   // The job ended during the grace period (suspend leaves an ended job as it is): nothing to
   // preempt. The request stays, so the running loop looks at once and ends the task as its job did.
-  const ended = t.lastObservation.phase === 'Succeeded' || t.lastObservation.phase === 'Failed';
-  if (ended && hasPatch('preempt-too-late')) return false;
+  if (jobEnded(t.lastObservation.phase) && hasPatch('preempt-too-late')) return false;
   t.preemptions++;
   const r = await ledger.recordPreemption({
     taskId,
@@ -156,6 +154,9 @@ async function preempt(t: TaskState, ledger: Ledger, cluster: Cluster, p: Preemp
   t.setState(GovState.Preempted);
   return true;
 }
+
+/** The job ran to its end (succeeded or failed): there is nothing left to suspend. */
+const jobEnded = (phase: string): boolean => phase === 'Succeeded' || phase === 'Failed';
 
 /** Why a task whose preemption was accepted ended as its job did: the job got there first. */
 function preemptTooLate(p: PreemptRequest, phase: string): Reason {
