@@ -113,10 +113,11 @@ export async function startDevServer(opts: {
         if (/address already in use/i.test(log) && opts.port === undefined && attempt < 3) break;
         throw new Error(`temporal dev server exited with ${exited}; its log (${logPath}) ends:\n${tail}`);
       }
+      // A probe that fails closes its connection too: a channel left open keeps reconnecting.
+      const conn = Connection.lazy({ address, connectTimeout: 1000 });
       try {
-        const conn = await Connection.connect({ address, connectTimeout: 1000 });
-        await conn.workflowService.describeNamespace({ namespace });
-        await conn.close();
+        await conn.ensureConnected();
+        await conn.withDeadline(Date.now() + 5000, () => conn.workflowService.describeNamespace({ namespace }));
         up = true;
       } catch (err) {
         if (Date.now() > deadline) {
@@ -124,6 +125,8 @@ export async function startDevServer(opts: {
           throw new Error(`temporal dev server did not answer on ${address} within 60s: ${(err as Error).message}`);
         }
         await new Promise((r) => setTimeout(r, 250));
+      } finally {
+        await conn.close();
       }
     }
     if (up) return devServer(child, () => exited, address, opts.headless ? null : `http://127.0.0.1:${uiPort}`, namespace);
