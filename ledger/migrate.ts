@@ -32,9 +32,10 @@ function ledgerStorage(client: pg.PoolClient): UmzugStorage {
  * granted to all at once (advisory locks are re-entrant within a session); there each migration
  * looks again, inside its own transaction, whether another migrator applied it meanwhile. The
  * embedded server gives an open transaction the whole session, so that look and the migration
- * are one unit. Returns the migrations this call applied.
+ * are one unit. Returns the migrations this call applied. `to` stops after that migration (tests of
+ * a migration's data step start from the schema before it).
  */
-export async function migrate(db: Db): Promise<string[]> {
+export async function migrate(db: Db, opts: { to?: string } = {}): Promise<string[]> {
   return db.withClient(async (client) => {
     const applied: string[] = [];
     try {
@@ -71,7 +72,7 @@ export async function migrate(db: Db): Promise<string[]> {
         storage: ledgerStorage(client),
         logger: undefined,
       });
-      await umzug.up();
+      await umzug.up(opts.to ? { to: opts.to } : {});
       return applied;
     } finally {
       await client.query('SELECT pg_advisory_unlock($1)', [LOCK_KEY]).catch(() => undefined);

@@ -265,7 +265,7 @@ export async function showback(
   }
   const lost = await q.query<{ tenant: string; team: string; gpu_type: string | null; n: number; gpu_seconds: number; at: Date }>(
     `SELECT preemptor_tenant AS tenant, preemptor_team AS team, gpu_type, count(*)::int AS n, SUM(lost_gpu_seconds) AS gpu_seconds, max(decided_at) AS at
-       FROM preemptions WHERE preemptor_team IS NOT NULL AND decided_at >= $1 AND decided_at < $2 AND ($3::text IS NULL OR preemptor_tenant = $3)
+       FROM preemptions WHERE preemptor_team IS NOT NULL AND dropped_at IS NULL AND decided_at >= $1 AND decided_at < $2 AND ($3::text IS NULL OR preemptor_tenant = $3)
       GROUP BY 1, 2, 3`,
     [from, to, tenant ?? null],
   );

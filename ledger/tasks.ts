@@ -41,15 +41,24 @@ export async function taskOwnership(
   return { owner: 'reused', requester: r.requester, runId: r.run_id };
 }
 
+const UPDATE_TASK = `UPDATE tasks SET state = COALESCE($2, state), decision = COALESCE($3, decision), reasons = COALESCE($4, reasons),
+       plan = COALESCE($5, plan), finished_at = CASE WHEN $6 THEN COALESCE(finished_at, now()) ELSE finished_at END
+     WHERE task_id = $1`;
+
+/**
+ * Updates a task's row. A task that finishes with a preemption still open (its job ended first:
+ * PREEMPT_TOO_LATE, or it was cancelled or failed meanwhile) closes that preemption as dropped, in
+ * the same statement: it was never carried out, and cost its preemptor's team nothing.
+ */
 export async function updateTask(
   q: Queryable,
   taskId: string,
   patch: { state?: string; decision?: string; reasons?: Reason[]; plan?: Plan; finished?: boolean },
 ): Promise<void> {
   await q.query(
-    `UPDATE tasks SET state = COALESCE($2, state), decision = COALESCE($3, decision), reasons = COALESCE($4, reasons),
-       plan = COALESCE($5, plan), finished_at = CASE WHEN $6 THEN COALESCE(finished_at, now()) ELSE finished_at END
-     WHERE task_id = $1`,
+    patch.finished
+      ? `WITH dropped AS (UPDATE preemptions SET dropped_at = now() WHERE victim_task_id = $1 AND suspended_at IS NULL AND dropped_at IS NULL) ${UPDATE_TASK}`
+      : UPDATE_TASK,
     [taskId, patch.state ?? null, patch.decision ?? null, patch.reasons ? JSON.stringify(patch.reasons) : null, patch.plan ?? null, patch.finished ?? false],
   );
 }

@@ -2,6 +2,7 @@ import { readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { attributionId } from '../../ledger/attribution';
 import type { Db } from '../../ledger/db';
 import { migrate } from '../../ledger/migrate';
 import { backends } from './backends';
@@ -66,6 +67,37 @@ describe.each(backends)('migrations on $name', (backend) => {
       const applied = results.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
       expect(applied.sort()).toEqual(allMigrations);
       expect((await schema(ledger.db)).applied).toEqual(allMigrations);
+    } finally {
+      await ledger.close();
+    }
+  });
+  it('0018 closes as dropped the preemptions left open by victims that had finished, and only those', async () => {
+    const ledger = await backend.scratch();
+    try {
+      await migrate(ledger.db, { to: '0017_open_gpu_tasks' });
+      const attr = await attributionId(ledger.db, { tenant: 't', team: 'b', project: 'p', model: 'm', useCase: 'u' });
+      const finishedAt = '2026-12-01T10:00:00.000Z';
+      for (const [id, finished] of [
+        ['ended-first', finishedAt],
+        ['still-running', null],
+        ['suspended', null],
+      ] as const) {
+        await ledger.db.query(
+          `INSERT INTO tasks (task_id, kind, name, attribution_id, requester, priority, state, intent, finished_at) VALUES ($1, 'training', $1, $2, 'x', 'low', $3, '{}', $4)`,
+          [id, attr, finished ? 'Succeeded' : 'Running', finished],
+        );
+        await ledger.db.query(`INSERT INTO preemptions (victim_task_id, round, by, reason, suspended_at) VALUES ($1, 1, 'govloop', 'reclaim', $2)`, [
+          id,
+          id === 'suspended' ? finishedAt : null,
+        ]);
+      }
+      expect(await migrate(ledger.db)).toEqual(allMigrations.filter((m) => m > '0017_open_gpu_tasks'));
+      const rows = await ledger.db.query<{ victim_task_id: string; dropped_at: Date | null }>('SELECT victim_task_id, dropped_at FROM preemptions ORDER BY 1');
+      expect(rows.rows.map((r) => [r.victim_task_id, r.dropped_at?.toISOString() ?? null])).toEqual([
+        ['ended-first', finishedAt],
+        ['still-running', null],
+        ['suspended', null],
+      ]);
     } finally {
       await ledger.close();
     }

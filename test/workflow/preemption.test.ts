@@ -222,6 +222,45 @@ describe('quotas and preemption on a real Temporal server and PostgreSQL', () =>
     }
   });
 
+  it("a reclaim whose victim's job ends during the grace period: the preemption is closed as dropped, and no team is charged a preemption for it", async () => {
+    // A 20 s grace; b's borrowing job has 10 s (20,000 s at the test speed-up) to run in all, so it
+    // ends within the grace of a preemption asked while it runs.
+    h.backend.checkpointGraceMillis = 20_000;
+    try {
+      const day = new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate()));
+      const report = () =>
+        showback(h.db, { by: ['team'], from: day, to: new Date(day.getTime() + 86_400_000), tenant: h.tenant, priceBook: h.config.priceBook });
+      const lossesBefore = (await report()).preemptionLosses;
+      const high = await h.submit(job('b', 'late-high', 'high', 50_000));
+      await h.until(high.taskId, (s) => s.state === 'Running');
+      const low = await h.submit(job('b', 'late-low', 'low', 20_000));
+      await h.until(low.taskId, (s) => s.state === 'Running' && s.usage.gpuSeconds > 0);
+      const a = await h.submit(job('a', 'late-reclaim', 'normal', 2_000));
+      const [aDone, lowDone, highDone] = await Promise.all([a.result(), low.result(), high.result()]);
+      expect([aDone.state, lowDone.state, highDone.state]).toEqual(['Succeeded', 'Succeeded', 'Succeeded']);
+      // a's admission ordered the preemption; the victim's job ended first.
+      const ordered = await h.db.query<{ detail: { preempt?: { taskId: string }[] } }>(
+        `SELECT detail FROM audit_log WHERE task_id = $1 AND action = 'admission' ORDER BY id`,
+        [a.taskId],
+      );
+      expect(ordered.rows.flatMap((r) => r.detail.preempt ?? []).map((p) => p.taskId)).toContain(low.taskId);
+      expect(lowDone.reasons).toEqual([expect.objectContaining({ code: 'PREEMPT_TOO_LATE' })]);
+      expect(await govStates(low.taskId)).not.toContain('Preempted');
+      const sim = await simJob(low.taskId);
+      expect({ phase: sim.phase, ran: sim.ran_s, lost: sim.lost_s }).toEqual({ phase: 'Succeeded', ran: 20_000, lost: 0 });
+      // The row is kept (who ordered it, and when) and closed as dropped when the victim finished.
+      const rows = await h.db.query<{ preemptor_task_id: string; suspended_at: Date | null; dropped_at: Date | null; lost_gpu_seconds: number }>(
+        'SELECT preemptor_task_id, suspended_at, dropped_at, lost_gpu_seconds FROM preemptions WHERE victim_task_id = $1',
+        [low.taskId],
+      );
+      expect(rows.rows).toEqual([{ preemptor_task_id: a.taskId, suspended_at: null, dropped_at: expect.any(Date), lost_gpu_seconds: 0 }]);
+      // Team a is charged no preemption for it: the period report counts what it did before.
+      expect((await report()).preemptionLosses).toEqual(lossesBefore);
+    } finally {
+      delete h.backend.checkpointGraceMillis;
+    }
+  });
+
   it('govloop queue: a request that fits no quota waits with its position and reason', async () => {
     // a and b each use their nominal 4; a second job of a can neither borrow nor preempt (same priority).
     const a1 = await h.submit(job('a', 'q-a1', 'normal', 2_000_000));
