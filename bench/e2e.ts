@@ -88,7 +88,7 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
   --gate             sync (each step one update to the task, the synchronous gate) or leased (the SDK's leased gate: steps
                      decided in process, reported in one batch when the gate closes; decision 0030); default sync
   --finish           signal (after the last step, the finish signal, as before) or last-step (the last step carries finish:
-                     the task finishes in the same round trip); default signal
+                     the task finishes in the same round trip; with --gate leased, the closing report does); default signal
   --submit           with-start (start + admission in one update-with-start, as the SDK submits) or two-calls (start, then the update); default with-start
   --show-history     print the event sequence of one agent task's and one training job's history (where the hops are)
   --json             print one JSON object instead of tables`;
@@ -298,7 +298,6 @@ async function main() {
   if (gateMode !== 'sync' && gateMode !== 'leased') throw new Error('--gate is sync or leased');
   const finishMode = flags.finish;
   if (finishMode !== 'signal' && finishMode !== 'last-step') throw new Error('--finish is signal or last-step');
-  if (finishMode === 'last-step' && gateMode === 'leased') throw new Error('--finish last-step goes with --gate sync (a leased step is decided in process)');
   const devServerTuning = flags['dev-server'] as DevServerTuning;
   if (devServerTuning !== 'tuned' && devServerTuning !== 'default') throw new Error('--dev-server is tuned or default');
   if (steps > 150) throw new Error('--steps is at most 150 (the agent maxSteps ceiling in config/policies.yaml is 200)');
@@ -508,7 +507,7 @@ async function main() {
         const gate = gateMode === 'leased' ? gov.leasedSteps(taskId, { as: 'bench', steps, batchSize: steps, flushMs: 60_000 }) : null;
         for (let k = 0; k < steps; k++) {
           const s0 = nowMs();
-          const last = finishMode === 'last-step' && k === steps - 1;
+          const last = finishMode === 'last-step' && gate === null && k === steps - 1;
           const a: StepAnswer = gate
             ? await gate.step(step(k))
             : await handle.executeUpdate(stepUpdate, { args: [last ? { ...step(k), as: 'bench', finish: true } : step(k)] });
@@ -517,7 +516,11 @@ async function main() {
           if (last && a.finished !== true) throw new Error(`the last step did not finish the task: ${JSON.stringify(a.finished)}`);
         }
         if (gate) {
-          await gate.close();
+          // --finish last-step: the closing report finishes the task too (one round trip).
+          if (finishMode === 'last-step') {
+            const c = await gate.close({ finish: true });
+            if (c.finished !== true) throw new Error(`the closing report did not finish the task: ${JSON.stringify(c.finished)}`);
+          } else await gate.close();
           if (gate.stats.synchronous > 0) throw new Error(`${gate.stats.synchronous} of ${steps} steps went synchronous under the lease`);
         }
         if (finishMode === 'signal') await handle.signal(finishSignal, { by: 'bench' });

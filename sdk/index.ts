@@ -63,7 +63,15 @@ const ADMISSION_UPDATE_ID = 'admission';
 export type { AdmissionAnswer, ApprovalAnswer, ApprovalOutcome, StepAnswer, TaskStatus, StepUsage };
 export { GovloopAccessError, GovloopInputError, GovloopLeaseError, GovloopNotFoundError, GovloopStateError, GovloopWorkerError } from './errors';
 export { BudgetLease, type LeaseOptions } from './budget-lease';
-export { GovloopLeaseReportError, LeasedGateOptions, type LeasedStepAnswer, LeasedStepErrors, LeasedStepGate, type SyncReason } from './leased-steps';
+export {
+  GovloopLeaseReportError,
+  LeasedGateOptions,
+  type LeasedCloseAnswer,
+  type LeasedStepAnswer,
+  LeasedStepErrors,
+  LeasedStepGate,
+  type SyncReason,
+} from './leased-steps';
 
 /** Approval ids are `<taskId>.a<step>`: the task is found from the id alone. */
 export function taskOfApproval(approvalId: string): string {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { type LeaseAmount, type LeasedStep, type StepLease, type SyncReason, SyncReasons, decideLocally, zeroAmount } from '../governance/step-lease';
 import { StepUsageSchema, type StepUsage } from '../governance/step-gate';
 import type { StepAnswer } from '../workflows/messages';
+import { GovloopAccessError, GovloopStateError } from './errors';
 import { LeasedStepErrors, type LeasedStepsAnswer, StepLeaseRequestSchema, grantStepLeaseUpdate, reportLeasedStepsUpdate } from '../workflows/leased-steps';
 
 /** What the leased gate needs of the GovloopClient that opened it (a structural type: no import back into sdk/index.ts). */
@@ -11,7 +12,11 @@ interface GateHost {
   readonly client: Client;
   readonly credential: string | undefined;
   step(taskId: string, usage: StepUsage, opts?: { as?: string }): Promise<StepAnswer>;
+  finish(taskId: string, as?: string): Promise<unknown>;
 }
+
+/** What `close({ finish: true })` answers: the task finished (and settles), or why it was not. */
+export type LeasedCloseAnswer = { finished: true } | { finished: { refused: { code: string; message: string } } };
 
 export { LeasedStepErrors, type SyncReason };
 
@@ -231,30 +236,30 @@ export class LeasedStepGate {
       clearTimeout(this.timer);
       this.timer = null;
     }
-    return this.serial(() => this.sendPending(close));
+    return this.serial(async () => void (await this.sendPending(close)));
   }
 
-  /** Inside the op chain: the queued steps as the lease's next batch. */
-  private async sendPending(close: boolean): Promise<void> {
+  /** Inside the op chain: the queued steps as the lease's next batch (null: no lease was open, nothing sent). */
+  private async sendPending(close: boolean, finish = false): Promise<LeasedStepsAnswer | null> {
     const l = this.lease;
-    if (l === null) return;
+    if (l === null) return null;
     const steps = this.pending.splice(0);
     if (close) this.lease = null;
-    if (steps.length === 0 && !close) return;
-    await this.send(l, ++this.batchSeq, steps, close);
+    if (steps.length === 0 && !close) return null;
+    return this.send(l, ++this.batchSeq, steps, close, finish);
   }
 
   /** Sends one batch; a failure in transit sends the very same batch again (it is applied once). */
-  private async send(l: StepLease, seq: number, steps: LeasedStep[], close: boolean): Promise<void> {
+  private async send(l: StepLease, seq: number, steps: LeasedStep[], close: boolean, finish: boolean): Promise<LeasedStepsAnswer> {
     for (let attempt = 1; ; attempt++) {
       try {
         const a: LeasedStepsAnswer = await this.handle.executeUpdate(reportLeasedStepsUpdate, {
-          args: [{ leaseId: l.leaseId, seq, steps, ...(close ? { close: true } : {}), ...this.caller() }],
+          args: [{ leaseId: l.leaseId, seq, steps, ...(close ? { close: true } : {}), ...(finish ? { finish: true } : {}), ...this.caller() }],
         });
         this.stats.reports++;
         // Revoked by the task (the ladder moved, or the task degraded): every step is synchronous from here.
         if (!a.open && this.lease?.leaseId === l.leaseId) this.lease = null;
-        return;
+        return a;
       } catch (err) {
         if (err instanceof WorkflowUpdateFailedError) {
           const cause = err.cause as { type?: string; details?: unknown[]; message?: string } | undefined;
@@ -270,8 +275,32 @@ export class LeasedStepGate {
     }
   }
 
-  /** Reports what is queued and closes the lease: the task gets back what it still held. */
-  async close(): Promise<void> {
-    await this.flush(true);
+  /**
+   * Reports what is queued and closes the lease: the task gets back what it still held. With
+   * `finish`, the agent's work is done: the closing batch also finishes the task, which settles,
+   * in the same round trip (with no lease open, the finish update does it). Answers whether it
+   * finished; a caller who may not finish it gets the refusal, and the task goes on.
+   */
+  async close(): Promise<void>;
+  async close(opts: { finish: true }): Promise<LeasedCloseAnswer>;
+  async close(opts: { finish?: boolean } = {}): Promise<LeasedCloseAnswer | void> {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    if (opts.finish !== true) return void (await this.serial(() => this.sendPending(true)));
+    return this.serial(async (): Promise<LeasedCloseAnswer> => {
+      const a = await this.sendPending(true, true);
+      if (a?.finished !== undefined) return { finished: a.finished };
+      // No lease was open: the finish update, refused the same way for the same caller.
+      try {
+        await this.gov.finish(this.taskId, ...(this.gov.credential ? [] : this.opts.as !== undefined ? [this.opts.as] : []));
+        return { finished: true };
+      } catch (err) {
+        if (err instanceof GovloopAccessError) return { finished: { refused: { code: err.code, message: err.message } } };
+        if (err instanceof GovloopStateError) return { finished: { refused: { code: 'NOT_RUNNING', message: err.message } } };
+        throw err;
+      }
+    });
   }
 }

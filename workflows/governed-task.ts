@@ -45,9 +45,14 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // Step leases (decision 0030): low-risk steps decided in the agent's process, reported in batches.
   const leased = installLeasedSteps({
     ...{ taskId, intent, ledger, carried: carried?.leased },
-    view: () => ({ state: t.state, plan: t.plan, totals: t.totals, usage: t.usage, stepSeq: t.stepSeq, requester: t.requester }),
+    view: () => ({ state: t.state, plan: t.plan, totals: t.totals, usage: t.usage, stepSeq: t.stepSeq, requester: t.requester, finished: t.finished }),
     set: (p) => void ({ totals: t.totals = t.totals, usage: t.usage = t.usage, stepSeq: t.stepSeq = t.stepSeq } = p),
     serial: (fn) => t.serial(fn),
+    finish: async (caller) => {
+      const ok = await authorize('finish', caller);
+      if (ok.ok) t.finished = true;
+      return ok.ok ? true : { refused: { code: ok.code, message: ok.message } };
+    },
   });
   installApprovals(t, ledger);
   installResolve(t, authorize);

@@ -43,15 +43,22 @@ export const StepLeaseRequestSchema = z.strictObject({
   ...CallerShape,
 });
 export const LeasedStepSchema = StepUsageSchema.pick({ tokensIn: true, tokensOut: true, contextTokens: true, model: true, tool: true, latencyMs: true });
-export const LeasedStepsReportSchema = z.strictObject({
-  leaseId: NameText,
-  /** 1, 2, 3 … per lease: a batch sent again is applied once. */
-  seq: z.number().int().positive(),
-  steps: z.array(LeasedStepSchema).max(1000),
-  /** Close the lease with this batch: what it still holds goes back to the task. */
-  close: z.boolean().optional(),
-  ...CallerShape,
-});
+export const LeasedStepsReportSchema = z
+  .strictObject({
+    leaseId: NameText,
+    /** 1, 2, 3 … per lease: a batch sent again is applied once. */
+    seq: z.number().int().positive(),
+    steps: z.array(LeasedStepSchema).max(1000),
+    /** Close the lease with this batch: what it still holds goes back to the task. */
+    close: z.boolean().optional(),
+    /**
+     * The agent's work is done: once this closing batch is metered, the task is finished (the same
+     * check and audit as the finish update) and settles, in the same round trip. Only with `close`.
+     */
+    finish: z.boolean().optional(),
+    ...CallerShape,
+  })
+  .refine((r) => r.finish !== true || r.close === true, { path: ['finish'], message: 'finish goes with close: true (the closing batch)' });
 export type StepLeaseRequest = z.input<typeof StepLeaseRequestSchema>;
 export type LeasedStepsReport = z.input<typeof LeasedStepsReportSchema>;
 
@@ -67,6 +74,8 @@ export interface LeasedStepsAnswer {
   reported: LeaseAmount;
   /** The task's metered cost after this batch. */
   costUsd: number;
+  /** Asked with `finish`: true when the task is finished and settling, else why not (who may not, or the task no longer runs). */
+  finished?: true | { refused: { code: string; message: string } };
 }
 
 export const grantStepLeaseUpdate = defineUpdate<StepLeaseAnswer, [StepLeaseRequest]>('grantStepLease');
@@ -84,10 +93,12 @@ export interface LeasedStepsHost {
   intent: Intent;
   ledger: Pick<Activities, 'grantLeasedSteps' | 'meterLeasedSteps'>;
   carried: LeaseRecord[] | undefined;
-  view: () => { state: GovState; plan: Plan | null; totals: StepTotals; usage: Usage; stepSeq: number; requester: string };
+  view: () => { state: GovState; plan: Plan | null; totals: StepTotals; usage: Usage; stepSeq: number; requester: string; finished: boolean };
   set: (p: { totals?: StepTotals; usage?: Usage; stepSeq?: number }) => void;
   /** Runs after every step, grant and report before it: one at a time, each against the counters the last one left. */
   serial: <T>(fn: () => Promise<T>) => Promise<T>;
+  /** Finishes the task for this caller, as the finish update does; answers why not when it may not. */
+  finish: (caller: { credential?: string; as?: string }) => Promise<true | { refused: { code: string; message: string } }>;
 }
 
 function parse<T>(schema: z.ZodType<T>, payload: unknown): T {
@@ -173,6 +184,14 @@ export function installLeasedSteps(host: LeasedStepsHost) {
     costUsd: host.view().usage.costMicros / 1e6,
   });
 
+  /** A closing batch that finishes the task: finished already (the same batch sent again), or finish it now if it still runs. */
+  const finishWith = async (batch: { credential?: string | undefined; as?: string | undefined }): Promise<NonNullable<LeasedStepsAnswer['finished']>> => {
+    const v = host.view();
+    if (v.finished) return true;
+    if (v.state !== GovState.Running) return { refused: { code: 'NOT_RUNNING', message: `task ${host.taskId} is ${v.state}` } };
+    return host.finish(callerOf(batch));
+  };
+
   setHandler(
     reportLeasedStepsUpdate,
     (raw): Promise<LeasedStepsAnswer> => {
@@ -180,7 +199,8 @@ export function installLeasedSteps(host: LeasedStepsHost) {
       return host.serial(async () => {
         const record = leases.get(batch.leaseId)!;
         const f = foldBatch(record, batch);
-        if (f.kind === 'duplicate') return answer(record, true, null);
+        if (f.kind === 'duplicate')
+          return batch.finish === true ? { ...answer(record, true, null), finished: await finishWith(batch) } : answer(record, true, null);
         if (f.kind === 'refused') throw refuseReport(f.issues);
         const metered = await host.ledger.meterLeasedSteps({
           taskId: host.taskId,
@@ -203,7 +223,8 @@ export function installLeasedSteps(host: LeasedStepsHost) {
         const revoke = !f.record.closed && (ladderSync || v.totals.degraded) ? SyncReasons.Ladder : null;
         const after = f.record.closed ? close({ ...f.record, closed: false }) : revoke ? close(f.record) : f.record;
         syncUsage();
-        return answer(after, false, revoke);
+        const a = answer(after, false, revoke);
+        return batch.finish === true ? { ...a, finished: await finishWith(batch) } : a;
       });
     },
     {

@@ -217,6 +217,44 @@ describe('the leased step gate', () => {
     expect([s.usage.steps, s.usage.tokensIn]).toEqual([2, step(2).tokensIn + step(5).tokensIn]);
   });
 
+  it('the closing report can finish the task: it settles in the same round trip, audited as a finish; finish without close is refused naming the field', async () => {
+    const taskId = await startAgent('close-finish');
+    const handle = h.client.workflow.getHandle(taskId);
+    const gate = gov.leasedSteps(taskId, { as: 'carol', batchSize: 32, flushMs: 60_000 });
+    for (let i = 0; i < 4; i++) expect(await gate.step(step(i))).toMatchObject({ answer: 'allow', leased: true });
+    const leaseId = gate.current!.lease.leaseId;
+    // finish goes with close: a batch that finishes but leaves the lease open is refused, changing nothing.
+    const before = await handle.query(statusQuery);
+    const r = await refusal(handle.executeUpdate(reportLeasedStepsUpdate, { args: [{ leaseId, seq: 1, steps: [], finish: true, as: 'carol' }] }));
+    expect(r).toEqual({ type: LeasedStepErrors.InvalidLeaseReport, paths: ['finish'] });
+    expect(await handle.query(statusQuery)).toEqual(before);
+
+    expect(await gate.close({ finish: true })).toEqual({ finished: true });
+    const done = await gov.result(taskId);
+    expect(done.state).toBe('Succeeded');
+    expect(done.usage.steps).toBe(4);
+    expect(done.usage.tokensIn).toBe([0, 1, 2, 3].reduce((n, i) => n + step(i).tokensIn, 0));
+    expect(await ledgerOf(taskId)).toMatchObject({ steps: 4, costMicros: Math.round(done.costUsd * 1e6) });
+    const finishAudit = await h.db.query<{ actor: string; decision: string }>(
+      `SELECT actor, decision FROM audit_log WHERE task_id = $1 AND action = 'task.finish'`,
+      [taskId],
+    );
+    expect(finishAudit.rows).toEqual([{ actor: 'carol (unverified)', decision: 'accepted' }]); // auth: none, a typed name
+    // The round trips the task took: submit, the grant, the closing report; no finish of its own.
+    const history = await handle.fetchHistory();
+    const updates = (history.events ?? []).flatMap((e) => e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name ?? []);
+    expect(updates).toEqual(['admission', 'grantStepLease', 'reportLeasedSteps']);
+    expect((history.events ?? []).some((e) => e.workflowExecutionSignaledEventAttributes)).toBe(false);
+  });
+
+  it('close({ finish: true }) with no lease open finishes the task through the finish update', async () => {
+    const taskId = await startAgent('close-finish-unleased');
+    const gate = gov.leasedSteps(taskId, { as: 'carol' });
+    expect(await gate.close({ finish: true })).toEqual({ finished: true });
+    expect(gate.stats).toMatchObject({ grants: 0, reports: 0 });
+    expect((await gov.result(taskId)).state).toBe('Succeeded');
+  });
+
   it('takes the synchronous gate while the budget ladder degrades the task, and a lease is revoked when the ladder moves', async () => {
     const taskId = await startAgent('ladder', { maxUsd: 1 });
     const gate = gov.leasedSteps(taskId, { as: 'carol', flushMs: 60_000 });
