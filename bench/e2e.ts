@@ -503,8 +503,9 @@ async function main() {
         admissionMs = nowMs() - t0;
         if (admission.decision !== 'admitted') throw new Error(`admission ${admission.decision}: ${admission.reasons.map((r) => r.code).join(' ')}`);
         // --gate leased: the first step takes the lease (one update), the others are decided in
-        // process, and closing the gate reports them all and returns the rest (one more update).
-        const gate = gateMode === 'leased' ? gov.leasedSteps(taskId, { as: 'bench', steps, batchSize: steps, flushMs: 60_000 }) : null;
+        // process, and closing the gate reports them all and returns the rest (one more update; its
+        // batch size is one more than the steps, so no report goes out before the close).
+        const gate = gateMode === 'leased' ? gov.leasedSteps(taskId, { as: 'bench', steps, batchSize: steps + 1, flushMs: 60_000 }) : null;
         for (let k = 0; k < steps; k++) {
           const s0 = nowMs();
           const last = finishMode === 'last-step' && gate === null && k === steps - 1;
