@@ -45,7 +45,15 @@ import { findTemporalCli } from '../runtime/temporal-cli';
 import { GovloopClient } from '../sdk';
 import { bundleWorkflows, createWorkers } from '../workers/worker';
 import { governedTask } from '../workflows';
-import { type StepAnswer, type TaskStatus, admissionUpdate, clusterTaskQueue, finishSignal, stepUpdate } from '../workflows/messages';
+import {
+  type StepAnswer,
+  type TaskStatus,
+  admissionUpdate,
+  admissionWithRequestUpdate,
+  clusterTaskQueue,
+  finishSignal,
+  stepUpdate,
+} from '../workflows/messages';
 import { type KueueReport, runKueueCase } from './e2e-kueue';
 import { type TemporalKind, sideBySide, startBenchTemporal, startBenchWorkers } from './e2e-temporal';
 import {
@@ -85,8 +93,9 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
   --kueue-submitters client lanes starting them (default 32)
   --kueue-teams      teams they are spread over, each with its GPU quota of each type (default 20: 320 GPUs, the simulated cluster's size)
   --kueue-sim-seconds simulated duration of each (default 60, 17 ms at 3600x)
-  --gate             sync (each step one update to the task, the synchronous gate) or leased (the SDK's leased gate: steps
-                     decided in process, reported in one batch when the gate closes; decision 0030); default sync
+  --gate             sync (each step one update to the task, the synchronous gate), leased (the SDK's leased gate: steps
+                     decided in process, reported in one batch when the gate closes; decision 0030) or leased-at-submit
+                     (the same, its first lease granted with the admission, as submit({leasedSteps}) asks); default sync
   --finish           signal (after the last step, the finish signal, as before) or last-step (the last step carries finish:
                      the task finishes in the same round trip; with --gate leased, the closing report does); default signal
   --submit           with-start (start + admission in one update-with-start, as the SDK submits) or two-calls (start, then the update); default with-start
@@ -295,7 +304,8 @@ async function main() {
   const submitMode = flags.submit;
   if (submitMode !== 'with-start' && submitMode !== 'two-calls') throw new Error('--submit is with-start or two-calls');
   const gateMode = flags.gate;
-  if (gateMode !== 'sync' && gateMode !== 'leased') throw new Error('--gate is sync or leased');
+  if (gateMode !== 'sync' && gateMode !== 'leased' && gateMode !== 'leased-at-submit') throw new Error('--gate is sync, leased or leased-at-submit');
+  if (gateMode === 'leased-at-submit' && flags.submit !== 'with-start') throw new Error('--gate leased-at-submit goes with --submit with-start');
   const finishMode = flags.finish;
   if (finishMode !== 'signal' && finishMode !== 'last-step') throw new Error('--finish is signal or last-step');
   const devServerTuning = flags['dev-server'] as DevServerTuning;
@@ -487,10 +497,17 @@ async function main() {
         const taskId = `bench-agent-${randomUUID().slice(0, 8)}`;
         workflowId = taskId;
         const args = [{ taskId, intent: Intent.parse(agentIntent(i)), requester: 'bench' }] as const;
+        // --gate leased: the first step takes the lease (one update), the others are decided in
+        // process, and closing the gate reports them all and returns the rest (one more update; its
+        // batch size is one more than the steps, so no report goes out before the close).
+        // --gate leased-at-submit: the first lease comes with the admission's answer instead.
+        const gate = gateMode !== 'sync' ? gov.leasedSteps(taskId, { as: 'bench', steps, batchSize: steps + 1, flushMs: 60_000 }) : null;
+        const request = gateMode === 'leased-at-submit' ? { stepLease: gate!.firstLeaseRequest() } : {};
         const admission =
           submitMode === 'with-start'
-            ? await client.workflow.executeUpdateWithStart(admissionUpdate, {
+            ? await client.workflow.executeUpdateWithStart(admissionWithRequestUpdate, {
                 updateId: `admission-${taskId}`,
+                args: [request],
                 startWorkflowOperation: new WithStartWorkflowOperation(governedTask, {
                   taskQueue: controlQueue,
                   workflowId: taskId,
@@ -502,10 +519,10 @@ async function main() {
         const handle = client.workflow.getHandle<typeof governedTask>(taskId);
         admissionMs = nowMs() - t0;
         if (admission.decision !== 'admitted') throw new Error(`admission ${admission.decision}: ${admission.reasons.map((r) => r.code).join(' ')}`);
-        // --gate leased: the first step takes the lease (one update), the others are decided in
-        // process, and closing the gate reports them all and returns the rest (one more update; its
-        // batch size is one more than the steps, so no report goes out before the close).
-        const gate = gateMode === 'leased' ? gov.leasedSteps(taskId, { as: 'bench', steps, batchSize: steps + 1, flushMs: 60_000 }) : null;
+        if (gateMode === 'leased-at-submit') {
+          if (!admission.stepLease?.granted) throw new Error(`no step lease with the admission: ${JSON.stringify(admission.stepLease)}`);
+          gate!.adopt(admission.stepLease);
+        }
         for (let k = 0; k < steps; k++) {
           const s0 = nowMs();
           const last = finishMode === 'last-step' && gate === null && k === steps - 1;
@@ -717,7 +734,7 @@ async function main() {
           ['throughput', 'done', 'failed', 'wall s', 'per second'],
           [
             [
-              `agent tasks (submit → admit → ${gateMode === 'leased' ? 'leased ' : ''}steps → finish → result)`,
+              `agent tasks (submit → admit → ${gateMode !== 'sync' ? 'leased ' : ''}steps → finish → result)`,
               report.agents.completed,
               report.agents.failed,
               report.agents.wallSeconds.toFixed(2),

@@ -26,7 +26,7 @@ import {
   type StepAnswer,
   TASK_QUEUE_CONTROL,
   type TaskStatus,
-  admissionUpdate,
+  admissionWithRequestUpdate,
   approvalOutcomeUpdate,
   approveUpdate,
   cancelTaskUpdate,
@@ -267,13 +267,29 @@ export class GovloopClient {
    * Validates and starts a governed task, and waits for admission's answer (admitted, queued or
    * rejected). Invalid intents throw GovloopInputError and start nothing.
    */
-  async submit(intent: unknown, opts: { requester?: string; taskId?: string } = {}): Promise<AdmissionAnswer> {
+  async submit(intent: unknown, opts?: { requester?: string; taskId?: string }): Promise<AdmissionAnswer>;
+  /**
+   * With `leasedSteps`: admission also grants the task's first step lease once it runs, in the same
+   * round trip, and the answer carries the leased gate holding it (`leasedSteps`; with no lease
+   * granted — queued, rejected — the gate asks for one at its first step, as any gate does).
+   */
+  async submit(
+    intent: unknown,
+    opts: { requester?: string; taskId?: string; leasedSteps: LeasedGateOptions },
+  ): Promise<AdmissionAnswer & { leasedSteps: LeasedStepGate }>;
+  async submit(
+    intent: unknown,
+    opts: { requester?: string; taskId?: string; leasedSteps?: LeasedGateOptions } = {},
+  ): Promise<AdmissionAnswer | (AdmissionAnswer & { leasedSteps: LeasedStepGate })> {
     const parsed = check(Intent, intent);
     // With a credential the requester is whoever it names; a typed one counts only under auth: none.
     if (opts.requester === undefined && !this.credential)
       throw new GovloopInputError([{ path: 'requester', message: 'required without a credential (GOVLOOP_TOKEN / GOVLOOP_API_KEY)' }]);
     const requester = check(Requester, opts.requester ?? 'credential', 'requester');
     const taskId = opts.taskId !== undefined ? check(TaskId, opts.taskId, 'taskId') : `${parsed.name}-${randomBytes(4).toString('hex')}`;
+    // The gate checks its options before anything starts; its first lease goes with the admission.
+    const gate = opts.leasedSteps !== undefined ? new LeasedStepGate(this, taskId, opts.leasedSteps) : null;
+    const request = gate ? { stepLease: gate.firstLeaseRequest() } : null;
     const args = [{ taskId, intent: parsed, requester, ...(this.credential ? { credential: this.credential } : {}) }] as const;
     // Start and admission in one call (update-with-start): the first workflow task takes the
     // admission update with it, one round trip instead of two (issue 13). The update id is this
@@ -284,8 +300,9 @@ export class GovloopClient {
     // The run this call starts carries the call's id in its memo, so a retry knows its own run.
     const memo = { requester, runbook: 'runbooks/admitting.md', intent: parsed.name, submitId: updateId };
     const startAndAdmit = () =>
-      this.client.workflow.executeUpdateWithStart(admissionUpdate, {
+      this.client.workflow.executeUpdateWithStart(admissionWithRequestUpdate, {
         updateId,
+        args: [request ?? {}],
         startWorkflowOperation: new WithStartWorkflowOperation(governedTask, {
           taskQueue: this.taskQueue,
           workflowId: taskId,
@@ -305,13 +322,16 @@ export class GovloopClient {
       const run = await this.runStartedBy(taskId, updateId);
       if (!run) return startAndAdmit();
       const h = this.client.workflow.getHandle<typeof governedTask>(taskId, run.runId);
-      if (run.running) return whenWorkflowReady(this.client, taskId, () => h.executeUpdate(admissionUpdate, { updateId }));
+      if (run.running) return whenWorkflowReady(this.client, taskId, () => h.executeUpdate(admissionWithRequestUpdate, { updateId, args: [request ?? {}] }));
       const { decision, reasons, state } = await h.result();
       return { taskId, decision, reasons, state };
     };
     for (let tries = 1; ; tries++) {
       try {
-        return tries === 1 ? await startAndAdmit() : await retry();
+        const answer = tries === 1 ? await startAndAdmit() : await retry();
+        if (!gate) return answer;
+        if (answer.stepLease?.granted) gate.adopt(answer.stepLease);
+        return { ...answer, leasedSteps: gate };
       } catch (err) {
         // A refusal of a start's admission (its run's first workflow task failing) goes the retry
         // way, whichever try started the run. "Already started" or "not found" on a retry may only

@@ -5,7 +5,15 @@ import { type LeaseAmount, type LeasedStep, type StepLease, type SyncReason, Syn
 import { StepUsageSchema, type StepUsage } from '../governance/step-gate';
 import type { StepAnswer } from '../workflows/messages';
 import { GovloopAccessError, GovloopStateError } from './errors';
-import { LeasedStepErrors, type LeasedStepsAnswer, StepLeaseRequestSchema, grantStepLeaseUpdate, reportLeasedStepsUpdate } from '../workflows/leased-steps';
+import {
+  LeasedStepErrors,
+  type LeasedStepsAnswer,
+  type StepLeaseAnswer,
+  type StepLeaseRequest,
+  StepLeaseRequestSchema,
+  grantStepLeaseUpdate,
+  reportLeasedStepsUpdate,
+} from '../workflows/leased-steps';
 
 /** What the leased gate needs of the GovloopClient that opened it (a structural type: no import back into sdk/index.ts). */
 interface GateHost {
@@ -196,38 +204,48 @@ export class LeasedStepGate {
   private lastWhy: SyncReason | null = null;
   private lastLease: StepLease | null = null;
 
+  /** The request for this gate's next lease, as the grant update (or a submit's admission) takes it. */
+  private leaseRequest(): StepLeaseRequest {
+    return {
+      leaseId: `${this.taskId}.l${++this.leases}-${randomBytes(3).toString('hex')}`,
+      steps: this.opts.steps,
+      ttlSeconds: this.opts.ttlSeconds,
+      ...(this.opts.usd !== undefined ? { usd: this.opts.usd } : {}),
+      ...(this.opts.tokens !== undefined ? { tokens: this.opts.tokens } : {}),
+      ...this.caller(),
+    };
+  }
+
+  /** The first lease's request, for a submit that asks admission for it (GovloopClient.submit with `leasedSteps`). */
+  firstLeaseRequest(): StepLeaseRequest {
+    return this.leaseRequest();
+  }
+
   /** Takes a lease (after the one before it was closed). */
   private acquire(): Promise<void> {
     return this.serial(async () => {
       if (this.lease !== null) return;
-      const leaseId = `${this.taskId}.l${++this.leases}-${randomBytes(3).toString('hex')}`;
-      const a = await this.handle.executeUpdate(grantStepLeaseUpdate, {
-        args: [
-          {
-            leaseId,
-            steps: this.opts.steps,
-            ttlSeconds: this.opts.ttlSeconds,
-            ...(this.opts.usd !== undefined ? { usd: this.opts.usd } : {}),
-            ...(this.opts.tokens !== undefined ? { tokens: this.opts.tokens } : {}),
-            ...this.caller(),
-          },
-        ],
-      });
+      const a = await this.handle.executeUpdate(grantStepLeaseUpdate, { args: [this.leaseRequest()] });
       if (!a.granted) {
         this.refusedUntil = Date.now() + this.opts.regrantAfterMs;
         this.refusedWhy = (Object.values(SyncReasons) as string[]).includes(a.why) ? (a.why as SyncReason) : null;
         return;
       }
-      this.stats.grants++;
-      this.refusedWhy = null;
-      this.lease = a.lease;
-      this.lastLease = a.lease;
-      this.baseMicros = Math.round(a.costUsd * 1e6);
-      // The lease's clock is the task's; a local clock ahead of it only ends the lease sooner here.
-      this.expiresAtMs = Date.parse(a.lease.expiresAt);
-      this.used = zeroAmount;
-      this.batchSeq = 0;
+      this.adopt(a);
     });
+  }
+
+  /** Holds a granted lease: the grant update's, or the one admission granted with a submit. */
+  adopt(a: Extract<StepLeaseAnswer, { granted: true }>): void {
+    this.stats.grants++;
+    this.refusedWhy = null;
+    this.lease = a.lease;
+    this.lastLease = a.lease;
+    this.baseMicros = Math.round(a.costUsd * 1e6);
+    // The lease's clock is the task's; a local clock ahead of it only ends the lease sooner here.
+    this.expiresAtMs = Date.parse(a.lease.expiresAt);
+    this.used = zeroAmount;
+    this.batchSeq = 0;
   }
 
   /** Reports the queued steps (no-op when none); with `close`, closes the lease too. */

@@ -3,7 +3,7 @@ import { ApplicationFailure, ContinueAsNew, allHandlersFinished, condition, log,
 import { type CarriedPhase, GovState, type TaskInput, type TaskStatus, statusQuery } from './messages';
 import { hasPatch } from './patches';
 import * as SA from './search-attributes';
-import { installLeasedSteps } from './leased-steps';
+import { type StepLeaseAnswer, type StepLeaseRequest, installLeasedSteps } from './leased-steps';
 import { type AdmissionEnd, admission } from './task/admission';
 import { installStepUpdate } from './task/agent-steps';
 import { closeUndecided, installApprovals } from './task/approvals';
@@ -40,7 +40,9 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
 
   // The handlers, in the order the task has always set them (buffered messages are delivered in it).
   setHandler(statusQuery, () => t.status());
-  const authorize = installControl(t, rawLedger);
+  // The admission update grants a step lease asked for at submit; the leased gate is installed after it.
+  let grant: ((r: StepLeaseRequest) => Promise<StepLeaseAnswer>) | null = null;
+  const authorize = installControl(t, rawLedger, (r) => grant!(r));
   installStepUpdate(t, (m) => authorize('finish', m));
   // Step leases (decision 0030): low-risk steps decided in the agent's process, reported in batches.
   const leased = installLeasedSteps({
@@ -54,6 +56,7 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
       return ok.ok ? true : { refused: { code: ok.code, message: ok.message } };
     },
   });
+  grant = leased.grant;
   installApprovals(t, ledger);
   installResolve(t, authorize);
 

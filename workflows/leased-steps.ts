@@ -133,47 +133,46 @@ export function installLeasedSteps(host: LeasedStepsHost) {
     return closed;
   };
 
-  setHandler(
-    grantStepLeaseUpdate,
-    (raw): Promise<StepLeaseAnswer> => {
-      const req = StepLeaseRequestSchema.parse(raw);
-      return host.serial(async () => {
-        const known = leases.get(req.leaseId);
-        if (known) return { granted: true, lease: known.lease, costUsd: host.view().usage.costMicros / 1e6 };
-        const v = host.view();
-        if (v.state !== GovState.Running || v.plan === null)
-          return { granted: false, leaseId: req.leaseId, why: SyncReasons.NotRunning, message: `task ${host.taskId} is ${v.state}` };
-        const g = await host.ledger.grantLeasedSteps({
-          taskId: host.taskId,
-          leaseId: req.leaseId,
-          intent: host.intent,
-          plan: v.plan,
-          totals: v.totals,
-          nextSeq: v.stepSeq + 1,
-          want: { steps: req.steps, ...(req.usd !== undefined ? { usd: req.usd } : {}), ...(req.tokens !== undefined ? { tokens: req.tokens } : {}) },
-          ttlSeconds: req.ttlSeconds,
-          requester: v.requester,
-          caller: callerOf(req),
-        });
-        if (g.decision !== 'granted') return { granted: false, leaseId: req.leaseId, why: g.why, message: g.message };
-        // Granted while nothing else ran (serial): its steps' seqs and its amount are the task's now.
-        const now = host.view();
-        if (now.state !== GovState.Running)
-          return { granted: false, leaseId: req.leaseId, why: SyncReasons.NotRunning, message: `task ${host.taskId} is ${now.state}` };
-        leases.set(req.leaseId, { lease: g.lease, reported: zeroAmount, batches: 0, closed: false });
-        host.set({ totals: shiftTotals(now.totals, g.lease.amount, 1), stepSeq: now.stepSeq + g.lease.amount.steps });
-        return { granted: true, lease: g.lease, costUsd: now.usage.costMicros / 1e6 };
+  /** Grants a step lease (the grantStepLease update; or with admission, asked for at submit). */
+  const grant = (raw: StepLeaseRequest): Promise<StepLeaseAnswer> => {
+    const req = StepLeaseRequestSchema.parse(raw);
+    return host.serial(async () => {
+      const known = leases.get(req.leaseId);
+      if (known) return { granted: true, lease: known.lease, costUsd: host.view().usage.costMicros / 1e6 };
+      const v = host.view();
+      if (v.state !== GovState.Running || v.plan === null)
+        return { granted: false, leaseId: req.leaseId, why: SyncReasons.NotRunning, message: `task ${host.taskId} is ${v.state}` };
+      const g = await host.ledger.grantLeasedSteps({
+        taskId: host.taskId,
+        leaseId: req.leaseId,
+        intent: host.intent,
+        plan: v.plan,
+        totals: v.totals,
+        nextSeq: v.stepSeq + 1,
+        want: { steps: req.steps, ...(req.usd !== undefined ? { usd: req.usd } : {}), ...(req.tokens !== undefined ? { tokens: req.tokens } : {}) },
+        ttlSeconds: req.ttlSeconds,
+        requester: v.requester,
+        caller: callerOf(req),
       });
+      if (g.decision !== 'granted') return { granted: false, leaseId: req.leaseId, why: g.why, message: g.message };
+      // Granted while nothing else ran (serial): its steps' seqs and its amount are the task's now.
+      const now = host.view();
+      if (now.state !== GovState.Running)
+        return { granted: false, leaseId: req.leaseId, why: SyncReasons.NotRunning, message: `task ${host.taskId} is ${now.state}` };
+      leases.set(req.leaseId, { lease: g.lease, reported: zeroAmount, batches: 0, closed: false });
+      host.set({ totals: shiftTotals(now.totals, g.lease.amount, 1), stepSeq: now.stepSeq + g.lease.amount.steps });
+      return { granted: true, lease: g.lease, costUsd: now.usage.costMicros / 1e6 };
+    });
+  };
+
+  setHandler(grantStepLeaseUpdate, grant, {
+    validator: (raw) => {
+      parse(StepLeaseRequestSchema, raw);
+      const v = host.view();
+      if (v.plan !== null && v.plan.placement !== 'hosted')
+        throw ApplicationFailure.nonRetryable(`task ${host.taskId} runs on the cluster; only hosted tasks take steps`, LeasedStepErrors.NotAcceptingSteps);
     },
-    {
-      validator: (raw) => {
-        parse(StepLeaseRequestSchema, raw);
-        const v = host.view();
-        if (v.plan !== null && v.plan.placement !== 'hosted')
-          throw ApplicationFailure.nonRetryable(`task ${host.taskId} runs on the cluster; only hosted tasks take steps`, LeasedStepErrors.NotAcceptingSteps);
-      },
-    },
-  );
+  });
 
   const answer = (r: LeaseRecord, duplicate: boolean, why: SyncReason | null): LeasedStepsAnswer => ({
     leaseId: r.lease.leaseId,
@@ -240,6 +239,7 @@ export function installLeasedSteps(host: LeasedStepsHost) {
   );
 
   return {
+    grant,
     /** What the next run needs: open leases, and the last closed ones. */
     carry: (): { leased?: LeaseRecord[] } => {
       if (leases.size === 0) return {};

@@ -10,6 +10,7 @@ import type { Plan } from '../governance/plan';
 import type { Reason } from '../governance/reasons';
 import type { StepTotals, StepUsage } from '../governance/step-gate';
 import type { LeaseRecord } from '../governance/step-lease';
+import type { StepLeaseAnswer, StepLeaseRequest } from './leased-steps';
 import type { z } from 'zod';
 import type {
   ApprovalDecisionSchema,
@@ -217,11 +218,19 @@ export interface AdmissionAnswer {
   decision: Decision;
   reasons: Reason[];
   state: GovState;
+  /** Asked for with the admission (`stepLease`): the step lease granted once the task runs, or why not. */
+  stepLease?: StepLeaseAnswer;
+}
+/** What a submit may ask of admission besides its answer: a step lease for the agent's first steps (decision 0030). */
+export interface AdmissionRequest {
+  stepLease?: StepLeaseRequest;
 }
 
 export const statusQuery = defineQuery<TaskStatus>('status');
 /** Resolves as soon as admission has decided (admitted, queued or rejected). */
 export const admissionUpdate = defineUpdate<AdmissionAnswer>('admission');
+/** The same update with its request (the task's handler takes both: no argument is no request). */
+export const admissionWithRequestUpdate = defineUpdate<AdmissionAnswer, [AdmissionRequest]>('admission');
 /** The per-step gate: an agent reports the step it is about to commit and gets allow | deny. */
 export const stepUpdate = defineUpdate<StepAnswer, [StepUsage & CallerFields & { finish?: boolean }]>('step');
 /** An agent or hosted-inference task says it is done. */

@@ -4,14 +4,15 @@
  * ladder steps take the synchronous gate; an open lease counts as spent; after settle the ledger
  * holds every leased step once, charged as the synchronous gate would have charged it.
  */
-import { type ApplicationFailure, WorkflowUpdateFailedError } from '@temporalio/client';
+import { type ApplicationFailure, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { setBudget } from '../../ledger/budgets';
 import { recordUsage, taskUsage } from '../../ledger/usage';
-import { GovloopClient, GovloopInputError, LeasedStepErrors, type StepUsage } from '../../sdk';
+import { GovloopClient, GovloopInputError, GovloopLeaseReportError, LeasedStepErrors, type StepUsage } from '../../sdk';
 import { bundleWorkflows } from '../../workers/worker';
 import { grantStepLeaseUpdate, reportLeasedStepsUpdate } from '../../workflows/leased-steps';
-import { statusQuery } from '../../workflows/messages';
+import { admissionWithRequestUpdate, statusQuery } from '../../workflows/messages';
+import { TaskErrors } from '../../workflows/task/errors';
 import { type Harness, createHarness, intent, testConfig } from '../support/harness';
 import { saveHistories } from '../support/histories';
 
@@ -253,6 +254,53 @@ describe('the leased step gate', () => {
     expect(await gate.close({ finish: true })).toEqual({ finished: true });
     expect(gate.stats).toMatchObject({ grants: 0, reports: 0 });
     expect((await gov.result(taskId)).state).toBe('Succeeded');
+  });
+
+  it('submit({ leasedSteps }) gets its first lease with the admission: the whole task is two round trips, submit and the closing report', async () => {
+    const agent = (name: string) => intent(h.tenant, { kind: 'agent', name, resources: { gpus: 0 }, simulation: undefined, tools, caps: { maxUsd: 5 } });
+    const a = await gov.submit(agent('lease-at-submit'), { requester: 'carol', leasedSteps: { as: 'carol', batchSize: 32, flushMs: 60_000 } });
+    expect(a.decision).toBe('admitted');
+    expect(a.stepLease).toMatchObject({ granted: true });
+    const gate = a.leasedSteps;
+    expect(gate.current?.lease.leaseId).toBe(a.stepLease?.granted ? a.stepLease.lease.leaseId : null);
+    for (let i = 0; i < 4; i++) expect(await gate.step(step(i))).toMatchObject({ answer: 'allow', leased: true });
+    expect(await gate.close({ finish: true })).toEqual({ finished: true });
+    expect(gate.stats).toMatchObject({ local: 4, synchronous: 0, grants: 1, reports: 1 });
+    const done = await gov.result(a.taskId);
+    expect([done.state, done.usage.steps]).toEqual(['Succeeded', 4]);
+    expect(await ledgerOf(a.taskId)).toMatchObject({ steps: 4, costMicros: Math.round(done.costUsd * 1e6) });
+    const history = await h.client.workflow.getHandle(a.taskId).fetchHistory();
+    const updates = (history.events ?? []).flatMap((e) => e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name ?? []);
+    expect(updates).toEqual(['admission', 'reportLeasedSteps']);
+
+    // Not admitted: no lease; the gate asks for one at its first step, as any gate does.
+    const refused = await gov.submit(
+      intent(h.tenant, {
+        kind: 'agent',
+        name: 'lease-at-submit-no',
+        resources: { gpus: 0 },
+        simulation: undefined,
+        tools: ['no.such-tool'],
+        caps: { maxUsd: 5 },
+      }),
+      { requester: 'carol', leasedSteps: { as: 'carol' } },
+    );
+    expect(refused.decision).toBe('rejected');
+    expect(refused.stepLease).toMatchObject({ granted: false, why: 'not-running' });
+    expect(refused.leasedSteps.current).toBeNull();
+    // Bad gate options are refused before anything starts.
+    await expect(
+      gov.submit(agent('lease-at-submit-bad'), { requester: 'carol', taskId: 'lease-at-submit-bad', leasedSteps: { batchSize: 0 } }),
+    ).rejects.toBeInstanceOf(GovloopLeaseReportError);
+    await expect(h.client.workflow.getHandle('lease-at-submit-bad').describe()).rejects.toBeInstanceOf(WorkflowNotFoundError);
+    // The admission update checks a request it is sent directly, naming the field.
+    const running = await startAgent('lease-at-submit-raw');
+    const r = await refusal(
+      h.client.workflow.getHandle(running).executeUpdate(admissionWithRequestUpdate, { args: [{ stepLease: { leaseId: '', steps: 0 } }] }),
+    );
+    expect(r.type).toBe(TaskErrors.InvalidRequest);
+    expect(r.paths.sort()).toEqual(['stepLease.leaseId', 'stepLease.steps']);
+    await gov.finish(running, 'carol');
   });
 
   it('takes the synchronous gate while the budget ladder degrades the task, and a lease is revoked when the ladder moves', async () => {

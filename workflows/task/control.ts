@@ -5,12 +5,14 @@
  * ledger row that ordered the action. Safe to import from workflow code.
  */
 import { ApplicationFailure, condition, log, setHandler } from '@temporalio/workflow';
+import { z } from 'zod';
 import { hasPatch } from '../patches';
 import {
   FINAL_STATES,
   GovState,
   type TaskCallAnswer,
-  admissionUpdate,
+  type AdmissionRequest,
+  admissionWithRequestUpdate,
   cancelSignal,
   cancelTaskUpdate,
   finishSignal,
@@ -32,11 +34,16 @@ import {
   ResolveRequestSchema,
   issuesText,
 } from '../schemas';
+import { SyncReasons } from '../../governance/step-lease';
+import { type StepLeaseAnswer, type StepLeaseRequest, StepLeaseRequestSchema } from '../leased-steps';
 import type { Ledger } from './calls';
 import { TaskErrors, callerOf, parseOrRefuse } from './errors';
 import type { TaskState } from './state';
 
 type TaskAction = 'cancel' | 'finish' | 'preempt' | 'resolve';
+
+/** The admission update's optional request (AdmissionRequest). */
+const AdmissionRequestSchema = z.strictObject({ stepLease: StepLeaseRequestSchema.optional() });
 type Authorize = ReturnType<typeof authorizer>;
 
 const authorizer =
@@ -60,7 +67,7 @@ const refusedCall = (r: { code: string; message: string }): TaskCallAnswer => ({
  * The cancel, finish, job-changed, requeue and preempt signals, the cancel, finish and preempt updates and
  * the admission update, in that order. Returns what `installResolve` needs.
  */
-export function installControl(t: TaskState, rawLedger: () => Ledger): Authorize {
+export function installControl(t: TaskState, rawLedger: () => Ledger, grantLease: (r: StepLeaseRequest) => Promise<StepLeaseAnswer>): Authorize {
   const { taskId } = t;
   const authorize = authorizer(t, rawLedger);
   const preemptible = () => {
@@ -152,10 +159,25 @@ export function installControl(t: TaskState, rawLedger: () => Ledger): Authorize
       },
     },
   );
-  setHandler(admissionUpdate, async () => {
-    await condition(() => t.decision !== 'pending' || FINAL_STATES.includes(t.state));
-    return { taskId, decision: t.decision, reasons: t.reasons, state: t.state };
-  });
+  setHandler(
+    admissionWithRequestUpdate,
+    async (req: AdmissionRequest | undefined) => {
+      await condition(() => t.decision !== 'pending' || FINAL_STATES.includes(t.state));
+      const answer = { taskId, decision: t.decision, reasons: t.reasons, state: t.state };
+      if (req?.stepLease === undefined) return answer;
+      // A step lease asked for at submit: granted once the admitted task runs, in this same update.
+      const notGranted = (why: string, message: string) => ({
+        ...answer,
+        stepLease: { granted: false as const, leaseId: req.stepLease!.leaseId, why, message },
+      });
+      if (t.decision !== 'admitted') return notGranted(SyncReasons.NotRunning, `task ${taskId} was ${t.decision}`);
+      if (t.plan !== null && t.plan.placement !== 'hosted')
+        return notGranted(SyncReasons.NotRunning, `task ${taskId} runs on the cluster; only hosted tasks take steps`);
+      await condition(() => t.state === GovState.Running || t.awaiting() || FINAL_STATES.includes(t.state));
+      return { ...answer, stepLease: await grantLease(req.stepLease) };
+    },
+    { validator: (req) => void (req === undefined || parseOrRefuse(AdmissionRequestSchema, req, TaskErrors.InvalidRequest)) },
+  );
   return authorize;
 }
 
