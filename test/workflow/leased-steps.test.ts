@@ -257,7 +257,8 @@ describe('the leased step gate', () => {
   });
 
   it('submit({ leasedSteps }) gets its first lease with the admission: the whole task is two round trips, submit and the closing report', async () => {
-    const agent = (name: string) => intent(h.tenant, { kind: 'agent', name, resources: { gpus: 0 }, simulation: undefined, tools, caps: { maxUsd: 5 } });
+    const agent = (name: string, tools_ = tools) =>
+      intent(h.tenant, { kind: 'agent', name, resources: { gpus: 0 }, simulation: undefined, tools: tools_, caps: { maxUsd: 5 } });
     const a = await gov.submit(agent('lease-at-submit'), { requester: 'carol', leasedSteps: { as: 'carol', batchSize: 32, flushMs: 60_000 } });
     expect(a.decision).toBe('admitted');
     expect(a.stepLease).toMatchObject({ granted: true });
@@ -274,17 +275,7 @@ describe('the leased step gate', () => {
     expect(updates).toEqual(['admission', 'reportLeasedSteps']);
 
     // Not admitted: no lease; the gate asks for one at its first step, as any gate does.
-    const refused = await gov.submit(
-      intent(h.tenant, {
-        kind: 'agent',
-        name: 'lease-at-submit-no',
-        resources: { gpus: 0 },
-        simulation: undefined,
-        tools: ['no.such-tool'],
-        caps: { maxUsd: 5 },
-      }),
-      { requester: 'carol', leasedSteps: { as: 'carol' } },
-    );
+    const refused = await gov.submit(agent('lease-at-submit-no', ['no.such-tool']), { requester: 'carol', leasedSteps: { as: 'carol' } });
     expect(refused.decision).toBe('rejected');
     expect(refused.stepLease).toMatchObject({ granted: false, why: 'not-running' });
     expect(refused.leasedSteps.current).toBeNull();
