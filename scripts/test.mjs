@@ -131,7 +131,7 @@ function fromProgress(name, stall, failures) {
     out.passed += e.passed;
     out.failed += e.failed;
     out.skipped += e.skipped;
-    for (const f of e.failures) failures.push(`${name}: ${e.file} > ${f.name}: ${f.message}`);
+    for (const f of e.failures) failures.push(`${name}: ${e.file} > ${f.name}: ${firstLine(f.message)}`);
   }
   out.total = out.passed + out.failed + out.skipped;
   if (out.failed) out.code = 1;
@@ -149,13 +149,14 @@ async function suite(name, configArgs) {
   const first = await vitest(name, name, [...configArgs, ...process.argv.slice(2)]);
   if (!first.stall) return fromReport(name, first, failures);
   const done = fromProgress(name, first.stall, failures);
-  if (first.stall.allEnded || first.stall.unfinished.length === 0) {
-    notes.push(`${name}: vitest did not exit after its last file ended (global teardown stuck); ended by the watchdog, all files had reported`);
-    return done;
-  }
+  // Before it listed its files, nothing can be said to have ended: that is a failure, not a stuck teardown.
   if (first.stall.files.length === 0) {
     failures.push(`${name}: vitest stalled before it listed its files`);
     return { ...done, code: 1, failed: done.failed + 1 };
+  }
+  if (first.stall.allEnded) {
+    notes.push(`${name}: vitest did not exit after its last file ended (global teardown stuck); ended by the watchdog, all files had reported`);
+    return done;
   }
   notes.push(
     `${name}: the run stalled (no progress for ${first.stall.idleS} s) with ${first.stall.unfinished.join(', ')} unfinished; those were run once more`,

@@ -9,7 +9,8 @@ import type { Reporter, TestCase, TestModule, TestSpecification } from 'vitest/n
  * unfinished, and to count what the files that did end passed and failed.
  *
  * Lines: {e:'run', files}, {e:'queued'|'start', file}, {e:'test', file, name},
- * {e:'end', file, passed, failed, skipped, failures: [{name, message}]}; each with t (ms since epoch).
+ * {e:'end', file, passed, failed, skipped, failures: [{name, message}]} (the whole first error
+ * message: scripts/test.mjs shortens it as it does the JSON report's); each with t (ms since epoch).
  */
 export default class ProgressReporter implements Reporter {
   private readonly path = process.env.GOVLOOP_TEST_PROGRESS;
@@ -44,22 +45,16 @@ export default class ProgressReporter implements Reporter {
       if (r.state === 'passed') passed++;
       else if (r.state === 'failed') {
         failed++;
-        failures.push({ name: t.fullName, message: firstLine(r.errors?.[0]?.message) });
+        failures.push({ name: t.fullName, message: r.errors?.[0]?.message ?? '' });
       } else skipped++;
     }
     // A file that failed outside its tests (an import, a hook): one failure under the file's name.
     if (failed === 0 && m.state() === 'failed') {
       failed = 1;
-      failures.push({ name: '(the file)', message: firstLine(m.errors()[0]?.message) });
+      failures.push({ name: '(the file)', message: m.errors()[0]?.message ?? '' });
     }
     this.write({ e: 'end', file: file(m.moduleId), passed, failed, skipped, failures });
   }
 }
 
 const file = (moduleId: string) => relative(process.cwd(), moduleId);
-const firstLine = (text: string | undefined) =>
-  (
-    String(text ?? '')
-      .split('\n')
-      .find((l) => l.trim() !== '') ?? '(no message)'
-  ).slice(0, 300);
