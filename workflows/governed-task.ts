@@ -5,7 +5,7 @@ import { hasPatch } from './patches';
 import * as SA from './search-attributes';
 import { type StepLeaseAnswer, type StepLeaseRequest, installLeasedSteps } from './leased-steps';
 import { type AdmissionEnd, admission } from './task/admission';
-import { installStepUpdate } from './task/agent-steps';
+import { type FinishTask, installStepUpdate } from './task/agent-steps';
 import { closeUndecided, installApprovals } from './task/approvals';
 import { clusterActivities } from './task/calls';
 import { type ClusterStage, runCluster } from './task/cluster-run';
@@ -43,18 +43,19 @@ export async function governedTask(input: TaskInput): Promise<TaskStatus> {
   // The admission update grants a step lease asked for at submit; the leased gate is installed after it.
   let grant: ((r: StepLeaseRequest) => Promise<StepLeaseAnswer>) | null = null;
   const authorize = installControl(t, rawLedger, (r) => grant!(r));
-  installStepUpdate(t, (m) => authorize('finish', m));
+  const finishTask: FinishTask = async (caller) => {
+    const ok = await authorize('finish', caller);
+    if (ok.ok) t.finished = true;
+    return ok.ok ? true : { refused: { code: ok.code, message: ok.message } };
+  };
+  installStepUpdate(t, finishTask);
   // Step leases (decision 0030): low-risk steps decided in the agent's process, reported in batches.
   const leased = installLeasedSteps({
     ...{ taskId, intent, ledger, carried: carried?.leased },
     view: () => ({ state: t.state, plan: t.plan, totals: t.totals, usage: t.usage, stepSeq: t.stepSeq, requester: t.requester, finished: t.finished }),
     set: (p) => void ({ totals: t.totals = t.totals, usage: t.usage = t.usage, stepSeq: t.stepSeq = t.stepSeq } = p),
     serial: (fn) => t.serial(fn),
-    finish: async (caller) => {
-      const ok = await authorize('finish', caller);
-      if (ok.ok) t.finished = true;
-      return ok.ok ? true : { refused: { code: ok.code, message: ok.message } };
-    },
+    finish: finishTask,
   });
   grant = leased.grant;
   installApprovals(t, ledger);

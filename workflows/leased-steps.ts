@@ -23,6 +23,7 @@ import {
   zeroAmount,
 } from '../governance/step-lease';
 import { type CarriedTask, GovState } from './messages';
+import type { FinishTask } from './task/agent-steps';
 import { CallerShape, NameText, issuesList, issuesText } from './schemas';
 
 /** Error types a refused lease call carries (the SDK reads them). */
@@ -98,7 +99,7 @@ export interface LeasedStepsHost {
   /** Runs after every step, grant and report before it: one at a time, each against the counters the last one left. */
   serial: <T>(fn: () => Promise<T>) => Promise<T>;
   /** Finishes the task for this caller, as the finish update does; answers why not when it may not. */
-  finish: (caller: { credential?: string; as?: string }) => Promise<true | { refused: { code: string; message: string } }>;
+  finish: FinishTask;
 }
 
 function parse<T>(schema: z.ZodType<T>, payload: unknown): T {

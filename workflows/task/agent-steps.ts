@@ -75,13 +75,16 @@ export function applyGate(t: TaskState, out: GateOutcome, seq: number, step: Ste
   });
 }
 
-/** Who may finish the task: the same check the finish update makes (workflows/task/control.ts). */
-export type AuthorizeFinish = (m: {
+/**
+ * Finishes the task for a caller, with the same check and audit as the finish update
+ * (workflows/task/control.ts): true, or why it may not.
+ */
+export type FinishTask = (caller: {
   credential?: string | undefined;
   as?: string | undefined;
-}) => Promise<{ ok: true; by: string } | { ok: false; code: string; message: string }>;
+}) => Promise<true | { refused: { code: string; message: string } }>;
 
-export function installStepUpdate(t: TaskState, authorizeFinish: AuthorizeFinish): void {
+export function installStepUpdate(t: TaskState, finishTask: FinishTask): void {
   const { taskId, intent } = t;
   setHandler(
     stepUpdate,
@@ -119,9 +122,7 @@ export function installStepUpdate(t: TaskState, authorizeFinish: AuthorizeFinish
         const a = applyGate(t, out, seq, step, null);
         // The last step, finishing the task: only a step that may run, on a task still running.
         if (finish === true && (a.answer === 'allow' || a.answer === 'degrade') && t.state === GovState.Running) {
-          const ok = await authorizeFinish({ credential, as });
-          if (ok.ok) t.finished = true;
-          return { ...a, finished: ok.ok ? true : { refused: { code: ok.code, message: ok.message } } };
+          return { ...a, finished: await finishTask({ credential, as }) };
         }
         return a;
       });
