@@ -502,7 +502,7 @@ async function main() {
         // batch size is one more than the steps, so no report goes out before the close).
         // --gate leased-at-submit: the first lease comes with the admission's answer instead.
         const gate = gateMode !== 'sync' ? gov.leasedSteps(taskId, { as: 'bench', steps, batchSize: steps + 1, flushMs: 60_000 }) : null;
-        const request = gateMode === 'leased-at-submit' ? { stepLease: gate!.firstLeaseRequest() } : {};
+        const request = gateMode === 'leased-at-submit' ? { stepLease: gate!.leaseRequest() } : {};
         const admission =
           submitMode === 'with-start'
             ? await client.workflow.executeUpdateWithStart(admissionWithRequestUpdate, {

@@ -289,7 +289,7 @@ export class GovloopClient {
     const taskId = opts.taskId !== undefined ? check(TaskId, opts.taskId, 'taskId') : `${parsed.name}-${randomBytes(4).toString('hex')}`;
     // The gate checks its options before anything starts; its first lease goes with the admission.
     const gate = opts.leasedSteps !== undefined ? new LeasedStepGate(this, taskId, opts.leasedSteps) : null;
-    const request = gate ? { stepLease: gate.firstLeaseRequest() } : null;
+    const request = gate ? { stepLease: gate.leaseRequest() } : null;
     const args = [{ taskId, intent: parsed, requester, ...(this.credential ? { credential: this.credential } : {}) }] as const;
     // Start and admission in one call (update-with-start): the first workflow task takes the
     // admission update with it, one round trip instead of two (issue 13). The update id is this

@@ -204,8 +204,11 @@ export class LeasedStepGate {
   private lastWhy: SyncReason | null = null;
   private lastLease: StepLease | null = null;
 
-  /** The request for this gate's next lease, as the grant update (or a submit's admission) takes it. */
-  private leaseRequest(): StepLeaseRequest {
+  /**
+   * The request for this gate's next lease, as the grant update takes it; GovloopClient.submit
+   * with `leasedSteps` sends the first one with the admission, and `adopt`s what it grants.
+   */
+  leaseRequest(): StepLeaseRequest {
     return {
       leaseId: `${this.taskId}.l${++this.leases}-${randomBytes(3).toString('hex')}`,
       steps: this.opts.steps,
@@ -214,11 +217,6 @@ export class LeasedStepGate {
       ...(this.opts.tokens !== undefined ? { tokens: this.opts.tokens } : {}),
       ...this.caller(),
     };
-  }
-
-  /** The first lease's request, for a submit that asks admission for it (GovloopClient.submit with `leasedSteps`). */
-  firstLeaseRequest(): StepLeaseRequest {
-    return this.leaseRequest();
   }
 
   /** Takes a lease (after the one before it was closed). */
@@ -250,11 +248,15 @@ export class LeasedStepGate {
 
   /** Reports the queued steps (no-op when none); with `close`, closes the lease too. */
   flush(close = false): Promise<void> {
+    this.stopTimer();
+    return this.serial(async () => void (await this.sendPending(close)));
+  }
+
+  private stopTimer(): void {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = null;
     }
-    return this.serial(async () => void (await this.sendPending(close)));
   }
 
   /** Inside the op chain: the queued steps as the lease's next batch (null: no lease was open, nothing sent). */
@@ -302,17 +304,14 @@ export class LeasedStepGate {
   async close(): Promise<void>;
   async close(opts: { finish: true }): Promise<LeasedCloseAnswer>;
   async close(opts: { finish?: boolean } = {}): Promise<LeasedCloseAnswer | void> {
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = null;
-    }
-    if (opts.finish !== true) return void (await this.serial(() => this.sendPending(true)));
+    if (opts.finish !== true) return this.flush(true);
+    this.stopTimer();
     return this.serial(async (): Promise<LeasedCloseAnswer> => {
       const a = await this.sendPending(true, true);
       if (a?.finished !== undefined) return { finished: a.finished };
       // No lease was open: the finish update, refused the same way for the same caller.
       try {
-        await this.gov.finish(this.taskId, ...(this.gov.credential ? [] : this.opts.as !== undefined ? [this.opts.as] : []));
+        await this.gov.finish(this.taskId, this.opts.as); // the client names a credential's caller over `as`
         return { finished: true };
       } catch (err) {
         if (err instanceof GovloopAccessError) return { finished: { refused: { code: err.code, message: err.message } } };
