@@ -70,6 +70,8 @@ import {
   round,
   summarize,
   table,
+  threadCpu,
+  busiestThreads,
 } from './lib';
 
 const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K] [--cluster-tasks M] [--sim-seconds S]
@@ -98,6 +100,10 @@ const usage = `usage: tsx bench/e2e.ts [--tasks N] [--concurrency C] [--steps K]
                      (the same, its first lease granted with the admission, as submit({leasedSteps}) asks); default sync
   --finish           signal (after the last step, the finish signal, as before) or last-step (the last step carries finish:
                      the task finishes in the same round trip; with --gate leased, the closing report does); default signal
+  --think-ms         each agent's model call between two steps, simulated as a wait of this many ms (default 0: the
+                     next step is sent at once, and the gate is measured with the cores saturated)
+  --workflow-threads the control worker's workflow threads (default: the SDK's, 1 with its reused V8 context)
+  --workflow-cache   workflows the control worker keeps cached (default: the SDK's, from the heap size)
   --submit           with-start (start + admission in one update-with-start, as the SDK submits) or two-calls (start, then the update); default with-start
   --show-history     print the event sequence of one agent task's and one training job's history (where the hops are)
   --json             print one JSON object instead of tables`;
@@ -286,6 +292,9 @@ async function main() {
       'kueue-submitters': 32,
       'kueue-teams': 20,
       'kueue-sim-seconds': 60,
+      'workflow-threads': undefined as string | undefined,
+      'workflow-cache': undefined as string | undefined,
+      'think-ms': 0,
       json: false,
     },
     usage,
@@ -308,6 +317,20 @@ async function main() {
   if (gateMode === 'leased-at-submit' && flags.submit !== 'with-start') throw new Error('--gate leased-at-submit goes with --submit with-start');
   const finishMode = flags.finish;
   if (finishMode !== 'signal' && finishMode !== 'last-step') throw new Error('--finish is signal or last-step');
+  const wholeFlag = (name: string, v: string | undefined, min: number) => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be a whole number ≥ ${min}, got "${v}"`);
+    return n;
+  };
+  const tuning = {
+    workflowThreads: wholeFlag('workflow-threads', flags['workflow-threads'], 1),
+    maxCachedWorkflows: wholeFlag('workflow-cache', flags['workflow-cache'], 2),
+  };
+  if (workerProcesses > 0 && (tuning.workflowThreads !== undefined || tuning.maxCachedWorkflows !== undefined))
+    throw new Error('--workflow-threads and --workflow-cache tune the in-process workers; leave out --workers');
+  const thinkMs = flags['think-ms'];
+  if (!(thinkMs >= 0)) throw new Error('--think-ms is a number of milliseconds ≥ 0');
   const devServerTuning = flags['dev-server'] as DevServerTuning;
   if (devServerTuning !== 'tuned' && devServerTuning !== 'default') throw new Error('--dev-server is tuned or default');
   if (steps > 150) throw new Error('--steps is at most 150 (the agent maxSteps ceiling in config/policies.yaml is 200)');
@@ -444,6 +467,7 @@ async function main() {
         controlQueue,
         dispatchQueue: clusterTaskQueue(config.cluster.name),
         bundle,
+        tuning,
       });
       const running = Promise.all(workers.map((w) => w.run()));
       cleanups.push({
@@ -463,7 +487,7 @@ async function main() {
         .join(', ')}`,
     );
     log(
-      `parameters: ${tasks} agent tasks, ${concurrency} at a time, ${steps} steps each; ${clusterTasks} simulated training jobs of ${flags['sim-seconds']} s at ${SPEEDUP}x, polled every ${POLL_MILLIS} ms`,
+      `parameters: ${tasks} agent tasks, ${concurrency} at a time, ${steps} steps each${thinkMs > 0 ? `, ${thinkMs} ms of model call between two` : ''}; ${clusterTasks} simulated training jobs of ${flags['sim-seconds']} s at ${SPEEDUP}x, polled every ${POLL_MILLIS} ms`,
     );
 
     const start = async (input: IntentInput, name: string) => {
@@ -532,6 +556,8 @@ async function main() {
           stepMs.push(nowMs() - s0);
           if (a.answer !== 'allow') throw new Error(`step ${k + 1} denied: ${a.reason?.code ?? '?'} ${a.reason?.message ?? ''}`);
           if (last && a.finished !== true) throw new Error(`the last step did not finish the task: ${JSON.stringify(a.finished)}`);
+          // --think-ms: the model call (or tool) the step let through, before the agent's next step.
+          if (thinkMs > 0 && k < steps - 1) await new Promise((r) => setTimeout(r, thinkMs));
         }
         if (gate) {
           // --finish last-step: the closing report finishes the task too (one round trip).
@@ -604,8 +630,10 @@ async function main() {
     // (a) + (b): agent tasks through the step gate.
     const a0 = nowMs();
     const agentCpu0 = await cpuNow();
+    const agentThreads0 = threadCpu();
     const agents = await withTimeout(pool(tasks, concurrency, runAgent), timeoutS, 'agent phase');
     const agentCpuMs = cpuPer(agentCpu0, await cpuNow(), agents.filter((r) => r.ok).length);
+    const agentThreads = busiestThreads(agentThreads0, threadCpu(), agents.filter((r) => r.ok).length);
     const agentWallS = (nowMs() - a0) / 1000;
 
     // (c): simulated training jobs, all submitted at once.
@@ -618,6 +646,7 @@ async function main() {
     // (d): the Kueue-shaped case, when asked for.
     const kueueTasks = Math.round(flags['kueue-tasks']);
     const kueueCpu0 = await cpuNow();
+    const kueueThreads0 = threadCpu();
     const kueueRun: KueueReport | null =
       kueueTasks > 0
         ? await runKueueCase({
@@ -632,7 +661,11 @@ async function main() {
             log,
           })
         : null;
-    const kueue = kueueRun && { ...kueueRun, cpuMsPerTask: cpuPer(kueueCpu0, await cpuNow(), kueueRun.submitted) };
+    const kueue = kueueRun && {
+      ...kueueRun,
+      cpuMsPerTask: cpuPer(kueueCpu0, await cpuNow(), kueueRun.submitted),
+      threadsMsPerTask: busiestThreads(kueueThreads0, threadCpu(), kueueRun.submitted),
+    };
 
     const okAgents = agents.filter((r) => r.ok);
     // Server-side view of the step path, from the histories of (at most) 20 measured agent tasks.
@@ -677,6 +710,9 @@ async function main() {
         submit: submitMode,
         gate: gateMode,
         finish: finishMode,
+        thinkMs,
+        workflowThreads: tuning.workflowThreads ?? null,
+        workflowCache: tuning.maxCachedWorkflows ?? null,
         temporal: temporalKind,
         workerProcesses,
         temporalCli: temporalKind === 'dev' ? (cli?.source ?? null) : null,
@@ -691,6 +727,7 @@ async function main() {
         admissionMs: s(okAgents.map((r) => r.admissionMs)),
         /** CPU milliseconds per completed agent task: worker = this process, started = the Temporal server (and worker processes), postgres = its backends. */
         cpuMsPerTask: agentCpuMs,
+        threadsMsPerTask: agentThreads,
         taskMs: s(okAgents.map((r) => r.totalMs)),
       },
       stepGate: {

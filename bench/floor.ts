@@ -28,12 +28,14 @@ import { DefaultLogger, NativeConnection, Runtime, Worker, bundleWorkflowCode } 
 import { type DevServerTuning, startDevServer } from '../runtime/dev-server';
 import { quietBundlerLogger } from '../workers/worker';
 import { type FloorActivities, floorAdmission, floorAgentTask, floorFinish, floorStep } from './floor-workflows';
-import { cpuPer, cpuSnapshot, describeMachine, descendants, fmt, machine, median, nowMs, parseFlags, round, table } from './lib';
+import { type Summary, cpuPer, cpuSnapshot, describeMachine, descendants, fmt, machine, median, nowMs, parseFlags, round, summarize, table } from './lib';
 
 const usage = `usage: tsx bench/floor.ts [--workflows N] [--rounds R] [--submitters S] [--dev-server tuned|default] [--json]
   --workflows   workflows of each shape per round (default 600)
   --rounds      rounds; each runs every shape once, in turn (default 2)
-  --submitters  client lanes starting workflows (default 32)`;
+  --submitters  client lanes starting workflows (default 32)
+  --agent-lanes client lanes running agent-task skeletons, each one task at a time (default: --submitters);
+                with 8, the skeleton's step round trip is measured at issue 13's concurrency`;
 
 const SHAPES = ['empty', 'local', 'timer', 'activity', 'cluster-task', 'cluster-task-local', 'agent-task'] as const;
 type Shape = (typeof SHAPES)[number];
@@ -53,10 +55,13 @@ interface ShapeRun {
   workflows: number;
   perSecond: number;
   cpuMs: Record<string, number>;
+  /** agent-task: each step update's round trip (sent → answered), ms. */
+  stepMs?: Summary;
 }
 
 async function main() {
-  const flags = parseFlags({ workflows: 600, rounds: 2, submitters: 32, 'dev-server': 'tuned', json: false }, usage);
+  const flags = parseFlags({ workflows: 600, rounds: 2, submitters: 32, 'agent-lanes': 0, 'dev-server': 'tuned', json: false }, usage);
+  const agentLanes = flags['agent-lanes'] > 0 ? Math.round(flags['agent-lanes']) : flags.submitters;
   const n = Math.round(flags.workflows);
   const log = (s: string) => {
     if (!flags.json) console.log(s);
@@ -93,6 +98,7 @@ async function main() {
   const runs: ShapeRun[] = [];
   try {
     const cpuNow = () => cpuSnapshot({ server: descendants(process.pid) });
+    let stepMs: number[] = [];
     const runOne = async (shape: Shape, workflowId: string): Promise<void> => {
       if (shape !== 'agent-task') {
         await client.workflow.execute(WORKFLOW[shape], { taskQueue: controlQueue, workflowId, args: argsOf(shape) });
@@ -102,7 +108,11 @@ async function main() {
         startWorkflowOperation: new WithStartWorkflowOperation(floorAgentTask, { taskQueue: controlQueue, workflowId, workflowIdConflictPolicy: 'FAIL' }),
       });
       const h = client.workflow.getHandle(workflowId);
-      for (let k = 1; k <= AGENT_STEPS; k++) await h.executeUpdate(floorStep, { args: [k] });
+      for (let k = 1; k <= AGENT_STEPS; k++) {
+        const s0 = nowMs();
+        await h.executeUpdate(floorStep, { args: [k] });
+        stepMs.push(nowMs() - s0);
+      }
       await h.signal(floorFinish);
       await h.result();
     };
@@ -110,8 +120,9 @@ async function main() {
       const cpu0 = cpuNow();
       const t0 = nowMs();
       let next = 0;
+      stepMs = [];
       await Promise.all(
-        Array.from({ length: Math.min(flags.submitters, n) }, async () => {
+        Array.from({ length: Math.min(shape === 'agent-task' ? agentLanes : flags.submitters, n) }, async () => {
           while (next < n) {
             next++;
             await runOne(shape, `floor-${shape}-${randomUUID()}`);
@@ -119,7 +130,13 @@ async function main() {
         }),
       );
       const seconds = (nowMs() - t0) / 1000;
-      return { shape, workflows: n, perSecond: round(n / seconds), cpuMs: cpuPer(cpu0, cpuNow(), n) };
+      return {
+        shape,
+        workflows: n,
+        perSecond: round(n / seconds),
+        cpuMs: cpuPer(cpu0, cpuNow(), n),
+        ...(shape === 'agent-task' ? { stepMs: summarize(stepMs) } : {}),
+      };
     };
     // Warm up every shape (bundle loaded, connections open), then the measured rounds.
     for (const shape of SHAPES) await runOne(shape, `floor-warm-${shape}-${suffix}`);
@@ -128,7 +145,9 @@ async function main() {
       for (const shape of order) {
         const run = await runShape(shape);
         runs.push(run);
-        log(`round ${r + 1}: ${shape}: ${run.perSecond}/s, CPU per workflow ${JSON.stringify(run.cpuMs)} ms`);
+        log(
+          `round ${r + 1}: ${shape}: ${run.perSecond}/s, CPU per workflow ${JSON.stringify(run.cpuMs)} ms${run.stepMs ? `; step p50 ${fmt(run.stepMs.p50)} ms, p99 ${fmt(run.stepMs.p99)} ms (${agentLanes} lanes)` : ''}`,
+        );
       }
     }
     // Each shape's history, from its warm-up run: events and workflow tasks.
@@ -145,24 +164,29 @@ async function main() {
         ...histories[shape]!,
         perSecond: median(mine.map((r) => r.perSecond)),
         cpuMs: { worker: med('worker'), server: med('server'), total: med('total') },
+        ...(shape === 'agent-task' ? { stepP50Ms: median(mine.map((r) => r.stepMs!.p50)), stepP99Ms: median(mine.map((r) => r.stepMs!.p99)) } : {}),
       };
     });
     if (flags.json) {
       console.log(
         JSON.stringify(
-          { machine: m, devServer: flags['dev-server'], workflows: n, rounds: flags.rounds, submitters: flags.submitters, byShape, runs },
+          { machine: m, devServer: flags['dev-server'], workflows: n, rounds: flags.rounds, submitters: flags.submitters, agentLanes, byShape, runs },
           null,
           2,
         ),
       );
     } else {
-      log(`\n${n} workflows of each shape per round, ${flags.rounds} rounds, ${flags.submitters} client lanes; medians over the rounds`);
+      log(
+        `\n${n} workflows of each shape per round, ${flags.rounds} rounds, ${flags.submitters} client lanes (agent-task: ${agentLanes}); medians over the rounds`,
+      );
       log(
         table(
           ['shape', 'events', 'workflow tasks', 'workflows/s', 'CPU ms/workflow: worker+client', 'server', 'total'],
           byShape.map((s) => [s.shape, s.events, s.workflowTasks, fmt(s.perSecond), fmt(s.cpuMs.worker, 0), fmt(s.cpuMs.server, 0), fmt(s.cpuMs.total, 0)]),
         ),
       );
+      const agent = byShape.find((s) => s.shape === 'agent-task')!;
+      log(`agent-task skeleton, step update round trip at ${agentLanes} lanes: p50 ${fmt(agent.stepP50Ms!)} ms, p99 ${fmt(agent.stepP99Ms!)} ms`);
     }
   } finally {
     for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();

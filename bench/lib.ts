@@ -172,6 +172,46 @@ function procStat(pid: number): { cpu: number; ppid: number } | null {
   }
 }
 
+/** CPU seconds of each of this process's threads, by thread id (Linux /proc): where the worker process's CPU goes. */
+export function threadCpu(): Map<number, { name: string; cpu: number }> {
+  const out = new Map<number, { name: string; cpu: number }>();
+  let tids: string[] = [];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return out;
+  }
+  for (const t of tids) {
+    try {
+      const stat = readFileSync(`/proc/self/task/${t}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const name = Number(t) === process.pid ? 'main' : readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim();
+      out.set(Number(t), { name, cpu: (Number(f[11]) + Number(f[12])) / CLOCK_TICKS });
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+}
+
+/**
+ * The threads that used the most CPU between two threadCpu() readings, in ms per unit of work:
+ * "main" is the event loop (activities, the client, the SDK's polling); the workflow thread is the
+ * busiest other "node" thread; "tokio-…" are the SDK core's.
+ */
+export function busiestThreads(
+  a: ReturnType<typeof threadCpu>,
+  b: ReturnType<typeof threadCpu>,
+  units: number,
+  top = 6,
+): { thread: string; msPerUnit: number }[] {
+  return [...b.entries()]
+    .map(([tid, t]) => ({ thread: `${t.name}#${tid}`, cpu: t.cpu - (a.get(tid)?.cpu ?? 0) }))
+    .sort((x, y) => y.cpu - x.cpu)
+    .slice(0, top)
+    .map((t) => ({ thread: t.thread, msPerUnit: units > 0 ? Math.round((t.cpu * 1000) / units) : 0 }));
+}
+
 /** Every process below `root` (children, their children, ...): e.g. the Temporal server the bench started. */
 export function descendants(root: number): number[] {
   let pids: number[] = [];

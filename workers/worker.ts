@@ -45,6 +45,14 @@ export interface GovWorkerOptions {
   dispatchQueue?: string;
   /** Bundled code (tests bundle once per file) or a pre-built bundle's path; absent: bundled now. */
   bundle?: WorkflowBundleOption;
+  /** The control worker's workflow threads and cache (absent: the SDK's defaults, 1 thread). */
+  tuning?: WorkerTuning;
+}
+
+/** How the control worker runs its workflows: threads (each with its own reused V8 context) and how many it keeps cached. */
+export interface WorkerTuning {
+  workflowThreads?: number | undefined;
+  maxCachedWorkflows?: number | undefined;
 }
 
 /**
@@ -71,6 +79,8 @@ export async function createWorkers(opts: GovWorkerOptions): Promise<Worker[]> {
     workflowBundle: bundle,
     activities,
     interceptors: { activity: [dataErrorInterceptors] },
+    ...(opts.tuning?.workflowThreads !== undefined ? { workflowThreadPoolSize: opts.tuning.workflowThreads } : {}),
+    ...(opts.tuning?.maxCachedWorkflows !== undefined ? { maxCachedWorkflows: opts.tuning.maxCachedWorkflows } : {}),
   });
   const dispatch = await Worker.create({
     connection: opts.connection,
