@@ -3,6 +3,7 @@
 // PostgreSQL, then print one closing line "N passed, N failed[, N skipped]" that CI reads.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import pg from 'pg';
 
 const run = (cmd, args) => spawnSync(cmd, args, { stdio: 'inherit' }).status ?? 1;
 const npx = process.platform === 'win32' ? 'npx.cmd' : 'npx';
@@ -52,6 +53,43 @@ const firstLine = (text) =>
   ).slice(0, 300);
 
 /**
+ * Removes what a run's global setup made and its teardown did not remove: the run was ended by the
+ * watchdog, or crashed (test/support/scratch-record.ts). Says what it removed.
+ */
+async function cleanScratch(file) {
+  if (!existsSync(file)) return;
+  let r;
+  try {
+    r = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    return; // written as the run was killed: nothing readable
+  }
+  const done = [];
+  for (const argv of r.commands ?? []) {
+    const res = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 90_000 });
+    done.push(`ran ${argv.join(' ')} (exit ${res.status ?? res.signal})`);
+  }
+  for (const d of r.databases ?? []) {
+    const c = new pg.Client({ connectionString: d.adminUrl });
+    try {
+      await c.connect();
+      await c.query(`DROP DATABASE IF EXISTS "${d.name.replace(/"/g, '""')}" WITH (FORCE)`);
+      done.push(`dropped database ${d.name}`);
+    } catch (err) {
+      done.push(`could not drop database ${d.name}: ${firstLine(err?.message)}`);
+    } finally {
+      await c.end().catch(() => undefined);
+    }
+  }
+  for (const dir of r.dirs ?? []) {
+    rmSync(dir, { recursive: true, force: true });
+    done.push(`removed ${dir}`);
+  }
+  rmSync(file, { force: true });
+  console.log(`== the run's global teardown did not run; cleaned what its setup left:\n   ${done.join('\n   ')}`);
+}
+
+/**
  * One vitest run, in its own process group so that a stalled one can be ended with everything it
  * started. Resolves with its exit code, or with `stall` (what it had not finished) when the
  * watchdog ended it.
@@ -59,13 +97,15 @@ const firstLine = (text) =>
 function vitest(name, label, args) {
   const report = `test/artifacts/vitest-${label}.json`;
   const progress = `test/artifacts/progress-${label}.jsonl`;
+  const scratch = `test/artifacts/scratch-${label}.json`;
   rmSync(report, { force: true });
   rmSync(progress, { force: true });
+  rmSync(scratch, { force: true });
   const started = Date.now();
   const child = spawn(
     npx,
     ['vitest', 'run', ...args, '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, '--reporter=./test/support/progress-reporter.ts'],
-    { stdio: 'inherit', detached: true, env: { ...process.env, GOVLOOP_TEST_PROGRESS: progress } },
+    { stdio: 'inherit', detached: true, env: { ...process.env, GOVLOOP_TEST_PROGRESS: progress, GOVLOOP_TEST_SCRATCH: scratch } },
   );
   let stall = null;
   const kill = (signal) => {
@@ -100,7 +140,7 @@ function vitest(name, label, args) {
     child.on('exit', (code, signal) => {
       clearInterval(watchdog);
       kill('SIGKILL'); // whatever it left behind in its group
-      resolve({ code: code ?? (signal ? 1 : 0), stall, report });
+      void cleanScratch(scratch).finally(() => resolve({ code: code ?? (signal ? 1 : 0), stall, report }));
     });
   });
 }

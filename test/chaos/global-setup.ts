@@ -7,7 +7,8 @@ import { migrate } from '../../ledger/migrate';
 import { createDatabase } from '../../ledger/scratch';
 import { startDevServer } from '../../runtime/dev-server';
 import { findTemporalCli } from '../../runtime/temporal-cli';
-import { type PgCluster, createPgCluster, removePgCluster } from './support/pg-cluster';
+import { clearScratchRecord, recordScratch } from '../support/scratch-record';
+import { type PgCluster, createPgCluster, pgCtlArgv, removePgCluster } from './support/pg-cluster';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -25,6 +26,8 @@ declare module 'vitest' {
 export default async function setup(project: TestProject) {
   // The cluster first: without PostgreSQL binaries the suite fails here, saying what to install.
   const cluster = await createPgCluster();
+  // pg_ctl detaches the server from the run's process group: a run the watchdog ends leaves it running.
+  recordScratch({ commands: [pgCtlArgv(cluster, ['stop', '-D', cluster.dataDir, '-m', 'immediate', '-w', '-t', '60'])], dirs: [cluster.root] });
   let dataDir: string | undefined;
   let server: Awaited<ReturnType<typeof startDevServer>> | undefined;
   try {
@@ -33,6 +36,7 @@ export default async function setup(project: TestProject) {
     await migrate(db);
     await db.close();
     dataDir = mkdtempSync(join(tmpdir(), 'govloop-chaos-'));
+    recordScratch({ dirs: [dataDir] });
     server = await startDevServer({ dataDir, headless: true, onProgress: (m) => console.log(m) });
     project.provide('temporalAddress', server.address);
     project.provide('databaseUrl', database.url);
@@ -48,5 +52,6 @@ export default async function setup(project: TestProject) {
     await server?.stop();
     await removePgCluster(cluster);
     if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+    clearScratchRecord();
   };
 }

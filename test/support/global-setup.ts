@@ -6,6 +6,7 @@ import { startDevServer } from '../../runtime/dev-server';
 import { Db } from '../../ledger/db';
 import { createDatabase } from '../../ledger/scratch';
 import { migrate } from '../../ledger/migrate';
+import { clearScratchRecord, recordScratch } from './scratch-record';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -22,9 +23,12 @@ declare module 'vitest' {
  */
 export default async function setup(project: TestProject) {
   const dataDir = mkdtempSync(join(tmpdir(), 'govloop-test-'));
+  recordScratch({ dirs: [dataDir] });
   const server = await startDevServer({ dataDir, headless: true, onProgress: (m) => console.log(m) });
   const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
-  const database = await createDatabase(adminUrl, `govloop_test_${process.pid}_${Date.now()}`);
+  const name = `govloop_test_${process.pid}_${Date.now()}`;
+  recordScratch({ databases: [{ adminUrl, name }] });
+  const database = await createDatabase(adminUrl, name);
   const db = new Db(database.url, 2);
   await migrate(db);
   await db.close();
@@ -38,5 +42,6 @@ export default async function setup(project: TestProject) {
     await server.stop();
     await database.drop();
     rmSync(dataDir, { recursive: true, force: true });
+    clearScratchRecord();
   };
 }

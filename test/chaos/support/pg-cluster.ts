@@ -42,9 +42,17 @@ export function findPostgresBin(base = '/usr/lib/postgresql'): string {
   return join(base, newest, 'bin');
 }
 
+/** The command line that runs a PostgreSQL binary as the cluster's user. */
+function pgArgv(c: Pick<PgCluster, 'bin' | 'runAs'>, tool: string, args: string[]): [string, ...string[]] {
+  return c.runAs ? ['runuser', '-u', c.runAs, '--', join(c.bin, tool), ...args] : [join(c.bin, tool), ...args];
+}
+
+/** pg_ctl's command line for this cluster (the test runner stops a cluster its run left behind with it). */
+export const pgCtlArgv = (c: Pick<PgCluster, 'bin' | 'runAs'>, args: string[]): string[] => pgArgv(c, 'pg_ctl', args);
+
 /** Runs a PostgreSQL binary as the cluster's user; its output goes into the error when it fails. */
 async function pgBin(c: Pick<PgCluster, 'bin' | 'runAs'>, tool: string, args: string[], timeoutMs = 120_000): Promise<void> {
-  const [cmd, argv] = c.runAs ? ['runuser', ['-u', c.runAs, '--', join(c.bin, tool), ...args]] : [join(c.bin, tool), args];
+  const [cmd, ...argv] = pgArgv(c, tool, args);
   try {
     await run(cmd, argv, { timeout: timeoutMs });
   } catch (err) {
