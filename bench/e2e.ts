@@ -811,6 +811,7 @@ async function main() {
       const cpuLine = (c: Record<string, number>) =>
         `${c.total} ms (this process ${c.worker}, the Temporal server${workerProcesses > 0 ? ' and worker processes' : ''} ${c.started}, PostgreSQL ${c.postgres})`;
       console.log(`CPU per agent task: ${cpuLine(agentCpuMs)}; per training job: ${cpuLine(clusterCpuMs)}`);
+      console.log(`busiest threads of this process, ms per agent task: ${agentThreads.map((t) => `${t.thread} ${t.msPerUnit}`).join(', ')}`);
       console.log(
         `metered: ${fmt(report.cluster.gpuSecondsMetered, 0)} GPU-seconds, $${report.cluster.costUsd.toFixed(2)} over ${report.cluster.completed} training jobs`,
       );
@@ -834,7 +835,7 @@ async function main() {
             `${kueue.admitted} admitted, ${kueue.admittedPerSecond} per second (first submit → last admission); ` +
             `submit → admitted p50 ${fmt(kueue.submitToAdmitMs.p50, 0)} ms, p99 ${fmt(kueue.submitToAdmitMs.p99, 0)} ms; ` +
             `ended ${JSON.stringify(kueue.finalStates)}, ${kueue.unfinished} unfinished after ${kueue.wallSeconds} s; ` +
-            `${kueue.gpuSecondsMetered} of ${kueue.gpuSecondsExpected} GPU-seconds metered; no work lost: ${kueue.noWorkLost ? 'yes' : 'NO'}; CPU per task ${cpuLine(kueue.cpuMsPerTask)}`,
+            `${kueue.gpuSecondsMetered} of ${kueue.gpuSecondsExpected} GPU-seconds metered; no work lost: ${kueue.noWorkLost ? 'yes' : 'NO'}; CPU per task ${cpuLine(kueue.cpuMsPerTask)}; busiest threads, ms per task: ${kueue.threadsMsPerTask.map((t) => `${t.thread} ${t.msPerUnit}`).join(', ')}`,
         );
       }
       if (flags['show-history']) {
