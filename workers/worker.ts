@@ -14,10 +14,11 @@ export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', impo
 /**
  * Modules evaluated once per worker thread and shared by every workflow in its reusable V8 context,
  * instead of once per workflow (decision 0032). Only libraries without per-workflow state: zod
- * (its classes and helpers; our schemas built from it are still made per workflow). Measured: the
- * workflow thread's CPU per bench run fell by about a fifth (docs/benchmarks.md, issue 13).
+ * (its classes and helpers; our schemas built from it are still made per workflow). Listed as
+ * workflows/preload-zod.ts, not 'zod': webpack drops a bare require of a package that declares
+ * no side effects, and 'zod' preloaded nothing (session 24; test/unit/workflow-bundle.test.ts).
  */
-export const PRELOADED_WORKFLOW_MODULES = ['zod'];
+export const PRELOADED_WORKFLOW_MODULES = [fileURLToPath(new URL('../workflows/preload-zod.ts', import.meta.url))];
 
 /** Bundles the workflow code once; workers reuse the bundle (tests: once per file). */
 export async function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
