@@ -14,11 +14,11 @@ export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', impo
 /**
  * Modules evaluated once per worker thread and shared by every workflow in its reusable V8 context,
  * instead of once per workflow (decision 0032). Only libraries without per-workflow state: zod
- * (its classes and helpers; our schemas built from it are still made per workflow). Listed as
- * workflows/preload-zod.ts, not 'zod': webpack drops a bare require of a package that declares
- * no side effects, and 'zod' preloaded nothing (session 24; test/unit/workflow-bundle.test.ts).
+ * (its classes and helpers; our schemas built from it are still made per workflow). As listed,
+ * this preloads nothing: webpack drops a bare require of a package that declares no side effects
+ * (decision 0032, update of session 24: a fix was measured and held back).
  */
-export const PRELOADED_WORKFLOW_MODULES = [fileURLToPath(new URL('../workflows/preload-zod.ts', import.meta.url))];
+export const PRELOADED_WORKFLOW_MODULES = ['zod'];
 
 /** Bundles the workflow code once; workers reuse the bundle (tests: once per file). */
 export async function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
