@@ -161,12 +161,17 @@ export interface CpuSnapshot {
 }
 
 const CLOCK_TICKS = 100;
+/** utime + stime in seconds and the parent, from a /proc …/stat file (a process's or a thread's); throws once it has gone. */
+function readStat(path: string): { cpu: number; ppid: number } {
+  const stat = readFileSync(path, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { cpu: (Number(f[11]) + Number(f[12])) / CLOCK_TICKS, ppid: Number(f[1]) };
+}
+
 /** utime + stime of a process in seconds, and its parent; null once it has gone (Linux /proc). */
 function procStat(pid: number): { cpu: number; ppid: number } | null {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { cpu: (Number(f[11]) + Number(f[12])) / CLOCK_TICKS, ppid: Number(f[1]) };
+    return readStat(`/proc/${pid}/stat`);
   } catch {
     return null;
   }
@@ -183,10 +188,9 @@ export function threadCpu(): Map<number, { name: string; cpu: number }> {
   }
   for (const t of tids) {
     try {
-      const stat = readFileSync(`/proc/self/task/${t}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const { cpu } = readStat(`/proc/self/task/${t}/stat`);
       const name = Number(t) === process.pid ? 'main' : readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim();
-      out.set(Number(t), { name, cpu: (Number(f[11]) + Number(f[12])) / CLOCK_TICKS });
+      out.set(Number(t), { name, cpu });
     } catch {
       // the thread ended
     }

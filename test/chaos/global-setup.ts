@@ -8,7 +8,7 @@ import { createDatabase } from '../../ledger/scratch';
 import { startDevServer } from '../../runtime/dev-server';
 import { findTemporalCli } from '../../runtime/temporal-cli';
 import { clearScratchRecord, recordScratch } from '../support/scratch-record';
-import { type PgCluster, createPgCluster, pgCtlArgv, removePgCluster } from './support/pg-cluster';
+import { type PgCluster, createPgCluster, removePgCluster, stopPgClusterArgv } from './support/pg-cluster';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -27,7 +27,7 @@ export default async function setup(project: TestProject) {
   // The cluster first: without PostgreSQL binaries the suite fails here, saying what to install.
   const cluster = await createPgCluster();
   // pg_ctl detaches the server from the run's process group: a run the watchdog ends leaves it running.
-  recordScratch({ commands: [pgCtlArgv(cluster, ['stop', '-D', cluster.dataDir, '-m', 'immediate', '-w', '-t', '60'])], dirs: [cluster.root] });
+  recordScratch({ commands: [stopPgClusterArgv(cluster)], dirs: [cluster.root] });
   let dataDir: string | undefined;
   let server: Awaited<ReturnType<typeof startDevServer>> | undefined;
   try {

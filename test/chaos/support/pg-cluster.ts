@@ -47,8 +47,12 @@ function pgArgv(c: Pick<PgCluster, 'bin' | 'runAs'>, tool: string, args: string[
   return c.runAs ? ['runuser', '-u', c.runAs, '--', join(c.bin, tool), ...args] : [join(c.bin, tool), ...args];
 }
 
-/** pg_ctl's command line for this cluster (the test runner stops a cluster its run left behind with it). */
-export const pgCtlArgv = (c: Pick<PgCluster, 'bin' | 'runAs'>, args: string[]): string[] => pgArgv(c, 'pg_ctl', args);
+/** pg_ctl stop's arguments: `fast` ends every session (clients see 57P01) and writes a checkpoint; `immediate` is for teardown. */
+const stopArgs = (c: Pick<PgCluster, 'dataDir'>, mode: 'fast' | 'immediate'): string[] => ['stop', '-D', c.dataDir, '-m', mode, '-w', '-t', '60'];
+
+/** The whole pg_ctl stop command line (the test runner stops a cluster its run left behind with it). */
+export const stopPgClusterArgv = (c: Pick<PgCluster, 'bin' | 'runAs' | 'dataDir'>, mode: 'fast' | 'immediate' = 'immediate'): string[] =>
+  pgArgv(c, 'pg_ctl', stopArgs(c, mode));
 
 /** Runs a PostgreSQL binary as the cluster's user; its output goes into the error when it fails. */
 async function pgBin(c: Pick<PgCluster, 'bin' | 'runAs'>, tool: string, args: string[], timeoutMs = 120_000): Promise<void> {
@@ -118,9 +122,9 @@ export async function startPgCluster(c: PgCluster): Promise<void> {
   await waitForPgCluster(c);
 }
 
-/** pg_ctl stop: `fast` ends every session (clients see 57P01) and writes a checkpoint; `immediate` is for teardown. */
+/** pg_ctl stop (see stopArgs for the modes). */
 export async function stopPgCluster(c: PgCluster, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
-  await pgBin(c, 'pg_ctl', ['stop', '-D', c.dataDir, '-m', mode, '-w', '-t', '60']);
+  await pgBin(c, 'pg_ctl', stopArgs(c, mode));
 }
 
 /** Stops the cluster if it runs, and deletes its files. */
